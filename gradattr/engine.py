@@ -1,0 +1,332 @@
+"""The driver every method runs through.
+
+One call of a public function is one :func:`run`: it validates every argument
+before touching anything, prepares the input, puts the network in eval mode
+(and on the compute device) for the duration, hands a :class:`Session` to the
+method, upsamples what the method returns and converts it back to the user's
+form. Hooks live inside :meth:`Session.capture` only and are removed in
+``finally``; gradients come from ``torch.autograd.grad`` with respect to the
+captured feature tensors, so no parameter ``.grad`` is ever written.
+
+How the capture keeps the cost at one forward pass plus the backward of the
+network's tail:
+
+* With an explicit feature layer, the forward runs under ``torch.no_grad()``
+  until that layer; its hook turns the output into a fresh leaf that requires
+  grad and switches grad mode on, so autograd records the tail only.
+* With the automatic layer, every module is hooked to find the last tensor
+  with the input's layout (see :mod:`gradattr.layers`); the graph is recorded
+  from the start because the layer is known only at the end, and the gradient
+  is still taken for the tail only.
+* A feature hook returns a clone of what it captured, so a later in-place op
+  (``ReLU(inplace=True)``) cannot change the captured activations.
+"""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import resize
+from .errors import GradattrError, expected
+from .inputs import Layout, prepare
+from .layers import check_feature, has_layout, resolve_layer, resolve_layers
+from .targets import Target, resolve_target
+
+
+def resolve_device(device, net: nn.Module) -> torch.device:
+    """``"auto"`` (where the parameters are), ``"cpu"``, ``"gpu"``/``"cuda"`` or a torch.device."""
+    if isinstance(device, str) and device.lower() == "auto":
+        for t in list(net.parameters()) + list(net.buffers()):
+            return t.device
+        return torch.device("cpu")
+    if isinstance(device, str) and device.lower() in ("gpu", "cuda"):
+        device = "cuda"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise expected("device", "'auto', 'cpu', 'gpu'/'cuda' or a torch.device", repr(device)) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise expected("device", "an available CUDA GPU for device=" + repr(device),
+                       "none (torch.cuda.is_available() is False); use device='cpu' or 'auto'")
+    return dev
+
+
+@contextmanager
+def borrowed(net: nn.Module, device: torch.device):
+    """Eval mode (and the compute device) for the duration; the model is restored exactly after.
+
+    Computing in eval mode is what every CAM paper assumes (dropout off, batch
+    norm on running statistics, samples independent of each other).
+    """
+    flags = [(m, m.training) for m in net.modules()]
+    tensors = [(m, store, k, t.device) for m in net.modules()
+               for store in (m._parameters, m._buffers) for k, t in store.items() if t is not None]
+    moved = any(d != device for *_, d in tensors)
+    try:
+        net.eval()
+        if moved:
+            net.to(device)
+        yield
+    finally:
+        for m, store, k, dev in (tensors if moved else ()):
+            t = store[k]
+            if isinstance(t, nn.Parameter):
+                t.data = t.data.to(dev)
+                if t.grad is not None:
+                    t.grad = t.grad.to(dev)
+            else:
+                store[k] = t.to(dev)
+        for m, flag in flags:
+            m.training = flag
+
+
+@dataclass
+class Capture:
+    """What one forward pass captured."""
+
+    acts: list[torch.Tensor]  # one (N, C, *s) per feature layer
+    output: object  # the reduction layer's output
+    feature_names: list[str]
+    reduction_name: str
+
+
+class Session:
+    """One explain call: the network, the prepared input and the resolved options.
+
+    Methods (see :mod:`gradattr.methods`) use :meth:`capture`, :meth:`scores`,
+    :meth:`gradients` and :meth:`forward_scores` and never touch hooks themselves.
+    """
+
+    def __init__(self, net: nn.Module, x: torch.Tensor, target: Target, features, reduction,
+                 upsampling: str = "bicubic"):
+        self.net, self.x, self.target = net, x, target
+        self.features = features  # list of (module, name) or None for automatic
+        self.reduction = reduction  # (module, name) or None for the network output
+        self.upsampling = upsampling
+        self.n, self.rank = x.shape[0], x.ndim - 2
+
+    def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """One layer's maps as they are; several layers' fused as pytorch-grad-cam does.
+
+        Each layer's map is min-max normalised, resized to the input's size (to the
+        largest map's size with ``upsampling="none"``), and the layers are averaged,
+        then normalised again: layers of different scales count equally.
+        """
+        if len(maps) == 1:
+            return maps[0]
+        if self.upsampling == "none":
+            size = max((tuple(m.shape[2:]) for m in maps), key=lambda s: torch.Size(s).numel())
+            mode = "bicubic"
+        else:
+            size, mode = tuple(self.x.shape[2:]), self.upsampling
+        resized = [resize.imresize(normalize_maps(m), size, mode) for m in maps]
+        return normalize_maps(torch.relu(torch.stack(resized).mean(0)))
+
+    # -- one forward pass ------------------------------------------------------------
+    def capture(self, grad: bool = True, x: torch.Tensor | None = None) -> Capture:
+        """Run the network once, capturing the feature layer(s) and the reduction output."""
+        x = self.x if x is None else x
+        if self.features is None:
+            cap, fresh = self._capture_auto(grad, x)
+            if fresh:
+                return cap
+            # The chosen tensor was changed in place after it was recorded: run again,
+            # this time protecting it with a clone (explicit-layer path).
+            self.features = [resolve_layer(self.net, cap.feature_names[0], "feature_layer")]
+        return self._capture_explicit(grad, x)
+
+    def _capture_explicit(self, grad: bool, x: torch.Tensor) -> Capture:
+        slots: list[torch.Tensor | None] = [None] * len(self.features)
+        red: dict = {}
+        n, rank = x.shape[0], self.rank
+
+        def feature_hook(i, name):
+            def hook(module, inputs, out):
+                out = check_feature(out, name, n, rank)
+                if grad and not out.requires_grad:
+                    out = out.detach().requires_grad_(True)
+                    torch.set_grad_enabled(True)  # record the tail from here on
+                slots[i] = out
+                return out.clone()
+            return hook
+
+        handles = []
+        names = Namer(self.net) if self.reduction is None else None
+        try:
+            for i, (module, name) in enumerate(self.features):
+                handles.append(module.register_forward_hook(feature_hook(i, name)))
+            if self.reduction is not None:
+                handles.append(self.reduction[0].register_forward_hook(
+                    lambda m, i, o: red.__setitem__("out", o)))
+            if names:
+                handles += names.attach()
+            with torch.no_grad():
+                output = self.net(x)
+        finally:
+            for h in handles:
+                h.remove()
+        for i, (_, name) in enumerate(self.features):
+            if slots[i] is None:
+                raise GradattrError(f"feature_layer: expected a layer that runs in the forward pass, "
+                                    f"but {name!r} was never called for this input")
+        return self._finish(slots, [nm for _, nm in self.features], red, output, names)
+
+    def _capture_auto(self, grad: bool, x: torch.Tensor):
+        n, rank = x.shape[0], self.rank
+        seen: list = []  # [name, tensor, version] of the latest qualifying outputs, in order
+        red: dict = {}
+        reduction_module = self.reduction[0] if self.reduction else None
+        named = [(m, nm) for nm, m in self.net.named_modules() if nm]
+
+        def hook_for(name, module):
+            def hook(m, inputs, out):
+                if has_layout(out, n, rank):
+                    if seen and seen[-1][1] is out:
+                        seen[-1][0] = name  # the same tensor from an enclosing module: name it so
+                        seen[-1][2] = out._version
+                    else:
+                        seen.append([name, out, out._version])
+                        del seen[:-2]  # only the last two can be chosen; let the rest be freed
+                if module is reduction_module:
+                    red["out"], red["seen"] = out, [list(s) for s in seen]
+            return hook
+
+        handles = []
+        names = Namer(self.net) if self.reduction is None else None
+        needs_input_grad = grad and not any(p.requires_grad for p in self.net.parameters())
+        try:
+            for m, nm in named:
+                handles.append(m.register_forward_hook(hook_for(nm, m)))
+            if names:
+                handles += names.attach()
+            with torch.set_grad_enabled(grad):
+                output = self.net(x.requires_grad_(needs_input_grad) if needs_input_grad else x)
+        finally:
+            for h in handles:
+                h.remove()
+            x.requires_grad_(False)
+        final = red.get("out", output)
+        candidates = [s for s in red.get("seen", seen) if s[1] is not final]
+        if not candidates:
+            raise GradattrError(
+                f"feature_layer: no layer of this network outputs a tensor with the input's layout "
+                f"({n}, C, {rank} spatial dims, one of them > 1) before the reduction layer; pass "
+                f"feature_layer explicitly")
+        name, act, version = candidates[-1]
+        fresh = act._version == version and (act.requires_grad or not grad)
+        return self._finish([act], [name], red, output, names), fresh
+
+    def _finish(self, acts, feature_names, red, output, names) -> Capture:
+        if self.reduction is not None:
+            if "out" not in red:
+                raise GradattrError(f"reduction_layer: expected a layer that runs in the forward pass, "
+                                    f"but {self.reduction[1]!r} was never called for this input")
+            return Capture(acts, red["out"], feature_names, self.reduction[1])
+        return Capture(acts, output, feature_names, names.name_of(output))
+
+    # -- scores and gradients --------------------------------------------------------
+    def scores(self, cap: Capture) -> torch.Tensor:
+        """The ``(N, K)`` target scores of a capture."""
+        return self.target.scores(cap.output, cap.acts[0].shape[0])
+
+    def gradients(self, cap: Capture, counterfactual: bool = False) -> list[torch.Tensor]:
+        """``d score_k / d A`` for every feature layer: a list of ``(N, K, C, *s)`` tensors.
+
+        One backward of the tail per target ``k``, all from the same forward pass.
+        """
+        s = self.scores(cap)
+        if not s.requires_grad:
+            raise GradattrError(
+                f"target: expected a score that depends on feature layer {cap.feature_names[0]!r}, "
+                f"but the score computed from reduction layer {cap.reduction_name!r} does not "
+                "depend on it (is the reduction layer before the feature layer?)")
+        if counterfactual:
+            s = -s
+        k_count = s.shape[1]
+        per_k = []
+        for k in range(k_count):
+            g = torch.autograd.grad(s[:, k].sum(), cap.acts, retain_graph=k < k_count - 1,
+                                    allow_unused=True)
+            for gi, name in zip(g, cap.feature_names):
+                if gi is None:
+                    raise GradattrError(
+                        f"target: expected a score that depends on feature layer {name!r}, but the "
+                        f"score from reduction layer {cap.reduction_name!r} does not depend on it")
+            per_k.append(g)
+        return [torch.stack([g[i] for g in per_k], 1) for i in range(len(cap.acts))]
+
+
+class Namer:
+    """Names the module that produced the network output (MATLAB's reduction layer name)."""
+
+    def __init__(self, net: nn.Module):
+        self.net = net
+        self.last: dict[int, tuple[str, weakref.ref]] = {}
+
+    def attach(self):
+        def hook_for(name):
+            def hook(m, i, out):
+                if isinstance(out, torch.Tensor):
+                    self.last[id(out)] = (name, weakref.ref(out))
+            return hook
+        return [m.register_forward_hook(hook_for(nm)) for nm, m in self.net.named_modules() if nm]
+
+    def name_of(self, output) -> str:
+        name, ref = self.last.get(id(output), ("output", None))
+        return name if ref is not None and ref() is output else "output"
+
+
+def check_upsampling(upsampling) -> str:
+    if not isinstance(upsampling, str) or upsampling.lower() not in resize.UPSAMPLING_MODES:
+        raise expected("upsampling", "one of " + ", ".join(map(repr, resize.UPSAMPLING_MODES)),
+                       repr(upsampling))
+    return upsampling.lower()
+
+
+def run(method: Callable[[Session], tuple[torch.Tensor, list[str], str]], net: nn.Module, x, *,
+        target=None, reduction_fn=None, feature_layer=None, reduction_layer=None,
+        upsampling="bicubic", device="auto", classes=None, input_format=None,
+        return_layers=False, normalize=False, needs_target=True):
+    """Validate, prepare, run ``method(session)`` in a borrowed model, upsample, convert back.
+
+    ``method`` returns ``(maps (N, K, *s), feature_names, reduction_name)``; maps
+    whose spatial size differs from the input's are resized by ``upsampling``.
+    """
+    if not isinstance(net, nn.Module):
+        raise expected("net", "a torch.nn.Module", type(net).__name__)
+    mode = check_upsampling(upsampling)
+    dev = resolve_device(device, net)
+    features = resolve_layers(net, feature_layer, "feature_layer")
+    reduction = resolve_layer(net, reduction_layer, "reduction_layer")
+    params = [p for p in net.parameters() if p.is_floating_point()]
+    dtype = params[0].dtype if params else torch.float32
+    xt, layout = prepare(x, net, input_format, dev, dtype)
+    tgt = resolve_target(target, reduction_fn, classes, xt.shape[0])
+    if not needs_target:
+        tgt = Target("top", scalar=True) if target is None and reduction_fn is None else tgt
+    with borrowed(net, dev), torch.enable_grad():
+        maps, fnames, rname = method(Session(net, xt, tgt, features, reduction, mode))
+    if mode != "none" and tuple(maps.shape[2:]) != layout.spatial:
+        maps = resize.imresize(maps, layout.spatial, mode)
+    if normalize:
+        maps = normalize_maps(maps)
+    out = layout.output(maps, tgt.scalar)
+    if return_layers:
+        return out, (fnames[0] if len(fnames) == 1 else fnames), rname
+    return out
+
+
+def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each map to [0, 1] (MATLAB's ``rescale``); a constant map becomes 0."""
+    flat = maps.flatten(2)
+    lo, hi = flat.min(-1, keepdim=True).values, flat.max(-1, keepdim=True).values
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    return ((flat - lo) / span).view_as(maps)
+
+
+__all__ = ["run", "Session", "Capture", "Layout", "normalize_maps", "resolve_device"]

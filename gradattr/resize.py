@@ -1,0 +1,100 @@
+"""MATLAB-exact resampling of maps: ``imresize`` / ``imresize3`` for any rank.
+
+MATLAB resizes separably, one dimension at a time, with a weight matrix per
+dimension built by its ``contributions`` routine:
+
+* output index ``i`` (1-based) maps to input coordinate
+  ``u = i / scale + 0.5 * (1 - 1 / scale)`` (pixel-centre alignment);
+* the kernel is Keys' cubic with ``a = -0.5`` ("bicubic"/"cubic") or a box of
+  width 1 ("nearest");
+* when shrinking (``scale < 1``) with a cubic kernel the kernel is stretched by
+  ``1 / scale`` (antialiasing, MATLAB's default);
+* each row of weights is normalised to sum to 1, and indices outside the input
+  are mirrored (``[1..n, n..1]`` repeated).
+
+``torch.nn.functional.interpolate(mode="bicubic")`` uses ``a = -0.75``, clamps
+at the borders and exists for 2-D only, so it is not used here.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+#: The upsampling choices ``grad_cam`` accepts, mirroring MATLAB's ``OutputUpsampling``.
+UPSAMPLING_MODES = ("bicubic", "nearest", "none")
+
+
+def cubic(x: np.ndarray) -> np.ndarray:
+    """Keys' cubic convolution kernel with ``a = -0.5`` (MATLAB's ``cubic``)."""
+    ax = np.abs(x)
+    ax2, ax3 = ax**2, ax**3
+    return (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1) + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * (
+        (ax > 1) & (ax <= 2)
+    )
+
+
+def box(x: np.ndarray) -> np.ndarray:
+    """MATLAB's ``box`` kernel used for nearest-neighbour resizing."""
+    return ((x >= -0.5) & (x < 0.5)).astype(np.float64)
+
+
+@lru_cache(maxsize=256)
+def resize_matrix(in_len: int, out_len: int, method: str) -> np.ndarray:
+    """The ``(out_len, in_len)`` matrix that resizes one dimension as MATLAB does.
+
+    >>> resize_matrix(2, 4, "nearest").argmax(axis=1).tolist()
+    [0, 0, 1, 1]
+    """
+    if method == "bicubic":
+        kernel, width = cubic, 4.0
+    elif method == "nearest":
+        kernel, width = box, 1.0
+    else:  # pragma: no cover - callers validate first
+        raise ValueError(f"unknown resize method {method!r}")
+    scale = out_len / in_len
+    antialias = method == "bicubic" and scale < 1
+    if antialias:
+        h = lambda v: scale * kernel(scale * v)  # noqa: E731 - MATLAB's stretched kernel
+        width = width / scale
+    else:
+        h = kernel
+    i = np.arange(1, out_len + 1, dtype=np.float64)
+    u = i / scale + 0.5 * (1 - 1 / scale)
+    left = np.floor(u - width / 2)
+    taps = int(math.ceil(width)) + 2
+    idx = left[:, None] + np.arange(taps)[None, :]  # 1-based input indices
+    w = h(u[:, None] - idx)
+    w = w / w.sum(axis=1, keepdims=True)
+    mirror = np.concatenate([np.arange(1, in_len + 1), np.arange(in_len, 0, -1)])
+    idx = mirror[np.mod(idx - 1, mirror.size).astype(np.int64)] - 1  # 0-based, mirrored
+    mat = np.zeros((out_len, in_len))
+    np.add.at(mat, (np.repeat(np.arange(out_len), taps), idx.ravel().astype(np.int64)), w.ravel())
+    return mat
+
+
+def imresize(maps: torch.Tensor, size: tuple[int, ...], method: str = "bicubic") -> torch.Tensor:
+    """Resize the trailing ``len(size)`` dimensions of ``maps`` as MATLAB's ``imresize``.
+
+    Works for any number of resized dimensions (1-D sequences, 2-D images, 3-D
+    volumes: ``imresize3(..., "cubic")``), any leading batch dimensions, on the
+    tensor's own device and dtype.
+
+    >>> x = torch.tensor([[0.0, 1.0]])
+    >>> imresize(x, (4,), "nearest").tolist()
+    [[0.0, 0.0, 1.0, 1.0]]
+    """
+    if method == "none":
+        return maps
+    nd = len(size)
+    out = maps
+    for k, new in enumerate(size):
+        dim = maps.ndim - nd + k
+        old = out.shape[dim]
+        if old == new:
+            continue
+        mat = torch.as_tensor(resize_matrix(old, new, method), dtype=out.dtype, device=out.device)
+        out = torch.movedim(torch.movedim(out, dim, -1) @ mat.T, -1, dim)
+    return out

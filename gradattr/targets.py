@@ -1,0 +1,129 @@
+"""Targets: what score a map explains.
+
+Every accepted form (class index, several indices, per-sample indices, labels,
+a reduction function, ``None`` for the top class) is resolved once into a
+:class:`Target`, whose :meth:`Target.scores` turns the reduction layer's output
+``y`` into a score matrix ``(N, K)``: one score per sample and per map.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import GradattrError, expected
+
+
+@dataclass(frozen=True)
+class Target:
+    """A resolved target.
+
+    ``kind`` is ``"top"`` (each sample's best class), ``"index"`` (``classes`` of
+    shape ``(K,)``, the same for every sample), ``"per_sample"`` (``classes`` of
+    shape ``(N, K)``) or ``"fn"`` (a reduction function). ``scalar`` says the user
+    asked for one map per sample, so the K axis is dropped on output.
+    """
+
+    kind: str
+    scalar: bool
+    classes: torch.Tensor | None = None
+    fn: Callable | None = None
+
+    def scores(self, y, n: int) -> torch.Tensor:
+        """The ``(N, K)`` scores of the reduction layer's output ``y`` for ``n`` samples."""
+        if self.kind == "fn":
+            s = self.fn(y)
+            if not isinstance(s, torch.Tensor):
+                raise expected("reduction_fn", f"a tensor with one score per sample (shape ({n},))",
+                               f"a {type(s).__name__}")
+            if s.ndim == 0 and n == 1:
+                s = s.reshape(1)
+            if s.ndim == 1 and s.shape[0] == n:
+                return s[:, None]
+            if s.ndim == 2 and s.shape[0] == n:
+                return s
+            raise expected("reduction_fn", f"one score per sample: shape ({n},) (or ({n}, K) for K "
+                           "maps, or a scalar when N == 1)", f"shape {tuple(s.shape)}")
+        if not isinstance(y, torch.Tensor) or y.ndim < 2 or y.shape[0] != n:
+            got = f"shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+            raise expected("target", f"a reduction layer output of shape ({n}, classes, ...) to pick "
+                           "a class from; for other outputs pass reduction_fn", got)
+        # A class of a spatial output (N, C, *S) scores the sum over S (MATLAB's segmentation rule).
+        per_class = y.flatten(2).sum(-1) if y.ndim > 2 else y
+        c = per_class.shape[1]
+        if self.kind == "top":
+            idx = per_class.detach().argmax(1, keepdim=True)
+        else:
+            idx = self.classes.to(y.device)
+            if int(idx.max()) >= c:
+                raise expected("target", f"class indices in 0..{c - 1} (0-based; MATLAB's classIdx "
+                               "is 1-based, so subtract 1)", f"{int(idx.max())}")
+            idx = idx.expand(n, -1) if idx.ndim == 1 else idx
+        return per_class.gather(1, idx)
+
+
+def _as_int_array(target) -> np.ndarray | None:
+    if isinstance(target, torch.Tensor):
+        target = target.detach().cpu().numpy()
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return np.asarray(target)
+    if isinstance(target, np.ndarray) or (isinstance(target, Sequence) and not isinstance(target, str)):
+        arr = np.asarray(target)
+        if arr.size and arr.dtype.kind in "iu":
+            return arr
+        if arr.size and arr.dtype.kind == "f" and np.all(arr == np.round(arr)):
+            return arr.astype(np.int64)
+    return None
+
+
+def _label_index(label: str, classes) -> int:
+    if classes is None:
+        raise expected("classes", f"the list of class labels to look up target {label!r} in",
+                       "classes=None")
+    labels = [str(c) for c in classes]
+    if label in labels:
+        return labels.index(label)
+    close = difflib.get_close_matches(label, labels, n=3)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise expected("target", f"a label from classes ({len(labels)} labels)", f"{label!r}{hint}")
+
+
+def resolve_target(target, reduction_fn, classes, n: int) -> Target:
+    """Resolve ``target``/``reduction_fn``/``classes`` into a :class:`Target` for ``n`` samples."""
+    if callable(target) and not isinstance(target, (torch.Tensor, np.ndarray)):
+        if reduction_fn is not None:
+            raise GradattrError("target: got a callable and also reduction_fn; pass one of them")
+        reduction_fn, target = target, None
+    if reduction_fn is not None:
+        if target is not None:
+            raise GradattrError(f"target: expected None when reduction_fn is given (the function "
+                                f"defines the score), got {target!r}")
+        if not callable(reduction_fn):
+            raise expected("reduction_fn", "a callable y -> scores of shape (N,)", type(reduction_fn).__name__)
+        return Target("fn", scalar=True, fn=reduction_fn)
+    if target is None:
+        return Target("top", scalar=True)
+    if isinstance(target, str):
+        return Target("index", scalar=True, classes=torch.tensor([_label_index(target, classes)]))
+    if isinstance(target, Sequence) and target and all(isinstance(t, str) for t in target):
+        idx = [_label_index(t, classes) for t in target]
+        return Target("index", scalar=False, classes=torch.tensor(idx))
+    arr = _as_int_array(target)
+    if arr is None or arr.ndim > 2:
+        raise expected("target", "an int class index (0-based), a sequence of indices, an (N, K) "
+                       "integer array, a label or labels, a callable, or None",
+                       repr(target) if not hasattr(target, "shape") else f"shape {tuple(target.shape)}")
+    if (arr < 0).any():
+        raise expected("target", "class indices >= 0 (0-based)", f"{arr.min()}")
+    idx = torch.as_tensor(arr, dtype=torch.long)
+    if arr.ndim == 0:
+        return Target("index", scalar=True, classes=idx.reshape(1))
+    if arr.ndim == 1:
+        return Target("index", scalar=False, classes=idx)
+    if arr.shape[0] != n:
+        raise expected("target", f"per-sample classes of shape ({n}, K) for a batch of {n}",
+                       f"shape {arr.shape}")
+    return Target("per_sample", scalar=False, classes=idx)
