@@ -133,11 +133,12 @@ class Session:
         x = self.x if x is None else x
         if self.features is None:
             cap, fresh = self._capture_auto(grad, x)
+            # Later passes of this call (and a re-run) use the layer found here.
+            self.features = [resolve_layer(self.net, cap.feature_names[0], "feature_layer")]
             if fresh:
                 return cap
             # The chosen tensor was changed in place after it was recorded: run again,
             # this time protecting it with a clone (explicit-layer path).
-            self.features = [resolve_layer(self.net, cap.feature_names[0], "feature_layer")]
         return self._capture_explicit(grad, x)
 
     def _capture_explicit(self, grad: bool, x: torch.Tensor) -> Capture:
@@ -220,6 +221,36 @@ class Session:
         name, act, version = candidates[-1]
         fresh = act._version == version and (act.requires_grad or not grad)
         return self._finish([act], [name], red, output, names), fresh
+
+    def forward_scores(self, x: torch.Tensor, target: Target, rows: torch.Tensor | None = None,
+                       replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       layer: int = 0) -> torch.Tensor:
+        """Scores ``(B, K)`` of a forward pass without gradients, for perturbation methods.
+
+        ``target`` should be :meth:`Target.fixed`; ``rows`` (``B``,) says which
+        original sample each row of ``x`` is a copy of. ``replace`` maps the output
+        of feature layer ``layer`` to the tensor the rest of the network sees (its
+        batch may differ from ``x``'s: the tail then runs on that batch).
+        """
+        if self.features is None:
+            raise RuntimeError("forward_scores needs the feature layer: call capture() first")
+        red: dict = {}
+        handles = []
+        try:
+            if replace is not None:
+                handles.append(self.features[layer][0].register_forward_hook(
+                    lambda m, i, o: replace(o)))
+            if self.reduction is not None:
+                handles.append(self.reduction[0].register_forward_hook(
+                    lambda m, i, o: red.__setitem__("out", o)))
+            with torch.no_grad():
+                output = self.net(x)
+        finally:
+            for h in handles:
+                h.remove()
+        y = red.get("out", output)
+        b = y.shape[0] if isinstance(y, torch.Tensor) else x.shape[0]
+        return target.scores(y, b, rows)
 
     def _finish(self, acts, feature_names, red, output, names) -> Capture:
         if self.reduction is not None:
@@ -315,7 +346,8 @@ def run(method: Callable[[Session], tuple[torch.Tensor, list[str], str]], net: n
         maps = resize.imresize(maps, layout.spatial, mode)
     if normalize:
         maps = normalize_maps(maps)
-    out = layout.output(maps, tgt.scalar)
+    # A reduction_fn may return (N, K): K maps even though the target itself is 'scalar'.
+    out = layout.output(maps, tgt.scalar and maps.shape[1] == 1)
     if return_layers:
         return out, (fnames[0] if len(fnames) == 1 else fnames), rname
     return out

@@ -32,8 +32,28 @@ class Target:
     classes: torch.Tensor | None = None
     fn: Callable | None = None
 
-    def scores(self, y, n: int) -> torch.Tensor:
-        """The ``(N, K)`` scores of the reduction layer's output ``y`` for ``n`` samples."""
+    def fixed(self, y, n: int) -> Target:
+        """This target with each sample's classes made explicit from the output ``y``.
+
+        Perturbation methods score modified inputs; they must keep explaining the
+        class chosen on the original input, not re-pick the top class.
+        """
+        if self.kind == "fn":
+            return self
+        per_class = y.flatten(2).sum(-1) if y.ndim > 2 else y
+        if self.kind == "top":
+            idx = per_class.detach().argmax(1, keepdim=True)
+        else:
+            idx = self.classes.to(y.device)
+            idx = idx.expand(n, -1) if idx.ndim == 1 else idx
+        return Target("per_sample", self.scalar, classes=idx)
+
+    def scores(self, y, n: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``(N, K)`` scores of the reduction layer's output ``y`` for ``n`` samples.
+
+        ``rows`` maps each of the ``n`` outputs to the sample whose per-sample
+        classes it uses (for batches of perturbed copies of the samples).
+        """
         if self.kind == "fn":
             s = self.fn(y)
             if not isinstance(s, torch.Tensor):
@@ -61,7 +81,7 @@ class Target:
             if int(idx.max()) >= c:
                 raise expected("target", f"class indices in 0..{c - 1} (0-based; MATLAB's classIdx "
                                "is 1-based, so subtract 1)", f"{int(idx.max())}")
-            idx = idx.expand(n, -1) if idx.ndim == 1 else idx
+            idx = idx.expand(n, -1) if idx.ndim == 1 else idx[rows] if rows is not None else idx
         return per_class.gather(1, idx)
 
 
