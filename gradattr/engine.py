@@ -132,14 +132,21 @@ class Session:
         """Run the network once, capturing the feature layer(s) and the reduction output."""
         x = self.x if x is None else x
         if self.features is None:
+            self.features = _AUTO_CACHE.get(self.net, self._cache_key(x))
+        if self.features is None:
             cap, fresh = self._capture_auto(grad, x)
-            # Later passes of this call (and a re-run) use the layer found here.
+            # Later passes of this call (and a re-run) use the layer found here, and so do
+            # later calls with the same model and input shape (the cheaper explicit path).
             self.features = [resolve_layer(self.net, cap.feature_names[0], "feature_layer")]
+            _AUTO_CACHE.put(self.net, self._cache_key(x), self.features)
             if fresh:
                 return cap
             # The chosen tensor was changed in place after it was recorded: run again,
             # this time protecting it with a clone (explicit-layer path).
         return self._capture_explicit(grad, x)
+
+    def _cache_key(self, x: torch.Tensor):
+        return tuple(x.shape[1:]), x.dtype, x.device, None if self.reduction is None else self.reduction[1]
 
     def _capture_explicit(self, grad: bool, x: torch.Tensor) -> Capture:
         slots: list[torch.Tensor | None] = [None] * len(self.features)
@@ -290,6 +297,30 @@ class Session:
                         f"score from reduction layer {cap.reduction_name!r} does not depend on it")
             per_k.append(g)
         return [torch.stack([g[i] for g in per_k], 1) for i in range(len(cap.acts))]
+
+
+class _AutoLayerCache:
+    """The automatic feature layer found for (model, input shape, dtype, device, reduction layer).
+
+    Held weakly per model; an entry is used only while the name still resolves to
+    the same module object, so replacing a submodule invalidates it.
+    """
+
+    def __init__(self):
+        self._store: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def get(self, net: nn.Module, key):
+        entry = self._store.get(net, {}).get(key)
+        if entry is None:
+            return None
+        module, name = entry[0]
+        return entry if dict(net.named_modules()).get(name) is module else None
+
+    def put(self, net: nn.Module, key, features) -> None:
+        self._store.setdefault(net, {})[key] = features
+
+
+_AUTO_CACHE = _AutoLayerCache()
 
 
 class Namer:

@@ -458,3 +458,20 @@ def test_class_discriminative_on_cat_and_espresso(effnet, cat_coffee, imagenet_c
     assert cup[:, w:].sum() > 3 * cup[:, :w].sum()
     assert int(cat.flatten().argmax()) % 448 < w
     assert int(cup.flatten().argmax()) % 448 >= w
+
+
+def test_automatic_layer_is_remembered_per_shape_and_invalidated_by_module_swap():
+    from gradattr.engine import _AUTO_CACHE
+
+    net = small_net(2)
+    x = torch.randn(2, 3, 8, 8)
+    first = gradattr.grad_cam(net, x, 1, return_layers=True)
+    assert _AUTO_CACHE.get(net, ((3, 8, 8), torch.float32, torch.device("cpu"), None))[0][1] == "relu2"
+    second = gradattr.grad_cam(net, x, 1, return_layers=True)  # the explicit path, same answer
+    torch.testing.assert_close(first[0], second[0])
+    assert first[1:] == second[1:] == ("relu2", "fc")
+    net.relu2 = nn.Sequential(nn.ReLU(), nn.Identity())  # the cached module is gone
+    assert _AUTO_CACHE.get(net, ((3, 8, 8), torch.float32, torch.device("cpu"), None)) is None
+    third = gradattr.grad_cam(net, x, 1, return_layers=True)
+    assert third[1] == "relu2"
+    torch.testing.assert_close(third[0], first[0])
