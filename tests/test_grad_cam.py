@@ -475,3 +475,15 @@ def test_automatic_layer_is_remembered_per_shape_and_invalidated_by_module_swap(
     third = gradattr.grad_cam(net, x, 1, return_layers=True)
     assert third[1] == "relu2"
     torch.testing.assert_close(third[0], first[0])
+
+
+def test_batched_matlab_formats_sscb_and_sssc():
+    net2, net3 = small_net(2), small_net(3)
+    imgs = torch.randn(9, 10, 3, 2)  # H x W x C x B
+    m = gradattr.grad_cam(net2, imgs, [0, 1], input_format="SSCB")
+    torch.testing.assert_close(m, gradattr.grad_cam(net2, imgs.permute(3, 2, 0, 1), [0, 1]))
+    assert m.shape == (2, 2, 9, 10)
+    vol = torch.randn(5, 6, 7, 3)  # H x W x D x C: the S dimensions keep their order
+    v = gradattr.grad_cam(net3, vol, 4, input_format="SSSC")
+    torch.testing.assert_close(v, gradattr.grad_cam(net3, vol.permute(3, 0, 1, 2), 4))
+    assert v.shape == (5, 6, 7)

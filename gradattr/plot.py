@@ -1,0 +1,399 @@
+"""Pictures of maps: images, sequences, volumes and side-by-side comparisons.
+
+matplotlib is an optional dependency (``pip install "gradattr[plot]"``) imported
+only when a function here is called. Figures are built with the object-oriented
+API on the non-interactive Agg canvas (``matplotlib.figure.Figure`` +
+``FigureCanvasAgg``): nothing here touches pyplot's global state or the user's
+backend, nothing opens a window. Every function returns the
+``matplotlib.figure.Figure`` (it displays itself in a notebook) and writes a PNG
+when given ``path``.
+
+Inputs may be torch tensors (any device, with or without grad) or numpy arrays.
+An input is min-max scaled for display; a map is rescaled to [0, 1] like
+MATLAB's ``rescale`` (a constant map becomes 0) and drawn with ``cmap`` on top of
+the input, as MATLAB's ``imshow(X); hold on; imagesc(scoreMap, AlphaData=0.5);
+colormap jet`` does.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .errors import GradattrError, expected
+
+__all__ = ["overlay", "sequence", "volume", "grid", "rescale"]
+
+
+# -- matplotlib, lazily -----------------------------------------------------------------
+def _mpl():
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise GradattrError("gradattr.plot: expected matplotlib to be installed (it is optional: "
+                            "pip install \"gradattr[plot]\"), got ImportError: " + str(err)) from None
+    return Figure, FigureCanvasAgg
+
+
+def _figure(nrows: int, ncols: int, figsize, **kw):
+    Figure, FigureCanvasAgg = _mpl()
+    fig = Figure(figsize=figsize, dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)  # the Agg canvas: savefig and buffer_rgba work without pyplot
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def _save(fig, path):
+    if path is not None:
+        path = os.fspath(path)
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise expected("path", "a file path in an existing folder", f"{path!r} (no folder {parent!r})")
+        fig.savefig(path, dpi=fig.dpi)  # PNG pixels = the figure's own pixels (no tight bbox)
+    return fig
+
+
+def _colormap(cmap):
+    import matplotlib
+
+    if isinstance(cmap, matplotlib.colors.Colormap):
+        return cmap
+    try:
+        return matplotlib.colormaps[cmap]
+    except (KeyError, TypeError, ValueError):
+        raise expected("cmap", "a matplotlib colormap or its name such as 'jet'", repr(cmap)) from None
+
+
+def _alpha(alpha) -> float:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.floating, np.integer)) \
+            or not 0.0 <= float(alpha) <= 1.0:
+        raise expected("alpha", "a number in [0, 1]", repr(alpha))
+    return float(alpha)
+
+
+# -- arrays ---------------------------------------------------------------------------------
+def _array(a, argument: str) -> np.ndarray:
+    """A tensor (any device, grad or not) or array-like -> finite float64 numpy array."""
+    if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch.Tensor, without importing torch here
+        a = a.detach().cpu().float().numpy()
+    elif not isinstance(a, np.ndarray):
+        if isinstance(a, (str, bytes)) or not hasattr(a, "__len__") and not hasattr(a, "__array__"):
+            raise expected(argument, "a torch.Tensor or a numpy array", type(a).__name__)
+        a = np.asarray(a)
+    if a.dtype.kind not in "biuf":
+        raise expected(argument, "a real numeric array", f"an array of dtype {a.dtype}")
+    a = a.astype(np.float64)
+    if a.size == 0:
+        raise expected(argument, "a non-empty array", f"shape {a.shape}")
+    if not np.isfinite(a).all():
+        raise expected(argument, "finite values", f"NaN or Inf in an array of shape {a.shape}")
+    return a
+
+
+def _squeeze_lead(a: np.ndarray, ndim: int) -> np.ndarray:
+    """Drop leading singleton dims (a batch of one, one map) down to ``ndim`` dims."""
+    while a.ndim > ndim and a.shape[0] == 1:
+        a = a[0]
+    return a
+
+
+def rescale(a: np.ndarray) -> np.ndarray:
+    """Min-max scale to [0, 1] as MATLAB's ``rescale``; a constant array becomes 0.
+
+    >>> rescale(np.array([2.0, 4.0, 3.0])).tolist()
+    [0.0, 1.0, 0.5]
+    """
+    lo, hi = float(a.min()), float(a.max())
+    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def _image2d(image) -> np.ndarray:
+    """HxW, HxWx{1,3}, {1,3}xHxW (or with a leading batch of one) -> HxW or HxWx3 in [0, 1]."""
+    is_tensor = hasattr(image, "detach")
+    a = _squeeze_lead(_array(image, "image"), 3)
+    if a.ndim == 3:
+        last, first = a.shape[-1] in (1, 3), a.shape[0] in (1, 3)
+        if first and (not last or is_tensor):  # CxHxW: PyTorch's layout, preferred for tensors
+            a = np.moveaxis(a, 0, -1)
+        elif not last:
+            raise expected("image", "H x W, H x W x 3 or 3 x H x W (1 channel also allowed, a "
+                           "leading batch of one too)", f"shape {tuple(_array(image, 'image').shape)}")
+        if a.shape[-1] == 1:
+            a = a[..., 0]
+    if a.ndim != 2 and a.ndim != 3:
+        raise expected("image", "H x W, H x W x 3 or 3 x H x W (for a C x T sequence use "
+                       "gradattr.plot.sequence, for a volume gradattr.plot.volume)",
+                       f"shape {tuple(np.shape(_array(image, 'image')))}")
+    return rescale(a)
+
+
+def _map_like(cam, argument: str, shape: tuple[int, ...]) -> np.ndarray:
+    m = _squeeze_lead(_array(cam, argument), len(shape))
+    if tuple(m.shape) != tuple(shape):
+        raise expected(argument, f"a map of the input's size {tuple(shape)} (call the method with "
+                       "upsampling='bicubic', or resize with gradattr.imresize)",
+                       f"shape {tuple(np.shape(_array(cam, argument)))}")
+    return m
+
+
+def _draw(ax, img01: np.ndarray, cam01: np.ndarray, alpha: float, cmap):
+    """imshow(X); hold on; imagesc(map, AlphaData=alpha) on one axes."""
+    if img01.ndim == 2:
+        ax.imshow(img01, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(img01, interpolation="nearest")
+    return ax.imshow(cam01, cmap=cmap, alpha=alpha, vmin=0.0, vmax=1.0, interpolation="nearest")
+
+
+def _outline(ax, mask):
+    """The 0.5 level line of a mask, in white (nothing for an empty or full mask)."""
+    if mask is not None and mask.min() < 0.5 < mask.max():
+        ax.contour(mask, levels=[0.5], colors="white", linewidths=1.5)
+
+
+# -- public functions ---------------------------------------------------------------------
+def overlay(image, cam, alpha: float = 0.5, cmap="jet", path=None, title: str | None = None, *,
+            ax=None, colorbar: bool = False, contour=None):
+    """A map over its image, as MATLAB's ``imshow(X); hold on; imagesc(map, AlphaData=0.5)``.
+
+    Args:
+        image: ``H x W`` (grey), ``H x W x 3`` or ``3 x H x W`` (tensor or numpy; a
+            leading batch of one is dropped), min-max scaled for display.
+        cam: ``H x W`` map (leading singleton dims dropped), rescaled to [0, 1].
+        alpha: opacity of the map.
+        cmap: colormap name or object for the map (MATLAB's ``colormap jet``).
+        path: where to write a PNG; ``None`` writes nothing.
+        title: axes title.
+        ax: draw into this matplotlib axes instead of a new figure (the PNG, if
+            asked for, is then of that axes' figure).
+        colorbar: add a colorbar for the rescaled map.
+        contour: an optional ``H x W`` mask (a region, the true object) whose
+            outline is drawn in white.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    _mpl()
+    alpha, cmap = _alpha(alpha), _colormap(cmap)
+    img = _image2d(image)
+    m = rescale(_map_like(cam, "cam", img.shape[:2]))
+    mask = None if contour is None else _map_like(contour, "contour", img.shape[:2])
+    if ax is None:
+        h, w = img.shape[:2]
+        fig, axes = _figure(1, 1, (4.0 * min(2.5, max(0.6, w / h)) + (0.6 if colorbar else 0), 4.0))
+        ax = axes[0, 0]
+    else:
+        fig = ax.figure
+    im = _draw(ax, img, m, alpha, cmap)
+    _outline(ax, mask)
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title)
+    if colorbar:
+        fig.colorbar(im, ax=ax, shrink=0.8, label="rescaled map")
+    return _save(fig, path)
+
+
+def sequence(x, importance, path=None, title: str | None = None, *, channel_names=None,
+             ylabel: str = "Grad-CAM importance", shade: bool = True, cmap="jet", legend: bool = True):
+    """A ``C x T`` sequence above its per-time-step importance (MATLAB's 1-D gradCAM example).
+
+    Top axes: one line per channel. Bottom axes: the importance per time step.
+    The x axis ("Time Step", 0-based) is shared.
+
+    Args:
+        x: ``C x T`` (or ``T`` for one channel, or ``1 x C x T``), tensor or numpy.
+        importance: a ``T`` map (leading singleton dims dropped), or a dict
+            ``{name: T map}`` for several lines in the bottom axes.
+        path: where to write a PNG; ``None`` writes nothing.
+        title: title of the top axes.
+        channel_names: legend labels (default ``"Feature 1"`` ... like MATLAB).
+        ylabel: label of the importance axis.
+        shade: tint the sequence axes' background by the (first) rescaled
+            importance with ``cmap``, so high-importance steps stand out.
+        cmap: colormap of the tint.
+        legend: show the channel legend (for at most 20 channels).
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    _mpl()
+    cmap = _colormap(cmap)
+    a = _squeeze_lead(_array(x, "x"), 2)
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2:
+        raise expected("x", "a C x T sequence (or T, or 1 x C x T)", f"shape {tuple(np.shape(_array(x, 'x')))}")
+    c, t = a.shape
+    named = importance if isinstance(importance, Mapping) else {ylabel: importance}
+    if not named:
+        raise expected("importance", "a T map or a non-empty dict of them", "an empty dict")
+    lines = {str(k): _map_like(v, "importance", (t,)) for k, v in named.items()}
+    if channel_names is None:
+        channel_names = [f"Feature {i + 1}" for i in range(c)]
+    elif len(channel_names) != c:
+        raise expected("channel_names", f"{c} names (one per channel of x)", f"{len(channel_names)}")
+
+    fig, axes = _figure(2, 1, (8.0, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    top, bottom = axes[0, 0], axes[1, 0]
+    steps = np.arange(t)
+    colors = _colormap("tab10")
+    for i in range(c):  # ten colours, then the same colours dashed, then dotted
+        top.plot(steps, a[i], lw=1.2, label=channel_names[i], color=colors(i % 10),
+                 linestyle=("-", "--", ":")[(i // 10) % 3])
+    if shade:
+        lo, hi = a.min(), a.max()
+        pad = 0.05 * (hi - lo if hi > lo else 1.0)
+        top.imshow(rescale(next(iter(lines.values())))[None], cmap=cmap, alpha=0.25, aspect="auto",
+                   extent=(-0.5, t - 0.5, lo - pad, hi + pad), vmin=0, vmax=1, zorder=0,
+                   interpolation="nearest")
+        top.set_ylim(lo - pad, hi + pad)
+    top.set_xlim(-0.5, t - 0.5)
+    top.set_ylabel("value")
+    if title is not None:
+        top.set_title(title)
+    if legend and c <= 20:
+        top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    for name, v in lines.items():
+        bottom.plot(steps, v, marker="o", ms=4, lw=1.5, label=name)
+        if len(lines) == 1:
+            bottom.fill_between(steps, 0, v, alpha=0.2)
+    if len(lines) > 1:
+        bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", frameon=False)
+    bottom.set_xlabel("Time Step")
+    from matplotlib.ticker import MaxNLocator
+
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.set_ylabel(ylabel if len(lines) == 1 else "importance")
+    bottom.grid(alpha=0.3)
+    top.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def volume(volume, cam, path=None, at="max", alpha: float = 0.5, cmap="jet", title: str | None = None,
+           *, contour=None, colorbar: bool = True):
+    """Three orthogonal slices of a volume with its map overlaid.
+
+    The slices are ``D``-slice (``H x W``), ``H``-slice (``D x W``) and ``W``-slice
+    (``D x H``) through one point, marked by a cross. The volume is min-max
+    scaled and the map rescaled over the whole volume (not per slice), so the
+    three panels share one colour scale.
+
+    Args:
+        volume: ``D x H x W`` or ``C x D x H x W`` (channels averaged; a leading
+            batch of one is dropped), tensor or numpy.
+        cam: ``D x H x W`` map (leading singleton dims dropped).
+        path: where to write a PNG; ``None`` writes nothing.
+        at: ``"max"`` (through the map's maximum), ``"center"``, or a ``(d, h, w)``
+            index.
+        alpha: opacity of the map.
+        cmap: colormap of the map.
+        title: figure title.
+        contour: an optional ``D x H x W`` mask (e.g. the true object or organ)
+            whose outline is drawn in white on each slice.
+        colorbar: add a colorbar for the rescaled map.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    _mpl()
+    alpha, cmap = _alpha(alpha), _colormap(cmap)
+    v = _squeeze_lead(_array(volume, "volume"), 4)
+    if v.ndim == 4:
+        v = v.mean(0)
+    if v.ndim != 3:
+        raise expected("volume", "D x H x W or C x D x H x W (for images use gradattr.plot.overlay)",
+                       f"shape {tuple(np.shape(_array(volume, 'volume')))}")
+    v = rescale(v)
+    m = rescale(_map_like(cam, "cam", v.shape))
+    mask = None if contour is None else _map_like(contour, "contour", v.shape)
+    if isinstance(at, str) and at == "max":
+        point = np.unravel_index(int(np.argmax(m)), m.shape)
+    elif isinstance(at, str) and at == "center":
+        point = tuple(s // 2 for s in m.shape)
+    elif (isinstance(at, Sequence) and not isinstance(at, str) and len(at) == 3
+          and all(isinstance(i, (int, np.integer)) and 0 <= i < s for i, s in zip(at, m.shape))):
+        point = tuple(at)
+    else:
+        raise expected("at", f"'max', 'center' or a (d, h, w) index inside {m.shape}", repr(at))
+    d, h, w = (int(i) for i in point)
+    cut = [(d, slice(None), slice(None)), (slice(None), h, slice(None)), (slice(None), slice(None), w)]
+    views = [(c, f"{name} = {i}", labels, p) for c, name, i, labels, p in zip(
+        cut, "DHW", (d, h, w), (("W", "H"), ("W", "D"), ("H", "D")), ((w, h), (w, d), (h, d)))]
+    fig, axes = _figure(1, 3, (11.0 + (0.8 if colorbar else 0), 4.0))
+    im = None
+    for ax, (c, name, (xl, yl), (px, py)) in zip(axes[0], views):
+        im = _draw(ax, v[c], m[c], alpha, cmap)
+        _outline(ax, None if mask is None else mask[c])
+        ax.plot([px], [py], marker="+", color="white", ms=14, mew=1.5)
+        ax.set_title(f"slice {name}")
+        ax.set_xlabel(xl)
+        ax.set_ylabel(yl)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if colorbar:
+        fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="rescaled map")
+    if title is not None:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def grid(image, maps: Mapping, path=None, alpha: float = 0.5, cmap="jet", title: str | None = None, *,
+         ncols: int | None = None, input_title: str | None = "input", contours: Mapping | None = None):
+    """Several maps over one image, one panel each titled with its name.
+
+    Each map is rescaled to [0, 1] on its own (as MATLAB's ``rescale`` per map).
+
+    Args:
+        image: ``H x W``, ``H x W x 3`` or ``3 x H x W`` (tensor or numpy).
+        maps: ``{name: H x W map}``, e.g. ``{"Grad-CAM": m1, "Grad-CAM++": m2}``.
+        path: where to write a PNG; ``None`` writes nothing.
+        alpha: opacity of the maps.
+        cmap: colormap of the maps.
+        title: figure title.
+        ncols: panels per row (default: all in one row up to 4).
+        input_title: title of a first panel with the plain image; ``None`` leaves
+            that panel out.
+        contours: ``{name: H x W mask}``: outlines (white) drawn on the panels of
+            those names (a name of ``maps``, or ``input_title``).
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    _mpl()
+    alpha, cmap = _alpha(alpha), _colormap(cmap)
+    if not isinstance(maps, Mapping) or not maps:
+        raise expected("maps", "a non-empty dict {name: map}",
+                       "an empty dict" if isinstance(maps, Mapping) else type(maps).__name__)
+    img = _image2d(image)
+    scaled = {str(k): rescale(_map_like(v, f"maps[{k!r}]", img.shape[:2])) for k, v in maps.items()}
+    panels = ([(input_title, None)] if input_title is not None else []) + list(scaled.items())
+    contours = {} if contours is None else contours
+    if not isinstance(contours, Mapping) or set(map(str, contours)) - {str(p) for p, _ in panels}:
+        raise expected("contours", f"a dict whose keys are panel names {[p for p, _ in panels]}",
+                       repr(list(contours)) if isinstance(contours, Mapping) else type(contours).__name__)
+    outlines = {str(k): _map_like(v, f"contours[{k!r}]", img.shape[:2]) for k, v in contours.items()}
+    if ncols is None:
+        ncols = min(len(panels), 4)
+    if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
+        raise expected("ncols", "a positive int", repr(ncols))
+    nrows = -(-len(panels) // ncols)
+    h, w = img.shape[:2]
+    side = 3.2 * min(2.5, max(0.6, w / h))
+    fig, axes = _figure(nrows, ncols, (side * ncols, 3.4 * nrows))
+    flat = list(axes.ravel())
+    for ax, (name, m) in zip(flat, panels):
+        if m is None:
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        else:
+            _draw(ax, img, m, alpha, cmap)
+        _outline(ax, outlines.get(str(name)))
+        ax.set_title(name)
+        ax.set_axis_off()
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    if title is not None:
+        fig.suptitle(title)
+    return _save(fig, path)
