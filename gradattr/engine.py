@@ -128,6 +128,30 @@ class Session:
         return normalize_maps(torch.relu(torch.stack(resized).mean(0)))
 
     # -- one forward pass ------------------------------------------------------------
+    def _watch_reduction(self, handles: list, name_output: bool = True):
+        """Hook the reduction layer (appending to ``handles``); returns ``finish(output) -> (y, name)``.
+
+        With no reduction layer, ``y`` is the network output, named after the module
+        that produced it (``name_output``) or ``"output"``.
+        """
+        red: dict = {}
+        names = Namer(self.net) if self.reduction is None and name_output else None
+        if self.reduction is not None:
+            handles.append(self.reduction[0].register_forward_hook(
+                lambda m, i, o: red.__setitem__("out", o)))
+        if names is not None:
+            handles += names.attach()
+
+        def finish(output):
+            if self.reduction is None:
+                return output, names.name_of(output) if names is not None else "output"
+            if "out" not in red:
+                raise GradattrError(f"reduction_layer: expected a layer that runs in the forward pass, "
+                                    f"but {self.reduction[1]!r} was never called for this input")
+            return red["out"], self.reduction[1]
+
+        return finish
+
     def capture(self, grad: bool = True, x: torch.Tensor | None = None) -> Capture:
         """Run the network once, capturing the feature layer(s) and the reduction output."""
         x = self.x if x is None else x
@@ -150,7 +174,6 @@ class Session:
 
     def _capture_explicit(self, grad: bool, x: torch.Tensor) -> Capture:
         slots: list[torch.Tensor | None] = [None] * len(self.features)
-        red: dict = {}
         n, rank = x.shape[0], self.rank
 
         def feature_hook(i, name):
@@ -163,16 +186,11 @@ class Session:
                 return out.clone()
             return hook
 
-        handles = []
-        names = Namer(self.net) if self.reduction is None else None
+        handles: list = []
         try:
             for i, (module, name) in enumerate(self.features):
                 handles.append(module.register_forward_hook(feature_hook(i, name)))
-            if self.reduction is not None:
-                handles.append(self.reduction[0].register_forward_hook(
-                    lambda m, i, o: red.__setitem__("out", o)))
-            if names:
-                handles += names.attach()
+            finish = self._watch_reduction(handles)
             with torch.no_grad():
                 output = self.net(x)
         finally:
@@ -182,7 +200,8 @@ class Session:
             if slots[i] is None:
                 raise GradattrError(f"feature_layer: expected a layer that runs in the forward pass, "
                                     f"but {name!r} was never called for this input")
-        return self._finish(slots, [nm for _, nm in self.features], red, output, names)
+        y, rname = finish(output)
+        return Capture(slots, y, [nm for _, nm in self.features], rname)
 
     def _capture_auto(self, grad: bool, x: torch.Tensor):
         n, rank = x.shape[0], self.rank
@@ -200,26 +219,24 @@ class Session:
                     else:
                         seen.append([name, out, out._version])
                         del seen[:-2]  # only the last two can be chosen; let the rest be freed
-                if module is reduction_module:
-                    red["out"], red["seen"] = out, [list(s) for s in seen]
+                if module is reduction_module:  # candidates must come before the reduction layer
+                    red["seen"] = [list(s) for s in seen]
             return hook
 
-        handles = []
-        names = Namer(self.net) if self.reduction is None else None
+        handles: list = []
         needs_input_grad = grad and not any(p.requires_grad for p in self.net.parameters())
         try:
             for m, nm in named:
                 handles.append(m.register_forward_hook(hook_for(nm, m)))
-            if names:
-                handles += names.attach()
+            finish = self._watch_reduction(handles)
             with torch.set_grad_enabled(grad):
                 output = self.net(x.requires_grad_(needs_input_grad) if needs_input_grad else x)
         finally:
             for h in handles:
                 h.remove()
             x.requires_grad_(False)
-        final = red.get("out", output)
-        candidates = [s for s in red.get("seen", seen) if s[1] is not final]
+        y, rname = finish(output)
+        candidates = [s for s in red.get("seen", seen) if s[1] is not y]
         if not candidates:
             raise GradattrError(
                 f"feature_layer: no layer of this network outputs a tensor with the input's layout "
@@ -227,7 +244,7 @@ class Session:
                 f"feature_layer explicitly")
         name, act, version = candidates[-1]
         fresh = act._version == version and (act.requires_grad or not grad)
-        return self._finish([act], [name], red, output, names), fresh
+        return Capture([act], y, [name], rname), fresh
 
     def forward_scores(self, x: torch.Tensor, target: Target, rows: torch.Tensor | None = None,
                        replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -235,37 +252,12 @@ class Session:
         """Scores ``(B, K)`` of a forward pass without gradients, for perturbation methods.
 
         ``target`` should be :meth:`Target.fixed`; ``rows`` (``B``,) says which
-        original sample each row of ``x`` is a copy of. ``replace`` maps the output
-        of feature layer ``layer`` to the tensor the rest of the network sees (its
-        batch may differ from ``x``'s: the tail then runs on that batch).
+        original sample each row of ``x`` is a copy of; ``replace`` and ``layer``
+        are :meth:`forward_output`'s.
         """
-        if self.features is None:
-            raise RuntimeError("forward_scores needs the feature layer: call capture() first")
-        red: dict = {}
-        handles = []
-        try:
-            if replace is not None:
-                handles.append(self.features[layer][0].register_forward_hook(
-                    lambda m, i, o: replace(o)))
-            if self.reduction is not None:
-                handles.append(self.reduction[0].register_forward_hook(
-                    lambda m, i, o: red.__setitem__("out", o)))
-            with torch.no_grad():
-                output = self.net(x)
-        finally:
-            for h in handles:
-                h.remove()
-        y = red.get("out", output)
+        y = self.forward_output(x, replace=replace, layer=layer)
         b = y.shape[0] if isinstance(y, torch.Tensor) else x.shape[0]
         return target.scores(y, b, rows)
-
-    def _finish(self, acts, feature_names, red, output, names) -> Capture:
-        if self.reduction is not None:
-            if "out" not in red:
-                raise GradattrError(f"reduction_layer: expected a layer that runs in the forward pass, "
-                                    f"but {self.reduction[1]!r} was never called for this input")
-            return Capture(acts, red["out"], feature_names, self.reduction[1])
-        return Capture(acts, output, feature_names, names.name_of(output))
 
     # -- scores and gradients --------------------------------------------------------
     def scores(self, cap: Capture) -> torch.Tensor:
@@ -277,26 +269,120 @@ class Session:
 
         One backward of the tail per target ``k``, all from the same forward pass.
         """
-        s = self.scores(cap)
-        if not s.requires_grad:
-            raise GradattrError(
-                f"target: expected a score that depends on feature layer {cap.feature_names[0]!r}, "
-                f"but the score computed from reduction layer {cap.reduction_name!r} does not "
-                "depend on it (is the reduction layer before the feature layer?)")
-        if counterfactual:
-            s = -s
-        k_count = s.shape[1]
-        per_k = []
-        for k in range(k_count):
-            g = torch.autograd.grad(s[:, k].sum(), cap.acts, retain_graph=k < k_count - 1,
-                                    allow_unused=True)
-            for gi, name in zip(g, cap.feature_names):
-                if gi is None:
-                    raise GradattrError(
-                        f"target: expected a score that depends on feature layer {name!r}, but the "
-                        f"score from reduction layer {cap.reduction_name!r} does not depend on it")
-            per_k.append(g)
-        return [torch.stack([g[i] for g in per_k], 1) for i in range(len(cap.acts))]
+        what = f"feature layer {cap.feature_names[0]!r}"
+        return per_target_grads(self.scores(cap), cap.acts, counterfactual,
+                                [f"feature layer {nm!r}" for nm in cap.feature_names], what,
+                                cap.reduction_name)
+
+    # -- perturbation and input-gradient passes ---------------------------------------
+    def forward_output(self, x: torch.Tensor, replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       layer: int = 0, call: int | None = None):
+        """The reduction layer's output ``y`` of a no-grad forward pass of ``x``.
+
+        Like :meth:`forward_scores` but returns ``y`` itself, so a caller can check
+        its batch before scoring it. ``replace`` substitutes the output of feature
+        layer ``layer`` on its ``call``-th call (0-based, as counted by
+        :meth:`feature_calls`; ``None``: every call), which matters for a module
+        that the network calls several times (a shared activation module).
+        """
+        if self.features is None:
+            raise RuntimeError("forward_output needs the feature layer: call capture() first")
+        handles: list = []
+        count = [0]
+
+        def swap(m, i, o):
+            k = count[0]
+            count[0] += 1
+            if call is None or k == call:
+                return replace(o)
+            return None
+
+        try:
+            if replace is not None:
+                handles.append(self.features[layer][0].register_forward_hook(swap))
+            finish = self._watch_reduction(handles, name_output=False)
+            with torch.no_grad():
+                output = self.net(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return finish(output)[0]
+
+    def feature_calls(self, x: torch.Tensor | None = None) -> list[int]:
+        """How many times each feature layer's module runs in one forward pass (of the first sample).
+
+        The captured activation is the output of the last call.
+        """
+        if self.features is None:
+            raise RuntimeError("feature_calls needs the feature layer: call capture() first")
+        x = self.x[:1] if x is None else x
+        counts = [0] * len(self.features)
+        handles = []
+
+        def counter(i):
+            def hook(m, inp, out):
+                counts[i] += 1
+            return hook
+
+        try:
+            for i, (module, _) in enumerate(self.features):
+                handles.append(module.register_forward_hook(counter(i)))
+            with torch.no_grad():
+                self.net(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return counts
+
+    def input_gradients(self, counterfactual: bool = False, context=None):
+        """``d score_k / d x`` through the whole network: ``(grads (N, K, C, *s), reduction_name)``.
+
+        ``context`` (a context manager, e.g. :class:`gradattr.guided.GuidedRectifiers`)
+        is active during the forward pass, so it can change how the graph is
+        recorded. The input is a private leaf; the network sees a copy of it, so
+        in-place operations on the input are allowed. No parameter ``.grad`` is written.
+        """
+        from contextlib import nullcontext
+
+        leaf = self.x.detach().clone().requires_grad_(True)
+        handles: list = []
+        try:
+            finish = self._watch_reduction(handles)
+            with context if context is not None else nullcontext(), torch.enable_grad():
+                output = self.net(leaf.clone())
+        finally:
+            for h in handles:
+                h.remove()
+        y, rname = finish(output)
+        s = self.target.scores(y, leaf.shape[0])
+        (g,) = per_target_grads(s, [leaf], counterfactual, ["the input"], "the input", rname)
+        return g, rname
+
+
+def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual: bool,
+                     names: list[str], what: str, reduction_name: str) -> list[torch.Tensor]:
+    """``d s[:, k] / d inputs[i]`` for every target ``k``: one ``(N, K, *input)`` tensor per input.
+
+    Samples are independent in eval mode, so the gradient of the batch sum is each
+    sample's own. One backward per target, all on the same graph.
+    """
+    if not s.requires_grad:
+        raise GradattrError(
+            f"target: expected a score that depends on {what}, but the score computed from "
+            f"reduction layer {reduction_name!r} does not depend on it (is the reduction layer "
+            "before the feature layer?)")
+    if counterfactual:
+        s = -s
+    k_count = s.shape[1]
+    per_k = []
+    for k in range(k_count):
+        g = torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1, allow_unused=True)
+        for gi, name in zip(g, names):
+            if gi is None:
+                raise GradattrError(f"target: expected a score that depends on {name}, but the score "
+                                    f"from reduction layer {reduction_name!r} does not depend on it")
+        per_k.append(g)
+    return [torch.stack([g[i] for g in per_k], 1) for i in range(len(inputs))]
 
 
 class _AutoLayerCache:
