@@ -110,3 +110,14 @@ def test_segmentation(tmp_path):
     for m in r["maps"].values():
         assert np.asarray(m).shape == (20, 40) and np.asarray(m).max() > 0
     assert r["feature_layer"] == "enc4" and r["reduction_layer"] == "score"
+
+
+def test_method_grid_fast_methods(tmp_path):
+    """The README's method picture; Score-CAM and Ablation-CAM (minutes on a CPU) are left out here."""
+    module = importlib.import_module("method_grid")
+    fast = ["grad_cam", "grad_cam_plus_plus", "eigen_cam", "guided_backprop"]
+    r = module.main(out_dir=str(tmp_path), quick=True, methods=fast)
+    assert Path(r["path"]).name == "methods_grid.png" and Path(r["path"]).exists()
+    assert set(r["results"]) == set(fast) and r["top"] == 285
+    for name, (m, _) in r["results"].items():
+        assert tuple(m.shape) == (112, 112) and float(m.max()) > 0, name
