@@ -1,0 +1,441 @@
+"""Compare attribution methods on your own model and data: one table row per method.
+
+:func:`compare` computes each method's maps on the data and scores them with
+the metrics of :mod:`gradattr.metrics`; the :class:`Table` it returns prints as
+aligned text and renders as Markdown. Methods are run through
+:func:`gradattr.attribute` by name.
+"""
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import api
+from . import metrics as M
+from .errors import GradattrError, expected
+from .inputs import prepare
+from .targets import resolve_target
+
+__all__ = ["compare", "Table", "explain", "available_methods", "method_options", "channel_reduce",
+           "METRICS"]
+
+
+# -- method dispatch ------------------------------------------------------------------
+def available_methods() -> dict[str, str]:
+    """``{name: one-line description}`` of the methods (:func:`gradattr.list_methods`)."""
+    return {name: (getattr(api, name).__doc__ or "").strip().splitlines()[0] for name in api.list_methods()}
+
+
+def method_options(method: str) -> set[str] | None:
+    """The keyword options ``method`` takes (``None`` for an unknown name)."""
+    fn = getattr(api, method, None) if isinstance(method, str) and method in api.list_methods() else None
+    if fn is None:
+        return None
+    return {p for p in inspect.signature(fn).parameters if p not in ("net", "x", "target")}
+
+
+def channel_reduce(maps, rank: int, lead: int):
+    """``(*lead, C, *s)`` input-space attributions (guided backprop) -> ``(*lead, *s)`` maps.
+
+    A map with one more dimension than ``lead + rank`` has a channel axis before
+    the spatial ones; it becomes the sum of absolute values over channels (how
+    pixel-attribution metrics and Quantus reduce channels). Other maps are returned as they are.
+    """
+    m = maps if isinstance(maps, torch.Tensor) else torch.as_tensor(np.asarray(maps))
+    if m.ndim != lead + rank + 1:
+        return maps
+    out = m.abs().sum(lead)
+    return out if isinstance(maps, torch.Tensor) else out.numpy()
+
+
+def explain(net: nn.Module, x, method: str = "grad_cam", target=None, **options):
+    """Maps of ``method`` for ``x``: :func:`gradattr.attribute`.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3, padding=1), torch.nn.ReLU(),
+        ...                           torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten())
+        >>> explain(net, torch.randn(1, 1, 8), "grad_cam", 0).shape
+        torch.Size([1, 8])
+    """
+    if not isinstance(method, str):
+        raise expected("method", "a method name (str)", type(method).__name__)
+    return api.attribute(net, x, target, method=method, **options)
+
+
+# -- the metrics a table can hold -----------------------------------------------------
+@dataclass(frozen=True)
+class _Metric:
+    name: str
+    higher_is_better: bool
+    needs: str  # "net" (runs the network) or "reference" (a mask or a box)
+    compute: Callable  # (ctx) -> per-map values, any shape
+    doc: str
+
+
+def _conf(ctx):
+    return ctx.cached("confidence", lambda: M.confidence_change(
+        ctx.net, ctx.x, ctx.maps, ctx.target, **ctx.kw("confidence")))
+
+
+def _road(ctx):
+    return ctx.cached("road", lambda: M.road(ctx.net, ctx.x, ctx.maps, ctx.target, **ctx.kw("road")))
+
+
+def _ref_maps(ctx):
+    """Maps as a batch ``(N*K, *s)`` and the reference repeated to match."""
+    m = torch.as_tensor(ctx.maps).float()
+    s = ctx.spatial
+    m = m.reshape(-1, *s)
+    reps = m.shape[0] // ctx.n
+    mask, box = ctx.mask, ctx.box
+    if mask is not None:
+        mk = torch.as_tensor(np.asarray(mask)) if not isinstance(mask, torch.Tensor) else mask
+        mask = mk if mk.ndim == len(s) else mk.repeat_interleave(reps, 0)
+    if box is not None:
+        bx = torch.as_tensor(np.asarray(box)) if not isinstance(box, torch.Tensor) else box
+        box = bx if bx.ndim == 2 else bx.repeat_interleave(reps, 0)
+    return m, mask, box
+
+
+def _pointing(ctx):
+    m, mask, box = _ref_maps(ctx)
+    return M.pointing_game(m, mask, box, **ctx.opts("pointing_game")).float()
+
+
+def _energy(ctx):
+    m, mask, box = _ref_maps(ctx)
+    return M.energy_pointing_game(m, mask, box)
+
+
+def _loc_iou(ctx):
+    m, mask, box = _ref_maps(ctx)
+    if box is None:  # the reference box of a mask is its bounding box
+        box = _mask_box(mask, m.shape[0])
+    return torch.as_tensor(M.localize(m, box, **ctx.opts("localization")).iou)
+
+
+def _mask_box(mask, n: int) -> np.ndarray:
+    mk = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).astype(bool)
+    if mk.ndim == 0:
+        raise expected("mask", "a boolean array", "a scalar")
+    masks = mk[None].repeat(n, 0) if mk.shape[0] != n else mk
+    out = []
+    for one in masks:
+        idx = np.nonzero(one)
+        if not idx[0].size:
+            raise expected("mask", "at least one True element per sample", "an empty mask")
+        out.append([[int(i.min()), int(i.max()) + 1] for i in idx])
+    return np.asarray(out)
+
+
+#: Metrics :func:`compare` knows, by name.
+METRICS: dict[str, _Metric] = {m.name: m for m in [
+    _Metric("deletion", False, "net", lambda c: M.deletion(
+        c.net, c.x, c.maps, c.target, **c.kw("deletion")).auc,
+        "deletion AUC (RISE), baseline zeros"),
+    _Metric("insertion", True, "net", lambda c: M.insertion(
+        c.net, c.x, c.maps, c.target, **c.kw("insertion")).auc,
+        "insertion AUC (RISE), baseline blurred input"),
+    _Metric("average_drop", False, "net", lambda c: 100 * torch.as_tensor(_conf(c).drop),
+            "average drop in confidence, % (Grad-CAM++)"),
+    _Metric("increase_in_confidence", True, "net",
+            lambda c: 100 * torch.as_tensor(_conf(c).increase).float(),
+            "increase in confidence, % of samples (Grad-CAM++)"),
+    _Metric("road", True, "net", lambda c: torch.as_tensor(_road(c).combined),
+            "ROAD, mean (LeRF - MoRF) / 2 over fractions 0.1..0.9"),
+    _Metric("road_morf", False, "net", lambda c: torch.as_tensor(_road(c).morf).mean(-1),
+            "ROAD most-relevant-first score, mean over fractions"),
+    _Metric("road_lerf", True, "net", lambda c: torch.as_tensor(_road(c).lerf).mean(-1),
+            "ROAD least-relevant-first score, mean over fractions"),
+    _Metric("pointing_game", True, "reference", _pointing, "pointing game hit rate"),
+    _Metric("energy_pointing_game", True, "reference", _energy, "energy inside the reference"),
+    _Metric("localization", True, "reference", _loc_iou,
+            "IoU of the CAM box (20% threshold) with the reference box"),
+]}
+
+DEFAULT_METRICS = ("deletion", "insertion", "average_drop", "increase_in_confidence")
+_OPTION_GROUP = {"average_drop": "confidence", "increase_in_confidence": "confidence",
+                 "road_morf": "road", "road_lerf": "road"}
+
+
+class _Context:
+    """One batch and one method's maps, with a cache shared by metrics that share work."""
+
+    def __init__(self, net, x, maps, target, common, metric_options, mask, box, n, spatial):
+        self.net, self.x, self.maps, self.target = net, x, maps, target
+        self.common, self.metric_options = common, metric_options
+        self.mask, self.box, self.n, self.spatial = mask, box, n, spatial
+        self._cache: dict = {}
+
+    def cached(self, key, fn):
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def opts(self, name: str) -> dict:
+        return dict(self.metric_options.get(name, {}))
+
+    def kw(self, name: str) -> dict:
+        """The shared network-metric options overridden by ``metric_options[name]``."""
+        return {**self.common, **self.opts(name)}
+
+
+# -- the table ------------------------------------------------------------------------
+@dataclass
+class Table:
+    """Rows of a comparison: one dict per method, ``{"method": name, metric: value, ...}``.
+
+    ``str(table)`` is aligned plain text; :meth:`to_markdown` a Markdown table.
+    Values are means over all samples (NaN-free ones for localisation metrics);
+    ``seconds`` is the time to compute that method's maps.
+    """
+
+    rows: list[dict]
+    columns: list[str]
+    higher_is_better: dict[str, bool] = field(default_factory=dict)
+    samples: int = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __getitem__(self, key):
+        """A row by position or by method name."""
+        if isinstance(key, str):
+            for row in self.rows:
+                if row["method"] == key:
+                    return row
+            raise KeyError(key)
+        return self.rows[key]
+
+    def best(self, metric: str) -> str:
+        """The method with the best value of ``metric``."""
+        if metric not in self.higher_is_better:
+            raise expected("metric", "one of " + ", ".join(self.higher_is_better), repr(metric))
+        sign = 1 if self.higher_is_better[metric] else -1
+        return max(self.rows, key=lambda r: -math.inf if math.isnan(r[metric]) else sign * r[metric])[
+            "method"]
+
+    def _cells(self) -> list[list[str]]:
+        def fmt(v):
+            if isinstance(v, str):
+                return v
+            return "nan" if math.isnan(v) else f"{v:.4g}"
+        return [[fmt(r[c]) for c in self.columns] for r in self.rows]
+
+    def _headers(self, up: str, down: str) -> list[str]:
+        return [c + (f" {up}" if self.higher_is_better.get(c) else f" {down}" if c in self.higher_is_better
+                     else "") for c in self.columns]
+
+    def to_markdown(self) -> str:
+        """A Markdown table; arrows say whether higher or lower is better."""
+        head = self._headers("↑", "↓")
+        lines = ["| " + " | ".join(head) + " |",
+                 "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in self._cells()]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        head = self._headers("(+)", "(-)")
+        cells = self._cells()
+        widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(head)]
+        line = lambda r: "  ".join(v.ljust(w) if i == 0 else v.rjust(w)  # noqa: E731
+                                   for i, (v, w) in enumerate(zip(r, widths)))
+        out = [line(head), "  ".join("-" * w for w in widths)] + [line(r) for r in cells]
+        out.append(f"({self.samples} samples; (+) higher is better, (-) lower is better)")
+        return "\n".join(out)
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_markdown_(self) -> str:  # notebooks
+        return self.to_markdown()
+
+
+# -- compare --------------------------------------------------------------------------
+def _batches(data, target, mask, box):
+    """``data`` -> iterable of ``(x, target, mask, box)``."""
+    if isinstance(data, (torch.Tensor, np.ndarray)):
+        yield data, target, mask, box
+        return
+    if mask is not None or box is not None or target is not None:
+        raise GradattrError("data: expected a single batch (tensor or array) when target, mask or box "
+                            "is given; with an iterable of batches, put them in each batch as "
+                            "(x, target) or (x, target, reference)")
+    if not isinstance(data, Iterable) or isinstance(data, (str, bytes)):
+        raise expected("data", "a tensor, a numpy array, or an iterable of batches x, (x, target) or "
+                       "(x, target, reference)", type(data).__name__)
+    for i, item in enumerate(data):
+        if isinstance(item, (torch.Tensor, np.ndarray)):
+            yield item, None, None, None
+        elif isinstance(item, (tuple, list)) and 1 <= len(item) <= 3:
+            x, *rest = item
+            tgt = rest[0] if rest else None
+            if tgt is not None and isinstance(tgt, (torch.Tensor, np.ndarray)) and np.ndim(tgt) == 1:
+                tgt = tgt.reshape(-1, 1)  # labels of a batch: one class per sample
+            ref = rest[1] if len(rest) > 1 else None
+            is_mask = ref is not None and np.asarray(ref.cpu() if isinstance(ref, torch.Tensor)
+                                                     else ref).dtype == bool
+            yield x, tgt, (ref if is_mask else None), (None if is_mask else ref)
+        else:
+            raise expected(f"data[{i}]", "x, (x, target) or (x, target, reference)",
+                           type(item).__name__)
+
+
+def _label(method) -> str:
+    if isinstance(method, str):
+        return method
+    if isinstance(method, tuple) and len(method) == 2 and isinstance(method[0], str):
+        return method[0]
+    return getattr(method, "__name__", type(method).__name__)
+
+
+def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Sequence[str] = DEFAULT_METRICS,
+            *, target=None, mask=None, box=None, method_options: Mapping | None = None,
+            metric_options: Mapping | None = None, softmax: bool = True, batch_size: int = 32,
+            classes: Sequence | None = None, input_format: str | None = None, device="auto") -> Table:
+    """Score several attribution methods on the same data: one row per method.
+
+    Args:
+        net: the network, left as found.
+        data: one batch (``x``, a tensor or array as for :func:`gradattr.grad_cam`) or
+            an iterable of batches (a ``DataLoader``): each ``x``, ``(x, target)``
+            (a 1-D target is one class per sample) or ``(x, target, reference)`` (a
+            boolean mask or an integer box for the localisation metrics).
+        methods: method names (see :func:`available_methods`), ``"random"`` (uniform
+            noise maps: the chance level to beat), callables ``(net, x, target) ->
+            maps``, or ``(label, callable)`` pairs.
+        metrics: names from :data:`METRICS`: ``"deletion"``, ``"insertion"``,
+            ``"average_drop"``, ``"increase_in_confidence"``, ``"road"``,
+            ``"road_morf"``, ``"road_lerf"``, and with a mask or box
+            ``"pointing_game"``, ``"energy_pointing_game"``, ``"localization"``.
+        target: the classes to explain for a single batch (``None``: top class).
+        mask, box: the object's reference region for a single batch (see
+            :mod:`gradattr.metrics` for the box format).
+        method_options: keyword arguments for every method (e.g.
+            ``{"feature_layer": "layer4"}``), or ``{method: {...}}`` per method.
+        metric_options: ``{metric: {...}}`` keyword arguments, e.g.
+            ``{"deletion": {"steps": 20}, "road": {"fractions": [0.2, 0.5]}}``
+            (``average_drop`` and ``increase_in_confidence`` share ``"confidence"``,
+            the ROAD variants ``"road"``).
+        softmax, batch_size: passed to every network metric.
+        classes, input_format, device: as in :func:`gradattr.grad_cam`.
+
+    Returns:
+        A :class:`Table`, one row per method: the mean of each metric over the
+        samples and ``seconds`` to compute the maps.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3, padding=1), torch.nn.ReLU(),
+        ...                           torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+        >>> t = compare(net, torch.randn(4, 2, 16), ["grad_cam", "random"], ["deletion", "insertion"])
+        >>> [row["method"] for row in t], t.columns
+        (['grad_cam', 'random'], ['method', 'deletion', 'insertion', 'seconds'])
+    """
+    if isinstance(methods, str) or callable(methods) or (
+            isinstance(methods, tuple) and len(methods) == 2 and isinstance(methods[0], str)
+            and callable(methods[1])):
+        methods = [methods]
+    methods = list(methods)
+    if not methods:
+        raise expected("methods", "at least one method", "an empty list")
+    if isinstance(metrics, str):
+        metrics = [metrics]
+    metrics = list(metrics)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise expected("metrics", "names from " + ", ".join(METRICS), repr(unknown[0]))
+    labels = [_label(m) for m in methods]
+    if len(set(labels)) != len(labels):
+        raise expected("methods", "distinct method names", repr(labels))
+    metric_options = dict(metric_options or {})
+    for k in metric_options:
+        if k not in METRICS and k not in ("confidence",):
+            raise expected("metric_options", "keys from " + ", ".join([*METRICS, "confidence"]), repr(k))
+    for k, grp in _OPTION_GROUP.items():
+        if k in metric_options:
+            metric_options.setdefault(grp, metric_options[k])
+    method_options = dict(method_options or {})
+    per_method = {lab: dict(method_options[lab]) for lab in labels
+                  if isinstance(method_options.get(lab), Mapping)}
+    shared = {k: v for k, v in method_options.items() if k not in per_method}
+    common = dict(softmax=softmax, batch_size=batch_size, classes=classes, input_format=input_format,
+                  device=device)
+
+    values: dict[str, dict[str, list]] = {lab: {m: [] for m in metrics} for lab in labels}
+    seconds = {lab: 0.0 for lab in labels}
+    samples = 0
+    gen = torch.Generator().manual_seed(0)
+    for x, tgt, bmask, bbox in _batches(data, target, mask, box):
+        needs_ref = [m for m in metrics if METRICS[m].needs == "reference"]
+        if needs_ref and bmask is None and bbox is None:
+            raise expected("mask", f"a mask or a box for metric {needs_ref[0]!r}", "neither")
+        n, spatial, _, _ = _shape_info(net, x, tgt, common)
+        for method, lab in zip(methods, labels):
+            t0 = time.perf_counter()
+            maps = _maps(net, x, method, lab, tgt, {**shared, **per_method.get(lab, {})}, common, gen)
+            seconds[lab] += time.perf_counter() - t0
+            ctx = _Context(net, x, maps, tgt, common, metric_options, bmask, bbox, n, spatial)
+            for m in metrics:
+                v = METRICS[m].compute(ctx)
+                values[lab][m].append(torch.as_tensor(np.asarray(v.cpu() if isinstance(v, torch.Tensor)
+                                                                 else v), dtype=torch.float64).flatten())
+        samples += n
+    if samples == 0:
+        raise expected("data", "at least one batch", "an empty iterable")
+    rows = []
+    for lab in labels:
+        row = {"method": lab}
+        for m in metrics:
+            v = torch.cat(values[lab][m])
+            row[m] = float(torch.nanmean(v)) if v.numel() else math.nan
+        row["seconds"] = seconds[lab]
+        rows.append(row)
+    return Table(rows=rows, columns=["method", *metrics, "seconds"],
+                 higher_is_better={m: METRICS[m].higher_is_better for m in metrics}, samples=samples)
+
+
+def _shape_info(net, x, target, common) -> tuple[int, tuple[int, ...], int, bool]:
+    """``(N, spatial, K, batched)`` of the maps a method returns for ``x`` and ``target``."""
+    xt, layout = prepare(x, net, common["input_format"], torch.device("cpu"), torch.float32)
+    tgt = resolve_target(target, None, common["classes"], xt.shape[0])
+    if tgt.scalar:
+        k = 1
+    else:
+        k = tgt.classes.shape[-1]
+    return xt.shape[0], layout.spatial, k, layout.batched
+
+
+def _maps(net, x, method, label, target, options, common, gen):
+    accepted = method_options(method) if isinstance(method, str) else None
+    dev = {k: common[k] for k in ("device", "classes", "input_format")
+           if common[k] is not None and (accepted is None or k in accepted)}
+    if isinstance(method, str) and method == "random":
+        n, spatial, k, batched = _shape_info(net, x, target, common)
+        tgt = resolve_target(target, None, common["classes"], n)
+        shape = ((n,) if batched else ()) + (() if tgt.scalar else (k,)) + tuple(spatial)
+        r = torch.rand(shape, generator=gen)
+        return r if isinstance(x, torch.Tensor) else r.numpy()
+    if isinstance(method, str):
+        fn = getattr(api, method, None)
+        if fn is not None and "target" not in inspect.signature(fn).parameters:
+            target = None  # a method that explains no class (Eigen-CAM); the metrics still score one
+        n, spatial, k, batched = _shape_info(net, x, target, common)
+        lead = int(batched) + (0 if resolve_target(target, None, common["classes"], n).scalar else 1)
+        return channel_reduce(explain(net, x, method, target, **dev, **options), len(spatial), lead)
+    fn = method[1] if isinstance(method, tuple) else method
+    if not callable(fn):
+        raise expected("methods", "names, callables (net, x, target) -> maps, or (label, callable) pairs",
+                       type(fn).__name__)
+    return fn(net, x, target)
