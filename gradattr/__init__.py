@@ -9,11 +9,12 @@ from .api import (ablation_cam, attribute, cam, eigen_cam, eigengrad_cam, grad_c
                   list_methods, score_cam, xgrad_cam)
 from . import metrics, plot
 from .comparison import Table, compare
+from .dataset import explain_dataset
 from .errors import GradattrError
 from .resize import imresize
 
 __all__ = ["grad_cam", "cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam",
            "score_cam", "ablation_cam", "eigen_cam", "eigengrad_cam", "guided_backprop",
-           "guided_grad_cam", "attribute", "list_methods", "compare", "Table",
+           "guided_grad_cam", "attribute", "list_methods", "compare", "Table", "explain_dataset",
            "metrics", "plot", "GradattrError", "imresize"]
 __version__ = "0.1.0"

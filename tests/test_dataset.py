@@ -1,0 +1,229 @@
+"""explain_dataset: shards and callbacks equal per-batch results, order, bounded memory, errors."""
+from __future__ import annotations
+
+import gc
+import weakref
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import gradattr
+from gradattr import GradattrError
+from gradattr.dataset import BatchMaps, explain_dataset
+
+
+def tiny_net(rank: int = 2, classes: int = 4) -> nn.Sequential:
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[rank]
+    pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[rank]
+    return nn.Sequential(OrderedDict(
+        conv1=conv(2, 5, 3, padding=1), relu1=nn.ReLU(),
+        conv2=conv(5, 6, 3, padding=1, stride=2), relu2=nn.ReLU(inplace=True),
+        pool=pool(1), flat=nn.Flatten(), fc=nn.Linear(6, classes)))
+
+
+def naive_grad_cam(net: nn.Sequential, x: torch.Tensor, cls: int) -> np.ndarray:
+    """Grad-CAM of one sample at relu2's resolution, looping over channels (from the paper)."""
+    head, tail = net[:4], net[4:]
+    a = head(x[None].clone()).detach().requires_grad_(True)
+    score = tail(a)[0, cls]
+    (g,) = torch.autograd.grad(score, a)
+    cam = torch.zeros(a.shape[2:])
+    for c in range(a.shape[1]):
+        cam += g[0, c].mean() * a[0, c].detach()
+    return torch.relu(cam).numpy()
+
+
+@pytest.fixture
+def data():
+    xs = [torch.randn(4, 2, 8, 8), torch.randn(4, 2, 8, 8), torch.randn(3, 2, 8, 8)]
+    ys = [torch.tensor([0, 1, 2, 3]), torch.tensor([3, 3, 1, 0]), torch.tensor([2, 0, 1])]
+    return xs, ys
+
+
+def test_shards_equal_per_batch_grad_cam(tmp_path, data):
+    net = tiny_net()
+    xs, _ = data
+    report = explain_dataset(net, xs, "grad_cam", out_dir=tmp_path / "maps", target=1,
+                             feature_layer="relu2")
+    shards = sorted((tmp_path / "maps").iterdir())
+    assert [p.name for p in shards] == ["maps_00000.npy", "maps_00001.npy", "maps_00002.npy"]
+    for x, p in zip(xs, shards):
+        want = gradattr.grad_cam(net, x, 1, feature_layer="relu2").numpy()
+        got = np.load(p)
+        assert got.dtype == np.float32 and got.shape == (x.shape[0], 8, 8)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert (report.samples, report.batches, report.method) == (11, 3, "grad_cam")
+    assert report.seconds > 0 and report.images_per_second == pytest.approx(11 / report.seconds)
+    assert report.out_dir == tmp_path / "maps"
+
+
+def test_labels_from_dataloader_match_naive_loop(data):
+    net = tiny_net()
+    x = torch.cat(data[0])
+    y = torch.cat(data[1])
+    loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=False)
+    seen: list[BatchMaps] = []
+    report = explain_dataset(net, loader, target="label", upsampling="none", feature_layer="relu2",
+                             on_batch=lambda b: seen.append(BatchMaps(b.index, b.start, b.maps.copy(),
+                                                                      b.labels, b.path)))
+    assert [b.index for b in seen] == [0, 1, 2] and [b.start for b in seen] == [0, 4, 8]
+    assert report.samples == 11
+    for b in seen:
+        assert b.path is None and b.maps.shape == (len(b.labels), 4, 4)
+        for j, label in enumerate(b.labels.tolist()):
+            want = naive_grad_cam(net, x[b.start + j], label)
+            np.testing.assert_allclose(b.maps[j], want, rtol=1e-4, atol=1e-6)
+
+
+def test_several_labels_per_sample_keep_k_axis():
+    net = tiny_net()
+    x = torch.randn(3, 2, 8, 8)
+    y = torch.tensor([[0, 2], [1, 3], [3, 0]])
+    got = []
+    explain_dataset(net, [(x, y)], target="label", upsampling="none",
+                    on_batch=lambda b: got.append(b.maps.copy()))
+    assert got[0].shape == (3, 2, 4, 4)
+    want = gradattr.grad_cam(net, x, y.numpy(), upsampling="none").numpy()
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_callback_sees_every_batch_in_order_and_1d_numpy_batches():
+    net = tiny_net(rank=1)
+    xs = [np.random.randn(b, 2, 16).astype(np.float32) for b in (2, 5, 1, 3)]
+    order = []
+    explain_dataset(net, iter(xs), target=[0, 2],
+                    on_batch=lambda b: order.append((b.index, b.start, b.maps.shape, b.labels)))
+    assert order == [(0, 0, (2, 2, 16), None), (1, 2, (5, 2, 16), None),
+                     (2, 7, (1, 2, 16), None), (3, 8, (3, 2, 16), None)]
+
+
+def test_memory_is_bounded_only_current_batch_alive():
+    net = tiny_net()
+    inputs: list[weakref.ref] = []
+    maps_refs: list[weakref.ref] = []
+
+    def stream():
+        for _ in range(5):
+            x = torch.randn(4, 2, 8, 8)
+            inputs.append(weakref.ref(x))
+            yield x
+
+    def on_batch(b: BatchMaps):
+        gc.collect()
+        # Every earlier batch's input and maps have been let go; only this batch's are alive.
+        assert [r() is None for r in inputs[:-1]] == [True] * (len(inputs) - 1)
+        assert [r() is None for r in maps_refs] == [True] * len(maps_refs)
+        assert inputs[-1]() is not None
+        maps_refs.append(weakref.ref(b.maps))
+
+    report = explain_dataset(net, stream(), on_batch=on_batch)
+    gc.collect()
+    assert report.batches == 5 and len(maps_refs) == 5
+    assert all(r() is None for r in maps_refs + inputs)  # and nothing is kept after the call
+    assert set(vars(report)) == {"method", "samples", "batches", "seconds", "out_dir"}
+
+
+def test_progress_bar_on_stderr(capsys, data):
+    explain_dataset(tiny_net(), data[0], progress=True)
+    err = capsys.readouterr().err
+    last = err.rstrip("\n").split("\r")[-1]
+    assert last.startswith("[####################] 3/3 batches, 11 images")
+    assert last.endswith("images/s")
+    explain_dataset(tiny_net(), iter(data[0]), progress=True, total=None)
+    assert capsys.readouterr().err.rstrip("\n").split("\r")[-1].startswith("3 batches, 11 images")
+
+
+def test_callable_method_and_model_left_unchanged(data):
+    net = tiny_net().train()
+    calls = []
+
+    def method(net_, x, target=None, feature_layer=None):
+        calls.append((x.shape[0], target, feature_layer))
+        return gradattr.grad_cam(net_, x, target, feature_layer=feature_layer)
+
+    report = explain_dataset(net, data[0], method, target=2, feature_layer="conv2")
+    assert calls == [(4, 2, "conv2"), (4, 2, "conv2"), (3, 2, "conv2")]
+    assert report.method == "method" and net.training
+    assert all(p.grad is None and p.requires_grad for p in net.parameters())
+
+
+# ------------------------------------------------------------------------------- errors
+def test_error_unknown_method():
+    with pytest.raises(GradattrError, match=r"method: expected .*'grad_cam'.*got 'grad_kam'"):
+        explain_dataset(tiny_net(), [torch.randn(1, 2, 8, 8)], "grad_kam")
+    with pytest.raises(GradattrError, match=r"method: expected a method name .*got int"):
+        explain_dataset(tiny_net(), [torch.randn(1, 2, 8, 8)], 3)
+
+
+def test_error_unknown_and_refused_options(tmp_path):
+    with pytest.raises(GradattrError, match=r"options: expected options of grad_cam: .*feature_layer.*"
+                                            r"got 'feature_layr'"):
+        explain_dataset(tiny_net(), [torch.randn(1, 2, 8, 8)], feature_layr="relu2",
+                        out_dir=tmp_path / "never")
+    assert not (tmp_path / "never").exists()  # checked before anything is written
+    with pytest.raises(GradattrError, match=r"return_layers: expected no such option"):
+        explain_dataset(tiny_net(), [torch.randn(1, 2, 8, 8)], return_layers=True)
+
+
+def test_error_label_target_without_or_with_bad_labels():
+    net = tiny_net()
+    with pytest.raises(GradattrError, match=r"target: expected 'label' only for batches \(x, y\).*batch 0"):
+        explain_dataset(net, [torch.randn(2, 2, 8, 8)], target="label")
+    with pytest.raises(GradattrError, match=r"target: expected 'label' with integer labels y of shape "
+                                            r"\(2,\).*got y of shape \(3,\)"):
+        explain_dataset(net, [(torch.randn(2, 2, 8, 8), torch.tensor([0, 1, 2]))], target="label")
+    with pytest.raises(GradattrError, match=r"target: .*got y of shape \(2,\) and dtype torch.float32"):
+        explain_dataset(net, [(torch.randn(2, 2, 8, 8), torch.tensor([0.5, 1.0]))], target="label")
+
+
+def test_error_bad_batches_and_arguments(tmp_path):
+    net = tiny_net()
+    with pytest.raises(GradattrError, match=r"batches: expected an iterable of batches.*got Tensor"):
+        explain_dataset(net, torch.randn(2, 2, 8, 8))
+    with pytest.raises(GradattrError, match=r"batches: expected batches that are .*batch 1.*got dict"):
+        explain_dataset(net, [torch.randn(1, 2, 8, 8), {"x": torch.randn(1, 2, 8, 8)}])
+    with pytest.raises(GradattrError, match=r"batches: expected batched inputs .*got shape \(2, 8\)"):
+        explain_dataset(net, [torch.randn(2, 8)])
+    with pytest.raises(GradattrError, match=r"on_batch: expected a callable .*got str"):
+        explain_dataset(net, [torch.randn(1, 2, 8, 8)], on_batch="print")
+    with pytest.raises(GradattrError, match=r"progress: expected True or False, got 'yes'"):
+        explain_dataset(net, [torch.randn(1, 2, 8, 8)], progress="yes")
+    with pytest.raises(GradattrError, match=r"total: expected None or a number of batches >= 0, got -1"):
+        explain_dataset(net, [torch.randn(1, 2, 8, 8)], total=-1)
+    afile = tmp_path / "file.npy"
+    afile.write_bytes(b"")
+    with pytest.raises(GradattrError, match=r"out_dir: expected a folder, got .*file.npy.*which is a file"):
+        explain_dataset(net, [torch.randn(1, 2, 8, 8)], out_dir=afile)
+
+
+def test_error_existing_shards_unless_overwrite(tmp_path):
+    net = tiny_net()
+    x = torch.randn(2, 2, 8, 8)
+    explain_dataset(net, [x], out_dir=tmp_path)
+    with pytest.raises(GradattrError, match=r"out_dir: expected a folder without shards .*"
+                                            r"holding 1 shard\(s\) such as 'maps_00000.npy'"):
+        explain_dataset(net, [x], out_dir=tmp_path)
+    explain_dataset(net, [x], out_dir=tmp_path, overwrite=True, target=3)
+    np.testing.assert_allclose(np.load(tmp_path / "maps_00000.npy"), gradattr.grad_cam(net, x, 3).numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_other_methods_and_their_options_pass_through(data):
+    if not all(hasattr(gradattr, m) for m in ("eigen_cam", "score_cam")):
+        pytest.skip("eigen_cam/score_cam not in this gradattr yet")
+    net = tiny_net()
+    xs = data[0][:2]
+    got = []
+    explain_dataset(net, xs, "eigen_cam", upsampling="none", on_batch=lambda b: got.append(b.maps.copy()))
+    explain_dataset(net, xs, "score_cam", target=2, batch_size=3,
+                    on_batch=lambda b: got.append(b.maps.copy()))
+    want = [gradattr.eigen_cam(net, x, upsampling="none").numpy() for x in xs]
+    want += [gradattr.score_cam(net, x, 2, batch_size=3).numpy() for x in xs]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+    with pytest.raises(GradattrError, match=r"options: expected options of eigen_cam: .*got 'batch_size'"):
+        explain_dataset(net, xs, "eigen_cam", batch_size=3)
