@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
+from itertools import chain
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -41,9 +42,8 @@ from .targets import Target, resolve_target
 def resolve_device(device, net: nn.Module) -> torch.device:
     """``"auto"`` (where the parameters are), ``"cpu"``, ``"gpu"``/``"cuda"`` or a torch.device."""
     if isinstance(device, str) and device.lower() == "auto":
-        for t in list(net.parameters()) + list(net.buffers()):
-            return t.device
-        return torch.device("cpu")
+        first = next(chain(net.parameters(), net.buffers()), None)
+        return torch.device("cpu") if first is None else first.device
     if isinstance(device, str) and device.lower() in ("gpu", "cuda"):
         device = "cuda"
     try:
@@ -57,23 +57,29 @@ def resolve_device(device, net: nn.Module) -> torch.device:
 
 
 @contextmanager
-def borrowed(net: nn.Module, device: torch.device):
-    """Eval mode (and the compute device) for the duration; the model is restored exactly after.
+def borrowed(net: nn.Module, device: torch.device | None = None):
+    """Eval mode (and ``device``, if given) for the duration; the model is restored exactly after.
 
     Computing in eval mode is what every CAM paper assumes (dropout off, batch
-    norm on running statistics, samples independent of each other).
+    norm on running statistics, samples independent of each other). Only the
+    modules that were training are switched back; a model already on ``device``
+    (or ``device=None``: leave it where it is, even across several devices) is not moved.
     """
-    flags = [(m, m.training) for m in net.modules()]
-    tensors = [(m, store, k, t.device) for m in net.modules()
-               for store in (m._parameters, m._buffers) for k, t in store.items() if t is not None]
-    moved = any(d != device for *_, d in tensors)
+    training = [m for m in net.modules() if m.training]
+    tensors = []
+    if device is not None:
+        tensors = [(store, k, t.device) for m in net.modules() for store in (m._parameters, m._buffers)
+                   for k, t in store.items() if t is not None]
+        if all(d == device for *_, d in tensors):
+            tensors = []
     try:
-        net.eval()
-        if moved:
+        if training:
+            net.eval()
+        if tensors:
             net.to(device)
         yield
     finally:
-        for m, store, k, dev in (tensors if moved else ()):
+        for store, k, dev in tensors:
             t = store[k]
             if isinstance(t, nn.Parameter):
                 t.data = t.data.to(dev)
@@ -81,8 +87,8 @@ def borrowed(net: nn.Module, device: torch.device):
                     t.grad = t.grad.to(dev)
             else:
                 store[k] = t.to(dev)
-        for m, flag in flags:
-            m.training = flag
+        for m in training:
+            m.training = True
 
 
 @dataclass
@@ -103,11 +109,13 @@ class Session:
     """
 
     def __init__(self, net: nn.Module, x: torch.Tensor, target: Target, features, reduction,
-                 upsampling: str = "bicubic"):
+                 upsampling: str = "bicubic", name_output: bool = True):
         self.net, self.x, self.target = net, x, target
+        self.name_output = name_output  # name the module that produced the output (costs hooks)
         self.features = features  # list of (module, name) or None for automatic
         self.reduction = reduction  # (module, name) or None for the network output
         self.upsampling = upsampling
+        self.calls: list[int | None] | None = None  # which call of each feature module is captured
         self.n, self.rank = x.shape[0], x.ndim - 2
 
     def fuse(self, maps: list[torch.Tensor]) -> torch.Tensor:
@@ -128,13 +136,14 @@ class Session:
         return normalize_maps(torch.relu(torch.stack(resized).mean(0)))
 
     # -- one forward pass ------------------------------------------------------------
-    def _watch_reduction(self, handles: list, name_output: bool = True):
+    def _watch_reduction(self, handles: list, name_output: bool | None = None):
         """Hook the reduction layer (appending to ``handles``); returns ``finish(output) -> (y, name)``.
 
         With no reduction layer, ``y`` is the network output, named after the module
         that produced it (``name_output``) or ``"output"``.
         """
         red: dict = {}
+        name_output = self.name_output if name_output is None else name_output
         names = Namer(self.net) if self.reduction is None and name_output else None
         if self.reduction is not None:
             handles.append(self.reduction[0].register_forward_hook(
@@ -152,47 +161,81 @@ class Session:
 
         return finish
 
-    def capture(self, grad: bool = True, x: torch.Tensor | None = None) -> Capture:
-        """Run the network once, capturing the feature layer(s) and the reduction output."""
+    def capture(self, grad: bool = True, x: torch.Tensor | None = None, stop: bool = False) -> Capture:
+        """Run the network once, capturing the feature layer(s) and the reduction output.
+
+        ``stop=True`` ends the forward pass as soon as the feature layers are captured
+        (for methods that need no score, such as Eigen-CAM); ``output`` is then ``None``.
+        It takes effect once the call to capture of every layer is known (after the
+        first pass with this model and input shape).
+        """
         x = self.x if x is None else x
         if self.features is None:
-            self.features = _AUTO_CACHE.get(self.net, self._cache_key(x))
+            self.features, self.calls = _AUTO_CACHE.get(self.net, self._cache_key(x)) or (None, None)
+        elif self.calls is None:  # explicit layers: which call to capture, if a pass has told
+            cached = _AUTO_CACHE.get(self.net, self._cache_key(x, self.features))
+            self.calls = cached[1] if cached and cached[0] == self.features else None
         if self.features is None:
-            cap, fresh = self._capture_auto(grad, x)
+            cap, fresh, call = self._capture_auto(grad, x)
             # Later passes of this call (and a re-run) use the layer found here, and so do
             # later calls with the same model and input shape (the cheaper explicit path).
             self.features = [resolve_layer(self.net, cap.feature_names[0], "feature_layer")]
-            _AUTO_CACHE.put(self.net, self._cache_key(x), self.features)
+            self.calls = [call]
+            _AUTO_CACHE.put(self.net, self._cache_key(x), (self.features, self.calls))
             if fresh:
                 return cap
             # The chosen tensor was changed in place after it was recorded: run again,
             # this time protecting it with a clone (explicit-layer path).
-        return self._capture_explicit(grad, x)
+        known = self.calls is not None
+        cap = self._capture_explicit(grad, x, stop)
+        if not known:
+            _AUTO_CACHE.put(self.net, self._cache_key(x, self.features), (self.features, self.calls))
+        return cap
 
-    def _cache_key(self, x: torch.Tensor):
-        return tuple(x.shape[1:]), x.dtype, x.device, None if self.reduction is None else self.reduction[1]
+    def _cache_key(self, x: torch.Tensor, features=None):
+        """Cache key: input shape, dtype, device, reduction layer, and the explicit layers' names."""
+        return (tuple(x.shape[1:]), x.dtype, x.device, None if self.reduction is None else self.reduction[1],
+                None if features is None else tuple(nm for _, nm in features))
 
-    def _capture_explicit(self, grad: bool, x: torch.Tensor) -> Capture:
+    def _capture_explicit(self, grad: bool, x: torch.Tensor, stop: bool = False) -> Capture:
+        """Hooks on the known feature layers; the forward runs under no_grad until the first one.
+
+        ``self.calls[i]`` is the call of layer ``i`` to capture (a module the network
+        calls several times counts its last call); ``None`` (not known yet) captures
+        every call, the last one winning, and records the count.
+        """
         slots: list[torch.Tensor | None] = [None] * len(self.features)
+        counts = [0] * len(self.features)
+        calls = self.calls if self.calls is not None else [None] * len(self.features)
+        stop = stop and None not in calls
         n, rank = x.shape[0], self.rank
 
         def feature_hook(i, name):
             def hook(module, inputs, out):
+                k = counts[i]
+                counts[i] += 1
+                if calls[i] is not None and k != calls[i]:
+                    return None  # another call of a shared module: leave it alone
                 out = check_feature(out, name, n, rank)
                 if grad and not out.requires_grad:
                     out = out.detach().requires_grad_(True)
                     torch.set_grad_enabled(True)  # record the tail from here on
                 slots[i] = out
+                if stop and all(t is not None for t in slots):
+                    raise _Captured
                 return out.clone()
             return hook
 
         handles: list = []
+        output = None
         try:
             for i, (module, name) in enumerate(self.features):
                 handles.append(module.register_forward_hook(feature_hook(i, name)))
-            finish = self._watch_reduction(handles)
+            finish = self._watch_reduction(handles, name_output=False if stop else None)
             with torch.no_grad():
                 output = self.net(x)
+        except _Captured:
+            pass
         finally:
             for h in handles:
                 h.remove()
@@ -200,24 +243,31 @@ class Session:
             if slots[i] is None:
                 raise GradattrError(f"feature_layer: expected a layer that runs in the forward pass, "
                                     f"but {name!r} was never called for this input")
+        self.calls = [c if c is not None else k - 1 for c, k in zip(calls, counts)]
+        names = [nm for _, nm in self.features]
+        if stop:
+            return Capture(slots, None, names, self.reduction[1] if self.reduction else "output")
         y, rname = finish(output)
-        return Capture(slots, y, [nm for _, nm in self.features], rname)
+        return Capture(slots, y, names, rname)
 
     def _capture_auto(self, grad: bool, x: torch.Tensor):
+        """Hooks on every module to find the automatic layer: ``(capture, fresh, call)``."""
         n, rank = x.shape[0], self.rank
-        seen: list = []  # [name, tensor, version] of the latest qualifying outputs, in order
+        seen: list = []  # [name, tensor, version, call] of the latest qualifying outputs, in order
         red: dict = {}
+        counts: dict[str, int] = {}
         reduction_module = self.reduction[0] if self.reduction else None
         named = [(m, nm) for nm, m in self.net.named_modules() if nm]
 
         def hook_for(name, module):
             def hook(m, inputs, out):
+                call = counts[name] = counts.get(name, -1) + 1
                 if has_layout(out, n, rank):
                     if seen and seen[-1][1] is out:
-                        seen[-1][0] = name  # the same tensor from an enclosing module: name it so
-                        seen[-1][2] = out._version
+                        # the same tensor from an enclosing module: name it so
+                        seen[-1][0], seen[-1][2], seen[-1][3] = name, out._version, call
                     else:
-                        seen.append([name, out, out._version])
+                        seen.append([name, out, out._version, call])
                         del seen[:-2]  # only the last two can be chosen; let the rest be freed
                 if module is reduction_module:  # candidates must come before the reduction layer
                     red["seen"] = [list(s) for s in seen]
@@ -242,9 +292,11 @@ class Session:
                 f"feature_layer: no layer of this network outputs a tensor with the input's layout "
                 f"({n}, C, {rank} spatial dims, one of them > 1) before the reduction layer; pass "
                 f"feature_layer explicitly")
-        name, act, version = candidates[-1]
+        name, act, version, call = candidates[-1]
+        # ``call`` is usually the module's last; a shared module may run again later on
+        # something else (an activation reused after pooling): the chosen call is kept.
         fresh = act._version == version and (act.requires_grad or not grad)
-        return Capture([act], y, [name], rname), fresh
+        return Capture([act], y, [name], rname), fresh, call
 
     def forward_scores(self, x: torch.Tensor, target: Target, rows: torch.Tensor | None = None,
                        replace: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -282,7 +334,7 @@ class Session:
         Like :meth:`forward_scores` but returns ``y`` itself, so a caller can check
         its batch before scoring it. ``replace`` substitutes the output of feature
         layer ``layer`` on its ``call``-th call (0-based, as counted by
-        :meth:`feature_calls`; ``None``: every call), which matters for a module
+        ``capture`` in ``self.calls``; ``None``: every call), which matters for a module
         that the network calls several times (a shared activation module).
         """
         if self.features is None:
@@ -307,32 +359,6 @@ class Session:
             for h in handles:
                 h.remove()
         return finish(output)[0]
-
-    def feature_calls(self, x: torch.Tensor | None = None) -> list[int]:
-        """How many times each feature layer's module runs in one forward pass (of the first sample).
-
-        The captured activation is the output of the last call.
-        """
-        if self.features is None:
-            raise RuntimeError("feature_calls needs the feature layer: call capture() first")
-        x = self.x[:1] if x is None else x
-        counts = [0] * len(self.features)
-        handles = []
-
-        def counter(i):
-            def hook(m, inp, out):
-                counts[i] += 1
-            return hook
-
-        try:
-            for i, (module, _) in enumerate(self.features):
-                handles.append(module.register_forward_hook(counter(i)))
-            with torch.no_grad():
-                self.net(x)
-        finally:
-            for h in handles:
-                h.remove()
-        return counts
 
     def input_gradients(self, counterfactual: bool = False, context=None):
         """``d score_k / d x`` through the whole network: ``(grads (N, K, C, *s), reduction_name)``.
@@ -385,25 +411,32 @@ def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual
     return [torch.stack([g[i] for g in per_k], 1) for i in range(len(inputs))]
 
 
-class _AutoLayerCache:
-    """The automatic feature layer found for (model, input shape, dtype, device, reduction layer).
+class _Captured(Exception):
+    """Raised by a feature hook to end a forward pass early, once everything is captured."""
 
-    Held weakly per model; an entry is used only while the name still resolves to
-    the same module object, so replacing a submodule invalidates it.
+
+class _AutoLayerCache:
+    """What a first pass learned for (model, input shape, dtype, device, reduction layer, layers).
+
+    ``(features, calls)``: the automatic feature layer (key without layer names), and
+    which call of each feature module is captured (a shared module runs several
+    times). Held weakly per model; an entry is used only while its names still
+    resolve to the same module objects, so replacing a submodule invalidates it.
     """
 
     def __init__(self):
         self._store: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def get(self, net: nn.Module, key):
+        """``(features, calls)`` or ``None``."""
         entry = self._store.get(net, {}).get(key)
         if entry is None:
             return None
-        module, name = entry[0]
-        return entry if dict(net.named_modules()).get(name) is module else None
+        named = dict(net.named_modules())
+        return entry if all(named.get(name) is module for module, name in entry[0]) else None
 
-    def put(self, net: nn.Module, key, features) -> None:
-        self._store.setdefault(net, {})[key] = features
+    def put(self, net: nn.Module, key, entry) -> None:
+        self._store.setdefault(net, {})[key] = entry
 
 
 _AUTO_CACHE = _AutoLayerCache()
@@ -449,16 +482,18 @@ def run(method: Callable[[Session], tuple[torch.Tensor, list[str], str]], net: n
         raise expected("net", "a torch.nn.Module", type(net).__name__)
     mode = check_upsampling(upsampling)
     dev = resolve_device(device, net)
+    auto = isinstance(device, str) and device.lower() == "auto"
     features = resolve_layers(net, feature_layer, "feature_layer")
     reduction = resolve_layer(net, reduction_layer, "reduction_layer")
-    params = [p for p in net.parameters() if p.is_floating_point()]
-    dtype = params[0].dtype if params else torch.float32
+    first = next((p for p in net.parameters() if p.is_floating_point()), None)
+    dtype = torch.float32 if first is None else first.dtype
     xt, layout = prepare(x, net, input_format, dev, dtype)
     tgt = resolve_target(target, reduction_fn, classes, xt.shape[0])
     if not needs_target:
         tgt = Target("top", scalar=True) if target is None and reduction_fn is None else tgt
-    with borrowed(net, dev), torch.enable_grad():
-        maps, fnames, rname = method(Session(net, xt, tgt, features, reduction, mode))
+    with borrowed(net, None if auto else dev), torch.enable_grad():
+        session = Session(net, xt, tgt, features, reduction, mode, name_output=return_layers)
+        maps, fnames, rname = method(session)
     if mode != "none" and tuple(maps.shape[2:]) != layout.spatial:
         maps = resize.imresize(maps, layout.spatial, mode)
     if normalize:

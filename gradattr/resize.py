@@ -95,6 +95,12 @@ def imresize(maps: torch.Tensor, size: tuple[int, ...], method: str = "bicubic")
         old = out.shape[dim]
         if old == new:
             continue
-        mat = torch.as_tensor(resize_matrix(old, new, method), dtype=out.dtype, device=out.device)
-        out = torch.movedim(torch.movedim(out, dim, -1) @ mat.T, -1, dim)
+        mat = _torch_matrix(old, new, method, out.dtype, out.device)
+        out = torch.movedim(torch.movedim(out, dim, -1) @ mat, -1, dim)
     return out
+
+
+@lru_cache(maxsize=64)
+def _torch_matrix(in_len: int, out_len: int, method: str, dtype: torch.dtype, device: torch.device):
+    """:func:`resize_matrix`, transposed, as a tensor on ``device``: converted once, not per call."""
+    return torch.as_tensor(resize_matrix(in_len, out_len, method).T.copy(), dtype=dtype, device=device)

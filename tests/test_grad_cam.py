@@ -466,12 +466,13 @@ def test_automatic_layer_is_remembered_per_shape_and_invalidated_by_module_swap(
     net = small_net(2)
     x = torch.randn(2, 3, 8, 8)
     first = gradattr.grad_cam(net, x, 1, return_layers=True)
-    assert _AUTO_CACHE.get(net, ((3, 8, 8), torch.float32, torch.device("cpu"), None))[0][1] == "relu2"
+    features, calls = _AUTO_CACHE.get(net, ((3, 8, 8), torch.float32, torch.device("cpu"), None, None))
+    assert features[0][1] == "relu2" and calls == [0]
     second = gradattr.grad_cam(net, x, 1, return_layers=True)  # the explicit path, same answer
     torch.testing.assert_close(first[0], second[0])
     assert first[1:] == second[1:] == ("relu2", "fc")
     net.relu2 = nn.Sequential(nn.ReLU(), nn.Identity())  # the cached module is gone
-    assert _AUTO_CACHE.get(net, ((3, 8, 8), torch.float32, torch.device("cpu"), None)) is None
+    assert _AUTO_CACHE.get(net, ((3, 8, 8), torch.float32, torch.device("cpu"), None, None)) is None
     third = gradattr.grad_cam(net, x, 1, return_layers=True)
     assert third[1] == "relu2"
     torch.testing.assert_close(third[0], first[0])
@@ -487,3 +488,27 @@ def test_batched_matlab_formats_sscb_and_sssc():
     v = gradattr.grad_cam(net3, vol, 4, input_format="SSSC")
     torch.testing.assert_close(v, gradattr.grad_cam(net3, vol.permute(3, 0, 1, 2), 4))
     assert v.shape == (5, 6, 7)
+
+
+def test_shared_activation_reused_after_pooling_keeps_the_spatial_call():
+    """The automatic layer is the spatial call of an activation the network also applies to a vector."""
+
+    class Reused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.act, self.fc1, self.fc2 = nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Linear(4, 6), nn.Linear(6, 2)
+
+        def forward(self, x):
+            a = self.act(self.conv(x))
+            return self.fc2(self.act(self.fc1(a.mean((2, 3)))))
+
+    net = Reused()
+    x = torch.randn(2, 3, 7, 7)
+    for _ in range(2):  # the first call discovers, the second uses the remembered call index
+        m, feat, _ = gradattr.grad_cam(net, x, 1, upsampling="none", return_layers=True)
+        assert feat == "act"
+        with torch.no_grad():
+            a = net.act(net.conv(x))
+        a.requires_grad_(True)
+        (g,) = torch.autograd.grad(net.fc2(net.act(net.fc1(a.mean((2, 3)))))[:, 1].sum(), a)
+        torch.testing.assert_close(m, torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1)))

@@ -511,8 +511,9 @@ def test_ablation_fast_path_runs_the_prefix_at_batch_one():
         got = gradattr.ablation_cam(net, x, [1, 2], feature_layer="3", upsampling="none", batch_size=2)
     finally:
         h.remove()
-    # capture (batch 2), call count (batch 1), then per sample 3 chunks of channels at batch 1
-    assert sizes == [2, 1] + [1] * 6
+    # capture (batch 2, which also counts the feature module's calls), then per sample
+    # 3 chunks of channels at batch 1
+    assert sizes == [2] + [1] * 6
     ref = naive_maps("ablation_cam", net, x, [1, 2]).float()
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
     slow = run(methods.ablation_cam_method(fast=False, batch_size=2), net, x, target=[1, 2],
@@ -527,8 +528,8 @@ def test_ablation_falls_back_to_full_forward_when_the_tail_reads_the_batch_from_
         got = gradattr.ablation_cam(net, x, [1, 2], feature_layer="body.3", upsampling="none", batch_size=3)
     finally:
         h.remove()
-    # capture, call count, the failed probe at batch 1, then full forwards on 3 + 2 repeated inputs
-    assert sizes == [2, 1, 1, 3, 2, 3, 2]
+    # capture, the failed probe at batch 1, then full forwards on 3 + 2 repeated inputs
+    assert sizes == [2, 1, 3, 2, 3, 2]
     ref = naive_maps("ablation_cam", net, x, [1, 2], layer="body.3").float()
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):  # the fast path forced
@@ -901,3 +902,32 @@ def test_gpu_result_equals_cpu_result_and_model_stays_on_cpu(method):
     gpu = getattr(gradattr, method)(net, x, device="cuda", **kw)
     assert gpu.device.type == "cpu" and all(p.device.type == "cpu" for p in net.parameters())
     torch.testing.assert_close(gpu, cpu, rtol=1e-4, atol=1e-5 * float(cpu.abs().max()))
+
+
+@pytest.mark.parametrize("c,p", [(3, 40), (40, 3), (5, 5)])
+def test_eigen_projection_both_gram_sides_match_numpy_svd(c, p):
+    """The Gram-matrix shortcut equals the SVD projection whichever side (channels, positions) is smaller."""
+    rng = np.random.default_rng(c * 100 + p)
+    terms = torch.from_numpy(rng.normal(size=(2, 1, c, p)) + np.linspace(0, 3, c)[None, None, :, None] *
+                             rng.normal(size=(1, 1, 1, p)))
+    got = methods.eigen_projection(terms)
+    for b in range(2):
+        m = terms[b, 0].numpy().T  # (P, C)
+        mc = m - m.mean(0)
+        _, _, vt = np.linalg.svd(mc, full_matrices=False)
+        v = vt[0] if vt[0].sum() >= 0 else -vt[0]
+        np.testing.assert_allclose(got[b, 0].numpy(), mc @ v, atol=1e-9)
+
+
+def test_eigen_cam_stops_the_forward_at_the_feature_layer():
+    net, x = toy(2), toy_input(2)
+    after = []
+    h = net[-1].register_forward_hook(lambda m, i, o: after.append(1))
+    try:
+        first = gradattr.eigen_cam(net, x, feature_layer="3")  # learns the call to capture
+        n_first = len(after)
+        second = gradattr.eigen_cam(net, x, feature_layer="3")
+    finally:
+        h.remove()
+    assert n_first == 1 and len(after) == 1  # the second call never reached the head
+    torch.testing.assert_close(first, second)
