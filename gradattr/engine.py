@@ -20,14 +20,19 @@ network's tail:
   is still taken for the tail only.
 * A feature hook returns a clone of what it captured, so a later in-place op
   (``ReLU(inplace=True)``) cannot change the captured activations.
+* The first pass with a model and an input shape is remembered (weakly, per
+  model): the automatic layer, and which call of each feature module to capture
+  (a shared activation module runs many times). Later passes take the explicit
+  path, touch only that call, and methods that need no score (Eigen-CAM) stop
+  the forward pass right after it.
 """
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from itertools import chain
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from itertools import chain
 
 import torch
 from torch import nn
@@ -105,7 +110,9 @@ class Session:
     """One explain call: the network, the prepared input and the resolved options.
 
     Methods (see :mod:`gradattr.methods`) use :meth:`capture`, :meth:`scores`,
-    :meth:`gradients` and :meth:`forward_scores` and never touch hooks themselves.
+    :meth:`gradients`, :meth:`forward_scores`/:meth:`forward_output` (perturbed
+    passes) and :meth:`input_gradients` (guided backprop), and never touch hooks
+    themselves.
     """
 
     def __init__(self, net: nn.Module, x: torch.Tensor, target: Target, features, reduction,
@@ -368,9 +375,7 @@ class Session:
         recorded. The input is a private leaf; the network sees a copy of it, so
         in-place operations on the input are allowed. No parameter ``.grad`` is written.
         """
-        from contextlib import nullcontext
-
-        leaf = self.x.detach().clone().requires_grad_(True)
+        leaf = self.x.detach().requires_grad_(True)  # self.x is already a private copy
         handles: list = []
         try:
             finish = self._watch_reduction(handles)
