@@ -28,6 +28,7 @@ network's tail:
 """
 from __future__ import annotations
 
+import warnings
 import weakref
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -395,7 +396,8 @@ def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual
     """``d s[:, k] / d inputs[i]`` for every target ``k``: one ``(N, K, *input)`` tensor per input.
 
     Samples are independent in eval mode, so the gradient of the batch sum is each
-    sample's own. One backward per target, all on the same graph.
+    sample's own. Several targets share one vectorised backward
+    (``is_grads_batched``), or one backward each where an op cannot be vectorised.
     """
     if not s.requires_grad:
         raise GradattrError(
@@ -405,15 +407,27 @@ def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual
     if counterfactual:
         s = -s
     k_count = s.shape[1]
-    per_k = []
-    for k in range(k_count):
-        g = torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1, allow_unused=True)
-        for gi, name in zip(g, names):
-            if gi is None:
-                raise GradattrError(f"target: expected a score that depends on {name}, but the score "
-                                    f"from reduction layer {reduction_name!r} does not depend on it")
-        per_k.append(g)
-    return [torch.stack([g[i] for g in per_k], 1) for i in range(len(inputs))]
+    grads = None
+    if k_count > 1:  # all targets in one vectorised backward (vmap over the one-hot rows)
+        eye = torch.eye(k_count, dtype=s.dtype, device=s.device)[:, None, :].expand(k_count, *s.shape)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # vmap's "performance drop" notes
+                g = torch.autograd.grad(s, inputs, grad_outputs=eye, is_grads_batched=True,
+                                        retain_graph=True, allow_unused=True)
+            grads = [None if gi is None else gi.transpose(0, 1) for gi in g]
+        except RuntimeError:  # an op without a batching rule: one backward per target
+            grads = None
+    if grads is None:
+        per_k = [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1, allow_unused=True)
+                 for k in range(k_count)]
+        grads = [None if per_k[0][i] is None else torch.stack([g[i] for g in per_k], 1)
+                 for i in range(len(inputs))]
+    for gi, name in zip(grads, names):
+        if gi is None:
+            raise GradattrError(f"target: expected a score that depends on {name}, but the score "
+                                f"from reduction layer {reduction_name!r} does not depend on it")
+    return grads
 
 
 class _Captured(Exception):

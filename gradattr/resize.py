@@ -18,6 +18,7 @@ at the borders and exists for 2-D only, so it is not used here.
 from __future__ import annotations
 
 import math
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -91,8 +92,8 @@ def imresize(maps: torch.Tensor, size: tuple[int, ...], method: str = "bicubic")
     Works for any number of resized dimensions (1-D sequences, 2-D images, 3-D
     volumes: ``imresize3(..., "cubic")``), any leading batch dimensions, on the
     tensor's own device and dtype. Each dimension is a matrix product with
-    :func:`resize_matrix`; a long one (a sequence of thousands of steps) gathers
-    its few taps per output sample instead of multiplying by a mostly-zero matrix.
+    :func:`resize_matrix`; a long one (a sequence of thousands of steps) uses it
+    as a sparse matrix (a few taps per output sample) rather than a mostly-zero dense one.
 
     >>> x = torch.tensor([[0.0, 1.0]])
     >>> imresize(x, (4,), "nearest").tolist()
@@ -108,17 +109,22 @@ def imresize(maps: torch.Tensor, size: tuple[int, ...], method: str = "bicubic")
         if old == new:
             continue
         moved = torch.movedim(out, dim, -1)
-        if old * new <= _DENSE_LIMIT:
-            moved = moved @ _torch_matrix(old, new, method, out.dtype, out.device)
-        else:
-            idx, w = _torch_taps(old, new, method, out.dtype, out.device)
-            moved = (moved[..., idx] * w).sum(-1)
+        if old * new > _DENSE_LIMIT:
+            try:  # (new, old) sparse @ (old, rows): the few taps per output sample only
+                sparse = _torch_sparse(old, new, method, out.dtype, out.device)
+                flat = moved.reshape(-1, old)
+                moved = (sparse @ flat.T).T.reshape(*moved.shape[:-1], new)
+                out = torch.movedim(moved, -1, dim)
+                continue
+            except RuntimeError:  # a dtype or device without sparse support: the dense product
+                pass
+        moved = moved @ _torch_matrix(old, new, method, out.dtype, out.device)
         out = torch.movedim(moved, -1, dim)
     return out
 
 
 #: Up to this many matrix entries a dimension is resized by a dense product (BLAS is
-#: fastest on small matrices); beyond it, by gathering the kernel's taps.
+#: fastest on small matrices); beyond it, by a sparse one.
 _DENSE_LIMIT = 2**16
 
 
@@ -129,7 +135,8 @@ def _torch_matrix(in_len: int, out_len: int, method: str, dtype: torch.dtype, de
 
 
 @lru_cache(maxsize=64)
-def _torch_taps(in_len: int, out_len: int, method: str, dtype: torch.dtype, device: torch.device):
-    """:func:`contributions` as tensors on ``device``."""
-    idx, w = contributions(in_len, out_len, method)
-    return torch.as_tensor(idx, device=device), torch.as_tensor(w, dtype=dtype, device=device)
+def _torch_sparse(in_len: int, out_len: int, method: str, dtype: torch.dtype, device: torch.device):
+    """:func:`resize_matrix` as a sparse CSR tensor on ``device`` (at most 6 entries per row)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        return torch.as_tensor(resize_matrix(in_len, out_len, method), dtype=dtype).to_sparse_csr().to(device)

@@ -512,3 +512,20 @@ def test_shared_activation_reused_after_pooling_keeps_the_spatial_call():
         a.requires_grad_(True)
         (g,) = torch.autograd.grad(net.fc2(net.act(net.fc1(a.mean((2, 3)))))[:, 1].sum(), a)
         torch.testing.assert_close(m, torch.relu((g.mean((2, 3), keepdim=True) * a).sum(1)))
+
+
+def test_several_targets_without_vectorised_backward_fall_back_to_one_backward_each(monkeypatch):
+    net = small_net(2)
+    x = torch.randn(2, 3, 8, 8)
+    batched = gradattr.grad_cam(net, x, [0, 3, 4], upsampling="none")
+    real_grad = torch.autograd.grad
+
+    def no_vmap(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("no batching rule")
+        return real_grad(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_vmap)
+    looped = gradattr.grad_cam(net, x, [0, 3, 4], upsampling="none")
+    torch.testing.assert_close(looped, batched)
+    torch.testing.assert_close(looped, naive_grad_cam(net, x, [0, 3, 4], split=4), rtol=1e-5, atol=1e-6)

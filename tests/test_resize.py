@@ -102,8 +102,8 @@ def test_none_returns_input_unchanged():
 
 @pytest.mark.parametrize("method", ["bicubic", "nearest"])
 @pytest.mark.parametrize("old,new", [(1024, 4096), (300, 257), (5, 20000)])
-def test_long_dimensions_take_the_gather_path_with_the_same_result(method, old, new):
-    """Long dimensions gather taps instead of multiplying a dense matrix: same numbers."""
+def test_long_dimensions_take_the_sparse_path_with_the_same_result(method, old, new):
+    """Long dimensions multiply by a sparse matrix instead of a dense one: same numbers."""
     from gradattr.resize import _DENSE_LIMIT, resize_matrix
 
     assert old * new > _DENSE_LIMIT
