@@ -458,6 +458,7 @@ def _report(item: Item, maps, feat, top, target, classes, written, method) -> st
 def cmd_layers(args) -> int:
     import torch
 
+    from .engine import borrowed
     from .layers import has_layout
 
     shape = _ints(args.input_shape, "--input-shape")
@@ -478,14 +479,12 @@ def cmd_layers(args) -> int:
                 seen[name] = (calls[0], type(module).__name__, tuple(out.shape), has_layout(out, n, rank))
         return hook
 
-    flags = [(m, m.training) for m in net.modules()]
     handles = []
     try:
-        net.eval()
-        for name, module in net.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(hook_for(name)))
-        with torch.no_grad():
+        with borrowed(net), torch.no_grad():  # eval mode, restored after
+            for name, module in net.named_modules():
+                if name:
+                    handles.append(module.register_forward_hook(hook_for(name)))
             net(x)
     except Exception as err:  # noqa: BLE001
         raise CliError(f"--input-shape: the model does not run on an input of shape {tuple(shape)}: "
@@ -493,8 +492,6 @@ def cmd_layers(args) -> int:
     finally:
         for h in handles:
             h.remove()
-        for m, f in flags:
-            m.training = f
     from . import grad_cam
 
     try:
