@@ -286,7 +286,7 @@ def _top_classes(net, item: Item, device) -> list[tuple[int, float]] | None:
     """Top class and softmax probability per sample, for the report (None if not a classifier)."""
     import torch
 
-    from .engine import borrowed, resolve_device
+    from .prep import borrowed, resolve_device
     from .inputs import prepare
 
     dev = resolve_device(device, net)
@@ -458,7 +458,7 @@ def _report(item: Item, maps, feat, top, target, classes, written, method) -> st
 def cmd_layers(args) -> int:
     import torch
 
-    from .engine import borrowed
+    from .prep import borrowed
     from .layers import has_layout
 
     shape = _ints(args.input_shape, "--input-shape")

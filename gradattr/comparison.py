@@ -7,7 +7,6 @@ aligned text and renders as Markdown. Methods are run through
 """
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -30,15 +29,14 @@ __all__ = ["compare", "Table", "explain", "available_methods", "method_options",
 # -- method dispatch ------------------------------------------------------------------
 def available_methods() -> dict[str, str]:
     """``{name: one-line description}`` of the methods (:func:`gradattr.list_methods`)."""
-    return {name: (getattr(api, name).__doc__ or "").strip().splitlines()[0] for name in api.list_methods()}
+    return {name: api.method_info(name).summary for name in api.list_methods()}
 
 
 def method_options(method: str) -> set[str] | None:
     """The keyword options ``method`` takes (``None`` for an unknown name)."""
-    fn = getattr(api, method, None) if isinstance(method, str) and method in api.list_methods() else None
-    if fn is None:
+    if not isinstance(method, str) or method not in api.list_methods():
         return None
-    return {p for p in inspect.signature(fn).parameters if p not in ("net", "x", "target")}
+    return set(api.method_info(method).options)
 
 
 def channel_reduce(maps, rank: int, lead: int):
@@ -428,8 +426,7 @@ def _maps(net, x, method, label, target, options, common, gen):
         r = torch.rand(shape, generator=gen)
         return r if isinstance(x, torch.Tensor) else r.numpy()
     if isinstance(method, str):
-        fn = getattr(api, method, None)
-        if fn is not None and "target" not in inspect.signature(fn).parameters:
+        if method in api.list_methods() and not api.method_info(method).needs_target:
             target = None  # a method that explains no class (Eigen-CAM); the metrics still score one
         n, spatial, k, batched = _shape_info(net, x, target, common)
         lead = int(batched) + (0 if resolve_target(target, None, common["classes"], n).scalar else 1)

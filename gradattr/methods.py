@@ -1,69 +1,58 @@
-"""The maths of each CAM method, one small function per method.
+"""The CAM family: the maths of each method and its registry entry, side by side.
 
-Every method ends the same way: per target ``k`` it forms channel terms
-``T[n, k, c, *s]`` (a weight times the activation, or an element-wise product)
-and returns ``ReLU(sum_c T)``, or, with ``eigen_smooth=True``,
-``ReLU(projection of T on its first principal component)`` (see
-:func:`eigen_projection`). The ReLU is Grad-CAM's and MATLAB's and what
-pytorch-grad-cam applies to every method before scaling, so every method's raw
-map is non-negative.
+Each method is a small pure function over what the engine captured for one
+feature layer, followed by its :func:`~gradattr.registry.register` call. The
+functions return one of three things, and the entry's ``combine`` says which:
 
-The pure functions (``grad_cam``, ``grad_cam_plus_plus``, ``xgrad_cam``,
-``hires_cam``, ``layer_cam``, ``eigengrad_cam`` on ``(acts, grads)``;
-``eigen_cam`` on ``acts``; ``cam``, ``score_cam`` and ``ablation_cam`` from
-their per-channel weights) know nothing of hooks or models. The drivers below
-them (:func:`gradient_method`, :func:`cam_method`, :func:`score_cam_method`,
-:func:`ablation_cam_method`, :func:`eigen_cam_method`,
-:func:`guided_backprop_method`, :func:`guided_grad_cam_method`,
-:func:`augmented`) turn them into ``session -> (maps (N, K, *s), feature_names,
-reduction_name)`` methods that run through the engine's
-:class:`~gradattr.engine.Session`.
+* channel **weights** ``(N, K, C)``: the engine forms ``ReLU(sum_c w A^c)``;
+* channel **terms** ``(N, K, C, *s)``: the engine forms ``ReLU(sum_c T)``;
+* **maps** ``(N, K, *s)`` as they are.
+
+With ``eigen_smooth=True`` the channel sum becomes the projection on the first
+principal component of the channel terms (:func:`eigen_projection`). The ReLU
+is Grad-CAM's and MATLAB's and what pytorch-grad-cam applies to every method
+before scaling, so every method's raw map is non-negative.
 
 Shapes: ``acts (N, C, *s)``, ``grads (N, K, C, *s)``, weights ``(N, K, C)``,
-maps ``(N, K, *s)``, for any number of spatial/time dims ``s``.
+maps ``(N, K, *s)``, for any number of spatial/time dims ``s``. A method that
+perturbs (Score-CAM, Ablation-CAM) gets a :class:`~gradattr.probe.Probe`
+(``view.probe``) that scores masked inputs or modified activations.
+
+Adding a method: a pure function here, a ``register(Method(...))`` entry under
+it, and a naive reference in ``tests/references.py`` (the registry-driven tests
+refuse a method without one).
 """
 from __future__ import annotations
-
-import sys
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, reduce
 from torch import nn
 
-from . import resize
-from .engine import Session, normalize_maps
 from .errors import GradattrError, expected
 from .guided import GuidedRectifiers
+from .registry import Method, Option, flag, optional_positive_int, register
 from .targets import Target
 
-Maps = torch.Tensor
-
-#: Memory that one chunk of perturbed copies (Score-CAM, Ablation-CAM) may use when
-#: ``batch_size=None``.
-MEMORY_BUDGET = 512 * 2**20
-#: Bytes a forward pass is assumed to need per copy, as a multiple of the bytes of the
-#: tensor that is copied (the masked input or the ablated activation): the copy itself
-#: plus the network's intermediate activations, which for CNNs are a few times larger.
-FORWARD_FACTOR = 16
-#: The same, when only the layers after the feature layer run on the copies (Ablation-CAM's
-#: fast path): the ablated copies, the hook's clone, and the tail's activations.
-TAIL_FACTOR = 3
-#: At most this many copies per forward pass on a CPU when ``batch_size=None``: larger
-#: batches are slower per copy there (cache), while a GPU gains from the whole budget.
-CPU_CHUNK = 16
 #: pytorch-grad-cam's stabilisers, kept so that the maps agree with it.
 GRAD_CAM_PP_EPS = 1e-6
 XGRAD_CAM_EPS = 1e-7
 
+_TOY = """>>> import torch, gradattr
+>>> _ = torch.manual_seed(0)
+>>> net = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3, padding=1), torch.nn.ReLU(),
+...                           torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(),
+...                           torch.nn.Linear(4, 3))
+"""
 
-# -- combining channel terms ------------------------------------------------------------
-def weighted_sum(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
-    """``sum_c weights[n, k, c] * acts[n, c, *s]`` -> ``(N, K, *s)`` for any number of spatial dims."""
-    return torch.einsum("nkc,nc...->nk...", weights, acts)
+#: Options of the methods that run chunks of perturbed copies.
+BATCH_SIZE = Option("batch_size", None, "int | None",
+                    "perturbed copies per forward pass; ``None`` sizes chunks from a 512 MB budget.",
+                    optional_positive_int)
+PROGRESS = Option("progress", False, "bool", "show a progress bar (tqdm).", flag)
 
 
+# -- principal components ----------------------------------------------------------------
 def eigen_projection(terms: torch.Tensor) -> torch.Tensor:
     """Projection of ``terms (N, K, C, *s)`` on their first principal component -> ``(N, K, *s)``.
 
@@ -104,176 +93,179 @@ def eigen_projection(terms: torch.Tensor) -> torch.Tensor:
     return proj.reshape(n, k, *s).to(terms.dtype)
 
 
-def from_weights(weights: torch.Tensor, acts: torch.Tensor, eigen_smooth: bool = False) -> Maps:
-    """``ReLU(sum_c w[n, k, c] A[n, c])``, or ReLU of the principal projection of ``w A``."""
-    if eigen_smooth:
-        return torch.relu(eigen_projection(weights[(...,) + (None,) * (acts.ndim - 2)] * acts[:, None]))
-    return torch.relu(weighted_sum(weights, acts))
 
+# -- gradient methods ---------------------------------------------------------------------
+def grad_cam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al., ICCV 2017): ``alpha_k``, the spatial mean of ``d score / d A^k``.
 
-def from_terms(terms: torch.Tensor, eigen_smooth: bool = False) -> Maps:
-    """``ReLU(sum_c T[n, k, c])``, or ReLU of the principal projection of ``T``."""
-    return torch.relu(eigen_projection(terms) if eigen_smooth else terms.sum(2))
-
-
-# -- the methods' maths ---------------------------------------------------------------
-def grad_cam(acts: torch.Tensor, grads: torch.Tensor, *, eigen_smooth: bool = False) -> Maps:
-    """Grad-CAM (Selvaraju et al., ICCV 2017): ``ReLU(sum_k alpha_k A^k)``.
-
-    ``alpha_k`` is the spatial mean of ``d score / d A^k``; the map keeps raw values
-    (MATLAB's behaviour).
-
-    >>> a = torch.ones(1, 2, 3); g = torch.tensor([[[[1.0, 1, 1], [-3, -3, -3]]]])
-    >>> grad_cam(a, g).tolist()  # 1*1 + (-3)*1 < 0 everywhere, so ReLU gives 0
-    [[[0.0, 0.0, 0.0]]]
+    >>> g = torch.tensor([[[[1.0, 1, 1], [-3, -3, -3]]]])
+    >>> grad_cam_weights(torch.ones(1, 2, 3), g).tolist()
+    [[[1.0, -3.0]]]
     """
-    alpha = reduce(grads, "n k c ... -> n k c", "mean")
-    return from_weights(alpha, acts, eigen_smooth)
+    return reduce(grads, "n k c ... -> n k c", "mean")
 
 
-def grad_cam_plus_plus(acts: torch.Tensor, grads: torch.Tensor, *, eigen_smooth: bool = False) -> Maps:
-    """Grad-CAM++ (Chattopadhay et al., WACV 2018): ``ReLU(sum_k w_k A^k)`` with
+register(Method(
+    "grad_cam", "Grad-CAM", lambda v: grad_cam_weights(v.acts, v.grads), "gradient",
+    summary="Grad-CAM map of ``net`` for input ``x``, mirroring MATLAB's ``gradCAM``.",
+    doc="""The map is ``ReLU(sum_k alpha_k A^k)`` where ``A`` is the feature layer's output and
+``alpha_k`` the spatial mean of ``d score / d A^k`` (Selvaraju et al., ICCV 2017). Values
+are raw, as in MATLAB; ``normalize=True`` rescales each map to [0, 1]. Class indices are
+0-based, unlike MATLAB's 1-based ``classIdx``.""",
+    example=""">>> import torch, gradattr
+>>> net = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3, padding=1), torch.nn.ReLU(),
+...                           torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(),
+...                           torch.nn.Linear(4, 3))
+>>> m, feat, red = gradattr.grad_cam(net, torch.randn(2, 16), 1, return_layers=True)
+>>> m.shape, feat, red
+(torch.Size([16]), '1', '4')
+""",
+    use_when="the default: one forward and a short backward, any differentiable score"))
 
-    ``w_k = sum_ij ReLU(g_ij) a_ij``, ``a_ij = g_ij^2 / (2 g_ij^2 + sum_ab A_ab g_ij^3)``
-    (the paper's eq. 19, its closed form for an exponential score, evaluated with
-    the plain gradients ``g = d score / d A`` as pytorch-grad-cam does), ``a_ij = 0``
-    where ``g_ij = 0``. As in pytorch-grad-cam, ``1e-6`` is added to the
-    denominator; it is not in the paper but it changes the weights of channels
-    whose gradients are of order ``1e-3``, so it is kept for agreement.
+
+def grad_cam_plus_plus_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al., WACV 2018): ``w_k = sum_ij ReLU(g_ij) a_ij``.
+
+    ``a_ij = g_ij^2 / (2 g_ij^2 + sum_ab A_ab g_ij^3)`` (the paper's eq. 19, its closed
+    form for an exponential score, evaluated with the plain gradients
+    ``g = d score / d A`` as pytorch-grad-cam does), ``a_ij = 0`` where ``g_ij = 0``. As in
+    pytorch-grad-cam, ``1e-6`` is added to the denominator; it is not in the paper but
+    it changes the weights of channels whose gradients are of order ``1e-3``, so it is
+    kept for agreement.
 
     >>> a = torch.tensor([[[1.0, 3.0]]]); g = torch.tensor([[[[0.5, 0.0]]]])
     >>> # a = .25 / (2 * .25 + 4 * .125) = .25 at the first position; w = .5 * .25 = .125
-    >>> [round(v, 4) for v in grad_cam_plus_plus(a, g).flatten().tolist()]
-    [0.125, 0.375]
+    >>> [round(v, 4) for v in grad_cam_plus_plus_weights(a, g).flatten().tolist()]
+    [0.125]
     """
     g2 = grads**2
     total = reduce(acts, "n c ... -> n 1 c", "sum")[(...,) + (None,) * (acts.ndim - 2)]
     alpha = torch.where(grads != 0, g2 / (2 * g2 + total * g2 * grads + GRAD_CAM_PP_EPS), 0.0)
-    weights = reduce(torch.relu(grads) * alpha, "n k c ... -> n k c", "sum")
-    return from_weights(weights, acts, eigen_smooth)
+    return reduce(torch.relu(grads) * alpha, "n k c ... -> n k c", "sum")
 
 
-def xgrad_cam(acts: torch.Tensor, grads: torch.Tensor, *, eigen_smooth: bool = False) -> Maps:
-    """XGrad-CAM (Fu et al., BMVC 2020): ``ReLU(sum_k w_k A^k)``, ``w_k = sum_ij (A_ij / sum_ab A_ab) g_ij``.
+register(Method(
+    "grad_cam_plus_plus", "Grad-CAM++", lambda v: grad_cam_plus_plus_weights(v.acts, v.grads),
+    "gradient",
+    summary="Grad-CAM++ map (Chattopadhay et al., WACV 2018).",
+    doc="""``ReLU(sum_k w_k A^k)`` with ``w_k = sum_ij ReLU(g_ij) g_ij^2 / (2 g_ij^2 + sum_ab A_ab
+g_ij^3)``, ``g = d score / d A`` (see :func:`gradattr.methods.grad_cam_plus_plus_weights`).""",
+    example=_TOY + """>>> gradattr.grad_cam_plus_plus(net, torch.randn(2, 16), [0, 2]).shape
+torch.Size([2, 16])
+""",
+    use_when="several instances of the class in one input: it weights positive gradients per position"))
 
-    The activation-weighted average of the gradient (the paper's eq. 14), with
-    pytorch-grad-cam's ``1e-7`` added to ``sum_ab A_ab``.
+
+def xgrad_cam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """XGrad-CAM (Fu et al., BMVC 2020, eq. 14): ``w_k = sum_ij (A_ij / sum_ab A_ab) g_ij``.
+
+    The activation-weighted average of the gradient, with pytorch-grad-cam's ``1e-7``
+    added to ``sum_ab A_ab``.
 
     >>> a = torch.tensor([[[1.0, 3.0]]]); g = torch.tensor([[[[2.0, 6.0]]]])
-    >>> xgrad_cam(a, g).flatten().tolist()  # w = (1*2 + 3*6) / 4 = 5
-    [5.0, 15.0]
+    >>> xgrad_cam_weights(a, g).flatten().tolist()  # (1*2 + 3*6) / 4 = 5
+    [5.0]
     """
     total = reduce(acts, "n c ... -> n 1 c", "sum")
-    weights = reduce(grads * acts[:, None], "n k c ... -> n k c", "sum") / (total + XGRAD_CAM_EPS)
-    return from_weights(weights, acts, eigen_smooth)
+    return reduce(grads * acts[:, None], "n k c ... -> n k c", "sum") / (total + XGRAD_CAM_EPS)
 
 
-def hires_cam(acts: torch.Tensor, grads: torch.Tensor, *, eigen_smooth: bool = False) -> Maps:
-    """HiResCAM (Draelos & Carin, 2020): ``ReLU(sum_k g^k * A^k)``, element-wise (no spatial averaging).
+register(Method(
+    "xgrad_cam", "XGrad-CAM", lambda v: xgrad_cam_weights(v.acts, v.grads), "gradient",
+    summary="XGrad-CAM map (Fu et al., BMVC 2020): ``w_k = sum_ij (A_ij / sum_ab A_ab) d score / d A_ij``.",
+    example=_TOY + """>>> gradattr.xgrad_cam(net, torch.randn(2, 16), 1, upsampling="none").shape
+torch.Size([16])
+""",
+    use_when="you want Grad-CAM with weights that satisfy its sensitivity/conservation axioms"))
 
-    >>> a = torch.tensor([[[1.0, 3.0]]]); g = torch.tensor([[[[2.0, -1.0]]]])
-    >>> hires_cam(a, g).flatten().tolist()
-    [2.0, 0.0]
+
+def hires_cam_terms(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """HiResCAM (Draelos & Carin, 2020): terms ``g^k * A^k``, element-wise (no spatial averaging).
+
+    >>> hires_cam_terms(torch.tensor([[[1.0, 3.0]]]), torch.tensor([[[[2.0, -1.0]]]])).tolist()
+    [[[[2.0, -3.0]]]]
     """
-    return from_terms(grads * acts[:, None], eigen_smooth)
+    return grads * acts[:, None]
 
 
-def layer_cam(acts: torch.Tensor, grads: torch.Tensor, *, eigen_smooth: bool = False) -> Maps:
-    """Layer-CAM (Jiang et al., IEEE TIP 2021, eq. 5): ``ReLU(sum_k ReLU(g^k) * A^k)``.
+register(Method(
+    "hires_cam", "HiResCAM", lambda v: hires_cam_terms(v.acts, v.grads), "gradient", combine="terms",
+    summary="HiResCAM map (Draelos & Carin, 2020): ``ReLU(sum_k (d score / d A^k) * A^k)``, element-wise.",
+    example=_TOY + """>>> gradattr.hires_cam(net, torch.randn(16, 2), input_format="TC").shape
+torch.Size([16])
+""",
+    use_when="you need a map that provably reflects the locations the score used (no gradient averaging)"))
+
+
+def layer_cam_terms(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Layer-CAM (Jiang et al., IEEE TIP 2021, eq. 5): terms ``ReLU(g^k) * A^k``.
 
     >>> a = torch.tensor([[[1.0, 3.0], [1.0, 1.0]]]); g = torch.tensor([[[[2.0, -1.0], [1.0, 1.0]]]])
-    >>> layer_cam(a, g).flatten().tolist()
-    [3.0, 1.0]
+    >>> layer_cam_terms(a, g).sum(2).tolist()
+    [[[3.0, 1.0]]]
     """
-    return from_terms(torch.relu(grads) * acts[:, None], eigen_smooth)
+    return torch.relu(grads) * acts[:, None]
 
 
-def eigengrad_cam(acts: torch.Tensor, grads: torch.Tensor) -> Maps:
-    """EigenGrad-CAM (pytorch-grad-cam): Eigen-CAM on the gradient-weighted activations ``g * A``.
+register(Method(
+    "layer_cam", "Layer-CAM", lambda v: layer_cam_terms(v.acts, v.grads), "gradient", combine="terms",
+    summary="Layer-CAM map (Jiang et al., IEEE TIP 2021): ``ReLU(sum_k ReLU(d score / d A^k) * A^k)``.",
+    doc="Made for several layers at once: pass a list as ``feature_layer`` and the per-layer maps are fused.",
+    example=_TOY + """>>> gradattr.layer_cam(net, torch.randn(2, 16), 0, feature_layer=["0", "1"]).shape
+torch.Size([16])
+""",
+    use_when="finer maps from earlier layers; pass a list of layers to fuse them"))
 
-    ``ReLU(projection of (g * A) on its first principal component)``, with the
-    sign fixed as in :func:`eigen_projection` (positive correlation with
+
+def eigengrad_cam_map(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """EigenGrad-CAM (pytorch-grad-cam): ReLU of the first principal component of ``g * A``.
+
+    The sign is fixed as in :func:`eigen_projection` (positive correlation with
     ``sum_c g A``, HiResCAM's map).
     """
-    return from_terms(grads * acts[:, None], eigen_smooth=True)
+    return torch.relu(eigen_projection(grads * acts[:, None]))
 
 
-def eigen_cam(acts: torch.Tensor) -> Maps:
+register(Method(
+    "eigengrad_cam", "EigenGrad-CAM", lambda v: eigengrad_cam_map(v.acts, v.grads), "gradient",
+    combine="map",
+    summary="EigenGrad-CAM map: first principal component of ``(d score / d A) * A`` (pytorch-grad-cam's).",
+    doc="""The sign is fixed so that the map correlates positively with HiResCAM's
+``sum_k (d score / d A^k) * A^k`` (pytorch-grad-cam leaves it to the SVD).""",
+    example=_TOY + """>>> gradattr.eigengrad_cam(net, torch.randn(2, 16), 2).shape
+torch.Size([16])
+""",
+    use_when="a class-specific, less noisy Eigen-CAM (principal component of gradient x activation)"))
+
+
+# -- activation methods -------------------------------------------------------------------
+def eigen_cam_map(acts: torch.Tensor) -> torch.Tensor:
     """Eigen-CAM (Muhammad & Yeasin, IJCNN 2020): ``ReLU(A_c v1)``, one map ``(N, 1, *s)``.
 
     No gradients and no target: the first principal component of the activations
     (see :func:`eigen_projection` for the centring and the sign).
 
     >>> a = torch.tensor([[[0.0, 1.0, 4.0], [0.0, 2.0, 8.0]]])
-    >>> [round(v, 4) for v in eigen_cam(a).flatten().tolist()]  # (35 / 3) / sqrt(5) where they peak
+    >>> [round(v, 4) for v in eigen_cam_map(a).flatten().tolist()]  # (35 / 3) / sqrt(5) where they peak
     [0.0, 0.0, 5.2175]
     """
-    return from_terms(acts[:, None], eigen_smooth=True)
+    return torch.relu(eigen_projection(acts[:, None]))
 
 
-def cam(acts: torch.Tensor, weights: torch.Tensor, *, eigen_smooth: bool = False) -> Maps:
-    """CAM (Zhou et al., CVPR 2016, eq. 2): ``ReLU(sum_k w_k^c A^k)`` with ``w^c`` the head's row for ``c``.
-
-    ``weights (N, K, C)`` are the final linear layer's rows for the targets (see
-    :func:`cam_method`). The bias is not part of the map, as in the paper.
-    """
-    return from_weights(weights, acts, eigen_smooth)
-
-
-def score_cam(acts: torch.Tensor, scores: torch.Tensor, *, eigen_smooth: bool = False) -> Maps:
-    """Score-CAM (Wang et al., CVPR-W 2020): ``ReLU(sum_k softmax_k(S_k) A^k)``.
-
-    ``scores (N, K, C)``: ``S_k = f(X * H^k)``, the target score of the input
-    masked by channel ``k``'s upsampled, min-max normalised activation ``H^k``
-    (see :func:`score_cam_method`). The paper's weight is the softmax over
-    channels of the increase ``S_k - f(X_b)`` (its eq. 3 and Algorithm 1); the
-    baseline cancels in the softmax, so raw scores (logits for a classifier) give
-    the same weights. pytorch-grad-cam and torch-cam do the same; the authors'
-    released code instead weights each channel by the masked input's softmax
-    probability, without a softmax over channels. The masks follow
-    pytorch-grad-cam (upsample with ``align_corners=True``, then min-max scale);
-    torch-cam scales first and upsamples with ``align_corners=False``.
-
-    >>> a = torch.ones(1, 2, 1); s = torch.tensor([[[0.0, float('-inf')]]])
-    >>> score_cam(a, s).flatten().tolist()
-    [1.0]
-    """
-    return from_weights(torch.softmax(scores, -1), acts, eigen_smooth)
-
-
-def ablation_cam(acts: torch.Tensor, scores: torch.Tensor, ablated: torch.Tensor, *,
-                 eigen_smooth: bool = False) -> Maps:
-    """Ablation-CAM (Ramaswamy, WACV 2020, eq. 3): ``ReLU(sum_k w_k A^k)``, ``w_k = (y - y_k) / y``.
-
-    ``scores (N, K)`` is the target score ``y`` and ``ablated (N, K, C)`` the score
-    ``y_k`` with channel ``k`` of the feature map set to zero (see
-    :func:`ablation_cam_method`). A score of exactly 0 divides by 0, as in the paper.
-
-    >>> a = torch.ones(1, 2, 1)
-    >>> ablation_cam(a, torch.tensor([[4.0]]), torch.tensor([[[1.0, 3.0]]])).flatten().tolist()
-    [1.0]
-    """
-    weights = (scores[..., None] - ablated) / scores[..., None]
-    return from_weights(weights, acts, eigen_smooth)
-
-
-# -- drivers ----------------------------------------------------------------------------
-def gradient_method(fn: Callable[[torch.Tensor, torch.Tensor], Maps], *, counterfactual: bool = False):
-    """Drive a pure ``fn(acts, grads)`` through one forward pass and the tail's backward."""
-
-    def method(session: Session):
-        cap = session.capture(grad=True)
-        grads = session.gradients(cap, counterfactual=counterfactual)
-        maps = [fn(a.detach(), g) for a, g in zip(cap.acts, grads)]
-        return session.fuse(maps), cap.feature_names, cap.reduction_name
-
-    return method
-
-
-def eigen_cam_method(session: Session):
-    """Eigen-CAM driver: one no-grad forward pass, no target."""
-    cap = session.capture(grad=False, stop=True)  # nothing after the feature layer is needed
-    return session.fuse([eigen_cam(a) for a in cap.acts]), cap.feature_names, cap.reduction_name
+register(Method(
+    "eigen_cam", "Eigen-CAM", lambda v: eigen_cam_map(v.acts), "activation", combine="map",
+    needs_target=False, stop_early=True,
+    summary="Eigen-CAM map (Muhammad & Yeasin, IJCNN 2020): the activations' first principal component.",
+    doc="""``ReLU(A_c v1)``: the centred activations projected on their first right singular
+vector. No target and no gradients: one map per sample, class agnostic, and the forward
+pass stops at the feature layer. The SVD's sign is fixed so the map correlates positively
+with the activations' channel sum (pytorch-grad-cam keeps LAPACK's arbitrary sign, which
+sometimes gives the inverted map); see :func:`gradattr.methods.eigen_projection`.""",
+    example=_TOY + """>>> gradattr.eigen_cam(net, torch.randn(3, 2, 16), upsampling="none").shape
+torch.Size([3, 16])
+""",
+    use_when="no target or no gradient available (detectors, embeddings): first principal component "
+             "of the activations"))
 
 
 def _target_weights(target: Target, y: torch.Tensor, n: int) -> torch.Tensor:
@@ -317,75 +309,6 @@ def find_cam_head(net: nn.Module, acts: torch.Tensor, output) -> tuple[str, nn.L
         "constant factor on such networks and works on any network")
 
 
-def cam_method(*, eigen_smooth: bool = False):
-    """CAM driver: one no-grad pass; the weights are the head's rows for the targets.
-
-    For a class target the weight vector is the head's row ``W[c]``; for a
-    ``reduction_fn`` it is ``W^T d score / d y`` (the same rows combined as the
-    function combines the outputs; exact for the usual linear reductions).
-    """
-
-    def method(session: Session):
-        if session.features is not None and len(session.features) > 1:
-            raise expected("feature_layer", "one layer for CAM (the layer its linear head pools)",
-                           f"{len(session.features)} layers")
-        cap = session.capture(grad=False)
-        a = cap.acts[0].detach()
-        _, head = find_cam_head(session.net, a, cap.output)
-        dy = _target_weights(session.target, cap.output, a.shape[0])  # (N, K, classes)
-        weights = torch.einsum("nko,oc->nkc", dy, head.weight.detach().to(dy.dtype))
-        return cam(a, weights.to(a.dtype), eigen_smooth=eigen_smooth), cap.feature_names, cap.reduction_name
-
-    return method
-
-
-def _progress(total: int, enabled: bool, desc: str):
-    """A tqdm bar when asked for (and installed), else a no-op counter."""
-    if enabled:
-        try:
-            from tqdm.auto import tqdm
-            return tqdm(total=total, desc=desc)
-        except ImportError:
-            pass
-
-    class _Quiet:
-        def __init__(self):
-            self.n = 0
-
-        def update(self, k):
-            self.n += k
-            if enabled:
-                print(f"\r{desc}: {self.n}/{total}", end="", file=sys.stderr)
-
-        def close(self):
-            if enabled:
-                print(file=sys.stderr)
-
-    return _Quiet()
-
-
-def check_batch_size(batch_size) -> None:
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
-                                   or batch_size < 1):
-        raise expected("batch_size", "None (sized from a 512 MB budget) or a positive int",
-                       repr(batch_size))
-
-
-def chunk_size(batch_size: int | None, per_copy: torch.Tensor, cpu_cap: bool = True,
-               factor: int = FORWARD_FACTOR) -> int:
-    """Copies per forward pass: ``batch_size``, or as many as fit :data:`MEMORY_BUDGET`.
-
-    ``per_copy`` is one copy of what is perturbed; a forward pass is assumed to need
-    ``factor`` times its bytes per copy. On a CPU at most :data:`CPU_CHUNK`
-    copies when the whole network runs on them (``cpu_cap``).
-    """
-    if batch_size is not None:
-        return batch_size
-    per = per_copy.numel() * per_copy.element_size() * factor
-    fit = max(1, MEMORY_BUDGET // max(per, 1))
-    return min(fit, CPU_CHUNK) if cpu_cap and per_copy.device.type == "cpu" else fit
-
-
 _LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
@@ -407,64 +330,114 @@ def score_masks(acts: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return scaled.view_as(up)
 
 
-def score_cam_method(*, batch_size: int | None = None, progress: bool = False,
-                     eigen_smooth: bool = False):
-    """Score-CAM driver: one capture, then the masked inputs in chunks.
+
+def cam_weights(view) -> torch.Tensor:
+    """CAM (Zhou et al., CVPR 2016, eq. 2): the head's rows ``w^c`` for the targets, ``(N, K, C)``.
+
+    For a class target the weight vector is the final linear layer's row ``W[c]``
+    (found by :func:`find_cam_head`); for a ``reduction_fn`` it is
+    ``W^T d score / d y`` (the same rows combined as the function combines the
+    outputs; exact for the usual linear reductions). The bias is not part of the map.
+    """
+    if view.layers > 1:
+        raise expected("feature_layer", "one layer for CAM (the layer its linear head pools)",
+                       f"{view.layers} layers")
+    a, probe = view.acts, view.probe
+    _, head = find_cam_head(probe.net, a, probe.output)
+    dy = _target_weights(probe.call.target, probe.output, a.shape[0])  # (N, K, classes)
+    return torch.einsum("nko,oc->nkc", dy, head.weight.detach().to(dy.dtype)).to(a.dtype)
+
+
+register(Method(
+    "cam", "CAM", cam_weights, "activation",
+    summary="CAM (Zhou et al., CVPR 2016): ``ReLU(sum_k w_k^c A^k)`` with ``w^c`` the head's row for class ``c``.",
+    doc="""Needs a network whose scored output is ``nn.Linear(global average pool of the feature
+layer)``; that linear layer is found automatically (by checking that it reproduces the
+output), and a :class:`~gradattr.GradattrError` says so when the network has no such
+head. On such a network CAM is Grad-CAM times the number of feature-map positions. No
+gradients are computed.""",
+    example=_TOY + """>>> x = torch.randn(2, 16)
+>>> torch.allclose(gradattr.cam(net, x, 1), 16 * gradattr.grad_cam(net, x, 1), atol=1e-5)
+True
+""",
+    use_when="the network ends in global average pooling + one linear layer: exact, no gradients"))
+
+
+# -- perturbation methods -----------------------------------------------------------------
+def score_cam_weights(scores: torch.Tensor) -> torch.Tensor:
+    """Score-CAM (Wang et al., CVPR-W 2020): ``softmax_k(S_k)`` over channels, ``(N, K, C)``.
+
+    ``scores (N, K, C)``: ``S_k = f(X * H^k)``, the target score of the input masked by
+    channel ``k``'s upsampled, min-max normalised activation ``H^k`` (see
+    :func:`score_cam_scores`). The paper's weight is the softmax over channels of the
+    increase ``S_k - f(X_b)`` (its eq. 3 and Algorithm 1); the baseline cancels in the
+    softmax, so raw scores (logits for a classifier) give the same weights.
+    pytorch-grad-cam and torch-cam do the same; the authors' released code instead
+    weights each channel by the masked input's softmax probability, without a softmax
+    over channels. The masks follow pytorch-grad-cam (upsample with
+    ``align_corners=True``, then min-max scale); torch-cam scales first and upsamples
+    with ``align_corners=False``.
+
+    >>> score_cam_weights(torch.tensor([[[0.0, float('-inf')]]])).tolist()
+    [[[1.0, 0.0]]]
+    """
+    return torch.softmax(scores, -1)
+
+
+def score_cam_scores(view, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+    """``S (N, K, C)``: the target score of every sample masked by every channel's map.
 
     Channel ``k`` of sample ``n`` masks the input with ``H^k`` (:func:`score_masks`)
-    and scores ``x_n * H^k`` for sample ``n``'s target classes (fixed on the
-    unmasked input). Chunks hold at most ``batch_size`` masked copies (default:
-    :func:`chunk_size`, from :data:`MEMORY_BUDGET`), so the ``C x input`` tensor
-    is never built; each chunk's masks are made when it runs.
-
-    A channel that is constant on the feature map carries no location: its mask
-    is 0 everywhere (what pytorch-grad-cam's ``/(max - min + 1e-8)`` gives), so
-    its masked input is the zero input whatever the channel. Those channels are
-    not run one by one; they all get the score of one forward pass of the zero
-    input, which is exactly what running them would give.
+    and scores ``x_n * H^k`` for sample ``n``'s target classes (fixed on the unmasked
+    input). Chunks hold at most ``batch_size`` masked copies, so the ``C x input``
+    tensor is never built. A channel that is constant on the feature map carries no
+    location: its mask is 0 everywhere (what pytorch-grad-cam's
+    ``/(max - min + 1e-8)`` gives), so its masked input is the zero input whatever the
+    channel; those channels share the score of one forward pass of the zero input.
     """
-    check_batch_size(batch_size)
+    from .probe import chunk_size
 
-    def method(session: Session):
-        cap = session.capture(grad=False)
-        x = session.x
-        n, _, *size = x.shape
-        target = session.target.fixed(cap.output, n)
-        maps = []
-        bar = _progress(sum(a.shape[0] * a.shape[1] for a in cap.acts), progress, "Score-CAM")
-        try:
-            for a in cap.acts:
-                a = a.detach()
-                flat = a.flatten(2)
-                constant = flat.amax(-1) == flat.amin(-1)  # (N, C)
-                scores = None
-                pairs = (~constant).nonzero()  # (P, 2) of (sample, channel)
-                step = chunk_size(batch_size, x[0])
-                for start in range(0, pairs.shape[0], step):
-                    rows, chans = pairs[start:start + step].unbind(1)
-                    masked = x[rows] * score_masks(a[rows, chans], tuple(size))
-                    s = session.forward_scores(masked, target, rows=rows)  # (B, K)
-                    if scores is None:
-                        scores = s.new_zeros(n, a.shape[1], s.shape[1])
-                    scores[rows, chans] = s
-                    bar.update(len(rows))
-                if constant.any():
-                    y0 = session.forward_output(torch.zeros_like(x[:1]))
-                    if isinstance(y0, torch.Tensor):
-                        y0 = y0.expand(n, *y0.shape[1:])
-                    s0 = target.scores(y0, n, torch.arange(n, device=x.device))  # (N, K)
-                    if scores is None:
-                        scores = s0.new_zeros(n, a.shape[1], s0.shape[1])
-                    rows, chans = constant.nonzero().unbind(1)
-                    scores[rows, chans] = s0[rows]
-                    bar.update(len(rows))
-                maps.append(score_cam(a, rearrange(scores, "n c k -> n k c").to(a.dtype),
-                                      eigen_smooth=eigen_smooth))
-        finally:
-            bar.close()
-        return session.fuse(maps), cap.feature_names, cap.reduction_name
+    a, probe = view.acts, view.probe
+    x = probe.x
+    n, c = a.shape[:2]
+    flat = a.flatten(2)
+    constant = flat.amax(-1) == flat.amin(-1)  # (N, C)
+    pairs = (~constant).nonzero()  # (P, 2) of (sample, channel)
+    scores = None
+    bar = probe.progress(n * c, progress, "Score-CAM")
+    try:
+        step = chunk_size(batch_size, x[0])
+        for start in range(0, pairs.shape[0], step):
+            rows, chans = pairs[start:start + step].unbind(1)
+            s = probe.score_inputs(x[rows] * score_masks(a[rows, chans], tuple(x.shape[2:])), rows)
+            scores = s.new_zeros(n, c, s.shape[1]) if scores is None else scores
+            scores[rows, chans] = s
+            bar.update(len(rows))
+        if constant.any():
+            s0 = probe.score_inputs(torch.zeros_like(x[:1]), torch.arange(n, device=x.device))
+            scores = s0.new_zeros(n, c, s0.shape[1]) if scores is None else scores
+            rows, chans = constant.nonzero().unbind(1)
+            scores[rows, chans] = s0[rows]
+            bar.update(len(rows))
+    finally:
+        bar.close()
+    return rearrange(scores, "n c k -> n k c").to(a.dtype)
 
-    return method
+
+register(Method(
+    "score_cam", "Score-CAM",
+    lambda v, batch_size, progress: score_cam_weights(score_cam_scores(v, batch_size, progress)),
+    "perturbation", options=(BATCH_SIZE, PROGRESS),
+    summary="Score-CAM map (Wang et al., CVPR-W 2020): ``ReLU(sum_k softmax_k(f(x * H^k)) A^k)``.",
+    doc="""``H^k`` is channel ``k`` upsampled to the input (multi-linear, ``align_corners=True``,
+as pytorch-grad-cam) and min-max scaled; ``f`` the target score. One forward pass per
+channel (the all-zero masks of constant channels share one), run in chunks. See
+:func:`gradattr.methods.score_cam_scores`.""",
+    example=_TOY + """>>> gradattr.score_cam(net, torch.randn(2, 16), 1, batch_size=3).shape
+torch.Size([16])
+""",
+    use_when="gradients are noisy or saturated: weights come from forward passes on masked inputs "
+             "(slow: one pass per channel)"))
 
 
 def ablate(t: torch.Tensor, chans: torch.Tensor, offset: int = 0) -> torch.Tensor:
@@ -474,174 +447,107 @@ def ablate(t: torch.Tensor, chans: torch.Tensor, offset: int = 0) -> torch.Tenso
     return t
 
 
-def ablation_cam_method(*, batch_size: int | None = None, progress: bool = False,
-                        eigen_smooth: bool = False, fast: bool | None = None):
-    """Ablation-CAM driver: one capture, then the ablated copies in chunks.
 
-    Fast path (used when the network allows it): for each sample, the network
-    runs on that one sample and the feature layer's output is replaced by a
-    batch of ablated copies of its activation, so the layers before the feature
-    layer run once per chunk at batch 1 and only the tail runs on the copies.
-    Networks whose tail reads the batch size from the input (EfficientNet-Lite's
-    ``x.view(bs, -1)``) break this: the first chunk therefore carries one
-    un-ablated copy and the path is kept only if the output has one row per copy
-    and that copy reproduces the original score. Otherwise (and with
-    ``fast=False``) each chunk runs the whole network on repeated inputs and the
-    ablation replaces the feature layer's output. Chunks hold ``batch_size``
-    copies (default: :func:`chunk_size`, from :data:`MEMORY_BUDGET`).
 
-    The ablated value is 0, as in the paper. (pytorch-grad-cam uses 0 when the
-    layer's minimum is 0 and ``min - 1e7`` otherwise.) A module called several
-    times (a shared activation) is ablated on its last call, the one captured.
+def ablation_cam_weights(scores: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor:
+    """Ablation-CAM (Ramaswamy, WACV 2020, eq. 3): ``w_k = (y - y_k) / y``, ``(N, K, C)``.
+
+    ``scores (N, K)`` is the target score ``y`` and ``ablated (N, K, C)`` the score ``y_k``
+    with channel ``k`` of the feature map set to zero (see :func:`ablation_scores`). A
+    score of exactly 0 divides by 0, as in the paper.
+
+    >>> ablation_cam_weights(torch.tensor([[4.0]]), torch.tensor([[[1.0, 3.0]]])).tolist()
+    [[[0.75, 0.25]]]
     """
-    check_batch_size(batch_size)
-
-    def method(session: Session):
-        cap = session.capture(grad=False)
-        x = session.x
-        n = x.shape[0]
-        y = session.scores(cap).detach()  # (N, K)
-        target = session.target.fixed(cap.output, n)
-        calls = session.calls  # the captured call of each feature module (a shared one runs more)
-        maps = []
-        bar = _progress(sum(a.shape[0] * a.shape[1] for a in cap.acts), progress, "Ablation-CAM")
-        try:
-            for li, a in enumerate(cap.acts):
-                a = a.detach()
-                ablated = _ablation_scores(session, target, a, y, li, calls[li], fast, batch_size, bar)
-                maps.append(ablation_cam(a, y.to(a.dtype), rearrange(ablated, "n c k -> n k c").to(a.dtype),
-                                         eigen_smooth=eigen_smooth))
-        finally:
-            bar.close()
-        return session.fuse(maps), cap.feature_names, cap.reduction_name
-
-    return method
+    return (scores[..., None] - ablated) / scores[..., None]
 
 
-def _ablation_scores(session: Session, target: Target, a, y, layer: int, call: int, fast, batch_size,
-                     bar) -> torch.Tensor:
-    """``y_k`` for every sample and channel of feature layer ``layer``: ``(N, C, K)``."""
-    x = session.x
+def ablation_scores(view, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+    """``y_k (N, K, C)``: every sample's score with each channel of its feature map zeroed.
+
+    The copies are scored by :meth:`~gradattr.probe.Probe.score_activations`, which
+    runs only the layers after the feature layer where the network allows it. The
+    ablated value is 0, as in the paper (pytorch-grad-cam uses 0 when the layer's
+    minimum is 0 and ``min - 1e7`` otherwise).
+    """
+    a, probe = view.acts, view.probe
     n, c = a.shape[:2]
-    ablated = y.new_zeros(n, c, y.shape[1])
-    use_fast = fast  # None: decided by a probe on the first chunk
-    for i in range(n):
-        start = 0
-        while start < c:
-            if use_fast is not False:
-                # only the tail runs on the copies: the copy, its clone in the hook and the
-                # tail's own activations (after the feature layer they are no larger)
-                step = chunk_size(batch_size, a[0], cpu_cap=False, factor=TAIL_FACTOR)
-                chans = torch.arange(start, min(c, start + step), device=x.device)
-                s, ok = _ablate_tail(session, target, a, i, chans, layer, call, y[i], probe=use_fast is None)
-                use_fast = ok if use_fast is None else use_fast
-                if not ok:
-                    continue  # the same channels again, on the full network
-            else:
-                step = chunk_size(batch_size, x[0])
-                chans = torch.arange(start, min(c, start + step), device=x.device)
-                rows = torch.full((len(chans),), i, device=x.device)
-                yb = session.forward_output(x[i:i + 1].expand(len(chans), *x.shape[1:]).contiguous(),
-                                            replace=lambda o, chans=chans: ablate(o, chans),
-                                            layer=layer, call=call)
-                s = target.scores(yb, len(chans), rows)
-            ablated[i, start:start + len(chans)] = s
-            start += len(chans)
-            bar.update(len(chans))
-    return ablated
-
-
-def _ablate_tail(session: Session, target: Target, a, i, chans, layer, call, y_i, probe: bool):
-    """Scores of sample ``i`` with ``chans`` ablated, running the tail only; ``(scores, ok)``.
-
-    With ``probe`` the batch carries one un-ablated copy first, and the result is
-    accepted only if the output has a row per copy and that copy scores ``y_i``.
-    """
-    extra = 1 if probe else 0
-    copies = ablate(a[i:i + 1].expand(len(chans) + extra, *a.shape[1:]), chans, offset=extra)
-    b = copies.shape[0]
-    rows = torch.full((b,), i, device=a.device)
+    y = probe.scores
+    out = y.new_zeros(n, c, y.shape[1])
+    bar = probe.progress(n * c, progress, "Ablation-CAM")
     try:
-        yb = session.forward_output(session.x[i:i + 1], replace=lambda o: copies, layer=layer, call=call)
-        if isinstance(yb, torch.Tensor) and yb.shape[0] != b:
-            raise GradattrError(f"net: expected an output with one row per ablated copy ({b}) when "
-                                f"only the layers after the feature layer run on the copies, got "
-                                f"{yb.shape[0]} rows; the network reads its batch size from its input")
-        s = target.scores(yb, b, rows)
-    except (RuntimeError, GradattrError):
-        if probe:
-            return None, False
-        raise
-    if probe:
-        scale = float(y_i.abs().max().clamp(min=1))
-        if not torch.allclose(s[0], y_i.to(s.dtype), rtol=1e-4, atol=1e-4 * scale):
-            return None, False
-        s = s[1:]
-    return s, True
+        for i in range(n):
+            start = 0
+            while start < c:
+                chans = torch.arange(start, min(c, start + probe.activation_chunk(batch_size)),
+                                     device=a.device)
+                copies = ablate(a[i:i + 1].expand(len(chans), *a.shape[1:]), chans)
+                out[i, start:start + len(chans)] = probe.score_activations(copies, i)
+                start += len(chans)
+                bar.update(len(chans))
+    finally:
+        bar.close()
+    return rearrange(out, "n c k -> n k c")
 
 
-def guided_backprop_method(*, counterfactual: bool = False):
-    """Guided backpropagation driver: input gradients under :class:`~gradattr.guided.GuidedRectifiers`.
+def _ablation(view, batch_size, progress):
+    y = view.probe.scores
+    return ablation_cam_weights(y, ablation_scores(view, batch_size, progress)).to(view.acts.dtype)
 
-    Returns ``(N, K, C, *s)`` at the input's resolution (the engine is called
-    with ``upsampling="none"``).
+
+register(Method(
+    "ablation_cam", "Ablation-CAM", _ablation, "perturbation", options=(BATCH_SIZE, PROGRESS),
+    summary="Ablation-CAM map (Ramaswamy, WACV 2020): ``ReLU(sum_k (y - y_k) / y A^k)``.",
+    doc="""``y_k`` is the target score with channel ``k`` of the feature map set to zero. Where
+the network allows it only the layers after the feature layer run on the ablated copies;
+see :func:`gradattr.methods.ablation_scores`.""",
+    example=_TOY + """>>> gradattr.ablation_cam(net, torch.randn(2, 16), 1, upsampling="none").shape
+torch.Size([16])
+""",
+    use_when="gradient-free weights from zeroing each channel; only the layers after the feature "
+             "layer run per channel where the network allows it"))
+
+
+# -- pixel-space methods ------------------------------------------------------------------
+register(Method(
+    "guided_backprop", "Guided backpropagation",
+    lambda v: v.probe.input_gradients(GuidedRectifiers()), "pixel", combine="map", returns="pixels",
+    summary="Guided backpropagation (Springenberg et al., ICLR-W 2015): input gradients through "
+            "guided rectifiers.",
+    doc="""Every rectifier (``nn.ReLU``/``nn.ReLU6`` modules and functional ``relu``, ``relu6``,
+``hardtanh(., 0, m)``, in place or not) passes back only positive gradients at positive
+inputs: ``R_in = (x > 0) max(R_out, 0)``. Done with a
+:class:`torch.overrides.TorchFunctionMode` for the one forward pass; no module is swapped
+and nothing is patched. Not class-discriminative. ``normalize`` scales each attribution
+over channels and positions.""",
+    example=_TOY + """>>> gradattr.guided_backprop(net, torch.randn(2, 2, 16), 1).shape
+torch.Size([2, 2, 16])
+""",
+    use_when="pixel-level detail (edges, texture); not class-discriminative; returns (N, C, *spatial)"))
+
+
+def guided_grad_cam_pixels(probe, cam: torch.Tensor) -> torch.Tensor:
+    """Guided Grad-CAM (Selvaraju et al., ICCV 2017, sec. 3): guided backprop x upsampled Grad-CAM.
+
+    ``cam (N, K, *s)`` is the Grad-CAM map (fused, for several layers). The paper
+    upsamples it bilinearly; here it is resized to the input with the call's
+    ``upsampling`` (MATLAB bicubic or nearest, captum's default) and clamped at 0
+    (bicubic overshoots slightly below 0 next to sharp edges, which would flip the
+    sign of the guided gradient there), then multiplies the guided gradients of
+    every input channel: ``(N, K, C, *S)``.
     """
-
-    def method(session: Session):
-        g, rname = session.input_gradients(counterfactual=counterfactual, context=GuidedRectifiers())
-        return g, [], rname
-
-    return method
+    up = torch.relu(probe.to_input(cam))
+    return probe.input_gradients(GuidedRectifiers()) * up[:, :, None]
 
 
-def guided_grad_cam_method(*, cam_upsampling: str = "bicubic", counterfactual: bool = False):
-    """Guided Grad-CAM driver (Selvaraju et al., ICCV 2017, sec. 3): guided backprop x Grad-CAM.
-
-    The paper upsamples the Grad-CAM map bilinearly; here it is resized to the
-    input with ``cam_upsampling`` (MATLAB bicubic or nearest, captum's default) and
-    clamped at 0 (bicubic overshoots slightly below 0 next to sharp edges, which
-    would flip the sign of the guided gradient there), then multiplies the guided
-    gradients of every input channel: ``(N, K, C, *s)``.
-    """
-    grad_cam_driver = gradient_method(grad_cam, counterfactual=counterfactual)
-
-    def method(session: Session):
-        maps, fnames, rname = grad_cam_driver(session)
-        up = torch.relu(resize.imresize(maps, tuple(session.x.shape[2:]), cam_upsampling))
-        g, _ = session.input_gradients(counterfactual=counterfactual, context=GuidedRectifiers())
-        return g * up[:, :, None], fnames, rname
-
-    return method
-
-
-#: pytorch-grad-cam's default test-time augmentations (ttach): flip x multiply.
-AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
-
-
-def augmented(method: Callable[[Session], tuple], *, fix_target: bool = True):
-    """``aug_smooth``: the mean of the maps of six augmented inputs, as pytorch-grad-cam does.
-
-    The augmentations are pytorch-grad-cam's (ttach): horizontal flip (the last
-    axis: width, or time for sequences) x multiplication by 0.9, 1 and 1.1. Each
-    augmented input's map is un-flipped and min-max normalised, then the six are
-    averaged (so the result lies in [0, 1]). The top-class target is fixed on the
-    original input first (one more forward pass), so every augmentation explains
-    the same class; ``fix_target=False`` skips that for methods without a target.
-    """
-
-    def smooth(session: Session):
-        target = session.target
-        if fix_target and target.kind == "top":
-            target = target.fixed(session.capture(grad=False).output, session.n)
-        features, acc = session.features, None
-        for flip, factor in AUGMENTATIONS:
-            x = session.x.flip(-1) if flip else session.x
-            sub = Session(session.net, x * factor, target, features, session.reduction, session.upsampling,
-                          name_output=session.name_output)
-            maps, fnames, rname = method(sub)
-            features = sub.features
-            maps = normalize_maps(maps.flip(-1) if flip else maps)
-            acc = maps if acc is None else acc + maps
-        return acc / len(AUGMENTATIONS), fnames, rname
-
-    return smooth
+register(Method(
+    "guided_grad_cam", "Guided Grad-CAM", lambda v: grad_cam_weights(v.acts, v.grads), "gradient",
+    returns="pixels", finish=guided_grad_cam_pixels, refused_shared=("aug_smooth", "eigen_smooth"),
+    summary="Guided Grad-CAM (Selvaraju et al., ICCV 2017): guided backprop times the upsampled Grad-CAM.",
+    doc="""``G(x)[c] * up(GradCAM)`` for every input channel ``c``; the Grad-CAM map is resized
+to the input with ``upsampling`` (``"bicubic"`` or ``"nearest"``; captum's ``GuidedGradCam``
+uses nearest) and clamped at 0. One feature layer.""",
+    example=_TOY + """>>> gradattr.guided_grad_cam(net, torch.randn(2, 16), 1, upsampling="nearest").shape
+torch.Size([2, 16])
+""",
+    use_when="high-resolution and class-discriminative: guided backprop x Grad-CAM"))

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .engine import borrowed, normalize_maps, resolve_device
+from .prep import borrowed, normalize_maps, resolve_device
 from .errors import GradattrError, expected
 from .inputs import prepare
 from .targets import Target, resolve_target

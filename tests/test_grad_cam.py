@@ -460,22 +460,45 @@ def test_class_discriminative_on_cat_and_espresso(effnet, cat_coffee, imagenet_c
     assert int(cup.flatten().argmax()) % 448 >= w
 
 
-def test_automatic_layer_is_remembered_per_shape_and_invalidated_by_module_swap():
-    from gradattr.engine import _AUTO_CACHE
+def _remembered(net, x):
+    """The plan remembered for the automatic layer of ``net`` on inputs shaped like ``x``."""
+    from gradattr.capture import PLANS, Plan
+    from gradattr.prep import prepare_call
 
+    return PLANS.get(prepare_call(net, x, target=1), Plan((), None))
+
+
+def test_automatic_layer_is_remembered_per_shape_and_invalidated_by_module_swap():
     net = small_net(2)
     x = torch.randn(2, 3, 8, 8)
     first = gradattr.grad_cam(net, x, 1, return_layers=True)
-    features, calls = _AUTO_CACHE.get(net, ((3, 8, 8), torch.float32, torch.device("cpu"), None, None))
-    assert features[0][1] == "relu2" and calls == [0]
+    plan = _remembered(net, x)
+    assert plan.names == ["relu2"] and plan.layers[0].call == 0
+    assert _remembered(net, torch.randn(2, 3, 9, 9)) is None  # another input shape: not known yet
     second = gradattr.grad_cam(net, x, 1, return_layers=True)  # the explicit path, same answer
     torch.testing.assert_close(first[0], second[0])
     assert first[1:] == second[1:] == ("relu2", "fc")
     net.relu2 = nn.Sequential(nn.ReLU(), nn.Identity())  # the cached module is gone
-    assert _AUTO_CACHE.get(net, ((3, 8, 8), torch.float32, torch.device("cpu"), None, None)) is None
+    assert _remembered(net, x) is None
     third = gradattr.grad_cam(net, x, 1, return_layers=True)
     assert third[1] == "relu2"
     torch.testing.assert_close(third[0], first[0])
+
+
+def test_remembered_layer_never_keeps_a_model_alive():
+    """A submodule holding a plain reference to its model must not pin the model in the cache."""
+    import gc
+    import weakref
+
+    refs = []
+    for _ in range(5):
+        net = small_net(2)
+        net.relu2.__dict__["owner"] = net  # a plain (unregistered) back-reference to the model
+        gradattr.grad_cam(net, torch.randn(1, 3, 8, 8), 1)
+        refs.append(weakref.ref(net))
+        del net
+    gc.collect()
+    assert [r() for r in refs] == [None] * 5
 
 
 def test_batched_matlab_formats_sscb_and_sssc():

@@ -1,0 +1,355 @@
+"""Hooks and forward passes: which layers to capture (the :class:`Plan`) and capturing them.
+
+A :class:`Plan` says which call of which module is each feature layer, how its
+tensor is read (:mod:`gradattr.layouts`) and which layer is scored. It is
+immutable, resolved once per call and remembered per (model, input signature,
+layer options), weakly: the cache never keeps a model alive.
+
+How a capture keeps the cost at one forward pass plus the backward of the tail:
+
+* With a known plan, the forward runs under ``torch.no_grad()`` until the
+  feature layer; its hook turns the output into a fresh leaf that requires
+  grad and switches grad mode on, so autograd records the tail only.
+* Without one (the automatic layer, first call), every module is hooked to find
+  the last tensor with a feature reading (see :func:`gradattr.layouts.read`);
+  the graph is recorded from the start because the layer is known only at the
+  end, and the gradient is still taken for the tail only.
+* A feature hook returns a clone of what it captured, so a later in-place op
+  (``ReLU(inplace=True)``) cannot change the captured activations.
+
+Every hook acts only for the thread that installed it, so another thread's
+forward pass of the same model (explained or not) never sees it.
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from . import layouts
+from .errors import GradattrError
+from .layouts import Reading
+from .prep import Call
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    name: str
+    call: int | None  # which call of the module (0-based); None: the last, counted on the first pass
+    reading: Reading | None  # None: read from the first captured tensor
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which tensors a call captures: feature layers (empty: automatic) and the reduction layer."""
+
+    layers: tuple[LayerPlan, ...]
+    reduction: str | None
+
+    @property
+    def known(self) -> bool:
+        return bool(self.layers) and all(lp.call is not None and lp.reading is not None
+                                         for lp in self.layers)
+
+    @property
+    def names(self) -> list[str]:
+        return [lp.name for lp in self.layers]
+
+
+@dataclass
+class Capture:
+    """What one forward pass captured: per feature layer the raw tensor and its reading."""
+
+    raw: list[torch.Tensor]  # as the network produced them (leaves when the tail was recorded)
+    plan: Plan
+    output: object  # the reduction layer's output (None when the pass stopped early)
+    reduction_name: str
+
+    @property
+    def acts(self) -> list[torch.Tensor]:
+        """Every feature layer as ``(N, C, *S)``, detached."""
+        return [lp.reading.to_ncs(r.detach()) for r, lp in zip(self.raw, self.plan.layers)]
+
+
+class _Captured(Exception):
+    """Raised by a feature hook to end a forward pass early, once everything is captured."""
+
+
+def _mine():
+    """A guard for hooks: true only in the thread that created it."""
+    owner = threading.get_ident()
+    return lambda: threading.get_ident() == owner
+
+
+def _module(net: nn.Module, name: str) -> nn.Module:
+    return dict(net.named_modules())[name]
+
+
+class _Output:
+    """Hooks that find the scored output: the reduction layer's, or the network's (named)."""
+
+    def __init__(self, net: nn.Module, reduction: str | None, name_output: bool, mine):
+        self.reduction, self.value, self.handles = reduction, None, []
+        self.names: dict[int, tuple[str, weakref.ref]] = {}
+        if reduction is not None:
+            def keep(m, i, o):
+                if mine():
+                    self.value = (o,)
+            self.handles.append(_module(net, reduction).register_forward_hook(keep))
+        elif name_output:
+            def hook_for(name):
+                def hook(m, i, out):
+                    if mine() and isinstance(out, torch.Tensor):
+                        self.names[id(out)] = (name, weakref.ref(out))
+                return hook
+            self.handles += [m.register_forward_hook(hook_for(nm)) for nm, m in net.named_modules() if nm]
+
+    def finish(self, output):
+        """``(y, name)`` of the scored output."""
+        if self.reduction is None:
+            name, ref = self.names.get(id(output), ("output", None))
+            return output, name if ref is not None and ref() is output else "output"
+        if self.value is None:
+            raise GradattrError(f"reduction_layer: expected a layer that runs in the forward pass, "
+                                f"but {self.reduction!r} was never called for this input")
+        return self.value[0], self.reduction
+
+
+def run_hooked(call: Call, x: torch.Tensor, handles_for, grad: bool):
+    """``net(x)`` with the hooks ``handles_for()`` returns installed, removed in ``finally``."""
+    handles = []
+    try:
+        handles = handles_for()
+        with torch.set_grad_enabled(grad), call.precision():
+            return call.net(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output: bool = False,
+            x: torch.Tensor | None = None) -> Capture:
+    """One forward pass capturing ``plan``'s feature layers and the scored output.
+
+    An automatic plan (no layers) is resolved by this pass and remembered.
+    ``stop=True`` ends the pass once the feature layers are captured (no score
+    needed, Eigen-CAM); it takes effect once the plan is known.
+    """
+    x = call.x if x is None else x
+    if not plan.layers:
+        cached = PLANS.get(call, plan)
+        if cached is None:
+            cap, fresh = _capture_auto(call, plan, grad, name_output, x)
+            PLANS.put(call, plan, cap.plan)
+            if fresh:
+                return cap
+            # The chosen tensor was changed in place after it was recorded: run again with
+            # the plan, which protects it with a clone.
+            cached = cap.plan
+        plan = cached
+    elif not plan.known:
+        plan = PLANS.get(call, plan) or plan
+    cap = _capture_planned(call, plan, grad, stop and plan.known, name_output, x)
+    return cap
+
+
+def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output: bool,
+                     x: torch.Tensor) -> Capture:
+    """Hooks on the planned layers; the forward runs under no_grad until the first of them."""
+    n, spatial, mine = x.shape[0], tuple(x.shape[2:]), _mine()
+    slots: list = [None] * len(plan.layers)
+    readings = [lp.reading for lp in plan.layers]
+    counts = [0] * len(plan.layers)
+    out = _Output(call.net, plan.reduction, name_output and not stop, mine)
+
+    def feature_hook(i, lp):
+        def hook(module, inputs, t):
+            if not mine():
+                return None
+            k = counts[i]
+            counts[i] += 1
+            if lp.call is not None and k != lp.call:
+                return None  # another call of a shared module: leave it alone
+            readings[i] = layouts.check_reading(t, readings[i] if lp.call is not None else lp.reading,
+                                                lp.name, n, spatial)
+            if grad and not t.requires_grad:
+                t = t.detach().requires_grad_(True)
+                torch.set_grad_enabled(True)  # record the tail from here on
+            slots[i] = t
+            if stop and all(s is not None for s in slots):
+                raise _Captured
+            return t.clone()
+        return hook
+
+    def install():
+        modules = dict(call.net.named_modules())
+        return out.handles + [modules[lp.name].register_forward_hook(feature_hook(i, lp))
+                              for i, lp in enumerate(plan.layers)]
+
+    output = None
+    try:
+        output = run_hooked(call, x, install, grad=False)
+    except _Captured:
+        pass
+    for lp, s in zip(plan.layers, slots):
+        if s is None:
+            detail = (f" (it ran {counts[plan.layers.index(lp)]} times; feature_call is 0-based)"
+                      if lp.call is not None and counts[plan.layers.index(lp)] else "")
+            raise GradattrError(f"feature_layer: expected a layer that runs in the forward pass, "
+                                f"but {lp.name!r} was never called for this input{detail}")
+    done = Plan(tuple(LayerPlan(lp.name, lp.call if lp.call is not None else k - 1, r)
+                      for lp, k, r in zip(plan.layers, counts, readings)), plan.reduction)
+    if not plan.known:
+        PLANS.put(call, plan, done)
+    if stop:
+        return Capture(slots, done, None, plan.reduction or "output")
+    y, rname = out.finish(output)
+    return Capture(slots, done, y, rname)
+
+
+def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torch.Tensor):
+    """Hooks on every module to find the automatic layer: ``(capture, fresh)``."""
+    n, spatial, mine = x.shape[0], tuple(x.shape[2:]), _mine()
+    seen: list = []  # [name, tensor, version, call, reading] of the latest candidates, in order
+    before_reduction: list = []
+    counts: dict[str, int] = {}
+    out = _Output(call.net, plan.reduction, True if plan.reduction is None else name_output, mine)
+    reduction_module = _module(call.net, plan.reduction) if plan.reduction else None
+
+    def hook_for(name, module):
+        def hook(m, inputs, t):
+            if not mine():
+                return None
+            k = counts[name] = counts.get(name, -1) + 1
+            reading = layouts.read(t, n, spatial)
+            if reading is not None:
+                if seen and seen[-1][1] is t:  # the same tensor from an enclosing module
+                    seen[-1][0], seen[-1][2], seen[-1][3] = name, t._version, k
+                else:
+                    seen.append([name, t, t._version, k, reading])
+                    del seen[:-2]  # only the last two can be chosen; let the rest be freed
+            if module is reduction_module:  # candidates must come before the reduction layer
+                before_reduction[:] = [list(s) for s in seen]
+        return hook
+
+    def install():
+        return out.handles + [m.register_forward_hook(hook_for(nm, m))
+                              for nm, m in call.net.named_modules() if nm]
+
+    needs_input_grad = grad and not any(p.requires_grad for p in call.net.parameters())
+    leaf = x.detach().requires_grad_(True) if needs_input_grad else x
+    output = run_hooked(call, leaf, install, grad=grad)
+    y, rname = out.finish(output)
+    candidates = [s for s in (before_reduction if plan.reduction else seen) if s[1] is not y]
+    if not candidates:
+        raise GradattrError(
+            f"feature_layer: no layer of this network outputs a tensor with the input's layout "
+            f"({n}, C, {len(spatial)} spatial dims, one of them > 1) before the reduction layer; "
+            "pass feature_layer explicitly")
+    name, t, version, k, reading = candidates[-1]
+    fresh = t._version == version and (t.requires_grad or not grad)
+    done = Plan((LayerPlan(name, k, reading),), plan.reduction)
+    return Capture([t], done, y, rname), fresh
+
+
+# -- the remembered plans -----------------------------------------------------------------
+class _PlanCache:
+    """Plans resolved by a first pass, per model (weakly) and (input signature, plan asked for).
+
+    An entry holds layer names and weak references to their modules only, so it
+    never keeps a model alive (a submodule that refers back to its model would
+    otherwise keep both alive through the cache), and it is used only while the
+    names still resolve to the same modules: replacing a submodule invalidates it.
+    """
+
+    def __init__(self):
+        self._store: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(call: Call, asked: Plan):
+        x = call.x
+        return (tuple(x.shape[1:]), x.dtype, x.device, asked)
+
+    def get(self, call: Call, asked: Plan) -> Plan | None:
+        entry = self._store.get(call.net, {}).get(self.key(call, asked))
+        if entry is None:
+            return None
+        plan, refs = entry
+        named = dict(call.net.named_modules())
+        return plan if all(named.get(lp.name) is r() for lp, r in zip(plan.layers, refs)) else None
+
+    def put(self, call: Call, asked: Plan, plan: Plan) -> None:
+        named = dict(call.net.named_modules())
+        refs = tuple(weakref.ref(named[lp.name]) for lp in plan.layers)
+        with self._lock:
+            self._store.setdefault(call.net, {})[self.key(call, asked)] = (plan, refs)
+
+
+PLANS = _PlanCache()
+
+
+# -- gradients ----------------------------------------------------------------------------
+def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual: bool,
+                     names: list[str], reduction_name: str) -> list[torch.Tensor]:
+    """``d s[:, k] / d inputs[i]`` for every target ``k``: one ``(N, K, *input)`` tensor per input.
+
+    Samples are independent in eval mode, so the gradient of the batch sum is each
+    sample's own. Several targets share one vectorised backward
+    (``is_grads_batched``), or one backward each where an op cannot be vectorised.
+    """
+    if not s.requires_grad:
+        raise GradattrError(
+            f"target: expected a score that depends on {names[0]}, but the score computed from "
+            f"reduction layer {reduction_name!r} does not depend on it (is the reduction layer "
+            "before the feature layer?)")
+    if counterfactual:
+        s = -s
+    k_count = s.shape[1]
+    grads = None
+    if k_count > 1:  # all targets in one vectorised backward (vmap over the one-hot rows)
+        eye = torch.eye(k_count, dtype=s.dtype, device=s.device)[:, None, :].expand(k_count, *s.shape)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # vmap's "performance drop" notes
+                g = torch.autograd.grad(s, inputs, grad_outputs=eye, is_grads_batched=True,
+                                        retain_graph=True, allow_unused=True)
+            grads = [None if gi is None else gi.transpose(0, 1) for gi in g]
+        except RuntimeError:  # an op without a batching rule: one backward per target
+            grads = None
+    if grads is None:
+        per_k = [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1, allow_unused=True)
+                 for k in range(k_count)]
+        grads = [None if per_k[0][i] is None else torch.stack([g[i] for g in per_k], 1)
+                 for i in range(len(inputs))]
+    for gi, name in zip(grads, names):
+        if gi is None:
+            raise GradattrError(f"target: expected a score that depends on {name}, but the score "
+                                f"from reduction layer {reduction_name!r} does not depend on it")
+    return grads
+
+
+def plan_from_options(net: nn.Module, feature_layer, reduction_layer, feature_layout,
+                      feature_call) -> Plan:
+    """The plan the user asked for: explicit layers (or none: automatic) and the reduction layer."""
+    from .layers import resolve_layer, resolve_layers
+
+    features = resolve_layers(net, feature_layer, "feature_layer") or []
+    reduction = resolve_layer(net, reduction_layer, "reduction_layer")
+    reading = layouts.resolve_layout(feature_layout)
+    if feature_call is not None and (isinstance(feature_call, bool) or not isinstance(feature_call, int)):
+        from .errors import expected
+        raise expected("feature_call", "None or an int (0-based call index)", repr(feature_call))
+    if feature_call is not None and not features:
+        from .errors import expected
+        raise expected("feature_layer", "an explicit layer when feature_call is given", "None")
+    call = None if feature_call is None or feature_call < 0 else feature_call
+    if feature_call is not None and feature_call < -1:
+        from .errors import expected
+        raise expected("feature_call", "a call index >= 0, or -1 for the last call", repr(feature_call))
+    layers = tuple(LayerPlan(name, call, reading) for _, name in features)
+    return Plan(layers, None if reduction is None else reduction[1])

@@ -1,0 +1,213 @@
+"""One prepared call: what every method, metric, ``compare`` and the command line start from.
+
+:func:`prepare_call` validates the network, resolves the device and dtype,
+prepares the input (:func:`gradattr.inputs.prepare`) and resolves the target
+(:func:`gradattr.targets.resolve_target`), before anything is changed.
+:meth:`Call.borrowed` then lends the network for the call: eval mode and the
+compute device, restored exactly afterwards.
+
+Borrowing is counted per model and guarded by a lock, so several threads can
+explain one shared model at once: the first borrower switches it to eval mode
+(and moves it), the last one restores it. Training the same model in another
+thread while it is being explained remains unsafe: the model is in eval mode
+for as long as any explanation runs.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from itertools import chain
+
+import torch
+from torch import nn
+
+from .errors import GradattrError, expected
+from .inputs import Layout, prepare
+from .targets import Target, resolve_target
+
+AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+            "float16": torch.float16}
+
+
+def resolve_device(device, net: nn.Module) -> torch.device:
+    """``"auto"`` (where the parameters are), ``"cpu"``, ``"gpu"``/``"cuda"`` or a torch.device."""
+    if isinstance(device, str) and device.lower() == "auto":
+        first = next(chain(net.parameters(), net.buffers()), None)
+        return torch.device("cpu") if first is None else first.device
+    if isinstance(device, str) and device.lower() in ("gpu", "cuda"):
+        device = "cuda"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise expected("device", "'auto', 'cpu', 'gpu'/'cuda' or a torch.device", repr(device)) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise expected("device", "an available CUDA GPU for device=" + repr(device),
+                       "none (torch.cuda.is_available() is False); use device='cpu' or 'auto'")
+    if dev.type == "meta":
+        raise expected("device", "a device that holds data ('cpu', 'cuda', 'auto')", repr(device))
+    return dev
+
+
+def check_net(net) -> nn.Module:
+    """A hookable ``nn.Module``; TorchScript gets a message that says what to use instead."""
+    if isinstance(net, torch.jit.ScriptModule):
+        raise expected("net", "a Python nn.Module (TorchScript modules cannot take forward hooks); "
+                       "pass the original module, a torch.export program's module() "
+                       "(torch.export.load(path).module()), or rebuild it and load its state dict",
+                       type(net).__name__)
+    if not isinstance(net, nn.Module):
+        raise expected("net", "a torch.nn.Module", type(net).__name__)
+    return net
+
+
+class _Borrow:
+    """Eval mode and device of one model, shared by the calls that borrow it at once."""
+
+    def __init__(self, net: nn.Module, device: torch.device | None):
+        self.count = 0
+        self.device = device
+        self.training = [m for m in net.modules() if m.training]
+        self.tensors = []
+        if device is not None:
+            self.tensors = [(store, k, t.device) for m in net.modules() for store in (m._parameters, m._buffers)
+                            for k, t in store.items() if t is not None]
+            if all(d == device for *_, d in self.tensors):
+                self.tensors = []
+
+    def lend(self, net: nn.Module):
+        if self.training:
+            net.eval()
+        if self.tensors:
+            net.to(self.device)
+
+    def restore(self):
+        for store, k, dev in self.tensors:
+            t = store[k]
+            if isinstance(t, nn.Parameter):
+                t.data = t.data.to(dev)
+                if t.grad is not None:
+                    t.grad = t.grad.to(dev)
+            else:
+                store[k] = t.to(dev)
+        for m in self.training:
+            m.training = True
+
+
+_BORROWS: dict[int, _Borrow] = {}
+_BORROW_LOCK = threading.RLock()
+
+
+@contextmanager
+def borrowed(net: nn.Module, device: torch.device | None = None):
+    """Eval mode (and ``device``, if given) for the duration; the model is restored exactly after.
+
+    Computing in eval mode is what every CAM paper assumes (dropout off, batch
+    norm on running statistics, samples independent of each other). Only the
+    modules that were training are switched back, when the last concurrent
+    borrower returns the model; a model already on ``device`` (or ``device=None``:
+    leave it where it is, even across several devices) is not moved.
+    """
+    with _BORROW_LOCK:
+        state = _BORROWS.get(id(net))
+        if state is None:
+            state = _Borrow(net, device)
+            state.lend(net)
+            _BORROWS[id(net)] = state
+        elif device is not None and state.tensors and state.device != device:
+            raise expected("device", f"{state.device} while another call explains this model there",
+                           repr(device))
+        state.count += 1
+    try:
+        yield
+    finally:
+        with _BORROW_LOCK:
+            state.count -= 1
+            if state.count == 0:
+                del _BORROWS[id(net)]
+                state.restore()
+
+
+def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Min-max scale each map to [0, 1] (MATLAB's ``rescale``); a constant map becomes 0."""
+    flat = maps.flatten(2)
+    lo, hi = flat.min(-1, keepdim=True).values, flat.max(-1, keepdim=True).values
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    return ((flat - lo) / span).view_as(maps)
+
+
+@dataclass
+class Call:
+    """A validated, prepared call: the network, the input ``(N, C, *S)``, the target, the device."""
+
+    net: nn.Module
+    x: torch.Tensor
+    layout: Layout
+    target: Target
+    device: torch.device | None  # None: leave the model where it is ("auto")
+    autocast: torch.dtype | None = None
+    output_key: object = None
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def rank(self) -> int:
+        return self.x.ndim - 2
+
+    def borrowed(self):
+        """Eval mode and the compute device for the duration (see :func:`borrowed`)."""
+        return borrowed(self.net, self.device)
+
+    def precision(self):
+        """``torch.autocast`` for a forward pass when asked for, else nothing."""
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(self.x.device.type, dtype=self.autocast)
+
+    def with_input(self, x: torch.Tensor, target: Target | None = None) -> Call:
+        """The same call on another input of the same form (augmented copies)."""
+        return Call(self.net, x, self.layout, self.target if target is None else target, self.device,
+                    self.autocast, self.output_key)
+
+
+def _model_dtype(net: nn.Module) -> torch.dtype:
+    first = next((p for p in net.parameters() if p.is_floating_point()), None)
+    return torch.float32 if first is None else first.dtype
+
+
+def check_autocast(value) -> torch.dtype | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.lower() not in AUTOCAST:
+        raise expected("autocast", "None, 'bf16' or 'fp16'", repr(value))
+    return AUTOCAST[value.lower()]
+
+
+def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_format=None,
+                 device="auto", needs_target: bool = True, autocast=None, output_key=None) -> Call:
+    """Validate and prepare everything a call needs; nothing is changed yet.
+
+    ``needs_target=False`` (Eigen-CAM, RISE without a class...) scores each
+    sample's top class where a score is needed at all.
+    """
+    check_net(net)
+    dev = resolve_device(device, net)
+    auto = isinstance(device, str) and device.lower() == "auto"
+    amp = check_autocast(autocast)
+    if output_key is not None and not isinstance(output_key, (str, int)):
+        raise expected("output_key", "None, a key (str) or an index (int) of the network's output",
+                       repr(output_key))
+    xt, layout = prepare(x, net, input_format, dev, _model_dtype(net))
+    if needs_target or target is not None or reduction_fn is not None:
+        tgt = resolve_target(target, reduction_fn, classes, xt.shape[0])
+    else:
+        tgt = Target("top", scalar=True)
+    if output_key is not None:
+        tgt = tgt.with_output_key(output_key)
+    return Call(net, xt, layout, tgt, None if auto else dev, amp, output_key)
+
+
+__all__ = ["Call", "prepare_call", "borrowed", "resolve_device", "normalize_maps", "check_net",
+           "GradattrError"]

@@ -1,0 +1,303 @@
+"""The method registry: one :class:`Method` entry per method, and the options they share.
+
+An entry declares everything the rest of the package needs to know about a
+method: its computation, its kind (which decides what the engine captures),
+whether it explains a target, what it returns, its own options with their
+validators, its documentation and its naive reference. The public functions
+(:mod:`gradattr.api`), :func:`gradattr.attribute`, :func:`gradattr.list_methods`,
+``compare``, ``explain_dataset``, the command line and the benchmark all read
+this registry; nothing inspects function signatures.
+
+Adding a method is one pure function and one :func:`register` call in
+:mod:`gradattr.methods`, and one naive reference in ``tests/references.py``.
+"""
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import GradattrError, expected
+
+#: What the engine captures for each kind of method.
+#: ``gradient``: activations and ``d score / d A`` of each feature layer;
+#: ``activation``: activations only (no backward);
+#: ``perturbation``: activations and a :class:`~gradattr.probe.Probe` that scores
+#: modified activations or masked inputs (no backward);
+#: ``model``: no feature layer at all, only the probe (RISE, random maps);
+#: ``pixel``: gradients with respect to the input (guided backpropagation).
+KINDS = ("gradient", "activation", "perturbation", "model", "pixel")
+
+
+# -- validators -------------------------------------------------------------------------
+def flag(name: str, value):
+    if not isinstance(value, bool):
+        raise expected(name, "True or False", repr(value))
+    return value
+
+
+def optional_positive_int(name: str, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise expected(name, "None (sized from a 512 MB budget) or a positive int", repr(value))
+    return value
+
+
+def positive_int(name: str, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise expected(name, "a positive int", repr(value))
+    return value
+
+
+def any_value(name: str, value):
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One keyword option: name, default, annotation (for the signature), doc line, validator."""
+
+    name: str
+    default: object
+    annotation: str
+    doc: str
+    check: Callable[[str, object], object] = any_value
+
+
+#: Options every method may share, in signature order. Which of them a method takes
+#: follows from its kind (see :meth:`Method.shared_options`).
+SHARED: dict[str, Option] = {o.name: o for o in (
+    Option("reduction_fn", None, "Callable | None",
+           "``y -> (N,)`` (or ``(N, K)``) scores from the reduction layer's output ``y`` "
+           "(e.g. ``lambda y: y[:, 0]`` for a regressor)."),
+    Option("feature_layer", None, "str | nn.Module | Sequence | None",
+           "name (from ``net.named_modules()``) or module; ``None`` picks the last layer whose "
+           "output has the input's layout with a spatial/time dimension > 1 (MATLAB's rule); "
+           "a list gives one map per layer, fused (each min-max normalised, resized, averaged, "
+           "normalised)."),
+    Option("reduction_layer", None, "str | nn.Module | None",
+           "name or module whose output is scored; ``None`` is the network output."),
+    Option("upsampling", "bicubic", "str",
+           "``\"bicubic\"`` (MATLAB ``imresize``/``imresize3`` exact), ``\"nearest\"`` or "
+           "``\"none\"`` (the feature map's resolution)."),
+    Option("device", "auto", "str | torch.device",
+           "``\"auto\"`` (where the parameters are), ``\"cpu\"``, ``\"gpu\"``/``\"cuda\"`` or a "
+           "``torch.device``; a model moved for the call is moved back."),
+    Option("classes", None, "Sequence | None", "labels for string targets."),
+    Option("input_format", None, "str | None",
+           "MATLAB dimension letters for MATLAB-ordered arrays: ``\"SSC\"`` (H x W x C image), "
+           "``\"SSCB\"``, ``\"SSSC\"``, ``\"CT\"``, ``\"TC\"``, ``\"CBT\"``."),
+    Option("feature_layout", None, "str | Callable | None",
+           "how to read the feature tensor: ``None`` (read it from its shape and the input), "
+           "``\"channels_first\"``, ``\"channels_last\"``, ``\"tokens\"``, ``\"tokens:k\"`` (k "
+           "leading extra tokens), ``\"time_major\"``, or a callable ``tensor -> (N, C, *S)`` "
+           "(a pytorch-grad-cam ``reshape_transform``)."),
+    Option("feature_call", None, "int | None",
+           "which call of a feature module the network runs several times (0-based; negative "
+           "counts from the end); ``None``: its last call."),
+    Option("output_key", None, "str | int | None",
+           "the entry of a dict/tuple/ModelOutput network output to score; ``None``: "
+           "``\"logits\"``, ``\"out\"`` or the only tensor."),
+    Option("return_layers", False, "bool",
+           "also return the feature and reduction layer names (MATLAB's three outputs).", flag),
+    Option("normalize", False, "bool", "min-max scale each map to [0, 1] (MATLAB's ``rescale``).", flag),
+    Option("counterfactual", False, "bool",
+           "explain the evidence against the target (negated gradients).", flag),
+    Option("eigen_smooth", False, "bool",
+           "replace the channel sum by the projection on the first principal component of the "
+           "channel terms (pytorch-grad-cam's ``eigen_smooth``; the sign is fixed so the map "
+           "correlates positively with the plain one).", flag),
+    Option("aug_smooth", False, "bool",
+           "average the normalised maps of six augmented inputs (horizontal flip x multiply by "
+           "0.9, 1, 1.1; pytorch-grad-cam's ``aug_smooth``); the result lies in [0, 1].", flag),
+    Option("autocast", None, "str | None",
+           "``\"bf16\"`` or ``\"fp16\"``: run the forward passes under ``torch.autocast``; the "
+           "map is accumulated in float32. ``None``: the model's own precision."),
+)}
+
+_TARGET_OPTIONS = ("reduction_fn", "classes", "output_key")
+_LAYER_OPTIONS = ("feature_layer", "feature_layout", "feature_call", "upsampling", "return_layers",
+                  "aug_smooth")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method.
+
+    ``compute(view, **options)`` gets a :class:`~gradattr.engine.LayerView` (what the
+    engine captured for one feature layer) and returns, by ``combine``:
+    ``"weights"`` ``(N, K, C)`` channel weights, ``"terms"`` ``(N, K, C, *s)`` channel
+    terms (the engine forms ``ReLU(sum_c)`` or, with ``eigen_smooth``, the ReLU of
+    their principal projection), or ``"map"`` ``(N, K, *s)`` maps as they are.
+    ``returns`` is ``"map"`` (one map per target) or ``"pixels"`` (``(N, K, C, *S)``
+    at the input's resolution, guided backpropagation).
+    """
+
+    name: str
+    title: str
+    compute: Callable
+    kind: str
+    combine: str = "weights"
+    needs_target: bool = True
+    returns: str = "map"
+    options: tuple[Option, ...] = ()
+    summary: str = ""
+    doc: str = ""
+    example: str = ""
+    use_when: str = ""
+    stop_early: bool = False  # the forward pass may end at the feature layer (no score needed)
+    finish: Callable | None = None  # (probe, fused maps (N, K, *s)) -> the result (Guided Grad-CAM)
+    extra_shared: tuple[str, ...] = ()  # shared options taken beyond what the kind implies
+    refused_shared: tuple[str, ...] = ()  # shared options refused although the kind implies them
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.combine not in ("weights", "terms", "map"):
+            raise ValueError(f"{self.name}: combine must be 'weights', 'terms' or 'map'")
+
+    @property
+    def layered(self) -> bool:
+        """Whether the method reads a feature layer."""
+        return self.kind in ("gradient", "activation", "perturbation")
+
+    def shared_options(self) -> list[str]:
+        """The shared options this method takes, in signature order."""
+        take = {"reduction_layer", "device", "input_format", "normalize", "autocast"}
+        if self.needs_target:
+            take.update(_TARGET_OPTIONS)
+        if self.layered:
+            take.update(_LAYER_OPTIONS)
+            if self.combine != "map":
+                take.add("eigen_smooth")
+        if self.kind in ("gradient", "pixel") and self.needs_target:
+            take.add("counterfactual")
+        if self.returns == "pixels":
+            take.discard("aug_smooth")
+        take.update(self.extra_shared)
+        take.difference_update(self.refused_shared)
+        return [name for name in SHARED if name in take]
+
+    def option_names(self) -> list[str]:
+        """Every keyword option, shared and own (what :func:`gradattr.attribute` accepts)."""
+        return self.shared_options() + [o.name for o in self.options]
+
+    def defaults(self) -> dict[str, object]:
+        return {o.name: o.default for o in self.all_options()}
+
+    def all_options(self) -> list[Option]:
+        return [SHARED[n] for n in self.shared_options()] + list(self.options)
+
+    def validate(self, options: dict) -> dict:
+        """Check every option (unknown names included) and return them with defaults filled."""
+        known = {o.name: o for o in self.all_options()}
+        for name in options:
+            if name not in known:
+                raise unknown_option(self, name)
+        return {name: o.check(name, options.get(name, o.default)) for name, o in known.items()}
+
+    def signature(self) -> inspect.Signature:
+        """The public function's signature: ``(net, x, target=None, *, options...)``.
+
+        ``grad_cam`` keeps MATLAB's positional order for its first eight arguments.
+        """
+        P = inspect.Parameter
+        params = [P("net", P.POSITIONAL_OR_KEYWORD, annotation="nn.Module"),
+                  P("x", P.POSITIONAL_OR_KEYWORD)]
+        if self.needs_target:
+            params.append(P("target", P.POSITIONAL_OR_KEYWORD, default=None))
+        positional = ("reduction_fn", "feature_layer", "reduction_layer", "upsampling", "device") \
+            if self.name == "grad_cam" else ()
+        for o in self.all_options():
+            kind = P.POSITIONAL_OR_KEYWORD if o.name in positional else P.KEYWORD_ONLY
+            params.append(P(o.name, kind, default=o.default, annotation=o.annotation))
+        return inspect.Signature(params)
+
+    def docstring(self) -> str:
+        """Summary, formula, every argument, what is returned, and the example."""
+        args = ["net: any ``torch.nn.Module``; run in eval mode and left exactly as found "
+                "(training flags, device, ``requires_grad``, ``.grad``, hooks).",
+                "x: ``(N, C, T)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``, or the same without "
+                "``N``; a tensor or a numpy array (the map comes back as the same kind)."]
+        if self.needs_target:
+            args.append("target: class index (0-based), a sequence of indices (one map each), an "
+                        "``(N, K)`` integer array of per-sample classes, a label or labels looked "
+                        "up in ``classes``, a callable (used as ``reduction_fn``), or ``None`` for "
+                        "each sample's top class. On a spatial output a class scores the sum over "
+                        "space (segmentation).")
+        args += [f"{o.name}: {o.doc}" for o in self.all_options()]
+        if self.returns == "pixels":
+            ret = ("``(N, K, C, *spatial)`` at the input's resolution, ``N`` dropped for unbatched "
+                   "input and ``K`` for a scalar target.")
+        else:
+            ret = ("The map ``(N, K, *spatial)``, ``N`` dropped for unbatched input and ``K`` for a "
+                   "scalar target (or a method without target); with ``return_layers=True`` the "
+                   "tuple ``(map, feature_layer_name, reduction_layer_name)``.")
+        indent = "\n" + " " * 12
+        text = [self.summary, "", self.doc.strip(), "", "Args:"]
+        text += ["    " + _wrap(a, indent) for a in args]
+        text += ["", "Returns:", "    " + ret]
+        if self.example:
+            text += ["", "Example:", _indent(self.example.strip("\n"), 4)]
+        return "\n".join(text)
+
+
+def _wrap(text: str, indent: str, width: int = 88) -> str:
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if line and len(line) + 1 + len(w) > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}" if line else w
+    lines.append(line)
+    return indent.join(lines)
+
+
+def _indent(text: str, n: int) -> str:
+    return "\n".join(" " * n + line if line else line for line in text.splitlines())
+
+
+def unknown_option(method: Method, name: str) -> GradattrError:
+    import difflib
+
+    allowed = method.option_names()
+    close = difflib.get_close_matches(name, allowed, n=2)
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    return GradattrError(f"{name}: expected an option of {method.name} (one of "
+                         f"{', '.join(allowed)}), got {name!r}{hint}")
+
+
+REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` to the registry (its name must be new)."""
+    if method.name in REGISTRY:
+        raise ValueError(f"method {method.name!r} is already registered")
+    REGISTRY[method.name] = method
+    return method
+
+
+def get(name) -> Method:
+    """The entry for ``name``, or a :class:`GradattrError` suggesting close names."""
+    if isinstance(name, str) and name in REGISTRY:
+        return REGISTRY[name]
+    import difflib
+
+    close = difflib.get_close_matches(str(name), list(REGISTRY), n=3) if isinstance(name, str) else []
+    hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise expected("method", "one of " + ", ".join(map(repr, REGISTRY)), f"{name!r}{hint}")
+
+
+@dataclass(frozen=True)
+class Info:
+    """What :func:`gradattr.method_info` tells of a method (for tools and tables)."""
+
+    name: str
+    title: str
+    kind: str
+    needs_target: bool
+    returns: str
+    options: tuple[str, ...] = field(default=())
+    summary: str = ""
+    use_when: str = ""
