@@ -122,7 +122,7 @@ def combine(how: str, out: torch.Tensor, acts: torch.Tensor, eigen_smooth: bool)
     With ``eigen_smooth`` the channel sum becomes the projection on the first
     principal component of the channel terms (:func:`gradattr.methods.eigen_projection`).
     """
-    from .methods import eigen_projection
+    from .methods.common import eigen_projection
 
     if how == "map":
         return out

@@ -1,0 +1,39 @@
+"""The CAM family: the maths of each method and its registry entry, side by side.
+
+Each method is a small pure function over what the engine captured for one
+feature layer, followed by its :func:`~gradattr.registry.register` call. The
+functions return one of three things, and the entry's ``combine`` says which:
+
+* channel **weights** ``(N, K, C)``: the engine forms ``ReLU(sum_c w A^c)``;
+* channel **terms** ``(N, K, C, *s)``: the engine forms ``ReLU(sum_c T)``;
+* **maps** ``(N, K, *s)`` as they are.
+
+With ``eigen_smooth=True`` the channel sum becomes the projection on the first
+principal component of the channel terms (:func:`eigen_projection`). The ReLU
+is Grad-CAM's and MATLAB's and what pytorch-grad-cam applies to every method
+before scaling, so every method's raw map is non-negative.
+
+Shapes: ``acts (N, C, *s)``, ``grads (N, K, C, *s)``, weights ``(N, K, C)``,
+maps ``(N, K, *s)``, for any number of spatial/time dims ``s``. A method that
+perturbs (Score-CAM, Ablation-CAM) gets a :class:`~gradattr.probe.Probe`
+(``view.probe``) that scores masked inputs or modified activations.
+
+The methods live by kind, each module holding the pure functions and their
+``register(Method(...))`` entries side by side:
+
+* :mod:`.gradient`: Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, Layer-CAM, EigenGrad-CAM, ...
+* :mod:`.activation`: Eigen-CAM, CAM, ...
+* :mod:`.perturbation`: Score-CAM, Ablation-CAM, ...
+* :mod:`.pixel`: guided backpropagation, Guided Grad-CAM
+
+Adding a method: a pure function and a ``register(Method(...))`` entry in the
+module of its kind, and a naive reference in ``tests/references.py`` (the
+registry-driven tests refuse a method without one). The order of the imports
+below is the order of :func:`gradattr.list_methods`.
+"""
+from __future__ import annotations
+
+from . import gradient, activation, perturbation, pixel  # noqa: F401  (registration order)
+from .common import eigen_projection
+
+__all__ = ["eigen_projection", "gradient", "activation", "perturbation", "pixel"]
