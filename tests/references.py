@@ -1,0 +1,281 @@
+"""Naive references for every registered method, written from the papers.
+
+Each reference works one sample, one target and one channel at a time, with its
+own hooks and its own autograd calls; nothing in it comes from gradattr except
+``imresize`` (tested in test_resize.py) for the Guided Grad-CAM upsampling. The
+toy networks are float64 so the comparisons can be tight (gradattr returns
+float32 maps). ``REFERENCES`` maps a method name to its reference; the sweep in
+``test_registry.py`` runs every registered method against it.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gradattr
+from gradattr.resize import imresize
+
+CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+POOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
+SIZE = {1: (12,), 2: (8, 7), 3: (5, 6, 4)}
+LINEAR_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+CLASSES = 4
+
+
+def toy(rank: int, seed: int = 0) -> nn.Sequential:
+    """conv -> ReLU -> strided conv -> ReLU ("3", the feature layer) -> global average pool -> linear.
+
+    The feature maps are about half the input's size, so every upsampling step is exercised.
+    """
+    torch.manual_seed(seed)
+    net = nn.Sequential(OrderedDict([
+        ("0", CONV[rank](2, 6, 3, padding=1)), ("1", nn.ReLU()),
+        ("2", CONV[rank](6, 5, 3, padding=1, stride=2)), ("3", nn.ReLU()),
+        ("4", POOL[rank](1)), ("5", nn.Flatten()), ("6", nn.Linear(5, CLASSES))]))
+    with torch.no_grad():
+        net[2].bias.add_(0.3)  # keep most feature channels alive
+    return net.double().eval()
+
+
+def toy_input(rank: int, n: int = 2, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, *SIZE[rank], generator=g, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- naive references
+def activation(net, x1, layer):
+    """Feature layer output ``(C, *s)`` and the network output for one sample ``x1 (1, C, *s)``."""
+    store = {}
+    h = dict(net.named_modules())[layer].register_forward_hook(lambda m, i, o: store.setdefault("a", o))
+    try:
+        y = net(x1)
+    finally:
+        h.remove()
+    return store["a"], y
+
+
+def acts_and_grads(net, x1, layer, score):
+    with torch.enable_grad():
+        a, y = activation(net, x1, layer)
+        (g,) = torch.autograd.grad(score(y)[0], a)
+    return a[0].detach(), g[0]
+
+
+# Each reference returns the channel terms T (C, *s), built one channel at a time; the map is
+# ReLU(sum_c T_c), or with eigen_smooth ReLU(first principal component projection of T).
+def grad_cam_terms(a, g):
+    return torch.stack([g[c].mean() * a[c] for c in range(a.shape[0])])
+
+
+def grad_cam_pp_terms(a, g):
+    out = []
+    for c in range(a.shape[0]):
+        s = a[c].sum()
+        w = 0.0
+        for gij in g[c].flatten().tolist():
+            if gij != 0:  # eq. 19 with pytorch-grad-cam's 1e-6
+                w += max(gij, 0.0) * gij**2 / (2 * gij**2 + s * gij**3 + 1e-6)
+        out.append(w * a[c])
+    return torch.stack(out)
+
+
+def xgrad_cam_terms(a, g):
+    return torch.stack([(g[c] * a[c]).sum() / (a[c].sum() + 1e-7) * a[c] for c in range(a.shape[0])])
+
+
+def hires_cam_terms(a, g):
+    return torch.stack([g[c] * a[c] for c in range(a.shape[0])])
+
+
+def layer_cam_terms(a, g):
+    return torch.stack([torch.relu(g[c]) * a[c] for c in range(a.shape[0])])
+
+
+def numpy_pc_projection(t):
+    """``t (C, *s)``: projection on the first principal component by numpy's SVD, sign by correlation."""
+    c = t.shape[0]
+    m = t.reshape(c, -1).T.numpy()
+    mc = m - m.mean(0)
+    _, _, vt = np.linalg.svd(mc, full_matrices=True)
+    p = mc @ vt[0]
+    plain = mc.sum(1)  # the channel sum, centred
+    if np.dot(p, plain) < 0:
+        p = -p
+    return torch.from_numpy(p.reshape(t.shape[1:]).copy())
+
+
+def combine(terms, smooth):
+    return torch.relu(numpy_pc_projection(terms) if smooth else terms.sum(0))
+
+
+def naive_grad_cam(a, g):
+    return combine(grad_cam_terms(a, g), False)
+
+
+def naive_eigen_cam(a):
+    return combine(a, True)
+
+
+GRADIENT = {"grad_cam": grad_cam_terms, "grad_cam_plus_plus": grad_cam_pp_terms,
+            "xgrad_cam": xgrad_cam_terms, "hires_cam": hires_cam_terms, "layer_cam": layer_cam_terms,
+            "eigengrad_cam": hires_cam_terms}
+
+
+def score_cam_terms(net, x1, layer, score):
+    """One masked input per channel; weights = softmax over channels of the scores."""
+    with torch.no_grad():
+        a, _ = activation(net, x1, layer)
+        a = a[0]
+        scores = []
+        for c in range(a.shape[0]):
+            up = F.interpolate(a[c][None, None], size=x1.shape[2:], mode=LINEAR_MODE[x1.ndim - 2],
+                               align_corners=True)[0, 0]
+            lo, hi = up.min(), up.max()
+            # a constant channel has no location: the zero mask (its upsampled copy may differ from
+            # a constant by rounding, which would otherwise be scaled up to a noise mask)
+            constant = bool(a[c].max() == a[c].min())
+            mask = torch.zeros_like(up) if constant else (up - lo) / (hi - lo)
+            scores.append(score(net(x1 * mask))[0])
+        w = torch.softmax(torch.stack(scores), 0)
+        return torch.stack([w[c] * a[c] for c in range(a.shape[0])])
+
+
+def ablation_cam_terms(net, x1, layer, score):
+    """One forward pass per channel with that channel of the feature layer set to 0."""
+    module = dict(net.named_modules())[layer]
+    with torch.no_grad():
+        a, y = activation(net, x1, layer)
+        a, y0 = a[0], score(y)[0]
+        out = []
+        for c in range(a.shape[0]):
+            def zero(m, i, o, c=c):
+                o = o.clone()
+                o[:, c] = 0
+                return o
+            h = module.register_forward_hook(zero)
+            try:
+                yc = score(net(x1))[0]
+            finally:
+                h.remove()
+            out.append((y0 - yc) / y0 * a[c])
+        return torch.stack(out)
+
+
+def cam_terms(net, x1, layer, coef):
+    """``w_k A^k`` with ``w = coef @ W`` (the head's rows combined as the target combines classes)."""
+    with torch.no_grad():
+        a, _ = activation(net, x1, layer)
+        w = coef @ net[6].weight
+        return torch.stack([w[c] * a[0, c] for c in range(a.shape[1])])
+
+
+def naive_guided_backprop(net, x1, score):
+    """Springenberg et al.: walk the Sequential backwards; at each ReLU keep max(grad, 0) where input > 0."""
+    inputs, h = [], x1.clone().requires_grad_(True)
+    with torch.enable_grad():
+        for m in net:
+            inputs.append(h)
+            h = m(h)
+        g = torch.autograd.grad(score(h)[0], h)[0]  # d score / d output
+        for m, inp in zip(reversed(list(net)), reversed(inputs)):
+            if isinstance(m, nn.ReLU):
+                g = torch.clamp(g, min=0) * (inp > 0)
+            else:  # a linear map: its vector-Jacobian product
+                i0 = inp.detach().requires_grad_(True)
+                g = torch.autograd.grad(m(i0), i0, g)[0]
+    return g[0]
+
+
+# ---------------------------------------------------------------- targets
+def score_fns(target, n_samples, outputs):
+    """Per sample, the list of score functions (one per map) that ``target`` means."""
+    if callable(target):
+        return [[target] for _ in range(n_samples)]
+    if isinstance(target, list) and all(callable(t) for t in target):
+        return [list(target) for _ in range(n_samples)]
+    if target is None:
+        return [[lambda y, c=int(outputs[i].argmax()): y[:, c]] for i in range(n_samples)]
+    arr = np.asarray(target)
+    if arr.ndim == 0:
+        return [[lambda y, c=int(arr): y[:, c]] for _ in range(n_samples)]
+    if arr.ndim == 1:
+        return [[lambda y, c=int(c): y[:, c] for c in arr] for _ in range(n_samples)]
+    return [[lambda y, c=int(c): y[:, c] for c in arr[i]] for i in range(n_samples)]
+
+
+def coef_of(fn, classes=CLASSES):
+    """The linear target as a coefficient vector over classes (exact for the linear targets used here)."""
+    eye = torch.eye(classes, dtype=torch.float64)
+    return torch.stack([fn(eye[j:j + 1])[0] for j in range(classes)])
+
+
+def linear_target(y):
+    return y[:, 1] - 0.5 * y[:, 0]
+
+
+TARGETS = {"scalar": 2, "vector": [1, 3], "per_sample": "per_sample", "callable": linear_target}
+SCALAR = {"scalar": True, "vector": False, "per_sample": False, "callable": True}
+
+
+def resolve(kind, n):
+    if kind == "per_sample":
+        return np.array([[0, 2], [3, 1]])[:n]
+    return TARGETS[kind]
+
+
+#: One naive reference per registered method: ``fn(net, x1, layer, score, smooth) -> (K=1 map)``
+#: for one sample ``x1 (1, C, *s)`` and one score function. The sweep in test_registry.py
+#: refuses a registered method that has no entry here.
+REFERENCES: dict = {}
+
+
+def replicates(name):
+    """Register the decorated naive function as the reference of method ``name`` (zennit's idea)."""
+    def deco(fn):
+        REFERENCES[name] = fn
+        return fn
+    return deco
+
+
+for _name, _terms in GRADIENT.items():
+    replicates(_name)(lambda net, x1, layer, fn, smooth, _t=_terms, _n=_name:
+                      combine(_t(*acts_and_grads(net, x1, layer, fn)), smooth or _n == "eigengrad_cam"))
+replicates("score_cam")(lambda net, x1, layer, fn, smooth: combine(score_cam_terms(net, x1, layer, fn), smooth))
+replicates("ablation_cam")(lambda net, x1, layer, fn, smooth:
+                           combine(ablation_cam_terms(net, x1, layer, fn), smooth))
+replicates("cam")(lambda net, x1, layer, fn, smooth: combine(cam_terms(net, x1, layer, coef_of(fn)), smooth))
+replicates("eigen_cam")(lambda net, x1, layer, fn, smooth: naive_eigen_cam(activation(net, x1, layer)[0][0].detach()))
+replicates("guided_backprop")(lambda net, x1, layer, fn, smooth: naive_guided_backprop(net, x1, fn))
+
+
+@replicates("guided_grad_cam")
+def naive_guided_grad_cam(net, x1, layer, fn, smooth, upsampling_mode="nearest"):
+    gc = naive_grad_cam(*acts_and_grads(net, x1, layer, fn))
+    up = torch.relu(imresize(gc[None, None], tuple(x1.shape[2:]), upsampling_mode)[0, 0])
+    return naive_guided_backprop(net, x1, fn) * up
+
+
+def naive_maps(method, net, x, target, layer="3", upsampling_mode="nearest", smooth=False):
+    """``(N, K, *s)`` maps computed sample by sample, target by target, channel by channel."""
+    with torch.no_grad():
+        outputs = net(x)
+    fns = score_fns(target, x.shape[0], outputs)
+    ref = REFERENCES[method]
+    kw = {"upsampling_mode": upsampling_mode} if method == "guided_grad_cam" else {}
+    return torch.stack([torch.stack([ref(net, x[i:i + 1], layer, fn, smooth, **kw) for fn in fns[i]])
+                        for i in range(x.shape[0])])
+
+
+def call(method, net, x, target, **kw):
+    fn = getattr(gradattr, method)
+    if method == "guided_backprop":
+        return fn(net, x, target, **kw)
+    if method == "guided_grad_cam":
+        return fn(net, x, target, feature_layer="3", upsampling="nearest", **kw)
+    return fn(net, x, target, feature_layer="3", upsampling="none", **kw)
+
+
