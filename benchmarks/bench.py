@@ -20,7 +20,6 @@ import argparse
 import datetime
 import gc
 import importlib.metadata
-import inspect
 import os
 import platform
 import resource
@@ -208,23 +207,15 @@ def make_fn(lib: str, method: str, variant: str, net: nn.Module, x: torch.Tensor
 
 
 def gradattr_fn(method: str, variant: str, net, x, m: Model):
-    fn = getattr(gradattr, method, None)
-    if fn is not None:
-        params = inspect.signature(fn).parameters
-        call = fn
-    elif getattr(gradattr, "attribute", None) is not None:
-        params = None
-
-        def call(net_, x_, **kw):
-            return gradattr.attribute(net_, x_, method=method, **kw)
-    else:
+    if method not in gradattr.list_methods():
         return f"not available yet (gradattr has no {method})"
+    info = gradattr.method_info(method)  # what the method takes, from the registry
     kw = {}
-    if (params is None and method != "eigen_cam") or (params is not None and "target" in params):
+    if info.needs_target:
         kw["target"] = list(range(10)) if variant == TEN else m.target
-    if params is None or "feature_layer" in params:
+    if "feature_layer" in info.options:
         kw["feature_layer"] = m.layer
-    return lambda: call(net, x, **kw)
+    return lambda: gradattr.attribute(net, x, method=method, **kw)
 
 
 def pgc_fn(method: str, net, x, m: Model):

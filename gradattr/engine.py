@@ -93,6 +93,9 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
                   name_output=bool(opts.get("return_layers")))
     acts = cap.acts
     grads = _gradients(call, cap, counterfactual) if grad else [None] * len(acts)
+    if call.autocast is not None:  # low-precision forward passes, maps accumulated in float32
+        acts = [a.float() for a in acts]
+        grads = [g if g is None else g.float() for g in grads]
     maps = []
     for i, (a, g) in enumerate(zip(acts, grads)):
         probe = Probe(call, cap, i, counterfactual=counterfactual, upsampling=mode)
