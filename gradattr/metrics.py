@@ -55,10 +55,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .prep import borrowed, normalize_maps, resolve_device
+from .prep import normalize_maps, prepare_call
 from .errors import GradattrError, expected
 from .inputs import prepare
-from .targets import Target, resolve_target
+from .targets import Target
 
 __all__ = [
     "Curve", "deletion", "insertion", "blur",
@@ -186,18 +186,14 @@ def _prepare_maps(maps, spatial: tuple[int, ...], batched: bool, n: int, device,
 def _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, softmax, batch_size):
     """Validate everything, then yield a :class:`_Scorer` and the output :class:`_Form`
     while the network is borrowed (eval mode, compute device) and gradients are off."""
-    if not isinstance(net, nn.Module):
-        raise expected("net", "a torch.nn.Module", type(net).__name__)
     batch_size = _check_int(batch_size, "batch_size", 1)
-    dev = resolve_device(device, net)
-    params = [p for p in net.parameters() if p.is_floating_point()]
-    dtype = params[0].dtype if params else torch.float32
-    xt, layout = prepare(x, net, input_format, dev, dtype)
-    tgt = resolve_target(target, reduction_fn, classes, xt.shape[0])
-    m, k_axis = _prepare_maps(maps, tuple(xt.shape[2:]), layout.batched, xt.shape[0], dev, dtype)
+    call = prepare_call(net, x, target=target, reduction_fn=reduction_fn, classes=classes,
+                        input_format=input_format, device=device)
+    xt, layout = call.x, call.layout
+    m, k_axis = _prepare_maps(maps, tuple(xt.shape[2:]), layout.batched, xt.shape[0], xt.device, xt.dtype)
     form = _Form(layout.batched, k_axis, layout.numpy, layout.device)
-    with borrowed(net, dev), torch.no_grad():
-        yield _Scorer(net, xt, m, tgt, softmax, batch_size), form, layout
+    with call.borrowed(), torch.no_grad():
+        yield _Scorer(net, xt, m, call.target, softmax, batch_size), form, layout
 
 
 def _ranks(maps: torch.Tensor) -> torch.Tensor:
