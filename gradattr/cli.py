@@ -177,8 +177,11 @@ def _load_file(path: Path, spec: str, trust: bool):
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" not in str(err).lower():
-            raise CliError(f"--model: could not load {spec} with torch.load: {_one_line(err)}") from None
+        text = str(err)
+        if "Unsupported global" not in text and "reduce" not in text:  # not pickled objects: a broken file
+            cause = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+            raise CliError(f"--model: could not load {spec} with torch.load: "
+                           f"{_one_line(cause.group(1)) if cause else _one_line(err)}") from None
         if not trust:
             raise _refuse_pickle(spec, err) from None
     except Exception as err:  # noqa: BLE001
@@ -605,11 +608,10 @@ def cmd_explain(args) -> int:
     _check_writable([p for ps in (out_paths or []) + (map_paths or []) for p in ps], args.overwrite)
 
     info = gradattr.method_info(args.method)
-    cls = None
-    if args.target is not None:
-        cls = args.target
-    elif args.label is not None:
+    cls = args.target
+    if args.label is not None:  # case-insensitive when only one name matches; else gradattr's own error
         cls = _label_index(args.label, classes)
+        target = args.label if cls is None else cls
 
     # 1. explain everything (nothing is written if anything fails)
     results = []

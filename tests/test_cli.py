@@ -1,5 +1,5 @@
-"""The ``gradattr`` command line, end to end through ``python -m gradattr`` (and the console script
-when it is installed), with tiny models saved in a temporary folder."""
+"""The ``gradattr`` command line, in process (``cli.main([...])``), with tiny models saved in a
+temporary folder, plus one end-to-end run of ``python -m gradattr`` in a folder with planted modules."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import gradattr
 from gradattr import cli
@@ -64,6 +65,7 @@ def work(tmp_path_factory):
         net.eval()
         torch.save(net.state_dict(), d / f"{name}.pth")
         nets[name] = net
+    nets["image_net_factory"] = tinynets.image_net().eval()
     img_net = nets["image_net"]
     torch.export.save(torch.export.export(img_net, (torch.zeros(1, 3, 16, 16),)), d / "image_net.pt2")
     torch.save(nets["vol_net"], d / "vol_net.pt")
@@ -75,19 +77,41 @@ def work(tmp_path_factory):
     for k in range(2):
         Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(d / "pics" / f"p{k}.png")
     shutil.copy(d / "pics" / "p0.png", d / "cat.png")
+    (d / "twins").mkdir()  # a.png and a_png.png once shared one output name
+    shutil.copy(d / "pics" / "p0.png", d / "twins" / "a.png")
+    shutil.copy(d / "pics" / "p1.png", d / "twins" / "a_png.png")
     np.save(d / "seq.npy", rng.standard_normal((2, 32)).astype(np.float32))
     np.save(d / "vol.npy", rng.standard_normal((1, 1, 8, 8, 8)).astype(np.float32))
     np.save(d / "hwc.npy", rng.standard_normal((16, 16, 3)).astype(np.float32))
+    np.save(d / "batch.npy", rng.standard_normal((2, 3, 16, 16)).astype(np.float32))
     (d / "classes.txt").write_text("dog\ntabby\nespresso\n")
     return d, nets
 
 
-def run(args, cwd, entry=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        "PYTHONWARNINGS": "ignore"}
-    cmd = (entry or [sys.executable, "-m", "gradattr"]) + [str(a) for a in args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+@pytest.fixture
+def here(work, monkeypatch, tmp_path):
+    """The fixture folder as the working folder; outputs go to ``tmp_path`` (fresh per test)."""
+    d, nets = work
+    monkeypatch.chdir(d)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return d, nets, tmp_path
+
+
+def ok(argv, capsys) -> tuple[str, str]:
+    assert cli.main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    cap = capsys.readouterr()
+    return cap.out, cap.err
+
+
+def error_of(argv, capsys) -> str:
+    assert cli.main([str(a) for a in argv]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gradattr: error: ")
+    return err
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
 def preprocess(path, size=16, mean=0.5, std=0.25) -> torch.Tensor:
@@ -99,164 +123,393 @@ def preprocess(path, size=16, mean=0.5, std=0.25) -> torch.Tensor:
     return torch.from_numpy((a - mean) / std).permute(2, 0, 1).contiguous()
 
 
-# ------------------------------------------------------------------------------ end to end
-def test_explain_image_with_exported_program(work):
-    d, nets = work
-    r = run(["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--mean", "0.5", "--std",
-             "0.25", "--target", "2", "--out", "o.png", "--save-map", "m.npy"], d)
-    assert r.returncode == 0, r.stderr
-    want = gradattr.grad_cam(nets["image_net"], preprocess(d / "cat.png"), 2)
-    got = np.load(d / "m.npy")
+@pytest.fixture
+def titles(monkeypatch):
+    """The titles of the pictures drawn by the command line."""
+    seen = []
+    for name in ("overlay", "sequence", "volume"):
+        original = getattr(gradattr.plot, name)
+
+        def spy(*a, _original=original, **k):
+            seen.append(k.get("title"))
+            return _original(*a, **k)
+        monkeypatch.setattr(gradattr.plot, name, spy)
+    return seen
+
+
+# ------------------------------------------------------------------------------ explain
+def test_explain_image_with_exported_program(here, capsys, titles):
+    d, nets, out = here
+    stdout, _ = ok(["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--mean", "0.5", "--std",
+                    "0.25", "--target", "2", "--classes", "classes.txt", "--out", out / "o.png",
+                    "--save-map", out / "m.npy"], capsys)
+    x = preprocess(d / "cat.png")
+    want = gradattr.grad_cam(nets["image_net"], x, 2)
+    got = np.load(out / "m.npy")
     assert got.shape == (16, 16)
     np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-6)
     from PIL import Image
 
-    with Image.open(d / "o.png") as png:
+    with Image.open(out / "o.png") as png:
         assert png.size[0] > 100 and png.size[1] > 100
-    assert "cat.png: grad_cam target 2 layer '3' map 16x16" in r.stdout
+    with torch.no_grad():
+        y = nets["image_net"](x[None])[0]
+    score, p = float(y[2]), float(y.softmax(0)[2])
+    assert stdout.startswith(f"cat.png: grad_cam class 2 'espresso' score {score:.4g} p={p:.3f} layer '3' "
+                             "map 16x16")
+    assert stdout.rstrip().endswith(f"-> {out / 'm.npy'}, {out / 'o.png'}")
+    assert titles == [f"grad_cam: class 2 'espresso'\nscore {score:.4g} (p={p:.3f}), cat.png"]
 
 
-def test_explain_sequence_with_factory_and_weights(work):
-    d, nets = work
-    r = run(["explain", "seq.npy", "--model", "tinynets:seq_net", "--weights", "seq_net.pth",
-             "--method", "grad_cam_plus_plus", "--out", "s.png", "--save-map", "s.npy"], d)
-    assert r.returncode == 0, r.stderr
+def test_titles_tell_the_default_and_a_label_apart(here, capsys, titles):
+    d, nets, out = here
+    common = ["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--classes", "classes.txt"]
+    ok(common + ["--out", out / "top.png"], capsys)
+    ok(common + ["--label", "TABBY", "--out", out / "tabby.png"], capsys)  # case-insensitive when unambiguous
+    with torch.no_grad():
+        y = nets["image_net"](preprocess(d / "cat.png", mean=0.0, std=1.0)[None])[0]
+    top = int(y.argmax())
+    names = ["dog", "tabby", "espresso"]
+    assert titles[0].startswith(f"grad_cam: class {top} '{names[top]}'\nscore {float(y[top]):.4g}")
+    assert titles[1].startswith(f"grad_cam: class 1 'tabby'\nscore {float(y[1]):.4g} "
+                                f"(p={float(y.softmax(0)[1]):.3f})")
+    ok(["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--method", "eigen_cam",
+        "--out", out / "eigen.png"], capsys)
+    assert titles[2] == "eigen_cam: no class (features only)\ncat.png"
+
+
+def test_explain_sequence_with_factory_and_weights(here, capsys):
+    d, nets, out = here
+    stdout, _ = ok(["explain", "seq.npy", "--model", "tinynets:seq_net", "--weights", "seq_net.pth",
+                    "--method", "grad_cam_plus_plus", "--out", out / "s.png", "--save-map", out / "s.npy"], capsys)
     x = torch.from_numpy(np.load(d / "seq.npy"))
     top = nets["seq_net"](x[None]).argmax().item()
     want = gradattr.attribute(nets["seq_net"], x, top, method="grad_cam_plus_plus")
-    np.testing.assert_allclose(np.load(d / "s.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
-    assert (d / "s.png").stat().st_size > 1000 and f"class {top} p=" in r.stdout
+    np.testing.assert_allclose(np.load(out / "s.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
+    assert (out / "s.png").stat().st_size > 1000 and f"class {top} score " in stdout
+    assert str(d) not in sys.path  # the working folder was searched for the factory's import only
 
 
-def test_explain_volume_with_saved_module_and_matlab_array(work):
-    d, nets = work
-    r = run(["explain", "vol.npy", "--model", "vol_net.pt", "--out", "v.png", "--save-map", "v.npy",
-             "--upsampling", "nearest", "--feature-layer", "0"], d)
-    assert r.returncode == 0, r.stderr
+def test_batched_array_gives_one_picture_per_sample(here, capsys, titles):
+    d, nets, out = here
+    stdout, _ = ok(["explain", "batch.npy", "--model", "tinynets:image_net", "--weights", "image_net.pth",
+                    "--out", out / "b", "--save-map", out / "b"], capsys)
+    assert files_in(out) == ["b.npy", "b_0.png", "b_1.png"]
+    x = torch.from_numpy(np.load(d / "batch.npy"))
+    tops = nets["image_net"](x).argmax(1).tolist()
+    want = gradattr.grad_cam(nets["image_net"], x, tops)  # (N, K, H, W): sample i's map is [i, i]
+    np.testing.assert_allclose(np.load(out / "b.npy"), want[[0, 1], [0, 1]].numpy(), rtol=1e-4, atol=1e-6)
+    assert [t.splitlines()[0] for t in titles] == [f"grad_cam: class {c}" for c in tops]
+    assert [t.rsplit(", ", 1)[1] for t in titles] == ["batch.npy[0]", "batch.npy[1]"]
+
+
+def test_volume_and_matlab_array(here, capsys):
+    d, nets, out = here
+    ok(["explain", "vol.npy", "--model", "tinynets:vol_net", "--weights", "vol_net.pth", "--out", out / "v.png",
+        "--save-map", out / "v.npy", "--upsampling", "nearest", "--feature-layer", "0"], capsys)
     want = gradattr.grad_cam(nets["vol_net"], torch.from_numpy(np.load(d / "vol.npy")),
                              feature_layer="0", upsampling="nearest")
-    np.testing.assert_allclose(np.load(d / "v.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
-    assert (d / "v.png").stat().st_size > 1000
-    r = run(["explain", "hwc.npy", "--model", "image_net.pt2", "--input-format", "SSC", "--save-map",
-             "h.npy"], d)
-    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(out / "v.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
+    assert (out / "v.png").stat().st_size > 1000
+    ok(["explain", "hwc.npy", "--model", "image_net.pt2", "--input-format", "SSC", "--save-map", out / "h.npy"],
+       capsys)
     want = gradattr.grad_cam(nets["image_net"], np.load(d / "hwc.npy"), input_format="SSC")
-    np.testing.assert_allclose(np.load(d / "h.npy"), want, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "h.npy"), want, rtol=1e-4, atol=1e-6)
 
 
-def test_explain_folder(work):
+def test_folder_outputs_keep_the_extension(here, capsys):
+    d, nets, out = here
+    stdout, stderr = ok(["explain", "twins", "--model", "image_net.pt2", "--size", "16", "--out", out / "o",
+                         "--save-map", out / "m"], capsys)
+    assert files_in(out) == ["m", "m/a.png.npy", "m/a_png.png.npy", "o", "o/a.png.png", "o/a_png.png.png"]
+    for name in ("a.png", "a_png.png"):  # each map is its own input's
+        want = gradattr.grad_cam(nets["image_net"], preprocess(d / "twins" / name, mean=0.0, std=1.0))
+        np.testing.assert_allclose(np.load(out / "m" / f"{name}.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(np.load(out / "m" / "a.png.npy"), np.load(out / "m" / "a_png.png.npy"))
+    assert len(stdout.splitlines()) == 2 and f"-> {out / 'm' / 'a.png.npy'}, {out / 'o' / 'a.png.png'}" in stdout
+    assert stderr == ""  # stderr is not a terminal: no progress unless asked
+
+
+def test_progress(here, capsys, monkeypatch):
+    d, _, out = here
+    _, stderr = ok(["explain", "pics", "--model", "image_net.pt2", "--size", "16", "--progress"], capsys)
+    assert "explaining [1/2] p0.png" in stderr and "explaining [2/2] p1.png" in stderr
+    _, stderr = ok(["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--method", "score_cam",
+                    "--progress"], capsys)
+    assert "Score-CAM" in stderr and "4/4" in stderr  # 4 channels of the feature layer, one pass each
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: on by default
+    _, stderr = ok(["explain", "pics", "--model", "image_net.pt2", "--size", "16"], capsys)
+    assert "explaining [2/2] p1.png" in stderr
+    _, stderr = ok(["explain", "pics", "--model", "image_net.pt2", "--size", "16", "--no-progress"], capsys)
+    assert stderr == ""
+
+
+def test_save_map_paths(here, capsys):
+    d, nets, out = here
+    stdout, _ = ok(["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--save-map",
+                    out / "mapfile"], capsys)
+    assert files_in(out) == ["mapfile.npy"] and stdout.rstrip().endswith(f"-> {out / 'mapfile.npy'}")
+    (out / "adir").mkdir()
+    stdout, _ = ok(["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--save-map",
+                    out / "adir", "--out", out / "adir"], capsys)
+    assert files_in(out / "adir") == ["cat.png.npy", "cat.png.png"]
+    assert stdout.rstrip().endswith(f"-> {out / 'adir' / 'cat.png.npy'}, {out / 'adir' / 'cat.png.png'}")
+    want = gradattr.grad_cam(nets["image_net"], preprocess(d / "cat.png", mean=0.0, std=1.0))
+    np.testing.assert_allclose(np.load(out / "adir" / "cat.png.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_existing_files_need_overwrite(here, capsys):
+    d, nets, out = here
+    (out / "m.npy").write_bytes(b"keep me")
+    args = ["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--save-map", out / "m.npy",
+            "--out", out / "o.png"]
+    err = error_of(args, capsys)
+    assert f"--overwrite: expected outputs that do not exist yet, got {out / 'm.npy'}; pass --overwrite" in err
+    assert files_in(out) == ["m.npy"] and (out / "m.npy").read_bytes() == b"keep me"
+    ok(args + ["--overwrite"], capsys)
+    want = gradattr.grad_cam(nets["image_net"], preprocess(d / "cat.png", mean=0.0, std=1.0))
+    np.testing.assert_allclose(np.load(out / "m.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
+    (out / "maps").mkdir()
+    (out / "maps" / "p1.png.npy").write_bytes(b"keep me")
+    err = error_of(["explain", "pics", "--model", "image_net.pt2", "--size", "16", "--save-map", out / "maps"],
+                   capsys)
+    assert f"got {out / 'maps' / 'p1.png.npy'}; pass --overwrite" in err
+    assert files_in(out / "maps") == ["p1.png.npy"]
+
+
+def test_memory_estimate(here, capsys):
+    d, _, out = here
+    err = error_of(["explain", "cat.png", "--model", "tinynets:image_net", "--random-weights", "--size", "64",
+                    "--max-memory", "1M", "--save-map", out / "m.npy"], capsys)
+    # 3 x 64 x 64 float32 = 48 KiB; 32 x 48 KiB + 48 KiB = 1.5 MiB
+    assert ("--max-memory: expected a request within 1.0 MiB, got an estimated 1.5 MiB (32 x the 48.0 KiB "
+            "float32 input 3x64x64 of cat.png, plus the maps)") in err
+    assert files_in(out) == []
+    ok(["explain", "cat.png", "--model", "tinynets:image_net", "--random-weights", "--size", "64",
+        "--max-memory", "2M", "--save-map", out / "m.npy"], capsys)
+    assert np.load(out / "m.npy").shape == (64, 64)
+    assert "--max-memory: expected a size such as 2G" in error_of(
+        ["explain", "cat.png", "--model", "image_net.pt2", "--max-memory", "lots"], capsys)
+
+
+def test_factory_needs_weights_or_random_weights(here, capsys):
+    d, nets, out = here
+    err = error_of(["explain", "cat.png", "--model", "tinynets:image_net", "--size", "16", "--save-map",
+                    out / "m.npy"], capsys)
+    assert "--weights: expected a state_dict FILE for the factory 'tinynets:image_net' (or --random-weights" in err
+    assert files_in(out) == []
+    ok(["explain", "cat.png", "--model", "tinynets:image_net", "--random-weights", "--size", "16",
+        "--save-map", out / "m.npy"], capsys)
+    want = gradattr.grad_cam(nets["image_net_factory"], preprocess(d / "cat.png", mean=0.0, std=1.0))
+    np.testing.assert_allclose(np.load(out / "m.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ untrusted files
+class _Payload:
+    """Unpickles as ``exec(code)``: what a malicious model file does."""
+
+    def __init__(self, code: str):
+        self.code = code
+
+    def __reduce__(self):
+        return (exec, (self.code,))
+
+
+@pytest.fixture
+def evil(tmp_path_factory):
+    """A working model whose file writes a marker when unpickled."""
+    tmp_path = tmp_path_factory.mktemp("evil")
+    marker = tmp_path / "pwned"
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3))
+    net.payload = _Payload(f"open({str(marker)!r}, 'w').write('x')")
+    torch.save(net, tmp_path / "evil.pt")
+    return tmp_path / "evil.pt", marker
+
+
+def test_malicious_pickle_runs_nothing_without_trust_model(here, capsys, evil):
+    d, _, out = here
+    path, marker = evil
+    for argv in (["explain", "cat.png", "--model", path, "--size", "16", "--save-map", out / "m.npy",
+                  "--out", out / "o.png"],
+                 ["layers", "--model", path, "--input-shape", "1,3,16,16"]):
+        err = error_of(argv, capsys)
+        assert f"--model: {path} holds pickled objects" in err and "with --trust-model" in err
+        assert "torch.export.save (.pt2)" in err and "'package.module:function'" in err and "--weights" in err
+        assert not marker.exists()
+        assert files_in(out) == []
+    ok(["explain", "cat.png", "--model", path, "--size", "16", "--trust-model"], capsys)
+    assert marker.read_text() == "x"  # the flag is what lets the file's code run
+
+
+def test_whole_module_loads_with_trust_model(here, capsys):
+    d, nets, out = here
+    err = error_of(["explain", "vol.npy", "--model", "vol_net.pt", "--save-map", out / "v.npy"], capsys)
+    assert "(it asks for torch.nn.modules.container.Sequential)" in err and files_in(out) == []
+    ok(["explain", "vol.npy", "--model", "vol_net.pt", "--trust-model", "--save-map", out / "v.npy"], capsys)
+    want = gradattr.grad_cam(nets["vol_net"], torch.from_numpy(np.load(d / "vol.npy")))
+    np.testing.assert_allclose(np.load(out / "v.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_python_m_does_not_import_from_the_working_folder(work, tmp_path):
+    """The one subprocess: `python -m gradattr` in a folder holding a planted PIL.py and matplotlib.py."""
     d, nets = work
-    r = run(["explain", "pics", "--model", "image_net.pt2", "--size", "16", "--out", "overlays",
-             "--save-map", "maps"], d)
+    for name in ("PIL", "matplotlib"):
+        (tmp_path / f"{name}.py").write_text(f"open({str(tmp_path / (name + '.ran'))!r}, 'w').write('x')\n")
+    shutil.copy(d / "image_net.pt2", tmp_path)
+    shutil.copy(d / "cat.png", tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    r = subprocess.run([sys.executable, "-m", "gradattr", "explain", "cat.png", "--model", "image_net.pt2",
+                        "--size", "16", "--out", "o.png", "--save-map", "m.npy"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr
-    assert sorted(p.name for p in (d / "overlays").iterdir()) == ["p0.png", "p1.png"]
-    assert sorted(p.name for p in (d / "maps").iterdir()) == ["p0.npy", "p1.npy"]
-    assert "[1/2]" in r.stderr and "[2/2]" in r.stderr
-    want = gradattr.grad_cam(nets["image_net"], preprocess(d / "pics" / "p1.png", mean=0.0, std=1.0))
-    np.testing.assert_allclose(np.load(d / "maps" / "p1.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
+    assert not (tmp_path / "PIL.ran").exists() and not (tmp_path / "matplotlib.ran").exists()
+    want = gradattr.grad_cam(nets["image_net"], preprocess(d / "cat.png", mean=0.0, std=1.0))
+    np.testing.assert_allclose(np.load(tmp_path / "m.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
+    assert (tmp_path / "o.png").stat().st_size > 1000 and r.stderr == ""
 
 
-def test_layers_and_methods(work):
-    d, nets = work
-    r = run(["layers", "--model", "image_net.pt2", "--input-shape", "1,3,16,16"], d)
-    assert r.returncode == 0, r.stderr
-    _, chosen, _ = gradattr.grad_cam(nets["image_net"], torch.zeros(1, 3, 16, 16), return_layers=True,
-                                     upsampling="none")
-    lines = r.stdout.splitlines()
-    starred = [ln for ln in lines if ln.startswith("*")]
-    assert len(starred) == 1 and starred[0][2:].split()[0] == chosen
-    assert [ln[2:].split()[0] for ln in lines[:-1]] == ["0", "1", "2", "3"]  # the (1, 4, 16, 16) outputs
-    assert all(ln.endswith("(1, 4, 16, 16)") for ln in lines[:-1])
-    r = run(["methods"], d)
-    assert r.returncode == 0
-    assert [ln.split()[0] for ln in r.stdout.splitlines()] == list(gradattr.list_methods())
+# ------------------------------------------------------------------------------ layers, methods, help
+def test_layers(here, capsys):
+    d, nets, _ = here
+    stdout, _ = ok(["layers", "--model", "image_net.pt2", "--input-shape", "1,3,16,16"], capsys)
+    _, chosen, reduction = gradattr.grad_cam(nets["image_net"], torch.zeros(1, 3, 16, 16), return_layers=True,
+                                             upsampling="none")
+    lines = stdout.splitlines()
+    assert lines[0].startswith(f"automatic feature layer: {chosen!r} (* below") and f"from {reduction!r}" in lines[0]
+    assert lines[1].split() == ["name", "type", "output", "shape", "reading"]
+    assert [ln[2:].split()[:2] for ln in lines[2:-1]] == [["0", "Conv2d"], ["1", "ReLU"], ["2", "Conv2d"],
+                                                               ["3", "ReLU"]]
+    assert all(ln.rstrip().endswith("(1, 4, 16, 16)  (N, C, *S)") for ln in lines[2:-1])
+    assert [ln[2:].split()[0] for ln in lines if ln.startswith("*")] == [chosen]
+    assert lines[-1].startswith("4 layers whose output has the input's layout")
+    stdout, _ = ok(["layers", "--model", "image_net.pt2", "--input-shape", "1,3,16,16", "--filter", "relu"],
+                   capsys)
+    assert [ln[2:].split()[0] for ln in stdout.splitlines()[2:-1]] == ["1", "3"]
+    stdout, _ = ok(["layers", "--model", "image_net.pt2", "--input-shape", "1,3,16,16", "--all", "--filter", "*n*"],
+                   capsys)  # a glob over names and types: Conv2d, Linear, Flatten
+    assert [ln[2:].split()[:2] for ln in stdout.splitlines()[2:-1]] == [
+        ["0", "Conv2d"], ["2", "Conv2d"], ["5", "Flatten"], ["6", "Linear"]]
+    assert [ln.split()[-1] for ln in stdout.splitlines()[2:-1]] == ["*S)", "*S)", "-", "-"]  # "-": no candidate
+    err = error_of(["layers", "--model", "image_net.pt2", "--input-shape", "1,3,16,16", "--filter", "lstm"], capsys)
+    assert "--filter: expected a part of a layer name or type" in err and "got 'lstm', which matches none of the 4" in err
 
 
-def test_errors_are_one_line_and_write_nothing(work):
-    d, _ = work
-    r = run(["explain", "cat.png", "--model", "scripted.pt", "--out", "never.png", "--save-map", "never.npy"], d)
-    assert r.returncode == 1
-    assert r.stderr.count("\n") == 1 and r.stderr.startswith("gradattr: error: --model:")
-    assert "TorchScript" in r.stderr and "torch.export.save" in r.stderr and "package.module:function" in r.stderr
-    assert not (d / "never.png").exists() and not (d / "never.npy").exists()
-    (d / "mixed").mkdir()
+def test_methods_lists_the_registry_and_random(capsys, monkeypatch):
+    out, _ = ok(["methods"], capsys)
+    names = [ln.split()[0] for ln in out.splitlines()]
+    assert names == gradattr.list_methods() + ["random"]
+    assert "``" not in out and "Score-CAM map (Wang et al., CVPR-W 2020)" in out
+    monkeypatch.setattr(gradattr, "list_methods", lambda: ["grad_cam", "random"])
+    monkeypatch.setattr(gradattr, "method_info", lambda n: gradattr.api.method_info("grad_cam")
+                        if n == "grad_cam" else type("I", (), {"summary": "registered random maps"}))
+    out, _ = ok(["methods"], capsys)  # a registered random is listed once, with its own line
+    assert [ln.split()[0] for ln in out.splitlines()] == ["grad_cam", "random"]
+    assert out.splitlines()[1].endswith("registered random maps")
+
+
+def test_help_lists_formats_and_trust(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["explain", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Defaults: no resize, mean 0, std 1" in out
+    assert "e.g. 'SSC' (H x W x C), 'SSCB', 'SSSC', 'CT', 'TC', 'CBT'" in out
+    assert "--trust-model" in out and "--random-weights" in out and "--overwrite" in out
+    assert f"{cli.MEMORY_FACTOR} x the bytes of the largest float32 network input" in out
+
+
+# ------------------------------------------------------------------------------ error messages
+def test_error_messages(here, capsys):
+    d, _, out = here
+    torch.save(torch.nn.Linear(2, 2).state_dict(), out / "state.pt")
+    (out / "junk.pt").write_text("not a model")
+    before = files_in(d)
+    cases = [
+        (["--model", out / "state.pt"], "holds a state_dict"),
+        (["--model", out / "junk.pt"], "could not load"),
+        (["--model", "scripted.pt"], "is a TorchScript file"),
+        (["--model", "nosuch.mod:f", "--random-weights"], "cannot import 'nosuch.mod'"),
+        (["--model", "missing.pt2"], "no such file 'missing.pt2'"),
+        (["--model", "image_net.pt2", "--label", "tabby"], "--label: expected --classes FILE"),
+        (["--model", "image_net.pt2", "--size", "big"], "--size: expected integers separated by commas, got 'big'"),
+        (["--model", "image_net.pt2", "--size", "16", "--mean", "0.1,0.2"],
+         "--mean: expected 1 or 3 values (one per channel), got 2"),
+        (["--model", "image_net.pt2"], "takes inputs of shape (1, 3, 16, 16)"),
+        (["--model", "tinynets:image_net", "--random-weights", "--feature-layer", "conv9"],
+         "feature_layer: expected the name of a submodule"),
+        (["--model", "image_net.pt2", "--weights", "image_net.pth"], "--weights: expected only with a factory"),
+        (["--model", "image_net.pt2", "--random-weights"], "--random-weights: expected only with a factory"),
+        (["--model", "tinynets:image_net", "--weights", "seq_net.pth"], "does not fit"),
+        (["--model", "image_net.pt2", "--method", "score_kam"], "did you mean 'score_cam'"),
+        (["--model", "image_net.pt2", "--method", "random"], "(random maps are a baseline for gradattr.compare"),
+        (["--model", "image_net.pt2", "--size", "16", "--input-format", "SSC"],
+         "--input-format: expected only with .npy array inputs (images are read as H x W x C and given to the "
+         "network as (C, H, W)), got 'SSC' with the image cat.png"),
+        (["--model", "image_net.pt2", "--size", "16", "--save-map", out / "no" / "m.npy"],
+         "--save-map: expected a path in an existing folder"),
+    ]
+    for extra, message in cases:
+        err = error_of(["explain", "cat.png", "--out", out / "o.png", "--save-map", out / "m.npy"] + extra, capsys)
+        assert message in err, (extra, err)
+    assert files_in(out) == ["junk.pt", "state.pt"]
+    err = error_of(["explain", "pics", "--model", "image_net.pt2", "--size", "16", "--out", out / "junk.pt"], capsys)
+    assert "--out: expected a folder for a folder INPUT, got the file" in err
+    (d / "mixed").mkdir(exist_ok=True)
     shutil.copy(d / "cat.png", d / "mixed" / "a.png")
     (d / "mixed" / "b.txt").write_text("not an image")
-    r = run(["explain", "mixed", "--model", "image_net.pt2", "--size", "16", "--out", "mixed_out",
-             "--save-map", "mixed_maps"], d)
-    assert r.returncode == 1 and "gradattr: error: INPUT: cannot read" in r.stderr
-    assert not (d / "mixed_out").exists() and not (d / "mixed_maps").exists()
-
-
-def test_console_script(work):
-    exe = shutil.which("gradattr")
-    if exe is None:
-        pytest.skip("the gradattr console script is not installed (pip install -e .)")
-    d, _ = work
-    r = run(["methods"], d, entry=[exe])
-    assert r.returncode == 0 and "grad_cam" in r.stdout
-    r = run(["explain", "cat.png", "--model", "state.pt"], d, entry=[exe])
-    assert r.returncode == 1 and r.stderr.startswith("gradattr: error: --model: no such file 'state.pt'")
-
-
-# ------------------------------------------------------------------------------ in-process messages
-@pytest.fixture
-def here(work, monkeypatch):
-    d, nets = work
-    monkeypatch.chdir(d)
-    monkeypatch.setattr(sys, "path", list(sys.path))  # the factory loader adds the current folder
-    return d, nets
-
-
-def error_of(argv, capsys) -> str:
-    assert cli.main(argv) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("gradattr: error: ")
-    return err
-
-
-def test_label_lookup(here, capsys):
-    d, nets = here
-    assert cli.main(["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--label", "tabby",
-                     "--classes", "classes.txt", "--save-map", "tabby.npy"]) == 0
-    want = gradattr.grad_cam(nets["image_net"], preprocess(d / "cat.png", mean=0.0, std=1.0), 1)
-    np.testing.assert_allclose(np.load(d / "tabby.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
-    assert "target 'tabby'" in capsys.readouterr().out
-
-
-def test_error_messages(here, capsys):
-    d, _ = here
-    torch.save(torch.nn.Linear(2, 2).state_dict(), d / "state.pt")
-    before = sorted(p.name for p in d.rglob("*"))
-    assert "holds a state_dict" in error_of(["explain", "cat.png", "--model", "state.pt"], capsys)
-    assert "cannot import 'nosuch.mod'" in error_of(["explain", "cat.png", "--model", "nosuch.mod:f"], capsys)
-    assert "no such file 'missing.pt2'" in error_of(["explain", "cat.png", "--model", "missing.pt2"], capsys)
-    assert "--label: expected --classes FILE" in error_of(
-        ["explain", "cat.png", "--model", "image_net.pt2", "--label", "tabby"], capsys)
-    assert "INPUT: no such file or folder 'nope.png'" in error_of(
-        ["explain", "nope.png", "--model", "image_net.pt2"], capsys)
-    assert "--size: expected integers separated by commas, got 'big'" in error_of(
-        ["explain", "cat.png", "--model", "image_net.pt2", "--size", "big"], capsys)
-    assert "--mean: expected 1 or 3 values (one per channel), got 2" in error_of(
-        ["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--mean", "0.1,0.2"], capsys)
-    assert "takes inputs of shape (1, 3, 16, 16)" in error_of(
-        ["explain", "cat.png", "--model", "image_net.pt2"], capsys)
-    err = error_of(["explain", "cat.png", "--model", "tinynets:image_net", "--feature-layer", "conv9"], capsys)
-    assert "feature_layer: expected the name of a submodule" in err
-    assert "--weights: expected only with a factory" in error_of(
-        ["explain", "cat.png", "--model", "image_net.pt2", "--weights", "image_net.pth"], capsys)
-    assert "does not fit" in error_of(
-        ["explain", "seq.npy", "--model", "tinynets:image_net", "--weights", "seq_net.pth"], capsys)
+    err = error_of(["explain", "mixed", "--model", "image_net.pt2", "--size", "16", "--out", out / "mo",
+                    "--save-map", out / "mm"], capsys)
+    assert "INPUT: cannot read" in err and files_in(out) == ["junk.pt", "state.pt"]
+    shutil.rmtree(d / "mixed")
     with pytest.raises(SystemExit) as exc:
         cli.main(["explain", "cat.png", "--model", "m.pt2", "--target", "1", "--label", "tabby"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not allowed with argument" in err
-    assert sorted(p.name for p in d.rglob("*")) == before  # no error wrote anything
+    assert files_in(d) == before  # no error wrote anything
 
 
-def test_help_states_preprocessing_defaults(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["explain", "--help"])
-    out = " ".join(capsys.readouterr().out.split())
-    assert "Defaults: no resize, mean 0, std 1" in out and "weights_only=False" in out
+# ------------------------------------------------------------------------------ python -m gradattr.demo
+def test_demo_class_names_are_in_the_network_order():
+    pytest.importorskip("torchvision")
+    from gradattr import demo
+
+    names = demo.imagenet_classes()
+    assert len(names) == 1000 and len(set(names)) == 1000
+    assert (names[0], names[281], names[285], names[967]) == ("tench", "tabby", "Egyptian cat", "espresso")
+
+
+def test_demo_refuses_to_overwrite(tmp_path, capsys):
+    from gradattr import demo
+
+    (tmp_path / "imagenet.txt").write_text("mine\n")
+    assert demo.main(["export-effnet", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("python -m gradattr.demo: error: DIR: expected a folder without effnet.pt2")
+    assert f"got {tmp_path / 'imagenet.txt'} (pass --overwrite" in err
+    assert files_in(tmp_path) == ["imagenet.txt"] and (tmp_path / "imagenet.txt").read_text() == "mine\n"
+
+
+@pytest.mark.slow
+def test_demo_export_runs_the_readme_recipe(tmp_path, capsys, monkeypatch, effnet):
+    """`python -m gradattr.demo export-effnet DIR`, then the README's command on what it wrote (~40 s)."""
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("skimage")
+    from gradattr import demo
+
+    assert demo.main(["export-effnet", str(tmp_path / "demo")]) == 0
+    assert files_in(tmp_path / "demo") == ["chelsea.png", "effnet.pt2", "effnet.pth", "imagenet.txt"]
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    common = ["explain", "demo/chelsea.png", "--size", "224", "--mean", "0.5", "--std", "0.5", "--classes",
+              "demo/imagenet.txt"]
+    out, _ = ok(common + ["--model", "demo/effnet.pt2", "--save-map", "cat.npy"], capsys)
+    assert out.startswith("chelsea.png: grad_cam class 285 'Egyptian cat' score ")
+    out, _ = ok(common + ["--model", "gradattr.demo:efficientnet_lite0", "--weights", "demo/effnet.pth",
+                          "--save-map", "cat2.npy"], capsys)
+    assert out.startswith("chelsea.png: grad_cam class 285 'Egyptian cat' score ")
+    x = preprocess(tmp_path / "demo" / "chelsea.png", size=224, mean=0.5, std=0.5)
+    want = gradattr.grad_cam(effnet, x, 285).numpy()
+    np.testing.assert_allclose(np.load("cat.npy"), want, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(np.load("cat2.npy"), want, rtol=1e-3, atol=1e-5)
