@@ -344,15 +344,18 @@ def read_image(path: Path, args) -> Item:
 
     try:
         with Image.open(path) as img:
+            size = (img.height, img.width)
+            if args.size is not None:
+                size = _ints(args.size, "--size")
+                if len(size) not in (1, 2):
+                    raise CliError(f"--size: expected one number or H,W, got {args.size!r}")
+                size = tuple((size * 2)[:2])
+            check_memory((1 if args.gray else 3, *size), path.name, args.limit)  # before any large array
             img = img.convert("L" if args.gray else "RGB")
     except (UnidentifiedImageError, OSError) as err:
         raise CliError(f"INPUT: cannot read {path} as an image: {_one_line(err)}") from None
     if args.size is not None:
-        size = _ints(args.size, "--size")
-        if len(size) not in (1, 2):
-            raise CliError(f"--size: expected one number or H,W, got {args.size!r}")
-        h, w = (size * 2)[:2]
-        img = img.resize((w, h), Image.Resampling.BILINEAR)
+        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.float32) / 255.0
     chw = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
     c = chw.shape[0]
@@ -368,11 +371,12 @@ def read_image(path: Path, args) -> Item:
 
 def read_array(path: Path, args, loaded: Loaded) -> Item:
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")  # the shape first, the data once checked
     except (ValueError, OSError) as err:
         raise CliError(f"INPUT: cannot read {path} as a .npy array: {_one_line(err)}") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
         raise CliError(f"INPUT: expected a numeric array in {path}, got dtype {getattr(arr, 'dtype', '?')}")
+    check_memory(arr.shape, path.name, args.limit)
     fmt = args.input_format
     if fmt is None and loaded.input_ndim is not None:  # an exported program knows its input rank
         nd = loaded.input_ndim
@@ -383,7 +387,7 @@ def read_array(path: Path, args, loaded: Loaded) -> Item:
         else:
             raise CliError(f"INPUT: expected an array of {nd} dims (N, C, ...) or {nd - 1} (C, ...) for "
                            f"this exported model, got shape {arr.shape} in {path}; pass --input-format")
-    return Item(path, arr.astype(np.float32), fmt)
+    return Item(path, np.array(arr, dtype=np.float32), fmt)
 
 
 def input_files(target: str) -> list[Path]:
@@ -549,12 +553,19 @@ def _title(item: Item, j: int | None, method: str, score, classes, explains_clas
     return f"{method}: class {c}{label}\nscore {s:.4g} (p={p:.3f}), {name}"
 
 
-def _estimate(items: list[Item]) -> tuple[float, Item, int]:
-    """(bytes, largest item, its input bytes): :data:`MEMORY_FACTOR` x the largest float32 input,
-    plus one input's worth of bytes per item for the maps kept until writing."""
-    sizes = [4 * int(np.prod(it.x.shape)) for it in items]
-    k = int(np.argmax(sizes))
-    return MEMORY_FACTOR * sizes[k] + sum(sizes), items[k], sizes[k]
+def check_memory(shape, name: str, limit: float, maps: int = 0) -> None:
+    """Refuse a float32 network input of ``shape`` whose estimate exceeds ``limit`` bytes.
+
+    Estimate: :data:`MEMORY_FACTOR` x its bytes, plus ``maps`` (the bytes of the maps
+    kept until writing: one input's worth per input, an upper bound).
+    """
+    size = 4 * int(np.prod(shape))
+    need = MEMORY_FACTOR * size + maps
+    if need > limit:
+        raise CliError(f"--max-memory: expected a request within {_size_text(limit)}, got an estimated "
+                       f"{_size_text(need)} ({MEMORY_FACTOR} x the {_size_text(size)} float32 input "
+                       f"{'x'.join(map(str, shape))} of {name}, plus the maps); use a smaller --size or "
+                       "raise --max-memory")
 
 
 def cmd_explain(args) -> int:
@@ -576,7 +587,7 @@ def cmd_explain(args) -> int:
         raise CliError(f"--upsampling: expected bicubic, nearest or none, got {args.upsampling!r}")
     if args.out is not None and args.upsampling == "none":
         raise CliError("--out: expected maps at the input's size to draw; drop --upsampling none")
-    limit = _bytes(args.max_memory, "--max-memory")
+    args.limit = _bytes(args.max_memory, "--max-memory")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     files = input_files(args.input)
     images = [f for f in files if f.suffix.lower() != ".npy"]
@@ -594,12 +605,8 @@ def cmd_explain(args) -> int:
     items = read_inputs(files, args, loaded, progress)
     folder = len(items) > 1 or Path(args.input).is_dir()
 
-    need, big, big_bytes = _estimate(items)
-    if need > limit:
-        raise CliError(f"--max-memory: expected a request within {_size_text(limit)}, got an estimated "
-                       f"{_size_text(need)} ({MEMORY_FACTOR} x the {_size_text(big_bytes)} float32 input "
-                       f"{'x'.join(map(str, big.x.shape))} of {big.path.name}, plus the maps); use a "
-                       "smaller --size or raise --max-memory")
+    big = max(items, key=lambda it: it.x.size)
+    check_memory(big.x.shape, big.path.name, args.limit, sum(4 * it.x.size for it in items))
 
     counts = [_batch(it, loaded.net) for it in items]
     out_paths = _destinations(args.out, items, folder, "--out", ".png",

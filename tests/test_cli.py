@@ -288,6 +288,10 @@ def test_memory_estimate(here, capsys):
     ok(["explain", "cat.png", "--model", "tinynets:image_net", "--random-weights", "--size", "64",
         "--max-memory", "2M", "--save-map", out / "m.npy"], capsys)
     assert np.load(out / "m.npy").shape == (64, 64)
+    err = error_of(["explain", "cat.png", "--model", "tinynets:image_net", "--random-weights", "--size", "40000",
+                    "--save-map", out / "m.npy"], capsys)  # refused before the image is resized
+    assert ("within 2.0 GiB, got an estimated 572.2 GiB (32 x the 17.9 GiB float32 input 3x40000x40000 of "
+            "cat.png") in err
     assert "--max-memory: expected a size such as 2G" in error_of(
         ["explain", "cat.png", "--model", "image_net.pt2", "--max-memory", "lots"], capsys)
 
