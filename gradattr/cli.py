@@ -179,7 +179,7 @@ def _load_file(path: Path, spec: str, trust: bool):
     except pickle.UnpicklingError as err:
         text = str(err)
         if "Unsupported global" not in text and "reduce" not in text:  # not pickled objects: a broken file
-            cause = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.S)
+            cause = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
             raise CliError(f"--model: could not load {spec} with torch.load: "
                            f"{_one_line(cause.group(1)) if cause else _one_line(err)}") from None
         if not trust:
@@ -541,13 +541,13 @@ def _samples(item: Item, maps: np.ndarray, net) -> list[tuple[np.ndarray, np.nda
     return [(x, channel_reduce(m, rank, 0)) for x, m in pairs]
 
 
-def _title(item: Item, j: int | None, method: str, score, classes, explains_class: bool) -> str:
+def _title(item: Item, j: int | None, method: str, score, classes, explains_class: bool, target=None) -> str:
     """Two lines: the method and the class (index and name), then the score and the file."""
     name = item.path.name if j is None else f"{item.path.name}[{j}]"
     if not explains_class:
         return f"{method}: no class (features only)\n{name}"
-    if score is None:
-        return f"{method}\n{name}"
+    if score is None:  # not a classifier's (N, K) output: no class name or probability to show
+        return f"{method}" + ("" if target is None else f": target {target!r}") + f"\n{name}"
     c, s, p = score
     label = f" '{classes[c]}'" if classes and c < len(classes) else ""
     return f"{method}: class {c}{label}\nscore {s:.4g} (p={p:.3f}), {name}"
@@ -634,7 +634,7 @@ def cmd_explain(args) -> int:
             samples = _samples(item, maps, loaded.net)
             for j, (xs, cam) in enumerate(samples):
                 title = _title(item, None if len(samples) == 1 else j, args.method,
-                               scores[j] if scores else None, classes, info.needs_target)
+                               scores[j] if scores else None, classes, info.needs_target, target)
                 pictures.append(_picture(xs, cam, title, item.image))
         results.append((item, maps, feat, scores, pictures))
 

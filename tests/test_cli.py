@@ -448,8 +448,8 @@ def test_error_messages(here, capsys):
         (["--model", "image_net.pt2", "--method", "score_kam"], "did you mean 'score_cam'"),
         (["--model", "image_net.pt2", "--method", "random"], "(random maps are a baseline for gradattr.compare"),
         (["--model", "image_net.pt2", "--size", "16", "--input-format", "SSC"],
-         "--input-format: expected only with .npy array inputs (images are read as H x W x C and given to the "
-         "network as (C, H, W)), got 'SSC' with the image cat.png"),
+         ("--input-format: expected only with .npy array inputs (images are read as H x W x C and given to "
+          "the network as (C, H, W)), got 'SSC' with the image cat.png")),
         (["--model", "image_net.pt2", "--size", "16", "--save-map", out / "no" / "m.npy"],
          "--save-map: expected a path in an existing folder"),
     ]
