@@ -308,6 +308,23 @@ def test_factory_needs_weights_or_random_weights(here, capsys):
     np.testing.assert_allclose(np.load(out / "m.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
 
 
+def test_factory_module_found_in_the_working_folder_for_its_import_only(work, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    d, _ = work
+    (tmp_path / "cwd_nets_7f3a.py").write_text(TINYNETS + "\nimport sys\nSEARCHED = list(sys.path)\n")
+    (tmp_path / "cwd_other_7f3a.py").write_text("")
+    shutil.copy(d / "cat.png", tmp_path)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "cwd_nets_7f3a", raising=False)
+    before = list(sys.path)
+    ok(["explain", "cat.png", "--model", "cwd_nets_7f3a:image_net", "--random-weights", "--size", "16"], capsys)
+    module = sys.modules.pop("cwd_nets_7f3a")
+    assert Path(module.__file__).parent == tmp_path and module.SEARCHED[0] == str(tmp_path)
+    assert sys.path == before and importlib.util.find_spec("cwd_other_7f3a") is None
+
+
 # ------------------------------------------------------------------------------ untrusted files
 class _Payload:
     """Unpickles as ``exec(code)``: what a malicious model file does."""
