@@ -440,12 +440,11 @@ def _class_scores(net, item: Item, device, cls: int | None) -> list[tuple[int, f
     """
     import torch
 
-    from .inputs import prepare
-    from .prep import borrowed, resolve_device
+    from .prep import prepare_call
 
-    dev = resolve_device(device, net)
-    x, _ = prepare(item.x, net, item.input_format, dev, torch.float32)
-    with borrowed(net, dev), torch.no_grad():
+    call = prepare_call(net, item.x, input_format=item.input_format, device=device)
+    x = call.x
+    with call.borrowed(), torch.no_grad():
         y = net(x)
     if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[0] != x.shape[0] or y.shape[1] < 2:
         return None
