@@ -49,8 +49,10 @@ def test_shards_equal_per_batch_grad_cam(tmp_path, data):
     xs, _ = data
     report = explain_dataset(net, xs, "grad_cam", out_dir=tmp_path / "maps", target=1,
                              feature_layer="relu2")
-    shards = sorted((tmp_path / "maps").iterdir())
-    assert [p.name for p in shards] == ["maps_00000.npy", "maps_00001.npy", "maps_00002.npy"]
+    names = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert names == ["index.json", "manifest-rank000.jsonl", "maps_00000.npy", "maps_00001.npy",
+                     "maps_00002.npy", "run.json"]
+    shards = sorted((tmp_path / "maps").glob("maps_*.npy"))
     for x, p in zip(xs, shards):
         want = gradattr.grad_cam(net, x, 1, feature_layer="relu2").numpy()
         got = np.load(p)
@@ -58,7 +60,9 @@ def test_shards_equal_per_batch_grad_cam(tmp_path, data):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert (report.samples, report.batches, report.method) == (11, 3, "grad_cam")
     assert report.seconds > 0 and report.images_per_second == pytest.approx(11 / report.seconds)
-    assert report.out_dir == tmp_path / "maps"
+    assert report.out_dir == tmp_path / "maps" and report.skipped == 0
+    whole = gradattr.load_maps(tmp_path / "maps")
+    np.testing.assert_array_equal(whole, np.concatenate([np.load(p) for p in shards]))
 
 
 def test_labels_from_dataloader_match_naive_loop(data):
@@ -69,8 +73,9 @@ def test_labels_from_dataloader_match_naive_loop(data):
     seen: list[BatchMaps] = []
     report = explain_dataset(net, loader, target="label", upsampling="none", feature_layer="relu2",
                              on_batch=lambda b: seen.append(BatchMaps(b.index, b.start, b.maps.copy(),
-                                                                      b.labels, b.path)))
+                                                                      b.labels, b.path, b.indices)))
     assert [b.index for b in seen] == [0, 1, 2] and [b.start for b in seen] == [0, 4, 8]
+    assert [b.indices.tolist() for b in seen] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
     assert report.samples == 11
     for b in seen:
         assert b.path is None and b.maps.shape == (len(b.labels), 4, 4)
@@ -124,7 +129,8 @@ def test_memory_is_bounded_only_current_batch_alive():
     gc.collect()
     assert report.batches == 5 and len(maps_refs) == 5
     assert all(r() is None for r in maps_refs + inputs)  # and nothing is kept after the call
-    assert set(vars(report)) == {"method", "samples", "batches", "seconds", "out_dir"}
+    assert set(vars(report)) == {"method", "samples", "batches", "seconds", "out_dir", "skipped", "rank",
+                                 "world_size"}
 
 
 def test_progress_bar_on_stderr(capsys, data):
@@ -160,8 +166,8 @@ def test_error_unknown_method():
 
 
 def test_error_unknown_and_refused_options(tmp_path):
-    with pytest.raises(GradattrError, match=r"options: expected options of grad_cam: .*feature_layer.*"
-                                            r"got 'feature_layr'"):
+    with pytest.raises(GradattrError, match=r"feature_layr: expected an option of grad_cam .*"
+                                            r"got 'feature_layr'; did you mean 'feature_layer'"):
         explain_dataset(tiny_net(), [torch.randn(1, 2, 8, 8)], feature_layr="relu2",
                         out_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()  # checked before anything is written
@@ -200,16 +206,26 @@ def test_error_bad_batches_and_arguments(tmp_path):
         explain_dataset(net, [torch.randn(1, 2, 8, 8)], out_dir=afile)
 
 
-def test_error_existing_shards_unless_overwrite(tmp_path):
+def test_rerun_resumes_and_a_different_run_is_refused_unless_overwrite(tmp_path):
     net = tiny_net()
     x = torch.randn(2, 2, 8, 8)
     explain_dataset(net, [x], out_dir=tmp_path)
-    with pytest.raises(GradattrError, match=r"out_dir: expected a folder without shards .*"
-                                            r"holding 1 shard\(s\) such as 'maps_00000.npy'"):
-        explain_dataset(net, [x], out_dir=tmp_path)
+    again = explain_dataset(net, [x], out_dir=tmp_path)  # same run: the shard is complete
+    assert (again.batches, again.skipped) == (0, 1)
+    with pytest.raises(GradattrError, match=r"out_dir: expected the folder of the same run to resume it.*"
+                                            r"whose target differ"):
+        explain_dataset(net, [x], out_dir=tmp_path, target=3)
+    other = tiny_net()
+    with pytest.raises(GradattrError, match=r"whose model differ"):
+        explain_dataset(other, [x], out_dir=tmp_path)
     explain_dataset(net, [x], out_dir=tmp_path, overwrite=True, target=3)
     np.testing.assert_allclose(np.load(tmp_path / "maps_00000.npy"), gradattr.grad_cam(net, x, 3).numpy(),
                                rtol=1e-5, atol=1e-6)
+    np.save(tmp_path / "maps_00007.npy", np.zeros(2))
+    (tmp_path / "run.json").unlink()
+    with pytest.raises(GradattrError, match=r"out_dir: expected a folder without shards from another "
+                                            r"program.*holding 2 shard\(s\)"):
+        explain_dataset(net, [x], out_dir=tmp_path)
 
 
 def test_other_methods_and_their_options_pass_through(data):
@@ -225,5 +241,5 @@ def test_other_methods_and_their_options_pass_through(data):
     want += [gradattr.score_cam(net, x, 2, batch_size=3).numpy() for x in xs]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-    with pytest.raises(GradattrError, match=r"options: expected options of eigen_cam: .*got 'batch_size'"):
+    with pytest.raises(GradattrError, match=r"batch_size: expected an option of eigen_cam .*got 'batch_size'"):
         explain_dataset(net, xs, "eigen_cam", batch_size=3)
