@@ -431,6 +431,10 @@ class _Shards:
         _barrier(world)
         self.records = {} if overwrite else _read_manifests(folder)
         self.manifest = folder / _MANIFEST.format(rank)
+        if not overwrite and self.manifest.is_file():
+            with open(self.manifest, "rb+") as f:  # end a line a crash cut short, so new ones parse
+                if f.seek(0, 2) and (f.seek(-1, 2), f.read(1))[1] != b"\n":
+                    f.write(b"\n")
         self.started = False
         _barrier(world)  # no rank writes before every rank has read the manifests
 

@@ -243,3 +243,54 @@ def test_other_methods_and_their_options_pass_through(data):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
     with pytest.raises(GradattrError, match=r"batch_size: expected an option of eigen_cam .*got 'batch_size'"):
         explain_dataset(net, xs, "eigen_cam", batch_size=3)
+
+
+def test_killed_run_resumes_without_recomputing_finished_shards(tmp_path):
+    """A run stopped after 3 shards, re-run: only the 2 missing batches are computed, the maps are whole."""
+    net = tiny_net()
+    torch.manual_seed(1)
+    xs = [torch.randn(b, 2, 8, 8) for b in (4, 4, 4, 4, 1)]
+    calls = []
+
+    def counted(net_, x, target=None):
+        calls.append(x.shape[0])
+        return gradattr.grad_cam(net_, x, target)
+
+    def kill(b):
+        if b.index == 2:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        explain_dataset(net, iter(xs), counted, target=2, out_dir=tmp_path, on_batch=kill)
+    assert calls == [4, 4, 4]
+    (tmp_path / ".maps_00003.npy.0.tmp").write_bytes(b"half a shard")  # what a crash mid-write leaves
+    with open(tmp_path / "manifest-rank000.jsonl", "a") as f:
+        f.write('{"shard": 3, "fi')  # and a manifest line cut short
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("maps_*.npy")}
+    report = explain_dataset(net, iter(xs), counted, target=2, out_dir=tmp_path)
+    assert calls == [4, 4, 4, 4, 1] and (report.batches, report.skipped, report.samples) == (2, 3, 5)
+    assert {p: (tmp_path / p).stat().st_mtime_ns for p in stamps} == stamps
+    want = gradattr.grad_cam(net, torch.cat(xs), 2).numpy()
+    np.testing.assert_allclose(gradattr.load_maps(tmp_path), want, rtol=1e-5, atol=1e-6)
+    # resuming with other batches (another batch size) is refused instead of mixing shards
+    with pytest.raises(GradattrError, match=r"out_dir: expected the same batches as the run being resumed, "
+                                            r"got batch 0 with 2 samples from position 0, where the earlier run had 4"):
+        explain_dataset(net, [torch.cat(xs)[i:i + 2] for i in range(0, 17, 2)], counted, target=2,
+                        out_dir=tmp_path)
+
+
+def test_load_maps_orders_shuffled_samples_and_refuses_other_folders(tmp_path):
+    net = tiny_net()
+    x = torch.randn(7, 2, 8, 8)
+    torch.manual_seed(3)
+    loader = DataLoader(TensorDataset(x), batch_size=3, shuffle=True)
+    explain_dataset(net, loader, target=0, out_dir=tmp_path / "shuffled", upsampling="none")
+    got, order = gradattr.load_maps(tmp_path / "shuffled", return_indices=True)
+    assert order.tolist() == list(range(7))
+    np.testing.assert_allclose(got, gradattr.grad_cam(net, x, 0, upsampling="none").numpy(),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(GradattrError, match=r"out_dir: expected a folder written by explain_dataset, with "
+                                            r"its index.json, got .*\(no shards\)"):
+        gradattr.load_maps(tmp_path)
+    with pytest.raises(GradattrError, match=r"out_dir: .*\(not a folder\)"):
+        gradattr.load_maps(tmp_path / "nothing")
