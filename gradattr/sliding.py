@@ -67,8 +67,10 @@ def sliding_window(method: str | Callable, net: torch.nn.Module, volume, roi_siz
         roi_size: the window size, one int per spatial dim, each at most the input's
             size (or one int for all: a 2-D to 4-D input is then read as ``(C, *spatial)``).
         overlap: fraction of a window shared with the next, in ``[0, 1)``.
-        target: the class of every window: ``None`` (each window's own top class),
-            an int, one int per sample for a batch, or anything the method accepts.
+        target: the class(es) of every window: ``None`` (each window's own top class),
+            an int or a list (the same classes for every window, a list adding a map
+            axis as in every gradattr method), an ``(N, K)`` array of classes per sample
+            (each window gets its sample's row), or a callable the method accepts.
         mode: ``"gaussian"`` (window centres weigh more) or ``"constant"``.
         sw_batch_size: windows explained per call (bounds the memory).
         **method_options: passed to the method (``feature_layer``, ``upsampling``, ...);
@@ -92,11 +94,12 @@ def sliding_window(method: str | Callable, net: torch.nn.Module, volume, roi_siz
         raise expected("volume", "a float tensor or array (C, *spatial) or (N, C, *spatial) with 1 to 3 "
                        "spatial dims", f"shape {tuple(x.shape)} and dtype {x.dtype}")
     if isinstance(roi_size, int) and not isinstance(roi_size, bool):
-        roi_size = (roi_size,)
-    roi = tuple(int(r) for r in roi_size) if isinstance(roi_size, Sequence) else ()
-    if len(roi) == 1 and x.ndim > 2:
         # one size for every spatial dim: x is (C, *spatial), or (N, C, D, H, W) when 5-D
-        roi = roi * (x.ndim - (2 if x.ndim == 5 else 1))
+        roi = (roi_size,) * (x.ndim - (2 if x.ndim == 5 else 1))
+    elif isinstance(roi_size, Sequence) and all(isinstance(r, int) for r in roi_size):
+        roi = tuple(roi_size)
+    else:
+        roi = ()
     unbatched = len(roi) == x.ndim - 1
     if unbatched:
         x = x[None]
@@ -104,7 +107,7 @@ def sliding_window(method: str | Callable, net: torch.nn.Module, volume, roi_siz
     if len(roi) != len(spatial) or not 1 <= len(spatial) <= 3 \
             or any(r < 1 or r > s for r, s in zip(roi, spatial)):
         raise expected("roi_size", f"one window size per spatial dim of the input {tuple(spatial)} "
-                       "(or one for all), each between 1 and that dim",
+                       "(or one int for all), each between 1 and that dim",
                        f"{roi_size!r} for input shape {tuple(volume.shape)}")
     if not isinstance(overlap, (int, float)) or isinstance(overlap, bool) or not 0 <= overlap < 1:
         raise expected("overlap", "a number in [0, 1)", repr(overlap))
@@ -125,7 +128,7 @@ def sliding_window(method: str | Callable, net: torch.nn.Module, volume, roi_siz
         chunk = jobs[lo:lo + sw_batch_size]
         win = torch.stack([x[i][(slice(None), *(slice(a, a + r) for a, r in zip(s, roi)))]
                            for i, s in chunk])
-        tgt = [targets[i] for i, _ in chunk] if targets is not None else target
+        tgt = targets[[i for i, _ in chunk]] if targets is not None else target  # each window its row
         maps = explain(net, win, tgt, method_options)
         maps = maps.detach().to("cpu", torch.float32) if isinstance(maps, torch.Tensor) \
             else torch.as_tensor(np.asarray(maps, dtype=np.float32))
@@ -163,11 +166,9 @@ def _resolve(method, options: dict):
 
 
 def _per_sample(target, n: int):
-    """One int per sample of a batch -> that list; anything else is passed to the method as is."""
-    if isinstance(target, (list, tuple, np.ndarray, torch.Tensor)) and n > 1:
-        t = np.asarray(target)
-        if t.ndim == 1 and t.shape[0] == n and t.dtype.kind in "iu":
-            return [int(v) for v in t]
+    """Per-sample classes ``(N, K)`` (gradattr's convention) -> that tensor; anything else goes as is."""
+    if isinstance(target, (np.ndarray, torch.Tensor)) and target.ndim == 2 and target.shape[0] == n:
+        return torch.as_tensor(np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target))
     return None
 
 
