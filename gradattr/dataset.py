@@ -577,6 +577,129 @@ def _plan(batches, rank: int, world: int, shards) -> _Plan:
     return _Plan(stream(), total)
 
 
+# ------------------------------------------------------------------------------ command line
+def cli_explain_dataset(argv: list[str]) -> int:
+    """``gradattr explain-dataset FOLDER --model M --out-dir DIR``: every file of a folder, in shards.
+
+    One process::
+
+        gradattr explain-dataset images/ --model resnet.pt2 --size 224 --out-dir maps/
+
+    Several (each explains its share; gloo on CPU, nccl and one GPU per process when
+    CUDA is there)::
+
+        torchrun --nproc-per-node 2 -m gradattr explain-dataset images/ --model resnet.pt2 \\
+            --size 224 --out-dir maps/
+
+    The files are taken in name order (written to ``DIR/inputs.txt``); sample ``i``
+    of :func:`load_maps` is line ``i``. Returns the exit status.
+    """
+    from . import cli
+
+    args = _cli_parser(cli).parse_args(argv)
+    try:
+        files = _input_files(args.input, cli)
+        loaded = cli.load_model(args.model, args.weights)
+        net = loaded.net
+        if args.device != "cpu" and torch.cuda.is_available():
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) \
+                if args.device in ("auto", "cuda") else torch.device(args.device)
+            net = net.to(device)
+        elif args.device not in ("auto", "cpu"):
+            raise cli.CliError(f"--device: expected auto or cpu on this machine (no CUDA), got {args.device!r}")
+        loader = torch.utils.data.DataLoader(_Files(files, args, cli), batch_size=args.batch_size,
+                                             num_workers=args.workers)
+        options = {k: v for k, v in (("feature_layer", args.feature_layer),
+                                     ("upsampling", args.upsampling)) if v is not None}
+        report = explain_dataset(net, loader, args.method, target=args.target, out_dir=args.out_dir,
+                                 overwrite=args.overwrite, progress=args.progress, **options)
+        if report.rank == 0:
+            (Path(args.out_dir) / "inputs.txt").write_text("".join(f"{f}\n" for f in files))
+        print(f"{cli.PROG}: {report}", file=sys.stderr)
+        return 0
+    except (cli.CliError, GradattrError) as err:
+        if args.debug:
+            raise
+        print(f"{cli.PROG}: error: {cli._one_line(err)}", file=sys.stderr)
+        return 1
+
+
+def _cli_parser(cli):
+    p = cli._Parser(prog=f"{cli.PROG} explain-dataset",
+                    description="Explain every image or .npy file of a folder (in name order) in batches "
+                    "and write the maps as .npy shards to --out-dir; read them back in order with "
+                    "gradattr.load_maps(DIR). Run it under `torchrun --nproc-per-node N -m gradattr "
+                    "explain-dataset ...` to split the files across N processes (gloo on CPU, one GPU "
+                    "each with nccl). Re-running with the same --out-dir resumes.")
+    p.add_argument("input", metavar="FOLDER", help="a folder of images (all of one size, or pass --size) "
+                   "or of .npy arrays, one sample (C, ...) each")
+    p.add_argument("--model", required=True, metavar="MODEL", help=cli.MODEL_HELP)
+    p.add_argument("--weights", metavar="FILE", help="state_dict for a factory --model")
+    p.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the shards, manifests and "
+                   "index.json")
+    p.add_argument("--method", default="grad_cam", help="attribution method (see `gradattr methods`)")
+    p.add_argument("--target", type=int, metavar="CLASS", help="class to explain; default: each "
+                   "sample's top class")
+    p.add_argument("--feature-layer", metavar="NAME", help="layer name (see `gradattr layers`)")
+    p.add_argument("--upsampling", metavar="MODE", help="bicubic (default), nearest or none")
+    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="samples per batch and per "
+                   "shard (default 16)")
+    p.add_argument("--workers", type=int, default=0, metavar="W", help="DataLoader worker processes per "
+                   "rank (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default: the process's GPU when CUDA is "
+                   "there, else CPU), cpu, cuda or cuda:K")
+    p.add_argument("--size", metavar="H[,W]", help="resize images to H x W")
+    p.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted from images in [0, 1]")
+    p.add_argument("--std", metavar="S[,S,S]", help="per-channel std dividing images")
+    p.add_argument("--gray", action="store_true", help="read images as one grey channel")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run in --out-dir "
+                   "instead of resuming it")
+    p.add_argument("--progress", action="store_true", help="progress bar on stderr (rank 0)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    return p
+
+
+def _input_files(folder: str, cli) -> list[Path]:
+    path = Path(folder)
+    if not path.is_dir():
+        raise cli.CliError(f"FOLDER: expected a folder of images or .npy files, got {folder!r}")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and (p.suffix.lower() == ".npy" or p.suffix.lower() in cli.IMAGE_SUFFIXES))
+    if not files:
+        raise cli.CliError(f"FOLDER: expected images or .npy files in {folder}, got none")
+    return files
+
+
+class _Files(torch.utils.data.Dataset):
+    """The files of a folder, read one at a time (images as the ``explain`` command reads them)."""
+
+    def __init__(self, files: list[Path], args, cli):
+        self.files, self.args, self.cli = files, args, cli
+        self.shape = tuple(self[0].shape)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        f = self.files[i]
+        if f.suffix.lower() == ".npy":
+            try:
+                arr = np.load(f, allow_pickle=False)
+            except (ValueError, OSError) as err:
+                raise self.cli.CliError(f"FOLDER: cannot read {f} as a .npy array: {err}") from None
+            if arr.dtype.kind not in "biuf" or arr.ndim < 2:
+                raise self.cli.CliError(f"FOLDER: expected one numeric sample (C, *spatial) per .npy file, "
+                                        f"got shape {arr.shape} and dtype {arr.dtype} in {f}")
+            x = arr.astype(np.float32)
+        else:
+            x = self.cli.read_image(f, self.args).x
+        if i and tuple(x.shape) != self.shape:
+            raise self.cli.CliError(f"FOLDER: expected every sample of shape {self.shape} (as "
+                                    f"{self.files[0].name}; --size resizes images), got {x.shape} in {f}")
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+
+
 def _split(batch, index: int):
     """A batch -> ``(x, y or None)``."""
     if isinstance(batch, (torch.Tensor, np.ndarray)):
@@ -643,4 +766,4 @@ class _Progress:
         self.stream.flush()
 
 
-__all__ = ["explain_dataset", "load_maps", "BatchMaps", "DatasetReport", "LABEL"]
+__all__ = ["explain_dataset", "load_maps", "cli_explain_dataset", "BatchMaps", "DatasetReport", "LABEL"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -294,3 +295,54 @@ def test_load_maps_orders_shuffled_samples_and_refuses_other_folders(tmp_path):
         gradattr.load_maps(tmp_path)
     with pytest.raises(GradattrError, match=r"out_dir: .*\(not a folder\)"):
         gradattr.load_maps(tmp_path / "nothing")
+
+
+FACTORY = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3))
+'''
+
+
+def test_cli_explain_dataset_folder_of_images_and_arrays(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from gradattr.cli import main
+
+    (tmp_path / "dsnet.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    pixels = rng.integers(0, 256, (5, 12, 10, 3), dtype=np.uint8)
+    for i, p in enumerate(pixels):  # names out of creation order: the maps follow name order
+        Image.fromarray(p).save(folder / f"im_{4 - i}.png")
+    args = ["explain-dataset", "imgs", "--model", "dsnet:build", "--out-dir", "maps", "--batch-size", "2",
+            "--target", "1", "--mean", "0.5", "--std", "0.25"]
+    assert main(args) == 0
+    assert "grad_cam: 5 samples in 3 batches" in capsys.readouterr().err
+    x = (torch.from_numpy(pixels[::-1].copy()).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    from dsnet import build
+
+    want = gradattr.grad_cam(build(), x, 1).numpy()
+    np.testing.assert_allclose(gradattr.load_maps(tmp_path / "maps"), want, rtol=1e-4, atol=1e-6)
+    assert (tmp_path / "maps" / "inputs.txt").read_text().split() == [f"imgs/im_{i}.png" for i in range(5)]
+    assert main(args) == 0  # the same command again: nothing left to do
+    err = capsys.readouterr().err
+    assert "0 samples in 0 batches" in err and "3 batches already done" in err
+
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    np.save(arrays / "a.npy", x[0].numpy())
+    np.save(arrays / "b.npy", x[1, :, :6].numpy())
+    assert main(["explain-dataset", "arrays", "--model", "dsnet:build", "--out-dir", "m2"]) == 1
+    assert capsys.readouterr().err.strip() == ("gradattr: error: FOLDER: expected every sample of shape "
+                                               "(3, 12, 10) (as a.npy; --size resizes images), got (3, 6, 10) "
+                                               f"in {Path('arrays') / 'b.npy'}")
+    assert main(["explain-dataset", "nowhere", "--model", "dsnet:build", "--out-dir", "m3"]) == 1
+    assert "FOLDER: expected a folder of images or .npy files, got 'nowhere'" in capsys.readouterr().err
