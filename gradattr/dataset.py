@@ -766,4 +766,4 @@ class _Progress:
         self.stream.flush()
 
 
-__all__ = ["explain_dataset", "load_maps", "cli_explain_dataset", "BatchMaps", "DatasetReport", "LABEL"]
+__all__ = ["LABEL", "BatchMaps", "DatasetReport", "cli_explain_dataset", "explain_dataset", "load_maps"]

@@ -172,4 +172,4 @@ def _per_sample(target, n: int):
     return None
 
 
-__all__ = ["sliding_window", "window_starts", "importance_map"]
+__all__ = ["importance_map", "sliding_window", "window_starts"]

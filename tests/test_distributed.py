@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 
@@ -11,12 +10,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from test_dataset import tiny_net
 from torch.utils.data import DataLoader, TensorDataset
 
 import gradattr
 from gradattr.dataset import explain_dataset
-
-from test_dataset import tiny_net
 
 N, BATCH = 37, 4  # 10 batches, the last of one sample: ranks get 5 batches each, 20 and 17 samples
 
@@ -44,7 +42,7 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
         for name in ("map", "resume"):  # a map-style DataLoader: each rank loads only its batches
             got = []
             report = explain_dataset(net, DataLoader(ds, batch_size=BATCH), target="label",
-                                     out_dir=root / name, on_batch=lambda b: got.append(b.indices.tolist()))
+                                     out_dir=root / name, on_batch=lambda b, got=got: got.append(b.indices.tolist()))
             seen[name] = {"indices": got, "batches": report.batches, "skipped": report.skipped}
         # any iterable (here a generator, read by both ranks) and a DDP-wrapped model
         ddp = torch.nn.parallel.DistributedDataParallel(net)
