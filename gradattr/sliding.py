@@ -100,6 +100,7 @@ def sliding_window(method: str | Callable, net: torch.nn.Module, volume, roi_siz
         roi = tuple(roi_size)
     else:
         roi = ()
+    given = tuple(x.shape)
     unbatched = len(roi) == x.ndim - 1
     if unbatched:
         x = x[None]
@@ -108,7 +109,7 @@ def sliding_window(method: str | Callable, net: torch.nn.Module, volume, roi_siz
             or any(r < 1 or r > s for r, s in zip(roi, spatial)):
         raise expected("roi_size", f"one window size per spatial dim of the input {tuple(spatial)} "
                        "(or one int for all), each between 1 and that dim",
-                       f"{roi_size!r} for input shape {tuple(volume.shape)}")
+                       f"{roi_size!r} for input shape {given}")
     if not isinstance(overlap, (int, float)) or isinstance(overlap, bool) or not 0 <= overlap < 1:
         raise expected("overlap", "a number in [0, 1)", repr(overlap))
     if mode not in ("gaussian", "constant"):
