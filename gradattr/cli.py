@@ -896,6 +896,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(case-insensitive; a glob with * ? [ ])")
     p.set_defaults(func=cmd_layers)
 
+    sub.add_parser("explain-dataset", help="explain a folder into .npy shards, on one or several "
+                   "processes (torchrun); see gradattr.dataset.cli_explain_dataset")
     p = sub.add_parser("methods", help="list the attribution methods")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_methods)
@@ -915,6 +917,11 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 on success)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["explain-dataset"]:  # its own parser and driver live in gradattr.dataset
+        from .dataset import cli_explain_dataset
+
+        return cli_explain_dataset(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

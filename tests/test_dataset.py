@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,8 +50,10 @@ def test_shards_equal_per_batch_grad_cam(tmp_path, data):
     xs, _ = data
     report = explain_dataset(net, xs, "grad_cam", out_dir=tmp_path / "maps", target=1,
                              feature_layer="relu2")
-    shards = sorted((tmp_path / "maps").iterdir())
-    assert [p.name for p in shards] == ["maps_00000.npy", "maps_00001.npy", "maps_00002.npy"]
+    names = sorted(p.name for p in (tmp_path / "maps").iterdir())
+    assert names == ["index.json", "manifest-rank000.jsonl", "maps_00000.npy", "maps_00001.npy",
+                     "maps_00002.npy", "run.json"]
+    shards = sorted((tmp_path / "maps").glob("maps_*.npy"))
     for x, p in zip(xs, shards):
         want = gradattr.grad_cam(net, x, 1, feature_layer="relu2").numpy()
         got = np.load(p)
@@ -58,7 +61,9 @@ def test_shards_equal_per_batch_grad_cam(tmp_path, data):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert (report.samples, report.batches, report.method) == (11, 3, "grad_cam")
     assert report.seconds > 0 and report.images_per_second == pytest.approx(11 / report.seconds)
-    assert report.out_dir == tmp_path / "maps"
+    assert report.out_dir == tmp_path / "maps" and report.skipped == 0
+    whole = gradattr.load_maps(tmp_path / "maps")
+    np.testing.assert_array_equal(whole, np.concatenate([np.load(p) for p in shards]))
 
 
 def test_labels_from_dataloader_match_naive_loop(data):
@@ -69,8 +74,9 @@ def test_labels_from_dataloader_match_naive_loop(data):
     seen: list[BatchMaps] = []
     report = explain_dataset(net, loader, target="label", upsampling="none", feature_layer="relu2",
                              on_batch=lambda b: seen.append(BatchMaps(b.index, b.start, b.maps.copy(),
-                                                                      b.labels, b.path)))
+                                                                      b.labels, b.path, b.indices)))
     assert [b.index for b in seen] == [0, 1, 2] and [b.start for b in seen] == [0, 4, 8]
+    assert [b.indices.tolist() for b in seen] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
     assert report.samples == 11
     for b in seen:
         assert b.path is None and b.maps.shape == (len(b.labels), 4, 4)
@@ -124,7 +130,8 @@ def test_memory_is_bounded_only_current_batch_alive():
     gc.collect()
     assert report.batches == 5 and len(maps_refs) == 5
     assert all(r() is None for r in maps_refs + inputs)  # and nothing is kept after the call
-    assert set(vars(report)) == {"method", "samples", "batches", "seconds", "out_dir"}
+    assert set(vars(report)) == {"method", "samples", "batches", "seconds", "out_dir", "skipped", "rank",
+                                 "world_size"}
 
 
 def test_progress_bar_on_stderr(capsys, data):
@@ -160,8 +167,8 @@ def test_error_unknown_method():
 
 
 def test_error_unknown_and_refused_options(tmp_path):
-    with pytest.raises(GradattrError, match=r"options: expected options of grad_cam: .*feature_layer.*"
-                                            r"got 'feature_layr'"):
+    with pytest.raises(GradattrError, match=r"feature_layr: expected an option of grad_cam .*"
+                                            r"got 'feature_layr'; did you mean 'feature_layer'"):
         explain_dataset(tiny_net(), [torch.randn(1, 2, 8, 8)], feature_layr="relu2",
                         out_dir=tmp_path / "never")
     assert not (tmp_path / "never").exists()  # checked before anything is written
@@ -200,16 +207,26 @@ def test_error_bad_batches_and_arguments(tmp_path):
         explain_dataset(net, [torch.randn(1, 2, 8, 8)], out_dir=afile)
 
 
-def test_error_existing_shards_unless_overwrite(tmp_path):
+def test_rerun_resumes_and_a_different_run_is_refused_unless_overwrite(tmp_path):
     net = tiny_net()
     x = torch.randn(2, 2, 8, 8)
     explain_dataset(net, [x], out_dir=tmp_path)
-    with pytest.raises(GradattrError, match=r"out_dir: expected a folder without shards .*"
-                                            r"holding 1 shard\(s\) such as 'maps_00000.npy'"):
-        explain_dataset(net, [x], out_dir=tmp_path)
+    again = explain_dataset(net, [x], out_dir=tmp_path)  # same run: the shard is complete
+    assert (again.batches, again.skipped) == (0, 1)
+    with pytest.raises(GradattrError, match=r"out_dir: expected the folder of the same run to resume it.*"
+                                            r"whose target differ"):
+        explain_dataset(net, [x], out_dir=tmp_path, target=3)
+    other = tiny_net()
+    with pytest.raises(GradattrError, match=r"whose model differ"):
+        explain_dataset(other, [x], out_dir=tmp_path)
     explain_dataset(net, [x], out_dir=tmp_path, overwrite=True, target=3)
     np.testing.assert_allclose(np.load(tmp_path / "maps_00000.npy"), gradattr.grad_cam(net, x, 3).numpy(),
                                rtol=1e-5, atol=1e-6)
+    np.save(tmp_path / "maps_00007.npy", np.zeros(2))
+    (tmp_path / "run.json").unlink()
+    with pytest.raises(GradattrError, match=r"out_dir: expected a folder without shards from another "
+                                            r"program.*holding 2 shard\(s\)"):
+        explain_dataset(net, [x], out_dir=tmp_path)
 
 
 def test_other_methods_and_their_options_pass_through(data):
@@ -225,5 +242,107 @@ def test_other_methods_and_their_options_pass_through(data):
     want += [gradattr.score_cam(net, x, 2, batch_size=3).numpy() for x in xs]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
-    with pytest.raises(GradattrError, match=r"options: expected options of eigen_cam: .*got 'batch_size'"):
+    with pytest.raises(GradattrError, match=r"batch_size: expected an option of eigen_cam .*got 'batch_size'"):
         explain_dataset(net, xs, "eigen_cam", batch_size=3)
+
+
+def test_killed_run_resumes_without_recomputing_finished_shards(tmp_path):
+    """A run stopped after 3 shards, re-run: only the 2 missing batches are computed, the maps are whole."""
+    net = tiny_net()
+    torch.manual_seed(1)
+    xs = [torch.randn(b, 2, 8, 8) for b in (4, 4, 4, 4, 1)]
+    calls = []
+
+    def counted(net_, x, target=None):
+        calls.append(x.shape[0])
+        return gradattr.grad_cam(net_, x, target)
+
+    def kill(b):
+        if b.index == 2:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        explain_dataset(net, iter(xs), counted, target=2, out_dir=tmp_path, on_batch=kill)
+    assert calls == [4, 4, 4]
+    (tmp_path / ".maps_00003.npy.0.tmp").write_bytes(b"half a shard")  # what a crash mid-write leaves
+    with open(tmp_path / "manifest-rank000.jsonl", "a") as f:
+        f.write('{"shard": 3, "fi')  # and a manifest line cut short
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("maps_*.npy")}
+    report = explain_dataset(net, iter(xs), counted, target=2, out_dir=tmp_path)
+    assert calls == [4, 4, 4, 4, 1] and (report.batches, report.skipped, report.samples) == (2, 3, 5)
+    assert {p: (tmp_path / p).stat().st_mtime_ns for p in stamps} == stamps
+    want = gradattr.grad_cam(net, torch.cat(xs), 2).numpy()
+    np.testing.assert_allclose(gradattr.load_maps(tmp_path), want, rtol=1e-5, atol=1e-6)
+    # resuming with other batches (another batch size) is refused instead of mixing shards
+    with pytest.raises(GradattrError, match=r"out_dir: expected the same batches as the run being resumed, "
+                                            r"got batch 0 with 2 samples from position 0, where the earlier run had 4"):
+        explain_dataset(net, [torch.cat(xs)[i:i + 2] for i in range(0, 17, 2)], counted, target=2,
+                        out_dir=tmp_path)
+
+
+def test_load_maps_orders_shuffled_samples_and_refuses_other_folders(tmp_path):
+    net = tiny_net()
+    x = torch.randn(7, 2, 8, 8)
+    torch.manual_seed(3)
+    loader = DataLoader(TensorDataset(x), batch_size=3, shuffle=True)
+    explain_dataset(net, loader, target=0, out_dir=tmp_path / "shuffled", upsampling="none")
+    got, order = gradattr.load_maps(tmp_path / "shuffled", return_indices=True)
+    assert order.tolist() == list(range(7))
+    np.testing.assert_allclose(got, gradattr.grad_cam(net, x, 0, upsampling="none").numpy(),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(GradattrError, match=r"out_dir: expected a folder written by explain_dataset, with "
+                                            r"its index.json, got .*\(no shards\)"):
+        gradattr.load_maps(tmp_path)
+    with pytest.raises(GradattrError, match=r"out_dir: .*\(not a folder\)"):
+        gradattr.load_maps(tmp_path / "nothing")
+
+
+FACTORY = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 3))
+'''
+
+
+def test_cli_explain_dataset_folder_of_images_and_arrays(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from gradattr.cli import main
+
+    (tmp_path / "dsnet.py").write_text(FACTORY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    pixels = rng.integers(0, 256, (5, 12, 10, 3), dtype=np.uint8)
+    for i, p in enumerate(pixels):  # names out of creation order: the maps follow name order
+        Image.fromarray(p).save(folder / f"im_{4 - i}.png")
+    args = ["explain-dataset", "imgs", "--model", "dsnet:build", "--out-dir", "maps", "--batch-size", "2",
+            "--target", "1", "--mean", "0.5", "--std", "0.25"]
+    assert main(args) == 0
+    assert "grad_cam: 5 samples in 3 batches" in capsys.readouterr().err
+    x = (torch.from_numpy(pixels[::-1].copy()).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
+    from dsnet import build
+
+    want = gradattr.grad_cam(build(), x, 1).numpy()
+    np.testing.assert_allclose(gradattr.load_maps(tmp_path / "maps"), want, rtol=1e-4, atol=1e-6)
+    assert (tmp_path / "maps" / "inputs.txt").read_text().split() == [f"imgs/im_{i}.png" for i in range(5)]
+    assert main(args) == 0  # the same command again: nothing left to do
+    err = capsys.readouterr().err
+    assert "0 samples in 0 batches" in err and "3 batches already done" in err
+
+    arrays = tmp_path / "arrays"
+    arrays.mkdir()
+    np.save(arrays / "a.npy", x[0].numpy())
+    np.save(arrays / "b.npy", x[1, :, :6].numpy())
+    assert main(["explain-dataset", "arrays", "--model", "dsnet:build", "--out-dir", "m2"]) == 1
+    assert capsys.readouterr().err.strip() == ("gradattr: error: FOLDER: expected every sample of shape "
+                                               "(3, 12, 10) (as a.npy; --size resizes images), got (3, 6, 10) "
+                                               f"in {Path('arrays') / 'b.npy'}")
+    assert main(["explain-dataset", "nowhere", "--model", "dsnet:build", "--out-dir", "m3"]) == 1
+    assert "FOLDER: expected a folder of images or .npy files, got 'nowhere'" in capsys.readouterr().err
