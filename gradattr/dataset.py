@@ -600,8 +600,8 @@ def cli_explain_dataset(argv: list[str]) -> int:
     args.limit = float("inf")  # the explain command's --max-memory: one batch at a time here
     try:
         files = _input_files(args.input, cli)
-        trust = {"trust": True} if args.trust_model else {}
-        loaded = cli.load_model(args.model, args.weights, **trust)
+        loaded = cli.load_model(args.model, args.weights, trust=args.trust_model,
+                                random_weights=args.random_weights)
         net = loaded.net
         if args.device != "cpu" and torch.cuda.is_available():
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) \
@@ -637,6 +637,8 @@ def _cli_parser(cli):
                    "or of .npy arrays, one sample (C, ...) each")
     p.add_argument("--model", required=True, metavar="MODEL", help=cli.MODEL_HELP)
     p.add_argument("--weights", metavar="FILE", help="state_dict for a factory --model")
+    p.add_argument("--random-weights", action="store_true", help="use a factory --model without "
+                   "--weights on purpose (its own, e.g. random, weights)")
     p.add_argument("--trust-model", action="store_true", help="load a module saved whole with "
                    "torch.save(model), which runs code from the file: only for files you trust")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="folder for the shards, manifests and "

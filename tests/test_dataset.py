@@ -323,7 +323,7 @@ def test_cli_explain_dataset_folder_of_images_and_arrays(tmp_path, monkeypatch, 
     for i, p in enumerate(pixels):  # names out of creation order: the maps follow name order
         Image.fromarray(p).save(folder / f"im_{4 - i}.png")
     args = ["explain-dataset", "imgs", "--model", "dsnet:build", "--out-dir", "maps", "--batch-size", "2",
-            "--target", "1", "--mean", "0.5", "--std", "0.25"]
+            "--target", "1", "--mean", "0.5", "--std", "0.25", "--random-weights"]
     assert main(args) == 0
     assert "grad_cam: 5 samples in 3 batches" in capsys.readouterr().err
     x = (torch.from_numpy(pixels[::-1].copy()).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.25
@@ -340,9 +340,9 @@ def test_cli_explain_dataset_folder_of_images_and_arrays(tmp_path, monkeypatch, 
     arrays.mkdir()
     np.save(arrays / "a.npy", x[0].numpy())
     np.save(arrays / "b.npy", x[1, :, :6].numpy())
-    assert main(["explain-dataset", "arrays", "--model", "dsnet:build", "--out-dir", "m2"]) == 1
+    assert main(["explain-dataset", "arrays", "--model", "dsnet:build", "--out-dir", "m2", "--random-weights"]) == 1
     assert capsys.readouterr().err.strip() == ("gradattr: error: FOLDER: expected every sample of shape "
                                                "(3, 12, 10) (as a.npy; --size resizes images), got (3, 6, 10) "
                                                f"in {Path('arrays') / 'b.npy'}")
-    assert main(["explain-dataset", "nowhere", "--model", "dsnet:build", "--out-dir", "m3"]) == 1
+    assert main(["explain-dataset", "nowhere", "--model", "dsnet:build", "--out-dir", "m3", "--random-weights"]) == 1
     assert "FOLDER: expected a folder of images or .npy files, got 'nowhere'" in capsys.readouterr().err
