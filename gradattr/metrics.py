@@ -57,7 +57,7 @@ from torch import nn
 
 from .engine import borrowed, normalize_maps, resolve_device
 from .errors import GradattrError, expected
-from .inputs import prepare
+from .inputs import check_flag, prepare
 from .targets import Target, resolve_target
 
 __all__ = [
@@ -189,10 +189,12 @@ def _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, 
     if not isinstance(net, nn.Module):
         raise expected("net", "a torch.nn.Module", type(net).__name__)
     batch_size = _check_int(batch_size, "batch_size", 1)
+    check_flag("softmax", softmax)
     dev = resolve_device(device, net)
     params = [p for p in net.parameters() if p.is_floating_point()]
     dtype = params[0].dtype if params else torch.float32
-    xt, layout = prepare(x, net, input_format, dev, dtype)
+    # The metrics run forward passes only: inputs made under inference_mode are fine.
+    xt, layout = prepare(x, net, input_format, dev, dtype, needs_grad=False)
     tgt = resolve_target(target, reduction_fn, classes, xt.shape[0])
     m, k_axis = _prepare_maps(maps, tuple(xt.shape[2:]), layout.batched, xt.shape[0], dev, dtype)
     form = _Form(layout.batched, k_axis, layout.numpy, layout.device)
@@ -287,7 +289,9 @@ def _baseline(baseline, x: torch.Tensor, net, input_format) -> torch.Tensor:
             return x.flatten(2).mean(-1).view(n, c, *([1] * len(s))).expand_as(x)
         if b == "blur":
             return blur(x)
-    elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+    elif isinstance(baseline, (int, float, np.number)) and not isinstance(baseline, (bool, np.bool_)):
+        if not np.isfinite(float(baseline)):
+            raise expected("baseline", "a finite number", repr(baseline))
         return torch.full_like(x, float(baseline))
     elif callable(baseline) and not isinstance(baseline, (torch.Tensor, np.ndarray)):
         out = baseline(x.clone())
@@ -295,9 +299,12 @@ def _baseline(baseline, x: torch.Tensor, net, input_format) -> torch.Tensor:
             raise expected("baseline", f"a callable returning a tensor of the prepared input's shape "
                            f"{tuple(x.shape)}", f"{type(out).__name__} of shape "
                            f"{tuple(getattr(out, 'shape', ()))}")
-        return out.to(device=x.device, dtype=x.dtype)
+        out = out.to(device=x.device, dtype=x.dtype)
+        if not torch.isfinite(out).all():
+            raise expected("baseline", "a callable returning finite values", "NaN or Inf in its result")
+        return out
     elif isinstance(baseline, (torch.Tensor, np.ndarray)):
-        b, _ = prepare(baseline, net, input_format, x.device, x.dtype)
+        b, _ = prepare(baseline, net, input_format, x.device, x.dtype, needs_grad=False, name="baseline")
         if b.shape != x.shape:
             raise expected("baseline", f"an array of x's shape (prepared: {tuple(x.shape)})",
                            f"shape {tuple(baseline.shape)}")
@@ -470,6 +477,7 @@ def confidence_change(net: nn.Module, x, maps, target=None, *, normalize: bool =
         >>> c.masked.item(), c.drop.item(), c.average_drop                # 2 * (0 + .5 + .5 + 1)
         (4.0, 0.5, 50.0)
     """
+    check_flag("normalize", normalize)
     with _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, softmax,
                   batch_size) as (sc, form, _):
         e = normalize_maps(sc.maps) if normalize else sc.maps
