@@ -82,7 +82,7 @@ class Target:
                 raise expected("target", f"class indices in 0..{c - 1} (0-based; MATLAB's classIdx "
                                "is 1-based, so subtract 1)", f"{int(idx.max())}")
             idx = idx.expand(n, -1) if idx.ndim == 1 else idx[rows] if rows is not None else idx
-        return per_class.gather(1, idx)
+        return check_finite(per_class.gather(1, idx), "net", "finite outputs for the target classes")
 
 
 def _tensors(y) -> list[torch.Tensor]:
@@ -115,13 +115,17 @@ def check_scores(s: torch.Tensor, y=None, what: str = "reduction_fn") -> torch.T
     if any(t.requires_grad for t in _tensors(y)) and not s.requires_grad:
         raise expected(what, fix, "scores that do not depend on y (detached, constant, or computed "
                        "through argmax/round/.item())")
-    finite = torch.isfinite(s)
+    return check_finite(s, what, "finite scores")
+
+
+def check_finite(s: torch.Tensor, what: str, wanted: str) -> torch.Tensor:
+    """Refuse NaN or Inf scores (they would give an all-NaN map or AUC), saying for which rows."""
+    finite = torch.isfinite(s.detach())
     if not bool(finite.all()):
         rows = sorted({int(r) for r in (~finite).nonzero()[:, 0].tolist()})
         kind = " and ".join(k for k, bad in (("NaN", torch.isnan(s).any()), ("Inf", torch.isinf(s).any()))
                             if bool(bad))
-        raise expected(what, "finite scores", f"{kind} for sample(s) {rows[:10]}"
-                       f"{' ...' if len(rows) > 10 else ''}")
+        raise expected(what, wanted, f"{kind} for sample(s) {rows[:10]}{' ...' if len(rows) > 10 else ''}")
     return s
 
 

@@ -96,6 +96,17 @@ def _scripted():
         return torch.jit.script(make_net())
 
 
+class _InfOutput(nn.Module):
+    """A network whose class 1 scores +Inf (an overflow in the user's head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = make_net()
+
+    def forward(self, x):
+        return self.body(x) + torch.tensor([0.0, float("inf"), 0.0, 0.0, 0.0])
+
+
 MAPS = torch.rand(2, 8, 8, generator=torch.Generator().manual_seed(2))
 ENGINE = "needs engine hook: the flag is not checked on the way to prepare (call inputs.check_flag in api/engine)"
 
@@ -187,6 +198,10 @@ CASES = [
      r"score per sample \(shape \(2,\)\), got a list"),
     ("reduction_fn-nan-score_cam", lambda net, x, tmp: gradattr.score_cam(
         net, x, reduction_fn=lambda y: y[:, 0] + float("nan")), r"reduction_fn: expected finite scores, got NaN"),
+    ("net-inf-output", gc(target=1), r"net: expected finite outputs for the target classes, got Inf for "
+     r"sample\(s\) \[0, 1\]", None, _InfOutput),
+    ("net-inf-output-ablation_cam", lambda net, x, tmp: gradattr.ablation_cam(net, x, 1),
+     r"net: expected finite outputs for the target classes, got Inf", None, _InfOutput),
     # -- other options -------------------------------------------------------------------------------
     ("upsampling", gc(upsampling="bilinear"), r"upsampling: expected one of 'bicubic', 'nearest', "
      r"'none', got 'bilinear'"),
@@ -232,6 +247,8 @@ CASES = [
      r"x: expected at least one sample, got shape \(0, 3, 8, 8\)", lambda: x2(0)),
     ("deletion-nan-x", lambda net, x, tmp: M.deletion(net, x, MAPS), r"x: expected finite values",
      lambda: _nan(x2())),
+    ("deletion-inf-output", lambda net, x, tmp: M.deletion(net, x, MAPS, target=1, steps=4),
+     r"net: expected finite outputs for the target classes, got NaN", None, _InfOutput),
     ("deletion-reduction_fn-nan", lambda net, x, tmp: M.deletion(
         net, x, MAPS, reduction_fn=lambda y: y[:, 0] * float("nan"), steps=4),
      r"reduction_fn: expected finite scores, got NaN"),
