@@ -7,6 +7,8 @@ aligned text and renders as Markdown. Methods are run through
 """
 from __future__ import annotations
 
+import difflib
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -361,6 +363,8 @@ def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Se
     for k in metric_options:
         if k not in METRICS and k not in ("confidence",):
             raise expected("metric_options", "keys from " + ", ".join([*METRICS, "confidence"]), repr(k))
+    for k, opts in metric_options.items():
+        _check_metric_options(k, opts)
     for k, grp in _OPTION_GROUP.items():
         if k in metric_options:
             metric_options.setdefault(grp, metric_options[k])
@@ -402,6 +406,34 @@ def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Se
         rows.append(row)
     return Table(rows=rows, columns=["method", *metrics, "seconds"],
                  higher_is_better={m: METRICS[m].higher_is_better for m in metrics}, samples=samples)
+
+
+# Which function takes each metric_options key's options; what compare itself passes is excluded.
+_OPTION_FUNCTIONS = {"deletion": "deletion", "insertion": "insertion", "confidence": "confidence_change",
+                     "average_drop": "confidence_change", "increase_in_confidence": "confidence_change",
+                     "road": "road", "road_morf": "road", "road_lerf": "road",
+                     "pointing_game": "pointing_game", "energy_pointing_game": "energy_pointing_game",
+                     "localization": "localize"}
+_PASSED_BY_COMPARE = {"net", "x", "maps", "target", "mask", "box"}
+
+
+def _check_metric_options(metric: str, opts) -> None:
+    """``metric_options[metric]`` must be a mapping of options that metric's function takes."""
+    if not isinstance(opts, Mapping):
+        raise expected(f"metric_options[{metric!r}]", "a dict of keyword options", type(opts).__name__)
+    fn = getattr(M, _OPTION_FUNCTIONS.get(metric, ""), None)
+    if fn is None:
+        return
+    params = inspect.signature(fn).parameters
+    allowed = sorted(p for p in params if p not in _PASSED_BY_COMPARE)
+    for key in opts:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise expected(f"metric_options[{metric!r}]",
+                           f"options of gradattr.metrics.{fn.__name__}: " + ", ".join(allowed)
+                           if allowed else f"no options (gradattr.metrics.{fn.__name__} takes none)",
+                           f"{key!r}{hint}")
 
 
 def _shape_info(net, x, target, common) -> tuple[int, tuple[int, ...], int, bool]:

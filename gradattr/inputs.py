@@ -82,26 +82,96 @@ def _parse_format(fmt: object, ndim: int) -> list[int]:
     return order
 
 
-def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.dtype):
-    """Validate ``x`` and return ``(x_internal (N, C, *s), Layout)``. ``x`` itself is never changed."""
-    if torch.is_inference_mode_enabled():
-        raise GradattrError("x: gradients are needed, but torch.inference_mode() is active; "
+def check_flag(name: str, value) -> bool:
+    """Refuse anything but a real ``bool`` for an on/off option (``"no"`` is truthy).
+
+    >>> check_flag("normalize", True)
+    True
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        raise expected(name, "True or False", repr(value))
+    return bool(value)
+
+
+def check_model(net) -> nn.Module:
+    """Refuse what gradattr cannot explain: non-modules and TorchScript modules (no forward hooks).
+
+    Called by :func:`prepare`; the engine may call it first, before resolving layers.
+    """
+    if isinstance(net, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+        raise expected("net", "an eager torch.nn.Module (gradattr hooks its layers, which TorchScript "
+                       "does not allow); pass the Python model the script was made from",
+                       f"a TorchScript {type(net).__name__}")
+    if not isinstance(net, nn.Module):
+        raise expected("net", "a torch.nn.Module", type(net).__name__)
+    return net
+
+
+def check_compute_device(device: torch.device) -> torch.device:
+    """Refuse devices that hold no data (``meta``): nothing could be computed there."""
+    if isinstance(device, torch.device) and device.type == "meta":
+        raise expected("device", "a device that computes ('auto', 'cpu', 'cuda')",
+                       "'meta' (a device without data)")
+    return device
+
+
+def first_in_channels(net: nn.Module) -> int | None:
+    """``in_channels`` of the network's first convolution (in module order), or ``None``."""
+    for module in net.modules():
+        if isinstance(module, (nn.modules.conv._ConvNd,)):
+            return int(module.in_channels)
+        for _, kinds in _RANKED:
+            if isinstance(module, kinds):
+                return None  # a pooling/normalisation layer first: the channel count is not known
+    return None
+
+
+def _describe(values: torch.Tensor, shape: tuple) -> str:
+    nan, inf = int(torch.isnan(values).sum()), int(torch.isinf(values).sum())
+    return f"NaN or Inf ({nan} NaN, {inf} Inf of {values.numel()} elements) in an input of shape {shape}"
+
+
+def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.dtype,
+            needs_grad: bool = True, name: str = "x"):
+    """Validate ``x`` and return ``(x_internal (N, C, *s), Layout)``. ``x`` itself is never changed.
+
+    ``name`` is the argument named in errors (``"baseline"`` for a metric's baseline).
+    ``needs_grad=False`` (metrics: forward passes only) accepts inputs made under
+    ``torch.inference_mode()`` and calls made inside it. An empty batch (N = 0) or
+    an empty spatial/channel dimension is refused: every function gives the same
+    clear error instead of an empty result from some and a torch error from others.
+    """
+    check_model(net)
+    check_compute_device(device)
+    if needs_grad and torch.is_inference_mode_enabled():
+        raise GradattrError(f"{name}: gradients are needed, but torch.inference_mode() is active; "
                             "call gradattr outside the inference_mode block")
     if isinstance(x, torch.Tensor):
         as_numpy, out_device, t = False, x.device, x
-        if t.is_inference():
-            raise expected("x", "a normal tensor (gradients need autograd)",
+        if t.layout != torch.strided:
+            raise expected(name, "a dense (strided) tensor", f"a tensor with layout {t.layout}; "
+                           "pass x.to_dense()")
+        if t.device.type == "meta":
+            raise expected(name, "a tensor with data", "a tensor on the 'meta' device (shape only)")
+        if needs_grad and t.is_inference():
+            raise expected(name, "a normal tensor (gradients need autograd)",
                            "a tensor created under torch.inference_mode(); make it outside that "
                            "block, or pass x.clone() called outside it")
     elif isinstance(x, np.ndarray) or (hasattr(x, "__array__") and not isinstance(x, (str, bytes))):
-        arr = np.asarray(x)
+        try:
+            arr = np.asarray(x)
+        except Exception as err:  # noqa: BLE001 - report what was given
+            raise expected(name, "a torch.Tensor or a numpy array", f"{type(x).__name__} that numpy "
+                           f"cannot read ({err})") from None
         if arr.dtype.kind not in "biuf":
-            raise expected("x", "a numeric array", f"an array of dtype {arr.dtype}")
+            raise expected(name, "a numeric array", f"an array of dtype {arr.dtype}")
+        if arr.ndim == 0:
+            raise expected(name, "an array with channel and spatial/time dimensions", "shape ()")
         as_numpy, out_device, t = True, torch.device("cpu"), torch.from_numpy(np.ascontiguousarray(arr))
     else:
-        raise expected("x", "a torch.Tensor or a numpy array", type(x).__name__)
+        raise expected(name, "a torch.Tensor or a numpy array", type(x).__name__)
     if t.dtype == torch.bool or t.is_complex():
-        raise expected("x", "a real-valued array", f"dtype {t.dtype}")
+        raise expected(name, "a real-valued array", f"dtype {t.dtype}")
     shape = tuple(t.shape)
 
     if input_format is not None:
@@ -122,15 +192,38 @@ def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.
             want = (f"(N, C, {', '.join('S' * rank)}) or (C, {', '.join('S' * rank)}) for a network whose "
                     f"first layers are {rank}-D" if rank else "an input whose layout can be read from the "
                     "network (it has no Conv/Pool layer to tell the rank)")
-            raise expected("x", want + "; pass input_format (e.g. 'SSC' for an H x W x C image, "
+            raise expected(name, want + "; pass input_format (e.g. 'SSC' for an H x W x C image, "
                            "'CT' for a C x T sequence) to say how x is laid out", f"shape {shape}")
+        _check_channels_last(t, net, batched, shape, name)
     if not batched:
         t = t.unsqueeze(0)
     if t.ndim < 3:
-        raise expected("x", "at least one spatial or time dimension after (N, C)", f"shape {shape}")
+        raise expected(name, "at least one spatial or time dimension after (N, C)", f"shape {shape}")
+    if t.shape[0] == 0:
+        raise expected(name, "at least one sample", f"shape {shape} (an empty batch)")
+    if 0 in t.shape[1:]:
+        raise expected(name, "non-empty channel and spatial/time dimensions", f"shape {shape}")
+    if t.is_floating_point() and not torch.isfinite(t).all():
+        raise expected(name, "finite values", _describe(t, shape))
     # A private copy: the network may modify its input in place, and x must stay as given.
     t = t.detach().to(device=device, dtype=dtype, copy=True)
-    if not torch.isfinite(t).all():
-        raise expected("x", "finite values", f"NaN or Inf in an input of shape {shape}")
+    if not torch.isfinite(t).all():  # finite as given, but too large for the network's dtype
+        big = float(x.detach().abs().max()) if isinstance(x, torch.Tensor) else float(np.abs(arr).max())
+        raise expected(name, f"values that fit in the network's {str(dtype).replace('torch.', '')} "
+                       f"(|x| <= {torch.finfo(dtype).max:.4g})",
+                       f"a maximum |x| of {big:.4g}, which overflows {str(dtype).replace('torch.', '')}")
     layout = Layout(batched=batched, numpy=as_numpy, device=out_device, spatial=tuple(t.shape[2:]))
     return t, layout
+
+
+def _check_channels_last(t: torch.Tensor, net: nn.Module, batched: bool, shape: tuple, name: str) -> None:
+    """An ``H x W x C`` (or ``N x H x W x C``) array given without ``input_format``: say so."""
+    in_ch = first_in_channels(net)
+    c_axis = 1 if batched else 0
+    if in_ch is None or t.ndim <= c_axis + 1 or t.shape[c_axis] == in_ch or t.shape[-1] != in_ch:
+        return
+    letters = ("B" if batched else "") + "S" * (t.ndim - c_axis - 1) + "C"
+    raise expected(name, f"channels first, {in_ch} channels for the network's first layer, at "
+                   f"dimension {c_axis}; x looks channels-last (its last dimension is {in_ch}): pass "
+                   f"input_format={letters!r} (MATLAB order) or move the channels first",
+                   f"shape {shape}")

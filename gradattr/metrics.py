@@ -57,7 +57,7 @@ from torch import nn
 
 from .prep import normalize_maps, prepare_call
 from .errors import GradattrError, expected
-from .inputs import prepare
+from .inputs import check_flag, prepare
 from .targets import Target
 
 __all__ = [
@@ -187,8 +187,10 @@ def _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, 
     """Validate everything, then yield a :class:`_Scorer` and the output :class:`_Form`
     while the network is borrowed (eval mode, compute device) and gradients are off."""
     batch_size = _check_int(batch_size, "batch_size", 1)
+    check_flag("softmax", softmax)
+    # The metrics run forward passes only: inputs made under inference_mode are fine.
     call = prepare_call(net, x, target=target, reduction_fn=reduction_fn, classes=classes,
-                        input_format=input_format, device=device)
+                        input_format=input_format, device=device, needs_grad=False)
     xt, layout = call.x, call.layout
     m, k_axis = _prepare_maps(maps, tuple(xt.shape[2:]), layout.batched, xt.shape[0], xt.device, xt.dtype)
     form = _Form(layout.batched, k_axis, layout.numpy, layout.device)
@@ -283,7 +285,9 @@ def _baseline(baseline, x: torch.Tensor, net, input_format) -> torch.Tensor:
             return x.flatten(2).mean(-1).view(n, c, *([1] * len(s))).expand_as(x)
         if b == "blur":
             return blur(x)
-    elif isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+    elif isinstance(baseline, (int, float, np.number)) and not isinstance(baseline, (bool, np.bool_)):
+        if not np.isfinite(float(baseline)):
+            raise expected("baseline", "a finite number", repr(baseline))
         return torch.full_like(x, float(baseline))
     elif callable(baseline) and not isinstance(baseline, (torch.Tensor, np.ndarray)):
         out = baseline(x.clone())
@@ -291,9 +295,12 @@ def _baseline(baseline, x: torch.Tensor, net, input_format) -> torch.Tensor:
             raise expected("baseline", f"a callable returning a tensor of the prepared input's shape "
                            f"{tuple(x.shape)}", f"{type(out).__name__} of shape "
                            f"{tuple(getattr(out, 'shape', ()))}")
-        return out.to(device=x.device, dtype=x.dtype)
+        out = out.to(device=x.device, dtype=x.dtype)
+        if not torch.isfinite(out).all():
+            raise expected("baseline", "a callable returning finite values", "NaN or Inf in its result")
+        return out
     elif isinstance(baseline, (torch.Tensor, np.ndarray)):
-        b, _ = prepare(baseline, net, input_format, x.device, x.dtype)
+        b, _ = prepare(baseline, net, input_format, x.device, x.dtype, needs_grad=False, name="baseline")
         if b.shape != x.shape:
             raise expected("baseline", f"an array of x's shape (prepared: {tuple(x.shape)})",
                            f"shape {tuple(baseline.shape)}")
@@ -466,6 +473,7 @@ def confidence_change(net: nn.Module, x, maps, target=None, *, normalize: bool =
         >>> c.masked.item(), c.drop.item(), c.average_drop                # 2 * (0 + .5 + .5 + 1)
         (4.0, 0.5, 50.0)
     """
+    check_flag("normalize", normalize)
     with _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, softmax,
                   batch_size) as (sc, form, _):
         e = normalize_maps(sc.maps) if normalize else sc.maps

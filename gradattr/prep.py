@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .errors import GradattrError, expected
-from .inputs import Layout, prepare
+from .inputs import Layout, check_compute_device, check_model, prepare
 from .targets import Target, resolve_target
 
 AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
@@ -44,21 +44,7 @@ def resolve_device(device, net: nn.Module) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise expected("device", "an available CUDA GPU for device=" + repr(device),
                        "none (torch.cuda.is_available() is False); use device='cpu' or 'auto'")
-    if dev.type == "meta":
-        raise expected("device", "a device that holds data ('cpu', 'cuda', 'auto')", repr(device))
-    return dev
-
-
-def check_net(net) -> nn.Module:
-    """A hookable ``nn.Module``; TorchScript gets a message that says what to use instead."""
-    if isinstance(net, torch.jit.ScriptModule):
-        raise expected("net", "a Python nn.Module (TorchScript modules cannot take forward hooks); "
-                       "pass the original module, a torch.export program's module() "
-                       "(torch.export.load(path).module()), or rebuild it and load its state dict",
-                       type(net).__name__)
-    if not isinstance(net, nn.Module):
-        raise expected("net", "a torch.nn.Module", type(net).__name__)
-    return net
+    return check_compute_device(dev)
 
 
 class _Borrow:
@@ -186,20 +172,23 @@ def check_autocast(value) -> torch.dtype | None:
 
 
 def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_format=None,
-                 device="auto", needs_target: bool = True, autocast=None, output_key=None) -> Call:
+                 device="auto", needs_target: bool = True, autocast=None, output_key=None,
+                 needs_grad: bool = True) -> Call:
     """Validate and prepare everything a call needs; nothing is changed yet.
 
     ``needs_target=False`` (Eigen-CAM, RISE without a class...) scores each
-    sample's top class where a score is needed at all.
+    sample's top class where a score is needed at all; ``needs_grad=False``
+    (metrics, which run forward passes only) accepts inputs made under
+    ``torch.inference_mode()``.
     """
-    check_net(net)
+    check_model(net)
     dev = resolve_device(device, net)
     auto = isinstance(device, str) and device.lower() == "auto"
     amp = check_autocast(autocast)
     if output_key is not None and not isinstance(output_key, (str, int)):
         raise expected("output_key", "None, a key (str) or an index (int) of the network's output",
                        repr(output_key))
-    xt, layout = prepare(x, net, input_format, dev, _model_dtype(net))
+    xt, layout = prepare(x, net, input_format, dev, _model_dtype(net), needs_grad=needs_grad)
     if needs_target or target is not None or reduction_fn is not None:
         tgt = resolve_target(target, reduction_fn, classes, xt.shape[0])
     else:
@@ -209,5 +198,5 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     return Call(net, xt, layout, tgt, None if auto else dev, amp, output_key)
 
 
-__all__ = ["Call", "prepare_call", "borrowed", "resolve_device", "normalize_maps", "check_net",
+__all__ = ["Call", "prepare_call", "borrowed", "resolve_device", "normalize_maps",
            "GradattrError"]

@@ -31,9 +31,9 @@ KINDS = ("gradient", "activation", "perturbation", "model", "pixel")
 
 # -- validators -------------------------------------------------------------------------
 def flag(name: str, value):
-    if not isinstance(value, bool):
-        raise expected(name, "True or False", repr(value))
-    return value
+    from .inputs import check_flag
+
+    return check_flag(name, value)
 
 
 def optional_positive_int(name: str, value):

@@ -62,11 +62,11 @@ class Target:
             if s.ndim == 0 and n == 1:
                 s = s.reshape(1)
             if s.ndim == 1 and s.shape[0] == n:
-                return s[:, None]
-            if s.ndim == 2 and s.shape[0] == n:
-                return s
-            raise expected("reduction_fn", f"one score per sample: shape ({n},) (or ({n}, K) for K "
-                           "maps, or a scalar when N == 1)", f"shape {tuple(s.shape)}")
+                s = s[:, None]
+            elif not (s.ndim == 2 and s.shape[0] == n):
+                raise expected("reduction_fn", f"one score per sample: shape ({n},) (or ({n}, K) for K "
+                               "maps, or a scalar when N == 1)", f"shape {tuple(s.shape)}")
+            return check_scores(s, y, "reduction_fn")
         if not isinstance(y, torch.Tensor) or y.ndim < 2 or y.shape[0] != n:
             got = f"shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
             raise expected("target", f"a reduction layer output of shape ({n}, classes, ...) to pick "
@@ -82,7 +82,51 @@ class Target:
                 raise expected("target", f"class indices in 0..{c - 1} (0-based; MATLAB's classIdx "
                                "is 1-based, so subtract 1)", f"{int(idx.max())}")
             idx = idx.expand(n, -1) if idx.ndim == 1 else idx[rows] if rows is not None else idx
-        return per_class.gather(1, idx)
+        return check_finite(per_class.gather(1, idx), "net", "finite outputs for the target classes")
+
+
+def _tensors(y) -> list[torch.Tensor]:
+    """The tensors in an output: a tensor, or the values of a tuple/list/dict of them."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, dict):
+        y = list(y.values())
+    if isinstance(y, (list, tuple)):
+        return [t for item in y for t in _tensors(item)]
+    return []
+
+
+def check_scores(s: torch.Tensor, y=None, what: str = "reduction_fn") -> torch.Tensor:
+    """Refuse scores no map can be computed from, naming ``what`` produced them.
+
+    A score must be a real floating-point tensor, finite, and, when the output
+    ``y`` it was computed from is recorded by autograd, a differentiable function
+    of it (not detached, not an ``argmax``, not a constant). Returns ``s``.
+
+    >>> y = torch.ones(2, 3, requires_grad=True)
+    >>> check_scores(y.argmax(1), y)
+    Traceback (most recent call last):
+    ...
+    gradattr.errors.GradattrError: reduction_fn: expected a differentiable floating-point function of the output y (the score's gradient makes the map), got scores of dtype torch.int64
+    """
+    fix = "a differentiable floating-point function of the output y (the score's gradient makes the map)"
+    if s.is_complex() or not s.is_floating_point():
+        raise expected(what, fix, f"scores of dtype {s.dtype}")
+    if any(t.requires_grad for t in _tensors(y)) and not s.requires_grad:
+        raise expected(what, fix, "scores that do not depend on y (detached, constant, or computed "
+                       "through argmax/round/.item())")
+    return check_finite(s, what, "finite scores")
+
+
+def check_finite(s: torch.Tensor, what: str, wanted: str) -> torch.Tensor:
+    """Refuse NaN or Inf scores (they would give an all-NaN map or AUC), saying for which rows."""
+    finite = torch.isfinite(s.detach())
+    if not bool(finite.all()):
+        rows = sorted({int(r) for r in (~finite).nonzero()[:, 0].tolist()})
+        kind = " and ".join(k for k, bad in (("NaN", torch.isnan(s).any()), ("Inf", torch.isinf(s).any()))
+                            if bool(bad))
+        raise expected(what, wanted, f"{kind} for sample(s) {rows[:10]}{' ...' if len(rows) > 10 else ''}")
+    return s
 
 
 def _as_int_array(target) -> np.ndarray | None:
@@ -94,6 +138,9 @@ def _as_int_array(target) -> np.ndarray | None:
         arr = np.asarray(target)
         if arr.size and arr.dtype.kind in "iu":
             return arr
+        if arr.size and arr.dtype == object and all(isinstance(v, int) and not isinstance(v, bool)
+                                                    for v in arr.flat):
+            return arr  # Python ints beyond int64: refused by the caller with their value
         if arr.size and arr.dtype.kind == "f" and np.all(arr == np.round(arr)):
             return arr.astype(np.int64)
     return None
@@ -132,6 +179,9 @@ def resolve_target(target, reduction_fn, classes, n: int) -> Target:
         idx = [_label_index(t, classes) for t in target]
         return Target("index", scalar=False, classes=torch.tensor(idx))
     arr = _as_int_array(target)
+    if arr is not None and (arr.dtype.kind not in "iu" or (arr.size and arr.max() > np.iinfo(np.int64).max)):
+        big = max(int(v) for v in arr.flat)
+        raise expected("target", "class indices (0-based) that fit in int64", f"{big}")
     if arr is None or arr.ndim > 2:
         raise expected("target", "an int class index (0-based), a sequence of indices, an (N, K) "
                        "integer array, a label or labels, a callable, or None",
