@@ -217,7 +217,7 @@ CASES = [
     ("counterfactual-str", gc(counterfactual="yes"), r"counterfactual: expected True or False, got 'yes'"),
     ("eigen_smooth-none", gc(eigen_smooth=None), r"eigen_smooth: expected True or False, got None"),
     ("return_layers-str", gc(return_layers="no"), r"return_layers: expected True or False, got 'no'"),
-    ("normalize-str", gc(normalize="yes"), r"normalize: expected True or False, got 'yes'",
+    ("normalize-str", gc(normalize="yes"), r"normalize: expected True or False, got 'yes'"),
     ("progress-str", lambda net, x, tmp: gradattr.score_cam(net, x, progress="yes"),
      r"progress: expected True or False, got 'yes'"),
     ("attribute-method", lambda net, x, tmp: gradattr.attribute(net, x, method="gradcam"), r"method: .*'gradcam'"),
