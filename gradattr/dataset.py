@@ -14,7 +14,6 @@ folder back in data-set order, and re-running into the same folder resumes.
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -300,8 +299,8 @@ def load_maps(out_dir: str | Path, *, return_indices: bool = False):
 def _resolve_method(method, options: dict):
     """``method`` -> ``(explain(net, x, target, options) -> maps, name)``.
 
-    Options are checked by the method itself (``gradattr.attribute`` names the
-    unknown ones) on the first batch, before any shard is written.
+    A method name and its options are checked against the registry first; a
+    callable checks its own options on the first batch, before any shard is written.
     """
     for key, why in _REFUSED.items():
         if key in options:
@@ -317,11 +316,9 @@ def _resolve_method(method, options: dict):
         return explain, getattr(method, "__name__", type(method).__name__)
     if not isinstance(method, str):
         raise expected("method", "a method name such as 'grad_cam', or a callable", type(method).__name__)
-    known = api.list_methods()
-    if method not in known:
-        close = difflib.get_close_matches(method, known, n=2)
-        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise expected("method", "one of " + ", ".join(map(repr, known)), f"{method!r}{hint}")
+    from . import registry
+
+    registry.get(method).validate(options)  # unknown method or option: an error before any work
 
     def explain(net, x, target, opts):
         return api.attribute(net, x, target=target, method=method, **opts)

@@ -279,7 +279,8 @@ CASES = [
     ("dataset-method", lambda net, x, tmp: explain_dataset(net, [x], "grad_came"),
      r"method: expected one of .* got 'grad_came'; did you mean 'grad_cam'"),
     ("dataset-option", lambda net, x, tmp: explain_dataset(net, [x], feature_layr="3"),
-     r"options: expected options of grad_cam: .* got 'feature_layr'"),
+     r"feature_layr: expected an option of grad_cam \(one of .*\), got 'feature_layr'; did you mean "
+     r"'feature_layer'"),
     ("dataset-unbatched", lambda net, x, tmp: explain_dataset(net, [x[0, 0]]),
      r"batches: expected batched inputs \(B, C, \*spatial\) \(batch 0\), got shape \(8, 8\)"),
     ("dataset-label-without-y", lambda net, x, tmp: explain_dataset(net, [x], target="label"),
