@@ -255,7 +255,7 @@ def overlay(image, cam, alpha: float = 0.5, cmap="jet", path=None, title: str | 
     _outline(ax, mask)
     ax.set_axis_off()
     if title is not None:
-        ax.set_title(title)
+        ax.set_title(title, wrap=True)
     if colorbar:
         _colorbar(fig, ax, cmap, float(raw.min()), float(raw.max()), colorbar_label, shrink=0.8)
     return _save(fig, path)
@@ -445,7 +445,7 @@ def gradient(grad, path=None, title: str | None = None, *, ax=None, contrast: fl
     ax.imshow(rgb, cmap="gray" if rgb.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title is not None:
-        ax.set_title(title)
+        ax.set_title(title, wrap=True)
     return _save(fig, path)
 
 
