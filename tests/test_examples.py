@@ -72,8 +72,8 @@ def test_center_crop_keeps_the_middle_unsquashed():
 
     a = np.arange(24, dtype=float).reshape(4, 6)  # shorter side already 4: no resize, columns 1..4 kept
     np.testing.assert_allclose(center_crop(a, 4), a[:, 1:5], atol=1e-6)
-    b = np.repeat(np.repeat(np.arange(12.0).reshape(2, 6), 2, 0), 2, 1)  # 4 x 12, pairs of equal pixels
-    np.testing.assert_allclose(center_crop(b, 2)[0], [2.0, 3.0], atol=0.3)  # halved, then the middle
+    b = np.tile(np.arange(12.0), (4, 1))  # 4 x 12, a ramp along x: halved to 2 x 6, pixel k at 2k + 0.5
+    np.testing.assert_allclose(center_crop(b, 2), [[4.5, 6.5]] * 2, atol=0.05)  # the middle two of six
     img, x = load_photo(224)
     assert img.shape == (224, 224, 3) and tuple(x.shape) == (3, 224, 224)
     assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
