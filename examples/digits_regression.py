@@ -162,7 +162,8 @@ def main(out_dir: str = OUTPUT, quick: bool = False, cache_dir: str | None = CAC
     for ax, j in zip(fig.subplots(1, len(shown)), shown):
         m = score_map if j == test_idx else maps[int(np.flatnonzero(rotated == j)[0])]
         gradattr.plot.overlay(x_test[j, 0] + mean, m, ax=ax, colorbar_label="Grad-CAM map",
-                              title=f"True Rotation = {float(y_test[j]):.0f}\nPred Rotation = {float(pred[j]):.0f}")
+                              title=f"a {labels[-n_test:][j]}: True Rotation = {float(y_test[j]):.0f}\n"
+                                    f"Pred Rotation = {float(pred[j]):.0f}")
     fig.suptitle(f"Grad-CAM of the predicted rotation angle (reduction_fn = identity) at 'relu_4' -> 'fc'; "
                  f"test RMSE {rmse:.1f}° (mean-angle baseline {baseline:.1f}°)\n"
                  f"on the {len(rotated)} test digits rotated by more than +20°, {shares.mean():.0%} of the map "

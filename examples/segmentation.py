@@ -82,13 +82,14 @@ class DigitSegmenter(nn.Module):
 
 def main(out_dir: str = OUTPUT, quick: bool = False, cache_dir: str | None = CACHE,
          retrain: bool = False) -> dict:
-    """Train the segmenter, explain a region and the whole image, write ``segmentation.png``."""
+    """Train the segmenter (or load it from ``cache_dir``), explain a region and the whole image, write
+    ``segmentation.png``. ``quick`` changes nothing (the default is already the smallest that learns)."""
     torch.manual_seed(0)
     start = time.perf_counter()
     imgs, labels = digit_images()
     order = np.random.default_rng(0).permutation(len(imgs))
     train_pool, test_pool = order[:1400], order[1400:]  # test canvases use digits never trained on
-    n_train, epochs = (600, 4) if quick else (1200, 4)
+    n_train, epochs = 1200, 4  # enough for 97 % pixel accuracy; fewer canvases fall far short (quick: the same)
     x_train, y_train = make_pairs(imgs, labels, train_pool, n_train, seed=0)
     x_test, y_test = make_pairs(imgs, labels, test_pool, 200, seed=1)
 
@@ -105,7 +106,7 @@ def main(out_dir: str = OUTPUT, quick: bool = False, cache_dir: str | None = CAC
                 loss.backward()
                 opt.step()
 
-    fresh = trained(net, cache_dir, "segmentation" + ("_fast" if quick else ""),
+    fresh = trained(net, cache_dir, "segmentation",
                     {"epochs": epochs, "canvases": n_train}, train, retrain)
     net.eval()
     with torch.no_grad():
@@ -178,5 +179,5 @@ def main(out_dir: str = OUTPUT, quick: bool = False, cache_dir: str | None = CAC
 
 
 if __name__ == "__main__":
-    args = arguments(__doc__, fast="600 training canvases instead of 1200", trains=True)
+    args = arguments(__doc__, trains=True)
     main(args.out, args.fast, args.cache, args.retrain)

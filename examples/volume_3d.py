@@ -122,6 +122,7 @@ def main(out_dir: str = OUTPUT, quick: bool = False, cache_dir: str | None = CAC
 
     path = save_path(out_dir, "volume_3d.png")
     gradattr.plot.volume(x_test[i], score_map, path=path, at="max", contour=masks[i],
+                         colorbar_label=f"Grad-CAM map of '{CLASSES[int(pred[i])]}'",
                          title=f"A {CLASSES[int(y_test[i])]} in noise (outline), predicted "
                                f"{CLASSES[int(pred[i])]}: Grad-CAM slices through the map's maximum (+)")
     print(f"wrote {path}")

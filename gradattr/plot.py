@@ -510,9 +510,11 @@ def grid(image, maps: Mapping, path=None, alpha: float = 0.5, cmap="jet", title:
         raise expected("ncols", "a positive int", repr(ncols))
     nrows = -(-len(panels) // ncols)
     h, w = hw
-    side = 3.2 * min(2.5, max(0.6, w / h))
+    width = 2.9 * min(2.5, max(0.6, w / h))  # a panel 2.9 inches high (the image's aspect, within limits)
+    lines = max(str(name).count("\n") + 1 for name, _ in panels)  # the tallest panel title
     bar = colorbar and bool(raws)
-    fig, axes = _figure(nrows, ncols, (side * ncols + (0.9 if bar else 0), 3.4 * nrows))
+    fig, axes = _figure(nrows, ncols, (width * ncols + (0.9 if bar else 0),
+                                       nrows * (2.9 + 0.3 * lines + 0.15) + (0.1 if title is None else 0.4)))
     flat = list(axes.ravel())
     for ax, (name, entry) in zip(flat, panels):
         if entry is None:
@@ -531,7 +533,7 @@ def grid(image, maps: Mapping, path=None, alpha: float = 0.5, cmap="jet", title:
         lo, hi = (float(raws[0].min()), float(raws[0].max())) if one else (0.0, 1.0)
         label = colorbar_label if colorbar_label is not None else (
             "map value" if one else "each map rescaled to [0, 1]")
-        _colorbar(fig, flat, cmap, lo, hi, label, shrink=0.8 if nrows == 1 else 0.6)
+        _colorbar(fig, flat, cmap, lo, hi, label, shrink=0.8 if nrows == 1 else 0.6, fraction=0.15 / ncols, pad=0.05 / ncols)
     if title is not None:
         fig.suptitle(title)
     return _save(fig, path)
