@@ -30,7 +30,6 @@ Run: ``python examples/digits_regression.py`` (``--fast``: 8 epochs)
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 

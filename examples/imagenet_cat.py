@@ -17,7 +17,6 @@ Run: ``python examples/imagenet_cat.py`` (``--out DIR`` to write elsewhere).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np

@@ -22,7 +22,6 @@ Run: ``python examples/japanese_vowels.py``
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict, defaultdict
 

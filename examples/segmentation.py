@@ -18,7 +18,6 @@ Run: ``python examples/segmentation.py``
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np

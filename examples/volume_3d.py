@@ -20,7 +20,6 @@ Run: ``python examples/volume_3d.py``
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 
