@@ -169,7 +169,7 @@ def _colorbar(fig, ax, cmap, lo: float, hi: float, label: str | None, **kw):
     return fig.colorbar(mappable, ax=ax, label=label, **kw)
 
 
-def _channels_last(a: np.ndarray, is_tensor: bool, argument: str, shape) -> np.ndarray | None:
+def _channels_last(a: np.ndarray, is_tensor: bool, shape) -> np.ndarray | None:
     """A ``C x H x W`` or ``H x W x C`` array (C in 1, 3) of spatial size ``shape`` -> ``H x W x C``; else None."""
     a = _squeeze_lead(a, 3)
     if a.ndim != 3:
@@ -201,7 +201,7 @@ def gradient_rgb(grad, *, contrast: float = 0.1) -> np.ndarray:
     is_tensor = hasattr(grad, "detach")
     a = _squeeze_lead(_array(grad, "grad"), 3)
     if a.ndim == 3:
-        c = _channels_last(a, is_tensor, "grad", None)
+        c = _channels_last(a, is_tensor, None)
         if c is None:
             raise expected("grad", "C x H x W or H x W x C with C = 1 or 3, or H x W",
                            f"shape {tuple(np.shape(_array(grad, 'grad')))}")
@@ -491,7 +491,7 @@ def grid(image, maps: Mapping, path=None, alpha: float = 0.5, cmap="jet", title:
     scaled, raws = {}, []
     for k, v in maps.items():
         a = _array(v, f"maps[{k!r}]")
-        rgb = _channels_last(a, hasattr(v, "detach"), f"maps[{k!r}]", hw) if _squeeze_lead(a, 3).ndim == 3 else None
+        rgb = _channels_last(a, hasattr(v, "detach"), hw) if _squeeze_lead(a, 3).ndim == 3 else None
         if rgb is not None and rgb.shape[-1] == 3:
             scaled[str(k)] = ("rgb", gradient_rgb(rgb))
         else:
