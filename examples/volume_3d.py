@@ -76,7 +76,7 @@ def main(out_dir: str = OUTPUT, quick: bool = False, cache_dir: str | None = CAC
     """Train the 3-D CNN, explain one test volume, write ``volume_3d.png``; return the numbers."""
     torch.manual_seed(0)
     start = time.perf_counter()
-    n_train, epochs = (320, 3) if quick else (640, 3)
+    n_train, epochs = 320, 3  # 99 % test accuracy already (quick: the same)
     x_train, y_train, _ = make_volumes(n_train, seed=0)
     x_test, y_test, masks = make_volumes(100, seed=1)
 
@@ -93,7 +93,7 @@ def main(out_dir: str = OUTPUT, quick: bool = False, cache_dir: str | None = CAC
                 loss.backward()
                 opt.step()
 
-    fresh = trained(net, cache_dir, "volume_3d" + ("_fast" if quick else ""),
+    fresh = trained(net, cache_dir, "volume_3d",
                     {"epochs": epochs, "volumes": n_train}, train, retrain)
     net.eval()
     with torch.no_grad():
@@ -133,5 +133,5 @@ def main(out_dir: str = OUTPUT, quick: bool = False, cache_dir: str | None = CAC
 
 
 if __name__ == "__main__":
-    args = arguments(__doc__, fast="320 training volumes instead of 640", trains=True)
+    args = arguments(__doc__, trains=True)
     main(args.out, args.fast, args.cache, args.retrain)
