@@ -3,7 +3,7 @@
 MATLAB's gradCAM takes ``h x w x d x c`` volumes (``image3dInputLayer``) and
 upsamples the map with ``imresize3(..., "cubic")``; gradattr takes PyTorch's
 ``(C, D, H, W)`` and does the same. The task here is synthetic so that it trains
-in seconds and the right answer is known: each 32^3 volume is Gaussian noise
+in about a minute and the right answer is known: each 32^3 volume is Gaussian noise
 with one bright object at a random place, a ball or a cube of about the same
 volume, and a small 3-D CNN says which. Writes ``volume_3d.png``: three
 orthogonal slices of a cube volume through the map's maximum, the cube's
