@@ -1,55 +1,53 @@
 """Which method should I use on my model? ``gradattr.compare`` on the pretrained EfficientNet-Lite0.
 
-Four photos from scikit-image (cat, espresso, astronaut, rocket), each explained for the
-network's top class, scored by deletion and insertion AUC (RISE), average drop and
-increase in confidence (Grad-CAM++ paper) and ROAD (most- minus least-relevant first).
-A ``random`` row gives the chance level. Prints the table as Markdown (the README's)
-and writes ``compare_methods.md``.
+Four photos from scikit-image (cat, espresso, astronaut, rocket), center-cropped to
+224 x 224, each explained for the network's top class, scored by deletion and
+insertion AUC (RISE), average drop and increase in confidence (Grad-CAM++ paper) and
+ROAD (most- minus least-relevant first). A ``random`` row gives the chance level.
+Prints the table as Markdown (the README's) and writes ``compare_methods.md``.
 
-Run: ``python examples/compare_methods.py``
+Run: ``python examples/compare_methods.py`` (``--fast``: two photos, three methods,
+10 deletion/insertion steps).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import torch
 
 import gradattr
-from imagenet_cat import OUTPUT, load_network
+from example_utils import OUTPUT, arguments, save_path
+from imagenet_cat import load_network, load_photo
 
 METHODS = ["grad_cam", "grad_cam_plus_plus", "xgrad_cam", "layer_cam", "eigen_cam", "random"]
 METRICS = ["deletion", "insertion", "average_drop", "increase_in_confidence", "road"]
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 
 
-def photos(size: int) -> torch.Tensor:
-    import numpy as np
-    from skimage import data, transform
-
-    out = []
-    for name in ("chelsea", "coffee", "astronaut", "rocket"):
-        img = transform.resize(getattr(data, name)(), (size, size), anti_aliasing=True).astype(np.float32)
-        out.append(torch.from_numpy((img - 0.5) / 0.5).permute(2, 0, 1))
-    return torch.stack(out)
+def photos(size: int = 224, names=PHOTOS) -> torch.Tensor:
+    """The photos center-cropped to ``size`` x ``size``, as one ``(N, 3, size, size)`` batch in [-1, 1]."""
+    return torch.stack([load_photo(size, name)[1] for name in names])
 
 
 def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
     torch.manual_seed(0)
     net, _ = load_network()
-    x = photos(224)[:2] if quick else photos(224)
+    x = photos(224, PHOTOS[:2] if quick else PHOTOS)
     steps = 10 if quick else 50
+    methods = METHODS[:2] + ["random"] if quick else METHODS
+    print(f"scoring {len(methods)} methods x {len(METRICS)} metrics on {len(x)} photos ...", flush=True)
     t0 = time.perf_counter()
-    table = gradattr.compare(net, x, METHODS[:2] + ["random"] if quick else METHODS, METRICS,
+    table = gradattr.compare(net, x, methods, METRICS,
                              metric_options={"deletion": {"steps": steps}, "insertion": {"steps": steps}})
     md = table.to_markdown()
     print(md)
     print(f"({time.perf_counter() - t0:.0f} s)")
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "compare_methods.md")
+    path = save_path(out_dir, "compare_methods.md")
     with open(path, "w") as f:
         f.write(md + "\n")
     return {"table": table, "path": path}
 
 
 if __name__ == "__main__":
-    main()
+    args = arguments(__doc__, fast="two photos, three methods, 10 deletion/insertion steps")
+    main(args.out, args.fast)

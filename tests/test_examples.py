@@ -2,11 +2,14 @@
 
 Each example's ``main(out_dir, quick=True)`` trains its small model with fewer
 epochs; the numbers it returns are checked against chance or a naive baseline
-and the PNG is checked to show a jet overlay (both its hot and cold ends).
+and the PNG is checked to show a jet overlay (both its hot and cold ends). The
+examples that train take tens of seconds each and are marked ``slow``: left out
+of the default run, run by ``python -m pytest -m slow`` (CI's second step).
 """
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,9 +29,9 @@ def _examples_on_path():
     sys.path.remove(str(EXAMPLES))
 
 
-def run(name: str, tmp_path) -> dict:
+def run(name: str, tmp_path, **kw) -> dict:
     module = importlib.import_module(name)
-    result = module.main(out_dir=str(tmp_path), quick=True)
+    result = module.main(out_dir=str(tmp_path), quick=True, **kw)
     assert Path(result["path"]).parent == tmp_path
     return result
 
@@ -54,7 +57,7 @@ def test_imagenet_cat(tmp_path, capsys):
     r = run("imagenet_cat", tmp_path)
     check_png(r["path"], "cat_gradcam.png")
     assert r["label"] == "Egyptian cat" and r["index"] == 285
-    assert 0.5 < r["probability"] <= 1.0
+    assert 0.35 < r["probability"] <= 1.0  # 0.40 on the center crop (tiger cat 0.33 next)
     assert "Egyptian cat" in capsys.readouterr().out  # the prediction is printed
     m = np.asarray(r["map"])
     assert m.shape == (224, 224) and m.max() > 0 and peak_of(m) == r["peak"]
@@ -64,8 +67,43 @@ def test_imagenet_cat(tmp_path, capsys):
     assert inner > 160 ** 2 / 224 ** 2
 
 
+def test_center_crop_keeps_the_middle_unsquashed():
+    from imagenet_cat import center_crop, load_photo
+
+    a = np.arange(24, dtype=float).reshape(4, 6)  # shorter side already 4: no resize, columns 1..4 kept
+    np.testing.assert_allclose(center_crop(a, 4), a[:, 1:5], atol=1e-6)
+    b = np.tile(np.arange(12.0), (4, 1))  # 4 x 12, a ramp along x: halved to 2 x 6, pixel k at 2k + 0.5
+    np.testing.assert_allclose(center_crop(b, 2), [[4.5, 6.5]] * 2, atol=0.05)  # the middle two of six
+    img, x = load_photo(224)
+    assert img.shape == (224, 224, 3) and tuple(x.shape) == (3, 224, 224)
+    assert -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+
+
+def test_trained_weights_are_cached_and_reused(tmp_path, capsys):
+    import torch
+    from example_utils import trained
+
+    calls = []
+
+    def train():
+        calls.append(1)
+        with torch.no_grad():
+            net[0].weight.fill_(2.0)
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1))
+    assert trained(net, str(tmp_path), "tiny", {"epochs": 3}, train) is True and len(calls) == 1
+    assert (tmp_path / "tiny.pt").exists()
+    fresh = torch.nn.Sequential(torch.nn.Linear(2, 1))
+    assert trained(fresh, str(tmp_path), "tiny", {"epochs": 3}, train) is False and len(calls) == 1
+    assert fresh[0].weight.tolist() == [[2.0, 2.0]] and "loaded the trained weights" in capsys.readouterr().out
+    assert trained(fresh, str(tmp_path), "tiny", {"epochs": 4}, train) is True and len(calls) == 2  # new config
+    assert trained(fresh, str(tmp_path), "tiny", {"epochs": 4}, train, retrain=True) is True and len(calls) == 3
+    assert trained(fresh, None, "tiny", {"epochs": 4}, train) is True and len(calls) == 4  # no cache folder
+
+
+@pytest.mark.slow
 def test_digits_regression(tmp_path):
-    r = run("digits_regression", tmp_path)
+    r = run("digits_regression", tmp_path, cache_dir=str(tmp_path / "cache"))
     check_png(r["path"], "digits_regression.png")
     assert r["rmse"] < 0.3 * r["baseline_rmse"]  # far better than always predicting the mean angle
     assert r["baseline_rmse"] > 20  # angles uniform in [-45, 45]: sd 26 degrees
@@ -73,10 +111,17 @@ def test_digits_regression(tmp_path):
     assert r["feature_layer"] == "relu_4" and r["reduction_layer"] == "fc"
     m = np.asarray(r["map"])
     assert m.shape == (28, 28) and m.max() > 0 and peak_of(m) == r["peak"]
+    # More of the map on the strokes than their share of the image (about 1/3) would give by chance.
+    assert r["mean_on_digit"] > r["stroke_area"] + 0.1
+    assert r["trained"]
+    again = run("digits_regression", tmp_path, cache_dir=str(tmp_path / "cache"))  # the cached weights
+    assert not again["trained"] and again["rmse"] == pytest.approx(r["rmse"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_japanese_vowels(tmp_path):
-    r = run("japanese_vowels", tmp_path)
+    pytest.importorskip("sktime")
+    r = run("japanese_vowels", tmp_path, cache_dir=None)
     check_png(r["path"], "japanese_vowels.png", min_size=(500, 300))
     assert r["accuracy"] > 0.8  # chance is 1/9
     assert r["label"] in [str(i) for i in range(1, 10)]
@@ -86,8 +131,9 @@ def test_japanese_vowels(tmp_path):
     assert r["feature_layer"] == "layernorm_2" and r["reduction_layer"] == "fc"
 
 
+@pytest.mark.slow
 def test_volume_3d(tmp_path):
-    r = run("volume_3d", tmp_path)
+    r = run("volume_3d", tmp_path, cache_dir=None)
     check_png(r["path"], "volume_3d.png", min_size=(800, 300))
     assert r["accuracy"] > 0.85  # chance is 1/2
     m, mask = np.asarray(r["map"]), r["mask"]
@@ -97,8 +143,9 @@ def test_volume_3d(tmp_path):
     assert r["feature_layer"] == "relu_3" and r["reduction_layer"] == "fc"
 
 
+@pytest.mark.slow
 def test_segmentation(tmp_path):
-    r = run("segmentation", tmp_path)
+    r = run("segmentation", tmp_path, cache_dir=None)
     check_png(r["path"], "segmentation.png", min_size=(600, 400))
     assert r["pixel_accuracy"] > 0.9 and r["stroke_accuracy"] > 0.75  # 11 classes
     s = r["shares"]
@@ -110,6 +157,8 @@ def test_segmentation(tmp_path):
     for m in r["maps"].values():
         assert np.asarray(m).shape == (20, 40) and np.asarray(m).max() > 0
     assert r["feature_layer"] == "enc4" and r["reduction_layer"] == "score"
+    # Classes are named in the picture, never as bare indices.
+    assert all("digit" in t and "target=" not in t for t in r["titles"]), r["titles"]
 
 
 def test_method_grid_fast_methods(tmp_path):
@@ -120,4 +169,32 @@ def test_method_grid_fast_methods(tmp_path):
     assert Path(r["path"]).name == "methods_grid.png" and Path(r["path"]).exists()
     assert set(r["results"]) == set(fast) and r["top"] == 285
     for name, (m, _) in r["results"].items():
-        assert tuple(m.shape) == (112, 112) and float(m.max()) > 0, name
+        want = (3, 112, 112) if name == "guided_backprop" else (112, 112)  # RGB gradients: drawn as RGB
+        assert tuple(m.shape) == want and float(m.max()) > 0, name
+
+
+def test_method_grid_leaves_out_the_slow_methods_unless_full(tmp_path, monkeypatch):
+    import gradattr
+
+    module = importlib.import_module("method_grid")
+    ran = []
+    monkeypatch.setattr(gradattr, "list_methods", lambda: ["grad_cam", "score_cam", "ablation_cam"])
+    real = gradattr.attribute
+    monkeypatch.setattr(gradattr, "attribute", lambda net, x, t, method: ran.append(method) or real(
+        net, x, t, method="grad_cam"))
+    module.main(out_dir=str(tmp_path), quick=True)
+    assert ran == ["grad_cam"]
+    module.main(out_dir=str(tmp_path), quick=True, full=True)
+    assert ran == ["grad_cam", "grad_cam", "score_cam", "ablation_cam"]
+
+
+@pytest.mark.slow
+def test_script_writes_where_told_and_leaves_the_repository_alone(tmp_path):
+    root = EXAMPLES.parent
+    status = ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=all"]
+    before = subprocess.run(status, capture_output=True, text=True).stdout
+    done = subprocess.run([sys.executable, str(EXAMPLES / "imagenet_cat.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "cat_gradcam.png").exists() and "Egyptian cat" in done.stdout
+    assert subprocess.run(status, capture_output=True, text=True).stdout == before

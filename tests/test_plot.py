@@ -80,8 +80,8 @@ def test_overlay_changes_red_where_the_map_is_high(tmp_path):
 def test_overlay_rescales_the_map_like_matlab_rescale(tmp_path):
     rng = np.random.default_rng(0)
     img, m = rng.random((16, 16, 3)), rng.random((16, 16))
-    plot.overlay(img, m, path=tmp_path / "a.png")
-    plot.overlay(img, 7.0 * m - 3.0, path=tmp_path / "b.png")  # same map after rescale
+    plot.overlay(img, m, path=tmp_path / "a.png", colorbar=False)
+    plot.overlay(img, 7.0 * m - 3.0, path=tmp_path / "b.png", colorbar=False)  # same map after rescale
     np.testing.assert_array_equal(png(tmp_path / "a.png"), png(tmp_path / "b.png"))
     np.testing.assert_allclose(plot.rescale(7.0 * m - 3.0), naive_rescale(m), atol=1e-12)
     np.testing.assert_array_equal(plot.rescale(np.full((3, 3), 5.0)), naive_rescale(np.full((3, 3), 5.0)))
@@ -203,7 +203,9 @@ def test_grid_one_panel_per_map_with_its_name(tmp_path):
     img = torch.from_numpy(np.random.default_rng(0).random((1, h, w)))  # grey: the blend's R - B is the map's
     fig = plot.grid(img, quads, path=tmp_path / "g.png", ncols=2, title="methods")
     visible = [a for a in fig.axes if a.get_visible()]
+    *visible, bar = visible  # the colorbar's axes come last
     assert [a.get_title() for a in visible] == ["input", "top-left", "top-right", "bottom-left"]
+    assert bar.get_ylabel() == "each map rescaled to [0, 1]" and bar.get_ylim() == (0.0, 1.0)
     assert fig.get_suptitle() == "methods"
     pixels = png(tmp_path / "g.png")
     centres = {"top-left": (4.5, 4.5), "top-right": (14.5, 4.5), "bottom-left": (4.5, 14.5)}
@@ -212,8 +214,68 @@ def test_grid_one_panel_per_map_with_its_name(tmp_path):
             colour = rgb_at(pixels, ax, *xy, 3)
             redness = colour[0] - colour[2]
             assert (redness > 0.1) if quad == ax.get_title() else (redness < -0.1), (ax.get_title(), quad)
-    no_input = plot.grid(img, quads, input_title=None)
+    no_input = plot.grid(img, quads, input_title=None, colorbar=False)
     assert [a.get_title() for a in no_input.axes if a.get_visible()] == list(quads)
+
+
+def test_grid_draws_a_three_channel_gradient_as_rgb_and_one_map_with_its_values(tmp_path):
+    h, w = 16, 16
+    grad = np.zeros((3, h, w))
+    grad[0, :, :8] = 1.0   # red channel positive on the left
+    grad[2, :, 8:] = -1.0  # blue channel negative on the right
+    heat = np.arange(h * w, dtype=float).reshape(h, w) - 10.0
+    fig = plot.grid(np.zeros((h, w)), {"gradient": torch.tensor(grad), "heat": heat}, path=tmp_path / "g.png")
+    _, g_ax, heat_ax, bar = fig.axes
+    # By hand: over all 768 values the mean is 0 and the variance 256 / 768 = 1/3, so a gradient of
+    # +-1 is drawn 0.5 +- 0.1 * sqrt(3) and 0 is mid-grey.
+    k = 0.1 * np.sqrt(3)
+    pixels = png(tmp_path / "g.png")
+    np.testing.assert_allclose(rgb_at(pixels, g_ax, 3, 8, 1), [0.5 + k, 0.5, 0.5], atol=2.5 / 255)
+    np.testing.assert_allclose(rgb_at(pixels, g_ax, 12, 8, 1), [0.5, 0.5, 0.5 - k], atol=2.5 / 255)
+    # the only heat map: the colorbar reads its own values
+    assert bar.get_ylim() == (-10.0, h * w - 11.0) and bar.get_ylabel() == "map value"
+    assert not g_ax.collections and len(heat_ax.images) == 2  # photo + map; the gradient alone
+
+
+# -- colorbars and gradients -----------------------------------------------------------------
+def test_overlay_and_volume_colorbars_read_the_map_values(tmp_path):
+    m = 7.0 * halves_map() - 3.0  # values -3 and 4
+    fig = plot.overlay(np.zeros((20, 20)), m, colorbar_label="Grad-CAM")
+    assert len(fig.axes) == 2 and fig.axes[1].get_ylim() == (-3.0, 4.0)
+    assert fig.axes[1].get_ylabel() == "Grad-CAM"
+    assert len(plot.overlay(np.zeros((20, 20)), m, colorbar=False).axes) == 1
+    flat = plot.overlay(np.zeros((20, 20)), np.full((20, 20), 2.0))  # constant: drawn as 0
+    assert flat.axes[1].get_ylim()[0] == 2.0
+    vol = plot.volume(np.zeros((4, 5, 6)), np.arange(120.0).reshape(4, 5, 6))
+    assert len(vol.axes) == 4 and vol.axes[3].get_ylim() == (0.0, 119.0)
+
+
+def test_sequence_colorbar_of_the_tint(tmp_path):
+    fig = plot.sequence(np.zeros((2, 10)), np.linspace(0.5, 2.5, 10))
+    assert len(fig.axes) == 3 and fig.axes[2].get_ylim() == (0.5, 2.5)
+    assert fig.axes[2].get_ylabel() == "Grad-CAM importance (tint)"
+    assert len(plot.sequence(np.zeros((2, 10)), np.ones(10), colorbar=False).axes) == 2
+
+
+def test_gradient_rgb_normalisation_by_hand():
+    g = np.array([[-2.0, 0.0, 2.0, 0.0]])  # mean 0, std sqrt(2)
+    np.testing.assert_allclose(plot.gradient_rgb(g), 0.5 + 0.1 * g / np.sqrt(2), atol=1e-12)
+    np.testing.assert_allclose(plot.gradient_rgb(g, contrast=1.0), [[0.0, 0.5, 1.0, 0.5]], atol=1e-12)  # clipped
+    np.testing.assert_array_equal(plot.gradient_rgb(np.full((3, 2, 2), 5.0)), np.full((2, 2, 3), 0.5))
+    hwc = np.random.default_rng(0).normal(size=(4, 5, 3))
+    chw = torch.from_numpy(hwc).permute(2, 0, 1)[None]  # a batch of one, PyTorch layout
+    np.testing.assert_allclose(plot.gradient_rgb(chw), plot.gradient_rgb(hwc), atol=1e-12)
+    assert plot.gradient_rgb(hwc).shape == (4, 5, 3)
+
+
+def test_gradient_picture(tmp_path):
+    grad = torch.zeros(3, 10, 10)
+    grad[1, 2:5, 2:5] = 3.0  # green square
+    fig = plot.gradient(grad, path=tmp_path / "g.png", title="guided backprop")
+    assert fig.axes[0].get_title() == "guided backprop" and len(fig.axes) == 1
+    pixels = png(tmp_path / "g.png")
+    square, rest = rgb_at(pixels, fig.axes[0], 3, 3, 1), rgb_at(pixels, fig.axes[0], 7, 7, 1)
+    assert square[1] > rest[1] + 0.2 and abs(square[0] - rest[0]) < 0.05
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -250,6 +312,10 @@ def test_grid_one_panel_per_map_with_its_name(tmp_path):
      r"maps: expected a non-empty dict \{name: map\}, got an empty dict"),
     (lambda: plot.grid(np.zeros((8, 8)), [np.zeros((8, 8))]), r"maps: expected a non-empty dict.*got list"),
     (lambda: plot.grid(np.zeros((8, 8)), {"a": np.zeros((8, 9))}),
+     r"maps\['a'\]: expected a map of the input's size \(8, 8\)"),
+    (lambda: plot.gradient(np.zeros((2, 8, 8))), r"grad: expected C x H x W or H x W x C.*\(2, 8, 8\)"),
+    (lambda: plot.gradient(np.zeros((3, 8, 8)), contrast=0), r"contrast: expected a positive number, got 0"),
+    (lambda: plot.grid(np.zeros((8, 8)), {"a": np.zeros((3, 8, 9))}),
      r"maps\['a'\]: expected a map of the input's size \(8, 8\)"),
     (lambda: plot.grid(np.zeros((8, 8)), {"a": np.zeros((8, 8))}, ncols=0),
      r"ncols: expected a positive int, got 0"),
