@@ -7,6 +7,8 @@ name (:func:`list_methods`).
 from .api import (ablation_cam, attribute, cam, eigen_cam, eigengrad_cam, grad_cam,  # noqa: F401
                   grad_cam_plus_plus, guided_backprop, guided_grad_cam, hires_cam, layer_cam,
                   list_methods, method_info, score_cam, xgrad_cam)
+from .api import (deep_feature_factorization, fem, finer_cam, full_grad,  # noqa: F401
+                  grad_cam_elementwise, kpca_cam, shapley_cam, smooth_grad_cam_plus_plus)
 from . import metrics, plot
 from .comparison import Table, compare
 from .dataset import explain_dataset
@@ -15,6 +17,8 @@ from .resize import imresize
 
 __all__ = ["grad_cam", "cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam",
            "score_cam", "ablation_cam", "eigen_cam", "eigengrad_cam", "guided_backprop",
-           "guided_grad_cam", "attribute", "list_methods", "method_info", "compare", "Table", "explain_dataset",
+           "guided_grad_cam", "grad_cam_elementwise", "finer_cam", "shapley_cam",
+           "smooth_grad_cam_plus_plus", "full_grad", "fem", "kpca_cam", "deep_feature_factorization",
+           "attribute", "list_methods", "method_info", "compare", "Table", "explain_dataset",
            "metrics", "plot", "GradattrError", "imresize"]
 __version__ = "0.1.0"
