@@ -320,13 +320,16 @@ class Probe:
 
 
 def _grads_allow_unused(s, inputs, counterfactual, reduction_name):
-    """Like :func:`per_target_grads` for the input and tensors the score may not depend on (None)."""
-    from .capture import per_target_grads as _ptg
-
-    (g0,) = _ptg(s, inputs[:1], counterfactual, ["the input"], reduction_name)
+    """``d s[:, k] / d inputs[i]`` as ``(N, K, *input)``; ``None`` for a tensor the score does not
+    depend on, except the first (the input), for which that is an error."""
+    if not s.requires_grad:
+        per_target_grads(s, inputs[:1], counterfactual, ["the input"], reduction_name)  # raises
     s = -s if counterfactual else s
-    per_k = [torch.autograd.grad(s[:, k].sum(), inputs[1:], retain_graph=True, allow_unused=True)
+    per_k = [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=True, allow_unused=True)
              for k in range(s.shape[1])]
-    rest = [None if per_k[0][i] is None else torch.stack([g[i] for g in per_k], 1)
-            for i in range(len(inputs) - 1)]
-    return [g0] + rest
+    grads = [None if per_k[0][i] is None else torch.stack([g[i] for g in per_k], 1)
+             for i in range(len(inputs))]
+    if grads[0] is None:
+        raise GradattrError(f"target: expected a score that depends on the input, but the score "
+                            f"from reduction layer {reduction_name!r} does not depend on it")
+    return grads
