@@ -380,11 +380,12 @@ register(Method(
     doc="""``ReLU(sum_k w_k A^k)`` with Grad-CAM++'s weights computed from the mean first, second
 and third powers of the gradients of ``num_samples`` noisy inputs ``x + N(0, std^2)`` (see
 :func:`gradattr.methods.gradient.smooth_grad_cam_plus_plus_weights`); ``A`` is the clean
-input's. torch-cam's ``SmoothGradCAMpp`` differs in two places, both followed here as the
-paper has them: it multiplies ``alpha`` by the ReLU of the *last* noisy gradient instead of
-the mean one, and it sums ``A_ab D3_ab`` over positions instead of ``sum_ab A_ab`` times
-``D3_ij``. Both differences vanish where the gradient is constant over positions (the last
-layer before global average pooling), where the two agree.""",
+input's. torch-cam's ``SmoothGradCAMpp`` (0.5) departs from the paper three times, and this
+follows the paper: it combines the channels of the *last noisy* input's activations instead
+of the clean input's, multiplies ``alpha`` by the ReLU of the last noisy gradient instead of
+the mean one, and sums ``A_ab D3_ab`` over positions instead of ``sum_ab A_ab`` times
+``D3_ij``. Without noise and where the gradient is constant over positions (the layer
+before global average pooling) the two agree exactly (tested).""",
     example=_TOY + """>>> gradattr.smooth_grad_cam_plus_plus(net, torch.randn(2, 16), 1, seed=0).shape
 torch.Size([16])
 """,
