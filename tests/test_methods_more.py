@@ -333,6 +333,8 @@ def test_dff_concepts_are_the_factorisation_and_scored_by_the_head():
 
 
 # ====================================================================== parity at 224 px
+# Every test here runs 224-px networks and pytorch-grad-cam / torch-cam beside gradattr: marked slow
+# (10-50 s each on a busy 2-core machine).
 pgc = pytest.importorskip("pytorch_grad_cam")
 torchvision = pytest.importorskip("torchvision")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputReST, ClassifierOutputTarget  # noqa: E402
@@ -390,6 +392,7 @@ def module_of(net, layer):
     return dict(net.named_modules())[layer]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [0, 1, 2], ids=["resnet-layer3", "resnet-layer4", "effnet"])
 def test_grad_cam_elementwise_and_fem_agree_with_pytorch_grad_cam(nets, case):
     net, x, layer, classes = nets[case]
@@ -401,6 +404,7 @@ def test_grad_cam_elementwise_and_fem_agree_with_pytorch_grad_cam(nets, case):
     np.testing.assert_allclose(pgc_post(ours_raw("fem", net, x, layer), (224, 224)), ref, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [0, 1, 2], ids=["resnet-layer3", "resnet-layer4", "effnet"])
 def test_finer_cam_agrees_with_pytorch_grad_cam(nets, case):
     net, x, layer, classes = nets[case]
@@ -416,6 +420,7 @@ def rest(classes):
     return lambda y: 2 * y.gather(1, idx)[:, 0] - torch.logsumexp(y, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [0, 1, 2], ids=["resnet-layer3", "resnet-layer4", "effnet"])
 def test_shapley_cam_agrees_with_pytorch_grad_cam(nets, case):
     net, x, layer, classes = nets[case]
@@ -424,6 +429,7 @@ def test_shapley_cam_agrees_with_pytorch_grad_cam(nets, case):
     np.testing.assert_allclose(pgc_post(got, (224, 224)), ref, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [0, 1, 2], ids=["resnet-layer3", "resnet-layer4", "effnet"])
 def test_kpca_cam_agrees_with_pytorch_grad_cam_up_to_the_sign(nets, case):
     """Same projection; scikit-learn's sign (largest |entry| positive) may differ from ours."""
@@ -447,6 +453,7 @@ def test_kpca_cam_agrees_with_pytorch_grad_cam_up_to_the_sign(nets, case):
         np.testing.assert_allclose(pgc_post(got[i:i + 1], (224, 224)), ref[i:i + 1], atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [0, 1, 2], ids=["resnet-layer3", "resnet-layer4", "effnet"])
 def test_deep_feature_factorization_agrees_with_pytorch_grad_cam(nets, case):
     from gradattr.methods.activation import dff_concepts
@@ -465,6 +472,7 @@ def test_deep_feature_factorization_agrees_with_pytorch_grad_cam(nets, case):
         np.testing.assert_allclose(s.numpy(), outs, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_full_grad_agrees_with_pytorch_grad_cam_on_resnet(resnet, rx):
     ref = pgc_call(pgc.FullGrad(resnet, []), rx, [ClassifierOutputTarget(c) for c in (3, 7)])
     got = gradattr.full_grad(resnet, rx, np.array([[3], [7]]))[:, 0].numpy()
@@ -488,6 +496,7 @@ def torchcam_smooth(net, layer, x, classes, **kw):
         return ex(list(classes), scores)[0].detach()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [1, 2], ids=["resnet-layer4", "effnet"])
 def test_smooth_grad_cam_plus_plus_agrees_with_torchcam_without_noise_where_gradients_are_flat(nets, case):
     """torch-cam departs from the paper three times: it combines the channels of the *last noisy*
@@ -505,6 +514,7 @@ def test_smooth_grad_cam_plus_plus_agrees_with_torchcam_without_noise_where_grad
     np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_smooth_grad_cam_plus_plus_departs_from_torchcam_where_it_departs_from_the_paper(resnet):
     """At layer3 the gradient varies over positions: torch-cam's alpha (``sum_ab A_ab D3_ab``) and its
     use of the last noisy gradient give another map; with the same noise, ours is the paper's (the
@@ -524,7 +534,8 @@ def test_smooth_grad_cam_plus_plus_departs_from_torchcam_where_it_departs_from_t
 
 # ---------------------------------------------------------------- class-discriminativeness
 @pytest.mark.parametrize("method,kw", [("grad_cam_elementwise", {}), ("finer_cam", {}), ("shapley_cam", {}),
-                                       ("smooth_grad_cam_plus_plus", {"seed": 0}), ("full_grad", {})])
+                                       pytest.param("smooth_grad_cam_plus_plus", {"seed": 0},
+                                                    marks=pytest.mark.slow)])
 def test_class_discriminative_on_cat_and_espresso(effnet, cat_coffee, imagenet_classes, method, kw):
     maps = getattr(gradattr, method)(effnet, cat_coffee, ["Egyptian cat", "espresso"],
                                      classes=imagenet_classes, **kw)
@@ -533,3 +544,16 @@ def test_class_discriminative_on_cat_and_espresso(effnet, cat_coffee, imagenet_c
     w = 224
     assert cat[:, :w].sum() > 1.5 * cat[:, w:].sum(), method
     assert cup[:, w:].sum() > 1.5 * cup[:, :w].sum(), method
+
+
+@pytest.mark.slow
+def test_full_grad_is_only_weakly_class_discriminative(effnet, cat_coffee, imagenet_classes):
+    """FullGrad scales every channel's map to [0, 1] on its own (the paper's psi), which removes most of
+    the class's weighting: both maps cover both objects. What is left is relative: the cat's map puts
+    a larger share of its mass on the cat than the espresso's map does, and the reverse."""
+    maps = gradattr.full_grad(effnet, cat_coffee, ["Egyptian cat", "espresso"], classes=imagenet_classes)
+    cat, cup = maps[0]
+    share_cat = float(cat[:, :224].sum() / cat.sum())
+    share_cup = float(cup[:, :224].sum() / cup.sum())
+    assert share_cat > share_cup + 0.03, (share_cat, share_cup)
+    assert share_cat < 0.7  # not the 3:1 of Grad-CAM

@@ -448,4 +448,5 @@ is scaled on its own (the authors' code scales each layer's channels together)."
     example=_TOY + """>>> gradattr.full_grad(net, torch.randn(2, 2, 16), 1).shape
 torch.Size([2, 16])
 """,
-    use_when="a complete gradient decomposition at input resolution, no layer to choose"))
+    use_when="input-resolution detail from a complete gradient decomposition, no layer to choose "
+             "(only weakly class-discriminative)"))
