@@ -557,3 +557,60 @@ def test_full_grad_is_only_weakly_class_discriminative(effnet, cat_coffee, image
     share_cup = float(cup[:, :224].sum() / cup.sum())
     assert share_cat > share_cup + 0.03, (share_cat, share_cup)
     assert share_cat < 0.7  # not the 3:1 of Grad-CAM
+
+
+# ---------------------------------------------------------------- SESS
+def test_sess_is_an_option_of_every_layer_method_and_checks_its_settings():
+    from gradattr.registry import REGISTRY
+
+    for name, m in REGISTRY.items():
+        assert ("sess" in m.option_names()) == (m.layered and m.returns == "map"), name
+    net, x = toy(2), toy_input(2)
+    with pytest.raises(GradattrError, match="sess: expected True, False or a dict"):
+        gradattr.grad_cam(net, x, 1, sess={"scales": 2})
+    with pytest.raises(GradattrError, match="sess: expected False when aug_smooth=True"):
+        gradattr.grad_cam(net, x, 1, sess=True, aug_smooth=True)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_sess_single_scale_is_the_scaled_map_and_more_scales_stay_in_unit_range(rank):
+    """One scale, one window, no blur: the whole input is the only patch, and SESS returns the
+    method's map resized (multi-)linearly to the input and min-max scaled, as pytorch-grad-cam."""
+    net = toy(rank)
+    x = torch.randn(2, 2, *(8,) * rank, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    kw = dict(feature_layer="3")
+    one = gradattr.grad_cam(net, x, [1, 2], sess=dict(num_scales=1, smooth=False), **kw)
+    raw = gradattr.grad_cam(net, x, [1, 2], upsampling="none", **kw)
+    mode = LINEAR_MODE[rank]
+    up = F.interpolate(raw.flatten(0, 1)[:, None].float(), size=tuple(x.shape[2:]), mode=mode,
+                       align_corners=False)[:, 0].unflatten(0, raw.shape[:2])
+    ref = torch.stack([torch.stack([scale_t(scale_t(scale_t(m))) for m in row]) for row in up])
+    torch.testing.assert_close(one.float(), ref, atol=1e-5, rtol=0)
+    many = gradattr.grad_cam(net, x, [1, 2], sess=dict(num_scales=3, step_size=3), **kw)
+    assert many.shape == x.shape[:1] + (2,) + x.shape[2:]
+    assert float(many.min()) >= 0 and float(many.max()) <= 1 and float(many.max()) > 0.99
+
+
+def scale_t(m):
+    m = m - m.min()
+    return m / (m.max() + 1e-7)
+
+
+@pytest.mark.slow
+def test_sess_agrees_with_pytorch_grad_cam(resnet):
+    """Exact with max pooling. With the default mean pooling, a pixel counts towards the mean where a
+    pasted patch map is > 0; right at a patch's edge that value is 0 in one library and ~1e-9 in the
+    other (OpenCV's and torch's bilinear resize round differently), which changes the count there,
+    so the default is compared by correlation."""
+    from pytorch_grad_cam.sess import SESS
+
+    x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(5))
+    targets = [ClassifierOutputTarget(3), ClassifierOutputTarget(7)]
+    for cfg in (dict(num_scales=2, pool="max"), dict(num_scales=2)):
+        with SESS(resnet, [resnet.layer4], **cfg) as sess:
+            ref = sess(x, targets)
+        got = gradattr.grad_cam(resnet, x, np.array([[3], [7]]), feature_layer="layer4", sess=cfg)[:, 0].numpy()
+        if cfg.get("pool") == "max":
+            np.testing.assert_allclose(got, ref, atol=1e-5)
+        else:
+            assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] >= 0.999
