@@ -848,15 +848,15 @@ def test_attribute_dispatches_to_every_method_by_name():
     assert set(names) <= set(gradattr.__all__)
     net, x = toy(2), toy_input(2)
     for name in names:
-        if name == "eigen_cam":
-            got = gradattr.attribute(net, x, method=name, feature_layer="3")
-            ref = gradattr.eigen_cam(net, x, feature_layer="3")
-        elif name == "guided_backprop":
-            got = gradattr.attribute(net, x, 1, method=name)
-            ref = gradattr.guided_backprop(net, x, 1)
-        else:
-            got = gradattr.attribute(net, x, [1, 2], method=name, feature_layer="3", normalize=True)
-            ref = getattr(gradattr, name)(net, x, [1, 2], feature_layer="3", normalize=True)
+        info = gradattr.method_info(name)
+        target = ([1, 2],) if info.needs_target else ()
+        kw = {"normalize": True}
+        if info.kind in ("gradient", "activation", "perturbation"):
+            kw["feature_layer"] = "3"
+        if "seed" in info.options:
+            kw["seed"] = 0
+        got = gradattr.attribute(net, x, *target, method=name, **kw)
+        ref = getattr(gradattr, name)(net, x, *target, **kw)
         torch.testing.assert_close(got, ref, msg=name)
 
 
