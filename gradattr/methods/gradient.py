@@ -293,8 +293,8 @@ register(Method(
 spatial mean of ``d score / d A - 1/2 (d^2 score / d A^2) A``, as pytorch-grad-cam's
 ``ShapleyCAM``. The Hessian term vanishes when everything after the feature layer is
 piecewise linear in ``A`` and the score is a logit; the paper pairs it with a score that is
-not, e.g. ``reduction_fn=lambda y: y[:, c] - torch.logsumexp(y, 1)`` (the log-softmax,
-pytorch-grad-cam's ``ClassifierOutputReST`` is close to it). One forward and two backward
+not: pytorch-grad-cam's ``ClassifierOutputReST``, the logit plus the log-softmax, is
+``reduction_fn=lambda y: 2 * y[:, c] - torch.logsumexp(y, 1)`` here (the parity test uses it). One forward and two backward
 passes (the second through the first's graph).""",
     example=_TOY + """>>> gradattr.shapley_cam(net, torch.randn(2, 16), 1).shape
 torch.Size([16])
