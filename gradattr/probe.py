@@ -218,6 +218,96 @@ class Probe:
         (g,) = per_target_grads(s, [leaf], self.counterfactual, ["the input"], self.reduction_name)
         return g
 
+    def layer_gradients(self, x: torch.Tensor | None = None, score=None, hvp: bool = False):
+        """Activations and ``d score_k / d A`` of this probe's feature layer for another pass.
+
+        ``x`` (default: the call's input) is run through the network with gradients
+        (SmoothGrad-CAM++ runs noisy copies); the classes scored are those fixed on the
+        unperturbed input (:attr:`target`). ``score(y) -> (N, K)`` replaces the target's
+        score of the output ``y`` (Finer-CAM scores a difference of logits). With
+        ``hvp=True`` the Hessian-vector product ``H_k A = d <d score_k / d A, A> / d A``
+        (``A`` held fixed in the inner product; ShapleyCAM's second-order term) is
+        returned too, else ``None``. Counterfactual calls negate the score.
+
+        Returns ``(acts (N, C, *s), grads (N, K, C, *s), hv (N, K, C, *s) | None)``.
+        """
+        from .capture import capture
+
+        call = self.call.with_input(self.x if x is None else x, self.target)
+        cap = capture(call, self.cap.plan, grad=True)
+        lp = cap.plan.layers[self.index]
+        leaf = cap.raw[self.index]
+        s = call.target.scores(cap.output, call.n) if score is None else score(cap.output)
+        name = f"feature layer {lp.name!r}"
+        if not hvp:
+            (g,) = per_target_grads(s, [leaf], self.counterfactual, [name], cap.reduction_name)
+            hv = None
+        else:
+            if not s.requires_grad:
+                per_target_grads(s, [leaf], False, [name], cap.reduction_name)  # raises the error
+            s = -s if self.counterfactual else s
+            gs, hvs = [], []
+            for k in range(s.shape[1]):
+                (gk,) = torch.autograd.grad(s[:, k].sum(), leaf, retain_graph=True, create_graph=True)
+                hk = None
+                if gk.requires_grad:
+                    (hk,) = torch.autograd.grad((gk * leaf.detach()).sum(), leaf, retain_graph=True,
+                                                allow_unused=True)
+                gs.append(gk.detach())
+                hvs.append(torch.zeros_like(gk) if hk is None else hk.detach())
+            g, hv = torch.stack(gs, 1), torch.stack(hvs, 1)
+
+        def ncs(t):
+            n, k = t.shape[:2]
+            return lp.reading.to_ncs(t.flatten(0, 1)).unflatten(0, (n, k))
+        return cap.acts[self.index], ncs(g), None if hv is None else ncs(hv)
+
+    def bias_gradients(self, types: tuple = ()):
+        """FullGrad's pieces: ``d score_k / d x`` and every bias layer's bias and output gradient.
+
+        Bias layers are the modules of ``types`` (default: convolutions and batch norms
+        of any rank) that add a bias: a convolution's ``bias``, or a batch norm's
+        effective bias ``beta - mu gamma / sqrt(var + eps)`` (its output is
+        ``gamma x / sqrt(var + eps) + that``). Every call of such a module is recorded.
+        Returns ``(input_grads (N, K, C, *S), [(bias (C_l,), grads (N, K, C_l, *s_l)), ...])``.
+        """
+        from torch import nn
+
+        from .capture import _Output, _mine
+
+        types = types or (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+        mine = _mine()
+        layers, outs = [], []
+        for _, m in self.net.named_modules():
+            if isinstance(m, types) and getattr(m, "bias", None) is not None:
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    if m.running_mean is None:
+                        continue  # batch statistics at eval time: no fixed bias
+                    b = m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)
+                else:
+                    b = m.bias
+                layers.append((m, b.detach()))
+        leaf = self.x.detach().requires_grad_(True)
+        out = _Output(self.net, None if self.cap is None else self.cap.plan.reduction, False, mine)
+        biases = []
+
+        def record(bias):
+            def hook(m, i, o):
+                if mine() and isinstance(o, torch.Tensor) and o.requires_grad:
+                    outs.append(o)
+                    biases.append(bias)
+                    return o.clone()  # a later in-place op (ReLU) must not change the recorded tensor
+                return None
+            return hook
+
+        def install():
+            return out.handles + [m.register_forward_hook(record(b)) for m, b in layers]
+        output = run_hooked(self.call, leaf.clone(), install, grad=True)
+        y, self.reduction_name = out.finish(output)
+        s = self.call.target.scores(y, leaf.shape[0])
+        grads = _grads_allow_unused(s, [leaf] + outs, self.counterfactual, self.reduction_name)
+        return grads[0], [(b, g) for b, g in zip(biases, grads[1:]) if g is not None]
+
     def to_input(self, maps: torch.Tensor) -> torch.Tensor:
         """``maps (N, K, *s)`` resized to the input's size with the call's upsampling."""
         if self.upsampling == "none":
@@ -227,3 +317,19 @@ class Probe:
 
     def progress(self, total: int, enabled: bool, desc: str) -> Progress:
         return Progress(total, enabled, desc)
+
+
+def _grads_allow_unused(s, inputs, counterfactual, reduction_name):
+    """``d s[:, k] / d inputs[i]`` as ``(N, K, *input)``; ``None`` for a tensor the score does not
+    depend on, except the first (the input), for which that is an error."""
+    if not s.requires_grad:
+        per_target_grads(s, inputs[:1], counterfactual, ["the input"], reduction_name)  # raises
+    s = -s if counterfactual else s
+    per_k = [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=True, allow_unused=True)
+             for k in range(s.shape[1])]
+    grads = [None if per_k[0][i] is None else torch.stack([g[i] for g in per_k], 1)
+             for i in range(len(inputs))]
+    if grads[0] is None:
+        raise GradattrError(f"target: expected a score that depends on the input, but the score "
+                            f"from reduction layer {reduction_name!r} does not depend on it")
+    return grads

@@ -109,6 +109,13 @@ SHARED: dict[str, Option] = {o.name: o for o in (
     Option("aug_smooth", False, "bool",
            "average the normalised maps of six augmented inputs (horizontal flip x multiply by "
            "0.9, 1, 1.1; pytorch-grad-cam's ``aug_smooth``); the result lies in [0, 1].", flag),
+    Option("sess", False, "bool | dict",
+           "SESS (Tyagi et al., 2022; pytorch-grad-cam's ``SESS``): the method on sliding windows "
+           "of the input at several scales, weighted by each window's target probability and fused; "
+           "``True`` or a dict of settings (``num_scales``, ``scale_step_ratio``, ``window_size``, "
+           "``step_size``, ``pre_filter_ratio``, ``theta``, ``pool``, ``smooth``, ``batch_size``); "
+           "the result lies in [0, 1] at the input's resolution.",
+           lambda name, value: __import__("gradattr.engine", fromlist=["check_sess"]).check_sess(name, value)),
     Option("autocast", None, "str | None",
            "``\"bf16\"`` or ``\"fp16\"``: run the forward passes under ``torch.autocast``; the "
            "map is accumulated in float32. ``None``: the model's own precision."),
@@ -116,7 +123,7 @@ SHARED: dict[str, Option] = {o.name: o for o in (
 
 _TARGET_OPTIONS = ("reduction_fn", "classes", "output_key")
 _LAYER_OPTIONS = ("feature_layer", "feature_layout", "feature_call", "upsampling", "return_layers",
-                  "aug_smooth")
+                  "aug_smooth", "sess")
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,7 @@ class Method:
             take.add("counterfactual")
         if self.returns == "pixels":
             take.discard("aug_smooth")
+            take.discard("sess")
         take.update(self.extra_shared)
         take.difference_update(self.refused_shared)
         return [name for name in SHARED if name in take]

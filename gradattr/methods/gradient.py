@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import reduce
 
-from ..registry import Method, register
+from ..errors import expected
+from ..registry import Method, Option, positive_int, register
 from .common import TOY as _TOY, eigen_projection
 
 #: pytorch-grad-cam's stabilisers, kept so that the maps agree with it.
@@ -155,3 +157,296 @@ torch.Size([16])
     use_when="a class-specific, less noisy Eigen-CAM (principal component of gradient x activation)"))
 
 
+def grad_cam_elementwise_terms(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """Element-wise Grad-CAM (pytorch-grad-cam's ``GradCAMElementWise``): terms ``ReLU(g^k * A^k)``.
+
+    HiResCAM's terms with a ReLU on each before the channel sum, so a channel that
+    speaks against the class at a position cannot cancel one that speaks for it.
+
+    >>> grad_cam_elementwise_terms(torch.tensor([[[1.0, 3.0]]]), torch.tensor([[[[2.0, -1.0]]]])).tolist()
+    [[[[2.0, 0.0]]]]
+    """
+    return torch.relu(grads * acts[:, None])
+
+
+register(Method(
+    "grad_cam_elementwise", "Grad-CAM element-wise",
+    lambda v: grad_cam_elementwise_terms(v.acts, v.grads), "gradient", combine="terms",
+    summary="Element-wise Grad-CAM (pytorch-grad-cam's ``GradCAMElementWise``): "
+            "``sum_k ReLU((d score / d A^k) * A^k)``.",
+    doc="""HiResCAM with the ReLU moved inside the channel sum: only the positive evidence of
+each channel at each position is kept. With ``eigen_smooth`` the principal component of
+these rectified terms replaces their sum (as pytorch-grad-cam does).""",
+    example=_TOY + """>>> gradattr.grad_cam_elementwise(net, torch.randn(2, 16), 1).shape
+torch.Size([16])
+""",
+    use_when="HiResCAM-like maps where negative channel terms should not cancel positive ones"))
+
+
+# -- Finer-CAM ---------------------------------------------------------------------------
+FINER_EPS = 1e-9
+
+
+def finer_score(y: torch.Tensor, main: torch.Tensor, comparison: torch.Tensor,
+                alpha: float) -> torch.Tensor:
+    """Finer-CAM's score ``(N, K)``: ``sum_j p_j (y_t - alpha y_j) / (sum_j p_j + 1e-9)``.
+
+    ``main (N, K)`` the target classes ``t``, ``comparison (N, K, J)`` the similar
+    classes ``j``, ``p = softmax(y)`` (not detached: the gradient flows through the
+    weights too, as in pytorch-grad-cam's ``FinerWeightedTarget``).
+
+    >>> y = torch.tensor([[2.0, 1.0, 0.0]])
+    >>> round(float(finer_score(y, torch.tensor([[0]]), torch.tensor([[[1]]]), 1.0)), 6)
+    1.0
+    """
+    p = torch.softmax(y, -1)
+    n, k, j = comparison.shape
+    yc = y.gather(1, comparison.reshape(n, k * j)).reshape(n, k, j)
+    pc = p.gather(1, comparison.reshape(n, k * j)).reshape(n, k, j)
+    yt = y.gather(1, main)[..., None]
+    return (pc * (yt - alpha * yc)).sum(-1) / (pc.sum(-1) + FINER_EPS)
+
+
+def similar_classes(y: torch.Tensor, main: torch.Tensor, ranks) -> torch.Tensor:
+    """``(N, K, J)``: the classes at ``ranks`` when sorted by ``|y_c - y_t|`` (rank 0: the target itself)."""
+    d = (y[:, None, :] - y.gather(1, main)[..., None]).abs()  # (N, K, classes)
+    d = d.scatter(2, main[..., None], -1.0)  # the target itself first, even against a tie
+    order = d.argsort(dim=-1, stable=True)
+    r = [int(i) for i in ranks if int(i) < y.shape[1]]
+    return order[..., r]
+
+
+def finer_cam_weights(view, alpha: float = 1.0, comparison_ranks=(1, 2, 3)) -> torch.Tensor:
+    """Finer-CAM (Zhang et al., CVPR 2025): Grad-CAM weights of the score :func:`finer_score`."""
+    probe = view.probe
+    y = probe.output
+    if probe.call.target.kind == "fn" or not isinstance(y, torch.Tensor) or y.ndim != 2:
+        raise expected("target", "class targets on a (N, classes) output for finer_cam (it compares "
+                       "the target's logit with those of the most similar classes)",
+                       "a reduction function" if probe.call.target.kind == "fn" else
+                       f"output {tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
+    main = probe.target.classes.to(y.device)
+    comparison = similar_classes(y.detach(), main, comparison_ranks)
+    if comparison.shape[-1] == 0:
+        raise expected("comparison_ranks", "at least one rank below the number of classes",
+                       repr(comparison_ranks))
+    _, g, _ = probe.layer_gradients(score=lambda out: finer_score(out, main, comparison, alpha))
+    return grad_cam_weights(view.acts, g)
+
+
+def _ranks(name, value):
+    ok = isinstance(value, (tuple, list)) and value and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    if not ok:
+        raise expected(name, "a non-empty sequence of ranks >= 1 (1: the most similar class)",
+                       repr(value))
+    return tuple(value)
+
+
+def _real(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise expected(name, "a real number", repr(value))
+    return float(value)
+
+
+register(Method(
+    "finer_cam", "Finer-CAM", finer_cam_weights, "activation",
+    options=(Option("alpha", 1.0, "float", "weight of the similar classes' logits in the difference.",
+                    _real),
+             Option("comparison_ranks", (1, 2, 3), "Sequence[int]",
+                    "which classes to compare with, as ranks in the order of ``|y_c - y_t|`` "
+                    "(0 is the target itself); ranks past the number of classes are dropped.",
+                    _ranks)),
+    summary="Finer-CAM (Zhang et al., CVPR 2025): Grad-CAM of the target's logit minus those of "
+            "the most similar classes.",
+    doc="""The score explained is ``sum_j p_j (y_t - alpha y_j) / (sum_j p_j + 1e-9)`` over the
+classes ``j`` whose logits are closest to the target's (``comparison_ranks``), ``p`` the
+softmax of the output, and the map is Grad-CAM's on that score (pytorch-grad-cam's
+``FinerCAM`` with its default ``GradCAM`` base): what separates the class from its
+look-alikes. Needs class targets on an ``(N, classes)`` output. It runs its own backward
+pass (the engine captures the activations only).""",
+    example=_TOY + """>>> gradattr.finer_cam(net, torch.randn(2, 16), 1, comparison_ranks=(1,)).shape
+torch.Size([16])
+""",
+    use_when="fine-grained classes: what tells the class apart from its most similar classes"))
+
+
+# -- ShapleyCAM --------------------------------------------------------------------------
+def shapley_cam_weights(view) -> torch.Tensor:
+    """ShapleyCAM (Cai et al., 2025): ``w_k = mean_ij (g - H A / 2)``, second-order Shapley weights.
+
+    ``g = d score / d A`` and ``H A`` the Hessian-vector product of the score with
+    the activations (:meth:`~gradattr.probe.Probe.layer_gradients`). On a network
+    that is piecewise linear after the feature layer (ReLU, max pooling, linear
+    head) with the logit as score, ``H = 0`` and this is Grad-CAM.
+    """
+    a, g, hv = view.probe.layer_gradients(hvp=True)
+    return reduce(g - 0.5 * hv, "n k c ... -> n k c", "mean")
+
+
+register(Method(
+    "shapley_cam", "ShapleyCAM", shapley_cam_weights, "activation",
+    extra_shared=("counterfactual",),
+    summary="ShapleyCAM (Cai et al., 2025): Grad-CAM weights corrected by the Hessian-vector "
+            "product, ``w_k = mean_ij (g - 1/2 H A)``.",
+    doc="""A second-order Taylor estimate of each channel's Shapley value: the weights are the
+spatial mean of ``d score / d A - 1/2 (d^2 score / d A^2) A``, as pytorch-grad-cam's
+``ShapleyCAM``. The Hessian term vanishes when everything after the feature layer is
+piecewise linear in ``A`` and the score is a logit; the paper pairs it with a score that is
+not: pytorch-grad-cam's ``ClassifierOutputReST``, the logit plus the log-softmax, is
+``reduction_fn=lambda y: 2 * y[:, c] - torch.logsumexp(y, 1)`` here (the parity test uses it). One forward and two backward
+passes (the second through the first's graph).""",
+    example=_TOY + """>>> gradattr.shapley_cam(net, torch.randn(2, 16), 1).shape
+torch.Size([16])
+""",
+    use_when="Grad-CAM with a second-order correction, for scores that are not linear in the "
+             "activations (softmax, log-probabilities)"))
+
+
+# -- Smooth Grad-CAM++ -------------------------------------------------------------------
+SMOOTH_GRAD_CAM_PP_EPS = 1e-8
+
+
+def noise_generator(seed, generator, device) -> torch.Generator | None:
+    """The generator for a method's noise: ``generator`` as given, a fresh one seeded with
+    ``seed``, or ``None`` (torch's global generator)."""
+    if generator is not None:
+        return generator
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def smooth_grad_cam_plus_plus_weights(view, num_samples: int = 4, std: float = 0.3, seed=None,
+                                      generator=None) -> torch.Tensor:
+    """Smooth Grad-CAM++ (Omeiza et al., 2019): Grad-CAM++ with derivatives averaged over noisy inputs.
+
+    For ``m = 1..num_samples`` the input is ``x + N(0, std^2)`` and ``g_m = d score /
+    d A`` there; ``D1, D2, D3`` are the means of ``g_m``, ``g_m^2``, ``g_m^3``. With the
+    activations ``A`` of the clean input, ``alpha_ij = D2_ij / (2 D2_ij + sum_ab A_ab D3_ij
+    + 1e-8)`` and ``w_k = sum_ij alpha_ij ReLU(D1_ij)`` (the paper's eqs. with the
+    exponential-score closed forms of Grad-CAM++).
+    """
+    probe, a = view.probe, view.acts
+    gen = noise_generator(seed, generator, probe.x.device)
+    d1 = d2 = d3 = None
+    for _ in range(num_samples):
+        noise = torch.randn(probe.x.shape, generator=gen, device=probe.x.device, dtype=probe.x.dtype)
+        _, g, _ = probe.layer_gradients(probe.x + std * noise)
+        g = g.to(torch.float64) if a.dtype == torch.float64 else g
+        d1 = g if d1 is None else d1 + g
+        d2 = g**2 if d2 is None else d2 + g**2
+        d3 = g**3 if d3 is None else d3 + g**3
+    d1, d2, d3 = d1 / num_samples, d2 / num_samples, d3 / num_samples
+    total = reduce(a, "n c ... -> n 1 c", "sum")[(...,) + (None,) * (a.ndim - 2)]
+    alpha = d2 / (2 * d2 + total * d3 + SMOOTH_GRAD_CAM_PP_EPS)
+    return reduce(alpha * torch.relu(d1), "n k c ... -> n k c", "sum")
+
+
+def _nonneg_real(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise expected(name, "a real number >= 0", repr(value))
+    return float(value)
+
+
+def _seed(name, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise expected(name, "None (torch's global generator) or an int", repr(value))
+    return value
+
+
+def _generator(name, value):
+    if value is not None and not isinstance(value, torch.Generator):
+        raise expected(name, "None or a torch.Generator", repr(value))
+    return value
+
+
+SEED = Option("seed", None, "int | None",
+              "seed of the noise; the same seed gives the same map. ``None``: torch's global "
+              "generator.", _seed)
+GENERATOR = Option("generator", None, "torch.Generator | None",
+                   "a ``torch.Generator`` for the noise (overrides ``seed``).", _generator)
+
+
+register(Method(
+    "smooth_grad_cam_plus_plus", "Smooth Grad-CAM++", smooth_grad_cam_plus_plus_weights, "activation",
+    extra_shared=("counterfactual",),
+    options=(Option("num_samples", 4, "int", "noisy copies of the input.", positive_int),
+             Option("std", 0.3, "float", "standard deviation of the Gaussian noise added to the "
+                    "input (in the input's units, as torch-cam).", _nonneg_real),
+             SEED, GENERATOR),
+    summary="Smooth Grad-CAM++ (Omeiza et al., 2019): Grad-CAM++ on gradients averaged over noisy "
+            "copies of the input.",
+    doc="""``ReLU(sum_k w_k A^k)`` with Grad-CAM++'s weights computed from the mean first, second
+and third powers of the gradients of ``num_samples`` noisy inputs ``x + N(0, std^2)`` (see
+:func:`gradattr.methods.gradient.smooth_grad_cam_plus_plus_weights`); ``A`` is the clean
+input's. torch-cam's ``SmoothGradCAMpp`` (0.5) departs from the paper three times, and this
+follows the paper: it combines the channels of the *last noisy* input's activations instead
+of the clean input's, multiplies ``alpha`` by the ReLU of the last noisy gradient instead of
+the mean one, and sums ``A_ab D3_ab`` over positions instead of ``sum_ab A_ab`` times
+``D3_ij``. Without noise and where the gradient is constant over positions (the layer
+before global average pooling) the two agree exactly (tested).""",
+    example=_TOY + """>>> gradattr.smooth_grad_cam_plus_plus(net, torch.randn(2, 16), 1, seed=0).shape
+torch.Size([16])
+""",
+    use_when="Grad-CAM++ with less gradient noise; several instances of the class"))
+
+
+# -- FullGrad ----------------------------------------------------------------------------
+#: pytorch-grad-cam's ``scale_cam_image`` stabiliser, kept so the maps agree with it.
+FULL_GRAD_EPS = 1e-7
+_LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def channel_scaled(t: torch.Tensor) -> torch.Tensor:
+    """``|t|`` min-max scaled per map over its positions: ``(v - min) / (max(v - min) + 1e-7)``."""
+    t = t.abs()
+    flat = t.flatten(3)
+    lo = flat.amin(-1, keepdim=True)
+    flat = flat - lo
+    return (flat / (flat.amax(-1, keepdim=True) + FULL_GRAD_EPS)).view_as(t)
+
+
+def full_grad_map(view) -> torch.Tensor:
+    """FullGrad (Srinivas & Fleuret, NeurIPS 2019, eq. 6): ``psi(|x g_x|) + sum_l sum_c psi(|b_c g_lc|)``.
+
+    ``g_x = d score / d x`` per input channel, ``b`` each bias layer's bias and ``g_l``
+    the gradient of the score with respect to that layer's output
+    (:meth:`~gradattr.probe.Probe.bias_gradients`); ``psi`` min-max scales one channel's
+    map (pytorch-grad-cam's ``scale_cam_image``, with its ``1e-7``) and upsamples it to
+    the input with (multi-)linear interpolation (``align_corners=False``, OpenCV's
+    ``INTER_LINEAR``). The channel sum is taken before the upsampling, which is linear.
+    Returns ``(N, K, *S)``.
+    """
+    probe = view.probe
+    x = probe.x
+    gx, layers = probe.bias_gradients()
+    size = tuple(x.shape[2:])
+    total = channel_scaled(gx * x[:, None]).sum(2)
+    for b, g in layers:
+        t = channel_scaled(b.to(g.dtype)[(slice(None),) + (None,) * (g.ndim - 3)] * g).sum(2)
+        if tuple(t.shape[2:]) != size:
+            n, k = t.shape[:2]
+            t = F.interpolate(t.flatten(0, 1)[:, None], size=size, mode=_LINEAR[len(size)],
+                              align_corners=False)[:, 0].unflatten(0, (n, k))
+        total = total + t
+    return total
+
+
+register(Method(
+    "full_grad", "FullGrad", full_grad_map, "model", combine="map",
+    extra_shared=("counterfactual",),
+    summary="FullGrad (Srinivas & Fleuret, NeurIPS 2019): input-gradient x input plus the "
+            "bias-gradients of every convolution and batch norm.",
+    doc="""``psi(|x d score / d x|)`` summed over input channels plus, for every convolution and
+batch norm with a bias (a batch norm's effective bias ``beta - mu gamma / sqrt(var + eps)``)
+and every channel ``c`` of its output ``z``, ``psi(|b_c d score / d z_c|)``; ``psi`` min-max
+scales a map and upsamples it (multi-)linearly to the input (see
+:func:`gradattr.methods.gradient.full_grad_map`). No feature layer: the map is at the
+input's resolution. As pytorch-grad-cam's ``FullGrad`` and the paper's eq. 6, each channel
+is scaled on its own (the authors' code scales each layer's channels together).""",
+    example=_TOY + """>>> gradattr.full_grad(net, torch.randn(2, 2, 16), 1).shape
+torch.Size([2, 16])
+""",
+    use_when="input-resolution detail from a complete gradient decomposition, no layer to choose "
+             "(only weakly class-discriminative)"))
