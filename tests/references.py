@@ -279,3 +279,221 @@ def call(method, net, x, target, **kw):
     return fn(net, x, target, feature_layer="3", upsampling="none", **kw)
 
 
+
+
+# ---------------------------------------------------------------- the methods of issue 11 (gradient, activation)
+def _grad(net, x1, layer, fn, create_graph=False):
+    """Feature map ``a (1, C, *s)`` (in the graph) and ``d fn / d a`` of one sample."""
+    a, y = activation(net, x1, layer)
+    (g,) = torch.autograd.grad(fn(y)[0], a, create_graph=create_graph)
+    return a, g
+
+
+def naive_grad_cam_elementwise(net, x1, layer, fns):
+    out = []
+    for fn in fns:
+        with torch.enable_grad():
+            a, g = _grad(net, x1, layer, fn)
+        a, g = a[0].detach(), g[0]
+        terms = [torch.relu(g[c] * a[c]) for c in range(a.shape[0])]
+        out.append(torch.relu(sum(terms)))
+    return torch.stack(out)
+
+
+def naive_fem(net, x1, layer, k=2.0):
+    a = activation(net, x1, layer)[0][0].detach().numpy()
+    total = np.zeros(a.shape[1:])
+    for c in range(a.shape[0]):
+        ch = a[c]
+        th = ch.mean() + k * ch.std()  # population std, the k-sigma rule
+        total += np.mean(ch > th) * ch
+    return torch.from_numpy(np.maximum(total, 0))[None]
+
+
+def naive_kpca_cam(net, x1, layer, kernel="sigmoid", gamma=None):
+    """scikit-learn's KernelPCA on the positions x channels matrix, sign: + correlation with the sum."""
+    from sklearn.decomposition import KernelPCA
+
+    a = activation(net, x1, layer)[0][0].detach().numpy().astype(np.float64)
+    m = a.reshape(a.shape[0], -1).T
+    m = m - m.mean(0)
+    proj = KernelPCA(n_components=1, kernel=kernel, gamma=gamma).fit_transform(m)[:, 0]
+    if np.sum((proj - proj.mean()) * m.sum(1)) < 0:
+        proj = -proj
+    return torch.from_numpy(np.maximum(proj, 0).reshape(a.shape[1:]))[None]
+
+
+def naive_deep_feature_factorization(net, x, layer, n_components=3, seed=0):
+    """The whole batch at once (the factorisation is joint), ``(N, n_components, *s)``."""
+    from sklearn.decomposition import NMF
+
+    acts = [activation(net, x[i:i + 1], layer)[0][0].detach().numpy() for i in range(x.shape[0])]
+    c = acts[0].shape[0]
+    rows = np.array([np.concatenate([a[ch].ravel() for a in acts]) for ch in range(c)])
+    rows = rows - rows.min(1, keepdims=True)
+    h = NMF(n_components=n_components, init="random", random_state=seed).fit(rows).components_
+    p = acts[0][0].size
+    return torch.from_numpy(np.stack([[h[j, i * p:(i + 1) * p].reshape(acts[0].shape[1:])
+                                       for j in range(n_components)] for i in range(len(acts))]))
+
+
+def naive_finer_cam(net, x1, layer, classes, alpha=1.0, ranks=(1, 2, 3)):
+    """Finer-CAM: Grad-CAM of sum_j p_j (y_t - alpha y_j) / (sum_j p_j + 1e-9), j the most similar classes."""
+    with torch.no_grad():
+        y0 = net(x1)[0]
+    out = []
+    for t in classes:
+        others = sorted((c for c in range(len(y0)) if c != t), key=lambda c: abs(float(y0[c] - y0[t])))
+        similar = [others[r - 1] for r in ranks if r - 1 < len(others)]
+
+        def fn(y, t=t, similar=similar):
+            p = torch.softmax(y, -1)
+            num = sum(p[:, j] * (y[:, t] - alpha * y[:, j]) for j in similar)
+            return num / (sum(p[:, j] for j in similar) + 1e-9)
+        with torch.enable_grad():
+            a, g = _grad(net, x1, layer, fn)
+        a, g = a[0].detach(), g[0]
+        out.append(torch.relu(sum(g[c].mean() * a[c] for c in range(a.shape[0]))))
+    return torch.stack(out)
+
+
+def naive_shapley_cam(net, x1, layer, fns, tail):
+    """w_c = mean(g_c - H A / 2), with H A from torch.autograd.functional.hvp of score(tail(A))."""
+    a = activation(net, x1, layer)[0].detach()
+    out = []
+    for fn in fns:
+        def f(t):
+            return fn(tail(t))[0]
+        with torch.enable_grad():
+            _, hv = torch.autograd.functional.hvp(f, a, a)
+            g = torch.autograd.functional.jacobian(f, a)
+        w = [(g[0, c] - 0.5 * hv[0, c]).mean() for c in range(a.shape[1])]
+        out.append(torch.relu(sum(w[c] * a[0, c] for c in range(a.shape[1]))))
+    return torch.stack(out)
+
+
+def naive_smooth_grad_cam_plus_plus(net, x1, layer, fns, noises, std):
+    """The paper's Smooth Grad-CAM++ with the given noise draws ``noises (M, 1, C, *S)``."""
+    a = activation(net, x1, layer)[0][0].detach()
+    out = []
+    for fn in fns:
+        gs = []
+        for z in noises:
+            with torch.enable_grad():
+                gs.append(_grad(net, x1 + std * z, layer, fn)[1][0])
+        w = []
+        for c in range(a.shape[0]):
+            d1 = sum(g[c] for g in gs) / len(gs)
+            d2 = sum(g[c] ** 2 for g in gs) / len(gs)
+            d3 = sum(g[c] ** 3 for g in gs) / len(gs)
+            alpha = d2 / (2 * d2 + a[c].sum() * d3 + 1e-8)
+            w.append((alpha * torch.relu(d1)).sum())
+        out.append(torch.relu(sum(w[c] * a[c] for c in range(a.shape[0]))))
+    return torch.stack(out)
+
+
+def _scaled(t):
+    t = t.abs()
+    t = t - t.min()
+    return t / (t.max() + 1e-7)
+
+
+def naive_full_grad(net, x1, fns):
+    """|x g_x| per input channel, |b g_z| per channel of every conv (the toys have no batch norm)."""
+    convs = [m for m in net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    size = tuple(x1.shape[2:])
+    out = []
+    for fn in fns:
+        store = []
+        hs = [m.register_forward_hook(lambda m, i, o: store.append((m, o))) for m in convs]
+        try:
+            with torch.enable_grad():
+                xl = x1.clone().requires_grad_(True)
+                s = fn(net(xl))[0]
+                grads = torch.autograd.grad(s, [xl] + [o for _, o in store])
+        finally:
+            for h in hs:
+                h.remove()
+        total = sum(_scaled(grads[0][0, c] * x1[0, c]) for c in range(x1.shape[1]))
+        for (m, _), g in zip(store, grads[1:]):
+            for c in range(g.shape[1]):
+                ch = _scaled(m.bias[c].detach() * g[0, c])
+                total = total + F.interpolate(ch[None, None], size=size, mode=LINEAR_MODE[len(size)],
+                                              align_corners=False)[0, 0]
+        out.append(total)
+    return torch.stack(out)
+
+
+def tail_of(net):
+    """The toy's layers after its feature layer "3": pool, flatten, linear."""
+    return nn.Sequential(*list(net.children())[4:])
+
+
+def draws(seed, shape, m):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(m)]
+
+
+
+# ---------------------------------------------------------------- whole-batch references for the sweep
+#: ``fn(net, x, target, layer) -> (N, K, *s)``: references that need the whole batch (a joint
+#: factorisation, noise drawn for the batch) or several score functions at once.
+BATCH_REFERENCES: dict = {}
+#: Target forms a method refuses by design (class targets only).
+CLASS_TARGETS_ONLY = {"finer_cam"}
+
+
+def _per_sample(one):
+    """``one(net, x1, layer, score) -> map (*s)`` -> a whole-batch reference."""
+    def ref(net, x, target, layer):
+        with torch.no_grad():
+            outputs = net(x)
+        fns = score_fns(target, x.shape[0], outputs)
+        return torch.stack([torch.stack([one(net, x[i:i + 1], layer, fn) for fn in fns[i]])
+                            for i in range(x.shape[0])])
+    return ref
+
+
+BATCH_REFERENCES["grad_cam_elementwise"] = _per_sample(
+    lambda net, x1, layer, fn: naive_grad_cam_elementwise(net, x1, layer, [fn])[0])
+BATCH_REFERENCES["shapley_cam"] = _per_sample(
+    lambda net, x1, layer, fn: naive_shapley_cam(net, x1, layer, [fn], tail_of(net))[0])
+BATCH_REFERENCES["full_grad"] = _per_sample(lambda net, x1, layer, fn: naive_full_grad(net, x1, [fn])[0])
+BATCH_REFERENCES["fem"] = lambda net, x, target, layer: torch.stack(
+    [naive_fem(net, x[i:i + 1], layer) for i in range(x.shape[0])])
+BATCH_REFERENCES["kpca_cam"] = lambda net, x, target, layer: torch.stack(
+    [naive_kpca_cam(net, x[i:i + 1], layer) for i in range(x.shape[0])])
+BATCH_REFERENCES["deep_feature_factorization"] = lambda net, x, target, layer: \
+    naive_deep_feature_factorization(net, x, layer, n_components=5)
+
+
+def _finer(net, x, target, layer):
+    with torch.no_grad():
+        outputs = net(x)
+    classes = [[int(outputs[i].argmax())] if target is None else
+               list(np.atleast_1d(np.asarray(target)[i] if np.asarray(target).ndim == 2 else target))
+               for i in range(x.shape[0])]
+    return torch.stack([naive_finer_cam(net, x[i:i + 1], layer, classes[i]) for i in range(x.shape[0])])
+
+
+BATCH_REFERENCES["finer_cam"] = _finer
+
+
+def _smooth_pp(net, x, target, layer, seed=0, num_samples=4, std=0.3):
+    with torch.no_grad():
+        outputs = net(x)
+    fns = score_fns(target, x.shape[0], outputs)
+    noise = draws(seed, x.shape, num_samples)  # one draw of the whole batch per noisy pass
+    return torch.stack([naive_smooth_grad_cam_plus_plus(net, x[i:i + 1], layer, fns[i],
+                                                        [z[i:i + 1] for z in noise], std)
+                        for i in range(x.shape[0])])
+
+
+BATCH_REFERENCES["smooth_grad_cam_plus_plus"] = _smooth_pp
+
+
+def reference_maps(method, net, x, target, layer="3"):
+    """``(N, K, *s)`` of ``method``'s naive reference (per-sample or whole-batch)."""
+    if method in BATCH_REFERENCES:
+        return BATCH_REFERENCES[method](net, x, target, layer)
+    return naive_maps(method, net, x, target, layer)
