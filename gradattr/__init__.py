@@ -18,3 +18,9 @@ __all__ = ["grad_cam", "cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "l
            "guided_grad_cam", "attribute", "list_methods", "method_info", "compare", "Table", "explain_dataset",
            "metrics", "plot", "GradattrError", "imresize"]
 __version__ = "0.1.0"
+
+# Every registered method, including those not named above (methods-b: ss_cam, is_cam, group_cam,
+# rise, random_cam).
+from . import api as _api  # noqa: E402
+globals().update({_n: getattr(_api, _n) for _n in _api.__all__})
+__all__ += [_n for _n in _api.__all__ if _n not in __all__]
