@@ -266,7 +266,9 @@ def ss_cam_scores(view, samples: int = 35, std: float = 2.0, seed=0, generator=N
 
     def make(i, j):
         r, ch = rows[i:j], chans[i:j]
-        m = torchcam_masks(a[r, ch], size) + std * _randn((j - i, 1, *size), gen, x.device)
+        # one field per input, drawn one at a time: the stream does not depend on the chunk size
+        noise = torch.cat([_randn((1, 1, *size), gen, x.device) for _ in range(j - i)])
+        m = torchcam_masks(a[r, ch], size) + std * noise
         return x[r] * m.to(x.dtype)
 
     s = probe.score_masked(samples * pairs, make, rows, batch_size=batch_size, progress=progress,
