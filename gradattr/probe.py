@@ -139,7 +139,7 @@ class Probe:
         with torch.inference_mode():
             y = self.output_of(x)
             if softmax and isinstance(y, torch.Tensor) and y.ndim >= 2:
-                y = torch.softmax(y.float(), 1)
+                y = torch.softmax(y.float() if y.dtype in (torch.float16, torch.bfloat16) else y, 1)
             if isinstance(y, torch.Tensor) and y.shape[0] == 1 and len(rows) > 1:
                 y = y.expand(len(rows), *y.shape[1:])
             s = target.scores(y, len(rows), rows)

@@ -334,3 +334,62 @@ def test_model_and_input_left_as_found():
     assert net.training and torch.equal(x, x0)
     assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules()) == 0
+
+
+# ---------------------------------------------------------------- torch-cam and real photos (slow)
+def _torchcam_map(cls, net, layer, x, classes, seed, size, **kw):
+    with cls(net, layer, batch_size=32, input_shape=tuple(x.shape[1:]), **kw) as extractor:
+        with torch.no_grad():
+            out = net(x)
+        torch.manual_seed(seed)  # SS-CAM draws its noise from the global state
+        return extractor(classes, out)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", ["resnet18", "effnet"])
+@pytest.mark.parametrize("method", ["ss_cam", "is_cam"])
+def test_agrees_with_torchcam(method, which, request):
+    """Max abs <= 1e-5 after torch-cam's post-processing (ReLU, min-max): same masks, same weights.
+
+    SS-CAM is stochastic, but gradattr draws its noise fields in torch-cam's order (draw,
+    sample, channel) from a generator seeded like torch-cam's global state, and a 224 x 224
+    field is a multiple of 16 values (the CPU normal sampler's block), so the noise is the
+    same number for number: exact agreement, not only correlation.
+    """
+    tc = pytest.importorskip("torchcam.methods")
+    if which == "resnet18":
+        import torchvision
+        torch.manual_seed(0)
+        net = torchvision.models.resnet18(num_classes=10).eval()
+        x, layer, classes = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1)), "layer4", [3, 7]
+    else:
+        import copy
+        net = copy.deepcopy(request.getfixturevalue("effnet"))
+        net._bn1 = nn.Sequential(net._bn1, nn.ReLU6())  # the head activation as a module
+        net.eval()
+        x, layer, classes = request.getfixturevalue("cat_coffee")[:, :, :, :224], "_bn1", [285]
+    if method == "ss_cam":
+        ref = _torchcam_map(tc.SSCAM, net, layer, x, classes, 5, None, num_samples=2, std=2.0)
+        kw = dict(samples=2, std=2.0, seed=5)
+    else:
+        ref = _torchcam_map(tc.ISCAM, net, layer, x, classes, 5, None, num_samples=3)
+        kw = dict(samples=3)
+    tgt = np.asarray(classes)[:, None] if len(classes) == len(x) else classes[0]
+    got = getattr(gradattr, method)(net, x, tgt, feature_layer=layer, upsampling="none", normalize=True, **kw)
+    got = got[:, 0] if got.ndim == 4 else got
+    assert got.shape == ref.shape and float(ref.max()) > 0
+    assert float((got - ref).abs().max()) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ss_cam", "is_cam", "group_cam", "rise"])
+def test_class_discriminative_cat_left_espresso_right(method, effnet, cat_coffee, imagenet_classes):
+    x = F.interpolate(cat_coffee, size=(112, 224), mode="bilinear", antialias=True)
+    kw = {"ss_cam": dict(samples=1, std=0.5, feature_layer="_blocks.15"),
+          "is_cam": dict(samples=2, feature_layer="_blocks.15"), "group_cam": {},
+          "rise": dict(masks=1000, cells=6, seed=0)}[method]
+    maps = getattr(gradattr, method)(effnet, x, ["Egyptian cat", "espresso"], classes=imagenet_classes, **kw)[0]
+    w = x.shape[-1] // 2
+    cat, cup = maps
+    assert cat[:, :w].sum() > cat[:, w:].sum() and cup[:, w:].sum() > cup[:, :w].sum()
+    assert int(cat.flatten().argmax()) % x.shape[-1] < w <= int(cup.flatten().argmax()) % x.shape[-1]
