@@ -60,35 +60,50 @@ def pgc_score_cam(net, x, target, batch_size=16):
         tqdm.tqdm = orig
 
 
-def bench_score_cam(device, repeats):
+def channels_last_input(fn):
+    import gradattr.probe as probe
+
+    def run():
+        probe.CHANNELS_LAST = True
+        try:
+            return fn()
+        finally:
+            probe.CHANNELS_LAST = False
+    return run
+
+
+def bench_score_cam(device, repeats, size):
     net = resnet18(device)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(1, 3, 224, 224, generator=g).to(device)
+    x = torch.randn(1, 3, size, size, generator=g).to(device)
     net_cl = resnet18(device).to(memory_format=torch.channels_last)
     variants = {
         "pytorch-grad-cam ScoreCAM (bs 16)": lambda: pgc_score_cam(net, x, 3),
         "gradattr score_cam (bs 16)": lambda: gradattr.score_cam(net, x, 3, feature_layer="layer4", batch_size=16),
         "gradattr score_cam (budget)": lambda: gradattr.score_cam(net, x, 3, feature_layer="layer4"),
-        "gradattr score_cam (bs 128)": lambda: gradattr.score_cam(net, x, 3, feature_layer="layer4", batch_size=128),
-        "gradattr score_cam (channels_last model, bs 128)": lambda: gradattr.score_cam(
-            net_cl, x.contiguous(memory_format=torch.channels_last), 3, feature_layer="layer4", batch_size=128),
+        "gradattr score_cam (bs 64)": lambda: gradattr.score_cam(net, x, 3, feature_layer="layer4", batch_size=64),
+        "gradattr score_cam (channels_last model, bs 16)": lambda: gradattr.score_cam(
+            net_cl, x.contiguous(memory_format=torch.channels_last), 3, feature_layer="layer4", batch_size=16),
+        "gradattr score_cam (channels_last input, bs 16)": channels_last_input(
+            lambda: gradattr.score_cam(net, x, 3, feature_layer="layer4", batch_size=16)),
         "gradattr group_cam": lambda: gradattr.group_cam(net, x, 3, feature_layer="layer4"),
     }
-    for fn in variants.values():  # warm-up (cuDNN autotune, allocator)
-        fn()
+    if device.type == "cuda":
+        for fn in variants.values():  # warm-up (cuDNN autotune, allocator)
+            fn()
     times = {k: [] for k in variants}
     for _ in range(repeats):
         for k, fn in variants.items():
             times[k].append(timed(fn, device)[0])
     base = statistics.median(times["pytorch-grad-cam ScoreCAM (bs 16)"])
-    print(f"\nScore-CAM, ResNet-18 layer4, 224 px, {device}, {repeats} alternating repeats (median s):")
+    print(f"\nScore-CAM, ResNet-18 layer4, {size} px, {device}, {repeats} alternating repeats (median s):")
     for k, v in times.items():
         med = statistics.median(v)
         print(f"  {k:52s} {med:8.3f} s  (x{base / med:5.2f} vs pytorch-grad-cam)  all: "
               + " ".join(f"{t:.3f}" for t in v))
     a = gradattr.score_cam(net, x, 3, feature_layer="layer4", batch_size=16, upsampling="none")
     b = gradattr.score_cam(net_cl, x.contiguous(memory_format=torch.channels_last), 3,
-                           feature_layer="layer4", batch_size=128, upsampling="none")
+                           feature_layer="layer4", batch_size=16, upsampling="none")
     print(f"  channels_last vs plain map: max abs diff {float((a - b).abs().max()):.2e} "
           f"(map max {float(a.abs().max()):.2e})")
     return times
@@ -102,14 +117,22 @@ def photos():
     return ph(224)
 
 
-def bench_group_vs_score(device):
+def bench_group_vs_score(device, size, layer, masks=2000, steps=None):
     from imagenet_cat import load_effnet
+    import torch.nn.functional as F
     net = load_effnet().to(device)
     x = photos().to(device)
+    if size != 224:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
     methods = ["score_cam", "group_cam", "rise", "grad_cam", "random"]
-    t = gradattr.compare(net, x, methods, ["deletion", "insertion"],
-                         method_options={"rise": {"masks": 2000, "batch_size": 250}}, device=device)
-    print(f"\nEfficientNet-Lite0, the 4 photos of compare_methods.py, {device}:")
+    opts = {"rise": {"masks": masks}}
+    if layer:
+        opts.update({m: {"feature_layer": layer} for m in ("score_cam", "group_cam", "grad_cam")})
+    metric_options = {} if steps is None else {"deletion": {"steps": steps}, "insertion": {"steps": steps}}
+    t = gradattr.compare(net, x, methods, ["deletion", "insertion"], method_options=opts, device=device,
+                         metric_options=metric_options)
+    print(f"\nEfficientNet-Lite0, the 4 photos of compare_methods.py at {size} px, layer "
+          f"{layer or 'automatic'}, {device}:")
     print(t)
     rows = {r["method"]: r for r in t.rows}
     print(f"  group_cam / score_cam time: {rows['group_cam']['seconds'] / rows['score_cam']['seconds']:.3f}")
@@ -121,11 +144,18 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-compare", action="store_true")
+    ap.add_argument("--skip-score", action="store_true")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--masks", type=int, default=2000, help="RISE masks in the comparison")
+    ap.add_argument("--steps", type=int, default=None, help="deletion/insertion steps")
+    ap.add_argument("--compare-size", type=int, default=224)
+    ap.add_argument("--layer", default=None, help="EfficientNet feature layer for the comparison")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
-    bench_score_cam(device, a.repeats)
+    if not a.skip_score:
+        bench_score_cam(device, a.repeats, a.size)
     if not a.skip_compare:
-        bench_group_vs_score(device)
+        bench_group_vs_score(device, a.compare_size, a.layer, a.masks, a.steps)
 
 
 if __name__ == "__main__":

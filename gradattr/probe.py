@@ -28,6 +28,9 @@ FORWARD_FACTOR = 16
 #: The same when only the layers after the feature layer run on the copies: the
 #: modified copies, the hook's clone, and the tail's activations.
 TAIL_FACTOR = 3
+#: Give 2-D masked inputs to the network in channels_last memory format (convolutions then
+#: run channels_last throughout; see benchmarks/bench_perturbation.py for what it gives).
+CHANNELS_LAST = False
 #: At most this many copies per forward pass on a CPU when ``batch_size=None``: larger
 #: batches are slower per copy there (cache), while a GPU gains from the whole budget.
 CPU_CHUNK = 16
@@ -164,7 +167,10 @@ class Probe:
         try:
             for start in range(0, count, step):
                 stop = min(count, start + step)
-                s = self.score_inputs(make(start, stop), rows[start:stop], softmax)
+                xb = make(start, stop)
+                if CHANNELS_LAST and xb.ndim == 4:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                s = self.score_inputs(xb, rows[start:stop], softmax)
                 if out is None:
                     out = s.new_empty(count, s.shape[1])
                 out[start:stop] = s
@@ -172,8 +178,7 @@ class Probe:
         finally:
             bar.close()
         if out is None:
-            k = self.scores.shape[1]
-            out = torch.zeros(0, k, device=self.x.device)
+            out = self.scores.new_zeros(0, self.scores.shape[1])
         return out
 
     def activation_chunk(self, batch_size: int | None) -> int:

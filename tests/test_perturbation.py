@@ -378,7 +378,8 @@ def test_agrees_with_torchcam(method, which, request):
     got = getattr(gradattr, method)(net, x, tgt, feature_layer=layer, upsampling="none", normalize=True, **kw)
     got = got[:, 0] if got.ndim == 4 else got
     assert got.shape == ref.shape and float(ref.max()) > 0
-    assert float((got - ref).abs().max()) <= 1e-5
+    err = float((got - ref).abs().max())
+    assert err <= 1e-5, err
 
 
 @pytest.mark.slow
