@@ -21,7 +21,7 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+sys.path[:0] = [os.path.join(os.path.dirname(__file__), ".."), os.path.join(os.path.dirname(__file__), "..", "examples")]
 
 import gradattr  # noqa: E402
 
@@ -80,10 +80,7 @@ def bench_score_cam(device, repeats, size):
     variants = {
         "pytorch-grad-cam ScoreCAM (bs 16)": lambda: pgc_score_cam(net, x, 3),
         "gradattr score_cam (bs 16)": lambda: gradattr.score_cam(net, x, 3, feature_layer="layer4", batch_size=16),
-        "gradattr score_cam (budget)": lambda: gradattr.score_cam(net, x, 3, feature_layer="layer4"),
         "gradattr score_cam (bs 64)": lambda: gradattr.score_cam(net, x, 3, feature_layer="layer4", batch_size=64),
-        "gradattr score_cam (channels_last model, bs 16)": lambda: gradattr.score_cam(
-            net_cl, x.contiguous(memory_format=torch.channels_last), 3, feature_layer="layer4", batch_size=16),
         "gradattr score_cam (channels_last input, bs 16)": channels_last_input(
             lambda: gradattr.score_cam(net, x, 3, feature_layer="layer4", batch_size=16)),
         "gradattr group_cam": lambda: gradattr.group_cam(net, x, 3, feature_layer="layer4"),
