@@ -451,12 +451,9 @@ def _maps(net, x, method, label, target, options, common, gen):
     accepted = method_options(method) if isinstance(method, str) else None
     dev = {k: common[k] for k in ("device", "classes", "input_format")
            if common[k] is not None and (accepted is None or k in accepted)}
-    if isinstance(method, str) and method == "random":
-        n, spatial, k, batched = _shape_info(net, x, target, common)
-        tgt = resolve_target(target, None, common["classes"], n)
-        shape = ((n,) if batched else ()) + (() if tgt.scalar else (k,)) + tuple(spatial)
-        r = torch.rand(shape, generator=gen)
-        return r if isinstance(x, torch.Tensor) else r.numpy()
+    if isinstance(method, str) and method in ("random", "random_cam"):
+        # "random" is the registry's random_cam, drawing from compare's generator (seeded 0)
+        method, options = "random_cam", {"generator": gen, **options}
     if isinstance(method, str):
         if method in api.list_methods() and not api.method_info(method).needs_target:
             target = None  # a method that explains no class (Eigen-CAM); the metrics still score one

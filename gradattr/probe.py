@@ -28,9 +28,14 @@ FORWARD_FACTOR = 16
 #: The same when only the layers after the feature layer run on the copies: the
 #: modified copies, the hook's clone, and the tail's activations.
 TAIL_FACTOR = 3
-#: At most this many copies per forward pass on a CPU when ``batch_size=None``: larger
-#: batches are slower per copy there (cache), while a GPU gains from the whole budget.
-CPU_CHUNK = 16
+#: Give 2-D masked inputs to the network in channels_last memory format (convolutions then
+#: run channels_last throughout). Off: on a CPU it gained nothing measurable for Score-CAM on
+#: ResNet-18 (benchmarks/bench_perturbation.py); kept as a switch for GPU measurements.
+CHANNELS_LAST = False
+#: At most this many copies per forward pass on a CPU when ``batch_size=None`` (the memory
+#: budget still applies). Score-CAM on ResNet-18 (112 px, one loaded 2-core run): 64 copies
+#: per pass took 0.73 of the time of 16 (benchmarks/bench_perturbation.py).
+CPU_CHUNK = 64
 
 
 def chunk_size(batch_size: int | None, per_copy: torch.Tensor, cpu_cap: bool = True,
@@ -126,15 +131,57 @@ class Probe:
 
         return out.finish(run_hooked(self.call, x, install, grad=False))[0]
 
-    def score_inputs(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def score_inputs(self, x: torch.Tensor, rows: torch.Tensor, softmax: bool = False) -> torch.Tensor:
         """Scores ``(B, K)`` of inputs ``x (B or 1, C, *S)``; ``rows`` says whose target each uses.
 
         An ``x`` of batch 1 with several ``rows`` is run once and its output shared.
+        The pass runs under ``torch.inference_mode`` (no autograd bookkeeping at all);
+        the scores come back as ordinary tensors. ``softmax=True`` scores the softmax
+        over the output's class axis (axis 1) instead of the raw output: the
+        probabilities RISE and Group-CAM use.
         """
-        y = self.output_of(x)
-        if isinstance(y, torch.Tensor) and y.shape[0] == 1 and len(rows) > 1:
-            y = y.expand(len(rows), *y.shape[1:])
-        return self.target.scores(y, len(rows), rows).detach()
+        target = self.target  # fixed on the unperturbed input, outside inference mode
+        with torch.inference_mode():
+            y = self.output_of(x)
+            if softmax and isinstance(y, torch.Tensor) and y.ndim >= 2:
+                y = torch.softmax(y.float() if y.dtype in (torch.float16, torch.bfloat16) else y, 1)
+            if isinstance(y, torch.Tensor) and y.shape[0] == 1 and len(rows) > 1:
+                y = y.expand(len(rows), *y.shape[1:])
+            s = target.scores(y, len(rows), rows)
+        return s.clone()
+
+    def score_masked(self, count: int, make, rows: torch.Tensor, *, batch_size: int | None = None,
+                     progress: bool = False, desc: str = "", softmax: bool = False) -> torch.Tensor:
+        """Scores ``(count, K)`` of ``count`` perturbed inputs, built and run one chunk at a time.
+
+        The shared primitive of the masked-input methods (Score-CAM, SS-CAM, IS-CAM,
+        Group-CAM, RISE). ``make(start, stop)`` returns the perturbed inputs
+        ``start..stop-1`` as ``(stop - start, C, *S)``; ``rows (count,)`` says whose
+        target each is scored for. Chunks hold ``batch_size`` inputs, or as many as fit
+        :data:`MEMORY_BUDGET` (at most :data:`CPU_CHUNK` on a CPU), so the
+        ``count x input`` tensor is never built; the passes run under
+        ``torch.inference_mode``; ``progress`` shows a bar over the ``count`` inputs.
+        The result does not depend on the chunk size as long as ``make`` does not.
+        """
+        step = chunk_size(batch_size, self.x[0])
+        out = None
+        bar = self.progress(count, progress, desc)
+        try:
+            for start in range(0, count, step):
+                stop = min(count, start + step)
+                xb = make(start, stop)
+                if CHANNELS_LAST and xb.ndim == 4:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                s = self.score_inputs(xb, rows[start:stop], softmax)
+                if out is None:
+                    out = s.new_empty(count, s.shape[1])
+                out[start:stop] = s
+                bar.update(stop - start)
+        finally:
+            bar.close()
+        if out is None:
+            out = self.scores.new_zeros(0, self.scores.shape[1])
+        return out
 
     def activation_chunk(self, batch_size: int | None) -> int:
         """Copies per :meth:`score_activations` call, for the path that will run them."""
