@@ -497,3 +497,21 @@ def reference_maps(method, net, x, target, layer="3"):
     if method in BATCH_REFERENCES:
         return BATCH_REFERENCES[method](net, x, target, layer)
     return naive_maps(method, net, x, target, layer)
+
+
+#: Options the sweep passes to a method (small mask and sample counts, so the naive loops stay quick).
+SWEEP_OPTIONS: dict = {}
+#: Methods without a naive reference, and why.
+NO_REFERENCE = {"random_cam": "a random baseline: tests/test_perturbation.py checks its seed, range and shape"}
+
+
+def _perturbation_references():
+    """SS-CAM, IS-CAM, Group-CAM and RISE: their one-mask-at-a-time references (test_perturbation.py)."""
+    from test_perturbation import NAIVE
+
+    for name, (fn, opts) in NAIVE.items():
+        BATCH_REFERENCES[name] = lambda net, x, target, layer, fn=fn: fn(net, x, target)
+        SWEEP_OPTIONS[name] = opts
+
+
+_perturbation_references()
