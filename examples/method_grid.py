@@ -8,8 +8,9 @@ jet over the photo. Guided backprop and Guided Grad-CAM are input-resolution gra
 paper's figures (``gradattr.plot.gradient_rgb``: mid-grey is zero). Writes
 ``methods_grid.png`` and prints each method's time.
 
-Score-CAM (one forward pass per channel: 1280 on this layer) and Ablation-CAM take
-minutes on a CPU, so they run only with ``--full``.
+The perturbation methods (Score-CAM: one forward pass per channel, 1280 on this layer;
+Ablation-CAM, SS-CAM, IS-CAM, Group-CAM), RISE (4000 masked passes) and FullGrad take
+minutes on a CPU, so they run only with ``--full`` (on a GPU when there is one).
 
 Run: ``python examples/method_grid.py`` (``--full`` for every method, ``--fast`` for a
 112 x 112 photo).
@@ -25,16 +26,25 @@ import gradattr.plot
 from example_utils import OUTPUT, arguments, save_path
 from imagenet_cat import load_network, load_photo
 
-TITLES = {"grad_cam": "Grad-CAM", "grad_cam_plus_plus": "Grad-CAM++", "xgrad_cam": "XGrad-CAM",
-          "hires_cam": "HiResCAM", "layer_cam": "Layer-CAM", "score_cam": "Score-CAM",
-          "ablation_cam": "Ablation-CAM", "eigen_cam": "Eigen-CAM (no target)",
-          "eigengrad_cam": "EigenGrad-CAM", "cam": "CAM", "guided_backprop": "Guided backprop (RGB)",
-          "guided_grad_cam": "Guided Grad-CAM (RGB)"}
-SLOW = ("score_cam", "ablation_cam")
+
+
+def title(method: str) -> str:
+    """The method's name from the registry, with what the panel shows when it is not a class map."""
+    info = gradattr.method_info(method)
+    if info.returns == "pixels":
+        return f"{info.title} (RGB)"
+    if method == "deep_feature_factorization":
+        return f"{info.title} (concept 1)"
+    return info.title if info.needs_target else f"{info.title} (no target)"
+
+
+def slow(method: str) -> bool:
+    """Perturbation methods (one forward pass per channel or mask) take minutes on a CPU."""
+    return gradattr.method_info(method).kind == "perturbation" or method in ("rise", "full_grad")
 
 
 def main(out_dir: str = OUTPUT, quick: bool = False, methods: list[str] | None = None,
-         full: bool = False) -> dict:
+         full: bool = False, device: str = "auto") -> dict:
     """Run every method (or ``methods``; Score-CAM and Ablation-CAM only when ``full``), write
     ``methods_grid.png``; return the maps and times."""
     torch.manual_seed(0)
@@ -43,19 +53,22 @@ def main(out_dir: str = OUTPUT, quick: bool = False, methods: list[str] | None =
     with torch.no_grad():
         top = int(net(x[None]).argmax())
     if methods is None:
-        methods = [m for m in gradattr.list_methods() if full or m not in SLOW]
+        methods = [m for m in gradattr.list_methods() if full or not slow(m)]
         skipped = [m for m in gradattr.list_methods() if m not in methods]
         if skipped:
             print(f"left out (minutes on a CPU; --full runs them): {', '.join(skipped)}")
     results = {}
     for method in methods:
         t0 = time.perf_counter()
-        target = None if method == "eigen_cam" else top  # Eigen-CAM has no target
-        m = gradattr.attribute(net, x, target, method=method)  # (H, W), or (3, H, W) for the guided ones
+        target = top if gradattr.method_info(method).needs_target else None  # Eigen-CAM has none
+        m = gradattr.attribute(net, x, target, method=method, device=device)  # (H, W); (3, H, W) guided
+        if method == "deep_feature_factorization":
+            m = m[0]  # (concepts, H, W): the first concept
+        m = m.cpu()
         results[method] = (m, time.perf_counter() - t0)
         print(f"{method:20s} {results[method][1]:7.2f} s", flush=True)
     path = save_path(out_dir, "methods_grid.png")
-    gradattr.plot.grid(img, {TITLES.get(k, k): v[0] for k, v in results.items()}, path=path,
+    gradattr.plot.grid(img, {title(k): v[0] for k, v in results.items()}, path=path,
                        ncols=min(7, -(-(len(results) + 1) // 2)),
                        title=f"EfficientNet-Lite0 explaining class {top} '{classes[top]}' "
                              f"({img.shape[0]} x {img.shape[1]} center crop) with each method")
@@ -65,5 +78,5 @@ def main(out_dir: str = OUTPUT, quick: bool = False, methods: list[str] | None =
 
 if __name__ == "__main__":
     args = arguments(__doc__, fast="a 112 x 112 photo instead of 224 x 224",
-                     full="also Score-CAM and Ablation-CAM (minutes on a CPU)")
-    main(args.out, args.fast, full=args.full)
+                     full="also the perturbation methods, RISE and FullGrad (minutes on a CPU)")
+    main(args.out, args.fast, full=args.full, device="cuda" if torch.cuda.is_available() else "auto")
