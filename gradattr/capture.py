@@ -454,8 +454,18 @@ def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual
         except RuntimeError:  # an op without a batching rule: one backward per target
             grads = None
     if grads is None:
-        per_k = [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1, allow_unused=True)
-                 for k in range(k_count)]
+        try:
+            per_k = [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1,
+                                         allow_unused=True) for k in range(k_count)]
+        except RuntimeError as e:
+            if "use_reentrant" not in str(e):
+                raise
+            raise GradattrError(
+                "net: expected a network whose layers after the feature layer autograd can "
+                "differentiate with torch.autograd.grad, but they run in a reentrant "
+                "torch.utils.checkpoint segment (use_reentrant=True), which allows only "
+                ".backward(); checkpoint with use_reentrant=False, or choose a feature layer "
+                "after the segment") from None
         grads = [None if per_k[0][i] is None else torch.stack([g[i] for g in per_k], 1)
                  for i in range(len(inputs))]
     for gi, name in zip(grads, names):
