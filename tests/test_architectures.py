@@ -207,8 +207,8 @@ def test_monai_3d_vit_tuple_output():
     x = torch.randn(1, 1, 32, 32, 32)
     cam, layer, _ = layer_of(net, x, 1, output_key=0, upsampling="none")  # (logits, hidden states)
     assert layer == "blocks.1.norm1" and cam.shape == (1, 4, 4, 4) and float(cam.max()) > 0
-    with pytest.raises(GradattrError, match=r"output_key: expected an output with a 'logits' or 'out' entry .* 0: tensor \(1, 3\)"):
-        gradattr.grad_cam(net, x, 1)
+    # its only tensor entry (the other is a list of hidden states) is scored by default
+    assert torch.equal(gradattr.grad_cam(net, x, 1, upsampling="none"), cam)
 
 
 # ------------------------------------------------------------------ dense and detection outputs
