@@ -157,10 +157,27 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
     return cap
 
 
+def _tensors(y) -> list[torch.Tensor]:
+    """The tensors of a (possibly nested) network output."""
+    if isinstance(y, torch.Tensor):
+        return [y]
+    if isinstance(y, dict):
+        y = list(y.values())
+    if isinstance(y, (list, tuple)):
+        return [t for v in y for t in _tensors(v)]
+    return []
+
+
 def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output: bool,
-                     x: torch.Tensor) -> Capture:
-    """Hooks on the planned layers; the forward runs under no_grad until the first of them."""
+                     x: torch.Tensor, record: bool = False) -> Capture:
+    """Hooks on the planned layers; the forward runs under no_grad until the first of them.
+
+    ``record=True`` records the whole graph from the input instead (the fallback
+    for networks whose tail turns grad mode off again, such as reentrant
+    ``torch.utils.checkpoint``).
+    """
     n, spatial, mine = x.shape[0], tuple(x.shape[2:]), _mine()
+    patch = layouts.patch_size(call.net, len(spatial))
     slots: list = [None] * len(plan.layers)
     readings = [lp.reading for lp in plan.layers]
     counts = [0] * len(plan.layers)
@@ -174,15 +191,16 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
             counts[i] += 1
             if lp.call is not None and k != lp.call:
                 return None  # another call of a shared module: leave it alone
-            readings[i] = layouts.check_reading(t, readings[i] if lp.call is not None else lp.reading,
-                                                lp.name, n, spatial)
-            if grad and not t.requires_grad:
-                t = t.detach().requires_grad_(True)
+            readings[i] = layouts.check_reading(t, readings[i], lp.name, n, spatial, module, patch)
+            r = readings[i]
+            s = r.stored(t)
+            if grad and not s.requires_grad and not record:
+                s = s.detach().requires_grad_(True)
                 torch.set_grad_enabled(True)  # record the tail from here on
-            slots[i] = t
-            if stop and all(s is not None for s in slots):
+            slots[i] = s
+            if stop and all(v is not None for v in slots):
                 raise _Captured
-            return t.clone()
+            return r.network(s.clone(), t)
         return hook
 
     def install():
@@ -191,8 +209,11 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
                               for i, lp in enumerate(plan.layers)]
 
     output = None
+    leaf = x
+    if record and not any(p.requires_grad for p in call.net.parameters()):
+        leaf = x.detach().requires_grad_(True)
     try:
-        output = run_hooked(call, x, install, grad=False)
+        output = run_hooked(call, leaf, install, grad=record)
     except _Captured:
         pass
     for lp, s in zip(plan.layers, slots):
@@ -205,33 +226,94 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
                       for lp, k, r in zip(plan.layers, counts, readings)), plan.reduction)
     if not plan.known:
         PLANS.put(call, plan, done)
+        for lp in done.layers:
+            _warn_guess(lp)
     if stop:
         return Capture(slots, done, None, plan.reduction or "output")
     y, rname = out.finish(output)
+    if grad and not record and not any(t.requires_grad for t in _tensors(y)) \
+            and any(s.requires_grad for s in slots):
+        # The tail ran without grad (reentrant checkpointing turns it off again): record it all.
+        return _capture_planned(call, done, grad, stop, name_output, x, record=True)
+    if grad and record and not all(s.requires_grad for s in slots):
+        names = [lp.name for lp, s in zip(done.layers, slots) if not s.requires_grad]
+        raise GradattrError(f"feature_layer: expected a layer whose output autograd records, but "
+                            f"{names[0]!r} runs without gradients (inside a reentrant "
+                            "torch.utils.checkpoint segment?); choose a layer outside the segment "
+                            "or checkpoint with use_reentrant=False")
     return Capture(slots, done, y, rname)
 
 
+def _warn_guess(lp: LayerPlan) -> None:
+    r = lp.reading
+    if r is not None and r.guessed:
+        warnings.warn(f"gradattr: feature layer {lp.name!r} read as {layouts.describe(r)}, a guess "
+                      "(another reading fits its shape too); pass feature_layout= to say how to read "
+                      "it", stacklevel=4)
+
+
+def _attention_names(net: nn.Module) -> list[str]:
+    """Names of attention modules: their insides (queries, keys, heads) are never feature maps."""
+    return [nm for nm, m in net.named_modules() if nm and (
+        isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__
+        or type(m).__name__ in ("SABlock", "CrossAttentionBlock"))]
+
+
+def _detector_scope(net: nn.Module) -> str | None:
+    """``"backbone.body."`` (or ``"backbone."``) for torchvision's detectors: their map is the
+    backbone's last feature map, never a head that only feeds detached proposals."""
+    if not any(c.__name__ == "GeneralizedRCNN" for c in type(net).__mro__):
+        return None
+    names = dict(net.named_modules())
+    return "backbone.body." if "backbone.body" in names else "backbone."
+
+
 def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torch.Tensor):
-    """Hooks on every module to find the automatic layer: ``(capture, fresh)``."""
+    """Hooks on every module to find the automatic layer: ``(capture, fresh)``.
+
+    The rule (see :mod:`gradattr.layers`): the last module output, in execution
+    order and before the reduction layer's output, that reads as a feature map of
+    the input (:func:`gradattr.layouts.read`), outside attention modules; for a
+    spatial output (segmenters, UNets) the last one before the prediction layer
+    (whose channel count is the output's); for torchvision detectors the
+    backbone's last feature map; and, for readings other than channels-first
+    (tokens, sequences), the last one whose grid the score depends on: the patch
+    tokens after a ViT's last attention only feed themselves, not the class token.
+    """
     n, spatial, mine = x.shape[0], tuple(x.shape[2:]), _mine()
+    patch = layouts.patch_size(call.net, len(spatial))
+    attention = _attention_names(call.net)
+    scope = _detector_scope(call.net)
     seen: list = []  # [name, tensor, version, call, reading] of the latest candidates, in order
     before_reduction: list = []
+    rejected: dict[str, tuple] = {}
     counts: dict[str, int] = {}
     out = _Output(call.net, plan.reduction, True if plan.reduction is None else name_output, mine)
     reduction_module = _module(call.net, plan.reduction) if plan.reduction else None
 
+    def excluded(name):
+        if scope is not None and not name.startswith(scope):
+            return True
+        return any(name == a or name.startswith(a + ".") for a in attention)
+
     def hook_for(name, module):
-        def hook(m, inputs, t):
+        def hook(m, inputs, out_):
             if not mine():
                 return None
             k = counts[name] = counts.get(name, -1) + 1
-            reading = layouts.read(t, n, spatial)
+            if excluded(name):
+                return None
+            reading = layouts.read(out_, n, spatial, module, patch)
+            t = out_[0] if reading is not None and reading.item is not None else out_
             if reading is not None:
-                if seen and seen[-1][1] is t:  # the same tensor from an enclosing module
+                if seen and seen[-1][1] is t and seen[-1][4].item == reading.item:
+                    # the same tensor from an enclosing module: named by the outermost
                     seen[-1][0], seen[-1][2], seen[-1][3] = name, t._version, k
                 else:
                     seen.append([name, t, t._version, k, reading])
-                    del seen[:-2]  # only the last two can be chosen; let the rest be freed
+                    del seen[:-32]  # only the last few can be chosen; let the rest be freed
+            elif isinstance(out_, torch.Tensor) and out_.ndim >= 3 and n in out_.shape[:2]:
+                rejected[name] = tuple(out_.shape)
             if module is reduction_module:  # candidates must come before the reduction layer
                 before_reduction[:] = [list(s) for s in seen]
         return hook
@@ -240,20 +322,70 @@ def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torc
         return out.handles + [m.register_forward_hook(hook_for(nm, m))
                               for nm, m in call.net.named_modules() if nm]
 
-    needs_input_grad = grad and not any(p.requires_grad for p in call.net.parameters())
+    # The graph is recorded even for methods without gradients: it decides which token
+    # tensor the score depends on, and the plan found here is remembered for every method.
+    needs_input_grad = not any(p.requires_grad for p in call.net.parameters())
     leaf = x.detach().requires_grad_(True) if needs_input_grad else x
-    output = run_hooked(call, leaf, install, grad=grad)
+    output = run_hooked(call, leaf, install, grad=True)
     y, rname = out.finish(output)
-    candidates = [s for s in (before_reduction if plan.reduction else seen) if s[1] is not y]
+    outs = {id(t) for t in _tensors(y)}
+    candidates = [s for s in (before_reduction if plan.reduction else seen) if id(s[1]) not in outs]
+    candidates = _before_head(candidates, call, y)
     if not candidates:
+        listed = "; ".join(f"{nm} {shape}" for nm, shape in list(rejected.items())[-8:])
         raise GradattrError(
             f"feature_layer: no layer of this network outputs a tensor with the input's layout "
-            f"({n}, C, {len(spatial)} spatial dims, one of them > 1) before the reduction layer; "
-            "pass feature_layer explicitly")
-    name, t, version, k, reading = candidates[-1]
-    fresh = t._version == version and (t.requires_grad or not grad)
-    done = Plan((LayerPlan(name, k, reading),), plan.reduction)
+            f"({n}, C, {len(spatial)} spatial dims, one of them > 1), channels last or tokens "
+            f"({n}, L, C) on a grid following the input's size {spatial}, before the reduction layer"
+            + (f" (outputs with the batch size, none readable: {listed})" if listed else "")
+            + "; pass feature_layer (and feature_layout) explicitly")
+    chosen = _depended_on(candidates, call, y) if candidates[-1][4].kind != "channels_first" else candidates[-1]
+    name, t, version, k, reading = chosen
+    lp = LayerPlan(name, k, reading)
+    _warn_guess(lp)
+    # A time-first tensor is stored transposed, which autograd has not recorded: run again.
+    fresh = t._version == version and (t.requires_grad or not grad) and reading.kind != "time_first"
+    done = Plan((lp,), plan.reduction)
     return Capture([t], done, y, rname), fresh
+
+
+def _before_head(candidates: list, call: Call, y) -> list:
+    """Drop the prediction layer of a spatial output: trailing candidates with the output's
+    channel count (a segmenter's logits before upsampling, a UNet's last convolution)."""
+    from .outputs import select
+
+    try:
+        y = select(y, call.output_key)
+    except GradattrError:
+        return candidates
+    rank = call.x.ndim - 2
+    if not (isinstance(y, torch.Tensor) and y.ndim == rank + 2 and y.shape[0] == call.x.shape[0]
+            and any(s > 1 for s in y.shape[2:])):
+        return candidates
+    out = list(candidates)
+    while out and out[-1][4].ncs_shape(out[-1][1])[0] == y.shape[1]:
+        out.pop()
+    return out
+
+
+def _depended_on(candidates: list, call: Call, y) -> list:
+    """The last candidate whose grid (not only its extra tokens) the target score depends on."""
+    try:
+        s = call.target.scores(y, call.x.shape[0])
+    except GradattrError:
+        return candidates[-1]
+    if not s.requires_grad:
+        return candidates[-1]
+    usable = [c for c in candidates if c[1].requires_grad and c[1]._version == c[2]]
+    if not usable:
+        return candidates[-1]
+    grads = torch.autograd.grad(s.sum(), [c[1] for c in usable], retain_graph=True, allow_unused=True)
+    for c, g in zip(reversed(usable), reversed(grads)):
+        if g is None:
+            continue
+        if c[4].to_ncs(g.transpose(0, 1) if c[4].kind == "time_first" else g).abs().amax() > 0:
+            return c
+    return candidates[-1]
 
 
 # -- the remembered plans -----------------------------------------------------------------
@@ -322,8 +454,18 @@ def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual
         except RuntimeError:  # an op without a batching rule: one backward per target
             grads = None
     if grads is None:
-        per_k = [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1, allow_unused=True)
-                 for k in range(k_count)]
+        try:
+            per_k = [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1,
+                                         allow_unused=True) for k in range(k_count)]
+        except RuntimeError as e:
+            if "use_reentrant" not in str(e):
+                raise
+            raise GradattrError(
+                "net: expected a network whose layers after the feature layer autograd can "
+                "differentiate with torch.autograd.grad, but they run in a reentrant "
+                "torch.utils.checkpoint segment (use_reentrant=True), which allows only "
+                ".backward(); checkpoint with use_reentrant=False, or choose a feature layer "
+                "after the segment") from None
         grads = [None if per_k[0][i] is None else torch.stack([g[i] for g in per_k], 1)
                  for i in range(len(inputs))]
     for gi, name in zip(grads, names):

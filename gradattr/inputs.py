@@ -16,7 +16,7 @@ from .errors import GradattrError, expected
 
 _RANKED = (
     (1, (nn.Conv1d, nn.ConvTranspose1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d,
-         nn.AdaptiveMaxPool1d, nn.InstanceNorm1d, nn.LPPool1d)),
+         nn.AdaptiveMaxPool1d, nn.InstanceNorm1d, nn.LPPool1d, nn.RNNBase)),  # an RNN reads sequences
     (2, (nn.Conv2d, nn.ConvTranspose2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
          nn.AdaptiveMaxPool2d, nn.BatchNorm2d, nn.InstanceNorm2d, nn.LPPool2d)),
     (3, (nn.Conv3d, nn.ConvTranspose3d, nn.MaxPool3d, nn.AvgPool3d, nn.AdaptiveAvgPool3d,

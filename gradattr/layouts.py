@@ -1,81 +1,431 @@
 """Reading a captured feature tensor as ``(N, C, *spatial)``: the layout seam.
 
 Every method works on feature maps ``(N, C, *S)``. A captured tensor is kept
-as the network produced it; a :class:`Reading` turns it (and its gradient,
-which has the same layout) into ``(N, C, *S)`` with :meth:`Reading.to_ncs`, and
-puts modified ``(B, C, *S)`` activations back into the network's layout with
-:meth:`Reading.from_ncs` (Score-CAM and Ablation-CAM perturbations), keeping
-whatever the reading dropped (class tokens) from the original.
+as the network produced it (batch first; see :meth:`Reading.stored`); a
+:class:`Reading` turns it (and its gradient, which has the same layout) into
+``(N, C, *S)`` with :meth:`Reading.to_ncs`, and puts modified ``(B, C, *S)``
+activations back into the network's layout with :meth:`Reading.from_ncs`
+(Score-CAM and Ablation-CAM perturbations), keeping whatever the reading
+dropped (class tokens) from the original.
 
-:func:`read` is the automatic reading of a tensor given the batch size and the
-input's spatial size; :func:`resolve_layout` turns the ``feature_layout``
-option into a fixed reading.
+The readings:
+
+* ``channels_first`` ``(N, C, *S)`` (convolutional networks);
+* ``channels_last`` ``(N, *S, C)`` (Swin, ConvNeXt's inner layers);
+* ``tokens`` ``(N, L, C)``: ``k`` leading extra tokens (class, distillation,
+  register tokens) and ``L - k`` patch tokens on a grid whose shape follows the
+  input's (``h / w = H / W``, in 1-D, 2-D and 3-D alike); for a sequence input
+  with ``k = 0`` this is the batch-first ``time_major`` reading ``(N, T, C)``;
+* ``time_first`` ``(T, N, C)`` (PyTorch's default RNN and Transformer layout);
+* a callable ``tensor -> (N, C, *S)`` (a pytorch-grad-cam ``reshape_transform``),
+  inverted for perturbations with a vector-Jacobian product.
+
+A module that returns a tuple (``nn.LSTM``: ``(output, (h, c))``) is read
+through its first element.
+
+:func:`read` is the automatic reading of a module's output given the batch
+size, the input's spatial size, the producing module and the patch size of the
+network's patch embedding; :func:`resolve_layout` turns the ``feature_layout``
+option into a reading that :func:`check_reading` binds to the tensor.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
-from .errors import expected
+from .errors import GradattrError, expected
+
+#: At most this many leading extra tokens are looked for (class, distillation, registers).
+MAX_EXTRA_TOKENS = 16
+#: The largest ratio between the strides of two spatial dims for a grid to follow the input.
+STRIDE_SPREAD = 1.5
 
 
 @dataclass(frozen=True)
 class Reading:
-    """How one captured tensor maps to ``(N, C, *S)`` and back."""
+    """How one captured tensor maps to ``(N, C, *S)`` and back.
+
+    ``kind`` is ``"channels_first"``, ``"channels_last"``, ``"tokens"``,
+    ``"time_first"`` or ``"callable"``; ``extra`` the number of leading extra
+    tokens and ``grid`` the patch grid (tokens); ``item`` the tuple element read
+    (``None``: the output is a tensor); ``fn`` the callable; ``bound`` is false for a
+    reading asked for by name whose grid is not known yet; ``guessed`` marks a
+    reading that another reading would also fit.
+    """
 
     kind: str
     description: str = ""
     guessed: bool = False
+    extra: int | None = None
+    grid: tuple[int, ...] | None = None
+    item: int | None = None
+    fn: Callable | None = None
+    bound: bool = True
 
+    # -- the captured tensor as stored (batch first) and back --------------------------
+    def stored(self, out):
+        """The module output ``out`` as the tensor gradattr keeps: its batch dim first."""
+        t = out[self.item] if self.item is not None else out
+        return t.transpose(0, 1) if self.kind == "time_first" else t
+
+    def network(self, t: torch.Tensor, out):
+        """A stored tensor ``t`` back in the module's output form (``out`` supplies the rest)."""
+        if self.kind == "time_first":
+            t = t.transpose(0, 1)
+        if self.item is None:
+            return t
+        items = list(out)
+        items[self.item] = t
+        return tuple(items) if isinstance(out, tuple) else type(out)(items)
+
+    # -- the seam ----------------------------------------------------------------------
     def to_ncs(self, t: torch.Tensor) -> torch.Tensor:
-        """The tensor (or its gradient) as ``(N, C, *S)``."""
+        """The stored tensor (or its gradient) as ``(N, C, *S)``."""
+        k = self.kind
+        if k == "channels_first":
+            return t
+        if k == "channels_last":
+            return t.movedim(-1, 1)
+        if k in ("tokens", "time_first"):
+            patches = t[:, self.extra or 0:]
+            return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], *self.grid)
+        if k == "callable":
+            return self.fn(t)
+        raise AssertionError(k)
+
+    def from_ncs(self, a: torch.Tensor, like) -> torch.Tensor:
+        """``a (B, C, *S)`` in the network's layout of ``like`` (``(B, ...)`` or the module's
+        output), which supplies anything the reading dropped (class tokens, tuple elements)."""
+        core = like[self.item] if self.item is not None and isinstance(like, (tuple, list)) else like
+        k = self.kind
+        if k == "channels_first":
+            t = a.to(core.dtype)
+        elif k == "channels_last":
+            t = a.movedim(1, -1).to(core.dtype)
+        elif k == "tokens":
+            patches = a.flatten(2).transpose(1, 2).to(core.dtype)
+            e = self.extra or 0
+            t = torch.cat([core[:, :e].expand(a.shape[0], e, core.shape[-1]), patches], 1) if e else patches
+        elif k == "time_first":
+            t = a.flatten(2).permute(2, 0, 1).to(core.dtype)
+        elif k == "callable":
+            t = _vjp_inverse(self.fn, a, core)
+        else:
+            raise AssertionError(k)
+        if self.item is not None and isinstance(like, (tuple, list)):
+            items = list(like)
+            items[self.item] = t
+            return tuple(items) if isinstance(like, tuple) else type(like)(items)
         return t
 
-    def from_ncs(self, a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``a (B, C, *S)`` in the layout of ``like (B, ...)``, which supplies anything dropped."""
-        return a
+    def ncs_shape(self, t: torch.Tensor) -> tuple[int, ...]:
+        s = self.stored(t) if self.item is not None or self.kind == "time_first" else t
+        return tuple(self.to_ncs(s[:1].detach()).shape[1:])
 
 
-CHANNELS_FIRST = Reading("channels_first", "(N, C, *S)")
+def _vjp_inverse(fn, a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``like + J^T (a - fn(like))``: the inverse of an index/permutation/reshape ``fn`` at ``like``.
 
-
-def read(t, n: int, spatial: tuple[int, ...]) -> Reading | None:
-    """The reading of a module output ``t`` for a batch of ``n`` inputs of size ``spatial``.
-
-    ``None`` when ``t`` is not a feature map of the input (a vector, an attention
-    internal, another batch size). Channels-first ``(N, C, *S)`` with as many
-    spatial dims as the input and one of them > 1.
+    For such a transform ``J^T`` scatters each value back where ``fn`` took it from,
+    so this is exact, and the parts ``fn`` drops (class tokens) keep ``like``'s values.
     """
-    if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 3 and t.shape[0] == n):
+    with torch.enable_grad():
+        src = like.detach().requires_grad_(True)
+        out = fn(src)
+        (g,) = torch.autograd.grad(out, src, grad_outputs=(a.to(out.dtype) - out).detach(),
+                                   allow_unused=True)
+    return like if g is None else like + g
+
+
+CHANNELS_FIRST = Reading("channels_first", "channels first (N, C, *S)")
+CHANNELS_LAST = Reading("channels_last", "channels last (N, *S, C)")
+
+
+def _tokens(extra: int, grid: tuple[int, ...], guessed: bool = False, time: bool = False) -> Reading:
+    if time:
+        return Reading("tokens", "time major (N, T, C)", guessed, 0, grid)
+    g = " x ".join(map(str, grid))
+    what = f"{extra} extra token{'s' if extra != 1 else ''} + " if extra else ""
+    return Reading("tokens", f"tokens (N, L, C): {what}{g} grid", guessed, extra, grid)
+
+
+# -- what the producing module says --------------------------------------------------------
+_LAST_DIM = (nn.Linear, nn.LayerNorm, nn.MultiheadAttention, nn.TransformerEncoderLayer,
+             nn.TransformerDecoderLayer, nn.TransformerEncoder, nn.TransformerDecoder, nn.RNNBase,
+             nn.Embedding)
+_FIRST_DIM = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modules.pooling._MaxPoolNd,
+              nn.modules.pooling._AvgPoolNd, nn.modules.pooling._AdaptiveAvgPoolNd,
+              nn.modules.pooling._AdaptiveMaxPoolNd, nn.modules.instancenorm._InstanceNorm,
+              nn.GroupNorm, nn.modules.pooling.LPPool2d)
+_LAST_DIM_NAMES = ("Block", "Mlp", "MLP", "Transformer", "LayerNorm", "Encoder", "Attention")
+
+
+def producer_vote(module) -> str | None:
+    """``"last"`` when ``module`` works on the last dim, ``"first"`` for convolutions, else None."""
+    if module is None:
         return None
-    rank = len(spatial)
-    if t.ndim == rank + 2 and any(s > 1 for s in t.shape[2:]):
-        return CHANNELS_FIRST
+    if isinstance(module, _FIRST_DIM):
+        return "first"
+    if isinstance(module, _LAST_DIM):
+        return "last"
+    name = type(module).__name__
+    if "Conv" in name or "BatchNorm" in name:
+        return "first"
+    if any(s in name for s in _LAST_DIM_NAMES):
+        return "last"
+    # A container reads like its last child (a Sequential ending in a LayerNorm)
+    children = list(module.children())
+    return producer_vote(children[-1]) if children and isinstance(module, nn.Sequential) else None
+
+
+def patch_size(net: nn.Module, rank: int) -> tuple[int, ...] | None:
+    """The patch size of the network's patch embedding: its first convolution whose kernel
+    equals its stride (> 1), as in ViT, DeiT, Swin and MONAI's ViT; None without one."""
+    kinds = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+    for m in net.modules():
+        if isinstance(m, kinds.get(rank, ())):
+            ks, st = tuple(m.kernel_size), tuple(m.stride)
+            if ks == st and max(st) > 1:
+                return st
+            return None  # the first convolution is not a patch embedding
     return None
 
 
-def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[int, ...]) -> Reading:
-    """The reading of an explicitly chosen layer's output ``t``, or an error naming the layer."""
-    from .errors import GradattrError
+# -- the automatic reading -----------------------------------------------------------------
+def _fits(ext, spatial, strict: bool = True) -> float | None:
+    """How well a grid ``ext`` follows the input's size ``spatial``: None if it cannot be a map
+    of it (no dim > 1, a dim larger than the input's, or, when ``strict``, dims scaled too
+    differently); else a penalty (0: one integer stride for every dim)."""
+    ext = tuple(int(e) for e in ext)
+    if len(ext) != len(spatial) or not any(e > 1 for e in ext) or any(e < 1 for e in ext):
+        return None
+    if any(e > s for e, s in zip(ext, spatial)):
+        return None
+    strides = [s / e for e, s in zip(ext, spatial) if s > 1]
+    spread = max(strides) / min(strides) if strides else 1.0
+    if strict and spread > STRIDE_SPREAD:
+        return None
+    ints = all(abs(s / e - round(s / e)) < 1e-6 or -(-s // max(round(s / e), 1)) == e
+               for e, s in zip(ext, spatial))
+    return min(spread - 1, 2.0) + (0 if ints else 0.5)
 
-    if not isinstance(t, torch.Tensor):
+
+def _grids(m: int, spatial) -> list[tuple[tuple[int, ...], float]]:
+    """Grids of ``m`` cells that follow ``spatial``, with their penalty, best first."""
+    rank = len(spatial)
+    out = []
+    if rank == 1:
+        f = _fits((m,), spatial)
+        return [((m,), f)] if f is not None else []
+    divs = [d for d in range(1, m + 1) if m % d == 0]
+    if rank == 2:
+        cands = [(h, m // h) for h in divs]
+    else:
+        cands = [(d, h, m // (d * h)) for d in divs for h in divs if (m // d) % h == 0]
+    for g in cands:
+        f = _fits(g, spatial)
+        if f is not None:
+            out.append((g, f))
+    return sorted(out, key=lambda p: p[1])
+
+
+def token_readings(length: int, spatial, patch=None) -> list[tuple[Reading, float]]:
+    """Every ``(extra tokens, grid)`` reading of ``length`` tokens for an input of size ``spatial``."""
+    if patch is not None and len(patch) == len(spatial):
+        grid = tuple(s // p for s, p in zip(spatial, patch))
+        extra = length - int(torch.Size(grid).numel())
+        if 0 <= extra <= MAX_EXTRA_TOKENS and any(g > 1 for g in grid):
+            return [(_tokens(extra, grid), -1.0)]  # confirmed by the patch embedding
+    out = []
+    for extra in range(0, min(MAX_EXTRA_TOKENS, length - 1) + 1):
+        for grid, pen in _grids(length - extra, spatial)[:1]:
+            # extra tokens that no patch embedding confirms are an assumption: say so
+            out.append((_tokens(extra, grid, guessed=extra > 0), pen + 0.01 * extra))
+    return sorted(out, key=lambda p: p[1])
+
+
+def candidates(t, n: int, spatial: tuple[int, ...], module=None, patch=None) -> list[tuple[Reading, float]]:
+    """Every reading of a module output ``t`` as a feature map of the input, best first."""
+    item = None
+    if isinstance(t, (tuple, list)) and t and isinstance(t[0], torch.Tensor) and isinstance(module, nn.RNNBase):
+        t, item = t[0], 0
+    if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 3):
+        return []
+    rank, shape = len(spatial), tuple(t.shape)
+    vote = producer_vote(module)
+    out: list[tuple[Reading, float]] = []
+    if shape[0] == n:
+        if t.ndim == rank + 2:
+            f = _fits(shape[2:], spatial, strict=False)  # MATLAB's rule for (N, C, *S)
+            if f is not None and not (rank == 1 and vote == "last"):
+                out.append((CHANNELS_FIRST, f + (0.3 if vote == "last" else 0)))
+            if rank >= 2:
+                f = _fits(shape[1:-1], spatial)
+                if f is not None:
+                    out.append((CHANNELS_LAST, f + (0.3 if vote != "last" else 0)))
+        if t.ndim == 3:
+            if rank == 1:
+                f = _fits(shape[1:2], spatial)
+                if f is not None and vote != "first":
+                    out.append((_tokens(0, (shape[1],), time=True), f + (0 if vote == "last" else 0.3)))
+            else:
+                out += token_readings(shape[1], spatial, patch)
+    if rank == 1 and t.ndim == 3 and shape[1] == n and shape[0] != n and vote in ("last", None):
+        f = _fits(shape[:1], spatial)
+        if f is not None:
+            out.append((Reading("time_first", "time first (T, N, C)", False, 0, (shape[0],)),
+                        f + (0 if vote == "last" else 0.3)))
+    out = sorted(out, key=lambda p: p[1])
+    if item is not None:
+        out = [(replace(r, item=item), p) for r, p in out]
+    return out
+
+
+def read(t, n: int, spatial: tuple[int, ...], module=None, patch=None) -> Reading | None:
+    """The reading of a module output ``t`` for a batch of ``n`` inputs of size ``spatial``.
+
+    ``None`` when ``t`` is not a feature map of the input (a vector, an attention
+    internal, another batch size, a map larger than the input). Of the readings
+    that fit, the one whose grid follows the input best (one integer stride for
+    every dim) and agrees with the producing ``module`` (convolutions and batch
+    norms work on dim 1, linear layers, layer norms, attention and RNNs on the last
+    dim); marked ``guessed`` when another reading fits as well.
+    """
+    found = candidates(t, n, spatial, module, patch)
+    if not found:
+        return None
+    best, pen = found[0]
+    if len(found) > 1 and found[1][1] - pen < 0.05:
+        best = replace(best, guessed=True)
+    return best
+
+
+def describe(reading: Reading) -> str:
+    return reading.description or reading.kind
+
+
+def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[int, ...],
+                  module=None, patch=None) -> Reading:
+    """The reading of an explicitly chosen layer's output ``t``, or an error naming the layer."""
+    if isinstance(t, (tuple, list)) and not isinstance(t, torch.Tensor):
+        if not (t and isinstance(t[0], torch.Tensor) and (isinstance(module, nn.RNNBase)
+                                                             or (reading is not None and reading.item is not None))):
+            raise GradattrError(f"feature_layer: expected a layer whose output is a tensor "
+                                f"(N, C, *spatial), but {name!r} returned a {type(t).__name__}")
+    elif not isinstance(t, torch.Tensor):
         raise GradattrError(f"feature_layer: expected a layer whose output is a tensor "
                             f"(N, C, *spatial), but {name!r} returned a {type(t).__name__}")
-    if reading is not None:
+    if reading is not None and reading.bound:
         return reading
+    if reading is not None:
+        return bind(reading, t, name, n, spatial, module, patch)
+    found = read(t, n, spatial, module, patch)
+    if found is None:
+        shape = tuple((t[0] if not isinstance(t, torch.Tensor) else t).shape)
+        rank = len(spatial)
+        raise GradattrError(
+            f"feature_layer: expected a layer whose output reads as a feature map of the input "
+            f"({n}, C, {rank} spatial dims), ({n}, {rank} spatial dims, C) or tokens ({n}, L, C) "
+            f"on a grid following the input's size {spatial}, but {name!r} outputs shape {shape}; "
+            "pass feature_layout (a name or a callable tensor -> (N, C, *S)) to say how to read it")
+    return found
+
+
+def bind(reading: Reading, out, name: str, n: int, spatial: tuple[int, ...], module=None,
+         patch=None) -> Reading:
+    """A reading asked for by name, fixed to the shape of ``out`` (grid, extra tokens)."""
+    t = out
+    item = None
+    if isinstance(out, (tuple, list)):
+        t, item = out[0], 0
+    shape = tuple(t.shape)
     rank = len(spatial)
-    if t.ndim != rank + 2 or t.shape[0] != n:
-        raise GradattrError(f"feature_layer: expected a layer whose output has the input's layout "
-                            f"({n}, C, {rank} spatial dims), but {name!r} outputs shape {tuple(t.shape)}")
-    return CHANNELS_FIRST
+
+    def fail(what):
+        return GradattrError(f"feature_layout: expected {what} for {name!r}, got shape {shape} "
+                             f"(input: {n} samples of size {spatial})")
+
+    k = reading.kind
+    if k == "callable":
+        try:
+            a = reading.fn(t)
+        except Exception as e:  # noqa: BLE001 - the user's function: say where it failed
+            raise GradattrError(f"feature_layout: expected a callable tensor -> (N, C, *S), but it "
+                                f"raised {type(e).__name__}: {e} on {name!r}'s output of shape {shape}") from None
+        if not isinstance(a, torch.Tensor) or a.ndim != rank + 2 or a.shape[0] != shape[0]:
+            got = f"shape {tuple(a.shape)}" if isinstance(a, torch.Tensor) else type(a).__name__
+            raise GradattrError(f"feature_layout: expected a callable returning ({shape[0]}, C, "
+                                f"{rank} spatial dims) for {name!r}'s output {shape}, got {got}")
+        return replace(reading, item=item, bound=True)
+    if k == "time_first":
+        if t.ndim != 3 or shape[1] != n:
+            raise fail(f"a (T, {n}, C) tensor")
+        return replace(reading, grid=(shape[0],), extra=0, item=item, bound=True)
+    if shape[0] != n:
+        raise fail(f"a tensor with the batch size {n} first")
+    if k == "channels_first":
+        if t.ndim != rank + 2:
+            raise fail(f"({n}, C, {rank} spatial dims)")
+        return replace(reading, item=item)
+    if k == "channels_last":
+        if t.ndim != rank + 2:
+            raise fail(f"({n}, {rank} spatial dims, C)")
+        return replace(reading, item=item)
+    if k == "tokens":
+        if t.ndim != 3:
+            raise fail(f"tokens ({n}, L, C)")
+        if rank == 1 and reading.extra in (None, 0):
+            return replace(_tokens(0, (shape[1],), time=True), item=item)
+        if reading.extra is not None:
+            m = shape[1] - reading.extra
+            grids = _grids(m, spatial) if m > 0 else []
+            if patch is not None and m > 0:
+                g = tuple(s // p for s, p in zip(spatial, patch))
+                if int(torch.Size(g).numel()) == m:
+                    grids = [(g, 0.0)]
+            if not grids:
+                raise fail(f"{reading.extra} extra tokens + a grid of {m} patches following the "
+                           f"input's size {spatial}")
+            return replace(_tokens(reading.extra, grids[0][0]), item=item)
+        found = token_readings(shape[1], spatial, patch)
+        if not found:
+            raise fail(f"tokens ({n}, L, C) with L = extra tokens + a grid following the input's size")
+        best = found[0][0]
+        if len(found) > 1 and found[1][1] - found[0][1] < 0.05:
+            best = replace(best, guessed=True)
+        return replace(best, item=item)
+    raise AssertionError(k)
 
 
-def resolve_layout(spec) -> Reading | Callable | None:
-    """Validate the ``feature_layout`` option: ``None`` (automatic) or a fixed reading."""
+LAYOUT_NAMES = ("channels_first", "channels_last", "tokens", "tokens:k", "time_major", "time_first")
+
+
+def resolve_layout(spec) -> Reading | None:
+    """Validate the ``feature_layout`` option: ``None`` (automatic) or a reading to bind."""
     if spec is None:
         return None
-    if isinstance(spec, str) and spec == "channels_first":
-        return CHANNELS_FIRST
-    raise expected("feature_layout", "None or 'channels_first'", repr(spec))
+    if callable(spec) and not isinstance(spec, str):
+        return Reading("callable", f"feature_layout {getattr(spec, '__name__', type(spec).__name__)}",
+                       fn=spec, bound=False)
+    if isinstance(spec, str):
+        s = spec.strip().lower()
+        if s == "channels_first":
+            return CHANNELS_FIRST
+        if s == "channels_last":
+            return CHANNELS_LAST
+        if s == "time_major":
+            return Reading("tokens", "time major (N, T, C)", extra=0, bound=False)
+        if s == "time_first":
+            return Reading("time_first", "time first (T, N, C)", bound=False)
+        if s == "tokens":
+            return Reading("tokens", "tokens", bound=False)
+        if s.startswith("tokens:"):
+            k = s[len("tokens:"):]
+            if k.isdigit():
+                return Reading("tokens", f"tokens:{int(k)}", extra=int(k), bound=False)
+    raise expected("feature_layout", "None, one of " + ", ".join(map(repr, LAYOUT_NAMES))
+                   + " (k: the number of leading extra tokens, e.g. 'tokens:1') or a callable "
+                   "tensor -> (N, C, *S)", repr(spec))

@@ -31,6 +31,13 @@ class Target:
     scalar: bool
     classes: torch.Tensor | None = None
     fn: Callable | None = None
+    output_key: object = None  # the entry of a structured output a class scores (gradattr.outputs)
+
+    def with_output_key(self, key) -> Target:
+        """This target scoring entry ``key`` of a dict/tuple/ModelOutput output."""
+        from dataclasses import replace
+
+        return replace(self, output_key=key)
 
     def fixed(self, y, n: int) -> Target:
         """This target with each sample's classes made explicit from the output ``y``.
@@ -40,13 +47,16 @@ class Target:
         """
         if self.kind == "fn":
             return self
+        from .outputs import select
+
+        y = select(y, self.output_key)
         per_class = y.flatten(2).sum(-1) if y.ndim > 2 else y
         if self.kind == "top":
             idx = per_class.detach().argmax(1, keepdim=True)
         else:
             idx = self.classes.to(y.device)
             idx = idx.expand(n, -1) if idx.ndim == 1 else idx
-        return Target("per_sample", self.scalar, classes=idx)
+        return Target("per_sample", self.scalar, classes=idx, output_key=self.output_key)
 
     def scores(self, y, n: int, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The ``(N, K)`` scores of the reduction layer's output ``y`` for ``n`` samples.
@@ -55,6 +65,10 @@ class Target:
         classes it uses (for batches of perturbed copies of the samples).
         """
         if self.kind == "fn":
+            if self.output_key is not None:
+                from .outputs import select
+
+                y = select(y, self.output_key)
             s = self.fn(y)
             if not isinstance(s, torch.Tensor):
                 raise expected("reduction_fn", f"a tensor with one score per sample (shape ({n},))",
@@ -67,6 +81,9 @@ class Target:
                 raise expected("reduction_fn", f"one score per sample: shape ({n},) (or ({n}, K) for K "
                                "maps, or a scalar when N == 1)", f"shape {tuple(s.shape)}")
             return check_scores(s, y, "reduction_fn")
+        from .outputs import select
+
+        y = select(y, self.output_key)
         if not isinstance(y, torch.Tensor) or y.ndim < 2 or y.shape[0] != n:
             got = f"shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
             raise expected("target", f"a reduction layer output of shape ({n}, classes, ...) to pick "
