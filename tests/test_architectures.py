@@ -385,7 +385,7 @@ def test_reentrant_checkpoint_gives_a_clear_error_or_a_right_map():
 
 def test_torchscript_gets_the_clear_error():
     net = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 36, 2)))
-    with pytest.raises(GradattrError, match="net: expected a Python nn.Module .*TorchScript"):
+    with pytest.raises(GradattrError, match="net: expected an eager torch.nn.Module .*TorchScript"):
         gradattr.grad_cam(net, torch.randn(1, 3, 8, 8), 0)
 
 
