@@ -323,6 +323,10 @@ def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[
     if reading is not None:
         return bind(reading, t, name, n, spatial, module, patch)
     found = read(t, n, spatial, module, patch)
+    if found is None and isinstance(t, torch.Tensor) and t.ndim == len(spatial) + 2 and t.shape[0] == n:
+        # An explicit layer with the input's layout is read channels-first even when its map is
+        # 1 x 1 (MATLAB accepts any feature layer; only the automatic choice needs a dim > 1).
+        return bind(CHANNELS_FIRST, t, name, n, spatial, module, patch)
     if found is None:
         shape = tuple((t[0] if not isinstance(t, torch.Tensor) else t).shape)
         rank = len(spatial)

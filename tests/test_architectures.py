@@ -198,6 +198,7 @@ def test_score_cam_and_ablation_cam_on_tokens(x64):
     assert float(auto.abs().max()) > 0 and torch.allclose(auto, via_fn, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # minutes of CPU in total with its neighbours; CI's second step runs it
 def test_monai_3d_vit_tuple_output():
     monai_nets = pytest.importorskip("monai.networks.nets")
     torch.manual_seed(0)

@@ -372,6 +372,7 @@ def test_whole_module_loads_with_trust_model(here, capsys):
     np.testing.assert_allclose(np.load(out / "v.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # minutes of CPU in total with its neighbours; CI's second step runs it
 def test_python_m_does_not_import_from_the_working_folder(work, tmp_path):
     """The one subprocess: `python -m gradattr` in a folder holding a planted PIL.py and matplotlib.py."""
     d, nets = work
@@ -402,7 +403,7 @@ def test_layers(here, capsys):
     assert lines[1].split() == ["name", "type", "output", "shape", "reading"]
     assert [ln[2:].split()[:2] for ln in lines[2:-1]] == [["0", "Conv2d"], ["1", "ReLU"], ["2", "Conv2d"],
                                                                ["3", "ReLU"]]
-    assert all(ln.rstrip().endswith("(1, 4, 16, 16)  (N, C, *S)") for ln in lines[2:-1])
+    assert all(ln.rstrip().endswith("(1, 4, 16, 16)  channels first (N, C, *S)") for ln in lines[2:-1])
     assert [ln[2:].split()[0] for ln in lines if ln.startswith("*")] == [chosen]
     assert lines[-1].startswith("4 layers whose output has the input's layout")
     stdout, _ = ok(["layers", "--model", "image_net.pt2", "--input-shape", "1,3,16,16", "--filter", "relu"],

@@ -107,6 +107,7 @@ def test_callback_sees_every_batch_in_order_and_1d_numpy_batches():
                      (2, 7, (1, 2, 16), None), (3, 8, (3, 2, 16), None)]
 
 
+@pytest.mark.slow  # minutes of CPU in total with its neighbours; CI's second step runs it
 def test_memory_is_bounded_only_current_batch_alive():
     net = tiny_net()
     inputs: list[weakref.ref] = []

@@ -63,6 +63,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # minutes of CPU in total with its neighbours; CI's second step runs it
 def test_two_processes_equal_one_process_every_sample_once_and_resume(tmp_path, one_thread):
     torch.manual_seed(0)
     net = tiny_net()

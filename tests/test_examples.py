@@ -180,7 +180,7 @@ def test_method_grid_leaves_out_the_slow_methods_unless_full(tmp_path, monkeypat
     ran = []
     monkeypatch.setattr(gradattr, "list_methods", lambda: ["grad_cam", "score_cam", "ablation_cam"])
     real = gradattr.attribute
-    monkeypatch.setattr(gradattr, "attribute", lambda net, x, t, method: ran.append(method) or real(
+    monkeypatch.setattr(gradattr, "attribute", lambda net, x, t, method, device: ran.append(method) or real(
         net, x, t, method="grad_cam"))
     module.main(out_dir=str(tmp_path), quick=True)
     assert ran == ["grad_cam"]

@@ -625,6 +625,7 @@ def test_localisation_errors():
         metrics.pointing_game(m, box=[[0, 1], [0, 1]], tolerance=-1)
 
 
+@pytest.mark.slow  # minutes of CPU in total with its neighbours; CI's second step runs it
 # ============================================================================= the pretrained network
 def test_pretrained_cat_and_coffee_localised_and_faithful(effnet, cat_coffee):
     """EfficientNet-Lite0 on the cat (left half) beside the espresso (right half): each class's Grad-CAM

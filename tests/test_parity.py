@@ -193,6 +193,7 @@ def prefix_batches(module):
     return sizes, module.register_forward_pre_hook(lambda m, i: sizes.append(i[0].shape[0]))
 
 
+@pytest.mark.slow  # minutes of CPU in total with its neighbours; CI's second step runs it
 def test_pytorch_grad_cam_score_cam(resnet, rx, head_net, photos):
     x = rx[:1]
     ref = pgc_run(pgc.ScoreCAM, resnet, [resnet.layer3], x, [7])
@@ -206,6 +207,7 @@ def test_pytorch_grad_cam_score_cam(resnet, rx, head_net, photos):
     np.testing.assert_allclose(pgc_post(got, (96, 96)), ref, atol=2e-5)
 
 
+@pytest.mark.slow  # minutes of CPU in total with its neighbours; CI's second step runs it
 def test_pytorch_grad_cam_ablation_cam_fast_path_resnet18(resnet, rx):
     """ResNet-18's tail runs on the ablated copies: the layers before layer4 see batch 1 only."""
     x = rx[:1]
@@ -220,6 +222,7 @@ def test_pytorch_grad_cam_ablation_cam_fast_path_resnet18(resnet, rx):
     np.testing.assert_allclose(pgc_post(got, (96, 96)), ref, atol=5e-4)
 
 
+@pytest.mark.slow  # minutes of CPU in total with its neighbours; CI's second step runs it
 def test_pytorch_grad_cam_ablation_cam_fallback_effnet(head_net, photos):
     """EfficientNet-Lite0 reads its batch size from its input: the full network runs on the copies."""
     x = F.interpolate(photos[:1], size=(64, 64), mode="bilinear", antialias=True)
