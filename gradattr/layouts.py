@@ -163,12 +163,31 @@ _FIRST_DIM = (nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm, nn.modul
 _LAST_DIM_NAMES = ("Block", "Mlp", "MLP", "Transformer", "LayerNorm", "Encoder", "Attention")
 
 
-def producer_vote(module) -> str | None:
-    """``"last"`` when ``module`` works on the last dim, ``"first"`` for convolutions, else None."""
+def _feature_size(module) -> int | None:
+    """The size of the feature dim a last-dim module produces, where the module says it."""
+    if isinstance(module, nn.LayerNorm) and module.normalized_shape:
+        return int(module.normalized_shape[-1])
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.Embedding):
+        return module.embedding_dim
+    return None
+
+
+def producer_vote(module, shape: tuple[int, ...] | None = None) -> str | None:
+    """``"last"`` when ``module`` works on the last dim, ``"first"`` for convolutions, else None.
+
+    With the output's ``shape``, a LayerNorm, Linear or Embedding whose feature size is not
+    the last dim was wrapped to work on dim 1 (a ``ChannelLayerNorm`` that transposes around
+    ``nn.LayerNorm``): ``"first"`` when dim 1 has that size, else no vote.
+    """
     if module is None:
         return None
     if isinstance(module, _FIRST_DIM):
         return "first"
+    size = _feature_size(module)
+    if size is not None and shape is not None and len(shape) >= 3 and shape[-1] != size:
+        return "first" if shape[1] == size else None
     if isinstance(module, _LAST_DIM):
         return "last"
     name = type(module).__name__
@@ -178,7 +197,7 @@ def producer_vote(module) -> str | None:
         return "last"
     # A container reads like its last child (a Sequential ending in a LayerNorm)
     children = list(module.children())
-    return producer_vote(children[-1]) if children and isinstance(module, nn.Sequential) else None
+    return producer_vote(children[-1], shape) if children and isinstance(module, nn.Sequential) else None
 
 
 def patch_size(net: nn.Module, rank: int) -> tuple[int, ...] | None:
@@ -255,7 +274,7 @@ def candidates(t, n: int, spatial: tuple[int, ...], module=None, patch=None) -> 
     if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 3):
         return []
     rank, shape = len(spatial), tuple(t.shape)
-    vote = producer_vote(module)
+    vote = producer_vote(module, shape)
     out: list[tuple[Reading, float]] = []
     if shape[0] == n:
         if t.ndim == rank + 2:

@@ -318,6 +318,27 @@ def test_transformer_encoder_on_a_series_is_read_time_major():
     assert torch.allclose(cam, ref)
 
 
+def test_a_layer_norm_wrapped_to_work_on_channels_is_read_channels_first():
+    """A ``nn.LayerNorm`` subclass that transposes ``(N, C, T)`` around the norm (the Japanese Vowels
+    example's ``ChannelLayerNorm``) produces channels first: its normalized size is dim 1, not the last
+    dim. The automatic layer is that norm (MATLAB's last layer with a time dimension), read over time;
+    a plain LayerNorm on ``(N, T, C)`` still reads time-major."""
+    class ChannelLayerNorm(nn.LayerNorm):
+        def forward(self, x):
+            return super().forward(x.transpose(1, -1)).transpose(1, -1)
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(4, 8, 3, padding=1), nn.ReLU(), ChannelLayerNorm(8),
+                        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 3)).eval()
+    x = torch.randn(2, 4, 19)
+    cam, layer, _ = layer_of(net, x, 1, upsampling="none")
+    assert layer == "2" and cam.shape == (2, 19)
+    ref = gradattr.grad_cam(net, x, 1, feature_layer="2", feature_layout="channels_first", upsampling="none")
+    assert torch.equal(cam, ref)
+    assert layouts.read(torch.zeros(2, 8, 19), 2, (19,), net[2]) == layouts.CHANNELS_FIRST
+    assert layouts.read(torch.zeros(2, 19, 8), 2, (19,), nn.LayerNorm(8)).kind == "tokens"
+
+
 # ------------------------------------------------------------------ options and special nets
 class Siamese(nn.Module):
     def __init__(self):
