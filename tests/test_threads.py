@@ -100,3 +100,36 @@ def test_a_plain_forward_thread_beside_explanations_never_sees_their_hooks():
         stop.set()
         t.join()
     assert errors == [] and plain_bad == [] and cam_bad == []
+
+
+class _Interrupt(nn.Module):
+    """Raises KeyboardInterrupt (Ctrl-C) in the middle of the forward pass when armed."""
+
+    def __init__(self):
+        super().__init__()
+        self.armed = False
+
+    def forward(self, x):
+        if self.armed:
+            raise KeyboardInterrupt("Ctrl-C mid-forward")
+        return x
+
+
+@pytest.mark.parametrize("method", ["grad_cam", "score_cam"])
+def test_ctrl_c_mid_forward_leaves_train_mode_hooks_and_statistics_as_found(method):
+    net = bn_net()
+    stop = _Interrupt()
+    net.insert(3, stop)  # after the BatchNorm and ReLU
+    net.train()
+    net[1].eval()  # a mixed state must come back exactly: BatchNorm in eval, the rest training
+    before, modes = state(net), [m.training for m in net.modules()]
+    x = torch.rand(2, 3, 12, 12)
+    want = getattr(gradattr, method)(net, x, 1, feature_layer="4")  # the first call works
+    stop.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        getattr(gradattr, method)(net, x, 1, feature_layer="4")
+    assert [m.training for m in net.modules()] == modes
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks for m in net.modules())
+    stop.armed = False
+    assert torch.equal(getattr(gradattr, method)(net, x, 1, feature_layer="4"), want)
