@@ -10,14 +10,13 @@ The data are synthetic so that the answer is known: a small 3-D CNN learns, in a
 few seconds, whether a 16^3 noise patch holds a bright cube. The "scan" is a
 96 x 96 x 48 noise volume with three cubes. Its Grad-CAM for "cube" is computed
 on 16^3 windows with overlap 0.5 and should light up the three cubes and little
-else. Writes ``examples/output/sliding_window_volume.png``: maximum projections
-of the volume and of the map along the depth, the cubes outlined.
+else. Writes ``sliding_window_volume.png``: maximum projections of the volume and
+of the map along the depth, the cubes outlined.
 
-Run: ``python examples/sliding_window_volume.py``
+Run: ``python examples/sliding_window_volume.py`` (about 10 s on a 2-core CPU)
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -25,8 +24,8 @@ import torch
 from torch import nn
 
 import gradattr
+from example_utils import OUTPUT, arguments, save_path
 
-OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "output")
 PATCH = 16
 CUBES = [((10, 14, 20), 6), ((52, 60, 8), 5), ((70, 20, 30), 6)]  # (corner h, w, d), side
 
@@ -67,7 +66,8 @@ def scan(rng: np.random.Generator) -> np.ndarray:
     return vol
 
 
-def main() -> None:
+def main(out_dir: str = OUTPUT) -> dict:
+    """Train the patch classifier, explain the scan window by window, write the picture; return the numbers."""
     t0 = time.perf_counter()
     net = train()
     vol = scan(np.random.default_rng(1))
@@ -90,8 +90,10 @@ def main() -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.6))
     for ax, img, title in ((axes[0], vol[0].max(axis=2), "volume, max over depth"),
-                           (axes[1], cam.max(axis=2), "Grad-CAM 'cube', max over depth")):
-        ax.imshow(img, cmap="gray" if ax is axes[0] else "jet")
+                           (axes[1], cam.max(axis=2), "Grad-CAM of class 'cube', max over depth")):
+        im = ax.imshow(img, cmap="gray" if ax is axes[0] else "jet")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03).set_label(
+            "intensity" if ax is axes[0] else "Grad-CAM (raw)", fontsize=8)
         for (h, w, _), s in CUBES:
             ax.add_patch(Rectangle((w - 0.5, h - 0.5), s, s, fill=False, edgecolor="white", lw=1.2))
         ax.set_title(title, fontsize=10)
@@ -99,11 +101,12 @@ def main() -> None:
     fig.suptitle(f"96x96x48 volume, 16^3 windows, overlap 0.5, gaussian blending "
                  f"({100 * share:.0f}% of the map in the cubes)", fontsize=10)
     fig.tight_layout()
-    os.makedirs(OUTPUT, exist_ok=True)
-    path = os.path.join(OUTPUT, "sliding_window_volume.png")
+    path = save_path(out_dir, "sliding_window_volume.png")
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     print(f"wrote {path}")
+    return {"share": float(share), "volume_share": float(inside.mean()), "path": path}
 
 
 if __name__ == "__main__":
-    main()
+    main(arguments(__doc__).out)
