@@ -606,10 +606,13 @@ def cli_explain_dataset(argv: list[str]) -> int:
             net = net.to(device)
         elif args.device not in ("auto", "cpu"):
             raise cli.CliError(f"--device: expected auto or cpu on this machine (no CUDA), got {args.device!r}")
-        loader = torch.utils.data.DataLoader(_Files(files, args, cli), batch_size=args.batch_size,
-                                             num_workers=args.workers)
+        samples = _Files(files, args, cli)
+        loader = torch.utils.data.DataLoader(samples, batch_size=args.batch_size, num_workers=args.workers)
         options = {k: v for k, v in (("feature_layer", args.feature_layer),
                                      ("upsampling", args.upsampling)) if v is not None}
+        # every batch is (B, C, *spatial): said outright, since an exported program has no
+        # Conv modules left to tell the input's rank
+        options["input_format"] = "BC" + "S" * (len(samples.shape) - 1)
         report = explain_dataset(net, loader, args.method, target=args.target, out_dir=args.out_dir,
                                  overwrite=args.overwrite, progress=args.progress, **options)
         if report.rank == 0:

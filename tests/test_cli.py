@@ -535,3 +535,14 @@ def test_demo_export_runs_the_readme_recipe(tmp_path, capsys, monkeypatch, effne
     want = gradattr.grad_cam(effnet, x, 285).numpy()
     np.testing.assert_allclose(np.load("cat.npy"), want, rtol=1e-3, atol=1e-5)
     np.testing.assert_allclose(np.load("cat2.npy"), want, rtol=1e-3, atol=1e-5)
+    # the README's explain-dataset command on the exported program: batches of 2 (any batch size)
+    (tmp_path / "images").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / "images" / name).write_bytes((tmp_path / "demo" / "chelsea.png").read_bytes())
+    from gradattr.dataset import cli_explain_dataset
+
+    assert cli_explain_dataset(["images/", "--model", "demo/effnet.pt2", "--size", "224", "--mean", "0.5",
+                                "--std", "0.5", "--batch-size", "2", "--out-dir", "maps/"]) == 0
+    maps = gradattr.load_maps("maps/")
+    assert maps.shape == (3, 224, 224)
+    np.testing.assert_allclose(maps, np.broadcast_to(want, (3, 224, 224)), rtol=1e-3, atol=1e-5)
