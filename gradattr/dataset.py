@@ -624,6 +624,15 @@ def cli_explain_dataset(argv: list[str]) -> int:
             raise
         print(f"{cli.PROG}: error: {cli._one_line(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"{cli.PROG}: interrupted (run the same command again to resume)", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line (the model's own error), --debug for the traceback
+        if args.debug:
+            raise
+        print(f"{cli.PROG}: error: {type(err).__name__}: {cli._one_line(err)} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 def _cli_parser(cli):

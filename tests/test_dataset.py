@@ -347,3 +347,38 @@ def test_cli_explain_dataset_folder_of_images_and_arrays(tmp_path, monkeypatch, 
                                                f"in {Path('arrays') / 'b.npy'}")
     assert main(["explain-dataset", "nowhere", "--model", "dsnet:build", "--out-dir", "m3", "--random-weights"]) == 1
     assert "FOLDER: expected a folder of images or .npy files, got 'nowhere'" in capsys.readouterr().err
+
+
+def test_cli_explain_dataset_reports_a_model_failure_in_one_line(tmp_path, monkeypatch, capsys):
+    """A model that fails on the batch (an exported program traced for another batch size, say) gives
+    one line naming the error and exit status 1, not a traceback."""
+    from PIL import Image
+
+    from gradattr.cli import main
+
+    (tmp_path / "badnet.py").write_text(FACTORY + '''
+
+class Fails(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = build()
+
+    def forward(self, x):
+        if x.shape[0] != 1:
+            raise RuntimeError("Expected input at *args[0].shape[0] to be equal to 1, but got 2")
+        return self.body(x)
+
+
+def fails():
+    return Fails()
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    assert main(["explain-dataset", "imgs", "--model", "badnet:fails", "--out-dir", "maps", "--batch-size", "2",
+                 "--random-weights"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["gradattr: error: RuntimeError: Expected input at *args[0].shape[0] to be equal to 1, "
+                   "but got 2 (--debug shows the traceback)"]
