@@ -34,6 +34,7 @@ from . import layouts
 from .errors import GradattrError
 from .layouts import Reading
 from .prep import Call
+from .targets import tensors_of
 
 
 @dataclass(frozen=True)
@@ -157,17 +158,6 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
     return cap
 
 
-def _tensors(y) -> list[torch.Tensor]:
-    """The tensors of a (possibly nested) network output."""
-    if isinstance(y, torch.Tensor):
-        return [y]
-    if isinstance(y, dict):
-        y = list(y.values())
-    if isinstance(y, (list, tuple)):
-        return [t for v in y for t in _tensors(v)]
-    return []
-
-
 def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output: bool,
                      x: torch.Tensor, record: bool = False) -> Capture:
     """Hooks on the planned layers; the forward runs under no_grad until the first of them.
@@ -231,7 +221,7 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
     if stop:
         return Capture(slots, done, None, plan.reduction or "output")
     y, rname = out.finish(output)
-    if grad and not record and not any(t.requires_grad for t in _tensors(y)) \
+    if grad and not record and not any(t.requires_grad for t in tensors_of(y)) \
             and any(s.requires_grad for s in slots):
         # The tail ran without grad (reentrant checkpointing turns it off again): record it all.
         return _capture_planned(call, done, grad, stop, name_output, x, record=True)
@@ -328,7 +318,7 @@ def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torc
     leaf = x.detach().requires_grad_(True) if needs_input_grad else x
     output = run_hooked(call, leaf, install, grad=True)
     y, rname = out.finish(output)
-    outs = {id(t) for t in _tensors(y)}
+    outs = {id(t) for t in tensors_of(y)}
     candidates = [s for s in (before_reduction if plan.reduction else seen) if id(s[1]) not in outs]
     candidates = _before_head(candidates, call, y)
     if not candidates:

@@ -924,15 +924,21 @@ def main(argv: list[str] | None = None) -> int:
         return cli_explain_dataset(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    return reporting_errors(lambda: args.func(args), args.debug)
+
+
+def reporting_errors(run, debug: bool, interrupted: str = "interrupted") -> int:
+    """``run()``'s exit status, every failure reported as one line on stderr (exit 1; 130 on
+    Ctrl-C, with ``interrupted`` said); ``debug`` re-raises for the traceback."""
     try:
-        return args.func(args)
+        return run()
     except (CliError, GradattrError) as err:
-        if args.debug:
+        if debug:
             raise
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
+        print(f"{PROG}: {interrupted}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `gradattr layers ... | head`
         try:
@@ -941,7 +947,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 0
     except Exception as err:  # noqa: BLE001 - one line, --debug for the traceback
-        if args.debug:
+        if debug:
             raise
         print(f"{PROG}: error: {type(err).__name__}: {_one_line(err)} (--debug shows the traceback)",
               file=sys.stderr)

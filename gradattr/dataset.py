@@ -595,7 +595,8 @@ def cli_explain_dataset(argv: list[str]) -> int:
 
     args = _cli_parser(cli).parse_args(argv)
     args.limit = float("inf")  # the explain command's --max-memory: one batch at a time here
-    try:
+
+    def run() -> int:
         files = _input_files(args.input, cli)
         loaded = cli.load_model(args.model, args.weights, trust=args.trust_model,
                                 random_weights=args.random_weights)
@@ -619,20 +620,8 @@ def cli_explain_dataset(argv: list[str]) -> int:
             (Path(args.out_dir) / "inputs.txt").write_text("".join(f"{f}\n" for f in files))
         print(f"{cli.PROG}: {report}", file=sys.stderr)
         return 0
-    except (cli.CliError, GradattrError) as err:
-        if args.debug:
-            raise
-        print(f"{cli.PROG}: error: {cli._one_line(err)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{cli.PROG}: interrupted (run the same command again to resume)", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - one line (the model's own error), --debug for the traceback
-        if args.debug:
-            raise
-        print(f"{cli.PROG}: error: {type(err).__name__}: {cli._one_line(err)} (--debug shows the traceback)",
-              file=sys.stderr)
-        return 1
+
+    return cli.reporting_errors(run, args.debug, "interrupted (run the same command again to resume)")
 
 
 def _cli_parser(cli):

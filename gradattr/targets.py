@@ -102,14 +102,14 @@ class Target:
         return check_finite(per_class.gather(1, idx), "net", "finite outputs for the target classes")
 
 
-def _tensors(y) -> list[torch.Tensor]:
+def tensors_of(y) -> list[torch.Tensor]:
     """The tensors in an output: a tensor, or the values of a tuple/list/dict of them."""
     if isinstance(y, torch.Tensor):
         return [y]
     if isinstance(y, dict):
         y = list(y.values())
     if isinstance(y, (list, tuple)):
-        return [t for item in y for t in _tensors(item)]
+        return [t for item in y for t in tensors_of(item)]
     return []
 
 
@@ -129,7 +129,7 @@ def check_scores(s: torch.Tensor, y=None, what: str = "reduction_fn") -> torch.T
     fix = "a differentiable floating-point function of the output y (the score's gradient makes the map)"
     if s.is_complex() or not s.is_floating_point():
         raise expected(what, fix, f"scores of dtype {s.dtype}")
-    if any(t.requires_grad for t in _tensors(y)) and not s.requires_grad:
+    if any(t.requires_grad for t in tensors_of(y)) and not s.requires_grad:
         raise expected(what, fix, "scores that do not depend on y (detached, constant, or computed "
                        "through argmax/round/.item())")
     return check_finite(s, what, "finite scores")
