@@ -31,6 +31,17 @@ def effnet():
 
 
 @pytest.fixture(scope="session")
+def head_net(effnet):
+    """EfficientNet-Lite0 with its head activation as a module called once (the same function): the
+    reference libraries hook module outputs, and the original applies it functionally."""
+    import copy
+
+    net = copy.deepcopy(effnet)
+    net._bn1 = torch.nn.Sequential(net._bn1, torch.nn.ReLU6())
+    return net.eval()
+
+
+@pytest.fixture(scope="session")
 def cat_coffee() -> torch.Tensor:
     """``(1, 3, 224, 448)``: the cat (chelsea) on the left half, the espresso (coffee) on the right."""
     return torch.cat([photo("chelsea"), photo("coffee")], dim=2)[None]

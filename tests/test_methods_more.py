@@ -213,16 +213,6 @@ def rx():
 
 
 @pytest.fixture(scope="module")
-def head_net(effnet):
-    """EfficientNet-Lite0 with its head activation as a module called once (see test_parity.py)."""
-    import copy
-
-    net = copy.deepcopy(effnet)
-    net._bn1 = nn.Sequential(net._bn1, nn.ReLU6())
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
 def photos(cat_coffee):
     return torch.cat([cat_coffee[..., :224], cat_coffee[..., 224:]])
 

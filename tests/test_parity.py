@@ -52,14 +52,6 @@ def rx():
     return torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(5))
 
 
-@pytest.fixture(scope="module")
-def head_net(effnet):
-    """EfficientNet-Lite0 with its head activation as a module called once (same function)."""
-    net = copy.deepcopy(effnet)
-    net._bn1 = nn.Sequential(net._bn1, nn.ReLU6())
-    return net.eval()
-
-
 class ReLU6AsReLU(nn.ReLU):
     """An ``nn.ReLU`` (so captum hooks it) that computes ReLU6."""
 

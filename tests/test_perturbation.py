@@ -7,7 +7,6 @@ forward passes of a 224 px network).
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -18,27 +17,8 @@ from torch import nn
 import gradattr
 from gradattr import GradattrError
 
-CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-POOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}
-SIZE = {1: (12,), 2: (8, 7), 3: (5, 6, 4)}
-LIN = {1: "linear", 2: "bilinear", 3: "trilinear"}
-CLASSES = 4
-
-
-def toy(rank: int, seed: int = 0) -> nn.Sequential:
-    torch.manual_seed(seed)
-    net = nn.Sequential(OrderedDict([
-        ("0", CONV[rank](2, 6, 3, padding=1)), ("1", nn.ReLU()),
-        ("2", CONV[rank](6, 5, 3, padding=1, stride=2)), ("3", nn.ReLU()),
-        ("4", POOL[rank](1)), ("5", nn.Flatten()), ("6", nn.Linear(5, CLASSES))]))
-    with torch.no_grad():
-        net[2].bias.add_(0.3)
-    return net.double().eval()
-
-
-def toy_input(rank: int, n: int = 2, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 2, *SIZE[rank], generator=g, dtype=torch.float64)
+from references import CLASSES, SIZE, toy, toy_input  # noqa: F401  (the shared toy networks)
+from references import LINEAR_MODE as LIN
 
 
 def linear_target(y):
