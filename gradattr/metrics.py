@@ -55,7 +55,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .prep import normalize_maps, prepare_call
+from .ops import minmax
+from .prep import prepare_call
 from .errors import GradattrError, expected
 from .inputs import check_flag, prepare
 from .targets import Target
@@ -476,7 +477,7 @@ def confidence_change(net: nn.Module, x, maps, target=None, *, normalize: bool =
     check_flag("normalize", normalize)
     with _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, softmax,
                   batch_size) as (sc, form, _):
-        e = normalize_maps(sc.maps) if normalize else sc.maps
+        e = minmax(sc.maps) if normalize else sc.maps
         rows, cols = sc.items()
         em = e.flatten(0, 1)  # (I, *s)
 

@@ -114,14 +114,6 @@ def borrowed(net: nn.Module, device: torch.device | None = None):
                 state.restore()
 
 
-def normalize_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Min-max scale each map to [0, 1] (MATLAB's ``rescale``); a constant map becomes 0."""
-    flat = maps.flatten(2)
-    lo, hi = flat.min(-1, keepdim=True).values, flat.max(-1, keepdim=True).values
-    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-    return ((flat - lo) / span).view_as(maps)
-
-
 @dataclass
 class Call:
     """A validated, prepared call: the network, the input ``(N, C, *S)``, the target, the device."""
@@ -198,5 +190,5 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     return Call(net, xt, layout, tgt, None if auto else dev, amp, output_key)
 
 
-__all__ = ["Call", "prepare_call", "borrowed", "resolve_device", "normalize_maps",
+__all__ = ["Call", "prepare_call", "borrowed", "resolve_device", 
            "GradattrError"]

@@ -17,6 +17,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .ensembles import check_sess
 from .errors import GradattrError, expected
 
 #: What the engine captures for each kind of method.
@@ -115,7 +116,7 @@ SHARED: dict[str, Option] = {o.name: o for o in (
            "``True`` or a dict of settings (``num_scales``, ``scale_step_ratio``, ``window_size``, "
            "``step_size``, ``pre_filter_ratio``, ``theta``, ``pool``, ``smooth``, ``batch_size``); "
            "the result lies in [0, 1] at the input's resolution.",
-           lambda name, value: __import__("gradattr.engine", fromlist=["check_sess"]).check_sess(name, value)),
+           check_sess),
     Option("autocast", None, "str | None",
            "``\"bf16\"`` or ``\"fp16\"``: run the forward passes under ``torch.autocast``; the "
            "map is accumulated in float32. ``None``: the model's own precision."),

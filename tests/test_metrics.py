@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gradattr import GradattrError, metrics
-from gradattr.prep import normalize_maps
+from gradattr.ops import minmax as normalize_maps
 
 CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 POOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}

@@ -12,7 +12,8 @@ from torch import nn
 from ..errors import GradattrError, expected
 from ..registry import Method, Option, positive_int, register
 from ..targets import Target
-from .common import TOY as _TOY, eigen_projection
+from ..ops import eigen_projection
+from .common import TOY as _TOY
 
 
 def eigen_cam_map(acts: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ from einops import reduce
 
 from ..errors import expected
 from ..registry import Method, Option, positive_int, register
-from .common import TOY as _TOY, eigen_projection
+from ..ops import eigen_projection, minmax
+from .common import TOY as _TOY
 
 #: pytorch-grad-cam's stabilisers, kept so that the maps agree with it.
 GRAD_CAM_PP_EPS = 1e-6
@@ -400,11 +401,7 @@ _LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 def channel_scaled(t: torch.Tensor) -> torch.Tensor:
     """``|t|`` min-max scaled per map over its positions: ``(v - min) / (max(v - min) + 1e-7)``."""
-    t = t.abs()
-    flat = t.flatten(3)
-    lo = flat.amin(-1, keepdim=True)
-    flat = flat - lo
-    return (flat / (flat.amax(-1, keepdim=True) + FULL_GRAD_EPS)).view_as(t)
+    return minmax(t.abs(), 3, FULL_GRAD_EPS)
 
 
 def full_grad_map(view) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..errors import expected
+from ..ops import gaussian_blur, minmax
 from ..registry import Method, Option, flag, positive_int, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
 
@@ -240,10 +241,7 @@ def torchcam_masks(acts: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """
     if len(size) not in _LINEAR_MODES:
         raise expected("x", "1, 2 or 3 spatial/time dims for masked-input methods", f"{len(size)}")
-    flat = acts.flatten(1)
-    lo = flat.amin(1, keepdim=True)
-    hi = (flat - lo).amax(1, keepdim=True)
-    scaled = ((flat - lo) / (hi + 1e-8)).view_as(acts)
+    scaled = minmax(acts, 1, 1e-8)
     return F.interpolate(scaled[:, None], size=size, mode=_LINEAR_MODES[len(size)], align_corners=False)
 
 
@@ -357,31 +355,6 @@ torch.Size([16])
 
 
 # -- Group-CAM ------------------------------------------------------------------------------
-def gaussian_blur(x: torch.Tensor, kernel: int = 51, sigma: float = 50.0) -> torch.Tensor:
-    """``x (N, C, *S)`` blurred by a separable Gaussian with reflected borders, along every axis.
-
-    Group-CAM's baseline (the authors blur with a 51 x 51 kernel, sigma 50). The kernel is
-    shortened to ``2 L - 1`` along an axis of length ``L`` (reflection needs ``pad < L``).
-    """
-    out = x
-    nd = x.ndim - 2
-    for d in range(nd):
-        length = x.shape[2 + d]
-        k = min(kernel, 2 * length - 1)
-        k -= 1 - k % 2  # odd
-        if k <= 1:
-            continue
-        t = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
-        w = torch.exp(-0.5 * (t / sigma) ** 2)
-        w = (w / w.sum()).to(x.dtype).to(x.device)
-        moved = out.movedim(2 + d, -1)
-        shape = moved.shape
-        flat = moved.reshape(-1, 1, length)
-        flat = F.conv1d(F.pad(flat, (k // 2, k // 2), mode="reflect"), w.view(1, 1, -1))
-        out = flat.reshape(shape).movedim(-1, 2 + d)
-    return out
-
-
 def group_maps(acts: torch.Tensor, grads: torch.Tensor, groups: int, threshold: float) -> torch.Tensor:
     """Group-CAM's group maps ``(N, K, G, *s)``: ``ReLU(sum_{c in g} mean(dS/dA^c) A^c)``, denoised.
 
@@ -421,7 +394,7 @@ def group_cam_map(view, groups: int = 32, threshold: float = 70.0, softmax: bool
     flat = up.flatten(1)
     lo, hi = flat.amin(1), flat.amax(1)
     keep = (hi > lo).nonzero()[:, 0]
-    blurred = gaussian_blur(x)
+    blurred = gaussian_blur(x, 51, 50.0)  # the authors' 51 x 51 kernel, sigma 50
     rows = keep // (k * g)
     cols = (keep // g) % k
 

@@ -1,0 +1,167 @@
+"""Ensembles around any method: ``aug_smooth`` (test-time augmentation) and SESS.
+
+Both run the method several times through the engine's ``run`` (one prepared call ->
+``(maps, feature names, reduction name)``) on modified inputs and fuse the maps; the
+engine picks them by the shared options ``aug_smooth`` and ``sess``.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import ops
+from .capture import Plan, capture
+from .errors import expected
+from .prep import Call
+
+
+#: pytorch-grad-cam's default test-time augmentations (ttach): flip x multiply.
+AUGMENTATIONS = tuple((flip, factor) for flip in (False, True) for factor in (0.9, 1.0, 1.1))
+
+
+def augmented(run, call: Call, plan: Plan, fix_target: bool):
+    """``aug_smooth``: the mean of the maps of six augmented inputs, as pytorch-grad-cam does.
+
+    Horizontal flip (the last axis: width, or time for sequences) x multiplication
+    by 0.9, 1 and 1.1. Each augmented input's map is un-flipped and min-max
+    normalised, then the six are averaged (so the result lies in [0, 1]). The
+    top-class target is fixed on the original input first (one more forward
+    pass), so every augmentation explains the same class.
+    """
+    target = call.target
+    if fix_target and target.kind == "top":
+        target = target.fixed(capture(call, plan, grad=False).output, call.n)
+    acc = None
+    for flip, factor in AUGMENTATIONS:
+        x = call.x.flip(-1) if flip else call.x
+        maps, names, rname = run(call.with_input(x * factor, target))
+        maps = ops.minmax(maps.flip(-1) if flip else maps)
+        acc = maps if acc is None else acc + maps
+    return acc / len(AUGMENTATIONS), names, rname
+
+
+#: SESS's settings (pytorch-grad-cam's defaults); ``sess=dict(...)`` overrides any of them.
+SESS_DEFAULTS = {"num_scales": 12, "scale_step_ratio": 2 / 7, "window_size": None, "step_size": None,
+                 "pre_filter_ratio": 0.0, "theta": 0.0, "pool": "mean", "smooth": True, "batch_size": 32}
+
+
+def check_sess(name: str, value):
+    """``sess``: ``False``, ``True`` (the defaults) or a dict overriding :data:`SESS_DEFAULTS`."""
+    if isinstance(value, bool):
+        return dict(SESS_DEFAULTS) if value else False
+    if not isinstance(value, dict) or set(value) - set(SESS_DEFAULTS):
+        raise expected(name, "True, False or a dict with keys among " + ", ".join(SESS_DEFAULTS),
+                       repr(value))
+    out = {**SESS_DEFAULTS, **value}
+    if out["pool"] not in ("mean", "max") or not 0 <= out["pre_filter_ratio"] < 1 or out["num_scales"] < 1:
+        raise expected(name, "pool 'mean' or 'max', 0 <= pre_filter_ratio < 1, num_scales >= 1",
+                       repr(value))
+    return out
+
+
+def _window_starts(length: int, step: int, window: int) -> list[int]:
+    starts = []
+    for start in range(0, length, step):
+        if start + window >= length:
+            starts.append(max(length - window, 0))
+            break
+        starts.append(start)
+    return starts
+
+
+def _linear(t: torch.Tensor, size, antialias: bool = False) -> torch.Tensor:
+    """``(B, C, *s)`` resized (multi-)linearly, half-pixel centres (OpenCV's ``INTER_LINEAR``)."""
+    import torch.nn.functional as F
+
+    if tuple(t.shape[2:]) == tuple(size):
+        return t
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(t, size=tuple(size), mode=mode, align_corners=False,
+                         antialias=antialias and len(size) == 2)
+
+
+def sess(run, call: Call, plan: Plan, cfg: dict):
+    """SESS (Tyagi et al., 2022; pytorch-grad-cam's ``SESS``): scales x sliding windows, fused.
+
+    Each sample is resized so its shorter side takes ``num_scales`` sizes (the window
+    size, then steps of ``scale_step_ratio`` windows); windows of the shorter side's
+    size slide over every scale (``step_size``, windows past the border shifted back).
+    Each patch's map (the method's, at the window's size, min-max scaled, as
+    pytorch-grad-cam's base CAM returns it) is weighted by the patch's target
+    probability (softmax of a class output; the ReLU of a ``reduction_fn`` score)
+    over the best patch's, pasted back where the patch came from, resized to the
+    input, and fused: the mean over the patches whose value exceeds ``theta``
+    (``pool="mean"``) or the maximum; then an 11-tap Gaussian blur (sigma 5) and a
+    min-max scaling. The result lies in [0, 1] at the input's resolution. The target
+    classes are fixed on the whole input first.
+    """
+    from .targets import Target
+
+    x = call.x
+    n, spatial = x.shape[0], tuple(x.shape[2:])
+    target = call.target
+    if target.kind != "fn":
+        target = target.fixed(capture(call, plan, grad=False).output, n)
+    window = cfg["window_size"] or min(spatial)
+    step = cfg["step_size"] or window
+    inc = int(round(window * cfg["scale_step_ratio"]))
+    scales = [window + inc * i for i in range(cfg["num_scales"])]
+    out, names, rname = [], [], "output"
+    for i in range(n):
+        patches, where = [], []
+        for s in scales:
+            short = spatial.index(min(spatial))  # torchvision's resize(x, s): the shorter side to s
+            size = tuple(s if j == short else int(s * d / spatial[short]) for j, d in enumerate(spatial))
+            scaled = _linear(x[i:i + 1], size, antialias=True)
+            grids = [_window_starts(d, step, window) for d in size]
+            for corner in torch.cartesian_prod(*[torch.tensor(g) for g in grids]).reshape(-1, len(size)).tolist():
+                sl = tuple(slice(c, c + window) for c in corner)
+                patches.append(scaled[(slice(None), slice(None)) + sl])
+                where.append((size, corner))
+        rows_t = None if target.kind == "fn" else target.classes[i:i + 1]
+        scores, maps = [], []
+        for start in range(0, len(patches), cfg["batch_size"]):
+            batch = torch.cat(patches[start:start + cfg["batch_size"]])
+            b = batch.shape[0]
+            t_b = target if rows_t is None else Target("per_sample", target.scalar,
+                                                      classes=rows_t.expand(b, -1))
+            sub = call.with_input(batch, t_b)
+            with torch.no_grad():
+                y = capture(sub, plan, grad=False).output
+            if target.kind == "fn":
+                sc = torch.relu(t_b.scores(y, b))
+            else:
+                per_class = y.flatten(2).sum(-1) if y.ndim > 2 else y
+                sc = torch.softmax(per_class.float(), 1).gather(1, rows_t.expand(b, -1).to(y.device))
+            scores.append(sc.detach())
+            m, names, rname = run(sub)
+            m = ops.minmax(_linear(ops.minmax(torch.relu(m.float()), eps=1e-7), (window,) * len(spatial)), eps=1e-7)
+            maps.append(m)
+        scores, maps = torch.cat(scores), torch.cat(maps)  # (P, K), (P, K, *window)
+        k = maps.shape[1]
+        fused = []
+        for kk in range(k):
+            sc = scores[:, kk]
+            order = torch.argsort(sc, stable=True)[int(len(sc) * cfg["pre_filter_ratio"]):]
+            best = sc[order[-1]]
+            w = sc[order] / best if best > 0 else torch.ones(len(order), device=sc.device)
+            total = torch.zeros(spatial, device=x.device)
+            counts = torch.zeros(spatial, device=x.device)
+            for wj, j in zip(w.tolist(), order.tolist()):
+                size, corner = where[j]
+                full = torch.zeros(size, device=x.device)
+                full[tuple(slice(c, c + window) for c in corner)] = maps[j, kk] * wj
+                full = _linear(full[None, None], spatial)[0, 0]
+                if cfg["pool"] == "max":
+                    total = torch.maximum(total, full)
+                else:
+                    mask = full > cfg["theta"]
+                    total = total + torch.where(mask, full, 0.0)
+                    counts = counts + mask
+            if cfg["pool"] == "mean":
+                total = torch.where(counts > 0, total / counts.clamp(min=1), 0.0)
+            fused.append(total)
+        out.append(torch.stack(fused))
+    maps = torch.stack(out)
+    if cfg["smooth"]:
+        maps = ops.gaussian_blur(maps, 11, 5.0, short_axes="skip")
+    return ops.minmax(maps, eps=1e-7), names, rname
