@@ -8,7 +8,6 @@ aligned text and renders as Markdown. Methods are run through
 from __future__ import annotations
 
 import difflib
-import inspect
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -408,31 +407,41 @@ def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Se
                  higher_is_better={m: METRICS[m].higher_is_better for m in metrics}, samples=samples)
 
 
-# Which function takes each metric_options key's options; what compare itself passes is excluded.
+# Which function takes each metric_options key's options, and those options (what compare
+# itself passes, net, x, maps, target, mask and box, is not among them). A test keeps each
+# list equal to the function's keyword-only parameters.
+_CURVE = ("softmax", "batch_size", "reduction_fn", "classes", "input_format", "device")
+_METRIC_OPTIONS = {
+    "deletion": ("baseline", "steps") + _CURVE,
+    "insertion": ("baseline", "steps") + _CURVE,
+    "confidence_change": ("normalize",) + _CURVE,
+    "road": ("order", "fractions", "noise", "seed") + _CURVE,
+    "pointing_game": ("tolerance",),
+    "energy_pointing_game": (),
+    "localize": ("threshold", "connectivity"),
+}
 _OPTION_FUNCTIONS = {"deletion": "deletion", "insertion": "insertion", "confidence": "confidence_change",
                      "average_drop": "confidence_change", "increase_in_confidence": "confidence_change",
                      "road": "road", "road_morf": "road", "road_lerf": "road",
                      "pointing_game": "pointing_game", "energy_pointing_game": "energy_pointing_game",
                      "localization": "localize"}
-_PASSED_BY_COMPARE = {"net", "x", "maps", "target", "mask", "box"}
 
 
 def _check_metric_options(metric: str, opts) -> None:
     """``metric_options[metric]`` must be a mapping of options that metric's function takes."""
     if not isinstance(opts, Mapping):
         raise expected(f"metric_options[{metric!r}]", "a dict of keyword options", type(opts).__name__)
-    fn = getattr(M, _OPTION_FUNCTIONS.get(metric, ""), None)
-    if fn is None:
+    fn_name = _OPTION_FUNCTIONS.get(metric)
+    if fn_name is None:
         return
-    params = inspect.signature(fn).parameters
-    allowed = sorted(p for p in params if p not in _PASSED_BY_COMPARE)
+    allowed = sorted(_METRIC_OPTIONS[fn_name])
     for key in opts:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise expected(f"metric_options[{metric!r}]",
-                           f"options of gradattr.metrics.{fn.__name__}: " + ", ".join(allowed)
-                           if allowed else f"no options (gradattr.metrics.{fn.__name__} takes none)",
+                           f"options of gradattr.metrics.{fn_name}: " + ", ".join(allowed)
+                           if allowed else f"no options (gradattr.metrics.{fn_name} takes none)",
                            f"{key!r}{hint}")
 
 

@@ -91,16 +91,33 @@ def test_iterable_of_batches_weights_by_samples():
         assert parts["grad_cam"][m] == pytest.approx(whole["grad_cam"][m], rel=1e-5)
 
 
-def test_volumes_and_all_registered_methods():
+def _deletion_rows_equal_each_methods_own_map(names):
+    """Each row of a 3-D compare table equals deletion on that method's own map (each
+    sample's top class), computed by gradattr.metrics directly."""
     net = cnn(3)
+    torch.manual_seed(0)
     x = torch.randn(2, 2, 6, 6, 6)
-    names = [n for n in available_methods() if n != "cam"][:4]
-    t = compare(net, x, names, ["deletion"], metric_options={"deletion": {"steps": 3}})
+    seeded = {n: {"seed": 0} for n in names if "seed" in gradattr.method_info(n).options}
+    t = compare(net, x, names, ["deletion"], method_options=seeded,
+                metric_options={"deletion": {"steps": 3}})
     assert [r["method"] for r in t] == names
-    assert all(0 <= r["deletion"] <= 1 for r in t)
+    for row in t:
+        m = explain(net, x, row["method"], **seeded.get(row["method"], {}))
+        m = channel_reduce(m, 3, 1)
+        want = metrics.deletion(net, x, m, steps=3).auc.mean().item()
+        assert row["deletion"] == pytest.approx(want, rel=1e-5, abs=1e-6), row["method"]
 
 
-@pytest.mark.skipif("guided_backprop" not in available_methods(), reason="no guided backprop yet")
+def test_volumes_and_registered_methods():
+    _deletion_rows_equal_each_methods_own_map(["grad_cam", "eigen_cam", "score_cam", "guided_backprop"])
+
+
+@pytest.mark.slow
+def test_volumes_and_all_registered_methods():
+    _deletion_rows_equal_each_methods_own_map([n for n in available_methods()
+                                                if n not in ("cam", "random_cam")])
+
+
 def test_channel_attributions_are_reduced():
     net = cnn(2)
     x = torch.randn(2, 2, 8, 8)
@@ -154,3 +171,13 @@ def test_numpy_data():
     x = np.random.default_rng(0).standard_normal((2, 2, 8, 8)).astype(np.float32)
     t = compare(net, x, ["grad_cam", "random"], ["average_drop"])
     assert all(0 <= r["average_drop"] <= 100 for r in t)
+
+
+def test_metric_option_table_is_each_metrics_keyword_parameters():
+    import inspect
+
+    from gradattr import comparison, metrics
+
+    for name, options in comparison._METRIC_OPTIONS.items():
+        params = inspect.signature(getattr(metrics, name)).parameters.values()
+        assert set(options) == {p.name for p in params if p.kind is p.KEYWORD_ONLY}, name

@@ -1,0 +1,138 @@
+"""Per-call overhead: gradattr's Grad-CAM against a hand-written one, captum and pytorch-grad-cam.
+
+Where the network's arithmetic is small (a tiny conv net, a 1-D CNN, ResNet-18 at 64 px)
+the fixed cost of a call shows. Every contender computes the same map (the feature
+layer given explicitly, the map upsampled to the input); they run in alternation,
+round after round, in one process, and the table gives each one's median time and its
+ratio to the hand-written call (forward hook, ``autograd.grad``, channel mean, ReLU,
+``interpolate``). The load average is printed at the start and the end.
+
+Usage: ``python benchmarks/bench_overhead.py [--rounds 300] [--device cpu|cuda] [--threads 1]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import gradattr  # noqa: E402
+
+
+def tiny():
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4))
+
+
+def cnn1d():
+    return torch.nn.Sequential(torch.nn.Conv1d(12, 32, 5, padding=2), torch.nn.ReLU(),
+                               torch.nn.Conv1d(32, 32, 5, padding=2), torch.nn.ReLU(),
+                               torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(), torch.nn.Linear(32, 5))
+
+
+def resnet18():
+    import torchvision
+    return torchvision.models.resnet18(num_classes=10)
+
+
+CASES = {  # name: (model factory, input shape, feature layer)
+    "tiny conv 1x3x16x16": (tiny, (1, 3, 16, 16), "3"),
+    "1-D CNN 1x12x256": (cnn1d, (1, 12, 256), "3"),
+    "ResNet-18 1x3x64x64": (resnet18, (1, 3, 64, 64), "layer4"),
+}
+
+
+def hand_written(net, layer, x, target):
+    store = {}
+    h = layer.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    try:
+        y = net(x)
+    finally:
+        h.remove()
+    a = store["a"]
+    (g,) = torch.autograd.grad(y[:, target].sum(), a)
+    w = g.mean(dim=tuple(range(2, g.ndim)), keepdim=True)
+    cam = torch.relu((w * a).sum(1, keepdim=True))
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[x.ndim - 2]
+    return F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False).detach()
+
+
+def contenders(net, x, layer_name, device):
+    layer = dict(net.named_modules())[layer_name]
+    out = {
+        "bare forward": lambda: net(x),
+        "hand-written Grad-CAM": lambda: hand_written(net, layer, x, 1),
+        "gradattr explicit layer": lambda: gradattr.grad_cam(net, x, 1, feature_layer=layer_name,
+                                                             upsampling="nearest"),
+        "gradattr automatic layer": lambda: gradattr.grad_cam(net, x, 1, upsampling="nearest"),
+    }
+    try:
+        from captum.attr import LayerAttribution, LayerGradCam
+        lgc = LayerGradCam(net, layer)
+        out["captum LayerGradCam + interpolate"] = lambda: LayerAttribution.interpolate(
+            lgc.attribute(x, 1, relu_attributions=True), tuple(x.shape[2:]))
+    except ImportError:
+        pass
+    if x.ndim == 4:
+        try:
+            from pytorch_grad_cam import GradCAM
+            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+            pgc = GradCAM(net, [layer])
+            out["pytorch-grad-cam GradCAM"] = lambda: pgc(x.cpu() if device.type == "cpu" else x,
+                                                          [ClassifierOutputTarget(1)])
+        except ImportError:
+            pass
+    if hasattr(gradattr, "explainer"):
+        ex = gradattr.explainer(net, "grad_cam", feature_layer=layer_name, upsampling="nearest")
+        out["gradattr.explainer"] = lambda: ex(x, 1)
+    return out
+
+
+def measure(fns: dict, rounds: int, device) -> dict:
+    times = {k: [] for k in fns}
+    for f in fns.values():  # warm-up (plans, caches, allocator)
+        for _ in range(5):
+            f()
+    for _ in range(rounds):
+        for k, f in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            f()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=300)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    print(f"load average at start: {os.getloadavg()}; torch {torch.__version__}, device {device}, "
+          f"{args.threads} thread(s), {args.rounds} rounds, median per call")
+    for case, (make, shape, layer) in CASES.items():
+        torch.manual_seed(0)
+        net = make().eval().to(device)
+        x = torch.randn(shape, device=device)
+        med = measure(contenders(net, x, layer, device), args.rounds, device)
+        ref = med["hand-written Grad-CAM"]
+        print(f"\n{case}\n| call | median (ms) | vs hand-written |\n|---|---:|---:|")
+        for k, v in med.items():
+            print(f"| {k} | {v * 1e3:.3f} | {v / ref:.2f}x |")
+    print(f"\nload average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
