@@ -446,6 +446,16 @@ def test_sess_single_scale_is_the_scaled_map_and_more_scales_stay_in_unit_range(
     many = gradattr.grad_cam(net, x, [1, 2], sess=dict(num_scales=3, step_size=3), **kw)
     assert many.shape == x.shape[:1] + (2,) + x.shape[2:]
     assert float(many.min()) >= 0 and float(many.max()) <= 1 and float(many.max()) > 0.99
+    # The blur is OpenCV's 11-tap GaussianBlur, sigma 5, reflect-101 borders: scipy's
+    # gaussian_filter with radius 5 (truncate 1) and mode "mirror" on the unblurred fusion.
+    from scipy.ndimage import gaussian_filter
+
+    flat = gradattr.grad_cam(net, x, [1, 2], sess=dict(num_scales=3, step_size=3, smooth=False), **kw)
+    blurred = gaussian_filter(flat.double().numpy(), sigma=(0, 0) + (5.0,) * rank, truncate=1.0,
+                              mode="mirror")
+    blurred = torch.from_numpy(blurred).float()
+    torch.testing.assert_close(many.float(), torch.stack([torch.stack([scale_t(m) for m in row])
+                                                          for row in blurred]), atol=1e-5, rtol=0)
 
 
 def scale_t(m):
