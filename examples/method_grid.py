@@ -40,7 +40,7 @@ def title(method: str) -> str:
 
 def slow(method: str) -> bool:
     """Perturbation methods (one forward pass per channel or mask) take minutes on a CPU."""
-    return gradattr.method_info(method).kind == "perturbation" or method in ("rise", "full_grad")
+    return gradattr.method_info(method).family == "perturbation CAM" or method in ("rise", "full_grad")
 
 
 def main(out_dir: str = OUTPUT, quick: bool = False, methods: list[str] | None = None,

@@ -47,15 +47,16 @@ def list_methods() -> list[str]:
 
 
 def method_info(name: str) -> registry.Info:
-    """What a method is: kind, whether it needs a target, what it returns, its options.
+    """What a method is: its family, what it captures, whether it needs a target, what it
+    returns, its options.
 
     >>> import gradattr
     >>> info = gradattr.method_info("score_cam")
-    >>> info.kind, info.needs_target, "batch_size" in info.options
-    ('perturbation', True, True)
+    >>> info.family, info.captures, info.needs_target, "batch_size" in info.options
+    ('perturbation CAM', 'activations', True, True)
     """
     e = registry.get(name)
-    return registry.Info(e.name, e.title, e.kind, e.needs_target, e.returns, tuple(e.option_names()),
+    return registry.Info(e.name, e.title, e.captures, e.family, e.needs_target, e.returns, tuple(e.option_names()),
                          e.summary, e.use_when)
 
 

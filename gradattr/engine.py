@@ -94,7 +94,7 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
             probe.cap = Capture([], plan, None, plan.reduction)
         maps = method.compute(LayerView(None, None, probe, 0), **own)
         return maps, [], probe.reduction_name
-    grad = method.kind == "gradient"
+    grad = method.captures == "activations+gradients"
     cap = capture(call, plan, grad=grad, stop=method.stop_early,
                   name_output=bool(opts.get("return_layers")))
     acts = cap.acts

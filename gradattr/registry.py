@@ -1,8 +1,8 @@
 """The method registry: one :class:`Method` entry per method, and the options they share.
 
 An entry declares everything the rest of the package needs to know about a
-method: its computation, its kind (which decides what the engine captures),
-whether it explains a target, what it returns, its own options with their
+method: its computation, what the engine captures for it, its family, the shared options
+it takes, whether it explains a target, what it returns, its own options with their
 validators, its documentation and its naive reference. The public functions
 (:mod:`gradattr.api`), :func:`gradattr.attribute`, :func:`gradattr.list_methods`,
 ``compare``, ``explain_dataset``, the command line and the benchmark all read
@@ -20,14 +20,17 @@ from dataclasses import dataclass, field
 from .ensembles import check_sess
 from .errors import GradattrError, expected
 
-#: What the engine captures for each kind of method.
-#: ``gradient``: activations and ``d score / d A`` of each feature layer;
-#: ``activation``: activations only (no backward);
-#: ``perturbation``: activations and a :class:`~gradattr.probe.Probe` that scores
-#: modified activations or masked inputs (no backward);
-#: ``model``: no feature layer at all, only the probe (RISE, random maps);
-#: ``pixel``: gradients with respect to the input (guided backpropagation).
-KINDS = ("gradient", "activation", "perturbation", "model", "pixel")
+#: What the engine captures before it calls a method (``Method.captures``):
+#: ``nothing``: no feature layer; the method works through the probe alone (RISE, FullGrad);
+#: ``activations``: each feature layer's output (no backward; perturbation CAMs also score
+#: masked inputs or modified activations through the probe);
+#: ``activations+gradients``: the outputs and ``d score / d A`` of each feature layer;
+#: ``input_gradients``: gradients with respect to the input (guided backpropagation).
+CAPTURES = ("nothing", "activations", "activations+gradients", "input_gradients")
+
+#: Which family a method belongs to (``Method.family``): for the docs and ``method_info``.
+FAMILIES = ("gradient CAM", "activation CAM", "perturbation CAM", "perturbation", "input attribution",
+            "baseline")
 
 
 # -- validators -------------------------------------------------------------------------
@@ -64,8 +67,8 @@ class Option:
     check: Callable[[str, object], object] = any_value
 
 
-#: Options every method may share, in signature order. Which of them a method takes
-#: follows from its kind (see :meth:`Method.shared_options`).
+#: Options every method may share, in signature order. Each entry lists the ones it takes
+#: (``Method.shared``).
 SHARED: dict[str, Option] = {o.name: o for o in (
     Option("reduction_fn", None, "Callable | None",
            "``y -> (N,)`` (or ``(N, K)``) scores from the reduction layer's output ``y`` "
@@ -122,9 +125,12 @@ SHARED: dict[str, Option] = {o.name: o for o in (
            "map is accumulated in float32. ``None``: the model's own precision."),
 )}
 
-_TARGET_OPTIONS = ("reduction_fn", "classes", "output_key")
-_LAYER_OPTIONS = ("feature_layer", "feature_layout", "feature_call", "upsampling", "return_layers",
-                  "aug_smooth", "sess")
+#: Groups of shared options an entry lists in its ``shared`` (in any order; signatures follow
+#: :data:`SHARED`'s order): every method's, a target's, a feature layer's.
+COMMON = ("reduction_layer", "device", "input_format", "normalize", "autocast")
+TARGET = ("reduction_fn", "classes", "output_key")
+LAYER = ("feature_layer", "feature_layout", "feature_call", "upsampling", "return_layers", "aug_smooth",
+         "sess")
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,9 @@ class Method:
     name: str
     title: str
     compute: Callable
-    kind: str
+    captures: str
+    family: str = "gradient CAM"
+    shared: tuple[str, ...] = COMMON
     combine: str = "weights"
     needs_target: bool = True
     returns: str = "map"
@@ -154,37 +162,26 @@ class Method:
     use_when: str = ""
     stop_early: bool = False  # the forward pass may end at the feature layer (no score needed)
     finish: Callable | None = None  # (probe, fused maps (N, K, *s)) -> the result (Guided Grad-CAM)
-    extra_shared: tuple[str, ...] = ()  # shared options taken beyond what the kind implies
-    refused_shared: tuple[str, ...] = ()  # shared options refused although the kind implies them
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"{self.name}: kind must be one of {KINDS}, got {self.kind!r}")
+        if self.captures not in CAPTURES:
+            raise ValueError(f"{self.name}: captures must be one of {CAPTURES}, got {self.captures!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"{self.name}: family must be one of {FAMILIES}, got {self.family!r}")
+        unknown = set(self.shared) - set(SHARED)
+        if unknown:
+            raise ValueError(f"{self.name}: shared options must come from SHARED, got {sorted(unknown)}")
         if self.combine not in ("weights", "terms", "map"):
             raise ValueError(f"{self.name}: combine must be 'weights', 'terms' or 'map'")
 
     @property
     def layered(self) -> bool:
         """Whether the method reads a feature layer."""
-        return self.kind in ("gradient", "activation", "perturbation")
+        return self.captures in ("activations", "activations+gradients")
 
     def shared_options(self) -> list[str]:
         """The shared options this method takes, in signature order."""
-        take = {"reduction_layer", "device", "input_format", "normalize", "autocast"}
-        if self.needs_target:
-            take.update(_TARGET_OPTIONS)
-        if self.layered:
-            take.update(_LAYER_OPTIONS)
-            if self.combine != "map":
-                take.add("eigen_smooth")
-        if self.kind in ("gradient", "pixel") and self.needs_target:
-            take.add("counterfactual")
-        if self.returns == "pixels":
-            take.discard("aug_smooth")
-            take.discard("sess")
-        take.update(self.extra_shared)
-        take.difference_update(self.refused_shared)
-        return [name for name in SHARED if name in take]
+        return [name for name in SHARED if name in self.shared]
 
     def option_names(self) -> list[str]:
         """Every keyword option, shared and own (what :func:`gradattr.attribute` accepts)."""
@@ -304,7 +301,8 @@ class Info:
 
     name: str
     title: str
-    kind: str
+    captures: str
+    family: str
     needs_target: bool
     returns: str
     options: tuple[str, ...] = field(default=())

@@ -10,7 +10,7 @@ from einops import rearrange, reduce
 from torch import nn
 
 from ..errors import GradattrError, expected
-from ..registry import Method, Option, positive_int, register
+from ..registry import COMMON, LAYER, TARGET, Method, Option, positive_int, register
 from ..targets import Target
 from ..ops import eigen_projection
 from .common import TOY as _TOY
@@ -30,7 +30,8 @@ def eigen_cam_map(acts: torch.Tensor) -> torch.Tensor:
 
 
 register(Method(
-    "eigen_cam", "Eigen-CAM", lambda v: eigen_cam_map(v.acts), "activation", combine="map",
+    "eigen_cam", "Eigen-CAM", lambda v: eigen_cam_map(v.acts), "activations",
+    family="activation CAM", shared=COMMON + LAYER, combine="map",
     needs_target=False, stop_early=True,
     summary="Eigen-CAM map (Muhammad & Yeasin, IJCNN 2020): the activations' first principal component.",
     doc="""``ReLU(A_c v1)``: the centred activations projected on their first right singular
@@ -104,7 +105,8 @@ def cam_weights(view) -> torch.Tensor:
 
 
 register(Method(
-    "cam", "CAM", cam_weights, "activation",
+    "cam", "CAM", cam_weights, "activations",
+    family="activation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",),
     summary="CAM (Zhou et al., CVPR 2016): ``ReLU(sum_k w_k^c A^k)`` with ``w^c`` the head's row for class ``c``.",
     doc="""Needs a network whose scored output is ``nn.Linear(global average pool of the feature
 layer)``; that linear layer is found automatically (by checking that it reproduces the
@@ -138,7 +140,8 @@ def fem_weights(acts: torch.Tensor, k: float = 2.0) -> torch.Tensor:
 
 
 register(Method(
-    "fem", "FEM", lambda v, k=2.0: fem_weights(v.acts, k), "activation", needs_target=False,
+    "fem", "FEM", lambda v, k=2.0: fem_weights(v.acts, k), "activations",
+    family="activation CAM", shared=COMMON + LAYER + ("eigen_smooth",), needs_target=False,
     stop_early=True,
     options=(Option("k", 2.0, "float", "the k of the k-sigma threshold.",
                     lambda name, value: _real(name, value)),),
@@ -228,7 +231,8 @@ def _gamma(name, value):
 register(Method(
     "kpca_cam", "KPCA-CAM",
     lambda v, kernel="sigmoid", gamma=None: torch.relu(kpca_projection(v.acts[:, None], kernel, gamma)),
-    "activation", combine="map", needs_target=False, stop_early=True,
+    "activations",
+    family="activation CAM", shared=COMMON + LAYER, combine="map", needs_target=False, stop_early=True,
     options=(Option("kernel", "sigmoid", "str", "the kernel: " + ", ".join(map(repr, KERNELS))
                     + " (scikit-learn's, ``coef0=1``, ``degree=3``).", _kernel),
              Option("gamma", None, "float | None", "the kernel's gamma; ``None``: 1 / channels.",
@@ -291,7 +295,8 @@ def _seed0(name, value):
 
 
 register(Method(
-    "deep_feature_factorization", "Deep Feature Factorization", dff_maps, "activation",
+    "deep_feature_factorization", "Deep Feature Factorization", dff_maps, "activations",
+    family="activation CAM", shared=COMMON + LAYER,
     combine="map", needs_target=False, stop_early=True,
     options=(Option("n_components", 5, "int", "concepts (the NMF's rank): the map's K axis.",
                      positive_int),

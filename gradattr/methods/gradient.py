@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from einops import reduce
 
 from ..errors import expected
-from ..registry import Method, Option, positive_int, register
+from ..registry import COMMON, LAYER, TARGET, Method, Option, positive_int, register
 from ..ops import eigen_projection, minmax
 from .common import TOY as _TOY
 
@@ -26,7 +26,8 @@ def grad_cam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 
 register(Method(
-    "grad_cam", "Grad-CAM", lambda v: grad_cam_weights(v.acts, v.grads), "gradient",
+    "grad_cam", "Grad-CAM", lambda v: grad_cam_weights(v.acts, v.grads), "activations+gradients",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"),
     summary="Grad-CAM map of ``net`` for input ``x``, mirroring MATLAB's ``gradCAM``.",
     doc="""The map is ``ReLU(sum_k alpha_k A^k)`` where ``A`` is the feature layer's output and
 ``alpha_k`` the spatial mean of ``d score / d A^k`` (Selvaraju et al., ICCV 2017). Values
@@ -66,7 +67,8 @@ def grad_cam_plus_plus_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch
 
 register(Method(
     "grad_cam_plus_plus", "Grad-CAM++", lambda v: grad_cam_plus_plus_weights(v.acts, v.grads),
-    "gradient",
+    "activations+gradients",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"),
     summary="Grad-CAM++ map (Chattopadhay et al., WACV 2018).",
     doc="""``ReLU(sum_k w_k A^k)`` with ``w_k = sum_ij ReLU(g_ij) g_ij^2 / (2 g_ij^2 + sum_ab A_ab
 g_ij^3)``, ``g = d score / d A`` (see :func:`gradattr.methods.grad_cam_plus_plus_weights`).""",
@@ -91,7 +93,8 @@ def xgrad_cam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 
 register(Method(
-    "xgrad_cam", "XGrad-CAM", lambda v: xgrad_cam_weights(v.acts, v.grads), "gradient",
+    "xgrad_cam", "XGrad-CAM", lambda v: xgrad_cam_weights(v.acts, v.grads), "activations+gradients",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"),
     summary="XGrad-CAM map (Fu et al., BMVC 2020): ``w_k = sum_ij (A_ij / sum_ab A_ab) d score / d A_ij``.",
     example=_TOY + """>>> gradattr.xgrad_cam(net, torch.randn(2, 16), 1, upsampling="none").shape
 torch.Size([16])
@@ -109,7 +112,8 @@ def hires_cam_terms(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 
 register(Method(
-    "hires_cam", "HiResCAM", lambda v: hires_cam_terms(v.acts, v.grads), "gradient", combine="terms",
+    "hires_cam", "HiResCAM", lambda v: hires_cam_terms(v.acts, v.grads), "activations+gradients",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"), combine="terms",
     summary="HiResCAM map (Draelos & Carin, 2020): ``ReLU(sum_k (d score / d A^k) * A^k)``, element-wise.",
     example=_TOY + """>>> gradattr.hires_cam(net, torch.randn(16, 2), input_format="TC").shape
 torch.Size([16])
@@ -128,7 +132,8 @@ def layer_cam_terms(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 
 register(Method(
-    "layer_cam", "Layer-CAM", lambda v: layer_cam_terms(v.acts, v.grads), "gradient", combine="terms",
+    "layer_cam", "Layer-CAM", lambda v: layer_cam_terms(v.acts, v.grads), "activations+gradients",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"), combine="terms",
     summary="Layer-CAM map (Jiang et al., IEEE TIP 2021): ``ReLU(sum_k ReLU(d score / d A^k) * A^k)``.",
     doc="Made for several layers at once: pass a list as ``feature_layer`` and the per-layer maps are fused.",
     example=_TOY + """>>> gradattr.layer_cam(net, torch.randn(2, 16), 0, feature_layer=["0", "1"]).shape
@@ -147,7 +152,8 @@ def eigengrad_cam_map(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 
 register(Method(
-    "eigengrad_cam", "EigenGrad-CAM", lambda v: eigengrad_cam_map(v.acts, v.grads), "gradient",
+    "eigengrad_cam", "EigenGrad-CAM", lambda v: eigengrad_cam_map(v.acts, v.grads), "activations+gradients",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual",),
     combine="map",
     summary="EigenGrad-CAM map: first principal component of ``(d score / d A) * A`` (pytorch-grad-cam's).",
     doc="""The sign is fixed so that the map correlates positively with HiResCAM's
@@ -172,7 +178,8 @@ def grad_cam_elementwise_terms(acts: torch.Tensor, grads: torch.Tensor) -> torch
 
 register(Method(
     "grad_cam_elementwise", "Grad-CAM element-wise",
-    lambda v: grad_cam_elementwise_terms(v.acts, v.grads), "gradient", combine="terms",
+    lambda v: grad_cam_elementwise_terms(v.acts, v.grads), "activations+gradients",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"), combine="terms",
     summary="Element-wise Grad-CAM (pytorch-grad-cam's ``GradCAMElementWise``): "
             "``sum_k ReLU((d score / d A^k) * A^k)``.",
     doc="""HiResCAM with the ReLU moved inside the channel sum: only the positive evidence of
@@ -251,7 +258,8 @@ def _real(name, value):
 
 
 register(Method(
-    "finer_cam", "Finer-CAM", finer_cam_weights, "activation",
+    "finer_cam", "Finer-CAM", finer_cam_weights, "activations",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",),
     options=(Option("alpha", 1.0, "float", "weight of the similar classes' logits in the difference.",
                     _real),
              Option("comparison_ranks", (1, 2, 3), "Sequence[int]",
@@ -286,8 +294,8 @@ def shapley_cam_weights(view) -> torch.Tensor:
 
 
 register(Method(
-    "shapley_cam", "ShapleyCAM", shapley_cam_weights, "activation",
-    extra_shared=("counterfactual",),
+    "shapley_cam", "ShapleyCAM", shapley_cam_weights, "activations",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"),
     summary="ShapleyCAM (Cai et al., 2025): Grad-CAM weights corrected by the Hessian-vector "
             "product, ``w_k = mean_ij (g - 1/2 H A)``.",
     doc="""A second-order Taylor estimate of each channel's Shapley value: the weights are the
@@ -370,8 +378,8 @@ GENERATOR = Option("generator", None, "torch.Generator | None",
 
 
 register(Method(
-    "smooth_grad_cam_plus_plus", "Smooth Grad-CAM++", smooth_grad_cam_plus_plus_weights, "activation",
-    extra_shared=("counterfactual",),
+    "smooth_grad_cam_plus_plus", "Smooth Grad-CAM++", smooth_grad_cam_plus_plus_weights, "activations",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"),
     options=(Option("num_samples", 4, "int", "noisy copies of the input.", positive_int),
              Option("std", 0.3, "float", "standard deviation of the Gaussian noise added to the "
                     "input (in the input's units, as torch-cam).", _nonneg_real),
@@ -431,8 +439,8 @@ def full_grad_map(view) -> torch.Tensor:
 
 
 register(Method(
-    "full_grad", "FullGrad", full_grad_map, "model", combine="map",
-    extra_shared=("counterfactual",),
+    "full_grad", "FullGrad", full_grad_map, "nothing",
+    family="gradient CAM", shared=COMMON + TARGET + ("counterfactual",), combine="map",
     summary="FullGrad (Srinivas & Fleuret, NeurIPS 2019): input-gradient x input plus the "
             "bias-gradients of every convolution and batch norm.",
     doc="""``psi(|x d score / d x|)`` summed over input channels plus, for every convolution and

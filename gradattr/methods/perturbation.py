@@ -7,7 +7,7 @@ from einops import rearrange
 
 from ..errors import expected
 from ..ops import gaussian_blur, minmax
-from ..registry import Method, Option, flag, positive_int, register
+from ..registry import COMMON, LAYER, TARGET, Method, Option, flag, positive_int, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
 
 
@@ -91,7 +91,8 @@ def score_cam_scores(view, batch_size: int | None = None, progress: bool = False
 register(Method(
     "score_cam", "Score-CAM",
     lambda v, batch_size, progress: score_cam_weights(score_cam_scores(v, batch_size, progress)),
-    "perturbation", options=(BATCH_SIZE, PROGRESS),
+    "activations",
+    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",), options=(BATCH_SIZE, PROGRESS),
     summary="Score-CAM map (Wang et al., CVPR-W 2020): ``ReLU(sum_k softmax_k(f(x * H^k)) A^k)``.",
     doc="""``H^k`` is channel ``k`` upsampled to the input (multi-linear, ``align_corners=True``,
 as pytorch-grad-cam) and min-max scaled; ``f`` the target score. One forward pass per
@@ -160,7 +161,8 @@ def _ablation(view, batch_size, progress):
 
 
 register(Method(
-    "ablation_cam", "Ablation-CAM", _ablation, "perturbation", options=(BATCH_SIZE, PROGRESS),
+    "ablation_cam", "Ablation-CAM", _ablation, "activations",
+    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",), options=(BATCH_SIZE, PROGRESS),
     summary="Ablation-CAM map (Ramaswamy, WACV 2020): ``ReLU(sum_k (y - y_k) / y A^k)``.",
     doc="""``y_k`` is the target score with channel ``k`` of the feature map set to zero. Where
 the network allows it only the layers after the feature layer run on the ablated copies;
@@ -321,7 +323,8 @@ register(Method(
     "ss_cam", "SS-CAM",
     lambda v, samples, std, seed, generator, batch_size, progress: score_cam_weights(
         ss_cam_scores(v, samples, std, seed, generator, batch_size, progress)),
-    "perturbation", options=(SAMPLES_SS, STD, SEED, GENERATOR, BATCH_SIZE, PROGRESS),
+    "activations",
+    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",), options=(SAMPLES_SS, STD, SEED, GENERATOR, BATCH_SIZE, PROGRESS),
     summary="Smoothed Score-CAM map (Wang, Naidu et al. 2020): Score-CAM with each channel's "
             "score averaged over noisy masks.",
     doc="""``w_k = softmax_k(mean_i f(x * (H^k + d_i)))``, ``d_i ~ N(0, std^2)`` drawn at the
@@ -339,7 +342,8 @@ register(Method(
     "is_cam", "IS-CAM",
     lambda v, samples, batch_size, progress: score_cam_weights(
         is_cam_scores(v, samples, batch_size, progress)),
-    "perturbation", options=(SAMPLES_IS, BATCH_SIZE, PROGRESS),
+    "activations",
+    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",), options=(SAMPLES_IS, BATCH_SIZE, PROGRESS),
     summary="Integrated Score-CAM map (Naidu et al. 2020): Score-CAM with each channel's score "
             "integrated over scaled masks.",
     doc="""``w_k = softmax_k(mean_i f(x * c_i H^k))`` with ``c_i = sum_{j=1..i} j / N``
@@ -413,12 +417,12 @@ def group_cam_map(view, groups: int = 32, threshold: float = 70.0, softmax: bool
 
 
 register(Method(
-    "group_cam", "Group-CAM", group_cam_map, "gradient", combine="map",
+    "group_cam", "Group-CAM", group_cam_map, "activations+gradients",
+    family="perturbation CAM", shared=COMMON + TARGET + LAYER, combine="map",
     options=(Option("groups", 32, "int", "channel groups ``G`` (one masked pass each).", positive_int),
              Option("threshold", 70.0, "float", "percentile below which each group map is zeroed "
                     "(the paper's denoising; 0 turns it off).", _percentile),
              SOFTMAX, BATCH_SIZE, PROGRESS),
-    refused_shared=("counterfactual",),
     summary="Group-CAM map (Zhang, Rao & Yang 2021): Grad-CAM terms summed in channel groups, "
             "each group weighted by the score of the input kept where the group is active and "
             "blurred elsewhere.",
@@ -501,7 +505,8 @@ def rise_map(view, masks: int = 4000, cells: int = 7, p: float = 0.5, softmax: b
 
 
 register(Method(
-    "rise", "RISE", rise_map, "model", combine="map",
+    "rise", "RISE", rise_map, "nothing",
+    family="perturbation", shared=COMMON + TARGET, combine="map",
     options=(Option("masks", 4000, "int", "random masks (the paper uses 4000 to 8000).", positive_int),
              Option("cells", 7, "int", "grid cells per axis of each mask before upsampling.",
                     positive_int),
@@ -539,7 +544,8 @@ def random_map(view, seed=0, generator=None) -> torch.Tensor:
 
 
 register(Method(
-    "random_cam", "random maps", random_map, "model", combine="map",
+    "random_cam", "random maps", random_map, "nothing",
+    family="baseline", shared=COMMON + TARGET, combine="map",
     options=(SEED, GENERATOR),
     summary="Random maps: uniform noise in [0, 1) at the input's resolution, one per target.",
     doc="""The baseline any method must beat on the faithfulness metrics (``compare``'s

@@ -4,14 +4,15 @@ from __future__ import annotations
 import torch
 
 from ..guided import GuidedRectifiers
-from ..registry import Method, register
+from ..registry import COMMON, TARGET, Method, register
 from .common import TOY as _TOY
 from .gradient import grad_cam_weights
 
 
 register(Method(
     "guided_backprop", "Guided backpropagation",
-    lambda v: v.probe.input_gradients(GuidedRectifiers()), "pixel", combine="map", returns="pixels",
+    lambda v: v.probe.input_gradients(GuidedRectifiers()), "input_gradients",
+    family="input attribution", shared=COMMON + TARGET + ("counterfactual",), combine="map", returns="pixels",
     summary="Guided backpropagation (Springenberg et al., ICLR-W 2015): input gradients through "
             "guided rectifiers.",
     doc="""Every rectifier (``nn.ReLU``/``nn.ReLU6`` modules and functional ``relu``, ``relu6``,
@@ -41,9 +42,9 @@ def guided_grad_cam_pixels(probe, cam: torch.Tensor) -> torch.Tensor:
 
 
 register(Method(
-    "guided_grad_cam", "Guided Grad-CAM", lambda v: grad_cam_weights(v.acts, v.grads), "gradient",
-    returns="pixels", finish=guided_grad_cam_pixels, refused_shared=("aug_smooth", "eigen_smooth"),
-    summary="Guided Grad-CAM (Selvaraju et al., ICCV 2017): guided backprop times the upsampled Grad-CAM.",
+    "guided_grad_cam", "Guided Grad-CAM", lambda v: grad_cam_weights(v.acts, v.grads), "activations+gradients",
+    family="input attribution", shared=COMMON + TARGET + ("feature_layer", "upsampling", "feature_layout", "feature_call", "return_layers", "counterfactual"),
+    returns="pixels", finish=guided_grad_cam_pixels, summary="Guided Grad-CAM (Selvaraju et al., ICCV 2017): guided backprop times the upsampled Grad-CAM.",
     doc="""``G(x)[c] * up(GradCAM)`` for every input channel ``c``; the Grad-CAM map is resized
 to the input with ``upsampling`` (``"bicubic"`` or ``"nearest"``; captum's ``GuidedGradCam``
 uses nearest) and clamped at 0. One feature layer.""",
