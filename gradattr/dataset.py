@@ -231,7 +231,7 @@ def _explain_dataset(net, batches, method, target, on_batch, out_dir, overwrite,
 def _run(net, batches, explain, name, target, on_batch, folder, overwrite, progress, total, options,
          rank, world, ctx: _Context) -> DatasetReport:
     use_labels = isinstance(target, str) and target == LABEL
-    source = _source(batches, world, folder is not None)
+    source = _source(batches, world, folder is not None and ctx.describe is None)
     shards = None
     try:
         if folder is not None:
@@ -505,7 +505,7 @@ def _barrier(world: int) -> None:
 
 
 
-def _agree(world: int, err: BaseException | None) -> None:
+def _agree(world: int, err: BaseException | None, out_dir: str = "out_dir") -> None:
     """Every rank raises if any rank failed (an all-reduce, so it is also a barrier); one process raises ``err``."""
     if world > 1:
         import torch.distributed as dist
@@ -516,8 +516,8 @@ def _agree(world: int, err: BaseException | None) -> None:
         dist.all_reduce(failed)
         ranks = failed.nonzero().flatten().tolist()
         if err is None and ranks:
-            raise GradattrError(f"out_dir: rank(s) {ranks} refused the folder (their error says why); "
-                                "nothing was written by this rank")
+            raise GradattrError(f"{out_dir}: rank(s) {ranks} refused the folder (their error says why); "
+                                "this rank stopped with them")
     if err is not None:
         raise err
 
@@ -608,13 +608,20 @@ def _show(value, none: str) -> str:
     return repr(value) if isinstance(value, str) else json.dumps(value)
 
 
+#: what a difference may mean where it is not plain
+_NOTES = {"samples": "the first, middle and last samples as the data set returns them: one whose samples change "
+                     "from one read to the next (random augmentation) cannot be resumed",
+          "sample order": "a shuffling DataLoader resumes only with the same seed"}
+
+
 def _differences(old: dict, new: dict, folder: Path, ctx: _Context) -> list[str]:
     out = []
     for key in list(new) + [k for k in old if k not in new]:
         if old.get(key) != new.get(key):
             detail = (ctx.details or {}).get(key)
             text = detail(folder, old.get(key), new.get(key)) if detail is not None else None
-            out.append(f"{key}: {text or _show(old.get(key), ctx.none) + ' -> ' + _show(new.get(key), ctx.none)}")
+            text = text or f"{_show(old.get(key), ctx.none)} -> {_show(new.get(key), ctx.none)}"
+            out.append(f"{key}: {text}" + (f" ({_NOTES[key]})" if key in _NOTES else ""))
     return out
 
 
@@ -675,7 +682,7 @@ class _Shards:
         return {} if fresh else records
 
     def _agree(self, err) -> None:
-        _agree(self.world, err)
+        _agree(self.world, err, self.ctx.out_dir)
 
     def _marker(self, folder: Path) -> dict | None:
         """The folder's marker, ``None`` for a new or empty folder, or an error for anyone else's."""
@@ -784,7 +791,7 @@ class _Shards:
                      "shards": merged}).encode())
             except (GradattrError, OSError) as e:
                 err = e
-        _agree(self.world, err)  # the index exists when any rank returns
+        _agree(self.world, err, self.ctx.out_dir)  # the index exists when any rank returns
 
     def _merge(self, n_batches: int | None) -> list[dict]:
         """One record per shard 0..n-1, the one that matches the file where ranks recorded it twice."""
@@ -878,8 +885,7 @@ def _source(batches, world: int, describe: bool) -> _Source:
         description = {
             "data set": kind, "data set length": length, "batch size": batches.batch_size,
             "sample order": f"{len(groups)} batches of {len(flat)} samples, sha256 {order}",
-            "samples": f"{len(picks)} samples, sha256 {samples.hexdigest()[:16]} (a data set whose samples "
-                       "change from one read to the next, e.g. by random augmentation, cannot be resumed)",
+            "samples": f"{len(picks)} samples, sha256 {samples.hexdigest()[:16]}",
             "collate_fn": _stable(batches.collate_fn)}
         return _Source(description, groups=groups, loader=batches)
 
@@ -900,7 +906,14 @@ def _source(batches, world: int, describe: bool) -> _Source:
             description["first batch"] = f"x of shape {tuple(x.shape)}, sha256 {_digest_tree([x, y])[:16]}"
         else:
             description["first batch"] = None
-    return _Source(description, stream=itertools.chain(head, it), length=length)
+    return _Source(description, stream=_then(head, it), length=length)
+
+
+def _then(head: list, rest: Iterator) -> Iterator:
+    """The peeked batch, then the rest; the list lets go of the batch once it is given out."""
+    while head:
+        yield head.pop()
+    yield from rest
 
 
 @dataclass

@@ -43,16 +43,28 @@ INDEX = "index.json"
 OLD_RUN = "run.json"  # gradattr 0.2's header
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # 0 where the system has no such flag (Windows): see _no_link
+_LINK_ERRNOS = {errno.ELOOP, errno.EMLINK}  # what opening a link with O_NOFOLLOW gives (Linux/macOS, BSD)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO planted in the folder must not block the read
+
+
 class FolderError(GradattrError):
     """A run folder that cannot be used as it is (the message says why and what to do)."""
+
+
+def _no_link(path: Path) -> None:
+    """Where ``O_NOFOLLOW`` does not exist, refuse a link before opening (a narrower check)."""
+    if not _NOFOLLOW and os.path.islink(path):
+        raise OSError(errno.ELOOP, "a symbolic link", str(path))
 
 
 def read_plain(path: Path, what: str = "out_dir") -> bytes:
     """The bytes of ``path``, which must be a regular file and not a symbolic link."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        _no_link(path)
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
     except OSError as err:
-        if err.errno == errno.ELOOP:
+        if err.errno in _LINK_ERRNOS:
             raise FolderError(f"{what}: expected plain files in the run folder, got {path.name!r}, "
                               f"which is a symbolic link (links are never followed)") from None
         raise
@@ -79,7 +91,7 @@ def open_new(path: Path):
     """``(temporary path, binary file)`` for writing ``path``: a new, uniquely named file, created
     with ``O_EXCL | O_NOFOLLOW``; rename it onto ``path`` with ``os.replace`` when complete."""
     tmp = _tmp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644)
     return tmp, os.fdopen(fd, "wb")
 
 
@@ -98,9 +110,10 @@ def write_atomic(path: Path, data: bytes) -> None:
 def append_line(path: Path, line: str) -> None:
     """Append one line to a regular file (created if missing); a link at ``path`` is refused."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        _no_link(path)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW, 0o644)
     except OSError as err:
-        if err.errno == errno.ELOOP:
+        if err.errno in _LINK_ERRNOS:
             raise FolderError(f"out_dir: expected {path.name} to be a plain file, got a symbolic link "
                               "(never written through)") from None
         raise
@@ -113,11 +126,12 @@ def append_line(path: Path, line: str) -> None:
 def end_cut_line(path: Path) -> None:
     """End a last line a crash cut short, so that lines appended later parse."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+        _no_link(path)
+        fd = os.open(path, os.O_RDWR | _NOFOLLOW)
     except FileNotFoundError:
         return
     except OSError as err:
-        if err.errno == errno.ELOOP:
+        if err.errno in _LINK_ERRNOS:
             raise FolderError(f"out_dir: expected {path.name} to be a plain file, got a symbolic link "
                               "(never written through)") from None
         raise
@@ -157,6 +171,18 @@ def file_digest(path: Path) -> tuple[int, str] | None:
 
 
 # ------------------------------------------------------------------------------ locks
+def _lock_exclusive(fd: int) -> None:
+    """An exclusive lock on an open file, without waiting (``OSError`` if another holds it)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: a byte-range lock of the first byte
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
 class Lock:
     """An exclusive ``fcntl.flock`` on ``.gradattr-lock-rankNNN`` in the folder, held until ``release``.
 
@@ -165,31 +191,32 @@ class Lock:
     """
 
     def __init__(self, folder: Path, rank: int, out_dir: str):
-        import fcntl
-
         path = folder / LOCK.format(rank)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            _no_link(path)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o644)
         except OSError as err:
-            if err.errno == errno.ELOOP:
+            if err.errno in _LINK_ERRNOS:
                 raise FolderError(f"{out_dir}: expected {path.name} to be gradattr's lock file, got a "
                                   "symbolic link") from None
             raise
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_exclusive(fd)
         except OSError as err:
             if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 os.close(fd)
                 raise
             try:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.lseek(fd, 0, os.SEEK_SET)
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "another process"
             finally:
                 os.close(fd)
             raise FolderError(f"{out_dir}: expected a folder that no other run is writing to, got "
                               f"{str(folder)!r}, locked by {holder} (rank {rank}); wait for that run to "
                               "finish, or give this one another folder") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         self.fd: int | None = fd
 
     def release(self) -> None:

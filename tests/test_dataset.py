@@ -132,7 +132,7 @@ def test_memory_is_bounded_only_current_batch_alive():
     gc.collect()
     assert report.batches == 5 and len(maps_refs) == 5
     assert all(r() is None for r in maps_refs + inputs)  # and nothing is kept after the call
-    assert set(vars(report)) == {"method", "samples", "batches", "seconds", "out_dir", "skipped", "rank",
+    assert set(vars(report)) == {"method", "samples", "batches", "seconds", "out_dir", "skipped", "repaired", "rank",
                                  "world_size"}
 
 
