@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -235,7 +236,7 @@ def _run(net, batches, explain, name, target, on_batch, folder, overwrite, progr
     shards = None
     try:
         if folder is not None:
-            fingerprint = {"model": _model_digest(net)}
+            fingerprint: dict[str, object] = {"model": _model_digest(net)}
             if ctx.describe is not None:
                 fingerprint.update(ctx.describe)
             else:
@@ -605,7 +606,7 @@ def _show(value, none: str) -> str:
         return none
     if none != "None" and isinstance(value, (str, int, float)):  # the command line: as typed
         return str(value)
-    return repr(value) if isinstance(value, str) else json.dumps(value)
+    return repr(value) if isinstance(value, (str, bool, int, float)) else json.dumps(value)
 
 
 #: what a difference may mean where it is not plain
@@ -630,7 +631,7 @@ class _Shards:
 
     def __init__(self, folder: Path, rank: int, world: int, fingerprint: dict, overwrite: bool, ctx: _Context):
         self.folder, self.rank, self.world, self.ctx = folder, rank, world, ctx
-        self.lock = None
+        self.lock: rf.Lock | None = None
         self.repaired = 0
         self.chosen: dict[int, dict] = {}
         try:
@@ -850,7 +851,7 @@ class _Source:
 
     description: dict
     groups: list | None = None  # a map-style DataLoader's batches of sample indices
-    loader: object = None
+    loader: Any = None
     stream: Iterator | None = None
     length: int | None = None  # a stream's number of batches, when it has a len
 
@@ -871,7 +872,7 @@ def _source(batches, world: int, describe: bool) -> _Source:
             shown = repr(transform)
             kind += f" with transform {shown if ' at 0x' not in shown else _qualname(transform)}"
         try:
-            length = len(ds)
+            length = len(ds)  # type: ignore[arg-type]
         except TypeError:
             length = None
         if not describe:

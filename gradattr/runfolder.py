@@ -178,7 +178,7 @@ def _lock_exclusive(fd: int) -> None:
     except ImportError:  # Windows: a byte-range lock of the first byte
         import msvcrt
 
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
         return
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
@@ -283,7 +283,8 @@ def read_manifests(folder: Path) -> dict[int, list[dict]]:
 
 def own_entries(folder: Path) -> tuple[list[str], list[str]]:
     """``(gradattr's lock and temporary files, every other entry)`` of an existing folder."""
-    ours, others = [], []
+    ours: list[str] = []
+    others: list[str] = []
     for p in sorted(folder.iterdir(), key=lambda p: p.name):
         (ours if LOCK_RE.fullmatch(p.name) or TMP_RE.fullmatch(p.name) else others).append(p.name)
     return ours, others
