@@ -492,3 +492,47 @@ def test_a_newline_in_a_file_name_keeps_one_entry_per_map(cli_env):
     listing = json.loads((cli_env / "maps" / "inputs.json").read_text())
     assert [f["name"] for f in listing["files"]] == names
     assert len(listing["files"]) == load_maps("maps").shape[0] == 3
+
+
+class Normalized(torch.utils.data.Dataset):
+    """A map-style data set with a torchvision-style ``transform`` attribute."""
+
+    def __init__(self, x, transform):
+        self.x, self.transform = x, transform
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.transform(self.x[i])
+
+
+class Normalize:
+    """A transform with a telling repr, as torchvision's are."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = mean, std
+
+    def __call__(self, t):
+        return (t - torch.tensor(self.mean)[:, None, None]) / torch.tensor(self.std)[:, None, None]
+
+    def __repr__(self):
+        return f"Normalize(mean={self.mean}, std={self.std})"
+
+
+def test_a_data_sets_transform_is_named_and_seen_through_its_samples(tmp_path):
+    net = tiny_net()
+    x = torch.rand(6, 2, 8, 8)
+    explain_dataset(net, DataLoader(Normalized(x, Normalize([0.5, 0.5], [1.0, 1.0])), batch_size=3), target=1,
+                    out_dir=tmp_path)
+    with pytest.raises(GradattrError, match=r"differs in data set: 'test_dataset_integrity.Normalized with transform "
+                                            r"Normalize\(mean=\[0.5, 0.5\], std=\[1.0, 1.0\]\)' -> "
+                                            r"'test_dataset_integrity.Normalized with transform Normalize\(mean="
+                                            r"\[0.1, 0.1\], std=\[1.0, 1.0\]\)'; samples: "):
+        explain_dataset(net, DataLoader(Normalized(x, Normalize([0.1, 0.1], [1.0, 1.0])), batch_size=3), target=1,
+                        out_dir=tmp_path)
+    # a transform without a telling repr is known by its name, and by what it does to the samples
+    explain_dataset(net, DataLoader(Normalized(x, lambda t: t - 0.5), batch_size=3), target=1, out_dir=tmp_path,
+                    overwrite=True)
+    with pytest.raises(GradattrError, match=r"differs in samples: '3 samples, sha256 [0-9a-f]{16}' -> '3 samples"):
+        explain_dataset(net, DataLoader(Normalized(x, lambda t: t - 0.1), batch_size=3), target=1, out_dir=tmp_path)
