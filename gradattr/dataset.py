@@ -14,30 +14,28 @@ folder back in data-set order, and re-running into the same folder resumes.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
+import itertools
 import json
 import os
-import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from . import runfolder as rf
 from .errors import GradattrError, expected
 
 #: The ``target`` value that explains each sample's own label (the ``y`` of ``(x, y)`` batches).
 LABEL = "label"
 
-_SHARD = "maps_{:05d}.npy"
-_SHARD_RE = re.compile(r"maps_\d{5,}\.npy")
-_MANIFEST = "manifest-rank{:03d}.jsonl"
-_MANIFEST_RE = re.compile(r"manifest-rank\d{3,}\.jsonl")
-_RUN = "run.json"
-_INDEX = "index.json"
 #: Method options that would change what a batch's result looks like; not allowed here.
 _REFUSED = {"return_layers": "each shard holds maps only, so return_layers is not supported",
             "x": "x comes from the batches", "net": "net is the first argument"}
@@ -79,6 +77,7 @@ class DatasetReport:
     skipped: int = 0
     rank: int = 0
     world_size: int = 1
+    repaired: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -87,6 +86,7 @@ class DatasetReport:
     def __str__(self) -> str:
         where = f", shards in {self.out_dir}" if self.out_dir is not None else ""
         where += f", {self.skipped} batches already done" if self.skipped else ""
+        where += f", {self.repaired} damaged shard(s) computed again" if self.repaired else ""
         who = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
         return (f"{who}{self.method}: {self.samples} samples in {self.batches} batches, "
                 f"{self.seconds:.2f} s, {self.images_per_second:.1f} images/s{where}")
@@ -113,15 +113,31 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
     is split by batch like ``DistributedSampler`` without its padding: rank ``r``
     loads and explains batches ``r, r + W, r + 2W, ...`` only. Any other iterable is
     read by every rank and split by batch index the same way. Each rank writes its
-    own shards and ``manifest-rankNNN.jsonl`` (shard -> sample indices); after a
-    barrier rank 0 writes ``index.json``. No maps pass between processes. A
+    own shards and ``manifest-rankNNN.jsonl`` (shard -> sample indices, size, sha256);
+    after a barrier rank 0 writes ``index.json``. No maps pass between processes. A
     ``DistributedDataParallel`` model is explained through its ``.module``.
 
-    Resume: a shard is written under a temporary name, renamed when complete and
-    then recorded in the manifest, so re-running into the same ``out_dir`` (same
-    model weights, method, target and options, recorded in ``run.json``) skips the
-    recorded shards and computes only the rest; a different run is refused unless
-    ``overwrite=True``, which starts again from nothing.
+    The folder: ``out_dir`` must be new, empty, or made by an earlier run (it holds
+    gradattr's marker ``.gradattr-run.json``); a folder holding anything else is
+    refused, ``overwrite=True`` included. Each rank holds an exclusive lock
+    (``fcntl.flock`` on ``.gradattr-lock-rankNNN``) for the whole run, so a second
+    run into the same folder is refused while the first is alive.
+
+    Resume: a shard is written under a unique temporary name, renamed when complete
+    and then recorded in the manifest with its size and sha256, so re-running into
+    the same ``out_dir`` skips the recorded shards that are still intact and computes
+    the rest (a shard that is missing, truncated or altered is computed again). The
+    run's fingerprint, kept in the marker, must be the same: the model's class and a
+    sha256 of its parameters and buffers, the method, ``target``, every option, and
+    the data: for a map-style ``DataLoader`` the data set's class (and its
+    ``transform``'s repr), its length, the batch size, the order of the samples and a
+    hash of three samples (the first, middle and last, as the data set returns them);
+    for any other iterable its type, its length when it has one and a hash of the
+    first batch, and each batch's first sample is checked again when it is read.
+    Code is not hashed: a callable (a ``transform``, a ``collate_fn``, a method or an
+    option) is known by its qualified name, and what it does only through the sample
+    hashes. A run that differs is refused with what differs; ``overwrite=True``
+    deletes the files the earlier run wrote (only those) and starts again.
 
     Args:
         net: the network, as for any gradattr method (left exactly as found).
@@ -136,8 +152,8 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
             gives one map per sample, ``(B, K)`` gives K.
         on_batch: called with a :class:`BatchMaps` after each batch this process
             computes, in order (not for batches skipped on resume).
-        out_dir: folder for the ``.npy`` shards (created when the first is written).
-        overwrite: discard the shards of an earlier run in ``out_dir`` instead of
+        out_dir: folder for the ``.npy`` shards (created if missing).
+        overwrite: discard the files of an earlier run in ``out_dir`` instead of
             resuming it.
         progress: draw a progress bar with the throughput on stderr (rank 0 only).
         total: number of batches, for the bar, when ``batches`` has no ``len``.
@@ -147,7 +163,8 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
 
     Returns:
         A :class:`DatasetReport` with this process's ``samples``, ``batches``,
-        ``seconds``, ``images_per_second`` and the ``skipped`` (resumed) batches.
+        ``seconds``, ``images_per_second``, the ``skipped`` (resumed) batches and the
+        ``repaired`` ones (recorded shards found damaged and computed again).
 
     Example:
         >>> import torch
@@ -163,6 +180,30 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
         >>> shapes, report.samples, report.batches
         ([(5, 16), (3, 16)], 8, 2)
     """
+    return _explain_dataset(net, batches, method, target, on_batch, out_dir, overwrite, progress, total,
+                            options, _Context())
+
+
+@dataclass(frozen=True)
+class _Context:
+    """How the caller spells things, and what the command line adds to a run (nothing for the API)."""
+
+    out_dir: str = "out_dir"
+    overwrite: str = "overwrite=True"
+    #: the fingerprint entries that replace the method/target/options/data entries (the CLI's arguments)
+    describe: dict | None = None
+    #: label -> f(folder, old value, new value) -> a clearer account of what differs
+    details: dict | None = None
+    #: extra files rank 0 writes into the folder (name -> bytes), recorded in the marker
+    extra: dict | None = None
+    none: str = "None"  # how a missing value is shown in a difference
+
+
+_CLI = dict(out_dir="--out-dir", overwrite="--overwrite", none="(not given)")
+
+
+def _explain_dataset(net, batches, method, target, on_batch, out_dir, overwrite, progress, total, options,
+                     ctx: _Context) -> DatasetReport:
     explain, name = _resolve_method(method, options)
     if on_batch is not None and not callable(on_batch):
         raise expected("on_batch", "a callable taking a BatchMaps, or None", type(on_batch).__name__)
@@ -175,12 +216,12 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
     if isinstance(batches, (torch.Tensor, np.ndarray)) or not isinstance(batches, Iterable):
         raise expected("batches", "an iterable of batches (a DataLoader, a list, a generator); "
                        "for a single batch pass [x]", type(batches).__name__)
-    folder = _check_out_dir(out_dir)
+    folder = _check_out_dir(out_dir, ctx)
     net = _unwrap(net)
     rank, world, made_group = _distributed()
     try:
         return _run(net, batches, explain, name, target, on_batch, folder, overwrite, progress, total,
-                    options, rank, world)
+                    options, rank, world, ctx)
     finally:
         if made_group:
             import torch.distributed as dist
@@ -189,60 +230,73 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
 
 
 def _run(net, batches, explain, name, target, on_batch, folder, overwrite, progress, total, options,
-         rank, world) -> DatasetReport:
+         rank, world, ctx: _Context) -> DatasetReport:
     use_labels = isinstance(target, str) and target == LABEL
+    source = _source(batches, world, folder is not None and ctx.describe is None)
     shards = None
-    if folder is not None:
-        header = {"method": name, "target": _stable(target),
-                  "options": {k: _stable(v) for k, v in sorted(options.items())}, "model": _fingerprint(net)}
-        shards = _Shards(folder, rank, world, header, overwrite)
-    plan = _plan(batches, rank, world, shards)
-    if total is None:
-        total = plan.total
-    bar = _Progress(total) if progress and rank == 0 else None
+    try:
+        if folder is not None:
+            fingerprint: dict[str, object] = {"model": _model_digest(net)}
+            if ctx.describe is not None:
+                fingerprint.update(ctx.describe)
+            else:
+                fingerprint.update(method=name, target=_stable(target, net))
+                for k, v in sorted(options.items()):
+                    fingerprint[k if k not in fingerprint else f"option {k}"] = _stable(v, net)
+                fingerprint.update(source.description)
+            shards = _Shards(folder, rank, world, fingerprint, overwrite, ctx)
+        plan = _plan(source, rank, world, shards)
+        if total is None:
+            total = plan.total
+        bar = _Progress(total) if progress and rank == 0 else None
 
-    samples = count = skipped = 0
-    t0 = time.perf_counter()
-    for index, start, indices, batch in plan.jobs:
-        if batch is None:  # a shard already complete (resume) whose data was not loaded
-            skipped += 1
-            continue
-        x, y = _split(batch, index)
-        b = int(x.shape[0])
-        if indices is None:
-            indices = range(start, start + b)
-        elif len(indices) != b:
-            raise GradattrError(f"batches: expected batch {index} to hold the {len(indices)} samples "
-                                f"its sampler chose, got {b}")
-        if index % world != rank:
-            continue
-        if shards is not None and shards.done(index, start, b):
-            skipped += 1
-            continue
-        if use_labels:
-            maps = _squeeze_k(explain(net, x, _label_target(y, b, index), options), y)
-        else:
-            maps = explain(net, x, target, options)
-        maps = _to_numpy(maps)
-        if maps.shape[0] != b:
-            raise GradattrError(f"batches: expected the maps of batch {index} to have one row per "
-                                f"sample ({b}), got shape {maps.shape}; is x batched (B, C, ...)?")
-        path = shards.save(index, start, indices, maps) if shards is not None else None
-        if on_batch is not None:
-            on_batch(BatchMaps(index=index, start=start, maps=maps, labels=y, path=path,
-                               indices=np.asarray(indices)))
-        samples += b
-        count += 1
-        del x, y, batch, maps  # the only references: the next batch starts from nothing
+        samples = count = skipped = 0
+        t0 = time.perf_counter()
+        for index, start, indices, batch in plan.jobs:
+            if batch is None:  # a shard already complete (resume) whose data was not loaded
+                skipped += 1
+                continue
+            x, y = _split(batch, index)
+            b = int(x.shape[0])
+            if indices is None:
+                indices = range(start, start + b)
+            elif len(indices) != b:
+                raise GradattrError(f"batches: expected batch {index} to hold the {len(indices)} samples "
+                                    f"its sampler chose, got {b}")
+            if index % world != rank:
+                continue
+            first = _digest_tree(x[0])[:16] if shards is not None else None
+            if shards is not None and shards.done(index, start, b, first):
+                skipped += 1
+                continue
+            if use_labels:
+                maps = _squeeze_k(explain(net, x, _label_target(y, b, index), options), y)
+            else:
+                maps = explain(net, x, target, options)
+            maps = _to_numpy(maps)
+            if maps.shape[0] != b:
+                raise GradattrError(f"batches: expected the maps of batch {index} to have one row per "
+                                    f"sample ({b}), got shape {maps.shape}; is x batched (B, C, ...)?")
+            path = shards.save(index, start, indices, maps, first) if shards is not None else None
+            if on_batch is not None:
+                on_batch(BatchMaps(index=index, start=start, maps=maps, labels=y, path=path,
+                                   indices=np.asarray(indices)))
+            samples += b
+            count += 1
+            del x, y, batch, maps  # the only references: the next batch starts from nothing
+            if bar is not None:
+                bar.update(count, samples, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
         if bar is not None:
-            bar.update(count, samples, time.perf_counter() - t0)
-    seconds = time.perf_counter() - t0
-    if bar is not None:
-        bar.close(count, samples, seconds)
-    if shards is not None:
-        shards.finish()
+            bar.close(count, samples, seconds)
+        if shards is not None:
+            shards.finish(plan.batches())
+    finally:
+        if shards is not None:
+            shards.close()
     return DatasetReport(method=name, samples=samples, batches=count, seconds=seconds, out_dir=folder,
-                         skipped=skipped, rank=rank, world_size=world)
+                         skipped=skipped, rank=rank, world_size=world,
+                         repaired=shards.repaired if shards is not None else 0)
 
 
 def load_maps(out_dir: str | Path, *, return_indices: bool = False):
@@ -250,6 +304,11 @@ def load_maps(out_dir: str | Path, *, return_indices: bool = False):
 
     Works for single-process and multi-process output alike: the shards of every
     rank are read through ``index.json`` and their rows placed by sample index.
+    Only plain files inside ``out_dir`` that the index names as shards
+    (``maps_NNNNN.npy``) are read, never through a symbolic link; each must have the
+    size and sha256 the index records, and the counts must agree (shards numbered
+    0..K-1, each with the rows and map shape recorded, every sample once).
+    Anything else is refused with the file's name.
 
     Args:
         out_dir: the ``out_dir`` given to :func:`explain_dataset`.
@@ -271,19 +330,23 @@ def load_maps(out_dir: str | Path, *, return_indices: bool = False):
     if not isinstance(out_dir, (str, Path)):
         raise expected("out_dir", "a folder path (str or pathlib.Path)", type(out_dir).__name__)
     folder = Path(out_dir)
-    index_file = folder / _INDEX
-    if not index_file.is_file():
+    index_file = folder / rf.INDEX
+    if not (index_file.is_file() or index_file.is_symlink()):
         why = "not a folder" if not folder.is_dir() else (
             "an unfinished run: re-run explain_dataset with the same out_dir to finish it"
-            if _read_manifests(folder) else "no shards")
-        raise expected("out_dir", f"a folder written by explain_dataset, with its {_INDEX}",
+            if rf.read_manifests(folder) else "no shards")
+        raise expected("out_dir", f"a folder written by explain_dataset, with its {rf.INDEX}",
                        f"{str(folder)!r} ({why})")
-    records = json.loads(index_file.read_text())["shards"]
+    index = rf.read_json(index_file)
+    records, map_shape = _check_index(index, folder)
     all_idx = np.concatenate([_record_indices(r) for r in records]) if records else np.zeros(0, np.int64)
     order = np.sort(all_idx)
     out = None
     for r in records:
-        maps = np.load(folder / r["file"], allow_pickle=False)
+        maps = _read_shard(folder, r)
+        if map_shape is not None and tuple(maps.shape[1:]) != map_shape:
+            raise GradattrError(f"out_dir: expected {r['file']} to hold maps of shape {map_shape} as "
+                                f"{rf.INDEX} says, got {tuple(maps.shape[1:])}")
         if out is None:
             out = np.empty((len(order), *maps.shape[1:]), dtype=np.float32)
         elif maps.shape[1:] != out.shape[1:]:
@@ -293,6 +356,72 @@ def load_maps(out_dir: str | Path, *, return_indices: bool = False):
     if out is None:
         out = np.zeros((0,), dtype=np.float32)
     return (out, order) if return_indices else out
+
+
+def _check_index(index, folder: Path) -> tuple[list[dict], tuple | None]:
+    """The index's shard records, each checked, and the map shape it states (format 2), or an error."""
+    def bad(why: str) -> GradattrError:
+        return GradattrError(f"out_dir: expected an {rf.INDEX} written by explain_dataset, got {why} in "
+                             f"{str(folder)!r} (a damaged or edited folder)")
+
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise bad("no list of shards")
+    fmt = index.get("gradattr_run", 1)
+    if fmt not in (1, rf.FORMAT):
+        raise bad(f"folder format {fmt!r} (this gradattr reads 1 and {rf.FORMAT})")
+    records = [rf.check_record(r, rf.INDEX) for r in index["shards"]]
+    numbers = [r["shard"] for r in records]
+    if numbers != list(range(len(records))):
+        dup = sorted({n for n in numbers if numbers.count(n) > 1})
+        raise bad(f"shards {dup[:5]} recorded twice" if dup else
+                  f"shard numbers {numbers[:8]}{'...' if len(numbers) > 8 else ''} instead of 0..{len(numbers) - 1}")
+    start = 0
+    for r in records:
+        if r["start"] != start:
+            raise bad(f"shard {r['shard']} starting at sample {r['start']} where the shards before it end "
+                      f"at {start}")
+        start += r["rows"]
+    samples = index.get("samples")
+    if samples != start:
+        raise bad(f"samples={samples!r} where the shards hold {start} rows")
+    idx = np.concatenate([_record_indices(r) for r in records]) if records else np.zeros(0, np.int64)
+    uniq, counts = np.unique(idx, return_counts=True)
+    if (counts > 1).any():
+        raise bad(f"samples {uniq[counts > 1][:5].tolist()} recorded in several shards")
+    map_shape = None
+    if fmt == rf.FORMAT:
+        if any("sha256" not in r for r in records):
+            raise bad("a shard without its size and sha256")
+        ms = index.get("map_shape")
+        if not (isinstance(ms, list) and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                             for v in ms)):
+            raise bad(f"map_shape={ms!r}")
+        map_shape = tuple(ms)
+    return records, map_shape
+
+
+def _read_shard(folder: Path, rec: dict) -> np.ndarray:
+    """One shard, read from a plain file inside ``folder`` and checked against its record."""
+    name = rec["file"]
+    try:
+        data = rf.read_plain(folder / name)
+    except FileNotFoundError:
+        raise GradattrError(f"out_dir: expected the shard {name} that {rf.INDEX} records, got no such file "
+                            f"in {str(folder)!r}") from None
+    if "sha256" in rec and (len(data), hashlib.sha256(data).hexdigest()) != (rec["size"], rec["sha256"]):
+        raise GradattrError(f"out_dir: expected {name} of {rec['size']} bytes with the sha256 {rf.INDEX} "
+                            f"records, got {len(data)} bytes{' with another sha256' if len(data) == rec['size'] else ''}"
+                            f" (a damaged shard: re-run explain_dataset into {str(folder)!r} to compute it again)")
+    try:
+        maps = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise GradattrError(f"out_dir: expected {name} to be a .npy array, got a damaged file ({err}); "
+                            f"re-run explain_dataset into {str(folder)!r} to compute it again") from None
+    if not isinstance(maps, np.ndarray) or maps.dtype != np.float32 or maps.ndim < 1 \
+            or maps.shape[0] != rec["rows"]:
+        raise GradattrError(f"out_dir: expected {name} to hold {rec['rows']} float32 maps as {rf.INDEX} "
+                            f"records, got shape {getattr(maps, 'shape', '?')} and dtype {getattr(maps, 'dtype', '?')}")
+    return maps
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -326,14 +455,14 @@ def _resolve_method(method, options: dict):
     return explain, method
 
 
-def _check_out_dir(out_dir) -> Path | None:
+def _check_out_dir(out_dir, ctx) -> Path | None:
     if out_dir is None:
         return None
     if not isinstance(out_dir, (str, Path)):
-        raise expected("out_dir", "None or a folder path (str or pathlib.Path)", type(out_dir).__name__)
+        raise expected(ctx.out_dir, "None or a folder path (str or pathlib.Path)", type(out_dir).__name__)
     folder = Path(out_dir)
     if folder.exists() and not folder.is_dir():
-        raise expected("out_dir", "a folder", f"{str(folder)!r}, which is a file")
+        raise expected(ctx.out_dir, "a folder", f"{str(folder)!r}, which is a file")
     return folder
 
 
@@ -375,144 +504,339 @@ def _barrier(world: int) -> None:
             dist.barrier()
 
 
-def _stable(value) -> object:
-    """A JSON-able description of an option that is the same from one run to the next."""
+
+
+def _agree(world: int, err: BaseException | None, out_dir: str = "out_dir") -> None:
+    """Every rank raises if any rank failed (an all-reduce, so it is also a barrier); one process raises ``err``."""
+    if world > 1:
+        import torch.distributed as dist
+
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        failed = torch.zeros(world, dtype=torch.int32, device=device)
+        failed[dist.get_rank()] = int(err is not None)
+        dist.all_reduce(failed)
+        ranks = failed.nonzero().flatten().tolist()
+        if err is None and ranks:
+            raise GradattrError(f"{out_dir}: rank(s) {ranks} refused the folder (their error says why); "
+                                "this rank stopped with them")
+    if err is not None:
+        raise err
+
+
+def _stable(value, net=None) -> object:
+    """A JSON-able description of an option that is the same from one run to the next.
+
+    Numbers, strings, lists and dicts are themselves; tensors and arrays are their shape and a
+    sha256 of their bytes; a submodule of ``net`` is its name there; any other callable is its
+    qualified name (its code is not hashed), a ``functools.partial`` that and its arguments.
+    """
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (list, tuple)):
-        return [_stable(v) for v in value]
+        return [_stable(v, net) for v in value]
     if isinstance(value, dict):
-        return {str(k): _stable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+        return {str(k): _stable(v, net) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
     if isinstance(value, (torch.Tensor, np.ndarray)):
-        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-        return f"array{arr.shape}:{hashlib.sha1(np.ascontiguousarray(arr).tobytes()).hexdigest()[:16]}"
+        return f"array{tuple(value.shape)}:{_digest_tree(value)[:16]}"
+    if isinstance(value, torch.nn.Module):
+        names = [n for n, m in net.named_modules() if m is value] if net is not None else []
+        return f"layer {names[0]!r}" if names else f"module {_qualname(value)} {_model_digest(value)}"
+    if isinstance(value, functools.partial):
+        return {"partial": _stable(value.func, net), "args": _stable(list(value.args), net),
+                "keywords": _stable(value.keywords, net)}
     if callable(value):
-        return f"callable:{getattr(value, '__module__', '?')}.{getattr(value, '__qualname__', type(value).__name__)}"
+        return f"callable {_qualname(value)}"
     return f"{type(value).__name__}:{value!s}"
 
 
-def _fingerprint(net) -> str:
-    """sha1 of the model's state (names, shapes, dtypes, values): a resumed run must use the same weights."""
-    h = hashlib.sha1()
-    for key, t in net.state_dict().items():
+def _qualname(obj) -> str:
+    target = obj if hasattr(obj, "__qualname__") else type(obj)
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', type(obj).__name__)}"
+
+
+def _tensor_bytes(t) -> bytes:
+    if isinstance(t, torch.Tensor):
         t = t.detach()
-        h.update(f"{key}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+        try:
+            return t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        except (RuntimeError, TypeError):  # a dtype numpy cannot view (quantized, ...): its values
+            return repr(t.cpu().tolist()).encode()
+    return np.ascontiguousarray(t).tobytes()
+
+
+def _digest_tree(obj, h=None) -> str:
+    """sha256 (hex) of the tensors, arrays, numbers and strings in a (nested) sample, with their
+    shapes and dtypes; any other object counts by its type only."""
+    top = h is None
+    h = hashlib.sha256() if top else h
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        h.update(f"{type(obj).__name__}{tuple(obj.shape)}{obj.dtype};".encode())
+        h.update(_tensor_bytes(obj))
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__}[{len(obj)}](".encode())
+        for v in obj:
+            _digest_tree(v, h)
+        h.update(b")")
+    elif isinstance(obj, dict):
+        h.update(f"dict[{len(obj)}](".encode())
+        for k in sorted(obj, key=str):
+            h.update(f"{k!s}=".encode())
+            _digest_tree(obj[k], h)
+        h.update(b")")
+    else:
+        h.update(f"<{_qualname(obj)}>;".encode())
+    return h.hexdigest() if top else ""
+
+
+def _model_digest(net) -> str:
+    """The model's class and a sha256 of every parameter and buffer (names, shapes, dtypes, values)."""
+    h = hashlib.sha256()
+    for kind, items in (("p", net.named_parameters(remove_duplicate=False)),
+                        ("b", net.named_buffers(remove_duplicate=False))):
+        for key, t in items:
+            h.update(f"{kind}:{key}:{tuple(t.shape)}:{t.dtype};".encode())
+            h.update(_tensor_bytes(t))
+    return f"{_qualname(net)}, weights sha256 {h.hexdigest()[:16]}"
+
+
+def _show(value, none: str) -> str:
+    if value is None:
+        return none
+    if none != "None" and isinstance(value, (str, int, float)):  # the command line: as typed
+        return str(value)
+    return repr(value) if isinstance(value, (str, bool, int, float)) else json.dumps(value)
+
+
+#: what a difference may mean where it is not plain
+_NOTES = {"samples": "the first, middle and last samples as the data set returns them: one whose samples change "
+                     "from one read to the next (random augmentation) cannot be resumed",
+          "sample order": "a shuffling DataLoader resumes only with the same seed"}
+
+
+def _differences(old: dict, new: dict, folder: Path, ctx: _Context) -> list[str]:
+    out = []
+    for key in list(new) + [k for k in old if k not in new]:
+        if old.get(key) != new.get(key):
+            detail = (ctx.details or {}).get(key)
+            text = detail(folder, old.get(key), new.get(key)) if detail is not None else None
+            text = text or f"{_show(old.get(key), ctx.none)} -> {_show(new.get(key), ctx.none)}"
+            out.append(f"{key}: {text}" + (f" ({_NOTES[key]})" if key in _NOTES else ""))
+    return out
 
 
 class _Shards:
-    """One rank's writer: atomic shards, an append-only manifest, the header and the index."""
+    """One rank's writer: the folder's checks and lock, atomic shards, the manifest, the marker and the index."""
 
-    def __init__(self, folder: Path, rank: int, world: int, header: dict, overwrite: bool):
-        self.folder, self.rank, self.world, self.header = folder, rank, world, header
-        old = _read_run(folder)
-        shards = sorted(p.name for p in folder.iterdir() if _SHARD_RE.fullmatch(p.name)) \
-            if folder.is_dir() else []
-        if not overwrite:
-            if old is None and shards:
-                raise expected("out_dir", "a folder without shards from another program (or overwrite=True)",
-                               f"{str(folder)!r} holding {len(shards)} shard(s) such as {shards[0]!r} "
-                               f"and no {_RUN}")
-            if old is not None and old != header:
-                diff = ", ".join(k for k in header if old.get(k) != header[k])
-                raise expected("out_dir", "the folder of the same run to resume it (same model weights, "
-                               "method, target and options), or overwrite=True to start again",
-                               f"{str(folder)!r} written by a run whose {diff} differ(s)")
-        _barrier(world)  # every rank has read the old state before rank 0 changes it
-        if overwrite and rank == 0 and folder.is_dir():
-            for p in folder.iterdir():
-                if _SHARD_RE.fullmatch(p.name) or _MANIFEST_RE.fullmatch(p.name) \
-                        or p.name in (_RUN, _INDEX) or p.name.startswith(".maps_"):
-                    p.unlink()
-        _barrier(world)
-        self.records = {} if overwrite else _read_manifests(folder)
-        self.manifest = folder / _MANIFEST.format(rank)
-        if not overwrite and self.manifest.is_file():
-            with open(self.manifest, "rb+") as f:  # end a line a crash cut short, so new ones parse
-                if f.seek(0, 2) and (f.seek(-1, 2), f.read(1))[1] != b"\n":
-                    f.write(b"\n")
-        self.started = False
-        _barrier(world)  # no rank writes before every rank has read the manifests
+    def __init__(self, folder: Path, rank: int, world: int, fingerprint: dict, overwrite: bool, ctx: _Context):
+        self.folder, self.rank, self.world, self.ctx = folder, rank, world, ctx
+        self.lock: rf.Lock | None = None
+        self.repaired = 0
+        self.chosen: dict[int, dict] = {}
+        try:
+            self.records = self._open(folder, rank, fingerprint, overwrite, ctx)
+        except BaseException:
+            self.close()  # a lock is never left held by an object nobody holds
+            raise
 
-    def done(self, index: int, start: int, rows: int) -> bool:
-        rec = self.records.get(index)
-        if rec is None:
+    def _open(self, folder, rank, fingerprint, overwrite, ctx) -> dict:
+        err = None
+        try:
+            self._marker(folder)  # read only: a folder that is not gradattr's is refused untouched
+            folder.mkdir(parents=True, exist_ok=True)
+            self.lock = rf.Lock(folder, rank, ctx.out_dir)
+        except (GradattrError, OSError) as e:
+            err = e
+        self._agree(err)
+        fresh = overwrite
+        try:
+            marker = self._marker(folder)  # again, now that no other run can change the folder
+            records = rf.read_manifests(folder)
+            old = marker.get("fingerprint") if marker is not None else None
+            if old is not None and old != fingerprint and not overwrite:
+                if records:
+                    diffs = _differences(old, fingerprint, folder, ctx)
+                    raise GradattrError(
+                        f"{ctx.out_dir}: expected the folder of the same run to resume it, or "
+                        f"{ctx.overwrite} to start again, got {str(folder)!r}, written by a run that differs "
+                        f"in {'; '.join(diffs)}")
+                fresh = True  # nothing computed yet: nothing to keep
+        except (GradattrError, OSError) as e:
+            err = e
+        self._agree(err)
+        try:
+            if rank == 0:
+                self._clean(marker, records, fresh)
+                files = sorted(ctx.extra or {})
+                rf.write_atomic(folder / rf.MARKER, json.dumps(
+                    {"gradattr_run": rf.FORMAT, "gradattr": _version(), "fingerprint": fingerprint,
+                     "files": files}, indent=1).encode())
+                for name, data in (ctx.extra or {}).items():
+                    rf.write_atomic(folder / name, data)
+            self.manifest = folder / rf.MANIFEST.format(rank)
+            if not fresh:
+                rf.end_cut_line(self.manifest)
+        except (GradattrError, OSError) as e:
+            err = e
+        self._agree(err)  # no rank goes on before rank 0 has cleaned up and marked the folder
+        return {} if fresh else records
+
+    def _agree(self, err) -> None:
+        _agree(self.world, err, self.ctx.out_dir)
+
+    def _marker(self, folder: Path) -> dict | None:
+        """The folder's marker, ``None`` for a new or empty folder, or an error for anyone else's."""
+        if not folder.exists():
+            return None
+        _, others = rf.own_entries(folder)
+        sp = self.ctx
+        if rf.MARKER in others:
+            marker = rf.read_json(folder / rf.MARKER, sp.out_dir)
+            if not isinstance(marker, dict) or marker.get("gradattr_run") != rf.FORMAT \
+                    or not isinstance(marker.get("fingerprint"), dict):
+                raise expected(sp.out_dir, f"a folder made by this version of gradattr (format {rf.FORMAT})",
+                               f"{str(folder)!r}, whose {rf.MARKER} says format "
+                               f"{marker.get('gradattr_run') if isinstance(marker, dict) else '?'}; "
+                               "give this run another folder")
+            return marker
+        if not others:
+            return None
+        if rf.OLD_RUN in others:
+            raise expected(sp.out_dir, f"a new or empty folder, or one this version of gradattr made (with "
+                           f"its {rf.MARKER})", f"{str(folder)!r}, written by gradattr 0.2 ({rf.OLD_RUN}, no "
+                           "checksums): load_maps still reads it; give this run another folder, or delete "
+                           "that one yourself to start again")
+        shown = ", ".join(repr(n) for n in others[:4]) + (", ..." if len(others) > 4 else "")
+        raise expected(sp.out_dir, f"a new or empty folder, or one an earlier run made (with its {rf.MARKER})",
+                       f"{str(folder)!r}, holding {len(others)} entr{'y' if len(others) == 1 else 'ies'} of "
+                       f"its own ({shown}); gradattr never writes into such a folder, {sp.overwrite} included")
+
+    def _clean(self, marker, records: dict, fresh: bool) -> None:
+        """Rank 0, all locks held: remove what an earlier run wrote (``fresh``), or only what goes stale."""
+        folder = self.folder
+        doomed = {rf.INDEX}  # the run is open again until finish writes it
+        doomed |= {p.name for p in folder.iterdir() if rf.TMP_RE.fullmatch(p.name)}  # cut by a crash
+        if fresh:
+            doomed |= {r["file"] for recs in records.values() for r in recs}
+            doomed |= {p.name for p in folder.iterdir() if rf.MANIFEST_RE.fullmatch(p.name)}
+            if marker is not None:
+                doomed |= {n for n in marker.get("files", []) if isinstance(n, str) and "/" not in n
+                           and n not in (".", "..", rf.MARKER) and not n.startswith(".gradattr-lock")}
+        for name in doomed:
+            p = folder / name
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+
+    def done(self, index: int, start: int, rows: int, first: str | None = None) -> bool:
+        """Whether batch ``index`` has an intact shard already (it is then checked against this run)."""
+        recs = self.records.get(index)
+        if not recs:
             return False
+        digest = rf.file_digest(self.folder / rf.SHARD.format(index))
+        match = [r for r in recs if digest is not None and (r.get("size"), r.get("sha256")) == digest]
+        if not match:  # missing, truncated or altered: computed again
+            self.repaired += 1
+            return False
+        rec = match[-1]
         if (rec["start"], rec["rows"]) != (start, rows):
-            raise expected("out_dir", "the same batches as the run being resumed",
+            raise expected(self.ctx.out_dir, "the same batches as the run being resumed",
                            f"batch {index} with {rows} samples from position {start}, where the earlier "
                            f"run had {rec['rows']} from {rec['start']} (another batch size?)")
+        if first is not None and rec.get("x0") not in (None, first):
+            raise expected(self.ctx.out_dir, "the same data as the run being resumed",
+                           f"batch {index} whose first sample differs from the one the earlier run "
+                           f"explained; use {self.ctx.overwrite} to start again")
+        self.chosen[index] = rec
         return True
 
-    def _begin(self) -> None:
-        if not self.started:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            if self.rank == 0:
-                _atomic_write(self.folder / _RUN, json.dumps(self.header, indent=1))
-            self.started = True
-
-    def save(self, index: int, start: int, indices, maps: np.ndarray) -> Path:
-        self._begin()
-        name = _SHARD.format(index)
-        tmp = self.folder / f".{name}.{self.rank}.tmp"
-        with open(tmp, "wb") as f:
-            np.save(f, maps)
-        os.replace(tmp, self.folder / name)  # a shard exists complete or not at all
-        rec = {"shard": index, "file": name, "start": start, "rows": int(maps.shape[0])}
+    def save(self, index: int, start: int, indices, maps: np.ndarray, first: str | None) -> Path:
+        name = rf.SHARD.format(index)
+        path = self.folder / name
+        tmp, f = rf.open_new(path)
+        try:
+            with f:
+                w = rf.HashingWriter(f)
+                np.save(w, maps)
+            os.replace(tmp, path)  # a shard exists complete or not at all
+        except BaseException:
+            rf._unlink_quietly(tmp)
+            raise
+        rec = {"shard": index, "file": name, "start": start, "rows": int(maps.shape[0]),
+               "shape": list(maps.shape), "size": w.size, "sha256": w.hash.hexdigest()}
         idx = [int(i) for i in indices]
         if idx == list(range(idx[0], idx[0] + len(idx))):
             rec["first"] = idx[0]  # contiguous samples: the first is enough
         else:
             rec["indices"] = idx
-        with open(self.manifest, "a") as f:  # recorded only once the shard is complete
-            f.write(json.dumps(rec) + "\n")
-        return self.folder / name
+        if first is not None:
+            rec["x0"] = first
+        rf.append_line(self.manifest, json.dumps(rec))  # recorded only once the shard is complete
+        self.chosen[index] = rec
+        return path
 
-    def finish(self) -> None:
+    def finish(self, n_batches: int | None) -> None:
         """Barrier, then rank 0 writes ``index.json`` from every rank's manifest."""
-        _barrier(self.world)
+        _barrier(self.world)  # every rank's manifest is complete
+        err = None
         if self.rank == 0:
-            self._begin()
-            merged = sorted(_read_manifests(self.folder).values(), key=lambda r: r["shard"])
-            seen = np.concatenate([_record_indices(r) for r in merged]) if merged else np.zeros(0, int)
-            uniq, counts = np.unique(seen, return_counts=True)
-            if (counts > 1).any():
-                raise GradattrError(f"out_dir: expected each sample in one shard, got samples "
-                                    f"{uniq[counts > 1][:5].tolist()} in several (did the ranks see "
-                                    "different data, e.g. a shuffling loader?)")
-            _atomic_write(self.folder / _INDEX, json.dumps(
-                {"samples": int(seen.size), "world_size": self.world, "shards": merged}))
-        _barrier(self.world)  # the index exists when any rank returns
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _read_run(folder: Path):
-    try:
-        return json.loads((folder / _RUN).read_text())
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _read_manifests(folder: Path) -> dict[int, dict]:
-    """shard number -> record, for every recorded shard whose file is there (the last record wins)."""
-    records: dict[int, dict] = {}
-    if not folder.is_dir():
-        return records
-    for m in sorted(p for p in folder.iterdir() if _MANIFEST_RE.fullmatch(p.name)):
-        for line in m.read_text().splitlines():
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a crash: its shard is recomputed
-                continue
-            if (folder / rec["file"]).is_file():
-                records[rec["shard"]] = rec
-    return records
+                merged = self._merge(n_batches)
+                shapes = {tuple(r["shape"][1:]) for r in merged if "shape" in r}
+                if len(shapes) > 1:
+                    raise GradattrError(f"out_dir: expected maps of one shape in every shard, got "
+                                        f"{sorted(shapes)}")
+                rf.write_atomic(self.folder / rf.INDEX, json.dumps(
+                    {"gradattr_run": rf.FORMAT, "samples": sum(r["rows"] for r in merged),
+                     "world_size": self.world, "map_shape": list(shapes.pop()) if shapes else [1],
+                     "shards": merged}).encode())
+            except (GradattrError, OSError) as e:
+                err = e
+        _agree(self.world, err, self.ctx.out_dir)  # the index exists when any rank returns
+
+    def _merge(self, n_batches: int | None) -> list[dict]:
+        """One record per shard 0..n-1, the one that matches the file where ranks recorded it twice."""
+        found = rf.read_manifests(self.folder)
+        n = n_batches if n_batches is not None else (max(found) + 1 if found else 0)
+        merged = []
+        for k in range(n):
+            recs = found.get(k, [])
+            if k in self.chosen:
+                rec = self.chosen[k]
+            elif len({(r.get("size"), r.get("sha256")) for r in recs}) == 1:
+                rec = recs[-1]
+            else:
+                digest = rf.file_digest(self.folder / rf.SHARD.format(k))
+                match = [r for r in recs if (r.get("size"), r.get("sha256")) == digest]
+                if not match:
+                    raise GradattrError(f"out_dir: expected shard {k} to be recorded by a rank, got "
+                                        f"{'no record' if not recs else 'records that do not match the file'}")
+                rec = match[-1]
+            merged.append({key: v for key, v in rec.items() if key != "x0"})
+        start = 0
+        for r in merged:
+            if r["start"] != start:
+                raise GradattrError(f"out_dir: expected shard {r['shard']} to start at sample {start}, got "
+                                    f"{r['start']} (did the ranks see different data?)")
+            start += r["rows"]
+        seen = np.concatenate([_record_indices(r) for r in merged]) if merged else np.zeros(0, int)
+        uniq, counts = np.unique(seen, return_counts=True)
+        if (counts > 1).any():
+            raise GradattrError(f"out_dir: expected each sample in one shard, got samples "
+                                f"{uniq[counts > 1][:5].tolist()} in several (did the ranks see "
+                                "different data, e.g. a shuffling loader?)")
+        return merged
+
+    def close(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _record_indices(rec: dict) -> np.ndarray:
@@ -522,13 +846,17 @@ def _record_indices(rec: dict) -> np.ndarray:
 
 
 @dataclass
-class _Plan:
-    jobs: Iterable  # (batch index, stream position, sample indices or None, batch or None)
-    total: int | None
+class _Source:
+    """The batches, examined once before the run: what identifies them, and how to go through them."""
+
+    description: dict
+    groups: list | None = None  # a map-style DataLoader's batches of sample indices
+    loader: Any = None
+    stream: Iterator | None = None
+    length: int | None = None  # a stream's number of batches, when it has a len
 
 
-def _plan(batches, rank: int, world: int, shards) -> _Plan:
-    """This rank's batches: a map-style DataLoader loads only its own; other iterables are read whole."""
+def _source(batches, world: int, describe: bool) -> _Source:
     from torch.utils.data import DataLoader, IterableDataset, SequentialSampler
 
     if isinstance(batches, DataLoader) and not isinstance(batches.dataset, IterableDataset) \
@@ -536,7 +864,72 @@ def _plan(batches, rank: int, world: int, shards) -> _Plan:
         if world > 1 and not isinstance(batches.sampler, SequentialSampler):
             raise expected("batches", "a DataLoader with shuffle=False (a sequential sampler) when "
                            "several processes split it", f"a {type(batches.sampler).__name__}")
-        groups = [list(g) for g in batches.batch_sampler]
+        groups = [[int(i) for i in g] for g in batches.batch_sampler]
+        ds = batches.dataset
+        kind = _qualname(ds)
+        transform = getattr(ds, "transform", None)
+        if transform is not None:
+            shown = repr(transform)
+            kind += f" with transform {shown if ' at 0x' not in shown else _qualname(transform)}"
+        try:
+            length = len(ds)  # type: ignore[arg-type]
+        except TypeError:
+            length = None
+        if not describe:
+            return _Source({}, groups=groups, loader=batches)
+        flat = [i for g in groups for i in g]
+        picks = sorted({flat[0], flat[len(flat) // 2], flat[-1]}) if flat else []
+        samples = hashlib.sha256()
+        for i in picks:
+            samples.update(_digest_tree(ds[i]).encode())
+        order = hashlib.sha256(json.dumps(groups).encode()).hexdigest()[:16]
+        description = {
+            "data set": kind, "data set length": length, "batch size": batches.batch_size,
+            "sample order": f"{len(groups)} batches of {len(flat)} samples, sha256 {order}",
+            "samples": f"{len(picks)} samples, sha256 {samples.hexdigest()[:16]}",
+            "collate_fn": _stable(batches.collate_fn)}
+        return _Source(description, groups=groups, loader=batches)
+
+    it = iter(batches)
+    head = list(itertools.islice(it, 1))
+    length = None
+    if hasattr(batches, "__len__"):
+        try:
+            length = len(batches)
+        except TypeError:  # e.g. a DataLoader over an IterableDataset
+            length = None
+    description = {}
+    if describe:
+        # the first batch here, each later batch's first sample as it is read (Shards.done), and
+        # each batch's size and position: a list and an iterator over it are the same data
+        if head:
+            x, y = _split(head[0], 0)
+            description["first batch"] = f"x of shape {tuple(x.shape)}, sha256 {_digest_tree([x, y])[:16]}"
+        else:
+            description["first batch"] = None
+    return _Source(description, stream=_then(head, it), length=length)
+
+
+def _then(head: list, rest: Iterator) -> Iterator:
+    """The peeked batch, then the rest; the list lets go of the batch once it is given out."""
+    while head:
+        yield head.pop()
+    yield from rest
+
+
+@dataclass
+class _Plan:
+    jobs: Iterable  # (batch index, stream position, sample indices or None, batch or None)
+    total: int | None
+    batches: Callable[[], int]  # the number of batches in the stream (once gone through)
+
+
+def _plan(source: _Source, rank: int, world: int, shards) -> _Plan:
+    """This rank's batches: a map-style DataLoader loads only its own; other iterables are read whole."""
+    from torch.utils.data import DataLoader
+
+    if source.groups is not None:
+        batches, groups = source.loader, source.groups
         starts = np.concatenate([[0], np.cumsum([len(g) for g in groups])]).astype(int).tolist()
         mine = [k for k in range(len(groups)) if k % world == rank
                 and not (shards is not None and shards.done(k, starts[k], len(groups[k])))]
@@ -555,23 +948,22 @@ def _plan(batches, rank: int, world: int, shards) -> _Plan:
             for k, batch in zip(mine, loader):
                 yield k, starts[k], groups[k], batch
 
-        return _Plan(jobs(), len(mine))
+        return _Plan(jobs(), len(mine), lambda: len(groups))
+
+    seen = [0]
 
     def stream():
         start = 0
-        for k, batch in enumerate(batches):
+        for k, batch in enumerate(source.stream):
             x, _ = _split(batch, k)
+            seen[0] = k + 1
             yield k, start, None, batch
             start += int(x.shape[0])
 
-    total = None
-    if hasattr(batches, "__len__"):
-        try:
-            n = len(batches)
-            total = len(range(rank, n, world))
-        except TypeError:  # e.g. a DataLoader over an IterableDataset
-            total = None
-    return _Plan(stream(), total)
+    total = source.length
+    if total is not None:
+        total = len(range(rank, total, world))
+    return _Plan(stream(), total, lambda: seen[0])
 
 
 # ------------------------------------------------------------------------------ command line
@@ -588,8 +980,13 @@ def cli_explain_dataset(argv: list[str]) -> int:
         torchrun --nproc-per-node 2 -m gradattr explain-dataset images/ --model resnet.pt2 \\
             --size 224 --out-dir maps/
 
-    The files are taken in name order (written to ``DIR/inputs.txt``); sample ``i``
-    of :func:`load_maps` is line ``i``. Returns the exit status.
+    The files are taken in name order and listed in ``DIR/inputs.json`` (``"files"``: name,
+    size and modification time of each, relative to ``"folder"``); sample ``i`` of
+    :func:`load_maps` is ``files[i]``. The run's fingerprint is every argument that changes a
+    map (all but ``--out-dir``, ``--overwrite``, ``--progress``, ``--debug``, ``--workers``,
+    ``--device`` and ``--trust-model``; ``--model`` and ``--weights`` files by their sha256),
+    the model's weights and that list of files; a resume that differs is refused with what
+    differs. Returns the exit status.
     """
     from . import cli
 
@@ -614,10 +1011,12 @@ def cli_explain_dataset(argv: list[str]) -> int:
         # every batch is (B, C, *spatial): said outright, since an exported program has no
         # Conv modules left to tell the input's rank
         options["input_format"] = "BC" + "S" * (len(samples.shape) - 1)
-        report = explain_dataset(net, loader, args.method, target=args.target, out_dir=args.out_dir,
-                                 overwrite=args.overwrite, progress=args.progress, **options)
-        if report.rank == 0:
-            (Path(args.out_dir) / "inputs.txt").write_text("".join(f"{f}\n" for f in files))
+        listing = _listing(args.input, files)
+        describe = _cli_fingerprint(args, listing)
+        ctx = _Context(**_CLI, describe=describe, extra={_INPUTS: json.dumps(listing, indent=0).encode()},
+                       details={"FOLDER": lambda folder, old, new: _inputs_difference(folder, listing)})
+        report = _explain_dataset(net, loader, args.method, args.target, None, args.out_dir, args.overwrite,
+                                  args.progress, None, options, ctx)
         print(f"{cli.PROG}: {report}", file=sys.stderr)
         return 0
 
@@ -661,6 +1060,65 @@ def _cli_parser(cli):
     p.add_argument("--progress", action="store_true", help="progress bar on stderr (rank 0)")
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     return p
+
+
+_INPUTS = "inputs.json"
+#: explain-dataset's arguments that do not change a map (the rest make the run's fingerprint)
+_NOT_IN_FINGERPRINT = {"input", "out_dir", "overwrite", "progress", "debug", "workers", "device",
+                       "trust_model", "limit"}
+
+
+def _listing(folder: str, files: list[Path]) -> dict:
+    entries = []
+    for f in files:
+        st = f.stat()
+        entries.append({"name": f.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return {"folder": folder, "files": entries}
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _cli_fingerprint(args, listing: dict) -> dict:
+    """The command's own account of what its maps depend on: every argument that changes a map
+    (files by their content), and the folder's files by name, size and modification time."""
+    out = {}
+    for key, value in sorted(vars(args).items()):
+        if key in _NOT_IN_FINGERPRINT:
+            continue
+        if key in ("model", "weights") and value is not None and Path(value).is_file():
+            value = f"a file with sha256 {_file_sha256(Path(value))}"
+        out["--" + key.replace("_", "-")] = value if value is None or isinstance(value, (bool, int, float, str)) \
+            else str(value)
+    files = listing["files"]
+    digest = hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+    out["FOLDER"] = f"{len(files)} files (names, sizes and modification times: sha256 {digest})"
+    return out
+
+
+def _inputs_difference(folder: Path, listing: dict) -> str | None:
+    """What changed in the folder of inputs since the run being resumed (from its inputs.json)."""
+    try:
+        old = rf.read_json(folder / _INPUTS)["files"]
+        old = [(e["name"], e["size"], e["mtime_ns"]) for e in old]
+    except (OSError, GradattrError, KeyError, TypeError):
+        return None
+    new = [(e["name"], e["size"], e["mtime_ns"]) for e in listing["files"]]
+    i = next((k for k, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+    if i < min(len(old), len(new)):
+        (a, sa, _), (b, sb, _) = old[i], new[i]
+        what = (f"{b!r} where the earlier run had {a!r}" if a != b else
+                f"{a!r} of {sb} bytes, {sa} then" if sa != sb else f"{a!r} modified since")
+    elif len(new) > len(old):
+        what = f"{new[i][0]!r} added"
+    else:
+        what = f"{old[i][0]!r} gone"
+    return f"{len(old)} -> {len(new)} files, the first difference at position {i}: {what}"
 
 
 def _input_files(folder: str, cli) -> list[Path]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import weakref
 from collections import OrderedDict
 from pathlib import Path
@@ -51,8 +52,8 @@ def test_shards_equal_per_batch_grad_cam(tmp_path, data):
     report = explain_dataset(net, xs, "grad_cam", out_dir=tmp_path / "maps", target=1,
                              feature_layer="relu2")
     names = sorted(p.name for p in (tmp_path / "maps").iterdir())
-    assert names == ["index.json", "manifest-rank000.jsonl", "maps_00000.npy", "maps_00001.npy",
-                     "maps_00002.npy", "run.json"]
+    assert names == [".gradattr-lock-rank000", ".gradattr-run.json", "index.json", "manifest-rank000.jsonl",
+                     "maps_00000.npy", "maps_00001.npy", "maps_00002.npy"]
     shards = sorted((tmp_path / "maps").glob("maps_*.npy"))
     for x, p in zip(xs, shards):
         want = gradattr.grad_cam(net, x, 1, feature_layer="relu2").numpy()
@@ -131,7 +132,7 @@ def test_memory_is_bounded_only_current_batch_alive():
     gc.collect()
     assert report.batches == 5 and len(maps_refs) == 5
     assert all(r() is None for r in maps_refs + inputs)  # and nothing is kept after the call
-    assert set(vars(report)) == {"method", "samples", "batches", "seconds", "out_dir", "skipped", "rank",
+    assert set(vars(report)) == {"method", "samples", "batches", "seconds", "out_dir", "skipped", "repaired", "rank",
                                  "world_size"}
 
 
@@ -214,19 +215,22 @@ def test_rerun_resumes_and_a_different_run_is_refused_unless_overwrite(tmp_path)
     explain_dataset(net, [x], out_dir=tmp_path)
     again = explain_dataset(net, [x], out_dir=tmp_path)  # same run: the shard is complete
     assert (again.batches, again.skipped) == (0, 1)
-    with pytest.raises(GradattrError, match=r"out_dir: expected the folder of the same run to resume it.*"
-                                            r"whose target differ"):
+    with pytest.raises(GradattrError, match=r"out_dir: expected the folder of the same run to resume it, "
+                                            r"or overwrite=True to start again, got .* written by a run that "
+                                            r"differs in target: None -> 3$"):
         explain_dataset(net, [x], out_dir=tmp_path, target=3)
     other = tiny_net()
-    with pytest.raises(GradattrError, match=r"whose model differ"):
+    with pytest.raises(GradattrError, match=r"differs in model: 'torch.nn.modules.container.Sequential, "
+                                            r"weights sha256 [0-9a-f]{16}' -> 'torch.nn.modules.container."
+                                            r"Sequential, weights sha256 [0-9a-f]{16}'$"):
         explain_dataset(other, [x], out_dir=tmp_path)
     explain_dataset(net, [x], out_dir=tmp_path, overwrite=True, target=3)
     np.testing.assert_allclose(np.load(tmp_path / "maps_00000.npy"), gradattr.grad_cam(net, x, 3).numpy(),
                                rtol=1e-5, atol=1e-6)
-    np.save(tmp_path / "maps_00007.npy", np.zeros(2))
-    (tmp_path / "run.json").unlink()
-    with pytest.raises(GradattrError, match=r"out_dir: expected a folder without shards from another "
-                                            r"program.*holding 2 shard\(s\)"):
+    (tmp_path / ".gradattr-run.json").unlink()  # no marker: not a folder gradattr made
+    with pytest.raises(GradattrError, match=r"out_dir: expected a new or empty folder, or one an earlier run "
+                                            r"made .*holding 3 entries of its own \('index.json', "
+                                            r"'manifest-rank000.jsonl', 'maps_00000.npy'\)"):
         explain_dataset(net, [x], out_dir=tmp_path)
 
 
@@ -275,10 +279,17 @@ def test_killed_run_resumes_without_recomputing_finished_shards(tmp_path):
     want = gradattr.grad_cam(net, torch.cat(xs), 2).numpy()
     np.testing.assert_allclose(gradattr.load_maps(tmp_path), want, rtol=1e-5, atol=1e-6)
     # resuming with other batches (another batch size) is refused instead of mixing shards
-    with pytest.raises(GradattrError, match=r"out_dir: expected the same batches as the run being resumed, "
-                                            r"got batch 0 with 2 samples from position 0, where the earlier run had 4"):
+    with pytest.raises(GradattrError, match=r"out_dir: expected the folder of the same run .*differs in "
+                                            r"first batch: 'x of shape \(4, 2, 8, 8\), sha256 [0-9a-f]+' -> "
+                                            r"'x of shape \(2, 2, 8, 8\), sha256 [0-9a-f]+'$"):
         explain_dataset(net, [torch.cat(xs)[i:i + 2] for i in range(0, 17, 2)], counted, target=2,
                         out_dir=tmp_path)
+    with pytest.raises(GradattrError, match=r"out_dir: expected the same batches as the run being resumed, "
+                                            r"got batch 1 with 2 samples from position 4, where the earlier run had 4"):
+        explain_dataset(net, [xs[0], xs[1][:2], xs[1][2:]], counted, target=2, out_dir=tmp_path)
+    with pytest.raises(GradattrError, match=r"out_dir: expected the same data as the run being resumed, got "
+                                            r"batch 2 whose first sample differs .*use overwrite=True"):
+        explain_dataset(net, [xs[0], xs[1], xs[2] + 1], counted, target=2, out_dir=tmp_path)
 
 
 def test_load_maps_orders_shuffled_samples_and_refuses_other_folders(tmp_path):
@@ -332,7 +343,9 @@ def test_cli_explain_dataset_folder_of_images_and_arrays(tmp_path, monkeypatch, 
 
     want = gradattr.grad_cam(build(), x, 1).numpy()
     np.testing.assert_allclose(gradattr.load_maps(tmp_path / "maps"), want, rtol=1e-4, atol=1e-6)
-    assert (tmp_path / "maps" / "inputs.txt").read_text().split() == [f"imgs/im_{i}.png" for i in range(5)]
+    listing = json.loads((tmp_path / "maps" / "inputs.json").read_text())
+    assert listing["folder"] == "imgs" and [f["name"] for f in listing["files"]] == [f"im_{i}.png" for i in range(5)]
+    assert [f["size"] for f in listing["files"]] == [(folder / f"im_{i}.png").stat().st_size for i in range(5)]
     assert main(args) == 0  # the same command again: nothing left to do
     err = capsys.readouterr().err
     assert "0 samples in 0 batches" in err and "3 batches already done" in err

@@ -1,6 +1,7 @@
 """explain_dataset on 2 CPU processes (gloo, loopback): every sample once, same maps, resume."""
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
 from pathlib import Path
@@ -39,6 +40,11 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     try:
         net, ds = _data(root)
         seen = {}
+        try:  # the test holds rank 1's lock of this folder: both ranks refuse, neither waits for the other
+            explain_dataset(net, DataLoader(ds, batch_size=BATCH), out_dir=root / "busy")
+            seen["busy"] = "ran"
+        except gradattr.GradattrError as err:
+            seen["busy"] = str(err)
         for name in ("map", "resume"):  # a map-style DataLoader: each rank loads only its batches
             got = []
             report = explain_dataset(net, DataLoader(ds, batch_size=BATCH), target="label",
@@ -87,8 +93,19 @@ def test_two_processes_equal_one_process_every_sample_once_and_resume(tmp_path, 
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "resume").glob("maps_*.npy")}
     assert sorted(before) == ["maps_00000.npy", "maps_00001.npy", "maps_00002.npy"]
 
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    (tmp_path / "busy").mkdir()
+    with open(tmp_path / "busy" / ".gradattr-lock-rank001", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid of the test\n")
+        held.flush()
+        mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[1]["busy"].startswith("out_dir: expected a folder that no other run is writing to, got "
+                                       f"'{tmp_path / 'busy'}', locked by pid of the test (rank 1)")
+    assert ranks[0]["busy"] == ("out_dir: rank(s) [1] refused the folder (their error says why); this rank "
+                                "stopped with them")
+    assert sorted(p.name for p in (tmp_path / "busy").iterdir()) == [".gradattr-lock-rank000",
+                                                                    ".gradattr-lock-rank001"]
 
     # every sample explained exactly once, by the rank DistributedSampler-like batch split gives it
     done = [i for r in ranks for batch in r["map"]["indices"] for i in batch]
