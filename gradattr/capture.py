@@ -76,6 +76,10 @@ class Capture:
         return [lp.reading.to_ncs(r.detach()) for r, lp in zip(self.raw, self.plan.layers)]
 
 
+class _NotCalled(GradattrError):
+    """A planned feature layer did not run (or not as often) for this input."""
+
+
 class _Captured(Exception):
     """Raised by a feature hook to end a forward pass early, once everything is captured."""
 
@@ -141,8 +145,10 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
     needed, Eigen-CAM); it takes effect once the plan is known.
     """
     x = call.x if x is None else x
+    asked, remembered = plan, False
     if not plan.layers:
         cached = PLANS.get(call, plan)
+        remembered = cached is not None
         if cached is None:
             cap, fresh = _capture_auto(call, plan, grad, name_output, x)
             PLANS.put(call, plan, cap.plan)
@@ -154,8 +160,16 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
         plan = cached
     elif not plan.known:
         plan = PLANS.get(call, plan) or plan
-    cap = _capture_planned(call, plan, grad, stop and plan.known, name_output, x)
-    return cap
+    try:
+        return _capture_planned(call, plan, grad, stop and plan.known, name_output, x)
+    except _NotCalled:
+        if not remembered:
+            raise
+    # A remembered automatic layer that this input does not reach (a routed network took
+    # another branch): choose again for this input, as on a first call.
+    cap, fresh = _capture_auto(call, asked, grad, name_output, x)
+    PLANS.put(call, asked, cap.plan)
+    return cap if fresh else _capture_planned(call, cap.plan, grad, stop, name_output, x)
 
 
 def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output: bool,
@@ -210,8 +224,8 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
         if s is None:
             detail = (f" (it ran {counts[plan.layers.index(lp)]} times; feature_call is 0-based)"
                       if lp.call is not None and counts[plan.layers.index(lp)] else "")
-            raise GradattrError(f"feature_layer: expected a layer that runs in the forward pass, "
-                                f"but {lp.name!r} was never called for this input{detail}")
+            raise _NotCalled(f"feature_layer: expected a layer that runs in the forward pass, "
+                             f"but {lp.name!r} was never called for this input{detail}")
     done = Plan(tuple(LayerPlan(lp.name, lp.call if lp.call is not None else k - 1, r)
                       for lp, k, r in zip(plan.layers, counts, readings)), plan.reduction)
     if not plan.known:
