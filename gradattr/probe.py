@@ -45,11 +45,13 @@ CHANNELS_LAST = False
 CPU_CHUNK = 64
 
 
-def chunk_size(batch_size: int | None, per_copy: int, device: torch.device, cpu_cap: bool = True) -> int:
-    """Copies per forward pass: ``batch_size``, or as many copies of ``per_copy`` bytes as fit
-    :data:`MEMORY_BUDGET` (at most :data:`CPU_CHUNK` on a CPU with ``cpu_cap``)."""
+def chunk_size(batch_size: int | None, per_copy, device: torch.device, cpu_cap: bool = True) -> int:
+    """Copies per forward pass: ``batch_size``, or as many copies of ``per_copy`` bytes (an int,
+    or a function returning it, called only when needed) as fit :data:`MEMORY_BUDGET` (at most
+    :data:`CPU_CHUNK` on a CPU with ``cpu_cap``)."""
     if batch_size is not None:
         return batch_size
+    per_copy = per_copy() if callable(per_copy) else per_copy
     fit = max(1, MEMORY_BUDGET // max(per_copy, 1))
     return min(fit, CPU_CHUNK) if cpu_cap and device.type == "cpu" else fit
 
@@ -174,7 +176,7 @@ class Probe:
         ``torch.inference_mode``; ``progress`` shows a bar over the ``count`` inputs.
         The result does not depend on the chunk size as long as ``make`` does not.
         """
-        step = chunk_size(batch_size, self.masked_bytes(), self.x.device)
+        step = chunk_size(batch_size, self.masked_bytes, self.x.device)
         out = None
         bar = self.progress(count, progress, desc)
         try:
@@ -197,8 +199,9 @@ class Probe:
     def activation_chunk(self, batch_size: int | None) -> int:
         """Copies per :meth:`score_activations` call, for the path that will run them."""
         if self._fast is False:
-            return chunk_size(batch_size, self.copy_bytes(tail=False), self.x.device)
-        return chunk_size(batch_size, self.copy_bytes(tail=True), self.x.device, cpu_cap=False)
+            return chunk_size(batch_size, lambda: self.copy_bytes(tail=False), self.x.device)
+        return chunk_size(batch_size, lambda: self.copy_bytes(tail=True), self.x.device,
+                          cpu_cap=False)
 
     # -- memory per copy --------------------------------------------------------------------
     def masked_bytes(self) -> int:
