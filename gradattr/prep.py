@@ -9,9 +9,9 @@ compute device, restored exactly afterwards.
 Borrowing is counted per module and guarded by a lock, so several threads can
 explain one shared model (or several models sharing a submodule) at once: the
 first borrower of a module switches it to eval mode and snapshots its buffers,
-the last one restores both; the device is borrowed per model. Training the same model in another
-thread while it is being explained remains unsafe: the model is in eval mode
-for as long as any explanation runs.
+the last one restores both; the device is borrowed per model. Training the same
+model in another thread while it is being explained remains unsafe: the model is
+in eval mode for as long as any explanation runs.
 """
 from __future__ import annotations
 

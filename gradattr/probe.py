@@ -99,6 +99,7 @@ class Probe:
         self._target = None
         self._fast: bool | None = None  # may only the layers after the feature layer run on copies?
         self._peaks: dict[bool, int | None] = {}  # observed forward bytes per copy (whole, tail)
+        self._batch_size: int | None = None  # the chunk size a method asked for, if any
 
     # -- what is scored -------------------------------------------------------------------
     @property
@@ -198,6 +199,7 @@ class Probe:
 
     def activation_chunk(self, batch_size: int | None) -> int:
         """Copies per :meth:`score_activations` call, for the path that will run them."""
+        self._batch_size = batch_size
         if self._fast is False:
             return chunk_size(batch_size, lambda: self.copy_bytes(tail=False), self.x.device)
         return chunk_size(batch_size, lambda: self.copy_bytes(tail=True), self.x.device,
@@ -297,7 +299,7 @@ class Probe:
             self._fast = ok if self._fast is None else self._fast
             if ok:
                 return s
-        step = chunk_size(None, self.copy_bytes(tail=False), self.x.device)
+        step = chunk_size(self._batch_size, lambda: self.copy_bytes(tail=False), self.x.device)
         return torch.cat([self._full_scores(copies[j:j + step], i) for j in range(0, len(copies), step)])
 
     def _layer_raw(self, i: int, b: int) -> torch.Tensor:
