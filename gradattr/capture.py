@@ -76,6 +76,10 @@ class Capture:
         return [lp.reading.to_ncs(r.detach()) for r, lp in zip(self.raw, self.plan.layers)]
 
 
+class _NotCalled(GradattrError):
+    """A planned feature layer did not run (or not as often) for this input."""
+
+
 class _Captured(Exception):
     """Raised by a feature hook to end a forward pass early, once everything is captured."""
 
@@ -141,8 +145,10 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
     needed, Eigen-CAM); it takes effect once the plan is known.
     """
     x = call.x if x is None else x
+    asked, remembered = plan, False
     if not plan.layers:
         cached = PLANS.get(call, plan)
+        remembered = cached is not None
         if cached is None:
             cap, fresh = _capture_auto(call, plan, grad, name_output, x)
             PLANS.put(call, plan, cap.plan)
@@ -154,8 +160,16 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
         plan = cached
     elif not plan.known:
         plan = PLANS.get(call, plan) or plan
-    cap = _capture_planned(call, plan, grad, stop and plan.known, name_output, x)
-    return cap
+    try:
+        return _capture_planned(call, plan, grad, stop and plan.known, name_output, x)
+    except _NotCalled:
+        if not remembered:
+            raise
+    # A remembered automatic layer that this input does not reach (a routed network took
+    # another branch): choose again for this input, as on a first call.
+    cap, fresh = _capture_auto(call, asked, grad, name_output, x)
+    PLANS.put(call, asked, cap.plan)
+    return cap if fresh else _capture_planned(call, cap.plan, grad, stop, name_output, x)
 
 
 def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output: bool,
@@ -210,8 +224,8 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
         if s is None:
             detail = (f" (it ran {counts[plan.layers.index(lp)]} times; feature_call is 0-based)"
                       if lp.call is not None and counts[plan.layers.index(lp)] else "")
-            raise GradattrError(f"feature_layer: expected a layer that runs in the forward pass, "
-                                f"but {lp.name!r} was never called for this input{detail}")
+            raise _NotCalled(f"feature_layer: expected a layer that runs in the forward pass, "
+                             f"but {lp.name!r} was never called for this input{detail}")
     done = Plan(tuple(LayerPlan(lp.name, lp.call if lp.call is not None else k - 1, r)
                       for lp, k, r in zip(plan.layers, counts, readings)), plan.reduction)
     if not plan.known:
@@ -416,6 +430,72 @@ PLANS = _PlanCache()
 
 
 # -- gradients ----------------------------------------------------------------------------
+
+#: Memory the one-hot rows of one vectorised backward (and the gradients it returns) may use:
+#: ``K`` targets run in chunks of as many rows as fit, so ``K x K`` is never built.
+GRADS_BUDGET = 128 * 2**20
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Free memory where the gradients will live: the GPU's free memory, or the host's
+    ``MemAvailable``; ``None`` where it cannot be read."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[0])
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return None
+
+
+def target_chunk(s: torch.Tensor, inputs: list[torch.Tensor]) -> int:
+    """Targets per vectorised backward for scores ``s (N, K)``; refuses gradients that cannot fit.
+
+    The gradients of all ``K`` targets, ``N x K x`` every input, are the result and must be
+    held at once: when they exceed the free memory (:func:`_available_bytes`) the call is
+    refused with the estimate. A chunk's one-hot rows ``(k, N, K)`` and its gradients
+    ``(k, N, *input)`` fit :data:`GRADS_BUDGET` (a row counts three times: itself and the
+    gradient of the output it becomes on the way back).
+    """
+    n, k_count = s.shape
+    per_target = sum(t.numel() * t.element_size() for t in inputs)
+    total = per_target * k_count
+    free = _available_bytes(s.device)
+    if free is not None and total > free:
+        raise GradattrError(
+            f"target: expected targets whose gradients fit in memory, but {k_count} targets need "
+            f"{total / 2**20:,.0f} MiB of gradients ({k_count} x {per_target / 2**20:,.2f} MiB for "
+            f"inputs {[tuple(t.shape) for t in inputs]}) and {free / 2**20:,.0f} MiB are free on "
+            f"{s.device}; explain fewer targets per call (split the target list)")
+    per_row = 3 * n * k_count * s.element_size() + per_target  # the row, the output's gradient, a copy
+    return max(1, min(k_count, GRADS_BUDGET // max(per_row, 1)))
+
+
+def _batched_grads(s: torch.Tensor, inputs: list[torch.Tensor], step: int):
+    """``d s[:, k] / d inputs`` as ``(N, K, *input)`` (``None`` where unused), ``step`` targets
+    per vectorised backward; one-hot rows built per chunk (one chunk: exactly ``eye(K)``)."""
+    k_count = s.shape[1]
+    grads: list = [None] * len(inputs)
+    for k0 in range(0, k_count, step):
+        k1 = min(k_count, k0 + step)
+        rows = torch.zeros(k1 - k0, k_count, dtype=s.dtype, device=s.device)
+        rows[torch.arange(k1 - k0, device=s.device), torch.arange(k0, k1, device=s.device)] = 1
+        hot = rows[:, None, :].expand(k1 - k0, *s.shape)
+        g = torch.autograd.grad(s, inputs, grad_outputs=hot, is_grads_batched=True,
+                                retain_graph=True, allow_unused=True)
+        if k0 == 0 and k1 == k_count:
+            return [None if gi is None else gi.transpose(0, 1) for gi in g]
+        for i, gi in enumerate(g):
+            if gi is None:
+                continue
+            if grads[i] is None:
+                grads[i] = gi.new_empty(gi.shape[1], k_count, *gi.shape[2:])
+            grads[i][:, k0:k1] = gi.transpose(0, 1)
+    return grads
+
 def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual: bool,
                      names: list[str], reduction_name: str) -> list[torch.Tensor]:
     """``d s[:, k] / d inputs[i]`` for every target ``k``: one ``(N, K, *input)`` tensor per input.
@@ -433,14 +513,12 @@ def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual
         s = -s
     k_count = s.shape[1]
     grads = None
-    if k_count > 1:  # all targets in one vectorised backward (vmap over the one-hot rows)
-        eye = torch.eye(k_count, dtype=s.dtype, device=s.device)[:, None, :].expand(k_count, *s.shape)
+    if k_count > 1:  # targets share vectorised backwards (vmap over one-hot rows), chunk by chunk
+        step = target_chunk(s, inputs)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # vmap's "performance drop" notes
-                g = torch.autograd.grad(s, inputs, grad_outputs=eye, is_grads_batched=True,
-                                        retain_graph=True, allow_unused=True)
-            grads = [None if gi is None else gi.transpose(0, 1) for gi in g]
+                grads = _batched_grads(s, inputs, step)
         except RuntimeError:  # an op without a batching rule: one backward per target
             grads = None
     if grads is None:

@@ -6,11 +6,12 @@ prepares the input (:func:`gradattr.inputs.prepare`) and resolves the target
 :meth:`Call.borrowed` then lends the network for the call: eval mode and the
 compute device, restored exactly afterwards.
 
-Borrowing is counted per model and guarded by a lock, so several threads can
-explain one shared model at once: the first borrower switches it to eval mode
-(and moves it), the last one restores it. Training the same model in another
-thread while it is being explained remains unsafe: the model is in eval mode
-for as long as any explanation runs.
+Borrowing is counted per module and guarded by a lock, so several threads can
+explain one shared model (or several models sharing a submodule) at once: the
+first borrower of a module switches it to eval mode and snapshots its buffers,
+the last one restores both; the device is borrowed per model. Training the same
+model in another thread while it is being explained remains unsafe: the model is
+in eval mode for as long as any explanation runs.
 """
 from __future__ import annotations
 
@@ -48,12 +49,11 @@ def resolve_device(device, net: nn.Module) -> torch.device:
 
 
 class _Borrow:
-    """Eval mode and device of one model, shared by the calls that borrow it at once."""
+    """The device of one model, shared by the calls that borrow it at once."""
 
     def __init__(self, net: nn.Module, device: torch.device | None):
         self.count = 0
         self.device = device
-        self.training = [m for m in net.modules() if m.training]
         self.tensors = []
         if device is not None:
             self.tensors = [(store, k, t.device) for m in net.modules() for store in (m._parameters, m._buffers)
@@ -62,8 +62,6 @@ class _Borrow:
                 self.tensors = []
 
     def lend(self, net: nn.Module):
-        if self.training:
-            net.eval()
         if self.tensors:
             net.to(self.device)
 
@@ -76,11 +74,46 @@ class _Borrow:
                     t.grad = t.grad.to(dev)
             else:
                 store[k] = t.to(dev)
-        for m in self.training:
-            m.training = True
+
+
+class _ModuleBorrow:
+    """One module's training flag and buffers, shared by every call that borrows it at once.
+
+    Counted per module, not per model: a submodule shared by two models (one backbone,
+    two heads) stays in eval mode until the last call through either model ends. The
+    buffers are snapshot when the first call borrows the module (a reference, its version
+    counter and a copy) and put back when the last one returns it: a forward pass that
+    writes a buffer even in eval mode (a step counter, an EMA of its inputs) changes it
+    only for the duration of the calls.
+    """
+
+    def __init__(self, module: nn.Module):
+        self.count = 0
+        self.module = module
+        self.training = module.training
+        self.buffers = []
+        with torch.no_grad():
+            for k, t in module._buffers.items():
+                if t is None:
+                    continue
+                if t.is_inference():  # no version counter; only a replacement can be undone
+                    self.buffers.append((k, t, None, None))
+                else:
+                    self.buffers.append((k, t, t._version, t.clone()))
+
+    def restore(self):
+        m = self.module
+        with torch.no_grad():
+            for k, t, version, copy in self.buffers:
+                if version is not None and t._version != version:  # written in place
+                    t.copy_(copy)
+                if m._buffers.get(k) is not t:  # replaced (or moved back to its device)
+                    m._buffers[k] = t
+        m.training = self.training
 
 
 _BORROWS: dict[int, _Borrow] = {}
+_MODULES: dict[int, _ModuleBorrow] = {}
 _BORROW_LOCK = threading.RLock()
 
 
@@ -89,20 +122,32 @@ def borrowed(net: nn.Module, device: torch.device | None = None):
     """Eval mode (and ``device``, if given) for the duration; the model is restored exactly after.
 
     Computing in eval mode is what every CAM paper assumes (dropout off, batch
-    norm on running statistics, samples independent of each other). Only the
-    modules that were training are switched back, when the last concurrent
-    borrower returns the model; a model already on ``device`` (or ``device=None``:
-    leave it where it is, even across several devices) is not moved.
+    norm on running statistics, samples independent of each other). Eval mode and
+    the buffers are borrowed per module (see :class:`_ModuleBorrow`): each module's
+    ``training`` flag and buffers are put back as they were when the first concurrent
+    call borrowed it, once the last such call (through this model or another that
+    shares the module) returns it. A mode change made while a call runs
+    (``net.eval()`` or ``net.train()`` from another thread or a callback) is
+    therefore undone when the last call ends. The device is borrowed per model: a
+    model already on ``device`` (or ``device=None``: leave it where it is, even
+    across several devices) is not moved.
     """
+    modules = list({id(m): m for m in net.modules()}.values())
     with _BORROW_LOCK:
         state = _BORROWS.get(id(net))
+        if state is not None and device is not None and state.tensors and state.device != device:
+            raise expected("device", f"{state.device} while another call explains this model there",
+                           repr(device))
+        fresh = {id(m): _ModuleBorrow(m) for m in modules if id(m) not in _MODULES}
+        _MODULES.update(fresh)
+        for m in modules:
+            _MODULES[id(m)].count += 1
+        if any(m.training for m in modules):
+            net.eval()
         if state is None:
             state = _Borrow(net, device)
             state.lend(net)
             _BORROWS[id(net)] = state
-        elif device is not None and state.tensors and state.device != device:
-            raise expected("device", f"{state.device} while another call explains this model there",
-                           repr(device))
         state.count += 1
     try:
         yield
@@ -112,6 +157,12 @@ def borrowed(net: nn.Module, device: torch.device | None = None):
             if state.count == 0:
                 del _BORROWS[id(net)]
                 state.restore()
+            for m in modules:
+                mb = _MODULES[id(m)]
+                mb.count -= 1
+                if mb.count == 0:
+                    del _MODULES[id(m)]
+                    mb.restore()
 
 
 @dataclass

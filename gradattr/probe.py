@@ -21,13 +21,20 @@ from .prep import Call
 
 #: Memory that one chunk of perturbed copies may use when ``batch_size=None``.
 MEMORY_BUDGET = 512 * 2**20
-#: Bytes a forward pass is assumed to need per copy, as a multiple of the bytes of the
-#: tensor that is copied (the masked input): the copy itself plus the network's
-#: intermediate activations, which for CNNs are a few times larger.
+#: What a forward pass of one copy holds, as a multiple of what is observed
+#: (:meth:`Probe.forward_bytes`: the module outputs alive at once): the rest is each
+#: module's own temporaries and workspaces, which no hook sees.
+FORWARD_MARGIN = 2
+#: Temporaries of building one masked input, in tensors of the input's size (the gathered
+#: sample, the product, the copy the network gets) and of one channel of it (the upsampled
+#: mask and its scaled copies).
+MASKED_INPUTS, MASKS = 3, 4
+#: Copies of the feature map one modified copy holds on the way in (the modified copy, the
+#: network's layout of it, the hook's clone).
+FEATURE_COPIES = 3
+#: The estimate per copy, as a multiple of the input's bytes, when the forward pass cannot be
+#: observed on one sample (the network refuses a batch of one).
 FORWARD_FACTOR = 16
-#: The same when only the layers after the feature layer run on the copies: the
-#: modified copies, the hook's clone, and the tail's activations.
-TAIL_FACTOR = 3
 #: Give 2-D masked inputs to the network in channels_last memory format (convolutions then
 #: run channels_last throughout). Off: on a CPU it gained nothing measurable for Score-CAM on
 #: ResNet-18 (benchmarks/bench_perturbation.py); kept as a switch for GPU measurements.
@@ -38,14 +45,19 @@ CHANNELS_LAST = False
 CPU_CHUNK = 64
 
 
-def chunk_size(batch_size: int | None, per_copy: torch.Tensor, cpu_cap: bool = True,
-               factor: int = FORWARD_FACTOR) -> int:
-    """Copies per forward pass: ``batch_size``, or as many as fit :data:`MEMORY_BUDGET`."""
+def chunk_size(batch_size: int | None, per_copy, device: torch.device, cpu_cap: bool = True) -> int:
+    """Copies per forward pass: ``batch_size``, or as many copies of ``per_copy`` bytes (an int,
+    or a function returning it, called only when needed) as fit :data:`MEMORY_BUDGET` (at most
+    :data:`CPU_CHUNK` on a CPU with ``cpu_cap``)."""
     if batch_size is not None:
         return batch_size
-    per = per_copy.numel() * per_copy.element_size() * factor
-    fit = max(1, MEMORY_BUDGET // max(per, 1))
-    return min(fit, CPU_CHUNK) if cpu_cap and per_copy.device.type == "cpu" else fit
+    per_copy = per_copy() if callable(per_copy) else per_copy
+    fit = max(1, MEMORY_BUDGET // max(per_copy, 1))
+    return min(fit, CPU_CHUNK) if cpu_cap and device.type == "cpu" else fit
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 class Progress:
@@ -86,6 +98,8 @@ class Probe:
         self.reduction_name = "output" if cap is None else cap.reduction_name
         self._target = None
         self._fast: bool | None = None  # may only the layers after the feature layer run on copies?
+        self._peaks: dict[bool, int | None] = {}  # observed forward bytes per copy (whole, tail)
+        self._batch_size: int | None = None  # the chunk size a method asked for, if any
 
     # -- what is scored -------------------------------------------------------------------
     @property
@@ -163,7 +177,7 @@ class Probe:
         ``torch.inference_mode``; ``progress`` shows a bar over the ``count`` inputs.
         The result does not depend on the chunk size as long as ``make`` does not.
         """
-        step = chunk_size(batch_size, self.x[0])
+        step = chunk_size(batch_size, self.masked_bytes, self.x.device)
         out = None
         bar = self.progress(count, progress, desc)
         try:
@@ -185,9 +199,89 @@ class Probe:
 
     def activation_chunk(self, batch_size: int | None) -> int:
         """Copies per :meth:`score_activations` call, for the path that will run them."""
+        self._batch_size = batch_size
         if self._fast is False:
-            return chunk_size(batch_size, self.x[0])
-        return chunk_size(batch_size, self.cap.acts[self.index][0], cpu_cap=False, factor=TAIL_FACTOR)
+            return chunk_size(batch_size, lambda: self.copy_bytes(tail=False), self.x.device)
+        return chunk_size(batch_size, lambda: self.copy_bytes(tail=True), self.x.device,
+                          cpu_cap=False)
+
+    # -- memory per copy --------------------------------------------------------------------
+    def masked_bytes(self) -> int:
+        """Bytes one masked input holds while it is built and scored: the input-sized tensors
+        and one-channel masks it is built from, and the network's forward pass of it."""
+        x = self.x[0]
+        mask = x[0].numel() * max(x.element_size(), 4)
+        forward = self.forward_bytes(tail=False)
+        if forward is None:
+            return _nbytes(x) * FORWARD_FACTOR
+        return MASKED_INPUTS * _nbytes(x) + MASKS * mask + FORWARD_MARGIN * forward
+
+    def copy_bytes(self, tail: bool) -> int:
+        """Bytes one modified feature map holds (:meth:`score_activations`): its copies on the
+        way in and the forward pass of the layers after the feature layer (``tail``) or of the
+        whole network on the sample it belongs to."""
+        feature = _nbytes(self.cap.acts[self.index][0]) * FEATURE_COPIES
+        forward = self.forward_bytes(tail)
+        if forward is None:
+            return _nbytes(self.x[0]) * FORWARD_FACTOR + feature
+        return feature + (0 if tail else _nbytes(self.x[0])) + FORWARD_MARGIN * forward
+
+    def forward_bytes(self, tail: bool = False) -> int | None:
+        """The most bytes of module outputs alive at once in a forward pass of one sample.
+
+        Observed once per probe, on the first sample without gradients: a hook on every
+        module records each output's storage with a weak reference, so what the network
+        has freed stops counting. ``tail=True`` counts from the feature layer's output on
+        (the layers that run on modified copies). ``None`` when the network refuses a
+        batch of one.
+        """
+        if tail not in self._peaks:
+            try:
+                self._peaks[tail] = self._observe(tail)
+            except (RuntimeError, GradattrError):
+                self._peaks[tail] = None
+        return self._peaks[tail]
+
+    def _observe(self, tail: bool) -> int:
+        import weakref
+
+        from torch import nn
+
+        from .capture import _mine, _module
+        from .targets import tensors_of
+
+        mine = _mine()
+        live: dict[int, tuple] = {}
+        state = {"peak": 0, "on": not tail, "calls": 0}
+        lp = self.cap.plan.layers[self.index] if tail else None
+        feature = _module(self.net, lp.name) if tail else None
+
+        def hook(m: nn.Module, i, o):
+            if not mine():
+                return None
+            if m is feature:
+                state["calls"] += 1
+                if state["calls"] - 1 == lp.call:
+                    state["on"] = True
+                    live.clear()
+            if not state["on"]:
+                return None
+            for t in tensors_of(o):
+                st = t.untyped_storage()
+                key = st.data_ptr()
+                if key not in live or live[key][0]() is None:
+                    live[key] = (weakref.ref(t), st.nbytes())
+            for key in [k for k, (r, _) in live.items() if r() is None]:
+                del live[key]
+            state["peak"] = max(state["peak"], sum(b for _, b in live.values()))
+            return None
+
+        def install():
+            return [m.register_forward_hook(hook) for m in self.net.modules()]
+
+        with torch.inference_mode():
+            run_hooked(self.call, self.x[:1], install, grad=False)
+        return state["peak"]
 
     def score_activations(self, copies: torch.Tensor, i: int) -> torch.Tensor:
         """Scores ``(B, K)`` of sample ``i`` with its feature map replaced by ``copies (B, C, *s)``.
@@ -205,7 +299,7 @@ class Probe:
             self._fast = ok if self._fast is None else self._fast
             if ok:
                 return s
-        step = chunk_size(None, self.x[0])
+        step = chunk_size(self._batch_size, lambda: self.copy_bytes(tail=False), self.x.device)
         return torch.cat([self._full_scores(copies[j:j + step], i) for j in range(0, len(copies), step)])
 
     def _layer_raw(self, i: int, b: int) -> torch.Tensor:
