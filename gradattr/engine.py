@@ -61,6 +61,9 @@ def explain(method: Method, net, x, target=None, **options):
                         explain=opts["explain"], forward_kwargs=opts["forward_kwargs"], several=True)
     plan = plan_from_options(net, opts.get("feature_layer"), opts["reduction_layer"],
                              opts.get("feature_layout"), opts.get("feature_call"))
+    if call.inputs and method.layered and not plan.layers:
+        raise expected("feature_layer", "a layer (name or module) when x holds several inputs: the "
+                       "automatic rule could pick a layer of another input's branch", "None")
 
     def run(c: Call):
         return _maps(method, c, plan, opts, own, mode)
