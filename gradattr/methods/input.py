@@ -29,7 +29,7 @@ class _Space:
     own inputs and the layer's output is replaced by ``p``.
     """
 
-    def __init__(self, probe, feature_layer=None):
+    def __init__(self, probe, feature_layer=None, fix: bool = True):
         self.probe, self.call = probe, probe.call
         self.reduction = None if probe.cap is None else probe.cap.plan.reduction
         self.layer = None
@@ -41,7 +41,9 @@ class _Space:
 
             module, name = resolve_layer(self.call.net, feature_layer, "feature_layer")
             self.layer = (name, module)
-        self.target = probe.target  # classes fixed on the unperturbed input
+        # Points other than the input itself explain the classes fixed on the input (one more
+        # forward pass for a top-class target); at the input itself the target is as given.
+        self.target = probe.target if fix and self.call.target.kind == "top" else self.call.target
         if self.layer is None:
             x = self.call.x
             if not x.is_floating_point():
@@ -226,14 +228,14 @@ def _integrate(space: _Space, origin, base, rows0, steps, rule, batch_size) -> t
 # -- the methods --------------------------------------------------------------------------
 def saliency_map(view, abs: bool = True) -> torch.Tensor:  # noqa: A002 (captum's name)
     """Saliency (Simonyan et al., 2014): ``|d score / d x|`` (``abs=False``: signed)."""
-    space = _Space(view.probe)
+    space = _Space(view.probe, fix=False)
     g = space.grads(space.origin)
     return g.abs() if abs else g
 
 
 def input_x_gradient_map(view) -> torch.Tensor:
     """Input x gradient (Shrikumar et al., 2016): ``x * d score / d x`` per element."""
-    space = _Space(view.probe)
+    space = _Space(view.probe, fix=False)
     return space.origin[:, None] * space.grads(space.origin)
 
 
