@@ -337,3 +337,23 @@ def test_bad_several_inputs_are_refused():
     with pytest.raises(GradattrError, match=r"^x: "):
         deletion(vqa, (image, ids), gradattr.grad_cam(vqa, (image, ids), 1, feature_layer="conv"), 1)
     assert torch.equal(ids, vqa_data()[2])
+
+
+def test_integrated_gradients_per_token_of_a_hugging_face_bert_matches_captum():
+    """A Hugging Face classifier from a config (random weights), ids as the one input of a tuple, the
+    attention mask as a keyword input: IG at the word embeddings equals captum's LayerIntegratedGradients."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, num_labels=3, max_position_embeddings=32)
+    bert = transformers.BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(1, 50, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, 6:] = 0
+    got = gradattr.integrated_gradients(bert, (ids,), 1, feature_layer="bert.embeddings.word_embeddings",
+                                        forward_kwargs={"attention_mask": mask}, steps=20)
+    lig = captum_attr.LayerIntegratedGradients(lambda i, am: bert(input_ids=i, attention_mask=am).logits,
+                                               bert.bert.embeddings.word_embeddings)
+    want = lig.attribute(ids, baselines=torch.zeros_like(ids), target=1, n_steps=20, additional_forward_args=(mask,))
+    assert got.shape == (2, 9, 16)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
