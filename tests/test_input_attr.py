@@ -247,6 +247,7 @@ def test_relu_false_gives_the_signed_map_of_captum_layer_grad_cam():
     assert torch.equal(plain, gradattr.grad_cam(net, x, 1, feature_layer="2", upsampling="none", relu=True))
     assert "relu" in gradattr.method_info("score_cam").options
     assert "relu" not in gradattr.method_info("saliency").options
+    assert "relu" not in gradattr.method_info("guided_grad_cam").options  # it clamps its own map
 
 
 # ---------------------------------------------------------------- several inputs
@@ -291,6 +292,45 @@ def test_vqa_example_image_with_grad_cam_question_with_integrated_gradients():
     with torch.no_grad():
         diff = vqa(image, ids)[:, 1] - vqa(image, torch.zeros_like(ids))[:, 1]
     torch.testing.assert_close(per_token.sum(-1).double(), diff, rtol=1e-3, atol=1e-6)  # completeness per token
+
+
+class TwoViews(nn.Module):
+    """Two images of different sizes, one convolutional branch each."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, stride=2), nn.ReLU())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, first, second):
+        return self.head(torch.cat([self.a(first).mean((2, 3)), self.b(second).mean((2, 3))], 1))
+
+
+class Second(nn.Module):
+    def __init__(self, net, first):
+        super().__init__()
+        self.net, self.first = net, first
+
+    def forward(self, second):
+        return self.net(self.first, second)
+
+
+def test_explain_picks_the_input_attributed_and_the_grid_a_map_is_upsampled_to():
+    torch.manual_seed(0)
+    net = TwoViews().double().eval()
+    g = torch.Generator().manual_seed(2)
+    first, second = (torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64),
+                     torch.randn(2, 3, 12, 10, generator=g, dtype=torch.float64))
+    cam = gradattr.grad_cam(net, (first, second), 1, feature_layer="b", explain=1)
+    assert cam.shape == (2, 12, 10)
+    for i in range(2):
+        one = Second(net, first[i:i + 1])
+        torch.testing.assert_close(cam[i:i + 1], gradattr.grad_cam(one, second[i:i + 1], 1, feature_layer="net.b"))
+    sal = gradattr.saliency(net, (first, second), [0, 2], explain=1)
+    assert sal.shape == (2, 2, 3, 12, 10)
+    torch.testing.assert_close(sal[1:], gradattr.saliency(Second(net, first[1:]), second[1:], [0, 2]))
+    assert gradattr.saliency(net, (first, second), [0, 2]).shape == (2, 2, 3, 8, 8)  # explain=0
 
 
 # ---------------------------------------------------------------- bad input

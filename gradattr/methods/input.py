@@ -294,11 +294,8 @@ def smooth_grad_map(view, base: str = "saliency", samples: int = 50, noise: floa
     draws = [torch.randn(origin.shape, generator=gen, device=origin.device, dtype=origin.dtype)
              for _ in range(samples)]
     rows_n = torch.arange(n)
-    if base == "integrated_gradients":
-        b = space.baseline(0)
-        per = max(1, space.chunk(batch_size) // max(n, 1))
-    else:
-        per = max(1, space.chunk(batch_size) // max(n, 1))
+    b = space.baseline(0) if base == "integrated_gradients" else None
+    per = max(1, space.chunk(batch_size) // n)  # noisy copies of the whole batch per forward pass
     total = total_sq = None
     for start in range(0, samples, per):
         z = torch.cat(draws[start:start + per])  # (c N, *element), sample-major
