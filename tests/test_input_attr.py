@@ -160,6 +160,20 @@ def test_layer_integrated_gradients_matches_captum_at_a_conv_layer_and_at_an_emb
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-9)
 
 
+def test_layer_integrated_gradients_before_an_in_place_relu_equals_ig_of_the_tail():
+    """The layer's output is recorded before ReLU(inplace=True) changes it: IG at conv "0" equals IG
+    of the rest of the network on conv(x), from conv(0) (no hooks in the oracle)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double().eval()
+    x = image_input()
+    got = gradattr.integrated_gradients(net, x, 2, feature_layer="0", steps=9)
+    with torch.no_grad():
+        a, b = net[0](x), net[0](torch.zeros_like(x))
+    want = gradattr.integrated_gradients(net[1:], a, 2, baseline=b, steps=9, input_format="BCSS")
+    torch.testing.assert_close(got, want)
+
+
 # ---------------------------------------------------------------- invariants
 def test_integrated_gradients_is_complete_and_its_gap_is_measured():
     """On a smooth network (Softplus: no kinks for the quadrature to straddle)."""

@@ -67,7 +67,8 @@ class _Space:
         def hook(m, i, o):
             if not mine():
                 return None
-            seen.append(o)
+            # a copy: a later in-place op (ReLU(inplace=True)) must not change what was recorded
+            seen.append(o.detach().clone() if replace is None and isinstance(o, torch.Tensor) else o)
             return replace
 
         def install():
@@ -91,7 +92,7 @@ class _Space:
             got = f"shape {tuple(o.shape)}, dtype {o.dtype}" if isinstance(o, torch.Tensor) else type(o).__name__
             raise expected("feature_layer", f"a layer whose output is one floating-point tensor with "
                            f"the batch ({x.shape[0]}) first", got)
-        return o.detach().clone()
+        return o
 
     def _inputs(self, rows):
         return self.call.x if rows is None else self.call.x[rows]
