@@ -106,7 +106,7 @@ def cam_weights(view) -> torch.Tensor:
 
 register(Method(
     "cam", "CAM", cam_weights, "activations",
-    family="activation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",),
+    family="activation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"),
     summary="CAM (Zhou et al., CVPR 2016): ``ReLU(sum_k w_k^c A^k)`` with ``w^c`` the head's row for class ``c``.",
     doc="""Needs a network whose scored output is ``nn.Linear(global average pool of the feature
 layer)``; that linear layer is found automatically (by checking that it reproduces the
@@ -141,7 +141,7 @@ def fem_weights(acts: torch.Tensor, k: float = 2.0) -> torch.Tensor:
 
 register(Method(
     "fem", "FEM", lambda v, k=2.0: fem_weights(v.acts, k), "activations",
-    family="activation CAM", shared=COMMON + LAYER + ("eigen_smooth",), needs_target=False,
+    family="activation CAM", shared=COMMON + LAYER + ("eigen_smooth", "relu"), needs_target=False,
     stop_early=True,
     options=(Option("k", 2.0, "float", "the k of the k-sigma threshold.",
                     lambda name, value: _real(name, value)),),

@@ -27,7 +27,7 @@ def grad_cam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 register(Method(
     "grad_cam", "Grad-CAM", lambda v: grad_cam_weights(v.acts, v.grads), "activations+gradients",
-    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"),
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"),
     summary="Grad-CAM map of ``net`` for input ``x``, mirroring MATLAB's ``gradCAM``.",
     doc="""The map is ``ReLU(sum_k alpha_k A^k)`` where ``A`` is the feature layer's output and
 ``alpha_k`` the spatial mean of ``d score / d A^k`` (Selvaraju et al., ICCV 2017). Values
@@ -68,7 +68,7 @@ def grad_cam_plus_plus_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch
 register(Method(
     "grad_cam_plus_plus", "Grad-CAM++", lambda v: grad_cam_plus_plus_weights(v.acts, v.grads),
     "activations+gradients",
-    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"),
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"),
     summary="Grad-CAM++ map (Chattopadhay et al., WACV 2018).",
     doc="""``ReLU(sum_k w_k A^k)`` with ``w_k = sum_ij ReLU(g_ij) g_ij^2 / (2 g_ij^2 + sum_ab A_ab
 g_ij^3)``, ``g = d score / d A`` (see :func:`gradattr.methods.grad_cam_plus_plus_weights`).""",
@@ -94,7 +94,7 @@ def xgrad_cam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 register(Method(
     "xgrad_cam", "XGrad-CAM", lambda v: xgrad_cam_weights(v.acts, v.grads), "activations+gradients",
-    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"),
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"),
     summary="XGrad-CAM map (Fu et al., BMVC 2020): ``w_k = sum_ij (A_ij / sum_ab A_ab) d score / d A_ij``.",
     example=_TOY + """>>> gradattr.xgrad_cam(net, torch.randn(2, 16), 1, upsampling="none").shape
 torch.Size([16])
@@ -113,7 +113,7 @@ def hires_cam_terms(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 register(Method(
     "hires_cam", "HiResCAM", lambda v: hires_cam_terms(v.acts, v.grads), "activations+gradients",
-    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"), combine="terms",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"), combine="terms",
     summary="HiResCAM map (Draelos & Carin, 2020): ``ReLU(sum_k (d score / d A^k) * A^k)``, element-wise.",
     example=_TOY + """>>> gradattr.hires_cam(net, torch.randn(16, 2), input_format="TC").shape
 torch.Size([16])
@@ -133,7 +133,7 @@ def layer_cam_terms(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 
 register(Method(
     "layer_cam", "Layer-CAM", lambda v: layer_cam_terms(v.acts, v.grads), "activations+gradients",
-    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"), combine="terms",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"), combine="terms",
     summary="Layer-CAM map (Jiang et al., IEEE TIP 2021): ``ReLU(sum_k ReLU(d score / d A^k) * A^k)``.",
     doc="Made for several layers at once: pass a list as ``feature_layer`` and the per-layer maps are fused.",
     example=_TOY + """>>> gradattr.layer_cam(net, torch.randn(2, 16), 0, feature_layer=["0", "1"]).shape
@@ -179,7 +179,7 @@ def grad_cam_elementwise_terms(acts: torch.Tensor, grads: torch.Tensor) -> torch
 register(Method(
     "grad_cam_elementwise", "Grad-CAM element-wise",
     lambda v: grad_cam_elementwise_terms(v.acts, v.grads), "activations+gradients",
-    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"), combine="terms",
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"), combine="terms",
     summary="Element-wise Grad-CAM (pytorch-grad-cam's ``GradCAMElementWise``): "
             "``sum_k ReLU((d score / d A^k) * A^k)``.",
     doc="""HiResCAM with the ReLU moved inside the channel sum: only the positive evidence of
@@ -259,7 +259,7 @@ def _real(name, value):
 
 register(Method(
     "finer_cam", "Finer-CAM", finer_cam_weights, "activations",
-    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",),
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"),
     options=(Option("alpha", 1.0, "float", "weight of the similar classes' logits in the difference.",
                     _real),
              Option("comparison_ranks", (1, 2, 3), "Sequence[int]",
@@ -295,7 +295,7 @@ def shapley_cam_weights(view) -> torch.Tensor:
 
 register(Method(
     "shapley_cam", "ShapleyCAM", shapley_cam_weights, "activations",
-    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"),
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"),
     summary="ShapleyCAM (Cai et al., 2025): Grad-CAM weights corrected by the Hessian-vector "
             "product, ``w_k = mean_ij (g - 1/2 H A)``.",
     doc="""A second-order Taylor estimate of each channel's Shapley value: the weights are the
@@ -379,7 +379,7 @@ GENERATOR = Option("generator", None, "torch.Generator | None",
 
 register(Method(
     "smooth_grad_cam_plus_plus", "Smooth Grad-CAM++", smooth_grad_cam_plus_plus_weights, "activations",
-    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth"),
+    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"),
     options=(Option("num_samples", 4, "int", "noisy copies of the input.", positive_int),
              Option("std", 0.3, "float", "standard deviation of the Gaussian noise added to the "
                     "input (in the input's units, as torch-cam).", _nonneg_real),

@@ -92,7 +92,7 @@ register(Method(
     "score_cam", "Score-CAM",
     lambda v, batch_size, progress: score_cam_weights(score_cam_scores(v, batch_size, progress)),
     "activations",
-    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",), options=(BATCH_SIZE, PROGRESS),
+    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(BATCH_SIZE, PROGRESS),
     summary="Score-CAM map (Wang et al., CVPR-W 2020): ``ReLU(sum_k softmax_k(f(x * H^k)) A^k)``.",
     doc="""``H^k`` is channel ``k`` upsampled to the input (multi-linear, ``align_corners=True``,
 as pytorch-grad-cam) and min-max scaled; ``f`` the target score. One forward pass per
@@ -162,7 +162,7 @@ def _ablation(view, batch_size, progress):
 
 register(Method(
     "ablation_cam", "Ablation-CAM", _ablation, "activations",
-    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",), options=(BATCH_SIZE, PROGRESS),
+    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(BATCH_SIZE, PROGRESS),
     summary="Ablation-CAM map (Ramaswamy, WACV 2020): ``ReLU(sum_k (y - y_k) / y A^k)``.",
     doc="""``y_k`` is the target score with channel ``k`` of the feature map set to zero. Where
 the network allows it only the layers after the feature layer run on the ablated copies;
@@ -324,7 +324,7 @@ register(Method(
     lambda v, samples, std, seed, generator, batch_size, progress: score_cam_weights(
         ss_cam_scores(v, samples, std, seed, generator, batch_size, progress)),
     "activations",
-    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",), options=(SAMPLES_SS, STD, SEED, GENERATOR, BATCH_SIZE, PROGRESS),
+    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(SAMPLES_SS, STD, SEED, GENERATOR, BATCH_SIZE, PROGRESS),
     summary="Smoothed Score-CAM map (Wang, Naidu et al. 2020): Score-CAM with each channel's "
             "score averaged over noisy masks.",
     doc="""``w_k = softmax_k(mean_i f(x * (H^k + d_i)))``, ``d_i ~ N(0, std^2)`` drawn at the
@@ -343,7 +343,7 @@ register(Method(
     lambda v, samples, batch_size, progress: score_cam_weights(
         is_cam_scores(v, samples, batch_size, progress)),
     "activations",
-    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth",), options=(SAMPLES_IS, BATCH_SIZE, PROGRESS),
+    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(SAMPLES_IS, BATCH_SIZE, PROGRESS),
     summary="Integrated Score-CAM map (Naidu et al. 2020): Score-CAM with each channel's score "
             "integrated over scaled masks.",
     doc="""``w_k = softmax_k(mean_i f(x * c_i H^k))`` with ``c_i = sum_{j=1..i} j / N``
