@@ -119,9 +119,18 @@ class _Space:
         return g
 
     def chunk(self, batch_size) -> int:
-        from ..probe import chunk_size
+        """Points per forward + backward pass: ``batch_size``, or what fits the memory budget.
 
-        return chunk_size(batch_size, self.origin[0])
+        A point holds the forward pass's outputs (observed on one sample by the probe) and
+        their gradients, plus the point itself and its gradient."""
+        from ..probe import FORWARD_FACTOR, FORWARD_MARGIN, chunk_size
+
+        def per_copy() -> int:
+            point = self.origin[0].numel() * self.origin[0].element_size()
+            forward = self.probe.forward_bytes()
+            return 2 * FORWARD_MARGIN * forward + 2 * point if forward else FORWARD_FACTOR * point
+
+        return chunk_size(batch_size, per_copy, self.origin.device)
 
     # -- baselines ------------------------------------------------------------------------
     def baseline(self, value) -> torch.Tensor:
