@@ -9,10 +9,14 @@
     gradattr layers --model demo/effnet.pt2 --input-shape 1,3,224,224 --filter swish
     gradattr methods
 
-What it loads (``--model``): a ``torch.export`` program (``.pt2``) or a factory
-``package.module:function`` with ``--weights`` (a state_dict read with
-``torch.load(weights_only=True)``). Neither runs code from a file. A module
-pickled whole with ``torch.save(model)`` is loaded only with ``--trust-model``:
+What it loads (``--model``, by :mod:`gradattr.loading`): a ``torch.export``
+program (``.pt2``, recognised by its content whatever its suffix; checked and
+rebuilt by :mod:`gradattr.pt2` first, so its pickles are read only with
+``torch.load(weights_only=True)`` and anything else that could run code is
+refused) or a factory ``package.module:function`` with ``--weights`` (a
+state_dict read with ``torch.load(weights_only=True)``). Neither runs code from
+a file. A module pickled whole with ``torch.save(model)``, or a ``.pt2`` that
+holds more than the checks accept, is loaded only with ``--trust-model``:
 unpickling it runs whatever code the file names. The working folder is searched
 only for the factory's module, during that one import; ``python -m gradattr``
 takes the working folder off ``sys.path`` first (Python puts it there), so a
@@ -20,12 +24,20 @@ takes the working folder off ``sys.path`` first (Python puts it there), so a
 ``import gradattr`` itself needs, torch and numpy, are imported before that; run
 ``python -P -m gradattr`` or the ``gradattr`` console script to rule those out too.)
 
-What it writes: nothing at all when anything fails (every input is read and
-explained before the first file is saved), and no existing file unless
-``--overwrite`` is given. For a folder INPUT each output is named after the
-whole input file name, extension included (``a.png`` -> ``a.png.npy`` and
-``a.png.png``), so ``a.png`` and ``a_png.png`` never share an output. Every
-path written is printed.
+What it writes: nothing when reading the inputs or checking the output names
+fails (every input is read and every name checked before any work), and no
+existing file unless ``--overwrite`` is given. Each input's outputs are written
+when that input is done, all or none of them (each under a temporary name in
+its folder, all renamed once all are written; the temporaries are removed on
+failure), so a failure or Ctrl-C in a folder run keeps the outputs of the
+inputs finished before it, and the message says how many. For a folder INPUT
+each output is named after the whole input file name, extension included
+(``a.png`` -> ``a.png.npy`` and ``a.png.png``), so ``a.png`` and ``a_png.png``
+never share an output. Every path written is printed.
+
+Images reach ``--size`` as torchvision's ImageNet transforms do (``--crop
+center``, the default: scaled with the aspect kept until they cover it, then the
+middle cut out) or squashed (``--crop none``); the picture's title says which.
 
 Memory: before any work the request is estimated as
 ``MEMORY_FACTOR x (bytes of the largest float32 network input)`` plus the maps
@@ -37,11 +49,13 @@ status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import fnmatch
 import io
 import os
 import re
+import secrets
 import sys
 from pathlib import Path
 
@@ -256,6 +270,8 @@ def _samples(item: Item, maps: np.ndarray, net) -> list[tuple[np.ndarray, np.nda
 def _title(item: Item, j: int | None, method: str, score, classes, explains_class: bool, target=None) -> str:
     """Two lines: the method and the class (index and name), then the score and the file."""
     name = item.path.name if j is None else f"{item.path.name}[{j}]"
+    if item.prep:
+        name += f" ({item.prep})"
     if not explains_class:
         return f"{method}: no class (features only)\n{name}"
     if score is None:  # not a classifier's (N, K) output: no class name or probability to show
@@ -317,40 +333,117 @@ def cmd_explain(args) -> int:
         cls = _label_index(args.label, classes)
         target = args.label if cls is None else cls
 
-    # 1. explain everything (nothing is written if anything fails)
-    results = []
-    for i, item in enumerate(items, 1):
-        if folder and progress:
-            print(f"{PROG}: explaining [{i}/{len(items)}] {item.path.name}", file=sys.stderr, flush=True)
-        maps, feat = _explain_one(loaded, item, args, target, classes, progress)
-        scores = None
-        if info.needs_target and (target is None or cls is not None):
-            scores = _class_scores(loaded.net, item, args.device, cls)
-        pictures = []
-        if args.out is not None:
-            samples = _samples(item, maps, loaded.net)
-            for j, (xs, cam) in enumerate(samples):
-                title = _title(item, None if len(samples) == 1 else j, args.method,
-                               scores[j] if scores else None, classes, info.needs_target, target)
-                pictures.append(_picture(xs, cam, title, item.image))
-        results.append((item, maps, feat, scores, pictures))
-
-    # 2. write
-    for paths in (out_paths, map_paths):
-        if paths is not None:
-            paths[0][0].parent.mkdir(parents=True, exist_ok=True)
-    for k, (item, maps, feat, scores, pictures) in enumerate(results):
-        written = []
-        if map_paths is not None:
-            with open(map_paths[k][0], "wb") as fh:
-                np.save(fh, maps.astype(np.float32))
-            written.append(str(map_paths[k][0]))
-        if out_paths is not None:
-            for p, png in zip(out_paths[k], pictures):
-                p.write_bytes(png)
-                written.append(str(p))
-        print(_report(item, maps, feat, scores, target, classes, written, args.method, info.needs_target))
+    # explain and write one input at a time: its outputs appear together (each written under a
+    # temporary name, all renamed once all are written); a failure or Ctrl-C keeps the outputs of
+    # the inputs finished before it, and says how many
+    finished: list[str] = []
+    try:
+        for k, item in enumerate(items):
+            if folder and progress:
+                print(f"{PROG}: explaining [{k + 1}/{len(items)}] {item.path.name}", file=sys.stderr, flush=True)
+            try:
+                maps, feat = _explain_one(loaded, item, args, target, classes, progress)
+                scores = None
+                if info.needs_target and (target is None or cls is not None):
+                    scores = _class_scores(loaded.net, item, args.device, cls)
+            except RuntimeError as err:
+                raise _channel_error(err, item, args) or err
+            outputs = []
+            if map_paths is not None:
+                buf = io.BytesIO()
+                np.save(buf, maps.astype(np.float32))
+                outputs.append(("--save-map", map_paths[k][0], buf.getvalue()))
+            if out_paths is not None:
+                samples = _samples(item, maps, loaded.net)
+                for j, ((xs, cam), path) in enumerate(zip(samples, out_paths[k])):
+                    title = _title(item, None if len(samples) == 1 else j, args.method,
+                                   scores[j] if scores else None, classes, info.needs_target, target)
+                    outputs.append(("--out", path, _picture(xs, cam, title, item.image)))
+            written = write_together(outputs, item.path.name)
+            finished.append(item.path.name)
+            print(_report(item, maps, feat, scores, target, classes, written, args.method, info.needs_target),
+                  flush=True)
+    except KeyboardInterrupt:
+        if not finished:
+            raise
+        raise Interrupted(f"interrupted; kept the outputs of {_kept(finished, len(items))}, each written "
+                          "whole; the others have none") from None
+    except Exception as err:
+        if not finished or args.debug:
+            raise
+        text = _one_line(err) if isinstance(err, (CliError, GradattrError)) else \
+            f"{type(err).__name__}: {_one_line(err)}"
+        raise CliError(f"{text} (kept the outputs of {_kept(finished, len(items))}, finished before the "
+                       "failure)") from None
     return 0
+
+
+def _kept(finished: list[str], total: int) -> str:
+    last = f"; the last: {finished[-1]}" if len(finished) > 1 else f": {finished[0]}"
+    return f"{len(finished)} of {total} inputs{last}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was kept (said by :func:`reporting_errors`)."""
+
+
+_CHANNELS = re.compile(r"expected input\[[0-9, ]+\] to have (\d+) channels, but got (\d+) channels")
+
+
+def _channel_error(err: RuntimeError, item: Item, args) -> CliError | None:
+    """torch's channel-count error of the first convolution, said with the argument that fixes it."""
+    m = _CHANNELS.search(str(err))
+    if m is None:
+        return None
+    want, got = int(m.group(1)), int(m.group(2))
+    shape = "x".join(map(str, np.shape(item.x)))
+    plural = "s" if want > 1 else ""
+    if item.image is None:
+        return CliError(f"INPUT: expected {want} channel{plural}, as the network's first layer takes, got {got} "
+                        f"in {item.path.name} (shape {shape}, read as {item.input_format or 'PyTorch layout'}); "
+                        "pass an array with that many channels, or --input-format if they lie on another axis")
+    if args.gray:
+        return CliError(f"--gray: expected {want} channel{plural}, as the network's first layer takes, got {got} "
+                        f"from {item.path.name} read with --gray; drop --gray to read images as RGB"
+                        + ("" if want == 3 else f" (the network takes {want})"))
+    return CliError(f"INPUT: expected {want} channel{plural}, as the network's first layer takes, got {got} "
+                    f"from {item.path.name} (images are read as RGB)"
+                    + ("; pass --gray to read them as one grey channel" if want == 1 else ""))
+
+
+def write_together(outputs: list[tuple[str, Path, bytes]], name: str) -> list[str]:
+    """Write ``(flag, path, content)`` all or none: each under a unique temporary name in its
+    folder, then all renamed; on failure the temporaries (and any file already renamed that did
+    not exist before) are removed. Returns the paths written."""
+    temps: list[str] = []
+    renamed: list[Path] = []
+    existed = {path: path.exists() for _, path, _ in outputs}
+    flag = outputs[0][0] if outputs else ""
+    path = outputs[0][1] if outputs else Path()
+    try:
+        for flag, path, content in outputs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+        for (flag, path, _), tmp in zip(outputs, temps):
+            os.replace(tmp, path)
+            renamed.append(path)
+    except BaseException as err:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        for done in renamed:
+            if not existed[done]:
+                with contextlib.suppress(OSError):
+                    os.unlink(done)
+        if isinstance(err, OSError):
+            raise CliError(f"{flag}: could not write {path}: {_one_line(err)}; none of the outputs of {name} "
+                           "were written") from None
+        raise
+    return [str(p) for _, p, _ in outputs]
 
 
 def _destinations(option: str | None, items: list[Item], folder: bool, flag: str, suffix: str,
@@ -540,10 +633,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="compute the map of an input (image, .npy array or folder)",
                        description="Compute the map of INPUT and save it and/or draw it. Images are "
                        "read with PIL as RGB (or --gray), scaled to [0, 1], optionally resized "
-                       "(--size) and normalised as (x - mean) / std per channel. Defaults: no resize, "
-                       "mean 0, std 1 -- pass your model's preprocessing, e.g. --size 224 "
-                       "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 for torchvision ImageNet models. "
-                       "Nothing is written when anything fails, and no existing file without --overwrite.")
+                       "(--size, bilinear, center-cropped unless --crop none) and normalised as (x - mean) / std "
+                       "per channel. Defaults: no resize, mean 0, std 1 -- pass your model's preprocessing, "
+                       "e.g. --size 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 for torchvision "
+                       "ImageNet models. Every input is read and every output name checked before any work; "
+                       "each input's outputs are written together when it is done (all or none of them), "
+                       "a failure or Ctrl-C keeps those of the inputs finished before it; no existing file "
+                       "is replaced without --overwrite.")
     p.add_argument("input", metavar="INPUT", help="an image file, a .npy array (PyTorch layout (N, C, ...) "
                    "or (C, ...), or MATLAB layout with --input-format), or a folder (every file in it)")
     _model_args(p)
@@ -561,6 +657,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default: where the model is), cpu or cuda")
     p.add_argument("--size", metavar="H[,W]", help="resize images to H x W (one number: square); "
                    "default: no resize")
+    p.add_argument("--crop", choices=("center", "none"), default="center", help="how --size is reached: "
+                   "center (default, as torchvision's ImageNet transforms: scale the image, aspect kept, until "
+                   "it covers H x W, then cut the middle) or none (resize to H x W, squashing the aspect); "
+                   "the picture's title says which")
     p.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted from images in [0, 1]; "
                    "default 0")
     p.add_argument("--std", metavar="S[,S,S]", help="per-channel std dividing images; default 1")
@@ -630,8 +730,8 @@ def reporting_errors(run, debug: bool, interrupted: str = "interrupted") -> int:
             raise
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: {interrupted}", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"{PROG}: {str(err) or interrupted}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `gradattr layers ... | head`
         try:

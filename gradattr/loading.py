@@ -326,6 +326,7 @@ class Item:
     x: object  # numpy array handed to gradattr
     input_format: str | None
     image: object = None  # the picture of an image file (drawn under the map)
+    prep: str | None = None  # how an image was brought to --size (said in the picture's title)
 
 
 def read_image(path: Path, args) -> Item:
@@ -346,8 +347,17 @@ def read_image(path: Path, args) -> Item:
             img = img.convert("L" if args.gray else "RGB")
     except (UnidentifiedImageError, OSError) as err:
         raise CliError(f"INPUT: cannot read {path} as an image: {_one_line(err)}") from None
+    prep = None
     if args.size is not None:
-        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+        crop = getattr(args, "crop", None) or "none"  # explain-dataset's parser has no --crop: squashed
+        if crop not in ("center", "none"):
+            raise CliError(f"--crop: expected center or none, got {crop!r}")
+        if crop == "center" and (img.height, img.width) != size:
+            img = _center_crop(img, size, Image.Resampling.BILINEAR)
+            prep = f"center-cropped to {size[0]}x{size[1]}"
+        else:
+            img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            prep = f"squashed to {size[0]}x{size[1]}" if crop == "none" else None
     arr = np.asarray(img, dtype=np.float32) / 255.0
     chw = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
     c = chw.shape[0]
@@ -358,14 +368,43 @@ def read_image(path: Path, args) -> Item:
     if np.any(std == 0):
         raise CliError("--std: expected non-zero values, got 0")
     x = (chw - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)
-    return Item(path, x.astype(np.float32), "CSS" if x.ndim == 3 else "CS", np.asarray(img))
+    return Item(path, x.astype(np.float32), "CSS" if x.ndim == 3 else "CS", np.asarray(img), prep)
+
+
+def _center_crop(img, size: tuple[int, int], resample):
+    """torchvision's ``Resize`` + ``CenterCrop`` for ``size = (H, W)``: scale the picture (bilinear) so that
+    it covers H x W with its aspect kept (for a square size: its shorter side becomes H, the longer
+    ``int(H * long / short)``), then cut the middle H x W (offsets ``round((h - H) / 2)``)."""
+    (h0, w0), (h, w) = (img.height, img.width), size
+    if h / h0 >= w / w0:
+        nh, nw = h, max(w, int(h * w0 / h0))
+    else:
+        nh, nw = max(h, int(w * h0 / w0)), w
+    img = img.resize((nw, nh), resample)
+    top, left = int(round((nh - h) / 2.0)), int(round((nw - w) / 2.0))
+    return img.crop((left, top, left + w, top + h))
+
+
+def _npy_problem(path: Path, err: BaseException) -> str:
+    """What is wrong with a ``.npy`` file numpy could not read, in words."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = None
+    if size == 0:
+        return "the file is empty (0 bytes)"
+    if isinstance(err, EOFError) or "EOF" in str(err):
+        return f"the file ends inside its header ({size} bytes; cut short?)"
+    if "mmap length is greater than file size" in str(err):
+        return f"the file holds fewer bytes ({size}) than its header's shape and dtype need (cut short?)"
+    return _one_line(err)
 
 
 def read_array(path: Path, args, loaded: Loaded) -> Item:
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode="r")  # the shape first, the data once checked
-    except (ValueError, OSError) as err:
-        raise CliError(f"INPUT: cannot read {path} as a .npy array: {_one_line(err)}") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise CliError(f"INPUT: cannot read {path} as a .npy array: {_npy_problem(path, err)}") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
         raise CliError(f"INPUT: expected a numeric array in {path}, got dtype {getattr(arr, 'dtype', '?')}")
     check_memory(arr.shape, path.name, args.limit)
@@ -389,6 +428,9 @@ def _classes(path: str | None) -> list[str] | None:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as err:
         raise CliError(f"--classes: cannot read {path}: {_one_line(err)}") from None
+    except UnicodeDecodeError as err:
+        raise CliError(f"--classes: expected a UTF-8 text file, one class name per line, got {path}, which is "
+                       f"not text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
     names = [ln.strip() for ln in lines if ln.strip()]
     if not names:
         raise CliError(f"--classes: expected one class name per line in {path}, got an empty file")
