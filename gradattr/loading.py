@@ -212,13 +212,7 @@ def load_model(spec: str, weights: str | None = None, *, trust: bool = False,
             archive = bool(names) and pt2.is_archive(names, read)
         except Exception:  # noqa: BLE001 - a damaged zip: torch.load reports it below
             archive = False
-        if archive:  # by content: a .pt2 renamed model.bin is one too
-            return _from_exported(_load_exported(data, spec, trust), spec)
-        if "serialized_exported_program.json" in [n.rpartition("/")[2] for n in names]:
-            if not trust:
-                raise CliError(f"--model: {spec} is a torch.export file of an older layout, which gradattr "
-                               "cannot check; re-save it with torch.export.save under this torch; "
-                               f"{TRUST}")
+        if archive or pt2.is_legacy(names):  # by content: a .pt2 renamed model.bin is one too
             return _from_exported(_load_exported(data, spec, trust), spec)
         if path.suffix.lower() == ".pt2" and not names and data[:1] != b"\x80":
             raise CliError(f"--model: expected {spec} to be a torch.export archive (a zip file written by "

@@ -34,6 +34,12 @@ it recognises, member by member, before torch sees anything:
   legacy ``<model>.pt`` weight files, ``*.pkl``, members no config names,
   duplicate names, a member outside the archive's root folder) is refused.
 
+The layout of torch before 2.7 (``serialized_exported_program.json``,
+``serialized_state_dict.pt``, ``serialized_constants.pt``,
+``serialized_example_inputs.pt``, ``version``, ``extra_files/``) gets the same
+treatment: the program checked, every ``torch.save`` file loaded with
+``weights_only=True`` and saved again, anything else refused.
+
 After loading, every call in every graph is checked once more to be an
 operator overload, a higher-order operator or one of :data:`PLAIN_TARGETS`.
 A refusal raises :class:`Unsafe` naming the member and what it holds; the
@@ -59,6 +65,11 @@ CONSTANTS_DIR = "data/constants/"
 CONSTANTS_CONFIG = "data/constants/{}_constants_config.json"
 TENSOR_CONSTANT_PREFIX = "tensor_"
 EXTRA_DIR = "extra/"
+#: The layout torch.export.save wrote before torch 2.7 (still read by torch.export.load).
+LEGACY_PROGRAM = "serialized_exported_program.json"
+LEGACY_PICKLES = {"serialized_state_dict.pt": "the weights", "serialized_state_dict.json": "the weights",
+                  "serialized_constants.pt": "the constants", "serialized_constants.json": "the constants",
+                  "serialized_example_inputs.pt": "the sample inputs"}
 TEXT_MEMBERS = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
 
 #: Node targets that are plain Python functions (symbolic-shape arithmetic and tuple access).
@@ -120,6 +131,11 @@ def is_archive(names: list[str], read) -> bool:
     return False
 
 
+def is_legacy(names: list[str]) -> bool:
+    """Whether a zip's member ``names`` are the layout ``torch.export.save`` wrote before torch 2.7."""
+    return LEGACY_PROGRAM in names and "version" in names
+
+
 def checked_archive(data: bytes) -> bytes:
     """A copy of the ``.pt2`` archive ``data`` holding only what is recognised and checked (see the module)."""
     import torch
@@ -133,6 +149,8 @@ def checked_archive(data: bytes) -> bytes:
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise Unsafe(f"holds the member {twice[0]} twice")
+    if is_legacy(names):
+        return _checked_legacy(torch, src, names)
     roots = {n.partition("/")[0] for n in names}
     if len(roots) != 1 or any("/" not in n for n in names):
         raise Unsafe(f"holds members outside one root folder ({', '.join(sorted(roots)[:3])})")
@@ -204,6 +222,34 @@ def checked_archive(data: bytes) -> bytes:
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
         for rel, content in out.items():
             z.writestr(root + rel, content)
+    return buf.getvalue()
+
+
+def _checked_legacy(torch, src: zipfile.ZipFile, names: list[str]) -> bytes:
+    """The pre-2.7 layout: one JSON program and ``torch.save`` files at the top level."""
+    out: dict[str, bytes] = {"version": src.read("version")}
+    program = _json(src.read(LEGACY_PROGRAM), LEGACY_PROGRAM)
+    _check_program(program, LEGACY_PROGRAM)
+    if isinstance(program, dict):
+        program.pop("guards_code", None)
+    out[LEGACY_PROGRAM] = json.dumps(program).encode()
+    for name in names:
+        if name in LEGACY_PICKLES:
+            out[name] = _resaved(torch, src.read(name), name, LEGACY_PICKLES[name])
+        elif name.startswith("extra_files/") and not name.endswith("/"):
+            try:
+                src.read(name).decode("utf-8")
+            except UnicodeDecodeError:
+                raise Unsafe(f"holds the extra file {name}, which is not text") from None
+            out[name] = src.read(name)
+    left = sorted(n for n in names if n not in out and not n.endswith("/"))
+    if left:
+        raise Unsafe(f"holds {left[0]}, a member torch.export.load may read and gradattr does not check"
+                     + (f" (and {len(left) - 1} more)" if len(left) > 1 else ""))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name, content in out.items():
+            z.writestr(name, content)
     return buf.getvalue()
 
 

@@ -218,6 +218,38 @@ def test_pickled_plain_tensor_loads_through_the_weights_only_path(files, tmp_pat
         np.testing.assert_allclose(loaded.net(x).numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
 
 
+def _legacy(good: Path, net, path: Path, example_inputs: bytes | None = None) -> Path:
+    """The layout torch.export.save wrote before torch 2.7, made from a genuine archive's parts."""
+    from torch._export.serde.schema import SCHEMA_VERSION
+
+    m = _members(good)
+    r = _root(m)
+    return _write(path, {
+        "version": ".".join(map(str, SCHEMA_VERSION)).encode(),
+        "serialized_exported_program.json": m[f"{r}/models/model.json"],
+        "serialized_state_dict.pt": _torch_saved(dict(net.named_parameters())),
+        "serialized_constants.pt": _torch_saved({}),
+        "serialized_example_inputs.pt": example_inputs or m[f"{r}/data/sample_inputs/model.pt"]})
+
+
+def test_older_layout_loads_checked_and_its_pickles_are_refused(files, tmp_path, capfd):
+    d, net = files
+    loaded = loading.load_model(str(_legacy(d / "good.pt2", net, tmp_path / "old.pt2")))
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        np.testing.assert_allclose(loaded.net(x).numpy(), net(x).numpy(), rtol=1e-5, atol=1e-6)
+    marker = tmp_path / "pwned"
+    evil = _legacy(d / "good.pt2", net, tmp_path / "old_evil.bin",
+                   _torch_saved(_Payload(f"open({str(marker)!r}, 'w').write('x')")))
+    err = _one_line_error(["layers", "--model", evil, "--input-shape", "1,3,16,16"], capfd)
+    assert (f"--model: {evil} holds serialized_example_inputs.pt, the sample inputs, which a weights-only load "
+            "refuses; it asks for exec; gradattr runs no code") in err
+    assert not marker.exists()
+    cli.main(["layers", "--model", str(evil), "--input-shape", "1,3,16,16", "--trust-model"])
+    capfd.readouterr()
+    assert marker.exists()  # what a plain torch.export.load does with it
+
+
 def test_pickle_renamed_pt2_is_refused_in_one_line(files, tmp_path, capfd):
     """A module saved whole, renamed .pt2: refused before torch.export.load (which logged 19 lines)."""
     d, net = files
