@@ -20,9 +20,10 @@ it recognises, member by member, before torch sees anything:
   registered operator (``torch.ops.<namespace>.<op>[.<overload>]``) or one of
   the symbolic-shape functions of :data:`PLAIN_TARGETS`; every shape
   expression may hold only numbers, operators, symbol names (``s0``, ``u3``)
-  and the sympy functions of :data:`SYMPY_NAMES`; its ``guards_code`` (Python
-  source that ``ExportedProgram.module()`` would compile; gradattr unflattens
-  instead) is dropped;
+  and calls of sympy classes (``Mul(Integer(2), Symbol('s0', integer=True))``),
+  checked on its syntax tree: no attribute, subscript, builtin or private
+  name; its ``guards_code`` (Python source that ``ExportedProgram.module()``
+  would compile; gradattr unflattens instead) is dropped;
 - the weights and constants configs are parsed as JSON; a payload stored raw
   (``use_pickle: false``) is copied: torch reads it as bytes of a tensor,
   never as a pickle;
@@ -47,6 +48,8 @@ caller turns it into the one-line error with the way out (``--trust-model``).
 """
 from __future__ import annotations
 
+import ast
+import builtins
 import io
 import json
 import logging
@@ -81,18 +84,17 @@ PLAIN_TARGETS = frozenset(
     + [f"torch.{n}" for n in ("sym_not", "sym_int", "sym_float", "sym_ite", "sym_max", "sym_min", "sym_sqrt",
                               "_sym_sqrt")])
 
-#: Names a shape expression may call besides symbols: sympy's and torch.utils._sympy's functions.
+#: Names a shape expression may use besides symbols and sympy's own classes: torch.utils._sympy's functions
+#: and sympy's printed forms.
 SYMPY_NAMES = frozenset((
     "FloorDiv ModularIndexing Where PythonMod Mod CleanDiv CeilToInt FloorToInt CeilDiv IntTrueDiv "
     "FloatTrueDiv LShift RShift IsNonOverlappingAndDenseIndicator TruncToFloat TruncToInt RoundToInt "
     "RoundDecimal ToFloat FloatPow PowByNatural Identity Max Min Eq Ne Lt Le Gt Ge StrictLessThan "
     "StrictGreaterThan LessThan GreaterThan And Or Not Xor Abs Piecewise ITE floor ceiling sqrt oo zoo nan "
-    "True False Integer Rational Float Symbol pi").split())
+    "True False Integer Rational Float Symbol pi Add Mul Pow true false").split())
 
 _OP_TARGET = re.compile(r"torch\.ops(\.(?!__)[A-Za-z_][A-Za-z0-9_]*){2,3}")
 _SYMBOL = re.compile(r"[a-z]+[0-9]+")
-_EXPR_CHARS = re.compile(r"[A-Za-z0-9_\s+\-*/%().,<>=!&|~^]*")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 #: Loggers whose records a failed load would print (torch logs a traceback before raising).
@@ -310,15 +312,53 @@ def _check_program(program, member: str) -> None:
 
 
 def _check_expr(expr: str, member: str) -> None:
-    bad = None
-    if not _EXPR_CHARS.fullmatch(expr) or re.search(r"[A-Za-z_]\s*\.|\.\s*[A-Za-z_]", expr):
-        bad = "characters"
-    else:
-        for name in _NAME.findall(expr):
-            if not (_SYMBOL.fullmatch(name) or name in SYMPY_NAMES):
-                bad = f"the name {name!r}"
-                break
-    if bad is not None:
-        shown = expr if len(expr) <= 60 else expr[:57] + "..."
-        raise Unsafe(f"holds {member}, whose shape expression {shown!r} has {bad}, not only arithmetic on "
-                     "shape symbols (torch evaluates it with sympy)")
+    """``expr`` may only build sympy objects: calls of sympy classes (``Mul(Integer(2), Symbol('s0',
+    integer=True))``, torch's ``srepr`` form) and arithmetic, comparisons and boolean operators over
+    numbers and shape symbols (``2*s0 + 1``, the older ``str`` form); no attribute, subscript or builtin."""
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except (SyntaxError, ValueError):
+        _refuse_expr(expr, member, "a syntax that is not an expression")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            if not (isinstance(node.func, ast.Name) and _sympy_class(node.func.id)):
+                _refuse_expr(expr, member, f"a call of {ast.unparse(node.func)!r}")
+            for kw in node.keywords:
+                if kw.arg is None or kw.arg.startswith("_") or not (
+                        isinstance(kw.value, ast.Constant) and type(kw.value.value) in (bool, int)):
+                    _refuse_expr(expr, member, f"the keyword {kw.arg!r}")
+        elif isinstance(node, ast.Name):
+            if not (_SYMBOL.fullmatch(node.id) or _sympy_class(node.id)):
+                _refuse_expr(expr, member, f"the name {node.id!r}")
+        elif isinstance(node, ast.Constant):
+            v = node.value
+            if not (type(v) in (bool, int, float) or (isinstance(v, str) and _TEXT_CONSTANT.fullmatch(v))):
+                _refuse_expr(expr, member, f"the constant {v!r}")
+        elif not isinstance(node, _EXPR_NODES):
+            _refuse_expr(expr, member, f"a {type(node).__name__} node")
+
+
+_TEXT_CONSTANT = re.compile(r"[a-z]+[0-9]+|[-+]?[0-9]*\.?[0-9]+(e[-+]?[0-9]+)?")
+_EXPR_NODES = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.keyword, ast.Load,
+               ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.BitAnd, ast.BitOr,
+               ast.BitXor, ast.USub, ast.UAdd, ast.Not, ast.Invert, ast.And, ast.Or, ast.Eq, ast.NotEq, ast.Lt,
+               ast.LtE, ast.Gt, ast.GtE)
+
+
+def _sympy_class(name: str) -> bool:
+    """A sympy class or singleton (``Mul``, ``Integer``, ``oo``), or one of torch's sympy functions,
+    never a Python builtin (``exec``, ``open``) or a private name."""
+    if name in SYMPY_NAMES:
+        return True
+    if name.startswith("_") or hasattr(builtins, name):
+        return False
+    import sympy
+
+    obj = getattr(sympy, name, None)
+    return (isinstance(obj, type) and issubclass(obj, sympy.Basic)) or isinstance(obj, sympy.Basic)
+
+
+def _refuse_expr(expr: str, member: str, what: str):
+    shown = expr if len(expr) <= 60 else expr[:57] + "..."
+    raise Unsafe(f"holds {member}, whose shape expression {shown!r} has {what}, not only sympy arithmetic on "
+                 "shape symbols (torch evaluates it with sympy)")

@@ -194,7 +194,7 @@ def test_empty_npy_and_binary_classes_are_one_line(work):
     (d / "cut.npy").write_bytes((d / "cut.npy").read_bytes()[:300])
     (d / "classes.bin").write_bytes(bytes(range(256)))
     cases = [
-        (["empty.npy"], f"gradattr: error: INPUT: cannot read empty.npy as a .npy array: the file is empty (0 bytes)\n"),
+        (["empty.npy"], "gradattr: error: INPUT: cannot read empty.npy as a .npy array: the file is empty (0 bytes)\n"),
         (["cut.npy"], "gradattr: error: INPUT: cannot read cut.npy as a .npy array: the file holds fewer bytes (300) "
                       "than its header's shape and dtype need (cut short?)\n"),
         (["wide.png", "--classes", "classes.bin"],
