@@ -260,15 +260,21 @@ def check_graphs(ep) -> None:
     import torch
 
     allowed = (torch._ops.OpOverload, torch._ops.HigherOrderOperator)
+
+    def check(f, what: str) -> None:
+        if isinstance(f, allowed) or not callable(f) or isinstance(f, (torch.fx.Node, torch.nn.Module, type)):
+            return
+        name = f"{getattr(f, '__module__', '?')}.{getattr(f, '__name__', '?')}"
+        if name not in PLAIN_TARGETS:
+            raise Unsafe(f"{what} {name!r}, which is not a registered operator")
+
     for module in ep.graph_module.modules():
         graph = getattr(module, "graph", None)
         for node in getattr(graph, "nodes", ()):
-            if node.op != "call_function" or isinstance(node.target, allowed):
-                continue
-            t = node.target
-            name = f"{getattr(t, '__module__', '?')}.{getattr(t, '__name__', '?')}"
-            if name not in PLAIN_TARGETS:
-                raise Unsafe(f"calls {name!r}, which is not a registered operator")
+            if node.op == "call_function":
+                check(node.target, "calls")
+            for arg in torch.utils._pytree.tree_leaves((node.args, node.kwargs)):
+                check(arg, "passes")
 
 
 def _json(data: bytes, member: str):
@@ -302,7 +308,10 @@ def _check_program(program, member: str) -> None:
             if (isinstance(target, str) and "inputs" in obj and "outputs" in obj
                     and not (_OP_TARGET.fullmatch(target) or target in PLAIN_TARGETS)):
                 raise Unsafe(f"holds {member}, whose graph calls {target!r}, which is not a registered "
-                                 "operator")
+                             "operator")
+            op = obj.get("as_operator")  # an operator passed as an argument (resolved like a target)
+            if isinstance(op, str) and not (_OP_TARGET.fullmatch(op) or op in PLAIN_TARGETS):
+                raise Unsafe(f"holds {member}, whose graph passes {op!r}, which is not a registered operator")
             expr = obj.get("expr_str")
             if isinstance(expr, str):
                 _check_expr(expr, member)

@@ -105,6 +105,10 @@ def _evil(kind: str, good: Path, folder: Path, marker: Path) -> Path:
         program = json.loads(m[f"{r}/models/model.json"])
         program["graph_module"]["graph"]["nodes"][0]["target"] = "torch.os.system"
         m[f"{r}/models/model.json"] = json.dumps(program).encode()
+    elif kind == "as_operator":  # an operator argument is resolved like a target
+        program = json.loads(m[f"{r}/models/model.json"])
+        program["graph_module"]["graph"]["nodes"][0]["inputs"][0]["arg"] = {"as_operator": "torch.os.system"}
+        m[f"{r}/models/model.json"] = json.dumps(program).encode()
     elif kind == "sympy":  # shape expressions go to sympy.sympify, which evals them
         program = json.loads(m[f"{r}/models/model.json"])
         program["graph_module"]["graph"]["tensor_values"]["input"]["sizes"][0] = {"as_expr": {
@@ -158,6 +162,7 @@ def test_refusals_name_what_the_archive_holds(files, tmp_path, capfd):
         "opaque": "data/constants/opaque_obj_0 ('evil'), a pickled custom or opaque object",
         "extra_pickle": "data/evil.pkl, a pickle",
         "os_system": "whose graph calls 'torch.os.system', which is not a registered operator",
+        "as_operator": "whose graph passes 'torch.os.system', which is not a registered operator",
         "sympy": "has a call of 'exec', not only sympy arithmetic on shape symbols (torch evaluates it with sympy)",
     }
     for kind, text in said.items():
