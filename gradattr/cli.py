@@ -417,12 +417,15 @@ def write_together(outputs: list[tuple[str, Path, bytes]], name: str) -> list[st
     not exist before) are removed. Returns the paths written."""
     temps: list[str] = []
     renamed: list[Path] = []
+    made: list[Path] = []  # folders created here, removed again on failure when empty
     existed = {path: path.exists() for _, path, _ in outputs}
     flag = outputs[0][0] if outputs else ""
     path = outputs[0][1] if outputs else Path()
     try:
         for flag, path, content in outputs:
+            missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
             path.parent.mkdir(parents=True, exist_ok=True)
+            made.extend(missing)
             tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
             temps.append(tmp)
@@ -439,6 +442,9 @@ def write_together(outputs: list[tuple[str, Path, bytes]], name: str) -> list[st
             if not existed[done]:
                 with contextlib.suppress(OSError):
                     os.unlink(done)
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         if isinstance(err, OSError):
             raise CliError(f"{flag}: could not write {path}: {_one_line(err)}; none of the outputs of {name} "
                            "were written") from None

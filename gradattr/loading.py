@@ -343,7 +343,7 @@ def read_image(path: Path, args) -> Item:
         raise CliError(f"INPUT: cannot read {path} as an image: {_one_line(err)}") from None
     prep = None
     if args.size is not None:
-        crop = getattr(args, "crop", None) or "none"  # explain-dataset's parser has no --crop: squashed
+        crop = getattr(args, "crop", None) or "center"  # the same default for a parser without --crop
         if crop not in ("center", "none"):
             raise CliError(f"--crop: expected center or none, got {crop!r}")
         if crop == "center" and (img.height, img.width) != size:

@@ -100,8 +100,9 @@ def test_write_together_removes_the_files_it_renamed(work, monkeypatch):
         return real(a, b)
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(cli.CliError, match="--out: could not write .*b.png: .*No space left on device; none of"):
-        cli.write_together([("--save-map", d / "out" / "a.npy", b"1"), ("--out", d / "out" / "b.png", b"2")], "x")
-    assert listing(d / "out") == []
+        cli.write_together([("--save-map", d / "out" / "a.npy", b"1"), ("--out", d / "out" / "o" / "b.png", b"2")],
+                           "x")
+    assert listing(d / "out") == []  # the folder it made for b.png is gone too
 
 
 # ------------------------------------------------------------------------------ Ctrl-C in a folder run
