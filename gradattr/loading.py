@@ -86,6 +86,8 @@ def _load_exported(data: bytes, spec: str, trust: bool):
         raise CliError(f"--model: {spec} is not a torch.export archive gradattr can read: {err}; re-save it "
                        f"with torch.export.save under this torch, or pass --trust-model to let torch.export.load "
                        "try (it may run code from the file)") from None
+    except Exception as err:  # noqa: BLE001 - a damaged zip (bad CRC, cut short)
+        raise CliError(f"--model: could not read {spec} as a torch.export archive: {_one_line(err)}") from None
     try:
         with pt2.quiet_torch():
             ep = torch.export.load(io.BytesIO(clean))
