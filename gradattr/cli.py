@@ -9,10 +9,14 @@
     gradattr layers --model demo/effnet.pt2 --input-shape 1,3,224,224 --filter swish
     gradattr methods
 
-What it loads (``--model``): a ``torch.export`` program (``.pt2``) or a factory
-``package.module:function`` with ``--weights`` (a state_dict read with
-``torch.load(weights_only=True)``). Neither runs code from a file. A module
-pickled whole with ``torch.save(model)`` is loaded only with ``--trust-model``:
+What it loads (``--model``, by :mod:`gradattr.loading`): a ``torch.export``
+program (``.pt2``, recognised by its content whatever its suffix; checked and
+rebuilt by :mod:`gradattr.pt2` first, so its pickles are read only with
+``torch.load(weights_only=True)`` and anything else that could run code is
+refused) or a factory ``package.module:function`` with ``--weights`` (a
+state_dict read with ``torch.load(weights_only=True)``). Neither runs code from
+a file. A module pickled whole with ``torch.save(model)``, or a ``.pt2`` that
+holds more than the checks accept, is loaded only with ``--trust-model``:
 unpickling it runs whatever code the file names. The working folder is searched
 only for the factory's module, during that one import; ``python -m gradattr``
 takes the working folder off ``sys.path`` first (Python puts it there), so a
@@ -20,12 +24,20 @@ takes the working folder off ``sys.path`` first (Python puts it there), so a
 ``import gradattr`` itself needs, torch and numpy, are imported before that; run
 ``python -P -m gradattr`` or the ``gradattr`` console script to rule those out too.)
 
-What it writes: nothing at all when anything fails (every input is read and
-explained before the first file is saved), and no existing file unless
-``--overwrite`` is given. For a folder INPUT each output is named after the
-whole input file name, extension included (``a.png`` -> ``a.png.npy`` and
-``a.png.png``), so ``a.png`` and ``a_png.png`` never share an output. Every
-path written is printed.
+What it writes: nothing when reading the inputs or checking the output names
+fails (every input is read and every name checked before any work), and no
+existing file unless ``--overwrite`` is given. Each input's outputs are written
+when that input is done, all or none of them (each under a temporary name in
+its folder, all renamed once all are written; the temporaries are removed on
+failure), so a failure or Ctrl-C in a folder run keeps the outputs of the
+inputs finished before it, and the message says how many. For a folder INPUT
+each output is named after the whole input file name, extension included
+(``a.png`` -> ``a.png.npy`` and ``a.png.png``), so ``a.png`` and ``a_png.png``
+never share an output. Every path written is printed.
+
+Images reach ``--size`` as torchvision's ImageNet transforms do (``--crop
+center``, the default: scaled with the aspect kept until they cover it, then the
+middle cut out) or squashed (``--crop none``); the picture's title says which.
 
 Memory: before any work the request is estimated as
 ``MEMORY_FACTOR x (bytes of the largest float32 network input)`` plus the maps
@@ -37,31 +49,38 @@ status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import fnmatch
-import importlib
 import io
 import os
-import pickle
 import re
+import secrets
 import sys
-import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import GradattrError
+from .loading import (  # noqa: F401 - the loaders' old home; gradattr.dataset reads them here
+    IMAGE_SUFFIXES,
+    MEMORY_FACTOR,
+    SAFE_FORMATS,
+    CliError,
+    Item,
+    Loaded,
+    _classes,
+    _floats,
+    _ints,
+    _one_line,
+    _size_text,
+    check_memory,
+    load_model,
+    read_array,
+    read_image,
+)
 
 PROG = "gradattr"
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-#: The ``--max-memory`` estimate: this many times the bytes of the float32 network
-#: input (the input, its copies, the activations and gradients a backward pass keeps
-#: for a small CNN, the map at the input's size, the picture). A rough guard
-#: against requests that cannot fit (``--size 40000``), not a promise: deep networks
-#: keep more activations per input byte.
-MEMORY_FACTOR = 32
 DEFAULT_MAX_MEMORY = "2G"
 
 #: Input layouts in MATLAB letters, the same examples as the README.
@@ -71,31 +90,15 @@ FORMAT_EXAMPLES = "'SSC' (H x W x C), 'SSCB', 'SSSC', 'CT', 'TC', 'CBT'"
 EXTRA_METHODS = {"random": "uniform random maps: the chance level gradattr.compare scores every "
                            "method against (compare only)"}
 
-SAFE_FORMATS = ("save it with torch.export.save (.pt2), or pass the factory that builds it as "
-                "--model 'package.module:function' with its state_dict as --weights FILE "
-                "(both load without running code from the file)")
-
 MODEL_HELP = (
     "the network: a torch.export program (.pt2, saved with torch.export.save), or a factory "
     "'package.module:function' called with no arguments (e.g. torchvision.models:resnet50) with "
     "--weights FILE for its state_dict; the working folder is searched for that module only. "
-    "A module saved whole with torch.save(model) loads only with --trust-model (unpickling it "
-    "runs code from the file). TorchScript files cannot take hooks and are refused. "
+    "No code from the file runs: a .pt2 (recognised by its content, whatever its suffix) is checked "
+    "first and its pickled parts are read only as plain tensors; a file holding anything else that "
+    "would run code (a module saved whole with torch.save(model), a .pt2 with pickled objects) loads "
+    "only with --trust-model. TorchScript files cannot take hooks and are refused. "
     "`python -m gradattr.demo export-effnet DIR` writes an example model.")
-
-
-class CliError(Exception):
-    """A user error reported as one line."""
-
-
-@dataclass
-class Loaded:
-    """A network ready for gradattr, and what is known about its input."""
-
-    net: object
-    input_ndim: int | None = None  # ndim of the example input of an exported program
-    input_shape: tuple[int, ...] | None = None  # its shape, when every dim is static
-    types: dict[str, str] = field(default_factory=dict)  # layer name -> class name (exported programs)
 
 
 # -- start-up ---------------------------------------------------------------------------
@@ -113,199 +116,7 @@ def drop_working_folder() -> None:
         del sys.path[0]
 
 
-# -- models ---------------------------------------------------------------------------
-def _zip_names(path: Path) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return []
-
-
-def _torchscript_error(path) -> CliError:
-    return CliError(f"--model: {path} is a TorchScript file, which cannot take the hooks gradattr needs; "
-                    "save the model with torch.export.save (.pt2), or pass a factory "
-                    "'package.module:function' with --weights FILE")
-
-
-def _exported_types(ep) -> dict[str, str]:
-    """Layer name -> original class name, from an exported program's module stack metadata."""
-    types: dict[str, str] = {}
-    for node in ep.graph.nodes:
-        for path, kind in (node.meta.get("nn_module_stack") or {}).values():
-            name = kind if isinstance(kind, str) else getattr(kind, "__qualname__", str(kind))
-            types.setdefault(path, name.rsplit(".", 1)[-1])
-    return types
-
-
-def _from_exported(ep, path) -> Loaded:
-    import torch
-
-    try:
-        net = torch.export.unflatten(ep)
-    except Exception as err:  # noqa: BLE001 - report the cause in one line
-        raise CliError(f"--model: could not unflatten the exported program {path}: {_one_line(err)}") from None
-    ndim, shape = None, None
-    try:
-        users = set(ep.graph_signature.user_inputs)
-        shapes = [n.meta["val"].shape for n in ep.graph.nodes if n.op == "placeholder" and n.name in users]
-        if shapes:
-            ndim = len(shapes[0])
-            if all(isinstance(d, int) for d in shapes[0]):
-                shape = tuple(int(d) for d in shapes[0])
-    except Exception:  # noqa: BLE001 - only a hint for the input layout
-        pass
-    try:
-        types = _exported_types(ep)
-    except Exception:  # noqa: BLE001 - only for the layer listing
-        types = {}
-    return Loaded(net, ndim, shape, types)
-
-
-def _refuse_pickle(spec: str, err: BaseException) -> CliError:
-    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-    needs = f" (it asks for {found.group(1)})" if found else ""
-    return CliError(f"--model: {spec} holds pickled objects{needs}, such as a module saved whole with "
-                    "torch.save(model); unpickling runs code from the file, so gradattr loads it only "
-                    f"with --trust-model; safe instead: {SAFE_FORMATS}")
-
-
-def _load_file(path: Path, spec: str, trust: bool):
-    """``torch.load`` a file: plain data (weights_only=True) always, pickled objects only when trusted."""
-    import torch
-
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        if "Unsupported global" not in text and "reduce" not in text:  # not pickled objects: a broken file
-            cause = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
-            raise CliError(f"--model: could not load {spec} with torch.load: "
-                           f"{_one_line(cause.group(1)) if cause else _one_line(err)}") from None
-        if not trust:
-            raise _refuse_pickle(spec, err) from None
-    except Exception as err:  # noqa: BLE001
-        raise CliError(f"--model: could not load {spec} with torch.load: {_one_line(err)}") from None
-    try:  # the user said --trust-model: the file's code runs
-        return torch.load(str(path), map_location="cpu", weights_only=False)  # --trust-model only
-    except ModuleNotFoundError as err:
-        raise CliError(f"--model: could not load {spec} (trusted): {_one_line(err)}; the classes a pickled "
-                       "module names must be importable (set PYTHONPATH to their folder)") from None
-    except Exception as err:  # noqa: BLE001
-        raise CliError(f"--model: could not load {spec} (trusted) with torch.load: {_one_line(err)}") from None
-
-
-def _import_factory_module(module_name: str, spec: str):
-    """Import ``module_name`` with the working folder first on ``sys.path``, for this import only."""
-    cwd = os.getcwd()
-    sys.path.insert(0, cwd)
-    try:
-        return importlib.import_module(module_name)
-    except ImportError as err:
-        raise CliError(f"--model: cannot import {module_name!r} for factory {spec!r}: {_one_line(err)}") \
-            from None
-    finally:
-        if sys.path and sys.path[0] == cwd:
-            del sys.path[0]
-        elif cwd in sys.path:
-            sys.path.remove(cwd)
-
-
-def load_model(spec: str, weights: str | None = None, *, trust: bool = False,
-               random_weights: bool = False) -> Loaded:
-    """Load ``--model`` (see :data:`MODEL_HELP`)."""
-    import torch
-    from torch import nn
-
-    path = Path(spec)
-    if path.is_file():
-        for given, flag in ((weights is not None, "--weights"), (random_weights, "--random-weights")):
-            if given:
-                raise CliError(f"{flag}: expected only with a factory --model 'package.module:function', "
-                               f"got it with the model file {spec}")
-        names = _zip_names(path)
-        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
-            raise _torchscript_error(spec)
-        if path.suffix == ".pt2" or any(n.endswith("/archive_format") for n in names):
-            try:
-                ep = torch.export.load(str(path))
-            except Exception as err:  # noqa: BLE001
-                raise CliError(f"--model: could not load {spec} with torch.export.load: {_one_line(err)}") \
-                    from None
-            return _from_exported(ep, spec)
-        obj = _load_file(path, spec, trust)
-        if isinstance(obj, torch.jit.ScriptModule):
-            raise _torchscript_error(spec)
-        if isinstance(obj, torch.export.ExportedProgram):
-            return _from_exported(obj, spec)
-        if isinstance(obj, dict):
-            raise CliError(f"--model: {spec} holds a state_dict (weights only), not a model; pass the "
-                           "factory that builds the network as --model 'package.module:function' and the "
-                           f"file as --weights {spec}")
-        if not isinstance(obj, nn.Module):
-            raise CliError(f"--model: expected {spec} to hold a torch.nn.Module, got a {type(obj).__name__}")
-        return Loaded(obj)
-    if path.is_dir():
-        raise CliError(f"--model: expected a model file or 'package.module:function', got the folder {spec}")
-    if ":" not in spec:
-        raise CliError(f"--model: no such file {spec!r} (expected a .pt2 file or a factory "
-                       "'package.module:function')")
-    if weights is None and not random_weights:
-        raise CliError(f"--weights: expected a state_dict FILE for the factory {spec!r} (or --random-weights "
-                       "to use the weights the factory makes, e.g. random ones, on purpose), got none")
-    if weights is not None and random_weights:
-        raise CliError("--random-weights: expected either --weights FILE or --random-weights, got both")
-    module_name, _, attr = spec.partition(":")
-    module = _import_factory_module(module_name, spec)
-    factory = module
-    for part in attr.split("."):
-        factory = getattr(factory, part, None)
-    if not callable(factory):
-        raise CliError(f"--model: expected {attr!r} in module {module_name!r} to be a callable factory, "
-                       f"got {type(factory).__name__}")
-    net = factory()
-    if not isinstance(net, nn.Module):
-        raise CliError(f"--model: expected factory {spec!r} to return a torch.nn.Module, got "
-                       f"{type(net).__name__}")
-    if weights is not None:
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CliError(f"--weights: no such file {weights!r}") from None
-        except Exception as err:  # noqa: BLE001
-            raise CliError(f"--weights: could not load {weights} as a state_dict: {_one_line(err)}") from None
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise CliError(f"--weights: expected a state_dict in {weights}, got a {type(state).__name__}")
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as err:
-            raise CliError(f"--weights: {weights} does not fit {spec}: {_one_line(err)}") from None
-    return Loaded(net)
-
-
 # -- inputs ---------------------------------------------------------------------------
-def _floats(text: str | None, argument: str, default: float) -> np.ndarray:
-    if text is None:
-        return np.array([default], dtype=np.float32)
-    try:
-        vals = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise CliError(f"{argument}: expected numbers separated by commas, got {text!r}") from None
-    return np.asarray(vals, dtype=np.float32)
-
-
-def _ints(text: str, argument: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise CliError(f"{argument}: expected integers separated by commas, got {text!r}") from None
-    if not vals or any(v < 1 for v in vals):
-        raise CliError(f"{argument}: expected positive integers, got {text!r}")
-    return vals
-
-
 _UNITS = {"": 1, "B": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 
@@ -317,77 +128,6 @@ def _bytes(text: str, argument: str) -> float:
     if m is None or float(m.group(1)) <= 0:
         raise CliError(f"{argument}: expected a size such as 2G, 500M or 1.5GB (or none), got {text!r}")
     return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def _size_text(n: float) -> str:
-    for unit, scale in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
-
-
-@dataclass
-class Item:
-    """One input file, read and preprocessed."""
-
-    path: Path
-    x: object  # numpy array handed to gradattr
-    input_format: str | None
-    image: object = None  # the picture of an image file (drawn under the map)
-
-
-def read_image(path: Path, args) -> Item:
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:
-        raise CliError(f"INPUT: reading the image {path} needs Pillow (pip install pillow)") from None
-
-    try:
-        with Image.open(path) as img:
-            size = (img.height, img.width)
-            if args.size is not None:
-                size = _ints(args.size, "--size")
-                if len(size) not in (1, 2):
-                    raise CliError(f"--size: expected one number or H,W, got {args.size!r}")
-                size = tuple((size * 2)[:2])
-            check_memory((1 if args.gray else 3, *size), path.name, args.limit)  # before any large array
-            img = img.convert("L" if args.gray else "RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise CliError(f"INPUT: cannot read {path} as an image: {_one_line(err)}") from None
-    if args.size is not None:
-        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    chw = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
-    c = chw.shape[0]
-    mean, std = _floats(args.mean, "--mean", 0.0), _floats(args.std, "--std", 1.0)
-    for name, v in (("--mean", mean), ("--std", std)):
-        if v.size not in (1, c):
-            raise CliError(f"{name}: expected 1 or {c} values (one per channel), got {v.size}")
-    if np.any(std == 0):
-        raise CliError("--std: expected non-zero values, got 0")
-    x = (chw - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)
-    return Item(path, x.astype(np.float32), "CSS" if x.ndim == 3 else "CS", np.asarray(img))
-
-
-def read_array(path: Path, args, loaded: Loaded) -> Item:
-    try:
-        arr = np.load(path, allow_pickle=False, mmap_mode="r")  # the shape first, the data once checked
-    except (ValueError, OSError) as err:
-        raise CliError(f"INPUT: cannot read {path} as a .npy array: {_one_line(err)}") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
-        raise CliError(f"INPUT: expected a numeric array in {path}, got dtype {getattr(arr, 'dtype', '?')}")
-    check_memory(arr.shape, path.name, args.limit)
-    fmt = args.input_format
-    if fmt is None and loaded.input_ndim is not None:  # an exported program knows its input rank
-        nd = loaded.input_ndim
-        if arr.ndim == nd:
-            fmt = "BC" + "S" * (nd - 2)
-        elif arr.ndim == nd - 1:
-            fmt = "C" + "S" * (nd - 2)
-        else:
-            raise CliError(f"INPUT: expected an array of {nd} dims (N, C, ...) or {nd - 1} (C, ...) for "
-                           f"this exported model, got shape {arr.shape} in {path}; pass --input-format")
-    return Item(path, np.array(arr, dtype=np.float32), fmt)
 
 
 def input_files(target: str) -> list[Path]:
@@ -412,19 +152,6 @@ def read_inputs(files: list[Path], args, loaded: Loaded, progress: bool) -> list
 
 
 # -- explain --------------------------------------------------------------------------
-def _classes(path: str | None) -> list[str] | None:
-    if path is None:
-        return None
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as err:
-        raise CliError(f"--classes: cannot read {path}: {_one_line(err)}") from None
-    names = [ln.strip() for ln in lines if ln.strip()]
-    if not names:
-        raise CliError(f"--classes: expected one class name per line in {path}, got an empty file")
-    return names
-
-
 def _label_index(label: str, classes: list[str]) -> int | None:
     """The index of ``label`` in ``classes``: exact, else case-insensitive when only one matches."""
     if label in classes:
@@ -543,6 +270,8 @@ def _samples(item: Item, maps: np.ndarray, net) -> list[tuple[np.ndarray, np.nda
 def _title(item: Item, j: int | None, method: str, score, classes, explains_class: bool, target=None) -> str:
     """Two lines: the method and the class (index and name), then the score and the file."""
     name = item.path.name if j is None else f"{item.path.name}[{j}]"
+    if item.prep:
+        name += f" ({item.prep})"
     if not explains_class:
         return f"{method}: no class (features only)\n{name}"
     if score is None:  # not a classifier's (N, K) output: no class name or probability to show
@@ -550,21 +279,6 @@ def _title(item: Item, j: int | None, method: str, score, classes, explains_clas
     c, s, p = score
     label = f" '{classes[c]}'" if classes and c < len(classes) else ""
     return f"{method}: class {c}{label}\nscore {s:.4g} (p={p:.3f}), {name}"
-
-
-def check_memory(shape, name: str, limit: float, maps: int = 0) -> None:
-    """Refuse a float32 network input of ``shape`` whose estimate exceeds ``limit`` bytes.
-
-    Estimate: :data:`MEMORY_FACTOR` x its bytes, plus ``maps`` (the bytes of the maps
-    kept until writing: one input's worth per input, an upper bound).
-    """
-    size = 4 * int(np.prod(shape))
-    need = MEMORY_FACTOR * size + maps
-    if need > limit:
-        raise CliError(f"--max-memory: expected a request within {_size_text(limit)}, got an estimated "
-                       f"{_size_text(need)} ({MEMORY_FACTOR} x the {_size_text(size)} float32 input "
-                       f"{'x'.join(map(str, shape))} of {name}, plus the maps); use a smaller --size or "
-                       "raise --max-memory")
 
 
 def cmd_explain(args) -> int:
@@ -619,40 +333,123 @@ def cmd_explain(args) -> int:
         cls = _label_index(args.label, classes)
         target = args.label if cls is None else cls
 
-    # 1. explain everything (nothing is written if anything fails)
-    results = []
-    for i, item in enumerate(items, 1):
-        if folder and progress:
-            print(f"{PROG}: explaining [{i}/{len(items)}] {item.path.name}", file=sys.stderr, flush=True)
-        maps, feat = _explain_one(loaded, item, args, target, classes, progress)
-        scores = None
-        if info.needs_target and (target is None or cls is not None):
-            scores = _class_scores(loaded.net, item, args.device, cls)
-        pictures = []
-        if args.out is not None:
-            samples = _samples(item, maps, loaded.net)
-            for j, (xs, cam) in enumerate(samples):
-                title = _title(item, None if len(samples) == 1 else j, args.method,
-                               scores[j] if scores else None, classes, info.needs_target, target)
-                pictures.append(_picture(xs, cam, title, item.image))
-        results.append((item, maps, feat, scores, pictures))
-
-    # 2. write
-    for paths in (out_paths, map_paths):
-        if paths is not None:
-            paths[0][0].parent.mkdir(parents=True, exist_ok=True)
-    for k, (item, maps, feat, scores, pictures) in enumerate(results):
-        written = []
-        if map_paths is not None:
-            with open(map_paths[k][0], "wb") as fh:
-                np.save(fh, maps.astype(np.float32))
-            written.append(str(map_paths[k][0]))
-        if out_paths is not None:
-            for p, png in zip(out_paths[k], pictures):
-                p.write_bytes(png)
-                written.append(str(p))
-        print(_report(item, maps, feat, scores, target, classes, written, args.method, info.needs_target))
+    # explain and write one input at a time: its outputs appear together (each written under a
+    # temporary name, all renamed once all are written); a failure or Ctrl-C keeps the outputs of
+    # the inputs finished before it, and says how many
+    finished: list[str] = []
+    try:
+        for k, item in enumerate(items):
+            if folder and progress:
+                print(f"{PROG}: explaining [{k + 1}/{len(items)}] {item.path.name}", file=sys.stderr, flush=True)
+            try:
+                maps, feat = _explain_one(loaded, item, args, target, classes, progress)
+                scores = None
+                if info.needs_target and (target is None or cls is not None):
+                    scores = _class_scores(loaded.net, item, args.device, cls)
+            except RuntimeError as err:
+                raise _channel_error(err, item, args) or err
+            outputs = []
+            if map_paths is not None:
+                buf = io.BytesIO()
+                np.save(buf, maps.astype(np.float32))
+                outputs.append(("--save-map", map_paths[k][0], buf.getvalue()))
+            if out_paths is not None:
+                samples = _samples(item, maps, loaded.net)
+                for j, ((xs, cam), path) in enumerate(zip(samples, out_paths[k])):
+                    title = _title(item, None if len(samples) == 1 else j, args.method,
+                                   scores[j] if scores else None, classes, info.needs_target, target)
+                    outputs.append(("--out", path, _picture(xs, cam, title, item.image)))
+            written = write_together(outputs, item.path.name)
+            finished.append(item.path.name)
+            print(_report(item, maps, feat, scores, target, classes, written, args.method, info.needs_target),
+                  flush=True)
+    except KeyboardInterrupt:
+        if not finished:
+            raise
+        raise Interrupted(f"interrupted; kept the outputs of {_kept(finished, len(items))}, each written "
+                          "whole; the others have none") from None
+    except Exception as err:
+        if not finished or args.debug:
+            raise
+        text = _one_line(err) if isinstance(err, (CliError, GradattrError)) else \
+            f"{type(err).__name__}: {_one_line(err)}"
+        raise CliError(f"{text} (kept the outputs of {_kept(finished, len(items))}, finished before the "
+                       "failure)") from None
     return 0
+
+
+def _kept(finished: list[str], total: int) -> str:
+    last = f"; the last: {finished[-1]}" if len(finished) > 1 else f": {finished[0]}"
+    return f"{len(finished)} of {total} inputs{last}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was kept (said by :func:`reporting_errors`)."""
+
+
+_CHANNELS = re.compile(r"expected input\[[0-9, ]+\] to have (\d+) channels, but got (\d+) channels")
+
+
+def _channel_error(err: RuntimeError, item: Item, args) -> CliError | None:
+    """torch's channel-count error of the first convolution, said with the argument that fixes it."""
+    m = _CHANNELS.search(str(err))
+    if m is None:
+        return None
+    want, got = int(m.group(1)), int(m.group(2))
+    shape = "x".join(map(str, np.shape(item.x)))
+    plural = "s" if want > 1 else ""
+    if item.image is None:
+        return CliError(f"INPUT: expected {want} channel{plural}, as the network's first layer takes, got {got} "
+                        f"in {item.path.name} (shape {shape}, read as {item.input_format or 'PyTorch layout'}); "
+                        "pass an array with that many channels, or --input-format if they lie on another axis")
+    if args.gray:
+        return CliError(f"--gray: expected {want} channel{plural}, as the network's first layer takes, got {got} "
+                        f"from {item.path.name} read with --gray; drop --gray to read images as RGB"
+                        + ("" if want == 3 else f" (the network takes {want})"))
+    return CliError(f"INPUT: expected {want} channel{plural}, as the network's first layer takes, got {got} "
+                    f"from {item.path.name} (images are read as RGB)"
+                    + ("; pass --gray to read them as one grey channel" if want == 1 else ""))
+
+
+def write_together(outputs: list[tuple[str, Path, bytes]], name: str) -> list[str]:
+    """Write ``(flag, path, content)`` all or none: each under a unique temporary name in its
+    folder, then all renamed; on failure the temporaries (and any file already renamed that did
+    not exist before) are removed. Returns the paths written."""
+    temps: list[str] = []
+    renamed: list[Path] = []
+    made: list[Path] = []  # folders created here, removed again on failure when empty
+    existed = {path: path.exists() for _, path, _ in outputs}
+    flag = outputs[0][0] if outputs else ""
+    path = outputs[0][1] if outputs else Path()
+    try:
+        for flag, path, content in outputs:
+            missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.extend(missing)
+            tmp = str(path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any file
+            temps.append(tmp)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(content)
+        for (flag, path, _), tmp in zip(outputs, temps):
+            os.replace(tmp, path)
+            renamed.append(path)
+    except BaseException as err:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        for done in renamed:
+            if not existed[done]:
+                with contextlib.suppress(OSError):
+                    os.unlink(done)
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(err, OSError):
+            raise CliError(f"{flag}: could not write {path}: {_one_line(err)}; none of the outputs of {name} "
+                           "were written") from None
+        raise
+    return [str(p) for _, p, _ in outputs]
 
 
 def _destinations(option: str | None, items: list[Item], folder: bool, flag: str, suffix: str,
@@ -842,10 +639,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("explain", help="compute the map of an input (image, .npy array or folder)",
                        description="Compute the map of INPUT and save it and/or draw it. Images are "
                        "read with PIL as RGB (or --gray), scaled to [0, 1], optionally resized "
-                       "(--size) and normalised as (x - mean) / std per channel. Defaults: no resize, "
-                       "mean 0, std 1 -- pass your model's preprocessing, e.g. --size 224 "
-                       "--mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 for torchvision ImageNet models. "
-                       "Nothing is written when anything fails, and no existing file without --overwrite.")
+                       "(--size, bilinear, center-cropped unless --crop none) and normalised as (x - mean) / std "
+                       "per channel. Defaults: no resize, mean 0, std 1 -- pass your model's preprocessing, "
+                       "e.g. --size 224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 for torchvision "
+                       "ImageNet models. Every input is read and every output name checked before any work; "
+                       "each input's outputs are written together when it is done (all or none of them), "
+                       "a failure or Ctrl-C keeps those of the inputs finished before it; no existing file "
+                       "is replaced without --overwrite.")
     p.add_argument("input", metavar="INPUT", help="an image file, a .npy array (PyTorch layout (N, C, ...) "
                    "or (C, ...), or MATLAB layout with --input-format), or a folder (every file in it)")
     _model_args(p)
@@ -863,6 +663,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (default: where the model is), cpu or cuda")
     p.add_argument("--size", metavar="H[,W]", help="resize images to H x W (one number: square); "
                    "default: no resize")
+    p.add_argument("--crop", choices=("center", "none"), default="center", help="how --size is reached: "
+                   "center (default, as torchvision's ImageNet transforms: scale the image, aspect kept, until "
+                   "it covers H x W, then cut the middle) or none (resize to H x W, squashing the aspect); "
+                   "the picture's title says which")
     p.add_argument("--mean", metavar="M[,M,M]", help="per-channel mean subtracted from images in [0, 1]; "
                    "default 0")
     p.add_argument("--std", metavar="S[,S,S]", help="per-channel std dividing images; default 1")
@@ -910,11 +714,6 @@ def _version() -> str:
     return __version__
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text if text else type(err).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 on success)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -937,8 +736,8 @@ def reporting_errors(run, debug: bool, interrupted: str = "interrupted") -> int:
             raise
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: {interrupted}", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"{PROG}: {str(err) or interrupted}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `gradattr layers ... | head`
         try:

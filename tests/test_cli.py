@@ -114,11 +114,20 @@ def files_in(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
 
 
-def preprocess(path, size=16, mean=0.5, std=0.25) -> torch.Tensor:
-    """The CLI's documented preprocessing, written out: RGB, bilinear resize, [0, 1], (x - mean) / std."""
+def preprocess(path, size=16, mean=0.5, std=0.25, crop="center") -> torch.Tensor:
+    """The CLI's documented preprocessing, written out: RGB, bilinear resize (torchvision's
+    ``Resize(size)`` + ``CenterCrop(size)``, or squashed with ``crop="none"``), [0, 1], (x - mean) / std."""
     from PIL import Image
 
-    img = Image.open(path).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    img = Image.open(path).convert("RGB")
+    if crop == "center":  # the shorter side becomes size, the longer int(size * long / short); the middle
+        w0, h0 = img.size
+        long = int(size * max(w0, h0) / min(w0, h0))
+        w, h = (size, long) if w0 <= h0 else (long, size)
+        left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
+        img = img.resize((w, h), Image.Resampling.BILINEAR).crop((left, top, left + size, top + size))
+    else:
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
     a = np.asarray(img, dtype=np.float32) / 255.0
     return torch.from_numpy((a - mean) / std).permute(2, 0, 1).contiguous()
 
@@ -158,7 +167,7 @@ def test_explain_image_with_exported_program(here, capsys, titles):
     assert stdout.startswith(f"cat.png: grad_cam class 2 'espresso' score {score:.4g} p={p:.3f} layer '3' "
                              "map 16x16")
     assert stdout.rstrip().endswith(f"-> {out / 'm.npy'}, {out / 'o.png'}")
-    assert titles == [f"grad_cam: class 2 'espresso'\nscore {score:.4g} (p={p:.3f}), cat.png"]
+    assert titles == [f"grad_cam: class 2 'espresso'\nscore {score:.4g} (p={p:.3f}), cat.png (center-cropped to 16x16)"]
 
 
 def test_titles_tell_the_default_and_a_label_apart(here, capsys, titles):
@@ -175,7 +184,7 @@ def test_titles_tell_the_default_and_a_label_apart(here, capsys, titles):
                                 f"(p={float(y.softmax(0)[1]):.3f})")
     ok(["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--method", "eigen_cam",
         "--out", out / "eigen.png"], capsys)
-    assert titles[2] == "eigen_cam: no class (features only)\ncat.png"
+    assert titles[2] == "eigen_cam: no class (features only)\ncat.png (center-cropped to 16x16)"
 
 
 def test_explain_sequence_with_factory_and_weights(here, capsys):
