@@ -548,7 +548,7 @@ def test_demo_export_runs_the_readme_recipe(tmp_path, capsys, monkeypatch, effne
     (tmp_path / "images").mkdir()
     for name in ("a.png", "b.png", "c.png"):
         (tmp_path / "images" / name).write_bytes((tmp_path / "demo" / "chelsea.png").read_bytes())
-    from gradattr.dataset import cli_explain_dataset
+    from gradattr.cli.explain_dataset import cli_explain_dataset
 
     assert cli_explain_dataset(["images/", "--model", "demo/effnet.pt2", "--size", "224", "--mean", "0.5",
                                 "--std", "0.5", "--batch-size", "2", "--out-dir", "maps/"]) == 0

@@ -11,6 +11,7 @@ import torch
 
 import gradattr
 from gradattr import cli
+from gradattr.cli import explain
 
 TINY = textwrap.dedent('''
     import torch
@@ -100,7 +101,7 @@ def test_write_together_removes_the_files_it_renamed(work, monkeypatch):
         return real(a, b)
     monkeypatch.setattr(os, "replace", replace)
     with pytest.raises(cli.CliError, match="--out: could not write .*b.png: .*No space left on device; none of"):
-        cli.write_together([("--save-map", d / "out" / "a.npy", b"1"), ("--out", d / "out" / "o" / "b.png", b"2")],
+        explain.write_together([("--save-map", d / "out" / "a.npy", b"1"), ("--out", d / "out" / "o" / "b.png", b"2")],
                            "x")
     assert listing(d / "out") == []  # the folder it made for b.png is gone too
 
@@ -109,7 +110,7 @@ def test_write_together_removes_the_files_it_renamed(work, monkeypatch):
 def test_ctrl_c_keeps_the_finished_inputs_and_says_how_many(work, monkeypatch):
     d, _ = work
     out = d / "out"
-    real = cli._explain_one
+    real = explain._explain_one
     seen = []
 
     def explain_one(loaded, item, *a, **k):
@@ -117,8 +118,8 @@ def test_ctrl_c_keeps_the_finished_inputs_and_says_how_many(work, monkeypatch):
         if len(seen) == 2:
             raise KeyboardInterrupt
         return real(loaded, item, *a, **k)
-    monkeypatch.setattr(cli, "_explain_one", explain_one)
-    monkeypatch.setattr(cli, "_picture", lambda *a, **k: b"png")  # drawing is test_cli's business
+    monkeypatch.setattr(explain, "_explain_one", explain_one)
+    monkeypatch.setattr(explain, "_picture", lambda *a, **k: b"png")  # drawing is test_cli's business
     status, stdout, err = run(["explain", "pics", *MODEL, "--save-map", out / "m", "--out", out / "o"])
     assert status == 130
     assert err == ("gradattr: interrupted; kept the outputs of 1 of 3 inputs: p0.png, each written whole; "
@@ -129,13 +130,13 @@ def test_ctrl_c_keeps_the_finished_inputs_and_says_how_many(work, monkeypatch):
 
 def test_a_failure_in_a_folder_run_keeps_the_finished_inputs(work, monkeypatch):
     d, _ = work
-    real = cli._explain_one
+    real = explain._explain_one
 
     def explain_one(loaded, item, *a, **k):
         if item.path.name == "p2.png":
             raise gradattr.GradattrError("target: expected something, got nothing")
         return real(loaded, item, *a, **k)
-    monkeypatch.setattr(cli, "_explain_one", explain_one)
+    monkeypatch.setattr(explain, "_explain_one", explain_one)
     status, _, err = run(["explain", "pics", *MODEL, "--save-map", d / "out"])
     assert status == 1
     assert err == ("gradattr: error: target: expected something, got nothing (kept the outputs of 2 of 3 inputs; "
@@ -150,10 +151,10 @@ def test_crop_center_is_torchvisions_resize_and_center_crop(work, monkeypatch):
 
     d, net = work
     titles = []  # the pictures' titles (drawing them is test_cli's business)
-    monkeypatch.setattr(cli, "_picture", lambda xs, cam, title, image=None: titles.append(title) or b"png")
+    monkeypatch.setattr(explain, "_picture", lambda xs, cam, title, image=None: titles.append(title) or b"png")
     seen = []
-    real = cli._explain_one
-    monkeypatch.setattr(cli, "_explain_one", lambda loaded, item, *a, **k: seen.append(item) or real(loaded, item, *a, **k))
+    real = explain._explain_one
+    monkeypatch.setattr(explain, "_explain_one", lambda loaded, item, *a, **k: seen.append(item) or real(loaded, item, *a, **k))
     for crop in ("center", "none", None):
         argv = ["explain", "wide.png", *MODEL, "--size", "16", "--out", d / "out" / f"{crop}.png"]
         status, _, err = run(argv + ([] if crop is None else ["--crop", crop]))
@@ -179,8 +180,8 @@ def test_crop_center_for_a_rectangular_size(work, monkeypatch):
 
     d, _ = work
     seen = []
-    real = cli._explain_one
-    monkeypatch.setattr(cli, "_explain_one", lambda loaded, item, *a, **k: seen.append(item) or real(loaded, item, *a, **k))
+    real = explain._explain_one
+    monkeypatch.setattr(explain, "_explain_one", lambda loaded, item, *a, **k: seen.append(item) or real(loaded, item, *a, **k))
     status, _, err = run(["explain", "wide.png", *MODEL, "--size", "10,20"])
     assert status == 0, err
     scaled = Image.open(d / "wide.png").convert("RGB").resize((20, 13), Image.Resampling.BILINEAR)
