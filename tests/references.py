@@ -505,11 +505,156 @@ SWEEP_OPTIONS: dict = {}
 NO_REFERENCE = {"random_cam": "a random baseline: tests/test_perturbation.py checks its seed, range and shape"}
 
 
-def _perturbation_references():
-    """SS-CAM, IS-CAM, Group-CAM and RISE: their one-mask-at-a-time references (test_perturbation.py)."""
-    from test_perturbation import NAIVE
+# ------------------------------------- masked-input methods (SS-CAM, IS-CAM, Group-CAM, RISE)
+def features(net, x1, layer="3"):
+    store = {}
+    h = dict(net.named_modules())[layer].register_forward_hook(lambda m, i, o: store.setdefault("a", o))
+    try:
+        y = net(x1)
+    finally:
+        h.remove()
+    return store["a"], y
 
-    for name, (fn, opts) in NAIVE.items():
+
+def score(net, x1, fn, softmax=False):
+    with torch.no_grad():
+        y = net(x1)
+        return float(fn(torch.softmax(y, 1) if softmax else y)[0])
+
+
+def channel_mask(a_c, size):
+    """torch-cam's mask of one channel ``a_c (*s)``: min-max on the feature map, then upsampled."""
+    m = (a_c - a_c.min()) / (a_c.max() - a_c.min() + 1e-8)
+    return F.interpolate(m[None, None], size=size, mode=LINEAR_MODE[len(size)], align_corners=False)[0, 0]
+
+
+def weighted_map(a, w):
+    return torch.relu(sum(w[c] * a[c] for c in range(a.shape[0])))
+
+
+def naive_ss_cam(net, x, target, samples, std, seed):
+    """Noise fields drawn one at a time in torch-cam's order: draw, then sample, then channel."""
+    g = torch.Generator().manual_seed(seed)
+    size = tuple(x.shape[2:])
+    acts = [features(net, x[i:i + 1])[0][0].detach() for i in range(len(x))]
+    fns = score_fns(target, len(x), net(x).detach())
+    c = acts[0].shape[0]
+    noise = [[[torch.randn((1, 1, *size), generator=g, dtype=torch.float32)[0, 0].double()
+               for _ in range(c)] for _ in range(len(x))] for _ in range(samples)]
+    out = []
+    for i in range(len(x)):
+        per_k = []
+        for fn in fns[i]:
+            s = [np.mean([score(net, x[i:i + 1] * (channel_mask(acts[i][ch], size) + std * noise[j][i][ch]), fn)
+                          for j in range(samples)]) for ch in range(c)]
+            per_k.append(weighted_map(acts[i], torch.softmax(torch.tensor(s), 0)))
+        out.append(torch.stack(per_k))
+    return torch.stack(out)
+
+
+def naive_is_cam(net, x, target, samples):
+    size = tuple(x.shape[2:])
+    fns = score_fns(target, len(x), net(x).detach())
+    out = []
+    for i in range(len(x)):
+        a = features(net, x[i:i + 1])[0][0].detach()
+        per_k = []
+        for fn in fns[i]:
+            s = []
+            for ch in range(a.shape[0]):
+                m, coeff, total = channel_mask(a[ch], size), 0.0, 0.0
+                for step in range(1, samples + 1):
+                    coeff += step / samples
+                    total += score(net, x[i:i + 1] * coeff * m, fn)
+                s.append(total / samples)
+            per_k.append(weighted_map(a, torch.softmax(torch.tensor(s), 0)))
+        out.append(torch.stack(per_k))
+    return torch.stack(out)
+
+
+def naive_blur(x1, kernel=51, sigma=50.0):
+    """Gaussian blur of ``x1 (C, *S)`` with reflected borders, one axis and one line at a time (numpy)."""
+    out = x1.numpy().copy()
+    for d in range(1, out.ndim):
+        length = out.shape[d]
+        k = min(kernel, 2 * length - 1)
+        k = k if k % 2 else k - 1
+        if k <= 1:
+            continue
+        t = np.arange(k) - (k - 1) / 2
+        w = np.exp(-0.5 * (t / sigma) ** 2)
+        w /= w.sum()
+        moved = np.moveaxis(out, d, -1)
+        res = np.empty_like(moved)
+        for idx in np.ndindex(*moved.shape[:-1]):
+            line = np.pad(moved[idx], k // 2, mode="reflect")
+            res[idx] = np.convolve(line, w[::-1], mode="valid")
+        out = np.moveaxis(res, -1, d)
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
+def naive_group_cam(net, x, target, groups, threshold=70.0):
+    size = tuple(x.shape[2:])
+    fns = score_fns(target, len(x), net(x).detach())
+    out = []
+    for i in range(len(x)):
+        x1 = x[i:i + 1]
+        blurred = naive_blur(x1[0])[None]
+        per_k = []
+        for fn in fns[i]:
+            with torch.enable_grad():
+                a, y = features(net, x1)
+                (g,) = torch.autograd.grad(fn(y)[0], a)
+            a, g = a[0].detach(), g[0]
+            c = a.shape[0]
+            per = -(-c // groups)
+            base = score(net, blurred, fn, softmax=True)
+            total = torch.zeros(a.shape[1:], dtype=a.dtype)
+            for start in range(0, c, per):
+                m = torch.relu(sum(g[ch].mean() * a[ch] for ch in range(start, min(c, start + per))))
+                m = torch.where(m > float(np.percentile(m.numpy(), threshold)), m, 0.0)
+                up = F.interpolate(m[None, None], size=size, mode=LINEAR_MODE[len(size)], align_corners=False)[0, 0]
+                if up.max() == up.min():
+                    continue
+                h = (up - up.min()) / (up.max() - up.min())
+                w = score(net, x1 * h + blurred * (1 - h), fn, softmax=True) - base
+                total = total + w * m
+            per_k.append(torch.relu(total))
+        out.append(torch.stack(per_k))
+    return torch.stack(out)
+
+
+def naive_rise(net, x, target, masks, cells, p, seed):
+    """The paper's Algorithm: draw every grid, then every shift; one mask at a time."""
+    size = tuple(x.shape[2:])
+    d = len(size)
+    g = torch.Generator().manual_seed(seed)
+    grids = (torch.rand((masks,) + (cells,) * d, generator=g) < p).double()
+    cell = [int(np.ceil(s / cells)) for s in size]
+    shifts = [torch.randint(0, c, (masks,), generator=g) for c in cell]
+    fns = score_fns(target, len(x), net(x).detach())
+    out = [[torch.zeros(size, dtype=torch.float64) for _ in fns[i]] for i in range(len(x))]
+    for m in range(masks):
+        up = F.interpolate(grids[m][None, None], size=tuple((cells + 1) * c for c in cell), mode=LINEAR_MODE[d],
+                           align_corners=False)[0, 0]
+        crop = up[tuple(slice(int(shifts[k][m]), int(shifts[k][m]) + size[k]) for k in range(d))]
+        for i in range(len(x)):
+            for k, fn in enumerate(fns[i]):
+                out[i][k] += score(net, x[i:i + 1] * crop, fn, softmax=True) * crop
+    return torch.stack([torch.stack(o) for o in out]) / (masks * p)
+
+
+NAIVE_PERTURBATION = {
+    "ss_cam": (lambda net, x, t: naive_ss_cam(net, x, t, 2, 0.5, 4), dict(samples=2, std=0.5, seed=4)),
+    "is_cam": (lambda net, x, t: naive_is_cam(net, x, t, 3), dict(samples=3)),
+    "group_cam": (lambda net, x, t: naive_group_cam(net, x, t, 2), dict(groups=2)),
+    "rise": (lambda net, x, t: naive_rise(net, x, t, 12, 3, 0.5, 7), dict(masks=12, cells=3, seed=7)),
+}
+
+
+def _perturbation_references():
+    """SS-CAM, IS-CAM, Group-CAM and RISE: their one-mask-at-a-time references."""
+    for name, (fn, opts) in NAIVE_PERTURBATION.items():
         BATCH_REFERENCES[name] = lambda net, x, target, layer, fn=fn: fn(net, x, target)
         SWEEP_OPTIONS[name] = opts
 
