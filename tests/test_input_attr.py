@@ -267,7 +267,7 @@ def test_relu_false_gives_the_signed_map_of_captum_layer_grad_cam():
 # ---------------------------------------------------------------- several inputs
 def test_grad_cam_and_score_cam_on_a_tuple_input_equal_the_single_input_model():
     vqa, image, ids = vqa_data()
-    for method in ("grad_cam", "score_cam", "hires_cam"):
+    for method in ("grad_cam", "score_cam", "hires_cam", "ablation_cam"):
         got = gradattr.attribute(vqa, (image, ids), [0, 3], method=method, feature_layer="conv.2")
         assert got.shape == (2, 2, 6, 5)  # upsampled to the explained (image) input's grid
         for i in range(2):
