@@ -1,0 +1,91 @@
+"""What tripped a new user: labels, pytorch-grad-cam habits, examples that write tracked files,
+the benchmark's --quick, README numbers that disagreed with the pictures, torch.compile warnings.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradattr
+from gradattr import GradattrError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_net(k: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, k)).eval()
+
+
+# -- labels ----------------------------------------------------------------------------------
+def test_labels_match_case_insensitively_as_the_readme_says():
+    net, x = small_net(), torch.rand(3, 8, 8)
+    want = gradattr.grad_cam(net, x, 1)
+    for label in ("dog", "DOG", "Dog"):
+        assert torch.equal(gradattr.grad_cam(net, x, label, classes=["cat", "dog", "bird"]), want)
+    both = gradattr.grad_cam(net, x, ["BIRD", "Cat"], classes=["cat", "dog", "bird"])
+    assert torch.equal(both, gradattr.grad_cam(net, x, [2, 0]))
+
+
+def test_an_exact_label_wins_over_a_case_insensitive_one():
+    net, x = small_net(), torch.rand(3, 8, 8)
+    assert torch.equal(gradattr.grad_cam(net, x, "Dog", classes=["dog", "Dog", "bird"]), gradattr.grad_cam(net, x, 1))
+
+
+@pytest.mark.parametrize("label, classes, match", [
+    ("dgo", ["cat", "Dog", "bird"], r"target: expected a label from classes \(3 labels\), got 'dgo'; "
+                                    r"did you mean 'Dog'\?"),
+    ("zebra", ["cat", "dog", "bird"], r"got 'zebra'$"),
+    ("crane", ["crane", "dog", "crane"], r"a label that names one class .*got 'crane', which names "
+                                         r"classes 0 'crane', 2 'crane'"),
+    ("DOG", ["dog", "Dog", "bird"], r"names classes 0 'dog', 1 'Dog'"),
+])
+def test_unknown_or_ambiguous_labels_are_refused_with_the_close_ones(label, classes, match):
+    with pytest.raises(GradattrError, match=match):
+        gradattr.grad_cam(small_net(), torch.rand(3, 8, 8), label, classes=classes)
+
+
+# -- pytorch-grad-cam habits -------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(target_layers=["0"]), r"target_layers: grad_cam does not take pytorch-grad-cam's/captum's "
+                                r"target_layers=; use feature_layer="),
+    (dict(targets=[1]), r"targets: .*use target= .*ClassifierOutputTarget"),
+    (dict(reshape_transform=lambda t: t), r"reshape_transform: .*use feature_layout="),
+])
+def test_pytorch_grad_cam_keywords_get_the_gradattr_spelling(kwargs, match):
+    net, x = small_net(), torch.rand(2, 3, 8, 8)
+    with pytest.raises(GradattrError, match=match):
+        gradattr.grad_cam(net, x, **kwargs)
+    with pytest.raises(GradattrError, match=match.replace("grad_cam does", "score_cam does")):
+        gradattr.score_cam(net, x, **kwargs)
+    with pytest.raises(GradattrError, match=match.replace("grad_cam does", "attribute does")):
+        gradattr.attribute(net, x, method="layer_cam", **kwargs)
+
+
+def test_a_list_of_classifier_output_targets_is_one_class_per_sample_as_in_pytorch_grad_cam():
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget
+
+    net, x = small_net(), torch.rand(2, 3, 8, 8)
+    cam = gradattr.grad_cam(net, x, [ClassifierOutputTarget(2), ClassifierOutputTarget(0)])
+    assert cam.shape == (2, 8, 8)
+    assert torch.equal(cam, gradattr.grad_cam(net, x, torch.tensor([[2], [0]]))[:, 0])
+    # and equals pytorch-grad-cam's own map with the same targets (it min-max scales each map)
+    with pgc.GradCAM(net, [net[1]]) as e:
+        ref = e(x, [ClassifierOutputTarget(2), ClassifierOutputTarget(0)])
+    ours = gradattr.grad_cam(net, x, [ClassifierOutputTarget(2), ClassifierOutputTarget(0)], feature_layer="1",
+                             upsampling="none", normalize=True).numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    with pytest.raises(GradattrError, match=r"target: expected one ClassifierOutputTarget per sample \(2\).*got 1"):
+        gradattr.grad_cam(net, x, [ClassifierOutputTarget(2)])
+    with pytest.raises(GradattrError, match=r"target: .*reduction_fn=.*got a list holding ClassifierOutputSoftmaxTarget"):
+        gradattr.grad_cam(net, x, [ClassifierOutputSoftmaxTarget(2), ClassifierOutputSoftmaxTarget(1)])
