@@ -89,3 +89,46 @@ def test_a_list_of_classifier_output_targets_is_one_class_per_sample_as_in_pytor
         gradattr.grad_cam(net, x, [ClassifierOutputTarget(2)])
     with pytest.raises(GradattrError, match=r"target: .*reduction_fn=.*got a list holding ClassifierOutputSoftmaxTarget"):
         gradattr.grad_cam(net, x, [ClassifierOutputSoftmaxTarget(2), ClassifierOutputSoftmaxTarget(1)])
+
+
+# -- README vs pictures and signatures: one source ---------------------------------------------
+README = (ROOT / "README.md").read_text()
+
+
+def test_the_readme_quotes_the_transformer_numbers_the_example_wrote_with_its_picture():
+    import json
+
+    numbers = json.loads((ROOT / "docs/images/vit_swin_sequences.json").read_text())["median_share"]
+    text = " ".join(README[README.index("python examples/vit_swin_sequences.py` trains"):].split())
+    text = text[:text.index("![")]
+    said = re.search(r"the Swin puts ([\d.]+) on the left digit and the ViT ([\d.]+)", text)
+    assert (float(said[1]), float(said[2])) == (numbers["Swin"], numbers["ViT"])
+    said = re.search(r"\(([\d.]+) and ([\d.]+) of the mass in it", text)
+    assert (float(said[1]), float(said[2])) == (numbers["LSTM"], numbers["Transformer encoder"])
+    doc = " ".join((ROOT / "examples/vit_swin_sequences.py").read_text().split())
+    said = re.search(r"the Swin puts ([\d.]+) of its map on the left digit, the ViT ([\d.]+)", doc)
+    assert (float(said[1]), float(said[2])) == (numbers["Swin"], numbers["ViT"])
+
+
+def _readme_rows() -> dict[str, str]:
+    table = README[README.index("| argument | meaning |"):]
+    table = table[:table.index("\n\n")]
+    return dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", table, flags=re.M))
+
+
+def test_the_readme_states_each_default_the_signature_has():
+    params = inspect.signature(gradattr.grad_cam).parameters
+    rows = _readme_rows()
+    stated = {name: re.findall(r"`([^`]+)` \(the default\)", row) for name, row in rows.items()}
+    assert stated["feature_call"] == ["None"]
+    for name, values in stated.items():
+        for v in values:
+            assert v == repr(params[name].default).strip("'") or v == repr(params[name].default), (name, v)
+
+
+def test_every_feature_layout_name_is_in_the_docstring_and_the_readme():
+    from gradattr.layouts import LAYOUT_NAMES
+
+    doc, row = " ".join(gradattr.grad_cam.__doc__.split()), _readme_rows()["feature_layout"]
+    for name in LAYOUT_NAMES:
+        assert f'"{name}"' in doc and f'`"{name}"`' in row, name
