@@ -132,3 +132,25 @@ def test_every_feature_layout_name_is_in_the_docstring_and_the_readme():
     doc, row = " ".join(gradattr.grad_cam.__doc__.split()), _readme_rows()["feature_layout"]
     for name in LAYOUT_NAMES:
         assert f'"{name}"' in doc and f'`"{name}"`' in row, name
+
+
+# -- torch.compile ---------------------------------------------------------------------------
+@pytest.mark.slow  # Dynamo traces the model (seconds)
+def test_a_compiled_model_is_explained_without_dynamo_warnings():
+    import torch._dynamo
+
+    net = small_net()
+    x = torch.rand(2, 3, 8, 8)
+    want = gradattr.grad_cam(net, x, 1)
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="eager")  # Dynamo's tracing, without a C++ compiler
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            got = gradattr.grad_cam(compiled, x, 1)
+            again = gradattr.grad_cam(compiled, x, 1)
+    finally:
+        torch._dynamo.reset()
+    assert [str(w.message)[:120] for w in seen] == []
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(again, want, atol=1e-6, rtol=1e-5)
