@@ -464,12 +464,12 @@ header h1 {{ font-size: 18px; margin: 0 0 4px; }}
 header .run {{ color: #555; font-size: 12px; }}
 .controls {{ display: flex; gap: 12px; align-items: center; flex-wrap: wrap; margin-top: 6px; }}
 #grid {{ display: flex; flex-wrap: wrap; gap: 10px; padding: 12px 16px; }}
-.card {{ background: #fff; border: 1px solid #ccc; border-radius: 6px; padding: 6px; cursor: pointer; }}
+.card {{ background: #fff; border: 1px solid #ccc; border-radius: 6px; padding: 6px; cursor: pointer; width: min-content; }}
 .card:hover, .card:focus {{ border-color: #1f77b4; outline: none; box-shadow: 0 0 0 2px #1f77b455; }}
 .card .pics {{ display: flex; gap: 4px; }}
 .card img {{ display: block; image-rendering: pixelated; max-width: 256px; }}
-.card .name {{ font-size: 12px; color: #555; margin-top: 4px; max-width: 256px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }}
-.card .facts span {{ display: inline-block; font-size: 12px; margin-right: 6px; }}
+.card .name {{ font-size: 12px; color: #555; margin-top: 4px; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }}
+.card .facts span {{ display: inline-block; font-size: 12px; margin-right: 6px; white-space: nowrap; }}
 .card .facts .cls {{ font-weight: 600; }}
 #detail {{ position: fixed; inset: 0; background: #000a; display: flex; align-items: center; justify-content: center; z-index: 2; }}
 #detail[hidden] {{ display: none; }}

@@ -175,7 +175,7 @@ def _digits_run(folder: Path, n: int = 200):
                         nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                         nn.Linear(16, 10))
     opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(60):
+    for _ in range(150):
         opt.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
         opt.step()
