@@ -154,3 +154,57 @@ def test_a_compiled_model_is_explained_without_dynamo_warnings():
     assert [str(w.message)[:120] for w in seen] == []
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(again, want, atol=1e-6, rtol=1e-5)
+
+
+# -- examples leave git status clean -----------------------------------------------------------
+def _git(*args) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout
+
+
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_examples_write_only_to_the_ignored_output_folder_by_default():
+    import ast
+
+    assert _git("ls-files", "examples/output") == ""  # nothing tracked in the ignored folder
+    assert _git("check-ignore", "examples/output/sliding_window_volume.png").strip() \
+        == "examples/output/sliding_window_volume.png"
+    assert _git("check-ignore", "examples/output/cache/a.pt").strip() == "examples/output/cache/a.pt"
+    scripts = sorted(p for p in (ROOT / "examples").glob("*.py") if p.name != "example_utils.py")
+    assert len(scripts) >= 9
+    for script in scripts:
+        tree = ast.parse(script.read_text())
+        main = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main")
+        defaults = dict(zip([a.arg for a in main.args.args][-len(main.args.defaults):], main.args.defaults))
+        assert ast.unparse(defaults["out_dir"]) == "OUTPUT", script.name  # examples/output unless --out
+        # every file it writes is named through save_path(out_dir, ...) (or the cache helper)
+        for call in (n for n in ast.walk(tree) if isinstance(n, ast.Call)):
+            name = ast.unparse(call.func)
+            if name in ("open",) and len(call.args) > 1 and ast.unparse(call.args[1]) in ("'w'", "'wb'"):
+                assert ast.unparse(call.args[0]) in ("path", "numbers"), (script.name, ast.unparse(call))
+            if name.endswith("savefig"):
+                assert ast.unparse(call.args[0]) == "path", (script.name, ast.unparse(call))
+            if name == "save_path":
+                assert ast.unparse(call.args[0]) == "out_dir", (script.name, ast.unparse(call))
+
+
+# -- the benchmark's --quick -------------------------------------------------------------------
+@pytest.mark.slow  # runs a slice of the benchmark (about 20 s)
+def test_bench_quick_labels_every_figure_and_writes_only_where_told(tmp_path):
+    import sys
+
+    out = tmp_path / "quick.md"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks/bench.py"), "--quick", "--groups", "methods,dataset",
+                           "--models", "cnn1d", "--out", str(out)], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [ln for ln in done.stdout.splitlines() if ln.startswith("  cnn1d")]
+    assert len(rows) == 13  # six methods at batches 1 and 8, and ten classes at batch 1
+    for ln in rows:  # every figure with its unit
+        tail = ln[ln.index(" fwd "):].strip()
+        assert re.fullmatch(r"fwd +\S+ ms +gradattr +\S+ ms +pgc +\S+ ms +captum +\S+ ms +"
+                            r"gradattr/fwd +\S+x +gradattr/pgc +\S+x", tail), ln
+    assert re.search(r"\(case took [\d.]+ s\)", done.stdout)
+    assert re.search(r"images/s +\([\d.]+ x fwd loop time\)", done.stdout)
+    assert re.search(r"measured +[\d.]+x \(limit <= [\d.]+x\)", done.stdout)
+    text = out.read_text()
+    assert "| fwd ms | gradattr ms |" in text and "measured (x)" in text
