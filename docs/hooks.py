@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import inspect
 import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's gradattr
 
 # README section anchors -> the site page that carries the section
 README_PAGES = {
@@ -29,7 +33,7 @@ def _catalogue() -> str:
     import gradattr
     from gradattr.registry import SHARED
 
-    shared = {o.name for o in SHARED}
+    shared = set(SHARED)
     out = []
     for name in gradattr.list_methods():
         info = gradattr.method_info(name)

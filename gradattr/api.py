@@ -65,9 +65,10 @@ for _name, _entry in REGISTRY.items():
 def list_methods() -> list[str]:
     """The names :func:`attribute` accepts, in the order of the methods table.
 
-    >>> import gradattr
-    >>> gradattr.list_methods()[:3]
-    ['grad_cam', 'grad_cam_plus_plus', 'xgrad_cam']
+    Examples:
+        >>> import gradattr
+        >>> gradattr.list_methods()[:3]
+        ['grad_cam', 'grad_cam_plus_plus', 'xgrad_cam']
     """
     return list(REGISTRY)
 

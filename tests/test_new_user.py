@@ -208,3 +208,23 @@ def test_bench_quick_labels_every_figure_and_writes_only_where_told(tmp_path):
     assert re.search(r"measured +[\d.]+x \(limit <= [\d.]+x\)", done.stdout)
     text = out.read_text()
     assert "| fwd ms | gradattr ms |" in text and "measured (x)" in text
+
+
+# -- the documentation site --------------------------------------------------------------------
+@pytest.mark.slow  # builds the whole site (about a minute)
+def test_the_documentation_site_builds_strictly(tmp_path):
+    import shutil
+    import sys
+
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    catalogue = (tmp_path / "site/methods/index.html").read_text()
+    for name in gradattr.list_methods():  # the catalogue is generated from the registry
+        assert f"<code>{name}</code>" in catalogue, name
+    api = (tmp_path / "site/api/index.html").read_text()
+    assert all(f'id="gradattr.api.{name}"' in api for name in gradattr.list_methods())
+    assert 'id="gradattr.plot.overlay_array"' in api and 'id="gradattr.report.report"' in api
+    assert shutil.which("git") is None or _git("status", "--porcelain", "site") == ""
