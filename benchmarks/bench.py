@@ -612,7 +612,7 @@ def group_memory(cfg: Config):
     say(f"\n== peak memory ({how})")
     base_cfg = {k: v for k, v in vars(cfg).items() if k != "device"}
     cases = [(cfg.mem_model, cfg.mem_batch, "grad_cam", ["fwd", "gradattr", "pytorch-grad-cam", "captum"], None)]
-    for name, method, size in cfg.perturbation:
+    for name, method, size in cfg.perturbation if not cfg.quick else ():  # --quick: Grad-CAM's only
         if method == "score_cam" and name in ("resnet18", "resnet50"):
             cases.append((name, 1, "score_cam", ["gradattr", "pytorch-grad-cam"], size))
     if cfg.device.type == "cuda" or not cfg.quick:
@@ -915,7 +915,7 @@ def main(argv=None):
                  repeats=args.repeats or (3 if q else 7), warmup=1 if q else 2,
                  slow_repeats=1 if q else 3, slow_seconds=1.0 if q else 10.0,
                  case_seconds=0.5 if q else 10.0, max_repeats=10 if q else 50,
-                 perturbation=(("resnet18", "ablation_cam", 64), ("resnet18", "score_cam", 64)) if q else
+                 perturbation=(("resnet18", "ablation_cam", 32), ("resnet18", "score_cam", 32)) if q else
                  (("resnet50", "ablation_cam", 224), ("effnet-lite0", "ablation_cam", 224),
                   ("resnet18", "score_cam", 224), ("resnet50", "score_cam", 224),
                   ("effnet-lite0-photo", "score_cam", 224)), mem_batch=8 if q else 32,
