@@ -8,8 +8,8 @@ enabled, the model's parameters requiring grad as users have them.
 
 Run from the repository root (dependencies: ``pip install -e ".[bench]"``)::
 
-    python benchmarks/bench.py --quick          # a few minutes on a 2-core CPU
-    python benchmarks/bench.py                  # full sizes (224 x 224, batches 1..64)
+    python benchmarks/bench.py --quick          # about 2 minutes on a 2-core CPU; writes benchmarks/output/
+    python benchmarks/bench.py                  # full sizes (224 x 224, batches 1..64), writes RESULTS.md
     python benchmarks/bench.py --device cuda --out benchmarks/RESULTS.md
 
 Methods gradattr does not have yet are skipped with a "not available yet" line.
@@ -165,6 +165,8 @@ class Config:
     max_repeats: int
     perturbation: tuple  # (model, method, 2-D size): pytorch-grad-cam takes seconds per call
     mem_batch: int
+    mem_model: str  # the model of the grad_cam memory case
+    sweep_model: str
     dataset: tuple  # (images, batch size)
     groups: tuple
     models: tuple = ("resnet18", "resnet50", "effnet-lite0", "cnn3d", "cnn1d")
@@ -496,11 +498,11 @@ def run_case(group: str, m: Model, batch: int, cfg: Config, plan: list, size2d=N
         row = Row(group, m.name, describe_input(x), batch, method, variant, ms, notes, agree)
         ROWS.append(row)
         say(f"  {m.name:12s} {describe_input(x):>12s} b{batch:<3d} {method + (' ' + variant if variant else ''):24s}"
-            f" fwd {fmt_ms(ms['fwd']):>7s}  gradattr {fmt_ms(ms['gradattr']):>7s}"
-            f"  pgc {fmt_ms(ms['pytorch-grad-cam']):>8s}  captum {fmt_ms(ms['captum']):>7s}"
-            f"  ga/fwd {fmt_ratio(ms['gradattr'], ms['fwd']):>5s}"
-            f"  ga/pgc {fmt_ratio(ms['gradattr'], ms['pytorch-grad-cam']):>5s}")
-    say(f"  ({time.perf_counter() - t0:.1f} s)")
+            f" fwd {fmt_ms(ms['fwd']):>7s} ms  gradattr {fmt_ms(ms['gradattr']):>7s} ms"
+            f"  pgc {fmt_ms(ms['pytorch-grad-cam']):>8s} ms  captum {fmt_ms(ms['captum']):>7s} ms"
+            f"  gradattr/fwd {fmt_ratio(ms['gradattr'], ms['fwd']):>5s}x"
+            f"  gradattr/pgc {fmt_ratio(ms['gradattr'], ms['pytorch-grad-cam']):>5s}x")
+    say(f"  (case took {time.perf_counter() - t0:.1f} s)")
     del runners, by
     return net, x
 
@@ -544,7 +546,7 @@ def group_perturbation(cfg: Config):
 
 
 def group_sweep(cfg: Config):
-    m = MODELS["resnet50"]
+    m = MODELS[cfg.sweep_model]
     say(f"\n== batch sweep, grad_cam, {m.name}: {cfg.sweep}")
     for batch in cfg.sweep:
         run_case("sweep", m, batch, cfg, [("gradattr", "grad_cam", ""), ("pytorch-grad-cam", "grad_cam", ""),
@@ -609,8 +611,8 @@ def group_memory(cfg: Config):
                 "fresh spawned process per (library, case)")
     say(f"\n== peak memory ({how})")
     base_cfg = {k: v for k, v in vars(cfg).items() if k != "device"}
-    cases = [("resnet50", cfg.mem_batch, "grad_cam", ["fwd", "gradattr", "pytorch-grad-cam", "captum"], None)]
-    for name, method, size in cfg.perturbation:
+    cases = [(cfg.mem_model, cfg.mem_batch, "grad_cam", ["fwd", "gradattr", "pytorch-grad-cam", "captum"], None)]
+    for name, method, size in cfg.perturbation if not cfg.quick else ():  # --quick: Grad-CAM's only
         if method == "score_cam" and name in ("resnet18", "resnet50"):
             cases.append((name, 1, "score_cam", ["gradattr", "pytorch-grad-cam"], size))
     if cfg.device.type == "cuda" or not cfg.quick:
@@ -692,9 +694,9 @@ def evaluate_targets(cfg: Config):
         ga, pg = MEMORY.get((name, 1, "score_cam", "gradattr")), MEMORY.get((name, 1, "score_cam", "pytorch-grad-cam"))
         if ga is not None or pg is not None or "memory" in cfg.groups:
             check("score_cam peak memory <= 0.5 x pytorch-grad-cam", f"{name} b1", ratio(ga, pg), 0.5, "<=")
-    ga, fw = MEMORY.get(("resnet50", cfg.mem_batch, "grad_cam", "gradattr")), \
-        MEMORY.get(("resnet50", cfg.mem_batch, "grad_cam", "fwd"))
-    check("grad_cam peak memory <= 1.2 x fwd", f"resnet50 b{cfg.mem_batch}", ratio(ga, fw), 1.2, "<=")
+    ga, fw = MEMORY.get((cfg.mem_model, cfg.mem_batch, "grad_cam", "gradattr")), \
+        MEMORY.get((cfg.mem_model, cfg.mem_batch, "grad_cam", "fwd"))
+    check("grad_cam peak memory <= 1.2 x fwd", f"{cfg.mem_model} b{cfg.mem_batch}", ratio(ga, fw), 1.2, "<=")
 
 
 # ----------------------------------------------------------------------------- report
@@ -834,18 +836,18 @@ def write_report(cfg: Config, args, seconds: float, out: Path, info: dict):
     ]
     lines += [f"* Note: {n}." for n in sorted(MEMORY_NOTES)]
     lines += ["", "## Targets (issue 4)", "",
-              table(["target", "case", "measured", "limit", "result"], [list(t) for t in TARGETS]), ""]
+              table(["target", "case", "measured (x)", "limit (x)", "result"], [list(t) for t in TARGETS]), ""]
     if any(r.group == "methods" for r in ROWS):
         lines += ["## Gradient methods and Eigen-CAM", "", case_table("methods"), ""]
     if any(r.group == "perturbation" for r in ROWS):
         lines += ["## Score-CAM and Ablation-CAM (batch 1)", "", case_table("perturbation"), ""]
     if any(r.group == "sweep" for r in ROWS):
-        lines += ["## Batch sweep (grad_cam, resnet50, per image)", "", sweep_table(), ""]
+        lines += [f"## Batch sweep (grad_cam, {cfg.sweep_model}, per image)", "", sweep_table(), ""]
     if DATASET:
         n, bs = cfg.dataset
         lines += [f"## Dataset scale (resnet18, {n} images {cfg.size2d}x{cfg.size2d}, batches of {bs}, "
                   "each image's label)", "",
-                  table(["library", "run", "images/s", "time / fwd loop"],
+                  table(["library", "run", "images/s", "time / fwd loop (x)"],
                         [[lib, what, f"{ips:.1f}", f"{rel:.2f}"] for lib, what, ips, rel in DATASET]), ""]
     if MEMORY:
         rows = []
@@ -874,13 +876,16 @@ def group_by_case(mem: dict) -> dict:
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small inputs and few repeats (a few minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="small inputs, the small models, few repeats (about 2 "
+                   "minutes on 2 CPU cores; writes benchmarks/output/RESULTS-quick.md, untracked)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="the markdown report")
+    p.add_argument("--out", default=None, help="the markdown report (default: benchmarks/RESULTS.md, with "
+                   "--quick benchmarks/output/RESULTS-quick.md)")
     p.add_argument("--groups", default="methods,perturbation,sweep,dataset,memory",
                    help="comma-separated subset of: methods, perturbation, sweep, dataset, memory")
-    p.add_argument("--models", default="resnet18,resnet50,effnet-lite0,cnn3d,cnn1d",
-                   help="comma-separated subset of: " + ", ".join(MODELS) + " (for the methods group)")
+    p.add_argument("--models", default=None,
+                   help="comma-separated subset of: " + ", ".join(MODELS) + " (for the methods group; default "
+                   "resnet18,resnet50,effnet-lite0,cnn3d,cnn1d, with --quick resnet18,cnn3d,cnn1d)")
     p.add_argument("--repeats", type=int, default=None, help="override the number of timed repeats")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     return p.parse_args(argv)
@@ -898,21 +903,24 @@ def main(argv=None):
     unknown = set(groups) - {"methods", "perturbation", "sweep", "dataset", "memory"}
     if unknown:
         sys.exit(f"--groups: unknown group(s) {sorted(unknown)}")
-    models = tuple(m.strip() for m in args.models.split(",") if m.strip())
+    q = args.quick
+    models = tuple(m.strip() for m in (args.models or ("resnet18,cnn3d,cnn1d" if q else
+                                                        "resnet18,resnet50,effnet-lite0,cnn3d,cnn1d")).split(",")
+                   if m.strip())
     if set(models) - set(MODELS):
         sys.exit(f"--models: unknown model(s) {sorted(set(models) - set(MODELS))}")
-    q = args.quick
     cfg = Config(quick=q, device=device, threads=torch.get_num_threads(),
-                 size2d=128 if q else 224, size3d=32 if q else 64, length1d=4096,
-                 batches=(1, 16), sweep=(1, 8, 32) if q else (1, 2, 4, 8, 16, 32, 64),
+                 size2d=96 if q else 224, size3d=24 if q else 64, length1d=2048 if q else 4096,
+                 batches=(1, 8) if q else (1, 16), sweep=(1, 8) if q else (1, 2, 4, 8, 16, 32, 64),
                  repeats=args.repeats or (3 if q else 7), warmup=1 if q else 2,
-                 slow_repeats=1 if q else 3, slow_seconds=2.0 if q else 10.0,
-                 case_seconds=2.0 if q else 10.0, max_repeats=30 if q else 50,
-                 perturbation=(("resnet50", "ablation_cam", 128), ("resnet18", "score_cam", 128),
-                               ("resnet50", "score_cam", 64), ("effnet-lite0-photo", "score_cam", 96)) if q else
+                 slow_repeats=1 if q else 3, slow_seconds=1.0 if q else 10.0,
+                 case_seconds=0.5 if q else 10.0, max_repeats=10 if q else 50,
+                 perturbation=(("resnet18", "ablation_cam", 32), ("resnet18", "score_cam", 32)) if q else
                  (("resnet50", "ablation_cam", 224), ("effnet-lite0", "ablation_cam", 224),
                   ("resnet18", "score_cam", 224), ("resnet50", "score_cam", 224),
-                  ("effnet-lite0-photo", "score_cam", 224)), mem_batch=32, dataset=(64, 16) if q else (512, 32),
+                  ("effnet-lite0-photo", "score_cam", 224)), mem_batch=8 if q else 32,
+                 mem_model="resnet18" if q else "resnet50", sweep_model="resnet18" if q else "resnet50",
+                 dataset=(32, 8) if q else (512, 32),
                  groups=groups, models=models)
     info = machine(cfg)
     say("gradattr benchmark", "(quick)" if q else "")
@@ -926,11 +934,13 @@ def main(argv=None):
     seconds = time.perf_counter() - t0
     say("\n== targets")
     for t, case, measured, limit, result in TARGETS:
-        say(f"  {result:4s}  {t:52s} {case:28s} {measured:>7s} ({limit})")
+        unit = "" if measured == "-" else "x"
+        say(f"  {result:4s}  {t:52s} {case:28s} measured {measured:>7s}{unit} (limit {limit}x)")
     for s in SKIPPED:
         say(f"  SKIP  {s}")
-    write_report(cfg, args, seconds, Path(args.out), info)
-    say(f"\nwrote {args.out} ({seconds / 60:.1f} min)")
+    out = Path(args.out or (ROOT / "benchmarks" / ("output/RESULTS-quick.md" if q else "RESULTS.md")))
+    write_report(cfg, args, seconds, out, info)
+    say(f"\nwrote {out} (the benchmark took {seconds / 60:.1f} min)")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ series: nothing in a Transformer says so). Each title gives the share of the map
 20-29 (0.2 is chance).
 
 What the maps show, measured on 200 held-out inputs (medians): the Swin puts 0.67 of its map on the
-left digit, the ViT 0.52 (chance 0.5): after self-attention every token carries the whole input, so
+left digit, the ViT 0.56 (chance 0.5): after self-attention every token carries the whole input, so
 the last token layer localises weakly on a network this small. The LSTM classifies from its last
 step only, so Grad-CAM's channel weights come from that step's gradient and the map shows where the
 hidden state resembles it (the same few steps for every input), not the window (0.00). The
@@ -23,11 +23,17 @@ Transformer encoder's map is nearly flat (0.20) for the ViT's reason. These are 
 at these layers, not reading errors: each map equals the naive Grad-CAM with the hand-written
 transpose (``tests/test_architectures.py``).
 
-Writes ``vit_swin_sequences.png``. Run: ``python examples/vit_swin_sequences.py`` (about 20 s on a 2-core CPU,
+The panel titles give each shown input's own share; the figure's title, the printed lines and
+``vit_swin_sequences.json`` (written beside the picture) give the medians over the 200 inputs, the
+numbers the README quotes (``tests/test_new_user.py`` compares the README with
+``docs/images/vit_swin_sequences.json``).
+
+Writes ``vit_swin_sequences.png`` and ``vit_swin_sequences.json``. Run: ``python examples/vit_swin_sequences.py`` (about 20 s on a 2-core CPU,
 less once the weights are cached).
 """
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -176,26 +182,35 @@ def main(out_dir: str = OUTPUT, cache_dir: str | None = CACHE, retrain: bool = F
                 im = ax.imshow(scaled, cmap="jet", alpha=0.5, vmin=0, vmax=1)
                 ax.axvline(15.5, color="white", lw=0.8, ls="--")
                 ax.set_title(f"{name} @ {layers[name]}\nclass {int(yt[k])} (left digit); "
-                             f"left share {float(shares[name][k]):.2f}", fontsize=8)
+                             f"this input's left share {float(shares[name][k]):.2f}", fontsize=8)
                 ax.axis("off")
             else:
                 ax.plot(xst[k, 0].numpy(), color="0.3", lw=1, label="channel 0")
                 ax.fill_between(np.arange(50), 0, scaled * 2, alpha=0.4, color="red", label="Grad-CAM (scaled)")
                 ax.axvspan(19.5, 29.5, color="green", alpha=0.12, label="class window")
                 ax.set_title(f"{name} @ {layers[name]}\nclass {int(yst[k])}; "
-                             f"window share {float(shares[name][k]):.2f}", fontsize=8)
+                             f"this input's window share {float(shares[name][k]):.2f}", fontsize=8)
                 ax.set_xlabel("time step", fontsize=7)
                 ax.tick_params(labelsize=7)
                 if k == 0:
                     ax.legend(fontsize=6, loc="lower left")
+    medians = {k: round(float(v.median()), 2) for k, v in shares.items()}
     fig.suptitle("Grad-CAM of the true class with the automatic layer and reading (no reshape_transform); "
-                 "maps scaled to [0, 1] per input", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 0.93, 0.97))
+                 "maps scaled to [0, 1] per input\nmedian share of the map's mass over "
+                 f"{len(shares['ViT'])} held-out inputs: on the left digit ViT {medians['ViT']:.2f}, Swin "
+                 f"{medians['Swin']:.2f} (chance 0.5); in the class window LSTM {medians['LSTM']:.2f}, "
+                 f"Transformer encoder {medians['Transformer encoder']:.2f} (chance 0.2)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.93, 0.95))
     bar = fig.add_axes((0.945, 0.55, 0.012, 0.35))
     fig.colorbar(im, cax=bar).set_label("Grad-CAM / its maximum", fontsize=8)
     path = save_path(out_dir, "vit_swin_sequences.png")
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    numbers = save_path(out_dir, "vit_swin_sequences.json")
+    with open(numbers, "w") as f:
+        json.dump({"median_share": medians, "inputs": len(shares["ViT"]),
+                   "accuracy": {k: round(v, 3) for k, v in accuracy.items()}, "layers": layers}, f, indent=1)
+    print(f"wrote {numbers}")
     print(f"wrote {path} in {time.perf_counter() - start:.1f} s")
     return {"layers": layers, "accuracy": accuracy,
             "shares": {k: float(v.median()) for k, v in shares.items()}, "path": path}

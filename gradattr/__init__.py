@@ -10,9 +10,10 @@ from . import metrics, plot
 from .comparison import Table, compare
 from .dataset import explain_dataset, load_maps
 from .errors import GradattrError
+from .report import report
 from .resize import imresize
 from .sliding import sliding_window
 
 __all__ = [*_api.__all__, "compare", "Table", "explain_dataset", "load_maps", "sliding_window",
-           "metrics", "plot", "GradattrError", "imresize"]
+           "metrics", "plot", "GradattrError", "imresize", "report"]
 __version__ = "0.2.0"

@@ -12,7 +12,32 @@ from __future__ import annotations
 
 from . import methods  # noqa: F401  (registers the methods)
 from . import engine, registry
+from .errors import GradattrError
 from .registry import REGISTRY
+
+
+# pytorch-grad-cam's and captum's spellings, answered with gradattr's (never taken silently: the
+# meanings differ, e.g. a list of class indices is every class for every sample here)
+_HABITS = {
+    "target_layers": "feature_layer= (a name from net.named_modules() or the module, e.g. "
+                     "feature_layer=\"layer4\"; a list fuses layers), or nothing: gradattr picks the layer",
+    "targets": "target= (a class index, indices for every sample, y[:, None] for one class per sample, "
+               "or pytorch-grad-cam's list of ClassifierOutputTarget as is: target=[ClassifierOutputTarget(281)])",
+    "reshape_transform": "feature_layout= (the same function, unchanged), or nothing: gradattr reads "
+                         "token grids itself",
+    "model": "net (the first argument)",
+    "input_tensor": "x (the second argument)",
+    "inputs": "x (the second argument)",
+    "layer": "feature_layer=",
+}
+
+
+def _check_habits(name: str, options) -> None:
+    """A pytorch-grad-cam or captum keyword gets a GradattrError with gradattr's spelling."""
+    for key in options:
+        if key in _HABITS:
+            raise GradattrError(f"{key}: {name} does not take pytorch-grad-cam's/captum's {key}=; "
+                                f"use {_HABITS[key]}")
 
 
 def _public(entry: registry.Method):
@@ -20,6 +45,7 @@ def _public(entry: registry.Method):
     sig = entry.signature()
 
     def method(*args, **kwargs):
+        _check_habits(entry.name, kwargs)
         bound = sig.bind(*args, **kwargs)  # a TypeError exactly like a plain def's
         arguments = dict(bound.arguments)
         net, x = arguments.pop("net"), arguments.pop("x")
@@ -39,9 +65,10 @@ for _name, _entry in REGISTRY.items():
 def list_methods() -> list[str]:
     """The names :func:`attribute` accepts, in the order of the methods table.
 
-    >>> import gradattr
-    >>> gradattr.list_methods()[:3]
-    ['grad_cam', 'grad_cam_plus_plus', 'xgrad_cam']
+    Examples:
+        >>> import gradattr
+        >>> gradattr.list_methods()[:3]
+        ['grad_cam', 'grad_cam_plus_plus', 'xgrad_cam']
     """
     return list(REGISTRY)
 
@@ -75,6 +102,7 @@ def attribute(net, x, target=None, method: str = "grad_cam", **options):
         >>> gradattr.attribute(net, torch.randn(3, 8, 8), 1, method="layer_cam").shape
         torch.Size([8, 8])
     """
+    _check_habits("attribute", options)
     return engine.explain(registry.get(method), net, x, target, **options)
 
 

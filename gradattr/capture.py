@@ -85,9 +85,13 @@ class _Captured(Exception):
 
 
 def _mine():
-    """A guard for hooks: true only in the thread that created it."""
+    """A guard for hooks: true only in the thread that created it.
+
+    Run eagerly, also inside a ``torch.compile``d model (Dynamo cannot trace
+    ``threading.get_ident`` and would warn; it must not bake in the answer either).
+    """
     owner = threading.get_ident()
-    return lambda: threading.get_ident() == owner
+    return torch.compiler.disable(lambda: threading.get_ident() == owner)
 
 
 def _module(net: nn.Module, name: str) -> nn.Module:

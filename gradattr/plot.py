@@ -1,12 +1,22 @@
 """Pictures of maps: images, sequences, volumes and side-by-side comparisons.
 
 matplotlib is an optional dependency (``pip install "gradattr[plot]"``) imported
-only when a function here is called. Figures are built with the object-oriented
-API on the non-interactive Agg canvas (``matplotlib.figure.Figure`` +
-``FigureCanvasAgg``): nothing here touches pyplot's global state or the user's
-backend, nothing opens a window. Every function returns the
-``matplotlib.figure.Figure`` (it displays itself in a notebook) and writes a PNG
-when given ``path``.
+only when a function here is called. Every function returns the
+``matplotlib.figure.Figure`` and writes a PNG when given ``path``. The figure
+behaves like any matplotlib figure: when your program uses pyplot (``import
+matplotlib.pyplot as plt``, as any script that calls ``plt.show()`` or
+``plt.savefig()`` does, and every notebook), the figure is made by pyplot and is
+its current figure, so ``plt.savefig("a.png")``, ``plt.show()`` and ``plt.gcf()``
+work after the call, exactly as after ``plt.figure()``. A program that never
+imports pyplot (the command line, a server) gets figures on the Agg canvas that
+pyplot never sees: gradattr itself never imports pyplot, opens no window and
+keeps no figure alive.
+
+Pictures as arrays, for saving with any image library or logging to TensorBoard:
+:func:`overlay_array` (``H x W x 3`` uint8, pytorch-grad-cam's
+``show_cam_on_image``, torch-cam's ``overlay_mask``), :func:`volume_array` (three
+orthogonal slices side by side), :func:`sequence_array` and :func:`figure_array`
+(any figure rendered to pixels), and :func:`to_pil` (a Pillow image).
 
 Inputs may be torch tensors (any device, with or without grad) or numpy arrays.
 An input is min-max scaled for display; a map is rescaled to [0, 1] like
@@ -22,14 +32,18 @@ for any ``(3, H, W)`` entry.
 """
 from __future__ import annotations
 
+import contextvars
+import io
 import os
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .errors import GradattrError, expected
 
-__all__ = ["overlay", "sequence", "volume", "grid", "gradient", "gradient_rgb", "rescale"]
+__all__ = ["overlay", "sequence", "volume", "grid", "gradient", "gradient_rgb", "rescale",
+           "overlay_array", "volume_array", "sequence_array", "figure_array", "to_pil"]
 
 
 # -- matplotlib, lazily -----------------------------------------------------------------
@@ -43,10 +57,24 @@ def _mpl():
     return Figure, FigureCanvasAgg
 
 
+_OFF_PYPLOT = contextvars.ContextVar("gradattr_plot_off_pyplot", default=False)
+
+
+def _pyplot():
+    """pyplot when the program already uses it (imported it), else None: gradattr never imports it."""
+    if _OFF_PYPLOT.get():  # a figure made only to be rendered to an array
+        return None
+    return sys.modules.get("matplotlib.pyplot")
+
+
 def _figure(nrows: int, ncols: int, figsize, **kw):
     Figure, FigureCanvasAgg = _mpl()
-    fig = Figure(figsize=figsize, dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)  # the Agg canvas: savefig and buffer_rgba work without pyplot
+    plt = _pyplot()
+    if plt is not None:  # a pyplot figure: plt.savefig/plt.show/plt.gcf see it, as after plt.figure()
+        fig = plt.figure(figsize=figsize, dpi=100, layout="constrained")
+    else:
+        fig = Figure(figsize=figsize, dpi=100, layout="constrained")
+        FigureCanvasAgg(fig)  # the Agg canvas: savefig and buffer_rgba work without pyplot
     axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     return fig, axes
 
@@ -215,6 +243,29 @@ def gradient_rgb(grad, *, contrast: float = 0.1) -> np.ndarray:
     return np.clip((a - a.mean()) / (std if std > 0 else 1.0) * contrast + 0.5, 0.0, 1.0)
 
 
+def _volume_and_point(volume, cam, at):
+    """(volume rescaled to [0, 1] (channels averaged), the raw D x H x W map, the (d, h, w) point ``at``)."""
+    v = _squeeze_lead(_array(volume, "volume"), 4)
+    if v.ndim == 4:
+        v = v.mean(0)
+    if v.ndim != 3:
+        raise expected("volume", "D x H x W or C x D x H x W (for images use gradattr.plot.overlay)",
+                       f"shape {tuple(np.shape(_array(volume, 'volume')))}")
+    v = rescale(v)
+    raw = _map_like(cam, "cam", v.shape)
+    m = rescale(raw)
+    if isinstance(at, str) and at == "max":
+        point = np.unravel_index(int(np.argmax(m)), m.shape)
+    elif isinstance(at, str) and at == "center":
+        point = tuple(s // 2 for s in m.shape)
+    elif (isinstance(at, Sequence) and not isinstance(at, str) and len(at) == 3
+          and all(isinstance(i, (int, np.integer)) and 0 <= i < s for i, s in zip(at, m.shape))):
+        point = tuple(at)
+    else:
+        raise expected("at", f"'max', 'center' or a (d, h, w) index inside {m.shape}", repr(at))
+    return v, raw, tuple(int(i) for i in point)
+
+
 # -- public functions ---------------------------------------------------------------------
 def overlay(image, cam, alpha: float = 0.5, cmap="jet", path=None, title: str | None = None, *,
             ax=None, colorbar: bool = True, colorbar_label: str | None = "map value", contour=None):
@@ -375,26 +426,9 @@ def volume(volume, cam, path=None, at="max", alpha: float = 0.5, cmap="jet", tit
     """
     _mpl()
     alpha, cmap = _alpha(alpha), _colormap(cmap)
-    v = _squeeze_lead(_array(volume, "volume"), 4)
-    if v.ndim == 4:
-        v = v.mean(0)
-    if v.ndim != 3:
-        raise expected("volume", "D x H x W or C x D x H x W (for images use gradattr.plot.overlay)",
-                       f"shape {tuple(np.shape(_array(volume, 'volume')))}")
-    v = rescale(v)
-    raw = _map_like(cam, "cam", v.shape)
+    v, raw, (d, h, w) = _volume_and_point(volume, cam, at)
     m = rescale(raw)
     mask = None if contour is None else _map_like(contour, "contour", v.shape)
-    if isinstance(at, str) and at == "max":
-        point = np.unravel_index(int(np.argmax(m)), m.shape)
-    elif isinstance(at, str) and at == "center":
-        point = tuple(s // 2 for s in m.shape)
-    elif (isinstance(at, Sequence) and not isinstance(at, str) and len(at) == 3
-          and all(isinstance(i, (int, np.integer)) and 0 <= i < s for i, s in zip(at, m.shape))):
-        point = tuple(at)
-    else:
-        raise expected("at", f"'max', 'center' or a (d, h, w) index inside {m.shape}", repr(at))
-    d, h, w = (int(i) for i in point)
     cut = [(d, slice(None), slice(None)), (slice(None), h, slice(None)), (slice(None), slice(None), w)]
     views = [(c, f"{name} = {i}", labels, p) for c, name, i, labels, p in zip(
         cut, "DHW", (d, h, w), (("W", "H"), ("W", "D"), ("H", "D")), ((w, h), (w, d), (h, d)))]
@@ -537,3 +571,143 @@ def grid(image, maps: Mapping, path=None, alpha: float = 0.5, cmap="jet", title:
     if title is not None:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+# -- pictures as arrays ---------------------------------------------------------------------
+def _blend(img01: np.ndarray, cam01: np.ndarray, alpha: float, cmap) -> np.ndarray:
+    """``(1 - alpha) * image + alpha * cmap(map)`` in [0, 1], ``H x W x 3`` (a grey image as three equal channels)."""
+    rgb = np.repeat(img01[..., None], 3, axis=-1) if img01.ndim == 2 else img01
+    heat = np.asarray(cmap(cam01))[..., :3]
+    return (1.0 - alpha) * rgb + alpha * heat
+
+
+def _uint8(a01: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(a01 * 255.0), 0, 255).astype(np.uint8)
+
+
+def overlay_array(image, cam, alpha: float = 0.5, cmap="jet") -> np.ndarray:
+    """The overlay as pixels: an ``H x W x 3`` uint8 RGB array, for any image library.
+
+    The same blend :func:`overlay` draws, without axes, title or colorbar:
+    ``(1 - alpha) * image + alpha * cmap(rescale(cam))`` per pixel, the image
+    min-max scaled (a grey image as three equal channels), then ``round(255 * v)``.
+    pytorch-grad-cam's ``show_cam_on_image(img, mask, use_rgb=True,
+    image_weight=1 - alpha)`` computes the same blend (with OpenCV's jet table,
+    then divided by its maximum); torch-cam's ``overlay_mask`` blends the squared
+    mask. Save it with ``to_pil(a).save("cam.png")``, or log it
+    (``writer.add_image(tag, a, dataformats="HWC")``).
+
+    Args:
+        image: ``H x W``, ``H x W x 3`` or ``3 x H x W`` (tensor or numpy, a leading
+            batch of one dropped).
+        cam: ``H x W`` map (leading singleton dims dropped), rescaled to [0, 1].
+        alpha: opacity of the map.
+        cmap: colormap name or object.
+
+    Returns:
+        ``numpy.ndarray`` of shape ``(H, W, 3)``, dtype uint8.
+
+    >>> a = overlay_array(np.zeros((2, 3)), np.array([[0.0, 0, 0], [0, 0, 1]]))
+    >>> a.shape, a.dtype, a[1, 2].tolist(), a[0, 0].tolist()
+    ((2, 3, 3), dtype('uint8'), [64, 0, 0], [0, 0, 64])
+    """
+    _mpl()
+    alpha, cmap = _alpha(alpha), _colormap(cmap)
+    img = _image2d(image)
+    m = rescale(_map_like(cam, "cam", img.shape[:2]))
+    return _uint8(_blend(img, m, alpha, cmap))
+
+
+def volume_array(volume, cam, at="max", alpha: float = 0.5, cmap="jet", *, gap: int = 2) -> np.ndarray:
+    """Three orthogonal slices of a volume with its map, side by side, as an RGB uint8 array.
+
+    The slices of :func:`volume` (``H x W`` at depth ``d``, ``D x W`` at row ``h``,
+    ``D x H`` at column ``w``, through the map's maximum by default), blended as
+    :func:`overlay_array` does with one scale for the whole volume, placed left to
+    right on a black background ``gap`` pixels apart and aligned at the top.
+
+    Args:
+        volume: ``D x H x W`` or ``C x D x H x W`` (channels averaged; a leading batch
+            of one dropped).
+        cam: ``D x H x W`` map.
+        at: ``"max"``, ``"center"`` or a ``(d, h, w)`` index.
+        alpha: opacity of the map.
+        cmap: colormap name or object.
+        gap: black pixels between the slices.
+
+    Returns:
+        ``numpy.ndarray`` of shape ``(max(H, D), W + W + H + 2 * gap, 3)``, dtype uint8.
+
+    >>> cam = np.zeros((4, 5, 6)); cam[1, 2, 3] = 1.0
+    >>> volume_array(np.zeros((4, 5, 6)), cam, gap=1).shape
+    (5, 19, 3)
+    """
+    _mpl()
+    alpha, cmap = _alpha(alpha), _colormap(cmap)
+    if isinstance(gap, bool) or not isinstance(gap, (int, np.integer)) or gap < 0:
+        raise expected("gap", "an int >= 0", repr(gap))
+    v, raw, (d, h, w) = _volume_and_point(volume, cam, at)
+    m = rescale(raw)
+    slices = [_blend(v[d], m[d], alpha, cmap), _blend(v[:, h], m[:, h], alpha, cmap),
+              _blend(v[:, :, w], m[:, :, w], alpha, cmap)]
+    height = max(s.shape[0] for s in slices)
+    out = np.zeros((height, sum(s.shape[1] for s in slices) + 2 * gap, 3))
+    col = 0
+    for s in slices:
+        out[: s.shape[0], col: col + s.shape[1]] = s
+        col += s.shape[1] + gap
+    return _uint8(out)
+
+
+def figure_array(fig) -> np.ndarray:
+    """Any matplotlib figure rendered to an ``H x W x 3`` uint8 RGB array (at the figure's dpi)."""
+    _mpl()
+    if not hasattr(fig, "savefig"):
+        raise expected("fig", "a matplotlib Figure", type(fig).__name__)
+    import matplotlib.image
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi)
+    buf.seek(0)
+    rgba = matplotlib.image.imread(buf, format="png")
+    return _uint8(rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:]))  # transparent -> white
+
+
+def sequence_array(x, importance, **options) -> np.ndarray:
+    """:func:`sequence`'s picture (a ``C x T`` sequence above its importance) as an RGB uint8 array.
+
+    Takes :func:`sequence`'s arguments (except ``path``); the figure is rendered
+    and dropped, never shown to pyplot.
+
+    >>> sequence_array(np.sin(np.arange(20.0))[None], np.arange(20.0)).shape
+    (550, 800, 3)
+    """
+    if "path" in options:
+        raise expected("path", "no path (sequence_array returns pixels; use gradattr.plot.sequence "
+                       "to write a PNG, or to_pil(array).save(path))", repr(options["path"]))
+    token = _OFF_PYPLOT.set(True)
+    try:
+        fig = sequence(x, importance, **options)
+    finally:
+        _OFF_PYPLOT.reset(token)
+    return figure_array(fig)
+
+
+def to_pil(picture):
+    """A Pillow image of an ``H x W x 3`` (or ``H x W``) uint8 array or of a matplotlib figure.
+
+    >>> to_pil(np.zeros((2, 3, 3), np.uint8)).size
+    (3, 2)
+    """
+    try:
+        from PIL import Image
+    except ImportError as err:
+        raise GradattrError("gradattr.plot.to_pil: expected Pillow to be installed (pip install "
+                            "pillow), got ImportError: " + str(err)) from None
+    if hasattr(picture, "savefig"):
+        picture = figure_array(picture)
+    a = np.asarray(picture) if isinstance(picture, np.ndarray) else None
+    if a is None or a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
+        got = f"dtype {a.dtype}, shape {a.shape}" if a is not None else type(picture).__name__
+        raise expected("picture", "an H x W x 3 uint8 array (overlay_array's) or a matplotlib Figure", got)
+    return Image.fromarray(a)

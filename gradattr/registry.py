@@ -108,7 +108,7 @@ SHARED: dict[str, Option] = {o.name: o for o in (
     Option("feature_layout", None, "str | Callable | None",
            "how to read the feature tensor: ``None`` (read it from its shape and the input), "
            "``\"channels_first\"``, ``\"channels_last\"``, ``\"tokens\"``, ``\"tokens:k\"`` (k "
-           "leading extra tokens), ``\"time_major\"``, or a callable ``tensor -> (N, C, *S)`` "
+           "leading extra tokens), ``\"time_major\"`` (N, T, C), ``\"time_first\"`` (T, N, C), or a callable ``tensor -> (N, C, *S)`` "
            "(a pytorch-grad-cam ``reshape_transform``)."),
     Option("feature_call", None, "int | None",
            "which call of a feature module the network runs several times (0-based; negative "

@@ -164,15 +164,53 @@ def _as_int_array(target) -> np.ndarray | None:
 
 
 def _label_index(label: str, classes) -> int:
+    """The index of ``label`` in ``classes``: an exact match, else the one case-insensitive match.
+
+    A label that names two classes (ImageNet has two "crane"s) is refused with both
+    indices; an unknown one with the closest labels.
+
+    >>> _label_index("DOG", ["cat", "dog", "bird"])
+    1
+    """
     if classes is None:
         raise expected("classes", f"the list of class labels to look up target {label!r} in",
                        "classes=None")
     labels = [str(c) for c in classes]
-    if label in labels:
-        return labels.index(label)
-    close = difflib.get_close_matches(label, labels, n=3)
+    for same in (lambda c: c == label, lambda c: c.casefold() == label.casefold()):
+        found = [i for i, c in enumerate(labels) if same(c)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            names = ", ".join(f"{i} {labels[i]!r}" for i in found[:5])
+            raise expected("target", "a label that names one class (or pass its 0-based index)",
+                           f"{label!r}, which names classes {names}")
+    folded = {}
+    for c in labels:
+        folded.setdefault(c.casefold(), c)
+    close = [folded[c] for c in difflib.get_close_matches(label.casefold(), list(folded), n=3)]
     hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
     raise expected("target", f"a label from classes ({len(labels)} labels)", f"{label!r}{hint}")
+
+
+def _pgc_targets(target) -> list | None:
+    """The categories of a list of pytorch-grad-cam ``ClassifierOutputTarget`` objects, else None.
+
+    pytorch-grad-cam's ``targets`` list holds one target per sample; other target
+    objects (softmax, segmentation, boxes) score something else and are refused
+    with the gradattr spelling of each.
+    """
+    if not isinstance(target, (list, tuple)) or not target:
+        return None
+    kinds = {type(t).__name__ for t in target}
+    if not any(type(t).__module__.startswith("pytorch_grad_cam") for t in target):
+        return None
+    if kinds != {"ClassifierOutputTarget"}:
+        other = sorted(kinds - {"ClassifierOutputTarget"})
+        raise expected("target", "class indices, or a list of pytorch-grad-cam ClassifierOutputTarget "
+                       "(one per sample); for other scores pass reduction_fn=lambda y: ... (the "
+                       "score per sample, shape (N,)), for detectors gradattr.detection.box_score",
+                       f"a list holding {', '.join(other)}")
+    return [int(t.category) for t in target]
 
 
 def resolve_target(target, reduction_fn, classes, n: int) -> Target:
@@ -190,6 +228,15 @@ def resolve_target(target, reduction_fn, classes, n: int) -> Target:
         return Target("fn", scalar=True, fn=reduction_fn)
     if target is None:
         return Target("top", scalar=True)
+    categories = _pgc_targets(target)
+    if categories is not None:  # pytorch-grad-cam's targets: one ClassifierOutputTarget per sample
+        if len(categories) != n:
+            raise expected("target", f"one ClassifierOutputTarget per sample ({n}), as pytorch-grad-cam "
+                           "takes them", f"{len(categories)}")
+        target = np.asarray(categories, dtype=np.int64)[:, None]
+        if (target < 0).any():
+            raise expected("target", "class indices >= 0 (0-based)", f"{target.min()}")
+        return Target("per_sample", scalar=True, classes=torch.as_tensor(target))
     if isinstance(target, str):
         return Target("index", scalar=True, classes=torch.tensor([_label_index(target, classes)]))
     if isinstance(target, Sequence) and target and all(isinstance(t, str) for t in target):

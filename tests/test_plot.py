@@ -21,6 +21,14 @@ from gradattr import plot  # noqa: E402
 JET = mpl.colormaps["jet"]
 
 
+@pytest.fixture(autouse=True)
+def _close_pyplot_figures():
+    """Figures are pyplot's once a test has imported pyplot: close them as a script would."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 def png(path) -> np.ndarray:
     """The PNG's RGB pixels in [0, 1], rows from the top."""
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255.0
@@ -122,13 +130,14 @@ def test_overlay_into_given_axes_and_contour(tmp_path):
     assert axes[0].get_title() == "" and not axes[0].images
 
 
-def test_no_pyplot_figures_are_left_open(tmp_path):
+def test_figures_are_pyplot_figures_only_when_the_program_uses_pyplot(tmp_path):
+    # (test_plot_arrays.py checks that a program that never imports pyplot gets none from gradattr)
     import matplotlib.pyplot as plt
 
     before = plt.get_fignums()
-    plot.overlay(np.eye(8), np.eye(8))
-    plot.grid(np.eye(8), {"a": np.eye(8)})
-    assert plt.get_fignums() == before
+    fig = plot.overlay(np.eye(8), np.eye(8))
+    assert plt.get_fignums() == [*before, fig.number] and plt.gcf() is fig
+    plt.close(fig)
 
 
 # -- sequence --------------------------------------------------------------------------------

@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("explain-dataset", help="explain a folder into .npy shards, on one or several "
                    "processes (torchrun); see gradattr.cli.explain_dataset")
+    sub.add_parser("report", help="write OUT_DIR/report/index.html, a static page of an explain-dataset "
+                   "run's maps; see gradattr.cli.report")
     p = sub.add_parser("methods", help="list the attribution methods")
     p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_methods)
@@ -148,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         from .explain_dataset import cli_explain_dataset
 
         return cli_explain_dataset(argv[1:])
+    if argv[:1] == ["report"]:  # its own parser: gradattr.cli.report
+        from .report import cli_report
+
+        return cli_report(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return reporting_errors(lambda: args.func(args), args.debug)
