@@ -515,3 +515,54 @@ def _perturbation_references():
 
 
 _perturbation_references()
+
+
+# ---------------------------------------------------------------- attention maps (issue 21)
+# They need a transformer, not the toy convnets of the sweep: tests/test_attention_methods.py
+# compares them with the methods on un-fused timm ViTs, whose attention probabilities these
+# references read at the input of each block's ``attn_drop`` (a plain forward pre-hook).
+NO_REFERENCE["attention_rollout"] = "needs a transformer: tests/test_attention_methods.py (naive_rollout)"
+NO_REFERENCE["transformer_attribution"] = ("needs a transformer: tests/test_attention_methods.py "
+                                           "(naive_chefer)")
+
+
+def unfused_attention(net, x1, drops):
+    """``(output, [A_b (1, H, L, L)])`` of one sample, ``A_b`` read at each ``attn_drop``'s input."""
+    store = []
+    hs = [d.register_forward_pre_hook(lambda m, i: store.append(i[0])) for d in drops]
+    try:
+        y = net(x1)
+    finally:
+        for h in hs:
+            h.remove()
+    return y, store
+
+
+def naive_rollout(probs, extra=1):
+    """Abnar & Zuidema: per block the head mean plus the identity, rows renormalised, multiplied
+    from the first block on; the class token's row (or the mean row) over the patch tokens."""
+    n_tok = probs[0].shape[-1]
+    r = torch.eye(n_tok, dtype=probs[0].dtype)
+    for a in probs:
+        fused = torch.zeros(n_tok, n_tok, dtype=a.dtype)
+        for h in range(a.shape[1]):
+            fused += a[0, h].detach() / a.shape[1]
+        step = 0.5 * fused + 0.5 * torch.eye(n_tok, dtype=a.dtype)
+        for i in range(n_tok):
+            step[i] = step[i] / step[i].sum()
+        r = step @ r
+    return r[0, extra:] if extra else r[:, extra:].mean(0)
+
+
+def naive_chefer(net, x1, drops, fn, extra=1):
+    """Chefer, Gur & Wolf (ICCV 2021), from the paper's eq. 13, one sample and one score."""
+    with torch.enable_grad():
+        y, probs = unfused_attention(net, x1, drops)
+        grads = torch.autograd.grad(fn(y)[0], probs)
+    n_tok = probs[0].shape[-1]
+    r = torch.eye(n_tok, dtype=probs[0].dtype)
+    for a, g in zip(probs, grads):
+        heads = [torch.clamp(g[0, h] * a[0, h].detach(), min=0) for h in range(a.shape[1])]
+        cam = sum(heads) / len(heads)
+        r = r + cam @ r
+    return r[0, extra:] if extra else r[:, extra:].mean(0)
