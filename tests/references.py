@@ -566,3 +566,98 @@ def naive_chefer(net, x1, drops, fn, extra=1):
         cam = sum(heads) / len(heads)
         r = r + cam @ r
     return r[0, extra:] if extra else r[:, extra:].mean(0)
+
+
+# ---------------------------------------------------------------- occlusion and LIME (issue 21)
+def _softmax_score(net, fn, x1):
+    with torch.no_grad():
+        return float(fn(torch.softmax(net(x1), 1))[0])
+
+
+def naive_occlusion(net, x, target, mask_size=3, stride=2):
+    """MATLAB's occlusionSensitivity with MaskClipping "on", one sample, target and position at a time:
+    masks centred at 0, stride, 2 stride, ... on every axis, clipped at the borders, filled with
+    the sample's per-channel mean; the map is p(x) - p(x occluded) on the grid of positions."""
+    import itertools
+
+    with torch.no_grad():
+        outputs = net(x)
+    fns = score_fns(target, x.shape[0], outputs)
+    spatial = x.shape[2:]
+    starts = [list(range(0, s, stride)) for s in spatial]
+    out = []
+    for i in range(x.shape[0]):
+        x1 = x[i:i + 1]
+        mean = x1.mean(dim=tuple(range(2, x1.ndim)), keepdim=True)
+        per_target = []
+        for fn in fns[i]:
+            base = _softmax_score(net, fn, x1)
+            grid = torch.zeros([len(s) for s in starts], dtype=torch.float64)
+            for pos in itertools.product(*[range(len(s)) for s in starts]):
+                occluded = x1.clone()
+                sl = [slice(None), slice(None)]
+                for d, k in enumerate(pos):
+                    lo = starts[d][k] - (mask_size - 1) // 2
+                    sl.append(slice(max(lo, 0), min(lo + mask_size, spatial[d])))
+                occluded[tuple(sl)] = mean.expand_as(occluded)[tuple(sl)]
+                grid[pos] = base - _softmax_score(net, fn, occluded)
+            per_target.append(grid)
+        out.append(torch.stack(per_target))
+    return torch.stack(out)
+
+
+def naive_grid_labels(spatial, num_features):
+    """A regular grid of about ``num_features`` cells, element by element."""
+    import itertools
+
+    d = len(spatial)
+    total = 1
+    for s in spatial:
+        total *= s
+    cells = [min(s, max(1, round(s * (num_features / total) ** (1 / d)))) for s in spatial]
+    labels = torch.zeros(tuple(spatial), dtype=torch.long)
+    for idx in itertools.product(*[range(s) for s in spatial]):
+        lab = 0
+        for i, s, g in zip(idx, spatial, cells):
+            lab = lab * g + (i * g) // s
+        labels[idx] = lab
+    return labels
+
+
+def naive_lime(net, x, target, num_features=6, num_samples=40, seed=0, kernel_width=0.25):
+    """LIME on a grid: the same draws as the method (one generator, sample after sample), each
+    pattern scored separately, weights exp(-d^2/w^2) on the cosine distance to all-on, and the
+    weighted least squares solved by numpy through its normal equations."""
+    with torch.no_grad():
+        outputs = net(x)
+    fns = score_fns(target, x.shape[0], outputs)
+    labels = naive_grid_labels(tuple(x.shape[2:]), num_features)
+    f = int(labels.max()) + 1
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(x.shape[0]):
+        z = (torch.rand(num_samples, f, generator=g) < 0.5).double().numpy()
+        x1 = x[i:i + 1]
+        mean = x1.mean(dim=tuple(range(2, x1.ndim)), keepdim=True)
+        w = []
+        for row in z:
+            cos = row.sum() / (np.linalg.norm(row) * np.sqrt(f)) if row.any() else 0.0
+            w.append(np.exp(-(1 - cos) ** 2 / kernel_width ** 2))
+        w = np.array(w)
+        per_target = []
+        for fn in fns[i]:
+            scores = []
+            for row in z:
+                keep = torch.from_numpy(row)[labels].bool()
+                scores.append(_softmax_score(net, fn, torch.where(keep, x1, mean)))
+            a = np.concatenate([np.ones((num_samples, 1)), z], 1)
+            coef = np.linalg.pinv(a.T @ (w[:, None] * a)) @ (a.T @ (w * np.array(scores)))
+            per_target.append(torch.from_numpy(coef[1:])[labels])
+        out.append(torch.stack(per_target))
+    return torch.stack(out)
+
+
+BATCH_REFERENCES["occlusion"] = lambda net, x, target, layer: naive_occlusion(net, x, target)
+SWEEP_OPTIONS["occlusion"] = {"mask_size": 3, "stride": 2}
+BATCH_REFERENCES["image_lime"] = lambda net, x, target, layer: naive_lime(net, x, target)
+SWEEP_OPTIONS["image_lime"] = {"num_features": 6, "num_samples": 40, "segmentation": "grid"}

@@ -34,7 +34,7 @@ below is the order of :func:`gradattr.list_methods`.
 from __future__ import annotations
 
 from . import gradient, activation, perturbation, pixel  # noqa: F401  (registration order)
-from . import attention  # noqa: F401
+from . import occlusion, lime, attention  # noqa: F401
 from .common import eigen_projection
 
-__all__ = ["eigen_projection", "gradient", "activation", "perturbation", "pixel", "attention"]
+__all__ = ["eigen_projection", "gradient", "activation", "perturbation", "pixel", "occlusion", "lime", "attention"]
