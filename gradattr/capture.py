@@ -120,13 +120,16 @@ class _Output:
         return self.value[0], self.reduction
 
 
-def run_hooked(call: Call, x: torch.Tensor, handles_for, grad: bool):
-    """``net(x)`` with the hooks ``handles_for()`` returns installed, removed in ``finally``."""
+def run_hooked(call: Call, x: torch.Tensor, handles_for, grad: bool, rows: torch.Tensor | None = None):
+    """``net(x)`` with the hooks ``handles_for()`` returns installed, removed in ``finally``.
+
+    With several inputs the call's other inputs come along (:meth:`Call.forward`;
+    ``rows``: whose sample each row of ``x`` is)."""
     handles = []
     try:
         handles = handles_for()
         with torch.set_grad_enabled(grad), call.precision():
-            return call.net(x)
+            return call.forward(x, rows)
     finally:
         for h in handles:
             h.remove()

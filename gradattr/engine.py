@@ -57,9 +57,13 @@ def explain(method: Method, net, x, target=None, **options):
     call = prepare_call(net, x, target=target, reduction_fn=opts.get("reduction_fn"),
                         classes=opts.get("classes"), input_format=opts["input_format"],
                         device=opts["device"], needs_target=method.needs_target,
-                        autocast=opts["autocast"], output_key=opts.get("output_key"))
+                        autocast=opts["autocast"], output_key=opts.get("output_key"),
+                        explain=opts["explain"], forward_kwargs=opts["forward_kwargs"], several=True)
     plan = plan_from_options(net, opts.get("feature_layer"), opts["reduction_layer"],
                              opts.get("feature_layout"), opts.get("feature_call"))
+    if call.inputs and method.layered and not plan.layers:
+        raise expected("feature_layer", "a layer (name or module) when x holds several inputs: the "
+                       "automatic rule could pick a layer of another input's branch", "None")
 
     def run(c: Call):
         return _maps(method, c, plan, opts, own, mode)
@@ -75,9 +79,14 @@ def explain(method: Method, net, x, target=None, **options):
             maps, names, rname = run(call)
     if method.returns == "map" and mode != "none" and tuple(maps.shape[2:]) != call.layout.spatial:
         maps = resize.imresize(maps, call.layout.spatial, mode)
+    extra = None
+    if isinstance(maps, tuple):  # (attributions, (N, K) completeness gaps): return_delta
+        maps, extra = maps
     if opts["normalize"]:
         maps = normalize_maps(maps)
     out = call.layout.output(maps, call.target.scalar and maps.shape[1] == 1)
+    if extra is not None:
+        out = (out, call.layout.output(extra, call.target.scalar and extra.shape[1] == 1))
     if opts.get("return_layers"):
         return out, (names[0] if len(names) == 1 else names), rname
     return out
@@ -104,7 +113,7 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
     for i, (a, g) in enumerate(zip(acts, grads)):
         probe = Probe(call, cap, i, counterfactual=counterfactual, upsampling=mode)
         out = method.compute(LayerView(a, g, probe, len(acts)), **own)
-        maps.append(combine(method.combine, out, a, opts.get("eigen_smooth", False)))
+        maps.append(combine(method.combine, out, a, opts.get("eigen_smooth", False), opts.get("relu", True)))
     fused = _fuse(maps, call, mode)
     if method.finish is not None:
         fused = method.finish(probe, fused)
@@ -123,21 +132,24 @@ def _gradients(call: Call, cap: Capture, counterfactual: bool) -> list[torch.Ten
     return out
 
 
-def combine(how: str, out: torch.Tensor, acts: torch.Tensor, eigen_smooth: bool) -> torch.Tensor:
+def combine(how: str, out: torch.Tensor, acts: torch.Tensor, eigen_smooth: bool,
+            relu: bool = True) -> torch.Tensor:
     """A method's result -> maps ``(N, K, *s)``: ``ReLU(sum_c w A)``, ``ReLU(sum_c T)`` or as is.
 
     With ``eigen_smooth`` the channel sum becomes the projection on the first
     principal component of the channel terms (:func:`gradattr.methods.eigen_projection`).
+    ``relu=False`` keeps the sign (captum's ``relu_attributions=False``).
     """
     from .methods.common import eigen_projection
 
     if how == "map":
         return out
+    rectify = torch.relu if relu else (lambda t: t)
     if how == "weights":
         if eigen_smooth:
-            return torch.relu(eigen_projection(out[(...,) + (None,) * (acts.ndim - 2)] * acts[:, None]))
-        return torch.relu(torch.einsum("nkc,nc...->nk...", out.to(acts.dtype), acts))
-    return torch.relu(eigen_projection(out) if eigen_smooth else out.sum(2))
+            return rectify(eigen_projection(out[(...,) + (None,) * (acts.ndim - 2)] * acts[:, None]))
+        return rectify(torch.einsum("nkc,nc...->nk...", out.to(acts.dtype), acts))
+    return rectify(eigen_projection(out) if eigen_smooth else out.sum(2))
 
 
 def _fuse(maps: list[torch.Tensor], call: Call, mode: str) -> torch.Tensor:

@@ -227,3 +227,78 @@ def _check_channels_last(t: torch.Tensor, net: nn.Module, batched: bool, shape: 
                    f"dimension {c_axis}; x looks channels-last (its last dimension is {in_ch}): pass "
                    f"input_format={letters!r} (MATLAB order) or move the channels first",
                    f"shape {shape}")
+
+
+def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.device, dtype: torch.dtype,
+                   needs_grad: bool = True):
+    """``x`` as one input or a tuple of inputs run as ``net(*x)``: ``(x_explained, Layout, inputs)``.
+
+    One tensor (or array) is :func:`prepare`'d as always and ``inputs`` is ``()``.
+    A tuple (or list) holds every positional input of the network, each with its
+    batch dimension first: the input at index ``explain`` is the explained one
+    (prepared like a single input, batched; an integer input such as token ids is
+    kept as it is, on the device, for methods that attribute at a layer); the
+    others are copied to the device unchanged (tensors, numpy arrays) or passed as
+    they are (anything else). ``inputs`` holds them all, with ``None`` at ``explain``.
+    Nothing given is changed: the network sees private copies.
+    """
+    if not isinstance(x, (tuple, list)):
+        if explain not in (0, None):
+            raise expected("explain", "0 for a single input x (a tuple x has several inputs)",
+                           repr(explain))
+        t, layout = prepare(x, net, input_format, device, dtype, needs_grad=needs_grad)
+        return t, layout, ()
+    if not x:
+        raise expected("x", "a tensor, an array, or a non-empty tuple of the network's inputs", "()")
+    if not isinstance(explain, int) or isinstance(explain, bool) or not 0 <= explain < len(x):
+        raise expected("explain", f"an index of x's {len(x)} inputs (0..{len(x) - 1})", repr(explain))
+    if input_format is not None:
+        raise expected("input_format", "None with several inputs (each input is given as the "
+                       "network takes it, batch first)", repr(input_format))
+    item, name = x[explain], f"x[{explain}]"
+    if isinstance(item, np.ndarray):
+        item = torch.from_numpy(np.ascontiguousarray(item))
+    if not isinstance(item, torch.Tensor):
+        raise expected(name, "a tensor or a numpy array (the explained input, see explain)",
+                       type(item).__name__)
+    if item.is_floating_point():
+        if item.ndim < 3:
+            raise expected(name, "(N, C, *S), batch first, for the explained input", f"shape {tuple(item.shape)}")
+        fmt = "BC" + "S" * (item.ndim - 2)
+        t, layout = prepare(item, net, fmt, device, dtype, needs_grad=needs_grad, name=name)
+        layout = Layout(batched=True, numpy=isinstance(x[explain], np.ndarray), device=layout.device,
+                        spatial=layout.spatial)
+    else:
+        if item.dtype == torch.bool or item.is_complex() or item.ndim < 1 or item.shape[0] == 0:
+            raise expected(name, "a batch-first tensor of real numbers or integer ids",
+                           f"dtype {item.dtype}, shape {tuple(item.shape)}")
+        t = item.detach().to(device=device, copy=True)
+        layout = Layout(batched=True, numpy=isinstance(x[explain], np.ndarray), device=item.device,
+                        spatial=tuple(t.shape[2:]))
+    n = t.shape[0]
+    inputs = []
+    for i, v in enumerate(x):
+        if i == explain:
+            inputs.append(None)
+            continue
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(np.ascontiguousarray(v))
+        if isinstance(v, torch.Tensor):
+            if v.ndim == 0 or v.shape[0] != n:
+                raise expected(f"x[{i}]", f"the batch size of x[{explain}] ({n}) as its first dimension "
+                               "(every input of a tuple x is batch first)", f"shape {tuple(v.shape)}")
+            v = v.detach().to(device=device, copy=True)
+        inputs.append(v)
+    return t, layout, tuple(inputs)
+
+
+def prepare_kwargs(forward_kwargs, device: torch.device) -> dict:
+    """Private copies of ``forward_kwargs``' tensors (and arrays) on ``device``; the rest as given."""
+    out = {}
+    for k, v in (forward_kwargs or {}).items():
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(np.ascontiguousarray(v))
+        if isinstance(v, torch.Tensor):
+            v = v.detach().to(device=device, copy=True)
+        out[k] = v
+    return out

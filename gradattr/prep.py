@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .errors import GradattrError, expected
-from .inputs import Layout, check_compute_device, check_model, prepare
+from .inputs import Layout, check_compute_device, check_model, prepare_inputs, prepare_kwargs
 from .targets import Target, resolve_target
 
 AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
@@ -133,6 +133,9 @@ class Call:
     device: torch.device | None  # None: leave the model where it is ("auto")
     autocast: torch.dtype | None = None
     output_key: object = None
+    inputs: tuple = ()  # several inputs: all of them, None at ``explain`` (x goes there)
+    explain: int = 0
+    forward_kwargs: dict | None = None
 
     @property
     def n(self) -> int:
@@ -155,7 +158,33 @@ class Call:
     def with_input(self, x: torch.Tensor, target: Target | None = None) -> Call:
         """The same call on another input of the same form (augmented copies)."""
         return Call(self.net, x, self.layout, self.target if target is None else target, self.device,
-                    self.autocast, self.output_key)
+                    self.autocast, self.output_key, self.inputs, self.explain, self.forward_kwargs)
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None):
+        """``net(x)``, or with several inputs ``net(*inputs, **forward_kwargs)`` with ``x`` explained.
+
+        ``x`` may hold another number of rows than the call's input (perturbed copies,
+        interpolation points): ``rows`` says which sample each row belongs to, and the
+        other inputs and the batched keyword inputs (first dimension N) follow them. A
+        call of one sample needs no ``rows``.
+        """
+        if not self.inputs and not self.forward_kwargs:
+            return self.net(x)
+        n, b = self.n, x.shape[0]
+        if rows is None and b != n:
+            if n != 1:
+                raise GradattrError(f"x: this method runs batches of {b} rows for {n} samples, which "
+                                    "it cannot pair with the other inputs of a tuple x or with "
+                                    "forward_kwargs; explain one sample at a time")
+            rows = torch.zeros(b, dtype=torch.long)
+
+        def follow(v):
+            if rows is None or not isinstance(v, torch.Tensor) or v.ndim == 0 or v.shape[0] != n:
+                return v
+            return v[rows.to(v.device)]
+        args = [x if i == self.explain else follow(v) for i, v in enumerate(self.inputs)] or [x]
+        kwargs = {k: follow(v) for k, v in (self.forward_kwargs or {}).items()}
+        return self.net(*args, **kwargs)
 
 
 def _model_dtype(net: nn.Module) -> torch.dtype:
@@ -173,7 +202,8 @@ def check_autocast(value) -> torch.dtype | None:
 
 def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_format=None,
                  device="auto", needs_target: bool = True, autocast=None, output_key=None,
-                 needs_grad: bool = True) -> Call:
+                 needs_grad: bool = True, explain=0, forward_kwargs=None,
+                 several: bool = False) -> Call:
     """Validate and prepare everything a call needs; nothing is changed yet.
 
     ``needs_target=False`` (Eigen-CAM, RISE without a class...) scores each
@@ -188,14 +218,23 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     if output_key is not None and not isinstance(output_key, (str, int)):
         raise expected("output_key", "None, a key (str) or an index (int) of the network's output",
                        repr(output_key))
-    xt, layout = prepare(x, net, input_format, dev, _model_dtype(net), needs_grad=needs_grad)
+    if not several and isinstance(x, (tuple, list)):
+        raise expected("x", "one tensor or array here (several inputs, a tuple x, are taken by the "
+                       "attribution methods)", f"a {type(x).__name__} of {len(x)} items")
+    if not several and forward_kwargs:
+        raise expected("forward_kwargs", "None here (keyword inputs are taken by the attribution "
+                       "methods)", "a dict")
+    xt, layout, inputs = prepare_inputs(x, net, explain, input_format, dev, _model_dtype(net),
+                                        needs_grad=needs_grad)
     if needs_target or target is not None or reduction_fn is not None:
         tgt = resolve_target(target, reduction_fn, classes, xt.shape[0])
     else:
         tgt = Target("top", scalar=True)
     if output_key is not None:
         tgt = tgt.with_output_key(output_key)
-    return Call(net, xt, layout, tgt, None if auto else dev, amp, output_key)
+    kwargs = prepare_kwargs(forward_kwargs, xt.device) if forward_kwargs else None
+    return Call(net, xt, layout, tgt, None if auto else dev, amp, output_key, inputs,
+                explain if inputs else 0, kwargs)
 
 
 __all__ = ["Call", "prepare_call", "borrowed", "resolve_device", "normalize_maps",

@@ -105,7 +105,7 @@ class Probe:
         return self.call.target.scores(y, self.n).detach()
 
     # -- forward passes -------------------------------------------------------------------
-    def output_of(self, x: torch.Tensor, replace=None):
+    def output_of(self, x: torch.Tensor, replace=None, rows: torch.Tensor | None = None):
         """The scored output of a no-grad forward pass of ``x``.
 
         ``replace(o)`` substitutes the captured call of this probe's feature layer.
@@ -129,7 +129,7 @@ class Probe:
                 return replace(o) if k == lp.call else None
             return out.handles + [_module(self.net, lp.name).register_forward_hook(swap)]
 
-        return out.finish(run_hooked(self.call, x, install, grad=False))[0]
+        return out.finish(run_hooked(self.call, x, install, grad=False, rows=rows))[0]
 
     def score_inputs(self, x: torch.Tensor, rows: torch.Tensor, softmax: bool = False) -> torch.Tensor:
         """Scores ``(B, K)`` of inputs ``x (B or 1, C, *S)``; ``rows`` says whose target each uses.
@@ -142,7 +142,9 @@ class Probe:
         """
         target = self.target  # fixed on the unperturbed input, outside inference mode
         with torch.inference_mode():
-            y = self.output_of(x)
+            if (self.call.inputs or self.call.forward_kwargs) and x.shape[0] == 1 < len(rows):
+                x = x.expand(len(rows), *x.shape[1:])  # one row per sample: the other inputs differ
+            y = self.output_of(x, rows=rows if x.shape[0] == len(rows) else None)
             if softmax and isinstance(y, torch.Tensor) and y.ndim >= 2:
                 y = torch.softmax(y.float() if y.dtype in (torch.float16, torch.bfloat16) else y, 1)
             if isinstance(y, torch.Tensor) and y.shape[0] == 1 and len(rows) > 1:
@@ -220,7 +222,7 @@ class Probe:
         rows = torch.full((b,), i, device=copies.device)
         raw = reading.from_ncs(copies, self._layer_raw(i, b))
         try:
-            y = self.output_of(self.x[i:i + 1], replace=lambda o: raw)
+            y = self.output_of(self.x[i:i + 1], replace=lambda o: raw, rows=rows[:1])
             if isinstance(y, torch.Tensor) and y.shape[0] != b:
                 raise GradattrError(f"net: expected an output with one row per copy ({b}) when only "
                                     f"the layers after the feature layer run on the copies, got "
@@ -243,7 +245,7 @@ class Probe:
         reading = self.cap.plan.layers[self.index].reading
         rows = torch.full((b,), i, device=copies.device)
         x = self.x[i:i + 1].expand(b, *self.x.shape[1:]).contiguous()
-        y = self.output_of(x, replace=lambda o: reading.from_ncs(copies.to(o.dtype), o))
+        y = self.output_of(x, replace=lambda o: reading.from_ncs(copies.to(o.dtype), o), rows=rows)
         return self.target.scores(y, b, rows).detach()
 
     # -- gradients with respect to the input and resizing ---------------------------------

@@ -25,8 +25,10 @@ from .errors import GradattrError, expected
 #: ``perturbation``: activations and a :class:`~gradattr.probe.Probe` that scores
 #: modified activations or masked inputs (no backward);
 #: ``model``: no feature layer at all, only the probe (RISE, random maps);
-#: ``pixel``: gradients with respect to the input (guided backpropagation).
-KINDS = ("gradient", "activation", "perturbation", "model", "pixel")
+#: ``pixel``: gradients with respect to the input (guided backpropagation);
+#: ``input``: input-level attributions (saliency, integrated gradients, SmoothGrad), which
+#: run their own gradient passes through the probe; like ``pixel``, no feature map.
+KINDS = ("gradient", "activation", "perturbation", "model", "pixel", "input")
 
 
 # -- validators -------------------------------------------------------------------------
@@ -49,6 +51,20 @@ def positive_int(name: str, value):
 
 
 def any_value(name: str, value):
+    return value
+
+
+def check_forward_kwargs(name: str, value):
+    if value is not None and (not isinstance(value, dict) or not all(isinstance(k, str) for k in value)):
+        raise expected(name, "None or a dict of keyword inputs of net (str keys), e.g. "
+                       "{'attention_mask': mask}", repr(value) if not isinstance(value, dict)
+                       else "a dict with non-str keys")
+    return value
+
+
+def check_explain(name: str, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise expected(name, "the index (int >= 0) of the input in x to explain", repr(value))
     return value
 
 
@@ -119,6 +135,16 @@ SHARED: dict[str, Option] = {o.name: o for o in (
     Option("autocast", None, "str | None",
            "``\"bf16\"`` or ``\"fp16\"``: run the forward passes under ``torch.autocast``; the "
            "map is accumulated in float32. ``None``: the model's own precision."),
+    Option("relu", True, "bool",
+           "``False``: signed maps, the channel sum without the final ReLU (captum's "
+           "``relu_attributions=False``); ``True`` (default): ``ReLU(sum_c ...)``.", flag),
+    Option("forward_kwargs", None, "dict | None",
+           "keyword inputs of ``net`` (e.g. a Hugging Face ``attention_mask``), passed to every "
+           "forward pass; tensor entries whose first dimension is N follow the batch.",
+           check_forward_kwargs),
+    Option("explain", 0, "int",
+           "with several inputs (``x`` a tuple, run as ``net(*x)``): the index of the input that "
+           "an input-level method attributes and whose grid a map is upsampled to.", check_explain),
 )}
 
 _TARGET_OPTIONS = ("reduction_fn", "classes", "output_key")
@@ -176,8 +202,11 @@ class Method:
             take.update(_LAYER_OPTIONS)
             if self.combine != "map":
                 take.add("eigen_smooth")
-        if self.kind in ("gradient", "pixel") and self.needs_target:
+        if self.kind in ("gradient", "pixel", "input") and self.needs_target:
             take.add("counterfactual")
+        if self.layered and self.combine != "map":
+            take.add("relu")
+        take.update(("forward_kwargs", "explain"))
         if self.returns == "pixels":
             take.discard("aug_smooth")
             take.discard("sess")
@@ -225,7 +254,8 @@ class Method:
         args = ["net: any ``torch.nn.Module``; run in eval mode and left exactly as found "
                 "(training flags, device, ``requires_grad``, ``.grad``, hooks).",
                 "x: ``(N, C, T)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``, or the same without "
-                "``N``; a tensor or a numpy array (the map comes back as the same kind)."]
+                "``N``; a tensor or a numpy array (the map comes back as the same kind); or a tuple "
+                "of inputs, each with its batch dimension, run as ``net(*x)`` (see ``explain``)."]
         if self.needs_target:
             args.append("target: class index (0-based), a sequence of indices (one map each), an "
                         "``(N, K)`` integer array of per-sample classes, a label or labels looked "
@@ -233,7 +263,11 @@ class Method:
                         "each sample's top class. On a spatial output a class scores the sum over "
                         "space (segmentation).")
         args += [f"{o.name}: {o.doc}" for o in self.all_options()]
-        if self.returns == "pixels":
+        if self.returns == "pixels" and self.kind == "input":
+            ret = ("``(N, K, C, *spatial)``, one signed value per element of the explained input "
+                   "(with ``feature_layer``: per element of that layer's output, ``(N, K, *layer)``), "
+                   "``N`` dropped for unbatched input and ``K`` for a scalar target.")
+        elif self.returns == "pixels":
             ret = ("``(N, K, C, *spatial)`` at the input's resolution, ``N`` dropped for unbatched "
                    "input and ``K`` for a scalar target.")
         else:

@@ -661,3 +661,50 @@ BATCH_REFERENCES["occlusion"] = lambda net, x, target, layer: naive_occlusion(ne
 SWEEP_OPTIONS["occlusion"] = {"mask_size": 3, "stride": 2}
 BATCH_REFERENCES["image_lime"] = lambda net, x, target, layer: naive_lime(net, x, target)
 SWEEP_OPTIONS["image_lime"] = {"num_features": 6, "num_samples": 40, "segmentation": "grid"}
+# ---------------------------------------------------------------- input-level attributions (issue 21)
+def input_grad(net, x1, fn):
+    """``d fn(net(x1)) / d x1`` for one sample ``x1 (1, C, *S)``, its own leaf and autograd call."""
+    with torch.enable_grad():
+        xl = x1.detach().clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(fn(net(xl))[0], xl)
+    return g
+
+
+def naive_integrated_gradients(net, x1, fn, baseline=None, steps=8):
+    """Sundararajan et al. eq. 3 with Gauss-Legendre nodes on [0, 1], one point at a time."""
+    b = torch.zeros_like(x1) if baseline is None else baseline
+    nodes, weights = np.polynomial.legendre.leggauss(steps)
+    total = torch.zeros_like(x1)
+    for t, w in zip(nodes, weights):
+        a = 0.5 * (t + 1)
+        total = total + 0.5 * w * input_grad(net, b + a * (x1 - b), fn)
+    return ((x1 - b) * total)[0]
+
+
+def naive_smooth_grad(net, x1, fn, noises, noise_level, var=False):
+    """Smilkov et al.: mean (VarGrad: variance) of |grad| over x + sigma z, sigma = level (max - min)."""
+    sigma = noise_level * float(x1.max() - x1.min())
+    maps = [input_grad(net, x1 + sigma * z, fn).abs()[0] for z in noises]
+    mean = sum(maps) / len(maps)
+    if var:
+        return sum(m * m for m in maps) / len(maps) - mean * mean
+    return mean
+
+
+replicates("saliency")(lambda net, x1, layer, fn, smooth: input_grad(net, x1, fn).abs()[0])
+replicates("input_x_gradient")(lambda net, x1, layer, fn, smooth: (x1 * input_grad(net, x1, fn))[0])
+replicates("integrated_gradients")(lambda net, x1, layer, fn, smooth: naive_integrated_gradients(net, x1, fn))
+SWEEP_OPTIONS["integrated_gradients"] = {"feature_layer": None, "steps": 8}
+
+
+def _smooth_grad(net, x, target, layer, seed=0, samples=3, noise=0.15):
+    with torch.no_grad():
+        outputs = net(x)
+    fns = score_fns(target, x.shape[0], outputs)
+    draws_ = draws(seed, x.shape, samples)  # one draw of the whole batch per noisy copy
+    return torch.stack([torch.stack([naive_smooth_grad(net, x[i:i + 1], fn, [z[i:i + 1] for z in draws_], noise)
+                                     for fn in fns[i]]) for i in range(x.shape[0])])
+
+
+BATCH_REFERENCES["smooth_grad"] = _smooth_grad
+SWEEP_OPTIONS["smooth_grad"] = {"feature_layer": None, "samples": 3}

@@ -25,6 +25,7 @@ The methods live by kind, each module holding the pure functions and their
 * :mod:`.activation`: Eigen-CAM, CAM, ...
 * :mod:`.perturbation`: Score-CAM, Ablation-CAM, ...
 * :mod:`.pixel`: guided backpropagation, Guided Grad-CAM
+* :mod:`.input`: saliency, input x gradient, integrated gradients, SmoothGrad (input-level)
 
 Adding a method: a pure function and a ``register(Method(...))`` entry in the
 module of its kind, and a naive reference in ``tests/references.py`` (the
@@ -33,8 +34,9 @@ below is the order of :func:`gradattr.list_methods`.
 """
 from __future__ import annotations
 
-from . import gradient, activation, perturbation, pixel  # noqa: F401  (registration order)
+from . import gradient, activation, perturbation, pixel, input  # noqa: F401  (registration order)
 from . import occlusion, lime, attention  # noqa: F401
 from .common import eigen_projection
 
-__all__ = ["eigen_projection", "gradient", "activation", "perturbation", "pixel", "occlusion", "lime", "attention"]
+__all__ = ["eigen_projection", "gradient", "activation", "perturbation", "pixel", "input", "occlusion", "lime",
+           "attention"]

@@ -1,0 +1,450 @@
+"""Input-level attributions: one signed value per element of the input, or of a layer's output.
+
+Saliency, input x gradient, integrated gradients and SmoothGrad/VarGrad (captum's
+``Saliency``, ``InputXGradient``, ``IntegratedGradients``, ``NoiseTunnel``; with
+``feature_layer``, ``LayerIntegratedGradients``-style). They have no feature map
+to combine: each returns ``(N, K, *element)`` where an element is one entry of the
+explained input ``(C, *S)`` (or of the layer's output). Every gradient comes from
+one primitive, :meth:`_Space.grads`: a batch of points (the input, interpolated or
+noisy copies of it, or replacements of the layer's output), their target scores
+``(B, K)`` and ``d score_k / d point`` for all ``K`` targets from one forward pass.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..capture import _Output, _mine, per_target_grads, run_hooked
+from ..errors import GradattrError, expected
+from ..registry import Method, Option, flag, optional_positive_int, positive_int, register
+from .common import TOY as _TOY
+
+
+class _Space:
+    """Where attributions live: the explained input, or the output of one layer (``layer``).
+
+    ``origin`` is the point of the call's own input there ``(N, *element)``. A point
+    ``p (B, *element)`` with ``rows (B,)`` (whose sample each row is) is scored with the
+    classes fixed on the unperturbed input; at a layer, the network runs on the rows'
+    own inputs and the layer's output is replaced by ``p``.
+    """
+
+    def __init__(self, probe, feature_layer=None):
+        self.probe, self.call = probe, probe.call
+        self.reduction = None if probe.cap is None else probe.cap.plan.reduction
+        self.layer = None
+        if isinstance(feature_layer, (list, tuple)):
+            raise expected("feature_layer", "one layer (a name or a module) or None (the input)",
+                           f"{len(feature_layer)} layers")
+        if feature_layer is not None:
+            from ..layers import resolve_layer
+
+            module, name = resolve_layer(self.call.net, feature_layer, "feature_layer")
+            self.layer = (name, module)
+        self.target = probe.target  # classes fixed on the unperturbed input
+        if self.layer is None:
+            x = self.call.x
+            if not x.is_floating_point():
+                raise expected(f"x[{self.call.explain}]" if self.call.inputs else "x",
+                               "a floating-point input to attribute; for token ids pass "
+                               "feature_layer= (e.g. the embedding) to attribute its output",
+                               f"dtype {x.dtype}")
+            self.origin = x
+        else:
+            self.origin = self.layer_output(self.call.x)
+        self.name = "the input" if self.layer is None else f"feature layer {self.layer[0]!r}"
+
+    # -- forward passes -------------------------------------------------------------------
+    def _run(self, x, rows, grad: bool, replace=None):
+        """The scored output of the network on ``x`` (``rows``), the layer's outputs recorded
+        (or replaced by ``replace``): ``(y, reduction_name, [layer outputs])``."""
+        mine = _mine()
+        out = _Output(self.call.net, self.reduction, False, mine)
+        seen: list = []
+
+        def hook(m, i, o):
+            if not mine():
+                return None
+            seen.append(o)
+            return replace
+
+        def install():
+            handles = list(out.handles)
+            if self.layer is not None:
+                handles.append(self.layer[1].register_forward_hook(hook))
+            return handles
+        y = run_hooked(self.call, x, install, grad=grad, rows=rows)
+        if self.layer is not None and len(seen) != 1:
+            raise GradattrError(f"feature_layer: expected a layer that runs once per forward pass, "
+                                f"but {self.layer[0]!r} ran {len(seen)} times")
+        y, rname = out.finish(y)
+        return y, rname, seen
+
+    def layer_output(self, x, rows=None) -> torch.Tensor:
+        """The layer's output ``(B, *element)`` for the inputs ``x`` (``rows``)."""
+        _, _, seen = self._run(x, rows, grad=False)
+        o = seen[0]
+        if not isinstance(o, torch.Tensor) or not o.is_floating_point() or o.ndim < 1 \
+                or o.shape[0] != x.shape[0]:
+            got = f"shape {tuple(o.shape)}, dtype {o.dtype}" if isinstance(o, torch.Tensor) else type(o).__name__
+            raise expected("feature_layer", f"a layer whose output is one floating-point tensor with "
+                           f"the batch ({x.shape[0]}) first", got)
+        return o.detach().clone()
+
+    def _inputs(self, rows):
+        return self.call.x if rows is None else self.call.x[rows]
+
+    def scores(self, p: torch.Tensor, rows=None) -> torch.Tensor:
+        """Target scores ``(B, K)`` of the points ``p`` (no gradients; counterfactual: negated)."""
+        with torch.no_grad():
+            if self.layer is None:
+                y, _, _ = self._run(p, rows, grad=False)
+            else:
+                y, _, _ = self._run(self._inputs(rows), rows, grad=False, replace=p)
+            s = self.target.scores(y, p.shape[0], rows).detach()
+        return -s if self.probe.counterfactual else s
+
+    def grads(self, p: torch.Tensor, rows=None) -> torch.Tensor:
+        """``d score_k / d p`` for every target: ``(B, K, *element)``, one forward pass."""
+        leaf = p.detach().requires_grad_(True)
+        if self.layer is None:
+            y, rname, _ = self._run(leaf.clone(), rows, grad=True)
+        else:
+            y, rname, _ = self._run(self._inputs(rows), rows, grad=True, replace=leaf.clone())
+        s = self.target.scores(y, p.shape[0], rows)
+        (g,) = per_target_grads(s, [leaf], self.probe.counterfactual, [self.name], rname)
+        return g
+
+    def chunk(self, batch_size) -> int:
+        from ..probe import chunk_size
+
+        return chunk_size(batch_size, self.origin[0])
+
+    # -- baselines ------------------------------------------------------------------------
+    def baseline(self, value) -> torch.Tensor:
+        """The baseline point ``(N, *element)``: of the input, or the layer's output at it."""
+        x = self.call.x
+        b = _input_baseline(value, x)
+        return b if self.layer is None else self.layer_output(b)
+
+
+def _input_baseline(value, x: torch.Tensor) -> torch.Tensor:
+    """``baseline`` of the explained input ``x (N, ...)``: a number, a tensor/array broadcastable
+    to ``x``, ``"blur"`` or ``"mean"``."""
+    if isinstance(value, str):
+        if not x.is_floating_point():
+            raise expected("baseline", "a number (an id, e.g. the padding token) for an integer input",
+                           repr(value))
+        if value == "mean":  # each sample's channel means (MATLAB's MaskValue "auto")
+            return x.flatten(2).mean(-1)[(...,) + (None,) * (x.ndim - 2)].expand_as(x).clone()
+        if value == "blur":
+            from ..engine import _gaussian_blur
+
+            return _gaussian_blur(x)
+        raise expected("baseline", "a number, a tensor broadcastable to x, 'blur' or 'mean'", repr(value))
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
+        if not x.is_floating_point() and float(value) != int(value):
+            raise expected("baseline", "an integer (an id) for an integer input", repr(value))
+        if not np.isfinite(float(value)):
+            raise expected("baseline", "a finite number", repr(value))
+        return torch.full_like(x, value)
+    if isinstance(value, np.ndarray):
+        value = torch.from_numpy(np.ascontiguousarray(value))
+    if not isinstance(value, torch.Tensor):
+        raise expected("baseline", "a number, a tensor broadcastable to x, 'blur' or 'mean'",
+                       type(value).__name__)
+    try:
+        shape = torch.broadcast_shapes(value.shape, x.shape)
+    except RuntimeError:
+        shape = None
+    if shape != x.shape:
+        raise expected("baseline", f"a tensor broadcastable to x's shape {tuple(x.shape)} "
+                       "(N, C, *S; N = 1 for one unbatched sample)", f"shape {tuple(value.shape)}")
+    b = value.detach().to(device=x.device, dtype=x.dtype).expand_as(x).clone()
+    if b.is_floating_point() and not torch.isfinite(b).all():
+        raise expected("baseline", "finite values", "NaN or Inf")
+    return b
+
+
+# -- quadrature ---------------------------------------------------------------------------
+QUADRATURES = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
+
+
+def quadrature(rule: str, steps: int) -> tuple[list[float], list[float]]:
+    """``(alphas, weights)`` of an integration rule on [0, 1]: captum's ``approximation_methods``.
+
+    Gauss-Legendre nodes and weights rescaled from [-1, 1]; the Riemann rules with
+    step ``1/steps`` (the trapezoid halves the two end weights), their points from
+    ``torch.linspace`` in float32 as captum takes them.
+
+    >>> quadrature("riemann_trapezoid", 3)
+    ([0.0, 0.5, 1.0], [0.16666666666666666, 0.3333333333333333, 0.16666666666666666])
+    """
+    if rule == "gausslegendre":
+        nodes, w = np.polynomial.legendre.leggauss(steps)
+        return (0.5 * (1 + nodes)).tolist(), (0.5 * w).tolist()
+    n = steps
+    weights = [1 / n] * n
+    if rule == "riemann_trapezoid":
+        weights[0] /= 2
+        weights[-1] /= 2
+        return torch.linspace(0, 1, n).tolist(), weights
+    if rule == "riemann_left":
+        return torch.linspace(0, 1 - 1 / n, n).tolist(), weights
+    if rule == "riemann_middle":
+        return torch.linspace(1 / (2 * n), 1 - 1 / (2 * n), n).tolist(), weights
+    return torch.linspace(1 / n, 1, n).tolist(), weights
+
+
+def _integrate(space: _Space, origin, base, rows0, steps, rule, batch_size) -> torch.Tensor:
+    """``(origin - base) * sum_j w_j grad(base + a_j (origin - base))``: ``(B0, K, *element)``.
+
+    The ``steps x B0`` points run in chunks (steps outermost, as captum orders them);
+    each chunk is one forward pass and one (vectorised) backward for all targets.
+    """
+    alphas, weights = quadrature(rule, steps)
+    b0 = origin.shape[0]
+    diff = origin - base
+    a_t = torch.tensor(alphas, dtype=torch.float64)
+    w_t = torch.tensor(weights, dtype=torch.float64)
+    total = None
+    step = space.chunk(batch_size)
+    count = steps * b0
+    for start in range(0, count, step):
+        idx = torch.arange(start, min(count, start + step))
+        st, r = idx // b0, idx % b0
+        shape = (-1,) + (1,) * (origin.ndim - 1)
+        p = base[r] + a_t[st].to(origin.dtype).view(shape).to(origin.device) * diff[r]
+        g = space.grads(p, rows0[r].to(origin.device))
+        g = g * w_t[st].to(g.dtype).view((-1, 1) + (1,) * (g.ndim - 2)).to(g.device)
+        if total is None:
+            total = g.new_zeros((b0,) + tuple(g.shape[1:]))
+        total.index_add_(0, r.to(g.device), g)
+    return total * diff[:, None].to(total.dtype)
+
+
+# -- the methods --------------------------------------------------------------------------
+def saliency_map(view, abs: bool = True) -> torch.Tensor:  # noqa: A002 (captum's name)
+    """Saliency (Simonyan et al., 2014): ``|d score / d x|`` (``abs=False``: signed)."""
+    space = _Space(view.probe)
+    g = space.grads(space.origin)
+    return g.abs() if abs else g
+
+
+def input_x_gradient_map(view) -> torch.Tensor:
+    """Input x gradient (Shrikumar et al., 2016): ``x * d score / d x`` per element."""
+    space = _Space(view.probe)
+    return space.origin[:, None] * space.grads(space.origin)
+
+
+def _check_steps(steps: int, rule: str) -> None:
+    if rule != "gausslegendre" and steps < 2:
+        raise expected("steps", f"an int >= 2 for quadrature={rule!r} (a Riemann sum needs two points)",
+                       repr(steps))
+
+
+def integrated_gradients_map(view, baseline=0, steps: int = 50, quadrature: str = "gausslegendre",
+                             return_delta: bool = False, batch_size=None, feature_layer=None):
+    """Integrated gradients (Sundararajan et al., ICML 2017), eq. 3 by a quadrature rule.
+
+    ``IG_i = (x_i - b_i) int_0^1 d score(b + a (x - b)) / d x_i da``. With
+    ``return_delta``, also the completeness gap ``score(x) - score(b) - sum_i IG_i``
+    ``(N, K)`` (captum's convergence delta has the opposite sign).
+    """
+    _check_steps(steps, quadrature)
+    space = _Space(view.probe, feature_layer)
+    origin = space.origin
+    base = space.baseline(baseline)
+    rows0 = torch.arange(origin.shape[0])
+    attr = _integrate(space, origin, base, rows0, steps, quadrature, batch_size)
+    if not return_delta:
+        return attr
+    both = torch.cat([origin, base])
+    s = space.scores(both, torch.cat([rows0, rows0]).to(origin.device))
+    n = origin.shape[0]
+    delta = s[:n] - s[n:] - attr.flatten(2).sum(-1).to(s.dtype)
+    return attr, delta
+
+
+BASES = ("saliency", "input_x_gradient", "integrated_gradients")
+
+
+def smooth_grad_map(view, base: str = "saliency", samples: int = 50, noise: float = 0.15,
+                    var: bool = False, seed=None, batch_size=None, feature_layer=None):
+    """SmoothGrad (Smilkov et al., 2017) / VarGrad (Adebayo et al., 2018) over ``base``.
+
+    ``samples`` noisy copies ``x + sigma z``, ``z ~ N(0, 1)`` drawn one sample at a time
+    with the shape of the whole batch ``(N, *element)`` (from ``torch.Generator``
+    seeded with ``seed``, on the input's device), ``sigma = noise (max - min)`` of each
+    sample; the mean of ``base``'s attributions (VarGrad: their variance,
+    ``E[a^2] - E[a]^2``). At a layer the noise is added to the layer's output.
+    """
+    from .gradient import noise_generator
+
+    if base not in BASES:
+        raise expected("base", "one of " + ", ".join(map(repr, BASES)), repr(base))
+    space = _Space(view.probe, feature_layer)
+    origin = space.origin
+    n = origin.shape[0]
+    flat = origin.flatten(1)
+    sigma = (noise * (flat.amax(1) - flat.amin(1))).view((-1,) + (1,) * (origin.ndim - 1))
+    gen = noise_generator(seed, None, origin.device)
+    draws = [torch.randn(origin.shape, generator=gen, device=origin.device, dtype=origin.dtype)
+             for _ in range(samples)]
+    rows_n = torch.arange(n)
+    if base == "integrated_gradients":
+        b = space.baseline(0)
+        per = max(1, space.chunk(batch_size) // max(n, 1))
+    else:
+        per = max(1, space.chunk(batch_size) // max(n, 1))
+    total = total_sq = None
+    for start in range(0, samples, per):
+        z = torch.cat(draws[start:start + per])  # (c N, *element), sample-major
+        c = z.shape[0] // n
+        rows = rows_n.repeat(c).to(origin.device)
+        p = origin[rows] + sigma[rows] * z
+        if base == "integrated_gradients":
+            a = _integrate(space, p, b[rows], rows, 50, "gausslegendre", batch_size)
+        else:
+            g = space.grads(p, rows)
+            a = g.abs() if base == "saliency" else p[:, None] * g
+        a = a.unflatten(0, (c, n))
+        s1, s2 = a.sum(0), (a * a).sum(0)
+        total = s1 if total is None else total + s1
+        total_sq = s2 if total_sq is None else total_sq + s2
+    mean = total / samples
+    return total_sq / samples - mean * mean if var else mean
+
+
+# -- validators and registration ----------------------------------------------------------
+def _real_nonneg(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+            or not np.isfinite(value):
+        raise expected(name, "a finite real number >= 0", repr(value))
+    return float(value)
+
+
+def _seed(name, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise expected(name, "None (torch's global generator) or an int", repr(value))
+    return value
+
+
+def _one_of(choices):
+    def check(name, value):
+        if value not in choices:
+            raise expected(name, "one of " + ", ".join(map(repr, choices)), repr(value))
+        return value
+    return check
+
+
+def _baseline(name, value):
+    if isinstance(value, str) and value not in ("blur", "mean"):
+        raise expected(name, "a number, a tensor broadcastable to x, 'blur' or 'mean'", repr(value))
+    if value is None or isinstance(value, (bool, np.bool_)):
+        raise expected(name, "a number, a tensor broadcastable to x, 'blur' or 'mean'", repr(value))
+    return value
+
+
+def _layer(name, value):
+    if isinstance(value, (list, tuple)):
+        raise expected(name, "one layer (a name or a module) or None (the input)", f"{len(value)} layers")
+    return value
+
+
+BATCH = Option("batch_size", None, "int | None",
+               "points (interpolation steps, noisy copies) per forward pass; ``None`` sizes the "
+               "chunks from a 512 MB budget.", optional_positive_int)
+LAYER = Option("feature_layer", None, "str | nn.Module | None",
+               "``None``: attribute the explained input; a layer (name or module): attribute each "
+               "element of that layer's output, ``(N, K, *layer output)`` (captum's "
+               "``LayerIntegratedGradients``; for a text model, the embedding: per token and "
+               "dimension). The layer must run once per forward pass.", _layer)
+
+register(Method(
+    "saliency", "Saliency", saliency_map, "input", combine="map", returns="pixels",
+    options=(Option("abs", True, "bool", "the absolute value of the gradient (``False``: signed).", flag),),
+    summary="Saliency (Simonyan, Vedaldi & Zisserman, ICLR-W 2014): the score's gradient with respect "
+            "to the input (captum ``Saliency``).",
+    doc="""``|d score / d x|`` per input element, one backward for all targets; ``abs=False`` keeps
+the sign. No feature layer and no upsampling: the attribution has the explained input's
+shape ``(C, *S)`` per sample and target.""",
+    example=_TOY + """>>> gradattr.saliency(net, torch.randn(2, 2, 16), [0, 2]).shape
+torch.Size([2, 2, 2, 16])
+""",
+    use_when="the cheapest input-level view (one backward); noisy; see smooth_grad"))
+
+register(Method(
+    "input_x_gradient", "Input x gradient", input_x_gradient_map, "input", combine="map",
+    returns="pixels",
+    summary="Input x gradient (Shrikumar et al., 2016): the input times the score's gradient "
+            "(captum ``InputXGradient``).",
+    doc="""``x * d score / d x`` per input element, signed: a first-order estimate of each
+element's contribution relative to a zero input (exact for a linear model without bias).""",
+    example=_TOY + """>>> gradattr.input_x_gradient(net, torch.randn(2, 16), 1).shape
+torch.Size([2, 16])
+""",
+    use_when="signed first-order contributions at the cost of saliency"))
+
+register(Method(
+    "integrated_gradients", "Integrated gradients", integrated_gradients_map, "input", combine="map",
+    returns="pixels",
+    options=(Option("baseline", 0, "float | Tensor | str",
+                    "the reference input: a number, a tensor (or array) broadcastable to ``x`` "
+                    "(``(N, C, *S)``), ``\"blur\"`` (each channel blurred: an 11-tap Gaussian, "
+                    "sigma 5, along every dim longer than 5) or ``\"mean\"`` (each sample's "
+                    "channel means). For integer inputs (token ids) an id.", _baseline),
+             Option("steps", 50, "int", "integration points (captum's ``n_steps``).", positive_int),
+             Option("quadrature", "gausslegendre", "str",
+                    "the rule: ``\"gausslegendre\"``, ``\"riemann_trapezoid\"``, ``\"riemann_left\"``, "
+                    "``\"riemann_right\"`` or ``\"riemann_middle\"`` (captum's ``method``, which "
+                    "is the name of ``attribute``'s method argument here).", _one_of(QUADRATURES)),
+             Option("return_delta", False, "bool",
+                    "also return the completeness gap ``score(x) - score(baseline) - sum(attr)`` "
+                    "per sample and target (captum's convergence delta with the opposite sign).",
+                    flag),
+             BATCH, LAYER),
+    summary="Integrated gradients (Sundararajan, Taly & Yan, ICML 2017): gradients integrated "
+            "along the straight path from a baseline (captum ``IntegratedGradients``).",
+    doc="""``(x - b) * int_0^1 d score(b + a (x - b)) / d x da``, the integral by ``quadrature``
+with ``steps`` points (captum's points and weights). The ``steps x N`` points run in chunks
+of ``batch_size``; each chunk is one forward pass and one vectorised backward for all K
+targets, so K targets cost little more than one. The attributions sum to
+``score(x) - score(b)`` up to the quadrature error (``return_delta``). With
+``feature_layer`` the path runs between the layer's outputs at the baseline and at
+``x`` (captum's ``LayerIntegratedGradients``); with several inputs the baseline
+replaces the explained one only.""",
+    example=_TOY + """>>> attr, gap = gradattr.integrated_gradients(net, torch.randn(2, 16), 1, return_delta=True)
+>>> attr.shape, bool(abs(gap) < 1e-3)
+(torch.Size([2, 16]), True)
+""",
+    use_when="input-level attributions that add up to the score (completeness); models where "
+             "CAMs cannot localise (transformers, recurrent nets); per token at an embedding"))
+
+register(Method(
+    "smooth_grad", "SmoothGrad / VarGrad", smooth_grad_map, "input", combine="map", returns="pixels",
+    options=(Option("base", "saliency", "str",
+                     "the attribution averaged: ``\"saliency\"``, ``\"input_x_gradient\"`` or "
+                     "``\"integrated_gradients\"`` (50 Gauss-Legendre steps from 0), each with "
+                     "its defaults.", _one_of(BASES)),
+             Option("samples", 50, "int", "noisy copies (captum's ``nt_samples``).", positive_int),
+             Option("noise", 0.15, "float",
+                    "the noise's standard deviation as a fraction of each sample's range "
+                    "``max - min`` (Smilkov et al.'s noise level); 0 gives ``base`` exactly.",
+                    _real_nonneg),
+             Option("var", False, "bool", "VarGrad: the variance over the copies instead of the mean.", flag),
+             Option("seed", None, "int | None",
+                    "seed of the noise (a ``torch.Generator`` on the input's device); the same "
+                    "seed gives the same result. ``None``: torch's global generator.", _seed),
+             BATCH, LAYER),
+    summary="SmoothGrad (Smilkov et al., 2017) and VarGrad: an input-level attribution averaged "
+            "over noisy copies of the input (captum ``NoiseTunnel``).",
+    doc="""The mean (``var=True``: the variance) of ``base``'s attributions of ``samples`` copies
+``x + N(0, sigma^2)``, ``sigma = noise * (max(x) - min(x))`` per sample. The copies run in
+chunks of ``batch_size``, all targets from the same passes. With ``feature_layer`` the
+noise is added to that layer's output (token ids cannot be noised) and the attribution is
+per element of it.""",
+    example=_TOY + """>>> gradattr.smooth_grad(net, torch.randn(2, 16), 1, samples=8, seed=0).shape
+torch.Size([2, 16])
+""",
+    use_when="saliency or integrated gradients with less gradient noise; sharper input-level maps"))
