@@ -133,6 +133,11 @@ def median(t: torch.Tensor) -> float:
     return float(t.median())
 
 
+def zero_share(maps: torch.Tensor) -> float:
+    """Fraction of the maps that are zero everywhere (their share counts as 0)."""
+    return float((maps.flatten(1).abs().amax(1) == 0).float().mean())
+
+
 def table(results: dict, best: dict, models) -> str:
     head = "| method | " + " | ".join(models) + " |"
     lines = [head, "|" + "---|" * (len(models) + 1)]
@@ -168,7 +173,7 @@ def main(out_dir: str = OUTPUT, cache_dir: str | None = CACHE, retrain: bool = F
                                       {"epochs": 15, "lr": 3e-3, "batch": 50}, slice(20, 30)),
               "1-D CNN": (series_cnn, (xs, ys), (xst, yst), {"epochs": 15, "lr": 3e-3, "batch": 50},
                           slice(20, 30))}
-    results, best, accuracy, example = {}, {}, {}, {}
+    results, best, accuracy, example, zeros = {}, {}, {}, {}, {}
     for name, (make, train, test, options, region) in models.items():
         torch.manual_seed(0)
         net = make()
@@ -178,11 +183,12 @@ def main(out_dir: str = OUTPUT, cache_dir: str | None = CACHE, retrain: bool = F
         xe, ye = test[0][:n_eval], test[1][:n_eval]
         with torch.no_grad():
             accuracy[name] = float((net(xe).argmax(1) == ye).float().mean())
-        res, ex = {}, {}
+        res, ex, zero = {}, {}, {}
         cams = {}
         for method in ("grad_cam", *CAMS):
             m = maps_of(method, net, xe, ye)
             cams[method] = (median(share(m, region)), m)
+        zero["grad_cam"] = zero_share(cams["grad_cam"][1])
         res["grad_cam"] = cams["grad_cam"][0]
         ex["grad_cam"] = cams["grad_cam"][1][0]
         best[name] = max(CAMS, key=lambda k: cams[k][0])
@@ -193,13 +199,17 @@ def main(out_dir: str = OUTPUT, cache_dir: str | None = CACHE, retrain: bool = F
             m = maps_of(method, net, xe, ye)
             res[method] = median(share(m, region))
             ex[method] = m[0]
+            zero[method] = zero_share(m)
         results[name], example[name] = res, (xe[0], ex)
+        zeros[name] = {k: v for k, v in zero.items() if v > 0.25}
         print(f"{name}: test accuracy {accuracy[name]:.1%}, {time.perf_counter() - start:.0f} s", flush=True)
 
     md = table(results, best, list(models))
     note = (f"Share of each map's (absolute) mass on the region that decides, median over {n_eval} held-out "
             "inputs, true class; test accuracy: "
-            + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()) + ".")
+            + ", ".join(f"{k} {v:.0%}" for k, v in accuracy.items()) + "."
+            + "".join(f" {model} {method}: {v:.0%} of the maps are zero everywhere (ReLU of a negative "
+                      "weighted sum), which counts as 0." for model, d in zeros.items() for method, v in d.items()))
     print(md)
     print(note)
     path_md = save_path(out_dir, "where_cams_fail.md")
@@ -237,7 +247,8 @@ def main(out_dir: str = OUTPUT, cache_dir: str | None = CACHE, retrain: bool = F
     fig.savefig(path_png, dpi=90)
     plt.close(fig)
     print(f"wrote {path_md} and {path_png} in {time.perf_counter() - start:.1f} s")
-    return {"results": results, "best": best, "accuracy": accuracy, "table": md, "md": path_md, "png": path_png}
+    return {"results": results, "best": best, "accuracy": accuracy, "zeros": zeros, "table": md, "md": path_md,
+            "png": path_png}
 
 
 if __name__ == "__main__":
