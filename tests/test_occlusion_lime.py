@@ -191,6 +191,7 @@ def test_image_lime_bad_input():
     x = image(1)
     for kw, arg in [({"num_samples": 0}, "num_samples"), ({"num_features": 0}, "num_features"),
                     ({"segmentation": "felzenszwalb"}, "segmentation"), ({"model": "tree"}, "model"),
-                    ({"kernel_width": -1.0}, "kernel_width"), ({"seed": -1}, "seed")]:
+                    ({"kernel_width": -1.0}, "kernel_width"), ({"seed": -1}, "seed"),
+                    ({"segmentation": torch.zeros(5, 5, dtype=torch.long)}, "segmentation")]:
         with pytest.raises(GradattrError, match=arg):
             gradattr.image_lime(net, x, 0, **kw)

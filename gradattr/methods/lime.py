@@ -54,6 +54,9 @@ def superpixel_segments(image: torch.Tensor, num_features: int) -> torch.Tensor 
 def segments_of(x: torch.Tensor, num_features: int, segmentation) -> list[torch.Tensor]:
     """Per sample, labels ``(*S)`` in ``0..F_i - 1``."""
     n, c, *spatial = x.shape
+    if isinstance(segmentation, torch.Tensor) and tuple(segmentation.shape) not in (tuple(spatial), (n, *spatial)):
+        raise expected("segmentation", f"integer labels of shape {tuple(spatial)} or {(n, *spatial)}",
+                       f"shape {tuple(segmentation.shape)}")
     out = []
     for i in range(n):
         if isinstance(segmentation, torch.Tensor):
