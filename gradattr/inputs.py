@@ -234,7 +234,7 @@ def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.devic
     """``x`` as one input or a tuple of inputs run as ``net(*x)``: ``(x_explained, Layout, inputs)``.
 
     One tensor (or array) is :func:`prepare`'d as always and ``inputs`` is ``()``.
-    A tuple (or list) holds every positional input of the network, each with its
+    A tuple holds every positional input of the network, each with its
     batch dimension first: the input at index ``explain`` is the explained one
     (prepared like a single input, batched; an integer input such as token ids is
     kept as it is, on the device, for methods that attribute at a layer); the
@@ -242,7 +242,7 @@ def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.devic
     they are (anything else). ``inputs`` holds them all, with ``None`` at ``explain``.
     Nothing given is changed: the network sees private copies.
     """
-    if not isinstance(x, (tuple, list)):
+    if not isinstance(x, tuple):
         if explain not in (0, None):
             raise expected("explain", "0 for a single input x (a tuple x has several inputs)",
                            repr(explain))

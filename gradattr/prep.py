@@ -218,7 +218,7 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     if output_key is not None and not isinstance(output_key, (str, int)):
         raise expected("output_key", "None, a key (str) or an index (int) of the network's output",
                        repr(output_key))
-    if not several and isinstance(x, (tuple, list)):
+    if not several and isinstance(x, tuple):
         raise expected("x", "one tensor or array here (several inputs, a tuple x, are taken by the "
                        "attribution methods)", f"a {type(x).__name__} of {len(x)} items")
     if not several and forward_kwargs:

@@ -204,8 +204,8 @@ class Method:
                 take.add("eigen_smooth")
         if self.kind in ("gradient", "pixel", "input") and self.needs_target:
             take.add("counterfactual")
-        if self.layered and self.combine != "map":
-            take.add("relu")
+        if self.layered and self.combine != "map" and self.returns == "map":
+            take.add("relu")  # the engine's ReLU of the channel sum (Guided Grad-CAM clamps its own)
         take.update(("forward_kwargs", "explain"))
         if self.returns == "pixels":
             take.discard("aug_smooth")

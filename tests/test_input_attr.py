@@ -160,6 +160,20 @@ def test_layer_integrated_gradients_matches_captum_at_a_conv_layer_and_at_an_emb
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-9)
 
 
+def test_layer_integrated_gradients_before_an_in_place_relu_equals_ig_of_the_tail():
+    """The layer's output is recorded before ReLU(inplace=True) changes it: IG at conv "0" equals IG
+    of the rest of the network on conv(x), from conv(0) (no hooks in the oracle)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3, padding=1),
+                        nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).double().eval()
+    x = image_input()
+    got = gradattr.integrated_gradients(net, x, 2, feature_layer="0", steps=9)
+    with torch.no_grad():
+        a, b = net[0](x), net[0](torch.zeros_like(x))
+    want = gradattr.integrated_gradients(net[1:], a, 2, baseline=b, steps=9, input_format="BCSS")
+    torch.testing.assert_close(got, want)
+
+
 # ---------------------------------------------------------------- invariants
 def test_integrated_gradients_is_complete_and_its_gap_is_measured():
     """On a smooth network (Softplus: no kinks for the quadrature to straddle)."""
@@ -247,6 +261,7 @@ def test_relu_false_gives_the_signed_map_of_captum_layer_grad_cam():
     assert torch.equal(plain, gradattr.grad_cam(net, x, 1, feature_layer="2", upsampling="none", relu=True))
     assert "relu" in gradattr.method_info("score_cam").options
     assert "relu" not in gradattr.method_info("saliency").options
+    assert "relu" not in gradattr.method_info("guided_grad_cam").options  # it clamps its own map
 
 
 # ---------------------------------------------------------------- several inputs
@@ -293,6 +308,45 @@ def test_vqa_example_image_with_grad_cam_question_with_integrated_gradients():
     torch.testing.assert_close(per_token.sum(-1).double(), diff, rtol=1e-3, atol=1e-6)  # completeness per token
 
 
+class TwoViews(nn.Module):
+    """Two images of different sizes, one convolutional branch each."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        self.b = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, stride=2), nn.ReLU())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, first, second):
+        return self.head(torch.cat([self.a(first).mean((2, 3)), self.b(second).mean((2, 3))], 1))
+
+
+class Second(nn.Module):
+    def __init__(self, net, first):
+        super().__init__()
+        self.net, self.first = net, first
+
+    def forward(self, second):
+        return self.net(self.first, second)
+
+
+def test_explain_picks_the_input_attributed_and_the_grid_a_map_is_upsampled_to():
+    torch.manual_seed(0)
+    net = TwoViews().double().eval()
+    g = torch.Generator().manual_seed(2)
+    first, second = (torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64),
+                     torch.randn(2, 3, 12, 10, generator=g, dtype=torch.float64))
+    cam = gradattr.grad_cam(net, (first, second), 1, feature_layer="b", explain=1)
+    assert cam.shape == (2, 12, 10)
+    for i in range(2):
+        one = Second(net, first[i:i + 1])
+        torch.testing.assert_close(cam[i:i + 1], gradattr.grad_cam(one, second[i:i + 1], 1, feature_layer="net.b"))
+    sal = gradattr.saliency(net, (first, second), [0, 2], explain=1)
+    assert sal.shape == (2, 2, 3, 12, 10)
+    torch.testing.assert_close(sal[1:], gradattr.saliency(Second(net, first[1:]), second[1:], [0, 2]))
+    assert gradattr.saliency(net, (first, second), [0, 2]).shape == (2, 2, 3, 8, 8)  # explain=0
+
+
 # ---------------------------------------------------------------- bad input
 @pytest.mark.parametrize("name,kw,arg", [
     ("integrated_gradients", {"steps": 0}, "steps"),
@@ -337,3 +391,23 @@ def test_bad_several_inputs_are_refused():
     with pytest.raises(GradattrError, match=r"^x: "):
         deletion(vqa, (image, ids), gradattr.grad_cam(vqa, (image, ids), 1, feature_layer="conv"), 1)
     assert torch.equal(ids, vqa_data()[2])
+
+
+def test_integrated_gradients_per_token_of_a_hugging_face_bert_matches_captum():
+    """A Hugging Face classifier from a config (random weights), ids as the one input of a tuple, the
+    attention mask as a keyword input: IG at the word embeddings equals captum's LayerIntegratedGradients."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32, num_labels=3, max_position_embeddings=32)
+    bert = transformers.BertForSequenceClassification(cfg).eval()
+    ids = torch.randint(1, 50, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, 6:] = 0
+    got = gradattr.integrated_gradients(bert, (ids,), 1, feature_layer="bert.embeddings.word_embeddings",
+                                        forward_kwargs={"attention_mask": mask}, steps=20)
+    lig = captum_attr.LayerIntegratedGradients(lambda i, am: bert(input_ids=i, attention_mask=am).logits,
+                                               bert.bert.embeddings.word_embeddings)
+    want = lig.attribute(ids, baselines=torch.zeros_like(ids), target=1, n_steps=20, additional_forward_args=(mask,))
+    assert got.shape == (2, 9, 16)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
