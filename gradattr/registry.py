@@ -26,12 +26,14 @@ from .errors import GradattrError, expected
 #: masked inputs or modified activations through the probe);
 #: ``activations+gradients``: the outputs and ``d score / d A`` of each feature layer;
 #: ``input_gradients``: gradients with respect to the input (guided backpropagation and the
-#: input-level attributions, which run their own gradient passes through the probe).
-CAPTURES = ("nothing", "activations", "activations+gradients", "input_gradients")
+#: input-level attributions, which run their own gradient passes through the probe);
+#: ``attention``: every attention block's probabilities and their gradients, observed for the
+#: call that asks (:mod:`gradattr.attention`), with the token grid of the patch embedding.
+CAPTURES = ("nothing", "activations", "activations+gradients", "input_gradients", "attention")
 
 #: Which family a method belongs to (``Method.family``): for the docs and ``method_info``.
 FAMILIES = ("gradient CAM", "activation CAM", "perturbation CAM", "perturbation", "input attribution",
-            "baseline")
+            "attention", "baseline")
 
 
 # -- validators -------------------------------------------------------------------------

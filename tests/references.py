@@ -662,6 +662,150 @@ def _perturbation_references():
 _perturbation_references()
 
 
+# ---------------------------------------------------------------- attention maps (issue 21)
+# They need a transformer, not the toy convnets of the sweep: tests/test_attention_methods.py
+# compares them with the methods on un-fused timm ViTs, whose attention probabilities these
+# references read at the input of each block's ``attn_drop`` (a plain forward pre-hook).
+NO_REFERENCE["attention_rollout"] = "needs a transformer: tests/test_attention_methods.py (naive_rollout)"
+NO_REFERENCE["transformer_attribution"] = ("needs a transformer: tests/test_attention_methods.py "
+                                           "(naive_chefer)")
+
+
+def unfused_attention(net, x1, drops):
+    """``(output, [A_b (1, H, L, L)])`` of one sample, ``A_b`` read at each ``attn_drop``'s input."""
+    store = []
+    hs = [d.register_forward_pre_hook(lambda m, i: store.append(i[0])) for d in drops]
+    try:
+        y = net(x1)
+    finally:
+        for h in hs:
+            h.remove()
+    return y, store
+
+
+def naive_rollout(probs, extra=1):
+    """Abnar & Zuidema: per block the head mean plus the identity, rows renormalised, multiplied
+    from the first block on; the class token's row (or the mean row) over the patch tokens."""
+    n_tok = probs[0].shape[-1]
+    r = torch.eye(n_tok, dtype=probs[0].dtype)
+    for a in probs:
+        fused = torch.zeros(n_tok, n_tok, dtype=a.dtype)
+        for h in range(a.shape[1]):
+            fused += a[0, h].detach() / a.shape[1]
+        step = 0.5 * fused + 0.5 * torch.eye(n_tok, dtype=a.dtype)
+        for i in range(n_tok):
+            step[i] = step[i] / step[i].sum()
+        r = step @ r
+    return r[0, extra:] if extra else r[:, extra:].mean(0)
+
+
+def naive_chefer(net, x1, drops, fn, extra=1):
+    """Chefer, Gur & Wolf (ICCV 2021), from the paper's eq. 13, one sample and one score."""
+    with torch.enable_grad():
+        y, probs = unfused_attention(net, x1, drops)
+        grads = torch.autograd.grad(fn(y)[0], probs)
+    n_tok = probs[0].shape[-1]
+    r = torch.eye(n_tok, dtype=probs[0].dtype)
+    for a, g in zip(probs, grads):
+        heads = [torch.clamp(g[0, h] * a[0, h].detach(), min=0) for h in range(a.shape[1])]
+        cam = sum(heads) / len(heads)
+        r = r + cam @ r
+    return r[0, extra:] if extra else r[:, extra:].mean(0)
+
+
+# ---------------------------------------------------------------- occlusion and LIME (issue 21)
+def _softmax_score(net, fn, x1):
+    with torch.no_grad():
+        return float(fn(torch.softmax(net(x1), 1))[0])
+
+
+def naive_occlusion(net, x, target, mask_size=3, stride=2):
+    """MATLAB's occlusionSensitivity with MaskClipping "on", one sample, target and position at a time:
+    masks centred at 0, stride, 2 stride, ... on every axis, clipped at the borders, filled with
+    the sample's per-channel mean; the map is p(x) - p(x occluded) on the grid of positions."""
+    import itertools
+
+    with torch.no_grad():
+        outputs = net(x)
+    fns = score_fns(target, x.shape[0], outputs)
+    spatial = x.shape[2:]
+    starts = [list(range(0, s, stride)) for s in spatial]
+    out = []
+    for i in range(x.shape[0]):
+        x1 = x[i:i + 1]
+        mean = x1.mean(dim=tuple(range(2, x1.ndim)), keepdim=True)
+        per_target = []
+        for fn in fns[i]:
+            base = _softmax_score(net, fn, x1)
+            grid = torch.zeros([len(s) for s in starts], dtype=torch.float64)
+            for pos in itertools.product(*[range(len(s)) for s in starts]):
+                occluded = x1.clone()
+                sl = [slice(None), slice(None)]
+                for d, k in enumerate(pos):
+                    lo = starts[d][k] - (mask_size - 1) // 2
+                    sl.append(slice(max(lo, 0), min(lo + mask_size, spatial[d])))
+                occluded[tuple(sl)] = mean.expand_as(occluded)[tuple(sl)]
+                grid[pos] = base - _softmax_score(net, fn, occluded)
+            per_target.append(grid)
+        out.append(torch.stack(per_target))
+    return torch.stack(out)
+
+
+def naive_grid_labels(spatial, num_features):
+    """A regular grid of about ``num_features`` cells, element by element."""
+    import itertools
+
+    d = len(spatial)
+    total = 1
+    for s in spatial:
+        total *= s
+    cells = [min(s, max(1, round(s * (num_features / total) ** (1 / d)))) for s in spatial]
+    labels = torch.zeros(tuple(spatial), dtype=torch.long)
+    for idx in itertools.product(*[range(s) for s in spatial]):
+        lab = 0
+        for i, s, g in zip(idx, spatial, cells):
+            lab = lab * g + (i * g) // s
+        labels[idx] = lab
+    return labels
+
+
+def naive_lime(net, x, target, num_features=6, num_samples=40, seed=0, kernel_width=0.25):
+    """LIME on a grid: the same draws as the method (one generator, sample after sample), each
+    pattern scored separately, weights exp(-d^2/w^2) on the cosine distance to all-on, and the
+    weighted least squares solved by numpy through its normal equations."""
+    with torch.no_grad():
+        outputs = net(x)
+    fns = score_fns(target, x.shape[0], outputs)
+    labels = naive_grid_labels(tuple(x.shape[2:]), num_features)
+    f = int(labels.max()) + 1
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(x.shape[0]):
+        z = (torch.rand(num_samples, f, generator=g) < 0.5).double().numpy()
+        x1 = x[i:i + 1]
+        mean = x1.mean(dim=tuple(range(2, x1.ndim)), keepdim=True)
+        w = []
+        for row in z:
+            cos = row.sum() / (np.linalg.norm(row) * np.sqrt(f)) if row.any() else 0.0
+            w.append(np.exp(-(1 - cos) ** 2 / kernel_width ** 2))
+        w = np.array(w)
+        per_target = []
+        for fn in fns[i]:
+            scores = []
+            for row in z:
+                keep = torch.from_numpy(row)[labels].bool()
+                scores.append(_softmax_score(net, fn, torch.where(keep, x1, mean)))
+            a = np.concatenate([np.ones((num_samples, 1)), z], 1)
+            coef = np.linalg.pinv(a.T @ (w[:, None] * a)) @ (a.T @ (w * np.array(scores)))
+            per_target.append(torch.from_numpy(coef[1:])[labels])
+        out.append(torch.stack(per_target))
+    return torch.stack(out)
+
+
+BATCH_REFERENCES["occlusion"] = lambda net, x, target, layer: naive_occlusion(net, x, target)
+SWEEP_OPTIONS["occlusion"] = {"mask_size": 3, "stride": 2}
+BATCH_REFERENCES["image_lime"] = lambda net, x, target, layer: naive_lime(net, x, target)
+SWEEP_OPTIONS["image_lime"] = {"num_features": 6, "num_samples": 40, "segmentation": "grid"}
 # ---------------------------------------------------------------- input-level attributions (issue 21)
 def input_grad(net, x1, fn):
     """``d fn(net(x1)) / d x1`` for one sample ``x1 (1, C, *S)``, its own leaf and autograd call."""
