@@ -81,6 +81,8 @@ class Case:
     refuse: str | None = None  # explicit layer that must be refused (nothing observable)
     fast: bool = False
     rule: str = ""
+    explicit_kwargs: dict = field(default_factory=dict)  # options of the explicit check only
+    zero_ok: str = ""  # why the oracle map may be all zero (the layer choice is still checked)
 
 
 CASES: list[Case] = []
@@ -178,7 +180,7 @@ case("timm_hiera", "timm", {"blocks.3": tokens(0, 2, 2)},
      rule="mean of the last stage's tokens (raster order again after the last pooling)")(
     lambda: (_normal_head(_timm("hiera_tiny_224", img_size=64, embed_dim=32, num_heads=1,
                                 stages=(1, 1, 1, 1)), "head.fc"), rand(2, 3, 64, 64)))
-case("timm_maxvit", "timm", {"norm": cf},
+case("timm_maxvit", "timm", {"norm": cf}, target=2,
      rule="MATLAB's rule: the last map (the norm after the last stage, NCHW)")(
     lambda: (_timm("maxvit_rmlp_nano_rw_256", img_size=64, depths=(1, 1, 1, 1),
                    embed_dim=(32, 32, 64, 64)), rand(2, 3, 64, 64)))
@@ -233,7 +235,7 @@ case("timm_regnet", "timm", {"final_conv": cf, "s4": cf}, rule="MATLAB's rule: t
     lambda: (_timm("regnetx_002"), rand(2, 3, 64, 64)))
 case("timm_mixer", "timm", {"norm": tokens(0, 4, 4)},
      rule="mean of the tokens: the final norm (N, L, C)")(
-    lambda: (_timm("mixer_s16_224", img_size=64), rand(2, 3, 64, 64)))
+    lambda: (_normal_head(_timm("mixer_s16_224", img_size=64), "head"), rand(2, 3, 64, 64)))
 case("timm_convit", "timm", {"blocks.2.norm1": tokens(1, 4, 4)},
      rule="norm1 of the last block (the class token joins after the local blocks)")(
     lambda: (_timm("convit_tiny", img_size=64, depth=3, local_up_to_layer=2), rand(2, 3, 64, 64)))
@@ -248,7 +250,7 @@ case("timm_davit", "timm", {"stages.3": cf, "stages": cf, "norm_pre": cf},
 case("timm_edgenext", "timm", {"stages.3": cf, "stages": cf, "norm_pre": cf},
      rule="MATLAB's rule: the last stage")(
     lambda: (_timm("edgenext_xx_small"), rand(2, 3, 64, 64)))
-case("timm_repvit", "timm", {"stages.3": cf, "stages": cf},
+case("timm_repvit", "timm", {"stages.3": cf, "stages": cf}, target=3,
      rule="MATLAB's rule: the last stage")(
     lambda: (_timm("repvit_m0_9"), rand(2, 3, 64, 64)))
 case("timm_focalnet", "timm", {"norm": cf, "layers.3": cf, "layers": cf},
@@ -281,10 +283,10 @@ case("tv_regnet_y_400mf", "torchvision", {"trunk_output": cf}, rule=CNN)(lambda:
 case("tv_shufflenet_v2", "torchvision", {"conv5": cf}, rule=CNN)(lambda: _tv("shufflenet_v2_x0_5"))
 case("tv_mnasnet", "torchvision", {"layers": cf}, rule=CNN)(lambda: _tv("mnasnet0_5"))
 case("tv_googlenet", "torchvision", {"inception5b": cf}, rule=CNN)(
-    lambda: _tv("googlenet", aux_logits=False, init_weights=True))
+    lambda: _tv("googlenet", aux_logits=False, init_weights=False))
 case("tv_inception_v3", "torchvision", {"Mixed_7c": cf}, rule=CNN)(
     lambda: _tv("inception_v3", 160, n=1, aux_logits=False, init_weights=True))
-case("tv_swin_t", "torchvision", {"norm": cl, "permute": cf},
+case("tv_swin_t", "torchvision", {"norm": cl, "permute": cf}, target=4,
      rule="the last stage's norm: channels last, or the permute after it (channels first)")(
     lambda: _tv("swin_t", n=1))
 
@@ -316,7 +318,7 @@ def _video(name, **kw):
 
 case("tv_r3d_18", "torchvision-video", {"layer4": cf}, rule=CNN)(lambda: _video("r3d_18"))
 case("tv_mc3_18", "torchvision-video", {"layer4": cf}, rule=CNN)(lambda: _video("mc3_18"))
-case("tv_r2plus1d_18", "torchvision-video", {"layer4": cf}, rule=CNN)(lambda: _video("r2plus1d_18"))
+case("tv_r2plus1d_18", "torchvision-video", {"layer4": cf}, target=3, rule=CNN)(lambda: _video("r2plus1d_18"))
 
 
 @case("tv_swin3d_small", "torchvision-video", {"norm": cl},
@@ -345,13 +347,18 @@ def _():
     return net, rand(1, 3, 16, 32, 32)
 
 
-# detectors: the score is the detections' own (box_score of the first three detections)
+case("tv_mvit_small_layout_tokens1", "torchvision-video", {"blocks.2.norm1": tokens(1, 8, 4, 4)}, auto=False,
+     explicit_kwargs={"feature_layout": "tokens:1"},
+     rule="an explicit feature_layout='tokens:1' is honoured as given")(CASES[-1].build)
+
+
+# detectors: the score is the detections' own (box_score of every detection)
 def _det_score(net, x):
     from gradattr.detection import box_score
     with torch.no_grad():
         found = net(x)[0]
     assert len(found["boxes"]) > 0, "no detection to explain"
-    return box_score(found["labels"][:3], found["boxes"][:3])
+    return box_score(found["labels"], found["boxes"])
 
 
 def _det(name, size=128, **kw):
@@ -377,10 +384,12 @@ case("tv_retinanet_resnet50_fpn", "torchvision-detection", {"backbone.body.layer
 case("tv_fcos_resnet50_fpn", "torchvision-detection", {"backbone.body.layer4": cf},
      fn_from=_det_score, rule=DET)(
     lambda: _det("fcos_resnet50_fpn", min_size=128, max_size=128, score_thresh=0.0))
-case("tv_ssd300_vgg16", "torchvision-detection", {"backbone.extra.3": cf},
-     fn_from=_det_score, rule=DET)(lambda: _det("ssd300_vgg16", size=300, score_thresh=0.0))
+case("tv_ssd300_vgg16", "torchvision-detection", {"backbone.extra.0": cf, "backbone.extra.3": cf},
+     fn_from=_det_score, rule=DET + "; the 3 x 3 map's Grad-CAM is zero here, so the explicit check "
+     "reads the 19 x 19 one")(lambda: _det("ssd300_vgg16", size=300, score_thresh=0.0))
 case("tv_ssdlite320_mobilenet_v3_large", "torchvision-detection", {"backbone.extra.2": cf},
-     fn_from=_det_score, rule=DET)(lambda: _det("ssdlite320_mobilenet_v3_large", size=320, score_thresh=0.0))
+     fn_from=_det_score, rule=DET, zero_ok="every backbone map's Grad-CAM of these random detections "
+     "is zero (ReLU of negative sums), for six inputs tried")(lambda: _det("ssdlite320_mobilenet_v3_large", size=320, score_thresh=0.0))
 
 
 def _seg(name, **kw):
@@ -485,6 +494,7 @@ class BertOnEmbeddings(nn.Module):
 
 case("hf_bert_embeddings", "huggingface",
      named(r"model\.bert\.encoder\.layer\.0(\.output|\.output\.LayerNorm)?", tokens(0, 12)),
+     kwargs={"input_format": "BCT"},
      rule="the pooler reads step 0 of the last layer: the last layer's input is the last tensor "
           "whose steps the score depends on")(
     lambda: (BertOnEmbeddings(_hf("BertForSequenceClassification", "BertConfig", vocab_size=50,
@@ -524,7 +534,7 @@ case("monai_vit_3d", "monai", {"blocks.1.norm1": tokens(1, 4, 4, 4)}, kwargs={"o
 case("monai_efficientnet_3d", "monai", {"_swish": cf}, rule=CNN + " (the head's swish, its last call)")(
     lambda: (_monai("EfficientNetBN", model_name="efficientnet-b0", spatial_dims=3, in_channels=1,
                     num_classes=5, pretrained=False), rand(1, 1, 64, 64, 64)))
-case("monai_densenet121_3d", "monai", {"class_layers.relu": cf}, rule=CNN + " (the ReLU after norm5)")(
+case("monai_densenet121_3d", "monai", {"class_layers.relu": cf}, target=4, rule=CNN + " (the ReLU after norm5)")(
     lambda: (_monai("DenseNet121", spatial_dims=3, in_channels=1, out_channels=5, init_features=8,
                     growth_rate=8, block_config=(2, 2, 2, 2)), rand(1, 1, 64, 64, 64)))
 case("monai_resnet10_3d", "monai", {"layer4": cf}, rule=CNN)(
@@ -601,6 +611,7 @@ class TransformerSeries(nn.Module):
 
 
 case("seq_transformer_encoder", "1-D", {"enc": tokens(0, 24), "enc.layers.1": tokens(0, 24)},
+     kwargs={"input_format": "BCT"},
      rule="mean over time: the encoder's output, time-major")(
     seeded(lambda: (TransformerSeries().eval(), rand(2, 3, 24))))
 
@@ -667,15 +678,16 @@ class InceptionTime(nn.Module):
         super().__init__()
         self.blocks = nn.Sequential(Inception1d(3), Inception1d(32), Inception1d(32))
         self.shortcut = nn.Sequential(nn.Conv1d(3, 32, 1), nn.BatchNorm1d(32))
+        self.act = nn.ReLU()
         self.fc = nn.Linear(32, 5)
 
     def forward(self, x):
-        h = torch.relu(self.blocks(x) + self.shortcut(x))
+        h = self.act(self.blocks(x) + self.shortcut(x))
         return self.fc(h.mean(-1))
 
 
-case("seq_inception_time", "1-D", {"blocks": cf, "blocks.2": cf},
-     rule="MATLAB's rule: the last module output with a time axis (the residual add is functional)")(
+case("seq_inception_time", "1-D", {"act": cf}, target=3,
+     rule="MATLAB's rule: the last module output with a time axis (the ReLU after the residual sum)")(
     seeded(lambda: (InceptionTime().eval(), rand(2, 3, 50))))
 
 
