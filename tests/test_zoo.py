@@ -10,7 +10,8 @@ For every entry gradattr must
 * read the expected layer, named explicitly, as the oracle does (same map);
 * choose an expected layer automatically and give the oracle's map for it;
 * refuse, with an error that says which ``feature_layout=`` would settle it, a layer whose
-  output is no grid of the input (``Case.refuse``);
+  output is no grid of the input (``Case.refuse``); where the right reading is out of reach
+  (``Case.may_refuse``: Hiera's unrolled inner stages) such a refusal is also accepted;
 * not call an observable reading "a guess".
 
 A handful of representative entries run in the default suite; the rest are marked slow
@@ -130,6 +131,9 @@ def test_zoo(c: Case):
             problems.append(f"explicit {explicit!r}: wrong map ({diff})")
         if guesses:
             problems.append(f"explicit {explicit!r}: warned a guess: {guesses[0]}")
+    except GradattrError as e:
+        if not (c.may_refuse and "feature_layout" in str(e)):
+            problems.append(f"explicit {explicit!r}: GradattrError: {e}")
     except Exception as e:  # noqa: BLE001 - every failure of this entry is reported together
         problems.append(f"explicit {explicit!r}: {type(e).__name__}: {e}")
 

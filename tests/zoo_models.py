@@ -83,6 +83,7 @@ class Case:
     rule: str = ""
     explicit_kwargs: dict = field(default_factory=dict)  # options of the explicit check only
     zero_ok: str = ""  # why the oracle map may be all zero (the layer choice is still checked)
+    may_refuse: bool = False  # the explicit layer may be refused (an error naming feature_layout)
 
 
 CASES: list[Case] = []
@@ -176,10 +177,20 @@ case("timm_levit", "timm", {"stages": tokens(0, 2, 2), "stages.2": tokens(0, 2, 
      rule="mean of the last stage's tokens: the last stage")(
     lambda: (_timm("levit_128s", img_size=128, depth=(1, 1, 1)), rand(2, 3, 128, 128)))
 # Hiera: 4x patches then 3 pooled stages: 64 -> 16 -> 2; its head is zero at creation
+def _hiera():
+    return _normal_head(_timm("hiera_tiny_224", img_size=64, embed_dim=32, num_heads=1, stages=(1, 1, 1, 1)),
+                        "head.fc"), rand(2, 3, 64, 64)
+
+
+# Inside Hiera the tokens are in mask-unit ("unrolled") order, not row-major: a 16 x 16 stage read
+# row-major is a permuted map. The reading is timm's own inverse (Hiera.reroll), or a refusal.
+case("timm_hiera_inner_stage", "timm",
+     lambda net: {"blocks.1.proj": lambda t: net.reroll(t, 0).movedim(-1, 1)}, auto=False, may_refuse=True,
+     rule="an inner stage's tokens are unrolled: the right map or a refusal, never a row-major reading")(
+    _hiera)
 case("timm_hiera", "timm", {"blocks.3": tokens(0, 2, 2)},
      rule="mean of the last stage's tokens (raster order again after the last pooling)")(
-    lambda: (_normal_head(_timm("hiera_tiny_224", img_size=64, embed_dim=32, num_heads=1,
-                                stages=(1, 1, 1, 1)), "head.fc"), rand(2, 3, 64, 64)))
+    _hiera)
 case("timm_maxvit", "timm", {"norm": cf}, target=2,
      rule="MATLAB's rule: the last map (the norm after the last stage, NCHW)")(
     lambda: (_timm("maxvit_rmlp_nano_rw_256", img_size=64, depths=(1, 1, 1, 1),
@@ -384,11 +395,11 @@ case("tv_retinanet_resnet50_fpn", "torchvision-detection", {"backbone.body.layer
 case("tv_fcos_resnet50_fpn", "torchvision-detection", {"backbone.body.layer4": cf},
      fn_from=_det_score, rule=DET)(
     lambda: _det("fcos_resnet50_fpn", min_size=128, max_size=128, score_thresh=0.0))
-case("tv_ssd300_vgg16", "torchvision-detection", {"backbone.extra.0": cf, "backbone.extra.3": cf},
-     fn_from=_det_score, rule=DET + "; the 3 x 3 map's Grad-CAM is zero here, so the explicit check "
-     "reads the 19 x 19 one")(lambda: _det("ssd300_vgg16", size=300, score_thresh=0.0))
-case("tv_ssdlite320_mobilenet_v3_large", "torchvision-detection", {"backbone.extra.2": cf},
-     fn_from=_det_score, rule=DET, zero_ok="every backbone map's Grad-CAM of these random detections "
+DET_SSD = ("the backbone's last map the detections depend on: these random detections come from the "
+           "high-resolution levels, the later extra maps feed none of them (their gradient is zero)")
+case("tv_ssd300_vgg16", "torchvision-detection", {"backbone.extra.1": cf}, fn_from=_det_score, rule=DET_SSD)(lambda: _det("ssd300_vgg16", size=300, score_thresh=0.0))
+case("tv_ssdlite320_mobilenet_v3_large", "torchvision-detection", {"backbone.features.1": cf},
+     fn_from=_det_score, rule=DET_SSD, zero_ok="every backbone map's Grad-CAM of these random detections "
      "is zero (ReLU of negative sums), for six inputs tried")(lambda: _det("ssdlite320_mobilenet_v3_large", size=320, score_thresh=0.0))
 
 
@@ -511,7 +522,8 @@ def _monai(name, **kw):
 case("monai_unet", "monai", {"model.1": cf}, fast=True, rule=SEG)(
     lambda: (_monai("UNet", spatial_dims=2, in_channels=3, out_channels=4, channels=(8, 16, 32),
                     strides=(2, 2)), rand(1, 3, 32, 32)))
-case("monai_attention_unet", "monai", {"model.0": cf}, rule=SEG)(
+case("monai_attention_unet", "monai", {"model.1": cf},
+     rule=SEG + " (model.1 wraps the whole encoder-decoder; model.0 is the stem)")(
     lambda: (_monai("AttentionUnet", spatial_dims=2, in_channels=3, out_channels=4, channels=(8, 16, 32),
                     strides=(2, 2)), rand(1, 3, 32, 32)))
 case("monai_basic_unet", "monai", {"upcat_1": cf}, rule=SEG)(
