@@ -25,10 +25,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from zoo_models import CASES, Case
 
 import gradattr
 from gradattr.errors import GradattrError
-from zoo_models import CASES, Case
 
 #: A map equals the oracle's to float32 noise relative to its largest value, or (where the
 #: two sum in another order through a deep tail) correlates with it at r >= 0.999.
@@ -90,8 +90,8 @@ def _same_map(ours, ref) -> str | None:
 
 def _grad_cam(net, x, c: Case, score_fn, **kw):
     """gradattr.grad_cam with the entry's target; the guesses it warns about, returned."""
-    target = (dict(reduction_fn=score_fn) if c.fn is not None or c.fn_from is not None
-              else dict(target=c.target))
+    target = ({"reduction_fn": score_fn} if c.fn is not None or c.fn_from is not None
+              else {"target": c.target})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = gradattr.grad_cam(net, x, upsampling="none", **target, **c.kwargs, **kw)

@@ -52,7 +52,7 @@ def logits(y):
         return y
     if hasattr(y, "keys"):
         for k in ("logits", "out"):
-            if k in y.keys():
+            if k in y:
                 return y[k]
     return y[0]
 
@@ -132,7 +132,7 @@ def _normal_head(net, *names):
 
 
 # ==================================================================== timm
-VIT = dict(img_size=64, depth=2)
+VIT = {"img_size": 64, "depth": 2}
 NORM1 = "norm1 of the last block: after the last attention the patch tokens feed only themselves"
 
 case("timm_vit", "timm", {"blocks.1.norm1": tokens(1, 4, 4)}, rule=NORM1)(
@@ -380,7 +380,7 @@ def _det(name, size=128, **kw):
 
 
 DET = "the backbone's last map (MATLAB's rule inside the backbone)"
-RCNN = dict(min_size=128, max_size=128, box_score_thresh=0.0)
+RCNN = {"min_size": 128, "max_size": 128, "box_score_thresh": 0.0}
 case("tv_fasterrcnn_resnet50_fpn", "torchvision-detection", {"backbone.body.layer4": cf},
      fn_from=_det_score, rule=DET)(lambda: _det("fasterrcnn_resnet50_fpn", **RCNN))
 case("tv_fasterrcnn_mobilenet_v3_large_fpn", "torchvision-detection", {"backbone.body.16": cf},
@@ -429,7 +429,7 @@ def _hf(model_cls, config_cls, **cfg):
     return getattr(transformers, model_cls)(config).eval()
 
 
-HF_TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, num_labels=5)
+HF_TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "num_labels": 5}
 
 case("hf_vit", "huggingface", named(r"vit\.(encoder\.layer|layers)\.1\.layernorm_before", tokens(1, 4, 4)),
      fast=True,
