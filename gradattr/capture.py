@@ -294,6 +294,7 @@ def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torc
     n, spatial, mine = x.shape[0], tuple(x.shape[2:]), _mine()
     obs = Observer(call.net, n, spatial, mine)
     typed = set(obs.attention)
+    known_scope = _detector_scope(call.net)  # a known detector: only its backbone is kept
     seen: list = []  # [name, tensor, version, call, order, module] of the latest outputs, in order
     before_reduction: list = []
     counts: dict[str, int] = {}
@@ -313,7 +314,8 @@ def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torc
             if isinstance(out_, (tuple, list)) and out_ and isinstance(module, nn.RNNBase):
                 t, item = out_[0], 0
             if (isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 3
-                    and n in t.shape[:2] and not inside(name, typed)):
+                    and n in t.shape[:2] and not inside(name, typed)
+                    and (known_scope is None or name.startswith(known_scope))):
                 if seen and seen[-1][1] is t:
                     # the same tensor from an enclosing module: named by the outermost
                     seen[-1][0], seen[-1][2], seen[-1][3] = name, t._version, k
@@ -429,6 +431,8 @@ def _depended_on(candidates: list, call: Call, y) -> list:
         except RuntimeError:  # a reentrant checkpoint segment allows only .backward(): not measurable
             return candidates[-1]
         grads = {id(c): gi for c, gi in zip(usable, g)}
+    if not any(gi is not None and bool(gi.any()) for gi in grads.values()):
+        return candidates[-1]  # the score depends on none of them (no detections, a zero head)
     for c in reversed(candidates):
         if id(c) not in grads:
             if c[4].kind == "channels_first":

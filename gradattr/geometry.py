@@ -256,6 +256,11 @@ class Observer:
         before = [g for g in grids if order is None or g.order <= order]
         return before[-1] if before else (grids[0] if grids else None)
 
+    def observed(self, cells) -> bool:
+        """True when ``cells`` is exactly a grid observed in the pass (or the input's)."""
+        cells = tuple(int(c) for c in cells)
+        return any(g.cells == cells for g in self.usable())
+
     def ties(self, cells: tuple[int, ...], network_only: bool = True) -> bool:
         """True when ``cells`` is an observed grid or an integer downsampling of one (each dim
         ``ceil(G / f)`` for an integer ``f``), the input's own grid excepted with ``network_only``."""

@@ -264,7 +264,8 @@ def candidates(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
     if shape[0] == n:
         if t.ndim == rank + 2:
             f = _fits(shape[2:], spatial, strict=False)  # MATLAB's rule for (N, C, *S)
-            if f is not None:
+            # ... on a grid the pass shows: a convolution's, pooling's or norm's own (or the input's)
+            if f is not None and (vote == "first" or geometry.observed(shape[2:])):
                 out.append((CHANNELS_FIRST, f + (0.3 if vote == "last" else 0)))
             if rank >= 2:
                 # channels last: its grid follows the input, or, made by a last-dim module (a
@@ -275,7 +276,7 @@ def candidates(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
                     f = _fits(shape[1:-1], spatial, strict=False)
                 if f is not None:
                     out.append((CHANNELS_LAST, f + (0.3 if vote != "last" else 0)))
-        if t.ndim == 3 and not (rank == 1 and vote == "first"):
+        if t.ndim == 3 and vote != "first":  # a convolution, pooling or norm's dim 1 is channels
             found = _stage_tokens(shape[1], geometry, order, id(t), rank)
             if found is not None:
                 pen = 0.0 if rank > 1 or vote == "last" else 0.3
