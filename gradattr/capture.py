@@ -409,7 +409,7 @@ def _not_steps(candidates: list, call: Call, y) -> list:
 def _spread(reading: Reading, g: torch.Tensor) -> int:
     """At how many grid positions (at most, over the samples) the gradient ``g`` is non-zero."""
     a = reading.to_ncs(g.transpose(0, 1) if reading.kind == "time_first" else g)
-    return int((a.abs().amax(1) > 0).flatten(1).sum(1).max())
+    return int((a.abs().amax(1) != 0).flatten(1).sum(1).max())  # NaN counts: it is no zero
 
 
 def _depended_on(candidates: list, call: Call, y) -> list:

@@ -252,8 +252,8 @@ def candidates(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
     grid observed at their stage, and only there (without a geometry: the input's grid).
     """
     item = None
-    if isinstance(t, (tuple, list)) and t and isinstance(t[0], torch.Tensor) and isinstance(module, nn.RNNBase):
-        t, item = t[0], 0
+    if isinstance(t, (tuple, list)) and t and isinstance(t[0], torch.Tensor):
+        t, item = t[0], 0  # (output, (h, c)) of an RNN, (tokens, grid) of an MViT block
     if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 3):
         return []
     if geometry is None:
@@ -318,8 +318,7 @@ def describe(reading: Reading) -> str:
 
 def _not_a_tensor(t, reading, name, module):
     if isinstance(t, (tuple, list)) and not isinstance(t, torch.Tensor):
-        if not (t and isinstance(t[0], torch.Tensor) and (isinstance(module, nn.RNNBase)
-                                                             or (reading is not None and reading.item is not None))):
+        if not (t and isinstance(t[0], torch.Tensor)):
             raise GradattrError(f"feature_layer: expected a layer whose output is a tensor "
                                 f"(N, C, *spatial), but {name!r} returned a {type(t).__name__}")
     elif not isinstance(t, torch.Tensor):
