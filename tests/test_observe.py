@@ -395,3 +395,60 @@ def test_import_gradattr_gives_every_documented_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # matplotlib, an extra, is imported only to draw
     assert importlib.import_module("gradattr").detection is importlib.import_module("gradattr.detection")
+
+
+# ----------------------------------------------------------------- MATLAB's rule on CNNs, pinned
+def _example(name):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.pop(0)
+
+
+EXAMPLE_NETS = {  # the MATLAB examples' networks (random weights: the choice depends on the layers only)
+    "digits_regression": (lambda: _example("digits_regression").digits_regression_net(), (1, 1, 28, 28),
+                          ("dropout", "fc")),
+    "japanese_vowels": (lambda: _example("japanese_vowels").vowels_net(torch.zeros(12), torch.ones(12)),
+                        (1, 12, 20), ("layernorm_2", "fc")),
+    "volume_3d": (lambda: _example("volume_3d").volume_net(), (1, 1, 32, 32, 32), ("relu_3", "fc")),
+    "segmentation": (lambda: _example("segmentation").DigitSegmenter(), (1, 1, 20, 40), ("head", "score")),
+}
+CNNS = {  # what 0.1 picked, before grids were observed
+    "resnet18": ("torchvision", "resnet18", ("layer4", "fc")),
+    "resnet50": ("torchvision", "resnet50", ("layer4", "fc")),
+    "efficientnet_b0": ("torchvision", "efficientnet_b0", ("features", "classifier")),
+    "densenet121": ("torchvision", "densenet121", ("features", "classifier")),
+    "vgg11": ("torchvision", "vgg11", ("avgpool", "classifier")),
+    "convnext_tiny": ("torchvision", "convnext_tiny", ("features", "classifier")),
+    "timm_convnext_atto": ("timm", "convnext_atto", ("norm_pre", "head")),
+    "timm_resnet18": ("timm", "resnet18", ("layer4", "fc")),
+    "timm_efficientnet_b0": ("timm", "efficientnet_b0", ("bn2", "classifier")),
+}
+
+
+@pytest.mark.parametrize("name", list(EXAMPLE_NETS))
+def test_the_matlab_examples_keep_their_layers(name):
+    build, shape, want = EXAMPLE_NETS[name]
+    torch.manual_seed(0)
+    net, x = build().eval(), torch.randn(shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradattrWarning)  # random weights may give empty maps
+        assert gradattr.grad_cam(net, x, 0, return_layers=True)[1:] == want
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CNNS))
+def test_cnn_families_keep_matlabs_rule(name):
+    lib, arch, want = CNNS[name]
+    torch.manual_seed(0)
+    if lib == "timm":
+        net = pytest.importorskip("timm").create_model(arch, pretrained=False)
+    else:
+        net = getattr(pytest.importorskip("torchvision.models"), arch)()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GradattrWarning)
+        assert gradattr.grad_cam(net.eval(), torch.randn(1, 3, 64, 64), 0, return_layers=True)[1:] == want
