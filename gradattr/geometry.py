@@ -22,9 +22,10 @@ stage"), and its extra tokens are ``L`` minus that grid's cells. Grids observed
 inside attention modules (a spatial-reduction convolution of the keys, a pooled
 key grid) do not count: attention modules are known by type (``nn.MultiheadAttention``,
 timm's ``Attention``/``ClassAttn``, MONAI's ``SABlock``/``CrossAttentionBlock``,
-Hugging Face's attention classes) and by observation (the innermost module that
-calls ``scaled_dot_product_attention`` or a softmax over the last dim of a tensor
-of rank >= 3).
+Hugging Face's attention classes; they and their insides are excluded) and by
+observation (the innermost module that calls ``scaled_dot_product_attention`` or a
+softmax over the last dim of a tensor of rank >= 3; its insides are excluded, its
+output may be a whole block's and stays a candidate).
 """
 from __future__ import annotations
 
@@ -114,7 +115,10 @@ class Observer:
         self.clock = 0
         self.stack: list[str] = []
         types = attention_types()
+        # attention modules by type (themselves and their insides are no feature maps) and the
+        # modules seen computing attention (their insides are not; their output may be a block's)
         self.attention: set[str] = {nm for nm, m in net.named_modules() if nm and is_attention_type(m, types)}
+        self.computing: set[str] = set()
         self.modules = dict(net.named_modules())
 
     # -- the pass's clock and module stack ------------------------------------------------
@@ -151,8 +155,8 @@ class Observer:
 
     def add(self, cells, source: str, module: str | None = None, tensor=None) -> None:
         cells = tuple(int(c) for c in cells)
-        if len(cells) != self.rank or any(c < 1 for c in cells) or not any(c > 1 for c in cells):
-            return
+        if len(cells) != self.rank or any(c < 1 for c in cells):
+            return  # (a 1 x 1 grid is kept: it is that stage's grid, though no map is read on it)
         if any(c > s for c, s in zip(cells, self.spatial)):
             return  # more cells than input samples along a dim: not a grid over the input
         where = module if module is not None else (self.stack[-1] if self.stack else "")
@@ -184,7 +188,7 @@ class Observer:
                     return
             for nm in reversed(self.stack):
                 if not isinstance(self._module(nm), (nn.Softmax, nn.Dropout, nn.Identity)):
-                    self.attention.add(nm)
+                    self.computing.add(nm)
                     break
             return
         if not (isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor)):
@@ -236,7 +240,8 @@ class Observer:
 
     # -- what the observations say ------------------------------------------------------------
     def inside_attention(self, name: str) -> bool:
-        return any(name == a or name.startswith(a + ".") for a in self.attention)
+        return (any(name == a or name.startswith(a + ".") for a in self.attention)
+                or any(name.startswith(a + ".") for a in self.computing))
 
     def usable(self, exclude=None) -> list[Grid]:
         """Observed grids outside attention modules, in order (the input's first)."""

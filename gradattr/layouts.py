@@ -225,8 +225,8 @@ def _fits(ext, spatial, strict: bool = True) -> float | None:
 def _stage_tokens(length: int, geometry, order, exclude, rank: int) -> tuple[Reading, Grid] | None:
     """``length`` tokens read on the grid observed at their stage: extra = length - its cells."""
     g = geometry.stage_grid(order, exclude) if geometry is not None else None
-    if g is None:
-        return None
+    if g is None or not any(c > 1 for c in g.cells):
+        return None  # nothing observed, or a 1 x 1 stage: no token map
     extra = length - math.prod(g.cells)
     if not 0 <= extra <= MAX_EXTRA_TOKENS:
         return None
