@@ -11,9 +11,11 @@ How a capture keeps the cost at one forward pass plus the backward of the tail:
   feature layer; its hook turns the output into a fresh leaf that requires
   grad and switches grad mode on, so autograd records the tail only.
 * Without one (the automatic layer, first call), every module is hooked to find
-  the last tensor with a feature reading (see :func:`gradattr.layouts.read`);
-  the graph is recorded from the start because the layer is known only at the
-  end, and the gradient is still taken for the tail only.
+  the last tensor with a feature reading (see :func:`gradattr.layouts.read`) on
+  which the score depends, while a :class:`gradattr.geometry.Observer` records the
+  grids and attention modules of the same pass; the graph is recorded from the
+  start because the layer is known only at the end, and the gradient is still
+  taken for the tail only.
 * A feature hook returns a clone of what it captured, so a later in-place op
   (``ReLU(inplace=True)``) cannot change the captured activations.
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import sys
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -56,7 +57,11 @@ class Grid:
     order: int  # when it was seen, on the pass's clock
     module: str  # the innermost module running when it was seen ("" for the input)
     source: str  # what showed it, for messages
-    tensor: int | None = None  # id() of the tensor whose shape it is
+    tensor: object = None  # a weak reference to the tensor whose shape it is (ids are reused)
+
+    def of(self, t) -> bool:
+        """True when this grid is the shape of the (live) tensor ``t``."""
+        return t is not None and self.tensor is not None and self.tensor() is t
 
 
 def attention_types() -> tuple[type, ...]:
@@ -88,7 +93,7 @@ def is_attention_type(module: nn.Module, types: tuple[type, ...]) -> bool:
 class _Watch(TorchFunctionMode):
     """Sees the reshapes, unfolds and attention calls of one forward pass."""
 
-    def __init__(self, observer: "Observer"):
+    def __init__(self, observer: Observer):
         super().__init__()
         self.observer = observer
 
@@ -97,7 +102,7 @@ class _Watch(TorchFunctionMode):
         if self.observer.mine():
             try:
                 self.observer.function(func, args, kwargs or {}, out)
-            except Exception:  # noqa: BLE001 - watching must never break the user's forward pass
+            except Exception:  # noqa: BLE001, S110 - watching must never break the user's forward pass
                 pass
         return out
 
@@ -161,7 +166,7 @@ class Observer:
             return  # more cells than input samples along a dim: not a grid over the input
         where = module if module is not None else (self.stack[-1] if self.stack else "")
         self.grids.append(Grid(cells, self.tick(), where, source,
-                               None if tensor is None else id(tensor)))
+                               None if tensor is None else weakref.ref(tensor)))
 
     # -- what is observed -------------------------------------------------------------------
     def module_output(self, name: str, module: nn.Module, inputs, out) -> None:
@@ -229,7 +234,7 @@ class Observer:
         vals = dict(zip(names, args))
         vals.update({k: v for k, v in kwargs.items() if k in names})
         defaults = {"dilation": 1, "padding": 0, "stride": 1}
-        two = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        two = lambda v: (v, v) if isinstance(v, int) else tuple(v)
         k, d, p, s = (two(vals.get(nm, defaults.get(nm))) for nm in names)
         cells = tuple((x.shape[2 + i] + 2 * p[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2))
         if math.prod(cells) == out.shape[-1]:
@@ -246,7 +251,7 @@ class Observer:
     def usable(self, exclude=None) -> list[Grid]:
         """Observed grids outside attention modules, in order (the input's first)."""
         return [g for g in self.grids if not self.inside_attention(g.module)
-                and (exclude is None or g.tensor != exclude)]
+                and not g.of(exclude)]
 
     def stage_grid(self, order: int | None, exclude=None) -> Grid | None:
         """The grid at the stage of a tensor seen at ``order``: the latest observed before it (the

@@ -277,12 +277,12 @@ def candidates(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
                 if f is not None:
                     out.append((CHANNELS_LAST, f + (0.3 if vote != "last" else 0)))
         if t.ndim == 3 and vote != "first":  # a convolution, pooling or norm's dim 1 is channels
-            found = _stage_tokens(shape[1], geometry, order, id(t), rank)
+            found = _stage_tokens(shape[1], geometry, order, t, rank)
             if found is not None:
                 pen = 0.0 if rank > 1 or vote == "last" else 0.3
                 out.append((found[0], pen))
     if rank == 1 and t.ndim == 3 and shape[1] == n and shape[0] != n and vote in ("last", None):
-        g = geometry.stage_grid(order, id(t))
+        g = geometry.stage_grid(order, t)
         if g is not None and g.cells == (shape[0],):
             out.append((Reading("time_first", "time first (T, N, C)", False, 0, (shape[0],)),
                         0 if vote == "last" else 0.3))
@@ -355,7 +355,7 @@ def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[
                 f"feature_layer: expected a layer whose output reads as a feature map of the input, "
                 f"but {name!r} outputs tokens of shape {shape} whose length {shape[1]} cannot be tied "
                 f"to a grid observed in the forward pass ({geometry.seen()}; input: {n} samples of "
-                f"size {spatial}); {_settle(shape, geometry, order, id(t))}")
+                f"size {spatial}); {_settle(shape, geometry, order, t)}")
         raise GradattrError(
             f"feature_layer: expected a layer whose output reads as a feature map of the input "
             f"({n}, C, {rank} spatial dims), ({n}, {rank} spatial dims, C) or tokens ({n}, L, C) "
@@ -425,13 +425,13 @@ def bind(reading: Reading, out, name: str, n: int, spatial: tuple[int, ...], mod
             return replace(_tokens(0, (shape[1],), time=True), item=item)  # as said: every step
         if reading.extra is not None:
             m = shape[1] - reading.extra
-            g = geometry.with_cells(m, order, id(t)) if m > 0 else None
+            g = geometry.with_cells(m, order, t) if m > 0 else None
             if g is None:
                 raise fail(f"{reading.extra} extra tokens + {m} tokens on a grid observed in the "
                            f"forward pass")
             return replace(_tokens(reading.extra, g.cells, time=rank == 1 and reading.extra == 0),
                            item=item)
-        found = _stage_tokens(shape[1], geometry, order, id(t), rank)
+        found = _stage_tokens(shape[1], geometry, order, t, rank)
         if found is None:
             raise fail("tokens (N, L, C) with L = extra tokens + the cells of the grid observed at "
                        "their stage")
