@@ -340,6 +340,7 @@ def test_a_captioner_is_explained_at_its_encoders_last_map(steps):
 
 
 # ----------------------------------------------------------------- 4. empty and broken maps
+@pytest.mark.slow  # building Hiera takes seconds
 def test_a_zero_initialised_head_warns_why_and_what_to_try():
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
@@ -369,6 +370,15 @@ def test_relu_of_only_negative_sums_warns_with_its_reason():
         assert float(gradattr.grad_cam(net, x, 0, counterfactual=True).abs().max()) > 0
 
 
+def test_a_head_that_reads_nothing_warns_that_the_score_does_not_depend_on_the_layer():
+    net = small_cnn()
+    with torch.no_grad():
+        net[4].weight.zero_()  # a zero-initialised head, as timm's Hiera is created
+    with pytest.warns(GradattrWarning, match=r"grad_cam at feature layer '1': the map is all zero \(first: "
+                                             r"sample 0, target 0\): the score does not depend on this layer"):
+        assert float(gradattr.grad_cam(net, torch.randn(1, 3, 8, 8), 0).abs().max()) == 0
+
+
 def test_nan_in_another_class_weight_row_is_an_error_naming_method_layer_and_cause():
     net = small_cnn()
     with torch.no_grad():
@@ -385,6 +395,7 @@ def test_nan_in_another_class_weight_row_is_an_error_naming_method_layer_and_cau
 
 
 # ----------------------------------------------------------------- 5. every documented name
+@pytest.mark.slow  # a fresh interpreter imports torch
 def test_import_gradattr_gives_every_documented_module():
     import importlib
     import subprocess
