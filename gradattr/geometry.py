@@ -196,6 +196,11 @@ class Observer:
                     self.computing.add(nm)
                     break
             return
+        if _spatial_op(func):  # a functional or exported convolution, pooling or norm
+            o = out[0] if isinstance(out, (tuple, list)) and out else out
+            if isinstance(o, torch.Tensor) and o.ndim == self.rank + 2 and o.shape[0] == self.n:
+                self.add(o.shape[2:], f"{getattr(func, '__name__', func)} output {tuple(o.shape)}", tensor=o)
+            return
         if not (isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor)):
             return
         src, n, r = args[0], self.n, self.rank
@@ -281,12 +286,38 @@ class Observer:
                 return True
         return False
 
+    def scaled(self, cells: tuple[int, ...]) -> bool:
+        """True when ``cells`` is a network-observed grid divided by one integer in every dim
+        (a stage that merges patches the same way along each axis, seen through a permute)."""
+        cells = tuple(int(c) for c in cells)
+        for g in self.usable():
+            if g.order == 0 or len(g.cells) != len(cells) or any(c < 1 or G % c for G, c in zip(g.cells, cells)):
+                continue
+            if len({G // c for G, c in zip(g.cells, cells)}) == 1:
+                return True
+        return False
+
     def seen(self) -> str:
         grids = self.usable()
         if len(grids) <= 1:
             return "no grid was observed besides the input's"
         return "grids observed: " + "; ".join(
             f"{' x '.join(map(str, g.cells))} ({g.source})" for g in grids[1:][-4:])
+
+
+_SPATIAL_OPS = ("conv1d", "conv2d", "conv3d", "convolution", "conv_transpose1d", "conv_transpose2d",
+                "conv_transpose3d", "max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices",
+                "max_pool3d_with_indices", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+                "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
+                "adaptive_max_pool3d", "batch_norm", "native_batch_norm_legit_no_training", "group_norm",
+                "instance_norm")
+
+
+def _spatial_op(func) -> bool:
+    """A convolution, pooling or norm called as a function (``F.conv2d``, an exported program's
+    ``aten.conv2d.default``): its output ``(N, C, *grid)`` shows a grid as a module's would."""
+    name = getattr(func, "__name__", "")
+    return isinstance(name, str) and name.split(".")[0].lstrip("_") in _SPATIAL_OPS
 
 
 def _downsamples(big: int, small: int) -> bool:

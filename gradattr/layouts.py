@@ -265,7 +265,8 @@ def candidates(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
         if t.ndim == rank + 2:
             f = _fits(shape[2:], spatial, strict=False)  # MATLAB's rule for (N, C, *S)
             # ... on a grid the pass shows: a convolution's, pooling's or norm's own (or the input's)
-            if f is not None and (vote == "first" or geometry.observed(shape[2:])):
+            if f is not None and (vote == "first" or geometry.observed(shape[2:])
+                                  or (vote is None and geometry.scaled(shape[2:]))):
                 out.append((CHANNELS_FIRST, f + (0.3 if vote == "last" else 0)))
             if rank >= 2:
                 # channels last: its grid follows the input, or, made by a last-dim module (a
