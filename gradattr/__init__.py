@@ -6,14 +6,14 @@ name (:func:`list_methods`). Every registered method is a public function here.
 """
 from . import api as _api
 from .api import *  # noqa: F401,F403  (one function per registered method, attribute, list_methods)
-from . import metrics, plot
+from . import detection, metrics, plot  # plot imports matplotlib (an extra) only when it draws
 from .comparison import Table, compare
 from .dataset import explain_dataset, load_maps
-from .errors import GradattrError
+from .errors import GradattrError, GradattrWarning
 from .report import report
 from .resize import imresize
 from .sliding import sliding_window
 
 __all__ = [*_api.__all__, "compare", "Table", "explain_dataset", "load_maps", "sliding_window",
-           "metrics", "plot", "GradattrError", "imresize", "report"]
+           "metrics", "plot", "detection", "GradattrError", "GradattrWarning", "imresize", "report"]
 __version__ = "0.2.0"

@@ -11,9 +11,11 @@ How a capture keeps the cost at one forward pass plus the backward of the tail:
   feature layer; its hook turns the output into a fresh leaf that requires
   grad and switches grad mode on, so autograd records the tail only.
 * Without one (the automatic layer, first call), every module is hooked to find
-  the last tensor with a feature reading (see :func:`gradattr.layouts.read`);
-  the graph is recorded from the start because the layer is known only at the
-  end, and the gradient is still taken for the tail only.
+  the last tensor with a feature reading (see :func:`gradattr.layouts.read`) on
+  which the score depends, while a :class:`gradattr.geometry.Observer` records the
+  grids and attention modules of the same pass; the graph is recorded from the
+  start because the layer is known only at the end, and the gradient is still
+  taken for the tail only.
 * A feature hook returns a clone of what it captured, so a later in-place op
   (``ReLU(inplace=True)``) cannot change the captured activations.
 
@@ -22,16 +24,18 @@ forward pass of the same model (explained or not) never sees it.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from . import layouts
 from .errors import GradattrError
+from .geometry import Observer
 from .layouts import Reading
 from .prep import Call
 from .targets import tensors_of
@@ -188,9 +192,10 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
     ``torch.utils.checkpoint``).
     """
     n, spatial, mine = x.shape[0], tuple(x.shape[2:]), _mine()
-    patch = layouts.patch_size(call.net, len(spatial))
     slots: list = [None] * len(plan.layers)
     readings = [lp.reading for lp in plan.layers]
+    # the grids of this pass, observed while a reading is still to be bound
+    obs = Observer(call.net, n, spatial, mine) if not all(r is not None and r.bound for r in readings) else None
     counts = [0] * len(plan.layers)
     out = _Output(call.net, plan.reduction, name_output and not stop, mine)
 
@@ -202,7 +207,8 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
             counts[i] += 1
             if lp.call is not None and k != lp.call:
                 return None  # another call of a shared module: leave it alone
-            readings[i] = layouts.check_reading(t, readings[i], lp.name, n, spatial, module, patch)
+            readings[i] = layouts.check_reading(t, readings[i], lp.name, n, spatial, module, obs,
+                                                None if obs is None else obs.tick())
             r = readings[i]
             s = r.stored(t)
             if grad and not s.requires_grad and not record:
@@ -216,15 +222,16 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
 
     def install():
         modules = dict(call.net.named_modules())
-        return out.handles + [modules[lp.name].register_forward_hook(feature_hook(i, lp))
-                              for i, lp in enumerate(plan.layers)]
+        return (obs.handles() if obs is not None else []) + out.handles + [
+            modules[lp.name].register_forward_hook(feature_hook(i, lp)) for i, lp in enumerate(plan.layers)]
 
     output = None
     leaf = x
     if record and not any(p.requires_grad for p in call.net.parameters()):
         leaf = x.detach().requires_grad_(True)
     try:
-        output = run_hooked(call, leaf, install, grad=record)
+        with obs.watching() if obs is not None else contextlib.nullcontext():
+            output = run_hooked(call, leaf, install, grad=record)
     except _Captured:
         pass
     for lp, s in zip(plan.layers, slots):
@@ -258,22 +265,36 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
 def _warn_guess(lp: LayerPlan) -> None:
     r = lp.reading
     if r is not None and r.guessed:
+        other = f" ({r.alternatives})" if r.alternatives else ""
         warnings.warn(f"gradattr: feature layer {lp.name!r} read as {layouts.describe(r)}, a guess "
-                      "(another reading fits its shape too); pass feature_layout= to say how to read "
-                      "it", stacklevel=4)
+                      f"(another reading fits its shape too{other}); pass feature_layout= to say how "
+                      "to read it", stacklevel=4)
 
 
 def _attention_names(net: nn.Module) -> list[str]:
-    """Names of attention modules: their insides (queries, keys, heads) are never feature maps."""
-    return [nm for nm, m in net.named_modules() if nm and (
-        isinstance(m, nn.MultiheadAttention) or "Attention" in type(m).__name__
-        or type(m).__name__ in ("SABlock", "CrossAttentionBlock"))]
+    """Names of attention modules known by type (the pass adds those it sees computing attention):
+    their insides (queries, keys, heads) are never feature maps."""
+    from .geometry import attention_types, is_attention_type
+
+    types = attention_types()
+    return [nm for nm, m in net.named_modules() if nm and is_attention_type(m, types)]
 
 
-def _detector_scope(net: nn.Module) -> str | None:
-    """``"backbone.body."`` (or ``"backbone."``) for torchvision's detectors: their map is the
-    backbone's last feature map, never a head that only feeds detached proposals."""
-    if not any(c.__name__ == "GeneralizedRCNN" for c in type(net).__mro__):
+#: torchvision's detector classes (any model with a ``backbone`` whose output is detections counts too)
+_DETECTORS = ("GeneralizedRCNN", "RetinaNet", "FCOS", "SSD")
+
+
+def _detector_scope(net: nn.Module, y=None) -> str | None:
+    """``"backbone.body."`` (or ``"backbone."``) for a detector: its map is the backbone's last
+    feature map, never a head (anchors x classes are no grid) nor one that feeds detached
+    proposals. A detector is a torchvision detector class, or any network with a ``backbone``
+    submodule whose output is detections (a list of dicts)."""
+    backbone = getattr(net, "backbone", None)
+    if not isinstance(backbone, nn.Module):
+        return None
+    known = any(c.__name__ in _DETECTORS for c in type(net).__mro__)
+    detections = isinstance(y, (list, tuple)) and bool(y) and all(isinstance(d, dict) for d in y)
+    if not (known or detections):
         return None
     names = dict(net.named_modules())
     return "backbone.body." if "backbone.body" in names else "backbone."
@@ -282,76 +303,86 @@ def _detector_scope(net: nn.Module) -> str | None:
 def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torch.Tensor):
     """Hooks on every module to find the automatic layer: ``(capture, fresh)``.
 
-    The rule (see :mod:`gradattr.layers`): the last module output, in execution
-    order and before the reduction layer's output, that reads as a feature map of
-    the input (:func:`gradattr.layouts.read`), outside attention modules; for a
-    spatial output (segmenters, UNets) the last one before the prediction layer
-    (whose channel count is the output's); for torchvision detectors the
-    backbone's last feature map; and, for readings other than channels-first
-    (tokens, sequences), the last one whose grid the score depends on: the patch
-    tokens after a ViT's last attention only feed themselves, not the class token.
+    The rule (see :mod:`gradattr.layers`): among the module outputs before the
+    reduction layer's output that read as a feature map of the input on a grid
+    observed in the same pass (:mod:`gradattr.geometry`), outside attention modules
+    (by type and by the attention they are seen computing), the last one on which the
+    target score depends spatially (its gradient, from the same recorded graph, is
+    non-zero at more than one position); for a spatial output (segmenters, UNets) the
+    last one before the prediction layer (whose channel count is the output's); for
+    detectors the backbone's last feature map; for an output that is a sequence of
+    steps ``(N, T, V)`` of an image (a captioner) a map of the encoder, never the
+    decoder's steps. For CNNs this is MATLAB's rule: the last feature map.
     """
     n, spatial, mine = x.shape[0], tuple(x.shape[2:]), _mine()
-    patch = layouts.patch_size(call.net, len(spatial))
-    attention = _attention_names(call.net)
-    scope = _detector_scope(call.net)
-    seen: list = []  # [name, tensor, version, call, reading] of the latest candidates, in order
+    obs = Observer(call.net, n, spatial, mine)
+    typed = set(obs.attention)
+    known_scope = _detector_scope(call.net)  # a known detector: only its backbone is kept
+    seen: list = []  # [name, tensor, version, call, order, module] of the latest outputs, in order
     before_reduction: list = []
-    rejected: dict[str, tuple] = {}
     counts: dict[str, int] = {}
+    rejected: dict[str, tuple] = {}
     out = _Output(call.net, plan.reduction, True if plan.reduction is None else name_output, mine)
     reduction_module = _module(call.net, plan.reduction) if plan.reduction else None
 
-    def excluded(name):
-        if scope is not None and not name.startswith(scope):
-            return True
-        return any(name == a or name.startswith(a + ".") for a in attention)
+    def inside(name, names):
+        return any(name == a or name.startswith(a + ".") for a in names)
 
     def hook_for(name, module):
         def hook(m, inputs, out_):
             if not mine():
                 return None
             k = counts[name] = counts.get(name, -1) + 1
-            if excluded(name):
-                return None
-            reading = layouts.read(out_, n, spatial, module, patch)
-            t = out_[0] if reading is not None and reading.item is not None else out_
-            if reading is not None:
-                if seen and seen[-1][1] is t and seen[-1][4].item == reading.item:
+            t, item = out_, None
+            if isinstance(out_, (tuple, list)) and out_ and isinstance(module, nn.RNNBase):
+                t, item = out_[0], 0
+            if (isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 3
+                    and n in t.shape[:2] and not inside(name, typed)
+                    and (known_scope is None or name.startswith(known_scope))):
+                if seen and seen[-1][1] is t:
                     # the same tensor from an enclosing module: named by the outermost
                     seen[-1][0], seen[-1][2], seen[-1][3] = name, t._version, k
                 else:
-                    seen.append([name, t, t._version, k, reading])
-                    del seen[:-32]  # only the last few can be chosen; let the rest be freed
-            elif isinstance(out_, torch.Tensor) and out_.ndim >= 3 and n in out_.shape[:2]:
-                rejected[name] = tuple(out_.shape)
+                    seen.append([name, t, t._version, k, obs.tick(), module, item])
+                    del seen[:-64]  # only the last few can be chosen; let the rest be freed
+                rejected[name] = tuple(t.shape)
             if module is reduction_module:  # candidates must come before the reduction layer
-                before_reduction[:] = [list(s) for s in seen]
+                before_reduction[:] = [list(e) for e in seen]
         return hook
 
     def install():
-        return out.handles + [m.register_forward_hook(hook_for(nm, m))
-                              for nm, m in call.net.named_modules() if nm]
+        return obs.handles() + out.handles + [m.register_forward_hook(hook_for(nm, m))
+                                              for nm, m in call.net.named_modules() if nm]
 
-    # The graph is recorded even for methods without gradients: it decides which token
-    # tensor the score depends on, and the plan found here is remembered for every method.
+    # The graph is recorded even for methods without gradients: it decides which tensor the
+    # score depends on, and the plan found here is remembered for every method.
     needs_input_grad = not any(p.requires_grad for p in call.net.parameters())
     leaf = x.detach().requires_grad_(True) if needs_input_grad else x
-    output = run_hooked(call, leaf, install, grad=True)
+    with obs.watching():
+        output = run_hooked(call, leaf, install, grad=True)
     y, rname = out.finish(output)
     outs = {id(t) for t in tensors_of(y)}
-    candidates = [s for s in (before_reduction if plan.reduction else seen) if id(s[1]) not in outs]
-    candidates = _before_head(candidates, call, y)
+    scope = _detector_scope(call.net, y)
+    candidates = []
+    for name, t, version, k, order, module, item in (before_reduction if plan.reduction else seen):
+        if id(t) in outs or obs.inside_attention(name) or (scope and not name.startswith(scope)):
+            continue
+        reading = layouts.read(t, n, spatial, module, obs, order)
+        if reading is not None:
+            reading = replace(reading, item=item)
+            candidates.append([name, t, version, k, reading])
+            rejected.pop(name, None)
+    candidates = _not_steps(_before_head(candidates, call, y), call, y)
     if not candidates:
         listed = "; ".join(f"{nm} {shape}" for nm, shape in list(rejected.items())[-8:])
         raise GradattrError(
             f"feature_layer: no layer of this network outputs a tensor with the input's layout "
             f"({n}, C, {len(spatial)} spatial dims, one of them > 1), channels last or tokens "
-            f"({n}, L, C) on a grid following the input's size {spatial}, before the reduction layer"
+            f"({n}, L, C) on a grid observed in the forward pass ({obs.seen()}), before the "
+            "reduction layer"
             + (f" (outputs with the batch size, none readable: {listed})" if listed else "")
             + "; pass feature_layer (and feature_layout) explicitly")
-    chosen = _depended_on(candidates, call, y) if candidates[-1][4].kind != "channels_first" else candidates[-1]
-    name, t, version, k, reading = chosen
+    name, t, version, k, reading = _depended_on(candidates, call, y)
     lp = LayerPlan(name, k, reading)
     _warn_guess(lp)
     # A time-first tensor is stored transposed, which autograd has not recorded: run again.
@@ -379,8 +410,36 @@ def _before_head(candidates: list, call: Call, y) -> list:
     return out
 
 
+def _not_steps(candidates: list, call: Call, y) -> list:
+    """For an output that is a sequence of steps ``(N, T, V)`` of an input of rank >= 2 (an
+    image captioner's decoder), drop the decoder's steps: token readings of ``T`` tokens and
+    recurrent layers' outputs. What remains is the encoder's maps."""
+    from .outputs import select
+
+    try:
+        y = select(y, call.output_key)
+    except GradattrError:
+        return candidates
+    n, rank = call.x.shape[0], call.x.ndim - 2
+    if not (isinstance(y, torch.Tensor) and y.ndim == 3 and y.shape[0] == n and rank >= 2):
+        return candidates
+    steps = y.shape[1]
+    return [c for c in candidates
+            if not (c[4].kind in ("tokens", "time_first") and c[1].shape[1] == steps)
+            and not isinstance(_module(call.net, c[0]), nn.RNNBase)]
+
+
+def _spread(reading: Reading, g: torch.Tensor) -> int:
+    """At how many grid positions (at most, over the samples) the gradient ``g`` is non-zero."""
+    a = reading.to_ncs(g.transpose(0, 1) if reading.kind == "time_first" else g)
+    return int((a.abs().amax(1) != 0).flatten(1).sum(1).max())  # NaN counts: it is no zero
+
+
 def _depended_on(candidates: list, call: Call, y) -> list:
-    """The last candidate whose grid (not only its extra tokens) the target score depends on."""
+    """The last candidate on which the target score depends spatially: its gradient (one backward
+    of the graph the pass recorded) is non-zero at more than one grid position. A candidate that
+    cannot be measured (changed in place later) counts when it is a channels-first map (MATLAB's
+    rule); without a score to measure, the last candidate."""
     try:
         s = call.target.scores(y, call.x.shape[0])
     except GradattrError:
@@ -388,13 +447,22 @@ def _depended_on(candidates: list, call: Call, y) -> list:
     if not s.requires_grad:
         return candidates[-1]
     usable = [c for c in candidates if c[1].requires_grad and c[1]._version == c[2]]
-    if not usable:
-        return candidates[-1]
-    grads = torch.autograd.grad(s.sum(), [c[1] for c in usable], retain_graph=True, allow_unused=True)
-    for c, g in zip(reversed(usable), reversed(grads)):
-        if g is None:
+    grads = {}
+    if usable:
+        try:
+            g = torch.autograd.grad(s.sum(), [c[1] for c in usable], retain_graph=True, allow_unused=True)
+        except RuntimeError:  # a reentrant checkpoint segment allows only .backward(): not measurable
+            return candidates[-1]
+        grads = {id(c): gi for c, gi in zip(usable, g)}
+    if not any(gi is not None and bool(gi.any()) for gi in grads.values()):
+        return candidates[-1]  # the score depends on none of them (no detections, a zero head)
+    for c in reversed(candidates):
+        if id(c) not in grads:
+            if c[4].kind == "channels_first":
+                return c
             continue
-        if c[4].to_ncs(g.transpose(0, 1) if c[4].kind == "time_first" else g).abs().amax() > 0:
+        gi = grads[id(c)]
+        if gi is not None and _spread(c[4], gi) > 1:
             return c
     return candidates[-1]
 

@@ -17,6 +17,7 @@ terms or maps, which :func:`combine` turns into ``(N, K, *s)`` maps.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ import torch
 from . import resize
 from .ensembles import augmented, sess
 from .capture import Capture, Plan, capture, per_target_grads, plan_from_options
-from .errors import expected
+from .errors import GradattrError, GradattrWarning, expected
 from .prep import Call, prepare_call
 from .probe import Probe
 from .ops import eigen_projection, minmax
@@ -79,6 +80,7 @@ def explain(method: Method, net, x, target=None, **options):
             maps, names, rname = augmented(run, call, plan, fix_target=method.needs_target)
         else:
             maps, names, rname = run(call)
+        _check_maps(method, maps, names, call, plan, opts)
     if method.returns == "map" and mode != "none" and tuple(maps.shape[2:]) != call.layout.spatial:
         maps = resize.imresize(maps, call.layout.spatial, mode)
     extra = None
@@ -92,6 +94,63 @@ def explain(method: Method, net, x, target=None, **options):
     if opts.get("return_layers"):
         return out, (names[0] if len(names) == 1 else names), rname
     return out
+
+
+def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call, plan: Plan,
+                opts: dict) -> None:
+    """NaN or Inf anywhere in a map is an error; an all-zero map a :class:`GradattrWarning`.
+
+    One fused reduction on the maps' device (the peak of each map) and one read of its
+    ``(N, K)`` result; only when something is wrong is the cause looked for (another pass).
+    """
+    if not maps.is_floating_point() or maps.numel() == 0:
+        return
+    peak = maps.detach().flatten(2).abs().amax(-1) if maps.ndim > 2 else maps.detach().abs()
+    peak = peak.cpu()
+    bad = ~torch.isfinite(peak)
+    layer = f"feature layer {names[0]!r}" if len(names) == 1 else (
+        f"feature layers {names}" if names else "the input")
+    if bool(bad.any()):
+        i, k = (int(v) for v in bad.nonzero()[0]) if peak.ndim == 2 else (int(bad.nonzero()[0]), 0)
+        raise GradattrError(f"{method.name}: expected finite maps, but the map of sample {i}, target "
+                            f"{k} at {layer} has NaN or Inf values: {_cause(method, call, plan, opts, 'nan')}")
+    zero = peak == 0
+    if method.layered and bool(zero.any()):
+        i, k = (int(v) for v in zero.nonzero()[0]) if peak.ndim == 2 else (int(zero.nonzero()[0]), 0)
+        what = (f"{int(zero.sum())} of {zero.numel()} maps are" if zero.numel() > 1 and not bool(zero.all())
+                else "the map is" if zero.numel() == 1 else "every map is")
+        hint = "counterfactual=True (the evidence against the target), or another feature_layer" \
+            if "counterfactual" in opts else "another feature_layer"
+        warnings.warn(f"gradattr: {method.name} at {layer}: {what} all zero (first: sample {i}, target "
+                      f"{k}): {_cause(method, call, plan, opts, 'zero')}; try {hint}",
+                      GradattrWarning, stacklevel=4)
+
+
+def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str) -> str:
+    """Why a map is NaN or all zero, found by one more pass (only when it is)."""
+    try:
+        cap = capture(call, plan, grad=True)
+        s = call.target.scores(cap.output, call.n) if method.needs_target else None
+        if s is not None and not bool(torch.isfinite(s).all()):
+            return "the score itself is NaN or Inf (the network's output for this target)"
+        if any(not bool(torch.isfinite(a).all()) for a in cap.acts):
+            return "the layer's activations are NaN or Inf (the network before the layer produced them)"
+        if s is None:
+            return ("produced by the method from finite activations" if what == "nan" else
+                    "every weighted sum was <= 0 before the ReLU")
+        grads = _gradients(call, cap, opts.get("counterfactual", False))
+        if what == "nan":
+            if any(not bool(torch.isfinite(g).all()) for g in grads):
+                return ("the gradients of the score at this layer are NaN or Inf although the score is "
+                        "finite (a NaN or Inf parameter after the layer: 0 x NaN in the backward)")
+            return "the method's weights turned finite activations and gradients into NaN or Inf"
+        if all(not bool(g.any()) for g in grads):
+            return ("the score does not depend on this layer (its gradient is zero everywhere: an "
+                    "untrained or zero-initialised head, or a layer the score does not read)")
+        return "every weighted sum was <= 0 before the ReLU (the layer's evidence is all against the target)"
+    except Exception:  # noqa: BLE001 - looking for the cause must not hide the finding
+        return ("NaN or Inf in the score, the gradients or the weights" if what == "nan" else
+                "every weighted sum <= 0 before the ReLU, or a score that does not depend on this layer")
 
 
 def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: str):

@@ -13,3 +13,7 @@ class GradattrError(ValueError):
 def expected(argument: str, what: str, given: object) -> GradattrError:
     """Build the standard message: ``argument: expected WHAT, got GIVEN``."""
     return GradattrError(f"{argument}: expected {what}, got {given}")
+
+
+class GradattrWarning(UserWarning):
+    """A map that was computed but says nothing (all zero): why, and what to try."""

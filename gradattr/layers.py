@@ -1,12 +1,19 @@
-"""Finding layers: by name, by module, or automatically (MATLAB's rule).
+"""Finding layers: by name, by module, or automatically (MATLAB's rule, checked by observation).
 
-The automatic feature layer is the last tensor, in execution order, that has
-the input's layout ``(N, C, *spatial)`` with a non-singleton spatial/time
-dimension, produced before the reduction layer's output. It is named by the
-outermost module that returned exactly that tensor (ResNet-50 gives
-``layer4``, not its inner ReLU); a module called several times counts its last
-call. Discovery happens inside the same forward pass that computes the map
-(see :mod:`gradattr.engine`), so it costs no extra pass.
+The automatic feature layer is, among the module outputs produced before the
+reduction layer's output that read as a feature map on a grid observed in the
+same forward pass (:mod:`gradattr.geometry`, :func:`gradattr.layouts.read`) and
+lie outside attention modules, the last one on which the target score depends
+spatially: its gradient, from the graph that pass recorded, is non-zero at more
+than one grid position. For CNNs that is MATLAB's rule, the last tensor with the
+input's layout ``(N, C, *spatial)`` and a non-singleton spatial/time dimension.
+It is named by the outermost module that returned exactly that tensor (ResNet-50
+gives ``layer4``, not its inner ReLU); a module called several times counts its
+last call. Detectors are explained at their backbone's last map, spatial outputs
+before their prediction layer, images turned into sequences of steps at their
+encoder (see :func:`gradattr.capture._capture_auto`). Discovery happens inside
+the same forward pass that computes the map (see :mod:`gradattr.engine`), so it
+costs no extra pass.
 """
 from __future__ import annotations
 

@@ -13,9 +13,11 @@ The readings:
 * ``channels_first`` ``(N, C, *S)`` (convolutional networks);
 * ``channels_last`` ``(N, *S, C)`` (Swin, ConvNeXt's inner layers);
 * ``tokens`` ``(N, L, C)``: ``k`` leading extra tokens (class, distillation,
-  register tokens) and ``L - k`` patch tokens on a grid whose shape follows the
-  input's (``h / w = H / W``, in 1-D, 2-D and 3-D alike); for a sequence input
-  with ``k = 0`` this is the batch-first ``time_major`` reading ``(N, T, C)``;
+  register tokens) and ``L - k`` patch tokens on the grid the network's own
+  forward pass shows at that stage (:mod:`gradattr.geometry`: the patch
+  embedding's output, a merging or pooling stage), ``k = L - cells``, in 1-D,
+  2-D and 3-D alike; for a sequence input with ``k = 0`` this is the batch-first
+  ``time_major`` reading ``(N, T, C)``;
 * ``time_first`` ``(T, N, C)`` (PyTorch's default RNN and Transformer layout);
 * a callable ``tensor -> (N, C, *S)`` (a pytorch-grad-cam ``reshape_transform``),
   inverted for perturbations with a vector-Jacobian product.
@@ -24,12 +26,13 @@ A module that returns a tuple (``nn.LSTM``: ``(output, (h, c))``) is read
 through its first element.
 
 :func:`read` is the automatic reading of a module's output given the batch
-size, the input's spatial size, the producing module and the patch size of the
-network's patch embedding; :func:`resolve_layout` turns the ``feature_layout``
+size, the input's spatial size, the producing module and the grids observed in
+the pass (never a grid computed from the input's size); :func:`resolve_layout` turns the ``feature_layout``
 option into a reading that :func:`check_reading` binds to the tensor.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -37,9 +40,8 @@ import torch
 from torch import nn
 
 from .errors import GradattrError, expected
+from .geometry import MAX_EXTRA_TOKENS, Grid
 
-#: At most this many leading extra tokens are looked for (class, distillation, registers).
-MAX_EXTRA_TOKENS = 16
 #: The largest ratio between the strides of two spatial dims for a grid to follow the input.
 STRIDE_SPREAD = 1.5
 
@@ -64,6 +66,7 @@ class Reading:
     item: int | None = None
     fn: Callable | None = None
     bound: bool = True
+    alternatives: str = ""  # the other reading that fits as well (a guessed one)
 
     # -- the captured tensor as stored (batch first) and back --------------------------
     def stored(self, out):
@@ -200,19 +203,6 @@ def producer_vote(module, shape: tuple[int, ...] | None = None) -> str | None:
     return producer_vote(children[-1], shape) if children and isinstance(module, nn.Sequential) else None
 
 
-def patch_size(net: nn.Module, rank: int) -> tuple[int, ...] | None:
-    """The patch size of the network's patch embedding: its first convolution whose kernel
-    equals its stride (> 1), as in ViT, DeiT, Swin and MONAI's ViT; None without one."""
-    kinds = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-    for m in net.modules():
-        if isinstance(m, kinds.get(rank, ())):
-            ks, st = tuple(m.kernel_size), tuple(m.stride)
-            if ks == st and max(st) > 1:
-                return st
-            return None  # the first convolution is not a patch embedding
-    return None
-
-
 # -- the automatic reading -----------------------------------------------------------------
 def _fits(ext, spatial, strict: bool = True) -> float | None:
     """How well a grid ``ext`` follows the input's size ``spatial``: None if it cannot be a map
@@ -232,93 +222,94 @@ def _fits(ext, spatial, strict: bool = True) -> float | None:
     return min(spread - 1, 2.0) + (0 if ints else 0.5)
 
 
-def _grids(m: int, spatial) -> list[tuple[tuple[int, ...], float]]:
-    """Grids of ``m`` cells that follow ``spatial``, with their penalty, best first."""
-    rank = len(spatial)
-    out = []
-    if rank == 1:
-        f = _fits((m,), spatial)
-        return [((m,), f)] if f is not None else []
-    divs = [d for d in range(1, m + 1) if m % d == 0]
-    if rank == 2:
-        cands = [(h, m // h) for h in divs]
-    else:
-        cands = [(d, h, m // (d * h)) for d in divs for h in divs if (m // d) % h == 0]
-    for g in cands:
-        f = _fits(g, spatial)
-        if f is not None:
-            out.append((g, f))
-    return sorted(out, key=lambda p: p[1])
+def _stage_tokens(length: int, geometry, order, exclude, rank: int) -> tuple[Reading, Grid] | None:
+    """``length`` tokens read on the grid observed at their stage: extra = length - its cells."""
+    g = geometry.stage_grid(order, exclude) if geometry is not None else None
+    if g is None or not any(c > 1 for c in g.cells):
+        return None  # nothing observed, or a 1 x 1 stage: no token map
+    extra = length - math.prod(g.cells)
+    if not 0 <= extra <= MAX_EXTRA_TOKENS:
+        return None
+    return _tokens(extra, g.cells, time=rank == 1 and extra == 0), g
 
 
-def token_readings(length: int, spatial, patch=None) -> list[tuple[Reading, float]]:
-    """Every ``(extra tokens, grid)`` reading of ``length`` tokens for an input of size ``spatial``."""
-    if patch is not None and len(patch) == len(spatial):
-        grid = tuple(s // p for s, p in zip(spatial, patch))
-        extra = length - int(torch.Size(grid).numel())
-        if 0 <= extra <= MAX_EXTRA_TOKENS and any(g > 1 for g in grid):
-            return [(_tokens(extra, grid), -1.0)]  # confirmed by the patch embedding
-    out = []
-    for extra in range(0, min(MAX_EXTRA_TOKENS, length - 1) + 1):
-        for grid, pen in _grids(length - extra, spatial)[:1]:
-            # extra tokens that no patch embedding confirms are an assumption: say so
-            out.append((_tokens(extra, grid, guessed=extra > 0), pen + 0.01 * extra))
-    return sorted(out, key=lambda p: p[1])
+def _input_only(spatial):
+    """Geometry when no pass was observed: the input's own grid only."""
+    from .geometry import Observer
+
+    class _Net(nn.Module):
+        pass
+
+    return Observer(_Net(), 0, spatial, lambda: False)
 
 
-def candidates(t, n: int, spatial: tuple[int, ...], module=None, patch=None) -> list[tuple[Reading, float]]:
-    """Every reading of a module output ``t`` as a feature map of the input, best first."""
+def candidates(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
+               order: int | None = None) -> list[tuple[Reading, float]]:
+    """Every reading of a module output ``t`` as a feature map of the input, best first.
+
+    ``geometry`` (a :class:`gradattr.geometry.Observer`) holds the grids observed in the
+    pass, ``order`` when ``t`` was produced on its clock; token tensors are read on the
+    grid observed at their stage, and only there (without a geometry: the input's grid).
+    """
     item = None
-    if isinstance(t, (tuple, list)) and t and isinstance(t[0], torch.Tensor) and isinstance(module, nn.RNNBase):
-        t, item = t[0], 0
+    if isinstance(t, (tuple, list)) and t and isinstance(t[0], torch.Tensor):
+        t, item = t[0], 0  # (output, (h, c)) of an RNN, (tokens, grid) of an MViT block
     if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 3):
         return []
+    if geometry is None:
+        geometry = _input_only(spatial)
     rank, shape = len(spatial), tuple(t.shape)
     vote = producer_vote(module, shape)
     out: list[tuple[Reading, float]] = []
     if shape[0] == n:
         if t.ndim == rank + 2:
             f = _fits(shape[2:], spatial, strict=False)  # MATLAB's rule for (N, C, *S)
-            if f is not None and not (rank == 1 and vote == "last"):
+            # ... on a grid the pass shows: a convolution's, pooling's or norm's own (or the input's)
+            if f is not None and (vote == "first" or geometry.observed(shape[2:])
+                                  or (vote is None and geometry.scaled(shape[2:]))):
                 out.append((CHANNELS_FIRST, f + (0.3 if vote == "last" else 0)))
             if rank >= 2:
+                # channels last: its grid follows the input, or, made by a last-dim module (a
+                # merging stage's norm or linear), is an integer downsampling of an observed grid,
+                # whatever its strides (video: time 2x, space 32x)
                 f = _fits(shape[1:-1], spatial)
+                if f is None and vote == "last" and geometry.ties(shape[1:-1]):
+                    f = _fits(shape[1:-1], spatial, strict=False)
                 if f is not None:
                     out.append((CHANNELS_LAST, f + (0.3 if vote != "last" else 0)))
-        if t.ndim == 3:
-            if rank == 1:
-                f = _fits(shape[1:2], spatial)
-                if f is not None and vote != "first":
-                    out.append((_tokens(0, (shape[1],), time=True), f + (0 if vote == "last" else 0.3)))
-            else:
-                out += token_readings(shape[1], spatial, patch)
+        if t.ndim == 3 and vote != "first":  # a convolution, pooling or norm's dim 1 is channels
+            found = _stage_tokens(shape[1], geometry, order, t, rank)
+            if found is not None:
+                pen = 0.0 if rank > 1 or vote == "last" else 0.3
+                out.append((found[0], pen))
     if rank == 1 and t.ndim == 3 and shape[1] == n and shape[0] != n and vote in ("last", None):
-        f = _fits(shape[:1], spatial)
-        if f is not None:
+        g = geometry.stage_grid(order, t)
+        if g is not None and g.cells == (shape[0],):
             out.append((Reading("time_first", "time first (T, N, C)", False, 0, (shape[0],)),
-                        f + (0 if vote == "last" else 0.3)))
+                        0 if vote == "last" else 0.3))
     out = sorted(out, key=lambda p: p[1])
     if item is not None:
         out = [(replace(r, item=item), p) for r, p in out]
     return out
 
 
-def read(t, n: int, spatial: tuple[int, ...], module=None, patch=None) -> Reading | None:
+def read(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
+         order: int | None = None) -> Reading | None:
     """The reading of a module output ``t`` for a batch of ``n`` inputs of size ``spatial``.
 
-    ``None`` when ``t`` is not a feature map of the input (a vector, an attention
-    internal, another batch size, a map larger than the input). Of the readings
-    that fit, the one whose grid follows the input best (one integer stride for
-    every dim) and agrees with the producing ``module`` (convolutions and batch
-    norms work on dim 1, linear layers, layer norms, attention and RNNs on the last
-    dim); marked ``guessed`` when another reading fits as well.
+    ``None`` when ``t`` is not a feature map of the input (a vector, another batch
+    size, a map larger than the input, tokens whose length no observed grid
+    explains). Of the readings that fit, the one whose grid follows the input best
+    and agrees with the producing ``module`` (convolutions and batch norms work on
+    dim 1, linear layers, layer norms, attention and RNNs on the last dim); marked
+    ``guessed``, naming the other reading, when another fits as well.
     """
-    found = candidates(t, n, spatial, module, patch)
+    found = candidates(t, n, spatial, module, geometry, order)
     if not found:
         return None
     best, pen = found[0]
     if len(found) > 1 and found[1][1] - pen < 0.05:
-        best = replace(best, guessed=True)
+        best = replace(best, guessed=True, alternatives=describe(found[1][0]))
     return best
 
 
@@ -326,40 +317,71 @@ def describe(reading: Reading) -> str:
     return reading.description or reading.kind
 
 
-def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[int, ...],
-                  module=None, patch=None) -> Reading:
-    """The reading of an explicitly chosen layer's output ``t``, or an error naming the layer."""
+def _not_a_tensor(t, reading, name, module):
     if isinstance(t, (tuple, list)) and not isinstance(t, torch.Tensor):
-        if not (t and isinstance(t[0], torch.Tensor) and (isinstance(module, nn.RNNBase)
-                                                             or (reading is not None and reading.item is not None))):
+        if not (t and isinstance(t[0], torch.Tensor)):
             raise GradattrError(f"feature_layer: expected a layer whose output is a tensor "
                                 f"(N, C, *spatial), but {name!r} returned a {type(t).__name__}")
     elif not isinstance(t, torch.Tensor):
         raise GradattrError(f"feature_layer: expected a layer whose output is a tensor "
                             f"(N, C, *spatial), but {name!r} returned a {type(t).__name__}")
+
+
+def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[int, ...],
+                  module=None, geometry=None, order: int | None = None) -> Reading:
+    """The reading of an explicitly chosen layer's output ``t``, or an error naming the layer.
+
+    A reading asked for (``feature_layout``) is bound as given, never re-interpreted;
+    otherwise the layer's output is read with the grids observed in the pass
+    (``geometry``): a channels-last layer of any rank reads channels last because its
+    grid is an observed one, a token tensor only on the grid observed at its stage.
+    """
+    _not_a_tensor(t, reading, name, module)
     if reading is not None and reading.bound:
         return reading
+    if geometry is None:
+        geometry = _input_only(spatial)
     if reading is not None:
-        return bind(reading, t, name, n, spatial, module, patch)
-    found = read(t, n, spatial, module, patch)
+        return bind(reading, t, name, n, spatial, module, geometry, order)
+    found = read(t, n, spatial, module, geometry, order)
     if found is None and isinstance(t, torch.Tensor) and t.ndim == len(spatial) + 2 and t.shape[0] == n:
         # An explicit layer with the input's layout is read channels-first even when its map is
         # 1 x 1 (MATLAB accepts any feature layer; only the automatic choice needs a dim > 1).
-        return bind(CHANNELS_FIRST, t, name, n, spatial, module, patch)
+        return bind(CHANNELS_FIRST, t, name, n, spatial, module, geometry, order)
     if found is None:
         shape = tuple((t[0] if not isinstance(t, torch.Tensor) else t).shape)
         rank = len(spatial)
+        if len(shape) == 3 and shape[0] == n:
+            raise GradattrError(
+                f"feature_layer: expected a layer whose output reads as a feature map of the input, "
+                f"but {name!r} outputs tokens of shape {shape} whose length {shape[1]} cannot be tied "
+                f"to a grid observed in the forward pass ({geometry.seen()}; input: {n} samples of "
+                f"size {spatial}); {_settle(shape, geometry, order, t)}")
         raise GradattrError(
             f"feature_layer: expected a layer whose output reads as a feature map of the input "
             f"({n}, C, {rank} spatial dims), ({n}, {rank} spatial dims, C) or tokens ({n}, L, C) "
-            f"on a grid following the input's size {spatial}, but {name!r} outputs shape {shape}; "
+            f"on a grid observed in the forward pass, but {name!r} outputs shape {shape}; "
             "pass feature_layout (a name or a callable tensor -> (N, C, *S)) to say how to read it")
     return found
 
 
+def _settle(shape, geometry, order, exclude) -> str:
+    """Which ``feature_layout=`` would settle a token tensor of ``shape``."""
+    fits = [g for g in geometry.usable(exclude) if 0 <= shape[1] - math.prod(g.cells) <= MAX_EXTRA_TOKENS]
+    hint = ""
+    if fits:
+        g = fits[-1]
+        hint = (f"feature_layout='tokens:{shape[1] - math.prod(g.cells)}' reads them as that many "
+                f"leading extra tokens + the observed {' x '.join(map(str, g.cells))} grid; ")
+    return (hint + "feature_layout=callable (tensor -> (N, C, *S), a pytorch-grad-cam "
+            "reshape_transform) says how to read them in any case")
+
+
 def bind(reading: Reading, out, name: str, n: int, spatial: tuple[int, ...], module=None,
-         patch=None) -> Reading:
-    """A reading asked for by name, fixed to the shape of ``out`` (grid, extra tokens)."""
+         geometry=None, order: int | None = None) -> Reading:
+    """A reading asked for by name, fixed to the shape of ``out`` (grid, extra tokens) as given."""
+    if geometry is None:
+        geometry = _input_only(spatial)
     t = out
     item = None
     if isinstance(out, (tuple, list)):
@@ -369,7 +391,7 @@ def bind(reading: Reading, out, name: str, n: int, spatial: tuple[int, ...], mod
 
     def fail(what):
         return GradattrError(f"feature_layout: expected {what} for {name!r}, got shape {shape} "
-                             f"(input: {n} samples of size {spatial})")
+                             f"(input: {n} samples of size {spatial}; {geometry.seen()})")
 
     k = reading.kind
     if k == "callable":
@@ -400,26 +422,21 @@ def bind(reading: Reading, out, name: str, n: int, spatial: tuple[int, ...], mod
     if k == "tokens":
         if t.ndim != 3:
             raise fail(f"tokens ({n}, L, C)")
-        if rank == 1 and reading.extra in (None, 0):
-            return replace(_tokens(0, (shape[1],), time=True), item=item)
+        if rank == 1 and reading.extra == 0 and "time major" in reading.description:
+            return replace(_tokens(0, (shape[1],), time=True), item=item)  # as said: every step
         if reading.extra is not None:
             m = shape[1] - reading.extra
-            grids = _grids(m, spatial) if m > 0 else []
-            if patch is not None and m > 0:
-                g = tuple(s // p for s, p in zip(spatial, patch))
-                if int(torch.Size(g).numel()) == m:
-                    grids = [(g, 0.0)]
-            if not grids:
-                raise fail(f"{reading.extra} extra tokens + a grid of {m} patches following the "
-                           f"input's size {spatial}")
-            return replace(_tokens(reading.extra, grids[0][0]), item=item)
-        found = token_readings(shape[1], spatial, patch)
-        if not found:
-            raise fail(f"tokens ({n}, L, C) with L = extra tokens + a grid following the input's size")
-        best = found[0][0]
-        if len(found) > 1 and found[1][1] - found[0][1] < 0.05:
-            best = replace(best, guessed=True)
-        return replace(best, item=item)
+            g = geometry.with_cells(m, order, t) if m > 0 else None
+            if g is None:
+                raise fail(f"{reading.extra} extra tokens + {m} tokens on a grid observed in the "
+                           f"forward pass")
+            return replace(_tokens(reading.extra, g.cells, time=rank == 1 and reading.extra == 0),
+                           item=item)
+        found = _stage_tokens(shape[1], geometry, order, t, rank)
+        if found is None:
+            raise fail("tokens (N, L, C) with L = extra tokens + the cells of the grid observed at "
+                       "their stage")
+        return replace(found[0], item=item)
     raise AssertionError(k)
 
 

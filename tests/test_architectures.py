@@ -48,7 +48,11 @@ def vit_tiny(**kw):
 # ------------------------------------------------------------------ the readings themselves
 def test_readings_round_trip_and_keep_extra_tokens():
     t = torch.randn(2, 3 + 12, 5)  # 3 extra tokens + a 3 x 4 grid (input 48 x 64)
-    r = layouts.read(t, 2, (48, 64))
+    assert layouts.read(t, 2, (48, 64)) is None  # no grid observed: tokens are not read at all
+    from gradattr.geometry import Observer
+    seen = Observer(nn.Identity(), 2, (48, 64), lambda: True)
+    seen.add((3, 4), "a patch embedding's output")
+    r = layouts.read(t, 2, (48, 64), geometry=seen)
     assert (r.kind, r.extra, r.grid) == ("tokens", 3, (3, 4))
     a = r.to_ncs(t)
     assert a.shape == (2, 5, 3, 4)
@@ -428,10 +432,18 @@ class Patchify(nn.Module):
         return self.fc(t.mean(1))
 
 
-def test_a_guessed_reading_warns_naming_layer_shape_and_reading():
+def test_an_unfold_patcher_is_observed_not_guessed():
+    """The unfold's own blocks (4 x 4) are the grid: 17 tokens are 1 extra + 4 x 4, no warning."""
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match=r"feature layer 'mix' read as tokens \(N, L, C\): 1 extra token \+ 4 x 4 grid, a guess"):
-        gradattr.grad_cam(Patchify().eval(), torch.randn(1, 3, 16, 16), 0, input_format="BCSS")
+    net, x = Patchify().eval(), torch.randn(1, 3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cam, layer, _ = gradattr.grad_cam(net, x, 0, input_format="BCSS", upsampling="none",
+                                          return_layers=True)
+    assert layer == "mix"
+    by_hand = gradattr.grad_cam(net, x, 0, input_format="BCSS", upsampling="none", feature_layer="mix",
+                                feature_layout=lambda t: t[:, 1:].reshape(1, 4, 4, 8).permute(0, 3, 1, 2))
+    assert cam.shape == (1, 4, 4) and float(cam.abs().max()) > 0 and torch.allclose(cam, by_hand)
 
 
 def test_structured_outputs_and_their_errors():

@@ -23,6 +23,7 @@ def _matches(pattern: str, *texts: str) -> bool:
 def cmd_layers(args) -> int:
     import torch
 
+    from ..geometry import Observer
     from ..layouts import read
     from ..prep import borrowed
 
@@ -36,12 +37,13 @@ def cmd_layers(args) -> int:
     n, spatial = shape[0], tuple(shape[2:])
     seen: dict[str, tuple] = {}
     calls = [0]
+    observer = Observer(net, n, spatial, lambda: True)
 
     def hook_for(name):
         def hook(module, inputs, out):
             calls[0] += 1
             if isinstance(out, torch.Tensor):
-                reading = read(out, n, spatial)
+                reading = read(out, n, spatial, None, observer, observer.tick())
                 seen[name] = (calls[0], loaded.types.get(name, type(module).__name__), tuple(out.shape),
                               None if reading is None else (reading.description or reading.kind))
         return hook
@@ -49,10 +51,12 @@ def cmd_layers(args) -> int:
     handles = []
     try:
         with borrowed(net), torch.no_grad():  # eval mode, restored after
+            handles += observer.handles()  # the grids the pass shows (token readings need them)
             for name, module in net.named_modules():
                 if name:
                     handles.append(module.register_forward_hook(hook_for(name)))
-            net(x)
+            with observer.watching():
+                net(x)
     except Exception as err:  # noqa: BLE001
         raise CliError(f"--input-shape: the model does not run on an input of shape {tuple(shape)}: "
                        f"{_one_line(err)}") from None
