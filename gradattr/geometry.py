@@ -57,7 +57,7 @@ class Grid:
     order: int  # when it was seen, on the pass's clock
     module: str  # the innermost module running when it was seen ("" for the input)
     source: str  # what showed it, for messages
-    tensor: object = None  # a weak reference to the tensor whose shape it is (ids are reused)
+    tensor: weakref.ReferenceType | None = None  # the tensor whose shape it is, weakly (ids are reused)
 
     def of(self, t) -> bool:
         """True when this grid is the shape of the (live) tensor ``t``."""
