@@ -80,12 +80,12 @@ def explain(method: Method, net, x, target=None, **options):
             maps, names, rname = augmented(run, call, plan, fix_target=method.needs_target)
         else:
             maps, names, rname = run(call)
+        extra = None
+        if isinstance(maps, tuple):  # (attributions, (N, K) completeness gaps): return_delta
+            maps, extra = maps
         _check_maps(method, maps, names, call, plan, opts)
     if method.returns == "map" and mode != "none" and tuple(maps.shape[2:]) != call.layout.spatial:
         maps = resize.imresize(maps, call.layout.spatial, mode)
-    extra = None
-    if isinstance(maps, tuple):  # (attributions, (N, K) completeness gaps): return_delta
-        maps, extra = maps
     if opts["normalize"]:
         maps = minmax(maps)
     out = call.layout.output(maps, call.target.scalar and maps.shape[1] == 1)
@@ -119,8 +119,10 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
         i, k = (int(v) for v in zero.nonzero()[0]) if peak.ndim == 2 else (int(zero.nonzero()[0]), 0)
         what = (f"{int(zero.sum())} of {zero.numel()} maps are" if zero.numel() > 1 and not bool(zero.all())
                 else "the map is" if zero.numel() == 1 else "every map is")
-        hint = "counterfactual=True (the evidence against the target), or another feature_layer" \
-            if "counterfactual" in opts else "another feature_layer"
+        hint = ", ".join(h for o, h in (("counterfactual", "counterfactual=True (the evidence against the "
+                                                          "target)"),
+                                         ("relu", "relu=False (the signed map)")) if o in opts)
+        hint = f"{hint}, or another feature_layer" if hint else "another feature_layer"
         warnings.warn(f"gradattr: {method.name} at {layer}: {what} all zero (first: sample {i}, target "
                       f"{k}): {_cause(method, call, plan, opts, 'zero')}; try {hint}",
                       GradattrWarning, stacklevel=4)
