@@ -113,7 +113,7 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
     if bool(bad.any()):
         i, k = (int(v) for v in bad.nonzero()[0]) if peak.ndim == 2 else (int(bad.nonzero()[0]), 0)
         raise GradattrError(f"{method.name}: expected finite maps, but the map of sample {i}, target "
-                            f"{k} at {layer} has NaN or Inf values: {_cause(method, call, plan, opts, 'nan')}")
+                            f"{k} at {layer} has NaN or Inf values: {_cause(method, call, plan, opts, 'nan', i, k)}")
     zero = peak == 0
     if method.layered and bool(zero.any()):
         i, k = (int(v) for v in zero.nonzero()[0]) if peak.ndim == 2 else (int(zero.nonzero()[0]), 0)
@@ -124,23 +124,27 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
                                          ("relu", "relu=False (the signed map)")) if o in opts)
         hint = f"{hint}, or another feature_layer" if hint else "another feature_layer"
         warnings.warn(f"gradattr: {method.name} at {layer}: {what} all zero (first: sample {i}, target "
-                      f"{k}): {_cause(method, call, plan, opts, 'zero')}; try {hint}",
+                      f"{k}): {_cause(method, call, plan, opts, 'zero', i, k)}; try {hint}",
                       GradattrWarning, stacklevel=4)
 
 
-def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str) -> str:
-    """Why a map is NaN or all zero, found by one more pass (only when it is)."""
+def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int, k: int) -> str:
+    """Why the map of sample ``i``, target ``k`` is NaN or all zero, found by one more forward and
+    one backward of that target's score (only when a map is)."""
     try:
         cap = capture(call, plan, grad=True)
         s = call.target.scores(cap.output, call.n) if method.needs_target else None
-        if s is not None and not bool(torch.isfinite(s).all()):
+        if s is not None:
+            s = s[:, k]
+        if s is not None and not bool(torch.isfinite(s[i]).all()):
             return "the score itself is NaN or Inf (the network's output for this target)"
-        if any(not bool(torch.isfinite(a).all()) for a in cap.acts):
+        if any(not bool(torch.isfinite(a[i]).all()) for a in cap.acts):
             return "the layer's activations are NaN or Inf (the network before the layer produced them)"
         if s is None:
             return ("produced by the method from finite activations" if what == "nan" else
                     "every weighted sum was <= 0 before the ReLU")
-        grads = _gradients(call, cap, opts.get("counterfactual", False))
+        raw = torch.autograd.grad(s.sum(), cap.raw, allow_unused=True)
+        grads = [lp.reading.to_ncs(g)[i] for g, lp in zip(raw, cap.plan.layers) if g is not None]
         if what == "nan":
             if any(not bool(torch.isfinite(g).all()) for g in grads):
                 return ("the gradients of the score at this layer are NaN or Inf although the score is "
