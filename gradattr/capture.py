@@ -436,8 +436,9 @@ def _spread(reading: Reading, g: torch.Tensor) -> int:
 
 
 def _depended_on(candidates: list, call: Call, y) -> list:
-    """The last candidate on which the target score depends spatially: its gradient (one backward
-    of the graph the pass recorded) is non-zero at more than one grid position. A candidate that
+    """The last candidate on which the target score depends: its gradient (one backward of the
+    graph the pass recorded) is non-zero at more than one grid position (a channels-first map:
+    at one position or more, MATLAB's rule for CNNs). A candidate that
     cannot be measured (changed in place later) counts when it is a channels-first map (MATLAB's
     rule); without a score to measure, the last candidate."""
     try:
@@ -462,7 +463,11 @@ def _depended_on(candidates: list, call: Call, y) -> list:
                 return c
             continue
         gi = grads[id(c)]
-        if gi is not None and _spread(c[4], gi) > 1:
+        # A channels-first map (a CNN's, MATLAB's rule) counts when the score depends on it at
+        # all: a TCN's head may read one step of it, and its map is still the last map's. A token
+        # or channels-last tensor must carry the score at more than one position (a ViT's patch
+        # tokens after the last attention feed only themselves).
+        if gi is not None and _spread(c[4], gi) > (0 if c[4].kind == "channels_first" else 1):
             return c
     return candidates[-1]
 
