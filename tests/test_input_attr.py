@@ -411,3 +411,19 @@ def test_integrated_gradients_per_token_of_a_hugging_face_bert_matches_captum():
     want = lig.attribute(ids, baselines=torch.zeros_like(ids), target=1, n_steps=20, additional_forward_args=(mask,))
     assert got.shape == (2, 9, 16)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+
+
+def test_blur_baseline_is_an_11_tap_gaussian_of_sigma_5():
+    """``baseline="blur"`` equals the same call with the blurred input given as a tensor, the blur
+    made by scipy (radius 5, sigma 5, mirror borders: OpenCV's reflect-101)."""
+    from scipy.ndimage import gaussian_filter
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    x = torch.randn(2, 2, 12, 12)
+    blurred = torch.from_numpy(gaussian_filter(x.double().numpy(), sigma=(0, 0, 5, 5), truncate=1.0,
+                                               mode="mirror")).float()
+    got = gradattr.integrated_gradients(net, x, 1, baseline="blur", steps=8)
+    want = gradattr.integrated_gradients(net, x, 1, baseline=blurred, steps=8)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

@@ -159,10 +159,10 @@ def _input_baseline(value, x: torch.Tensor) -> torch.Tensor:
                            repr(value))
         if value == "mean":  # each sample's channel means (MATLAB's MaskValue "auto")
             return x.flatten(2).mean(-1)[(...,) + (None,) * (x.ndim - 2)].expand_as(x).clone()
-        if value == "blur":
-            from ..engine import _gaussian_blur
+        if value == "blur":  # an 11-tap Gaussian, sigma 5, reflect-101 borders, along every axis
+            from ..ops import gaussian_blur
 
-            return _gaussian_blur(x)
+            return gaussian_blur(x, 11, 5.0, short_axes="skip")
         raise expected("baseline", "a number, a tensor broadcastable to x, 'blur' or 'mean'", repr(value))
     if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
         if not x.is_floating_point() and float(value) != int(value):
