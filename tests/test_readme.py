@@ -47,7 +47,8 @@ def _python_blocks():
 BLOCKS = _python_blocks()
 #: The README's placeholders for the user's own objects, bound here to small stand-ins.
 PLACEHOLDERS = ("net", "x", "y", "names", "lstm_net", "encoder_net", "series", "my_reshape_transform",
-                "dataset", "DataLoader", "torch", "gradattr", "torchvision")
+                "dataset", "DataLoader", "torch", "gradattr", "torchvision", "loader", "writer", "model",
+                "ids", "mask", "vqa", "image", "question", "answer", "pad_id")
 
 
 def _placeholders() -> dict:
@@ -82,7 +83,39 @@ def _placeholders() -> dict:
         def forward(self, s):
             return self.fc(self.enc(self.proj(s.transpose(1, 2))).mean(1))
 
-    return {"net": net, "x": x, "y": torch.tensor([3]), "names": names, "lstm_net": LSTMNet().eval(),
+    class TextNet(nn.Module):  # a text model: token ids -> embeddings -> a class, with a mask
+        def __init__(self):
+            super().__init__()
+            self.embeddings, self.fc = nn.Embedding(30, 8), nn.Linear(8, 2)
+
+        def forward(self, ids, attention_mask=None):
+            e = self.embeddings(ids)
+            return self.fc(e.mean(1) if attention_mask is None else (e * attention_mask[..., None]).mean(1))
+
+    class VQA(nn.Module):  # an image and a question -> an answer
+        def __init__(self):
+            super().__init__()
+            self.vision = nn.Sequential()
+            self.vision.add_module("layer4", nn.Conv2d(3, 4, 3, padding=1))
+            self.vision.add_module("relu", nn.ReLU())
+            self.text = nn.Module()
+            self.text.embedding = nn.Embedding(30, 4)
+            self.fc = nn.Linear(8, 3)
+
+        def forward(self, image, question):
+            v = self.vision(image).mean((2, 3))
+            return self.fc(torch.cat([v, self.text.embedding(question).mean(1)], 1))
+
+    class Writer:  # TensorBoard's SummaryWriter, as far as the docs use it
+        def add_image(self, tag, img, dataformats="CHW"):
+            assert img.ndim == 3 and dataformats == "HWC"
+
+    loader = DataLoader(TensorDataset(x.repeat(4, 1, 1, 1), torch.tensor([1, 2, 3, 4])), batch_size=2)
+    return {"loader": loader, "writer": Writer(), "model": TextNet().eval(),
+            "ids": torch.randint(1, 30, (1, 6)), "mask": torch.ones(1, 6), "vqa": VQA().eval(),
+            "image": torch.rand(1, 3, 16, 16), "question": torch.randint(1, 30, (1, 5)), "answer": 1,
+            "pad_id": 0,
+            "net": net, "x": x, "y": torch.tensor([3]), "names": names, "lstm_net": LSTMNet().eval(),
             "encoder_net": EncoderNet().eval(), "series": torch.randn(2, 3, 40),
             "my_reshape_transform": lambda t: t[:, 1:].reshape(t.shape[0], 14, 14, t.shape[2]).permute(0, 3, 1, 2),
             "dataset": TensorDataset(x.repeat(4, 1, 1, 1), torch.tensor([1, 2, 3, 4])),
@@ -108,3 +141,39 @@ def test_readme_block_runs_as_written(code, tmp_path, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights: empty maps are said, not an error here
         exec(compile(code, "README.md", "exec"), _placeholders())
+
+
+# ------------------------------------------------------------ every code block of the docs site runs
+DOCS = sorted((Path(__file__).resolve().parent.parent / "docs").glob("*.md"))
+
+
+def _page_blocks(text: str) -> list[str]:
+    """The runnable ```python blocks of a page, in order. Skipped: a block after a ``<!-- no-run: why
+    -->`` line, and the gallery's ``--8<--`` includes of examples/ (tests/test_examples.py runs those)."""
+    out = []
+    for m in re.finditer(r"```python\n(.*?)```", text, flags=re.S):
+        before = text[:m.start()].rstrip().splitlines()
+        if (before and before[-1].strip().startswith("<!-- no-run")) or m.group(1).lstrip().startswith("--8<--"):
+            continue
+        out.append(m.group(1))
+    return out
+
+
+def test_docs_pages_skip_few_blocks():
+    skipped = sum(p.read_text().count("<!-- no-run") for p in DOCS)
+    assert skipped <= 3 and sum(len(_page_blocks(p.read_text())) for p in DOCS) >= 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", [p for p in DOCS if _page_blocks(p.read_text())], ids=lambda p: p.name)
+def test_docs_page_blocks_run_in_order(page, tmp_path, monkeypatch):
+    """Every block of a site page runs, top to bottom in one namespace as a reader runs them,
+    with the same stand-ins for the reader's own objects as the README's blocks."""
+    import warnings
+
+    monkeypatch.chdir(tmp_path)
+    namespace = _placeholders()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for code in _page_blocks(page.read_text()):
+            exec(compile(code, str(page), "exec"), namespace)
