@@ -1,4 +1,5 @@
-"""MkDocs hooks: the method catalogue from gradattr's registry, and links into the README.
+"""MkDocs hooks: the method catalogue from gradattr's registry, the README's Guarantees, and links
+into the README.
 
 ``docs/methods.md`` holds a ``<!-- catalogue -->`` marker that is replaced, at build time, by one
 section per registered method (title, kind, target, what it returns, options, use-when, the
@@ -23,7 +24,7 @@ README_PAGES = {
     "the-cam-family": "methods.md",
     "is-the-map-faithful-metrics-and-compare": "metrics.md",
     "coming-from-matlab": "matlab.md",
-    "guarantees": "usage.md#guarantees",
+    "guarantees": "guarantees.md",
     "use": "usage.md",
     "examples": "gallery.md",
 }
@@ -42,7 +43,7 @@ def _catalogue() -> str:
         lead = "\n\n".join(p.replace("\n", " ") for p in doc.split("Args:")[0].strip().split("\n\n"))
         own = [o for o in info.options if o not in shared]
         out += [f"## `{name}`: {info.title}", "",
-                f"*{info.kind}* method; {'needs a target class' if info.needs_target else 'explains no class'}; "
+                f"*{info.family}* method, captures {info.captures}; {'needs a target class' if info.needs_target else 'explains no class'}; "
                 f"returns {info.returns}.", "",
                 f"**Use it when** {info.use_when}" if info.use_when else "", "",
                 lead, ""]
@@ -54,9 +55,18 @@ def _catalogue() -> str:
     return "\n".join(out)
 
 
+def _readme_section(title: str) -> str:
+    """A ``## title`` section of the README (its one source), its links pointed into the site."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = re.split(r"(?m)^## ", text.split(f"\n## {title}\n", 1)[1])[0]
+    body = re.sub(r"(?m)^### ", "## ", body).replace("](docs/images/", "](images/")
+    return re.sub(r"\]\(docs/([\w./#-]+)\)", r"](\1)", body)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if "<!-- catalogue -->" in markdown:
         markdown = markdown.replace("<!-- catalogue -->", _catalogue())
+    markdown = re.sub(r"<!-- readme: (.+?) -->", lambda m: _readme_section(m.group(1)), markdown)
 
     def readme(m: re.Match) -> str:
         anchor = m.group(1) or ""

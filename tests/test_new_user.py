@@ -91,15 +91,16 @@ def test_a_list_of_classifier_output_targets_is_one_class_per_sample_as_in_pytor
         gradattr.grad_cam(net, x, [ClassifierOutputSoftmaxTarget(2), ClassifierOutputSoftmaxTarget(1)])
 
 
-# -- README vs pictures and signatures: one source ---------------------------------------------
-README = (ROOT / "README.md").read_text()
+# -- the docs vs pictures and signatures: one source -------------------------------------------
+SEQUENCES = (ROOT / "docs/sequences.md").read_text()  # the README's section on transformers, moved here
+USAGE = (ROOT / "docs/usage.md").read_text()  # grad_cam's signature and argument table
 
 
 def test_the_readme_quotes_the_transformer_numbers_the_example_wrote_with_its_picture():
     import json
 
     numbers = json.loads((ROOT / "docs/images/vit_swin_sequences.json").read_text())["median_share"]
-    text = " ".join(README[README.index("python examples/vit_swin_sequences.py` trains"):].split())
+    text = " ".join(SEQUENCES[SEQUENCES.index("python examples/vit_swin_sequences.py` trains"):].split())
     text = text[:text.index("![")]
     said = re.search(r"the Swin puts ([\d.]+) on the left digit and the ViT ([\d.]+)", text)
     assert (float(said[1]), float(said[2])) == (numbers["Swin"], numbers["ViT"])
@@ -111,7 +112,7 @@ def test_the_readme_quotes_the_transformer_numbers_the_example_wrote_with_its_pi
 
 
 def _readme_rows() -> dict[str, str]:
-    table = README[README.index("| argument | meaning |"):]
+    table = USAGE[USAGE.index("| argument | meaning |"):]
     table = table[:table.index("\n\n")]
     return dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", table, flags=re.M))
 

@@ -1,4 +1,5 @@
-"""The README lists what the package has: every registered method is in the CAM-family table."""
+"""The README and the site list what the package has (every registered method in the methods table,
+every argument in the usage page), and every python block of both runs as written."""
 from __future__ import annotations
 
 import re
@@ -9,10 +10,13 @@ import pytest
 import gradattr
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+#: the reference tables left the README for the site's pages
+METHODS = (Path(__file__).resolve().parent.parent / "docs" / "methods.md").read_text()
+USAGE = (Path(__file__).resolve().parent.parent / "docs" / "usage.md").read_text()
 
 
 def test_every_registered_method_is_in_the_readme_table_and_nothing_else():
-    table = README[README.index("| function | method | use it when |"):]
+    table = METHODS[METHODS.index("| function | method | use it when |"):]
     table = table[:table.index("\n\n")]
     listed = re.findall(r"^\| `(\w+)` \|", table, flags=re.M)
     assert listed == gradattr.list_methods()
@@ -23,10 +27,10 @@ def test_every_argument_of_grad_cam_is_in_the_readme_signature_and_table():
     import inspect
 
     params = [p for p in inspect.signature(gradattr.grad_cam).parameters if p not in ("net", "x")]
-    block = README[README.index("gradattr.grad_cam(net, x, target=None"):]
+    block = USAGE[USAGE.index("gradattr.grad_cam(net, x, target=None"):]
     block = block[:block.index("```")]
     assert re.findall(r"(\w+)=", block) == params
-    table = README[README.index("| argument | meaning |"):]
+    table = USAGE[USAGE.index("| argument | meaning |"):]
     table = table[:table.index("\n\n")]
     rows = re.findall(r"^\| `(\w+)` \|", table, flags=re.M)
     assert sorted(rows) == sorted(params)  # each argument once, in an order that reads well
@@ -125,8 +129,8 @@ def _placeholders() -> dict:
 
 
 def test_readme_blocks_are_found_and_few_are_skipped():
-    assert len(BLOCKS) >= 6
-    assert sum(not run for _, _, run in BLOCKS) <= 2, [first for first, _, run in BLOCKS if not run]
+    assert len(BLOCKS) >= 2
+    assert sum(not run for _, _, run in BLOCKS) <= 1, [first for first, _, run in BLOCKS if not run]
 
 
 @pytest.mark.parametrize("code", [
