@@ -58,6 +58,7 @@ class Grid:
     module: str  # the innermost module running when it was seen ("" for the input)
     source: str  # what showed it, for messages
     tensor: weakref.ReferenceType | None = None  # the tensor whose shape it is, weakly (ids are reused)
+    inner: bool = False  # seen by a function call while ``module`` ran (not as a module's output)
 
     def of(self, t) -> bool:
         """True when this grid is the shape of the (live) tensor ``t``."""
@@ -166,7 +167,7 @@ class Observer:
             return  # more cells than input samples along a dim: not a grid over the input
         where = module if module is not None else (self.stack[-1] if self.stack else "")
         self.grids.append(Grid(cells, self.tick(), where, source,
-                               None if tensor is None else weakref.ref(tensor)))
+                               None if tensor is None else weakref.ref(tensor), inner=module is None))
 
     # -- what is observed -------------------------------------------------------------------
     def module_output(self, name: str, module: nn.Module, inputs, out) -> None:
@@ -254,8 +255,11 @@ class Observer:
                 or any(name.startswith(a + ".") for a in self.computing))
 
     def usable(self, exclude=None) -> list[Grid]:
-        """Observed grids outside attention modules, in order (the input's first)."""
+        """Observed grids outside attention modules, in order (the input's first): neither inside
+        an attention module nor seen by a function call while one computing attention ran (its
+        heads split or merged: ``(N, L, h, d) <-> (N, L, C)``)."""
         return [g for g in self.grids if not self.inside_attention(g.module)
+                and not (g.inner and g.module in self.computing)
                 and not g.of(exclude)]
 
     def stage_grid(self, order: int | None, exclude=None) -> Grid | None:
