@@ -125,6 +125,7 @@ class Observer:
         # modules seen computing attention (their insides are not; their output may be a block's)
         self.attention: set[str] = {nm for nm, m in net.named_modules() if nm and is_attention_type(m, types)}
         self.computing: set[str] = set()
+        self.started: dict[str, int] = {}  # the clock when each module's latest call began
         self.modules = dict(net.named_modules())
 
     # -- the pass's clock and module stack ------------------------------------------------
@@ -148,6 +149,7 @@ class Observer:
         def pre(module, inputs):
             if self.mine():
                 self.stack.append(name)
+                self.started[name] = self.clock
         return pre
 
     def _post(self, name, module):
@@ -172,6 +174,8 @@ class Observer:
     # -- what is observed -------------------------------------------------------------------
     def module_output(self, name: str, module: nn.Module, inputs, out) -> None:
         n, r = self.n, self.rank
+        if name in self.attention or name in self.computing:
+            self._query_grid(name, out)
         if isinstance(out, torch.Tensor) and isinstance(module, _FIRST_DIM):
             if out.ndim == r + 2 and out.shape[0] == n:
                 self.add(out.shape[2:], f"{name} ({type(module).__name__}) output "
@@ -184,6 +188,25 @@ class Observer:
                 if isinstance(o, (tuple, list, torch.Size)) and len(o) == r and all(
                         isinstance(v, int) and not isinstance(v, bool) for v in o):
                     self.add(o, f"{name} returned grid {tuple(o)}", name)
+
+    def _query_grid(self, name: str, out) -> None:
+        """An attention module returning ``(N, L, C)`` tokens on a grid it made inside (LeViT's
+        subsampled queries): the latest grid seen inside this call with exactly ``L`` cells that
+        downsamples the grid of the tokens it was given counts as the grid its output is on."""
+        t = out[0] if isinstance(out, (tuple, list)) and out else out
+        if not (isinstance(t, torch.Tensor) and t.ndim == 3 and t.shape[0] == self.n):
+            return
+        start = self.started.get(name, -1)
+        inside = [g for g in self.grids if g.order > start
+                  and (g.module == name or g.module.startswith(name + "."))
+                  and math.prod(g.cells) == t.shape[1]]
+        stage = self.stage_grid(start)  # the grid of the tokens it was given
+        for g in reversed(inside):
+            if stage is not None and len(stage.cells) == len(g.cells) and all(
+                    _downsamples(G, c) for G, c in zip(stage.cells, g.cells)):
+                self.grids.append(Grid(g.cells, self.tick(), name, f"{name} output {tuple(t.shape)}: "
+                                       f"{t.shape[1]} tokens on its {g.source}"))
+                return
 
     def function(self, func, args, kwargs, out) -> None:
         if func in _SDPA or func in _SOFTMAX:
