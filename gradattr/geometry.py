@@ -228,6 +228,12 @@ class Observer:
         if not (isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor)):
             return
         src, n, r = args[0], self.n, self.rank
+        if func is torch.Tensor.__getitem__:
+            # a crop of a grid-shaped tensor (a same-padding trim): the cropped grid
+            if (out.ndim == src.ndim == r + 2 and out.shape[:2] == src.shape[:2]
+                    and out.shape[2:] != src.shape[2:] and any(g.of(src) for g in self.grids)):
+                self.add(out.shape[2:], f"a crop {tuple(src.shape)} -> {tuple(out.shape)}", tensor=out)
+            return
         if src.ndim < 3 or src.shape[0] != n or out.ndim < 3 or out.shape[0] != n:
             return
         if func is torch.nn.functional.unfold:
