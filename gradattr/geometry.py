@@ -59,6 +59,7 @@ class Grid:
     source: str  # what showed it, for messages
     tensor: weakref.ReferenceType | None = None  # the tensor whose shape it is, weakly (ids are reused)
     inner: bool = False  # seen by a function call while ``module`` ran (not as a module's output)
+    scramble: bool = False  # no grid: tokens came back from the batch dim (windows, mask units)
 
     def of(self, t) -> bool:
         """True when this grid is the shape of the (live) tensor ``t``."""
@@ -197,7 +198,7 @@ class Observer:
         if not (isinstance(t, torch.Tensor) and t.ndim == 3 and t.shape[0] == self.n):
             return
         start = self.started.get(name, -1)
-        inside = [g for g in self.grids if g.order > start
+        inside = [g for g in self.grids if g.order > start and not g.scramble
                   and (g.module == name or g.module.startswith(name + "."))
                   and math.prod(g.cells) == t.shape[1]]
         stage = self.stage_grid(start)  # the grid of the tokens it was given
@@ -228,6 +229,14 @@ class Observer:
         if not (isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor)):
             return
         src, n, r = args[0], self.n, self.rank
+        if (func in _RESHAPES and src.ndim >= 3 and out.ndim == 3 and out.shape[0] == n
+                and src.shape[0] > n and src.shape[0] % n == 0):
+            # tokens gathered back from the batch dim (windows, Hiera's mask units): their order
+            # is the network's own, no grid observed so far says where each one lies
+            self.grids.append(Grid((), self.tick(), self.stack[-1] if self.stack else "",
+                                   f"a reshape {tuple(src.shape)} -> {tuple(out.shape)} from the batch dim",
+                                   inner=True, scramble=True))
+            return
         if func is torch.Tensor.__getitem__:
             # a crop of a grid-shaped tensor (a same-padding trim): the cropped grid
             if (out.ndim == src.ndim == r + 2 and out.shape[:2] == src.shape[:2]
@@ -246,8 +255,11 @@ class Observer:
         if func not in _RESHAPES or r < 2 or tuple(src.shape) == tuple(out.shape):
             return
         a, b = tuple(src.shape), tuple(out.shape)
-        # a token axis split into a grid: (N, L, C) -> (N, *g, C) or (N, C, L) -> (N, C, *g)
+        # a token axis split into a grid: (N, L, C) -> (N, *g, C) or (N, C, L) -> (N, C, *g), unless
+        # the tokens came back from the batch dim since the last grid (split, they keep that order)
         if len(a) == 3 and len(b) == r + 2:
+            if not self.since_scramble(None):
+                return
             if b[-1] == a[-1] and math.prod(b[1:-1]) == a[1]:
                 self.add(b[1:-1], f"a reshape {a} -> {b}", tensor=out)
             elif b[1] == a[1] and math.prod(b[2:]) == a[2]:
@@ -283,26 +295,36 @@ class Observer:
         return (any(name == a or name.startswith(a + ".") for a in self.attention)
                 or any(name.startswith(a + ".") for a in self.computing))
 
-    def usable(self, exclude=None) -> list[Grid]:
+    def usable(self, exclude=None, scrambles: bool = False) -> list[Grid]:
         """Observed grids outside attention modules, in order (the input's first): neither inside
         an attention module nor seen by a function call while one computing attention ran (its
-        heads split or merged: ``(N, L, h, d) <-> (N, L, C)``)."""
+        heads split or merged: ``(N, L, h, d) <-> (N, L, C)``); with ``scrambles`` the points
+        where tokens came back from the batch dim too."""
         return [g for g in self.grids if not self.inside_attention(g.module)
                 and not (g.inner and g.module in self.computing)
-                and not g.of(exclude)]
+                and (scrambles or not g.scramble) and not g.of(exclude)]
+
+    def since_scramble(self, order: int | None, exclude=None) -> list[Grid]:
+        """Usable grids seen before ``order`` (all, with None) and after the last scramble before it."""
+        before = [g for g in self.usable(exclude, scrambles=True) if order is None or g.order <= order]
+        last = max((i for i, g in enumerate(before) if g.scramble), default=-1)
+        return before[last + 1:]
 
     def stage_grid(self, order: int | None, exclude=None) -> Grid | None:
         """The grid at the stage of a tensor seen at ``order``: the latest observed before it (the
-        input's grid when nothing else was), or, with ``order`` None, the latest of the pass."""
-        grids = self.usable(exclude)
-        before = [g for g in grids if order is None or g.order <= order]
+        input's grid when nothing else was), or, with ``order`` None, the latest of the pass; None
+        when tokens came back from the batch dim since (their order is the network's own)."""
+        before = self.since_scramble(order, exclude)
         return before[-1] if before else None
 
     def with_cells(self, cells: int, order: int | None, exclude=None) -> Grid | None:
-        """The latest observed grid of exactly ``cells`` cells before ``order`` (else after it)."""
-        grids = [g for g in self.usable(exclude) if math.prod(g.cells) == cells]
-        before = [g for g in grids if order is None or g.order <= order]
-        return before[-1] if before else (grids[0] if grids else None)
+        """The latest observed grid of exactly ``cells`` cells before ``order`` (else after it),
+        none from before tokens last came back from the batch dim."""
+        before = [g for g in self.since_scramble(order, exclude) if math.prod(g.cells) == cells]
+        if order is None or before:
+            return before[-1] if before else None
+        grids = [g for g in self.usable(exclude) if math.prod(g.cells) == cells and g.order > order]
+        return grids[0] if grids else None
 
     def observed(self, cells) -> bool:
         """True when ``cells`` is exactly a grid observed in the pass (or the input's)."""

@@ -370,8 +370,15 @@ def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[
 
 def _settle(shape, geometry, order, exclude) -> str:
     """Which ``feature_layout=`` would settle a token tensor of ``shape``."""
-    fits = [g for g in geometry.usable(exclude) if 0 <= shape[1] - math.prod(g.cells) <= MAX_EXTRA_TOKENS]
+    since = geometry.since_scramble(order, exclude)
+    fits = [g for g in since if 0 <= shape[1] - math.prod(g.cells) <= MAX_EXTRA_TOKENS]
     hint = ""
+    if not since:
+        scr = [g for g in geometry.usable(exclude, scrambles=True) if g.scramble
+               and (order is None or g.order <= order)][-1]
+        hint = (f"the tokens came back from the batch dim ({scr.source}, in {scr.module or 'the model'!r}) "
+                "after the last grid observed, so their order is the network's own, not a raster "
+                "order of any observed grid; ")
     if fits:
         g = fits[-1]
         hint = (f"feature_layout='tokens:{shape[1] - math.prod(g.cells)}' reads them as that many "
