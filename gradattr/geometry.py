@@ -60,6 +60,7 @@ class Grid:
     tensor: weakref.ReferenceType | None = None  # the tensor whose shape it is, weakly (ids are reused)
     inner: bool = False  # seen by a function call while ``module`` ran (not as a module's output)
     scramble: bool = False  # no grid: tokens came back from the batch dim (windows, mask units)
+    behind: bool = False  # a reshape's dims behind dim 1, (N, C, *g) <-> (N, C, L): a head split's shape too
 
     def of(self, t) -> bool:
         """True when this grid is the shape of the (live) tensor ``t``."""
@@ -162,7 +163,7 @@ class Observer:
             self.module_output(name, module, inputs, out)
         return post
 
-    def add(self, cells, source: str, module: str | None = None, tensor=None) -> None:
+    def add(self, cells, source: str, module: str | None = None, tensor=None, behind: bool = False) -> None:
         cells = tuple(int(c) for c in cells)
         if len(cells) != self.rank or any(c < 1 for c in cells):
             return  # (a 1 x 1 grid is kept: it is that stage's grid, though no map is read on it)
@@ -170,7 +171,8 @@ class Observer:
             return  # more cells than input samples along a dim: not a grid over the input
         where = module if module is not None else (self.stack[-1] if self.stack else "")
         self.grids.append(Grid(cells, self.tick(), where, source,
-                               None if tensor is None else weakref.ref(tensor), inner=module is None))
+                               None if tensor is None else weakref.ref(tensor), inner=module is None,
+                               behind=behind))
 
     # -- what is observed -------------------------------------------------------------------
     def module_output(self, name: str, module: nn.Module, inputs, out) -> None:
@@ -193,12 +195,13 @@ class Observer:
     def _query_grid(self, name: str, out) -> None:
         """An attention module returning ``(N, L, C)`` tokens on a grid it made inside (LeViT's
         subsampled queries): the latest grid seen inside this call with exactly ``L`` cells that
-        downsamples the grid of the tokens it was given counts as the grid its output is on."""
+        downsamples the grid of the tokens it was given counts as the grid its output is on; not
+        one read behind dim 1 of a reshape (``(N, L, h, d) -> (N, L, C)`` merges heads)."""
         t = out[0] if isinstance(out, (tuple, list)) and out else out
         if not (isinstance(t, torch.Tensor) and t.ndim == 3 and t.shape[0] == self.n):
             return
         start = self.started.get(name, -1)
-        inside = [g for g in self.grids if g.order > start and not g.scramble
+        inside = [g for g in self.grids if g.order > start and not g.scramble and not g.behind
                   and (g.module == name or g.module.startswith(name + "."))
                   and math.prod(g.cells) == t.shape[1]]
         stage = self.stage_grid(start)  # the grid of the tokens it was given
@@ -263,12 +266,12 @@ class Observer:
             if b[-1] == a[-1] and math.prod(b[1:-1]) == a[1]:
                 self.add(b[1:-1], f"a reshape {a} -> {b}", tensor=out)
             elif b[1] == a[1] and math.prod(b[2:]) == a[2]:
-                self.add(b[2:], f"a reshape {a} -> {b}", tensor=out)
+                self.add(b[2:], f"a reshape {a} -> {b}", tensor=out, behind=True)
             return
         # a grid merged into a token axis: (N, *g, rest) -> (N, L, rest') or (N, C, *g) -> (N, C, L)
         if len(b) == 3:
             if len(a) == r + 2 and a[1] == b[1] and math.prod(a[2:]) == b[2]:
-                self.add(a[2:], f"a reshape {a} -> {b}", tensor=src)
+                self.add(a[2:], f"a reshape {a} -> {b}", tensor=src, behind=True)
             elif len(a) >= r + 2 and math.prod(a[1:1 + r]) == b[1] and math.prod(a[1 + r:]) == b[2]:
                 self.add(a[1:1 + r], f"a reshape {a} -> {b}", tensor=src)
 
