@@ -43,7 +43,7 @@ class HeadAttention(nn.Module):
             nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), heads, side, extra, pool)
 
     def forward(self, x):
-        n, length, c = x.shape
+        n, _, c = x.shape
         q, k, v = self.qkv(x).chunk(3, -1)
         if self.pool:  # queries on every other cell of the grid
             s = self.side
