@@ -58,6 +58,9 @@ class Grid:
     module: str  # the innermost module running when it was seen ("" for the input)
     source: str  # what showed it, for messages
     tensor: weakref.ReferenceType | None = None  # the tensor whose shape it is, weakly (ids are reused)
+    inner: bool = False  # seen by a function call while ``module`` ran (not as a module's output)
+    scramble: bool = False  # no grid: tokens came back from the batch dim (windows, mask units)
+    behind: bool = False  # a reshape's dims behind dim 1, (N, C, *g) <-> (N, C, L): a head split's shape too
 
     def of(self, t) -> bool:
         """True when this grid is the shape of the (live) tensor ``t``."""
@@ -124,6 +127,7 @@ class Observer:
         # modules seen computing attention (their insides are not; their output may be a block's)
         self.attention: set[str] = {nm for nm, m in net.named_modules() if nm and is_attention_type(m, types)}
         self.computing: set[str] = set()
+        self.started: dict[str, int] = {}  # the clock when each module's latest call began
         self.modules = dict(net.named_modules())
 
     # -- the pass's clock and module stack ------------------------------------------------
@@ -147,6 +151,7 @@ class Observer:
         def pre(module, inputs):
             if self.mine():
                 self.stack.append(name)
+                self.started[name] = self.clock
         return pre
 
     def _post(self, name, module):
@@ -158,7 +163,7 @@ class Observer:
             self.module_output(name, module, inputs, out)
         return post
 
-    def add(self, cells, source: str, module: str | None = None, tensor=None) -> None:
+    def add(self, cells, source: str, module: str | None = None, tensor=None, behind: bool = False) -> None:
         cells = tuple(int(c) for c in cells)
         if len(cells) != self.rank or any(c < 1 for c in cells):
             return  # (a 1 x 1 grid is kept: it is that stage's grid, though no map is read on it)
@@ -166,11 +171,14 @@ class Observer:
             return  # more cells than input samples along a dim: not a grid over the input
         where = module if module is not None else (self.stack[-1] if self.stack else "")
         self.grids.append(Grid(cells, self.tick(), where, source,
-                               None if tensor is None else weakref.ref(tensor)))
+                               None if tensor is None else weakref.ref(tensor), inner=module is None,
+                               behind=behind))
 
     # -- what is observed -------------------------------------------------------------------
     def module_output(self, name: str, module: nn.Module, inputs, out) -> None:
         n, r = self.n, self.rank
+        if name in self.attention or name in self.computing:
+            self._query_grid(name, out)
         if isinstance(out, torch.Tensor) and isinstance(module, _FIRST_DIM):
             if out.ndim == r + 2 and out.shape[0] == n:
                 self.add(out.shape[2:], f"{name} ({type(module).__name__}) output "
@@ -183,6 +191,26 @@ class Observer:
                 if isinstance(o, (tuple, list, torch.Size)) and len(o) == r and all(
                         isinstance(v, int) and not isinstance(v, bool) for v in o):
                     self.add(o, f"{name} returned grid {tuple(o)}", name)
+
+    def _query_grid(self, name: str, out) -> None:
+        """An attention module returning ``(N, L, C)`` tokens on a grid it made inside (LeViT's
+        subsampled queries): the latest grid seen inside this call with exactly ``L`` cells that
+        downsamples the grid of the tokens it was given counts as the grid its output is on; not
+        one read behind dim 1 of a reshape (``(N, L, h, d) -> (N, L, C)`` merges heads)."""
+        t = out[0] if isinstance(out, (tuple, list)) and out else out
+        if not (isinstance(t, torch.Tensor) and t.ndim == 3 and t.shape[0] == self.n):
+            return
+        start = self.started.get(name, -1)
+        inside = [g for g in self.grids if g.order > start and not g.scramble and not g.behind
+                  and (g.module == name or g.module.startswith(name + "."))
+                  and math.prod(g.cells) == t.shape[1]]
+        stage = self.stage_grid(start)  # the grid of the tokens it was given
+        for g in reversed(inside):
+            if stage is not None and len(stage.cells) == len(g.cells) and all(
+                    _downsamples(G, c) for G, c in zip(stage.cells, g.cells)):
+                self.grids.append(Grid(g.cells, self.tick(), name, f"{name} output {tuple(t.shape)}: "
+                                       f"{t.shape[1]} tokens on its {g.source}"))
+                return
 
     def function(self, func, args, kwargs, out) -> None:
         if func in _SDPA or func in _SOFTMAX:
@@ -204,6 +232,20 @@ class Observer:
         if not (isinstance(out, torch.Tensor) and args and isinstance(args[0], torch.Tensor)):
             return
         src, n, r = args[0], self.n, self.rank
+        if (func in _RESHAPES and src.ndim >= 3 and out.ndim == 3 and out.shape[0] == n
+                and src.shape[0] > n and src.shape[0] % n == 0):
+            # tokens gathered back from the batch dim (windows, Hiera's mask units): their order
+            # is the network's own, no grid observed so far says where each one lies
+            self.grids.append(Grid((), self.tick(), self.stack[-1] if self.stack else "",
+                                   f"a reshape {tuple(src.shape)} -> {tuple(out.shape)} from the batch dim",
+                                   inner=True, scramble=True))
+            return
+        if func is torch.Tensor.__getitem__:
+            # a crop of a grid-shaped tensor (a same-padding trim): the cropped grid
+            if (out.ndim == src.ndim == r + 2 and out.shape[:2] == src.shape[:2]
+                    and out.shape[2:] != src.shape[2:] and any(g.of(src) for g in self.grids)):
+                self.add(out.shape[2:], f"a crop {tuple(src.shape)} -> {tuple(out.shape)}", tensor=out)
+            return
         if src.ndim < 3 or src.shape[0] != n or out.ndim < 3 or out.shape[0] != n:
             return
         if func is torch.nn.functional.unfold:
@@ -216,17 +258,20 @@ class Observer:
         if func not in _RESHAPES or r < 2 or tuple(src.shape) == tuple(out.shape):
             return
         a, b = tuple(src.shape), tuple(out.shape)
-        # a token axis split into a grid: (N, L, C) -> (N, *g, C) or (N, C, L) -> (N, C, *g)
+        # a token axis split into a grid: (N, L, C) -> (N, *g, C) or (N, C, L) -> (N, C, *g), unless
+        # the tokens came back from the batch dim since the last grid (split, they keep that order)
         if len(a) == 3 and len(b) == r + 2:
+            if not self.since_scramble(None):
+                return
             if b[-1] == a[-1] and math.prod(b[1:-1]) == a[1]:
                 self.add(b[1:-1], f"a reshape {a} -> {b}", tensor=out)
             elif b[1] == a[1] and math.prod(b[2:]) == a[2]:
-                self.add(b[2:], f"a reshape {a} -> {b}", tensor=out)
+                self.add(b[2:], f"a reshape {a} -> {b}", tensor=out, behind=True)
             return
         # a grid merged into a token axis: (N, *g, rest) -> (N, L, rest') or (N, C, *g) -> (N, C, L)
         if len(b) == 3:
             if len(a) == r + 2 and a[1] == b[1] and math.prod(a[2:]) == b[2]:
-                self.add(a[2:], f"a reshape {a} -> {b}", tensor=src)
+                self.add(a[2:], f"a reshape {a} -> {b}", tensor=src, behind=True)
             elif len(a) >= r + 2 and math.prod(a[1:1 + r]) == b[1] and math.prod(a[1 + r:]) == b[2]:
                 self.add(a[1:1 + r], f"a reshape {a} -> {b}", tensor=src)
 
@@ -253,23 +298,36 @@ class Observer:
         return (any(name == a or name.startswith(a + ".") for a in self.attention)
                 or any(name.startswith(a + ".") for a in self.computing))
 
-    def usable(self, exclude=None) -> list[Grid]:
-        """Observed grids outside attention modules, in order (the input's first)."""
+    def usable(self, exclude=None, scrambles: bool = False) -> list[Grid]:
+        """Observed grids outside attention modules, in order (the input's first): neither inside
+        an attention module nor seen by a function call while one computing attention ran (its
+        heads split or merged: ``(N, L, h, d) <-> (N, L, C)``); with ``scrambles`` the points
+        where tokens came back from the batch dim too."""
         return [g for g in self.grids if not self.inside_attention(g.module)
-                and not g.of(exclude)]
+                and not (g.inner and g.module in self.computing)
+                and (scrambles or not g.scramble) and not g.of(exclude)]
+
+    def since_scramble(self, order: int | None, exclude=None) -> list[Grid]:
+        """Usable grids seen before ``order`` (all, with None) and after the last scramble before it."""
+        before = [g for g in self.usable(exclude, scrambles=True) if order is None or g.order <= order]
+        last = max((i for i, g in enumerate(before) if g.scramble), default=-1)
+        return before[last + 1:]
 
     def stage_grid(self, order: int | None, exclude=None) -> Grid | None:
         """The grid at the stage of a tensor seen at ``order``: the latest observed before it (the
-        input's grid when nothing else was), or, with ``order`` None, the latest of the pass."""
-        grids = self.usable(exclude)
-        before = [g for g in grids if order is None or g.order <= order]
+        input's grid when nothing else was), or, with ``order`` None, the latest of the pass; None
+        when tokens came back from the batch dim since (their order is the network's own)."""
+        before = self.since_scramble(order, exclude)
         return before[-1] if before else None
 
     def with_cells(self, cells: int, order: int | None, exclude=None) -> Grid | None:
-        """The latest observed grid of exactly ``cells`` cells before ``order`` (else after it)."""
-        grids = [g for g in self.usable(exclude) if math.prod(g.cells) == cells]
-        before = [g for g in grids if order is None or g.order <= order]
-        return before[-1] if before else (grids[0] if grids else None)
+        """The latest observed grid of exactly ``cells`` cells before ``order`` (else after it),
+        none from before tokens last came back from the batch dim."""
+        before = [g for g in self.since_scramble(order, exclude) if math.prod(g.cells) == cells]
+        if order is None or before:
+            return before[-1] if before else None
+        grids = [g for g in self.usable(exclude) if math.prod(g.cells) == cells and g.order > order]
+        return grids[0] if grids else None
 
     def observed(self, cells) -> bool:
         """True when ``cells`` is exactly a grid observed in the pass (or the input's)."""

@@ -344,9 +344,12 @@ def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[
     if reading is not None:
         return bind(reading, t, name, n, spatial, module, geometry, order)
     found = read(t, n, spatial, module, geometry, order)
-    if found is None and isinstance(t, torch.Tensor) and t.ndim == len(spatial) + 2 and t.shape[0] == n:
+    if (found is None and isinstance(t, torch.Tensor) and t.ndim == len(spatial) + 2 and t.shape[0] == n
+            and (all(s == 1 for s in t.shape[2:]) or producer_vote(module, tuple(t.shape)) != "last")):
         # An explicit layer with the input's layout is read channels-first even when its map is
-        # 1 x 1 (MATLAB accepts any feature layer; only the automatic choice needs a dim > 1).
+        # 1 x 1 (MATLAB accepts any feature layer; only the automatic choice needs a dim > 1), but
+        # never the output of a last-dim module (a linear layer's (N, L, C) tokens whose length no
+        # observed grid explains: its C is features, no time axis) unless its map is 1 x 1.
         return bind(CHANNELS_FIRST, t, name, n, spatial, module, geometry, order)
     if found is None:
         shape = tuple((t[0] if not isinstance(t, torch.Tensor) else t).shape)
@@ -367,8 +370,15 @@ def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[
 
 def _settle(shape, geometry, order, exclude) -> str:
     """Which ``feature_layout=`` would settle a token tensor of ``shape``."""
-    fits = [g for g in geometry.usable(exclude) if 0 <= shape[1] - math.prod(g.cells) <= MAX_EXTRA_TOKENS]
+    since = geometry.since_scramble(order, exclude)
+    fits = [g for g in since if 0 <= shape[1] - math.prod(g.cells) <= MAX_EXTRA_TOKENS]
     hint = ""
+    if not since:
+        scr = [g for g in geometry.usable(exclude, scrambles=True) if g.scramble
+               and (order is None or g.order <= order)][-1]
+        hint = (f"the tokens came back from the batch dim ({scr.source}, in {scr.module or 'the model'!r}) "
+                "after the last grid observed, so their order is the network's own, not a raster "
+                "order of any observed grid; ")
     if fits:
         g = fits[-1]
         hint = (f"feature_layout='tokens:{shape[1] - math.prod(g.cells)}' reads them as that many "
