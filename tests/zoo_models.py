@@ -188,8 +188,12 @@ case("timm_hiera_inner_stage", "timm",
      lambda net: {"blocks.1.proj": lambda t: net.reroll(t, 0).movedim(-1, 1)}, auto=False, may_refuse=True,
      rule="an inner stage's tokens are unrolled: the right map or a refusal, never a row-major reading")(
     _hiera)
-case("timm_hiera", "timm", {"blocks.3": tokens(0, 2, 2)},
-     rule="mean of the last stage's tokens (raster order again after the last pooling)")(
+# After the last pooling Hiera's 2 x 2 tokens are in raster order again, but only replaying the
+# unroll's reshapes and permutes would show it: the pass shows tokens gathered back from the batch
+# dim, whose order is the network's own. gradattr refuses them (naming feature_layout=callable);
+# the automatic choice falls back to the last map the pass shows in raster order (patch_embed).
+case("timm_hiera", "timm", {"blocks.3": tokens(0, 2, 2)}, auto=False, may_refuse=True,
+     rule="mean of the last stage's tokens: the right map or a refusal, never a row-major reading")(
     _hiera)
 case("timm_maxvit", "timm", {"norm": cf}, target=2,
      rule="MATLAB's rule: the last map (the norm after the last stage, NCHW)")(
