@@ -230,6 +230,7 @@ def test_segmenters_dict_output_and_the_feature_before_the_prediction_layer(buil
     assert torch.allclose(cam, ref, rtol=1e-5, atol=1e-8)
 
 
+@pytest.mark.slow  # about 3 s
 def test_monai_unet_explains_with_the_feature_before_its_last_layer():
     monai_nets = pytest.importorskip("monai.networks.nets")
     torch.manual_seed(0)

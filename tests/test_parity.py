@@ -316,7 +316,8 @@ DISCRIMINATIVE = ["cam", "grad_cam", "grad_cam_plus_plus", "xgrad_cam", "hires_c
                   "eigengrad_cam", "score_cam", "ablation_cam", "guided_grad_cam"]
 
 
-@pytest.mark.parametrize("method", DISCRIMINATIVE)
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in ("score_cam", "ablation_cam")
+                                    else m for m in DISCRIMINATIVE])  # the two slow ones in CI's second step
 def test_class_discriminative_cat_left_espresso_right(method, effnet, cat_coffee, imagenet_classes):
     x, kw = cat_coffee, {}
     net = effnet

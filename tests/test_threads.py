@@ -44,7 +44,8 @@ def run_threads(work, count: int = 4):
     return errors
 
 
-@pytest.mark.parametrize("method,calls", [("grad_cam", 250), ("score_cam", 60), ("ablation_cam", 60)])
+@pytest.mark.parametrize("method,calls", [pytest.param("grad_cam", 250, marks=pytest.mark.slow),
+                                          ("grad_cam", 60), ("score_cam", 60), ("ablation_cam", 60)])
 def test_four_threads_on_one_model_in_train_mode_give_the_single_threaded_maps(method, calls):
     net = bn_net()
     with torch.no_grad():  # non-trivial running statistics, so using batch statistics would show
