@@ -118,7 +118,7 @@ class _Output:
                 def hook(m, i, out):
                     if mine() and isinstance(out, torch.Tensor):
                         self.names[id(out)] = (name, weakref.ref(out))
-                return hook
+                return torch.compiler.disable(hook)  # eager under torch.compile
             self.handles += [m.register_forward_hook(hook_for(nm)) for nm, m in net.named_modules() if nm]
 
     def finish(self, output):
@@ -218,7 +218,7 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
             if stop and all(v is not None for v in slots):
                 raise _Captured
             return r.network(s.clone(), t)
-        return hook
+        return torch.compiler.disable(hook)  # eager under torch.compile
 
     def install():
         modules = dict(call.net.named_modules())
@@ -348,7 +348,7 @@ def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torc
                 rejected[name] = tuple(t.shape)
             if module is reduction_module:  # candidates must come before the reduction layer
                 before_reduction[:] = [list(e) for e in seen]
-        return hook
+        return torch.compiler.disable(hook)  # eager under torch.compile
 
     def install():
         return obs.handles() + out.handles + [m.register_forward_hook(hook_for(nm, m))

@@ -152,7 +152,7 @@ class Observer:
             if self.mine():
                 self.stack.append(name)
                 self.started[name] = self.clock
-        return pre
+        return torch.compiler.disable(pre)  # runs eagerly under torch.compile: it reads, never traces
 
     def _post(self, name, module):
         def post(m, inputs, out):
@@ -161,7 +161,7 @@ class Observer:
             if self.stack and self.stack[-1] == name:
                 self.stack.pop()
             self.module_output(name, module, inputs, out)
-        return post
+        return torch.compiler.disable(post)
 
     def add(self, cells, source: str, module: str | None = None, tensor=None, behind: bool = False) -> None:
         cells = tuple(int(c) for c in cells)
