@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -88,9 +89,13 @@ def test_mypy_sees_every_public_function(tmp_path):
         {calls.replace(chr(10), chr(10) + '        ')}
         gradattr.grad_cam(net, torch.randn(3, 8, 8), no_such_option=1)  # E: unexpected keyword
         """))
+    # mypy cannot follow an editable install's import hook: point it at this checkout's package
+    import os
+
+    env = {**os.environ, "MYPYPATH": str(Path(gradattr.__file__).resolve().parent.parent)}
     run = subprocess.run([sys.executable, "-m", "mypy", "--follow-imports=silent",
                           "--ignore-missing-imports", "--no-error-summary", str(script)],
-                         capture_output=True, text=True, cwd=tmp_path)
+                         capture_output=True, text=True, cwd=tmp_path, env=env)
     lines = [ln for ln in run.stdout.splitlines() if ": error:" in ln]
     # exactly one error: the misspelt option on the last line; every method is seen
     assert len(lines) == 1 and "no_such_option" in lines[0], run.stdout + run.stderr

@@ -411,7 +411,7 @@ register(Method(
     "integrated_gradients", "Integrated gradients", integrated_gradients_map, "input_gradients", family="input attribution",
     shared=COMMON + TARGET + ("counterfactual",), combine="map",
     returns="pixels",
-    options=(Option("baseline", 0, "float | Tensor | str",
+    options=(Option("baseline", 0, "float | torch.Tensor | np.ndarray | str",
                     "the reference input: a number, a tensor (or array) broadcastable to ``x`` "
                     "(``(N, C, *S)``), ``\"blur\"`` (each channel blurred: an 11-tap Gaussian, "
                     "sigma 5, along every dim longer than 5) or ``\"mean\"`` (each sample's "

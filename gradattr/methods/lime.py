@@ -142,7 +142,7 @@ register(Method(
                     "``NumFeatures``; SLIC may return a few more or fewer).", positive_int),
              Option("num_samples", 2048, "int", "random on/off patterns (MATLAB's ``NumSamples``).",
                     positive_int),
-             Option("segmentation", "superpixels", "str | array",
+             Option("segmentation", "superpixels", "str | np.ndarray | torch.Tensor",
                     "``\"superpixels\"`` (SLIC via scikit-image for 2-D inputs; a grid where it is "
                     "not installed and for 1-D/3-D), ``\"grid\"``, or integer labels ``(*S)`` / "
                     "``(N, *S)`` (MATLAB's ``Segmentation``).", _segmentation),
