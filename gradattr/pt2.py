@@ -3,7 +3,7 @@
 ``torch.export.load`` unpickles parts of the archive: the sample inputs
 (``data/sample_inputs/<model>.pt``, ``torch.load`` retried with
 ``weights_only=False`` when the safe load fails), every weight or constant
-marked ``use_pickle`` (``torch.load(weights_only=False)``), custom and opaque
+marked ``use_pickle`` (torch unpickles them with ``weights_only=False``), custom and opaque
 objects (``torch._C._pickle_load_obj``, ``pickle.loads``) and the files of
 older layouts; it hands shape expressions to ``sympy.sympify`` (which calls
 ``eval``) and resolves a node's target to any callable under ``torch.``,
