@@ -41,15 +41,25 @@ def _check_habits(name: str, options) -> None:
 
 
 def _public(entry: registry.Method):
-    """The public function of ``entry``: explicit signature, full docstring, no hidden options."""
+    """The public function of ``entry``: explicit signature, full docstring, no hidden options.
+
+    Arguments are bound by name and position from the signature's parameter lists, made
+    once; anything unusual (a missing, repeated or unknown argument) is bound by
+    ``inspect`` for a ``TypeError`` exactly like a plain ``def``'s.
+    """
     sig = entry.signature()
+    positional = tuple(n for n, p in sig.parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
+    names = frozenset(sig.parameters)
 
     def method(*args, **kwargs):
-        _check_habits(entry.name, kwargs)
-        bound = sig.bind(*args, **kwargs)  # a TypeError exactly like a plain def's
-        arguments = dict(bound.arguments)
-        net, x = arguments.pop("net"), arguments.pop("x")
-        return engine.explain(entry, net, x, **arguments)
+        if len(args) < 2 or len(args) > len(positional) or not names.issuperset(kwargs) \
+                or any(k in kwargs for k in positional[:len(args)]):
+            _check_habits(entry.name, kwargs)
+            kwargs = dict(sig.bind(*args, **kwargs).arguments)  # raises the TypeError
+            args = ()
+        net, x, *rest = args or (kwargs.pop("net"), kwargs.pop("x"))
+        kwargs.update(zip(positional[2:], rest))
+        return engine.explain(entry, net, x, **kwargs)
 
     method.__name__ = method.__qualname__ = entry.name
     method.__module__ = __name__
@@ -106,4 +116,53 @@ def attribute(net, x, target=None, method: str = "grad_cam", **options):
     return engine.explain(registry.get(method), net, x, target, **options)
 
 
-__all__ = [*REGISTRY, "list_methods", "method_info", "attribute"]
+class Explainer:
+    """A method bound to one network with its options: ``ex(x, target)`` gives what
+    ``gradattr.<method>(net, x, target, **options)`` gives.
+
+    Made by :func:`explainer`. The options are validated and the layers resolved once,
+    when it is made; each call prepares its input and target, borrows the network (eval
+    mode, restored after) and computes, exactly as the function does.
+    """
+
+    def __init__(self, net, method: str, **options):
+        entry = registry.get(method)
+        _check_habits(method, options)
+        if "target" in options:
+            raise GradattrError("target: give it to each call, ex(x, target), not to explainer()")
+        self.net, self.method = net, entry.name
+        self._bound = engine.bind(entry, net, options)
+
+    def __call__(self, x, target=None):
+        if not self._bound.method.needs_target and target is not None:
+            return engine.explain(self._bound.method, self.net, x, target)  # its error
+        return engine.run(self._bound, self.net, x, target)
+
+    def __repr__(self) -> str:
+        given = {k: v for k, v in self._bound.opts.items() if v is not self._bound.method.defaults().get(k)}
+        opts = "".join(f", {k}={v!r}" for k, v in given.items())
+        return f"explainer({type(self.net).__name__}, {self.method!r}{opts})"
+
+
+def explainer(net, method: str = "grad_cam", **options) -> Explainer:
+    """``method`` bound to ``net`` with ``options``, for many calls: ``ex = explainer(net,
+    "grad_cam", feature_layer="layer4"); ex(x, 281)``.
+
+    The options are checked and the layers resolved once, here; a call costs what
+    computing the map costs (``benchmarks/bench_overhead.py``). Maps equal those of the
+    function (``gradattr.grad_cam(net, x, 281, feature_layer="layer4")``). A model compiled
+    with ``torch.compile`` is explained as it is (its hooks run eagerly).
+
+    Example:
+        >>> import torch, gradattr
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(),
+        ...                           torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        ...                           torch.nn.Linear(4, 2))
+        >>> ex = gradattr.explainer(net, "grad_cam", feature_layer="0")
+        >>> ex(torch.randn(3, 8, 8), 1).shape
+        torch.Size([8, 8])
+    """
+    return Explainer(net, method, **options)
+
+
+__all__ = [*REGISTRY, "list_methods", "method_info", "attribute", "explainer", "Explainer"]

@@ -47,6 +47,14 @@ def list_methods() -> list[str]: ...
 def method_info(name: str) -> Info: ...
 def attribute(net: nn.Module, x: Any, target: Any = None, method: str = 'grad_cam', **options: Any) -> Any: ...
 
+class Explainer:
+    net: nn.Module
+    method: str
+    def __init__(self, net: nn.Module, method: str, **options: Any) -> None: ...
+    def __call__(self, x: Any, target: Any = None) -> Any: ...
+
+def explainer(net: nn.Module, method: str = 'grad_cam', **options: Any) -> Explainer: ...
+
 __all__ = [
     'grad_cam',
     'grad_cam_plus_plus',
@@ -84,4 +92,6 @@ __all__ = [
     'list_methods',
     'method_info',
     'attribute',
+    'explainer',
+    'Explainer',
 ]

@@ -88,18 +88,48 @@ class _Captured(Exception):
     """Raised by a feature hook to end a forward pass early, once everything is captured."""
 
 
-def _mine():
-    """A guard for hooks: true only in the thread that created it.
+class eager:
+    """``fn`` called eagerly, also inside a ``torch.compile``d model (a hook reads or swaps
+    tensors; Dynamo must not trace it nor bake in what it saw). Wrapping costs one small
+    object per hook, not a new disabled function per call."""
 
-    Run eagerly, also inside a ``torch.compile``d model (Dynamo cannot trace
-    ``threading.get_ident`` and would warn; it must not bake in the answer either).
-    """
-    owner = threading.get_ident()
-    return torch.compiler.disable(lambda: threading.get_ident() == owner)
+    __slots__ = ("fn",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    @torch.compiler.disable
+    def __call__(self, *args):
+        return self.fn(*args)
+
+
+class _Mine:
+    __slots__ = ("owner",)
+
+    def __init__(self):
+        self.owner = threading.get_ident()
+
+    @torch.compiler.disable  # Dynamo cannot trace threading.get_ident (and must not bake it in)
+    def __call__(self) -> bool:
+        return threading.get_ident() == self.owner
+
+
+def _mine():
+    """A guard for hooks: true only in the thread that created it (run eagerly under
+    ``torch.compile``)."""
+    return _Mine()
 
 
 def _module(net: nn.Module, name: str) -> nn.Module:
-    return dict(net.named_modules())[name]
+    return net.get_submodule(name)
+
+
+def _lookup(net: nn.Module, name: str) -> nn.Module | None:
+    """The submodule called ``name`` (its path walked), or ``None`` when there is none now."""
+    try:
+        return net.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 class _Output:
@@ -118,7 +148,7 @@ class _Output:
                 def hook(m, i, out):
                     if mine() and isinstance(out, torch.Tensor):
                         self.names[id(out)] = (name, weakref.ref(out))
-                return torch.compiler.disable(hook)  # eager under torch.compile
+                return eager(hook)
             self.handles += [m.register_forward_hook(hook_for(nm)) for nm, m in net.named_modules() if nm]
 
     def finish(self, output):
@@ -218,12 +248,12 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
             if stop and all(v is not None for v in slots):
                 raise _Captured
             return r.network(s.clone(), t)
-        return torch.compiler.disable(hook)  # eager under torch.compile
+        return eager(hook)
 
     def install():
-        modules = dict(call.net.named_modules())
         return (obs.handles() if obs is not None else []) + out.handles + [
-            modules[lp.name].register_forward_hook(feature_hook(i, lp)) for i, lp in enumerate(plan.layers)]
+            call.net.get_submodule(lp.name).register_forward_hook(feature_hook(i, lp))
+            for i, lp in enumerate(plan.layers)]
 
     output = None
     leaf = x
@@ -348,7 +378,7 @@ def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torc
                 rejected[name] = tuple(t.shape)
             if module is reduction_module:  # candidates must come before the reduction layer
                 before_reduction[:] = [list(e) for e in seen]
-        return torch.compiler.disable(hook)  # eager under torch.compile
+        return eager(hook)
 
     def install():
         return obs.handles() + out.handles + [m.register_forward_hook(hook_for(nm, m))
@@ -496,12 +526,10 @@ class _PlanCache:
         if entry is None:
             return None
         plan, refs = entry
-        named = dict(call.net.named_modules())
-        return plan if all(named.get(lp.name) is r() for lp, r in zip(plan.layers, refs)) else None
+        return plan if all(_lookup(call.net, lp.name) is r() for lp, r in zip(plan.layers, refs)) else None
 
     def put(self, call: Call, asked: Plan, plan: Plan) -> None:
-        named = dict(call.net.named_modules())
-        refs = tuple(weakref.ref(named[lp.name]) for lp in plan.layers)
+        refs = tuple(weakref.ref(call.net.get_submodule(lp.name)) for lp in plan.layers)
         with self._lock:
             self._store.setdefault(call.net, {})[self.key(call, asked)] = (plan, refs)
 
@@ -614,8 +642,8 @@ def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual
                 "torch.utils.checkpoint segment (use_reentrant=True), which allows only "
                 ".backward(); checkpoint with use_reentrant=False, or choose a feature layer "
                 "after the segment") from None
-        grads = [None if per_k[0][i] is None else torch.stack([g[i] for g in per_k], 1)
-                 for i in range(len(inputs))]
+        grads = [None if per_k[0][i] is None else per_k[0][i].unsqueeze(1) if k_count == 1
+                 else torch.stack([g[i] for g in per_k], 1) for i in range(len(inputs))]
     for gi, name in zip(grads, names):
         if gi is None:
             raise GradattrError(f"target: expected a score that depends on {name}, but the score "

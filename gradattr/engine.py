@@ -17,6 +17,7 @@ terms or maps, which :func:`combine` turns into ``(N, K, *s)`` maps.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 
@@ -26,7 +27,8 @@ from . import resize
 from .ensembles import augmented, sess
 from .capture import Capture, Plan, capture, per_target_grads, plan_from_options
 from .errors import GradattrError, GradattrWarning, expected
-from .prep import Call, prepare_call
+from .inputs import check_model
+from .prep import Call, prepare_call, read_checks
 from .probe import Probe
 from .ops import eigen_projection, minmax
 from .registry import Method
@@ -42,11 +44,28 @@ class LayerView:
     layers: int = 1  # how many feature layers this call explains
 
 
-def check_upsampling(upsampling) -> str:
-    if not isinstance(upsampling, str) or upsampling.lower() not in resize.UPSAMPLING_MODES:
-        raise expected("upsampling", "one of " + ", ".join(map(repr, resize.UPSAMPLING_MODES)),
-                       repr(upsampling))
-    return upsampling.lower()
+@dataclass(frozen=True)
+class Bound:
+    """A method with its options validated and its layers resolved on one network: what
+    every call with these options shares (:func:`bind`; :func:`gradattr.explainer` keeps it)."""
+
+    method: Method
+    opts: dict  # every option, validated, defaults filled in (read only)
+    own: dict  # the method's own options, passed to its compute function
+    mode: str  # upsampling
+    plan: Plan
+
+
+def bind(method: Method, net, options: dict) -> Bound:
+    """Validate ``options`` once and resolve the layers they name on ``net``."""
+    check_model(net)
+    opts = method.validate(options)
+    if opts.get("sess") and opts.get("aug_smooth"):
+        raise expected("sess", "False when aug_smooth=True (one ensemble at a time)", repr(opts["sess"]))
+    plan = plan_from_options(net, opts.get("feature_layer"), opts["reduction_layer"],
+                             opts.get("feature_layout"), opts.get("feature_call"))
+    return Bound(method, opts, {o.name: opts[o.name] for o in method.options},
+                 opts.get("upsampling", "bicubic"), plan)
 
 
 def explain(method: Method, net, x, target=None, **options):
@@ -54,32 +73,36 @@ def explain(method: Method, net, x, target=None, **options):
     if not method.needs_target and target is not None:
         raise expected("target", f"None for {method.name}, which explains no particular class",
                        repr(target))
-    opts = method.validate(options)
-    own = {o.name: opts[o.name] for o in method.options}
-    mode = check_upsampling(opts.get("upsampling", "bicubic"))
+    return run(bind(method, net, options), net, x, target)
+
+
+def run(bound: Bound, net, x, target=None):
+    """One call of a bound method on ``x``."""
+    method, opts, plan, mode = bound.method, bound.opts, bound.plan, bound.mode
     call = prepare_call(net, x, target=target, reduction_fn=opts.get("reduction_fn"),
                         classes=opts.get("classes"), input_format=opts["input_format"],
                         device=opts["device"], needs_target=method.needs_target,
                         autocast=opts["autocast"], output_key=opts.get("output_key"),
-                        explain=opts["explain"], forward_kwargs=opts["forward_kwargs"], several=True)
-    plan = plan_from_options(net, opts.get("feature_layer"), opts["reduction_layer"],
-                             opts.get("feature_layout"), opts.get("feature_call"))
+                        explain=opts["explain"], forward_kwargs=opts["forward_kwargs"], several=True,
+                        defer_checks=True)
     if call.inputs and method.layered and not plan.layers:
         raise expected("feature_layer", "a layer (name or module) when x holds several inputs: the "
                        "automatic rule could pick a layer of another input's branch", "None")
 
-    def run(c: Call):
-        return _maps(method, c, plan, opts, own, mode)
+    def one(c: Call):
+        return _maps(method, c, plan, opts, bound.own, mode)
 
     with call.borrowed(), torch.enable_grad():
-        if opts.get("sess"):
-            if opts.get("aug_smooth"):
-                raise expected("sess", "False when aug_smooth=True (one ensemble at a time)", repr(opts["sess"]))
-            maps, names, rname = sess(run, call, plan, opts["sess"])
-        elif opts.get("aug_smooth"):
-            maps, names, rname = augmented(run, call, plan, fix_target=method.needs_target)
-        else:
-            maps, names, rname = run(call)
+        try:
+            if opts.get("sess"):
+                maps, names, rname = sess(one, call, plan, opts["sess"])
+            elif opts.get("aug_smooth"):
+                maps, names, rname = augmented(one, call, plan, fix_target=method.needs_target)
+            else:
+                maps, names, rname = one(call)
+        except Exception:
+            read_checks(call)  # NaN or Inf in the input or a score explains the failure first
+            raise
         extra = None
         if isinstance(maps, tuple):  # (attributions, (N, K) completeness gaps): return_delta
             maps, extra = maps
@@ -101,24 +124,29 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
     """NaN or Inf anywhere in a map is an error; an all-zero map a :class:`GradattrWarning`.
 
     One fused reduction on the maps' device (the peak of each map) and one read of its
-    ``(N, K)`` result; only when something is wrong is the cause looked for (another pass).
+    ``(N, K)`` result, together with the input's and the scores' deferred checks
+    (:func:`gradattr.prep.read_checks`): the only host synchronisation of a call. Only when
+    something is wrong is the cause looked for (another pass).
     """
     if not maps.is_floating_point() or maps.numel() == 0:
+        read_checks(call)
         return
     peak = maps.detach().flatten(2).abs().amax(-1) if maps.ndim > 2 else maps.detach().abs()
-    peak = peak.cpu()
-    bad = ~torch.isfinite(peak)
+    width = peak.shape[1] if peak.ndim == 2 else 1
+    # with the input's and the scores' deferred checks; then the (N, K) peaks as Python floats
+    peaks = read_checks(call, peak).reshape(-1).tolist()
     layer = f"feature layer {names[0]!r}" if len(names) == 1 else (
         f"feature layers {names}" if names else "the input")
-    if bool(bad.any()):
-        i, k = (int(v) for v in bad.nonzero()[0]) if peak.ndim == 2 else (int(bad.nonzero()[0]), 0)
+    bad = next((j for j, v in enumerate(peaks) if not math.isfinite(v)), None)
+    if bad is not None:
+        i, k = divmod(bad, width)
         raise GradattrError(f"{method.name}: expected finite maps, but the map of sample {i}, target "
                             f"{k} at {layer} has NaN or Inf values: {_cause(method, call, plan, opts, 'nan', i, k)}")
-    zero = peak == 0
-    if method.layered and bool(zero.any()):
-        i, k = (int(v) for v in zero.nonzero()[0]) if peak.ndim == 2 else (int(zero.nonzero()[0]), 0)
-        what = (f"{int(zero.sum())} of {zero.numel()} maps are" if zero.numel() > 1 and not bool(zero.all())
-                else "the map is" if zero.numel() == 1 else "every map is")
+    zeros = [j for j, v in enumerate(peaks) if v == 0] if method.layered else []
+    if zeros:
+        i, k = divmod(zeros[0], width)
+        what = (f"{len(zeros)} of {len(peaks)} maps are" if len(peaks) > 1 and len(zeros) < len(peaks)
+                else "the map is" if len(peaks) == 1 else "every map is")
         hint = ", ".join(h for o, h in (("counterfactual", "counterfactual=True (the evidence against the "
                                                           "target)"),
                                          ("relu", "relu=False (the signed map)")) if o in opts)
@@ -189,7 +217,7 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
 
 def _gradients(call: Call, cap: Capture, counterfactual: bool) -> list[torch.Tensor]:
     """``d score_k / d A`` for every feature layer, read as ``(N, K, C, *s)``."""
-    s = call.target.scores(cap.output, call.n)
+    s = call.target.scores(cap.output, call.n, checks=call.checks)
     names = [f"feature layer {nm!r}" for nm in cap.plan.names]
     raw = per_target_grads(s, cap.raw, counterfactual, names, cap.reduction_name)
     out = []
@@ -213,7 +241,9 @@ def combine(how: str, out: torch.Tensor, acts: torch.Tensor, eigen_smooth: bool,
     if how == "weights":
         if eigen_smooth:
             return rectify(eigen_projection(out[(...,) + (None,) * (acts.ndim - 2)] * acts[:, None]))
-        return rectify(torch.einsum("nkc,nc...->nk...", out.to(acts.dtype), acts))
+        # sum_c w[n, k, c] A[n, c, ...]: one batched matmul (what einsum runs, without its
+        # permutes; the same numbers)
+        return rectify(torch.matmul(out.to(acts.dtype), acts.flatten(2)).view(*out.shape[:2], *acts.shape[2:]))
     return rectify(eigen_projection(out) if eigen_smooth else out.sum(2))
 
 
@@ -235,4 +265,4 @@ def _fuse(maps: list[torch.Tensor], call: Call, mode: str) -> torch.Tensor:
     return minmax(torch.relu(torch.stack(resized).mean(0)))
 
 
-__all__ = ["explain", "LayerView", "combine", "check_upsampling"]
+__all__ = ["explain", "bind", "run", "Bound", "LayerView", "combine"]

@@ -132,7 +132,7 @@ def _describe(values: torch.Tensor, shape: tuple) -> str:
 
 
 def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.dtype,
-            needs_grad: bool = True, name: str = "x"):
+            needs_grad: bool = True, name: str = "x", checks: list | None = None):
     """Validate ``x`` and return ``(x_internal (N, C, *s), Layout)``. ``x`` itself is never changed.
 
     ``name`` is the argument named in errors (``"baseline"`` for a metric's baseline).
@@ -140,6 +140,8 @@ def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.
     ``torch.inference_mode()`` and calls made inside it. An empty batch (N = 0) or
     an empty spatial/channel dimension is refused: every function gives the same
     clear error instead of an empty result from some and a torch error from others.
+    With a ``checks`` list the NaN/Inf checks are deferred onto it, as
+    :func:`gradattr.targets.check_finite` defers a score's (no host synchronisation).
     """
     check_model(net)
     check_compute_device(device)
@@ -203,15 +205,22 @@ def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.
         raise expected(name, "at least one sample", f"shape {shape} (an empty batch)")
     if 0 in t.shape[1:]:
         raise expected(name, "non-empty channel and spatial/time dimensions", f"shape {shape}")
-    if t.is_floating_point() and not torch.isfinite(t).all():
-        raise expected(name, "finite values", _describe(t, shape))
+    given = t
     # A private copy: the network may modify its input in place, and x must stay as given.
     t = t.detach().to(device=device, dtype=dtype, copy=True)
-    if not torch.isfinite(t).all():  # finite as given, but too large for the network's dtype
-        big = float(x.detach().abs().max()) if isinstance(x, torch.Tensor) else float(np.abs(arr).max())
-        raise expected(name, f"values that fit in the network's {str(dtype).replace('torch.', '')} "
-                       f"(|x| <= {torch.finfo(dtype).max:.4g})",
-                       f"a maximum |x| of {big:.4g}, which overflows {str(dtype).replace('torch.', '')}")
+
+    def check():
+        if given.is_floating_point() and not torch.isfinite(given).all():
+            raise expected(name, "finite values", _describe(given, shape))
+        if not torch.isfinite(given.to(dtype)).all():  # finite as given, too large for the network's dtype
+            big = float(given.detach().abs().max())
+            raise expected(name, f"values that fit in the network's {str(dtype).replace('torch.', '')} "
+                           f"(|x| <= {torch.finfo(dtype).max:.4g})",
+                           f"a maximum |x| of {big:.4g}, which overflows {str(dtype).replace('torch.', '')}")
+    if checks is None:
+        check()
+    else:  # NaN or Inf as given or after the cast makes the sum NaN or Inf
+        checks.append((t.sum(dtype=torch.float32 if t.element_size() < 4 else None), check))
     layout = Layout(batched=batched, numpy=as_numpy, device=out_device, spatial=tuple(t.shape[2:]))
     return t, layout
 
@@ -230,7 +239,7 @@ def _check_channels_last(t: torch.Tensor, net: nn.Module, batched: bool, shape: 
 
 
 def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.device, dtype: torch.dtype,
-                   needs_grad: bool = True):
+                   needs_grad: bool = True, checks: list | None = None):
     """``x`` as one input or a tuple of inputs run as ``net(*x)``: ``(x_explained, Layout, inputs)``.
 
     One tensor (or array) is :func:`prepare`'d as always and ``inputs`` is ``()``.
@@ -246,7 +255,7 @@ def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.devic
         if explain not in (0, None):
             raise expected("explain", "0 for a single input x (a tuple x has several inputs)",
                            repr(explain))
-        t, layout = prepare(x, net, input_format, device, dtype, needs_grad=needs_grad)
+        t, layout = prepare(x, net, input_format, device, dtype, needs_grad=needs_grad, checks=checks)
         return t, layout, ()
     if not x:
         raise expected("x", "a tensor, an array, or a non-empty tuple of the network's inputs", "()")
@@ -265,7 +274,7 @@ def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.devic
         if item.ndim < 3:
             raise expected(name, "(N, C, *S), batch first, for the explained input", f"shape {tuple(item.shape)}")
         fmt = "BC" + "S" * (item.ndim - 2)
-        t, layout = prepare(item, net, fmt, device, dtype, needs_grad=needs_grad, name=name)
+        t, layout = prepare(item, net, fmt, device, dtype, needs_grad=needs_grad, name=name, checks=checks)
         layout = Layout(batched=True, numpy=isinstance(x[explain], np.ndarray), device=layout.device,
                         spatial=layout.spatial)
     else:

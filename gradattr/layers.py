@@ -29,6 +29,11 @@ def resolve_layer(net: nn.Module, spec, argument: str) -> tuple[nn.Module, str] 
     """``None`` | name | module -> ``(module, name)``; errors name ``argument``."""
     if spec is None:
         return None
+    if isinstance(spec, str) and spec:
+        try:
+            return net.get_submodule(spec), spec  # walks the name's path only
+        except AttributeError:
+            pass
     named = dict(net.named_modules())
     if isinstance(spec, str):
         if spec in named and spec != "":

@@ -16,9 +16,11 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from .ensembles import check_sess
 from .errors import GradattrError, expected
+from .resize import UPSAMPLING_MODES
 
 #: What the engine captures before it calls a method (``Method.captures``):
 #: ``nothing``: no feature layer; the method works through the probe alone (RISE, FullGrad);
@@ -67,6 +69,12 @@ def check_forward_kwargs(name: str, value):
     return value
 
 
+def check_upsampling(name: str, value) -> str:
+    if not isinstance(value, str) or value.lower() not in UPSAMPLING_MODES:
+        raise expected(name, "one of " + ", ".join(map(repr, UPSAMPLING_MODES)), repr(value))
+    return value.lower()
+
+
 def check_explain(name: str, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise expected(name, "the index (int >= 0) of the input in x to explain", repr(value))
@@ -99,7 +107,7 @@ SHARED: dict[str, Option] = {o.name: o for o in (
            "name or module whose output is scored; ``None`` is the network output."),
     Option("upsampling", "bicubic", "str",
            "``\"bicubic\"`` (MATLAB ``imresize``/``imresize3`` exact), ``\"nearest\"`` or "
-           "``\"none\"`` (the feature map's resolution)."),
+           "``\"none\"`` (the feature map's resolution).", check_upsampling),
     Option("device", "auto", "str | torch.device",
            "``\"auto\"`` (where the parameters are), ``\"cpu\"``, ``\"gpu\"``/``\"cuda\"`` or a "
            "``torch.device``; a model moved for the call is moved back."),
@@ -222,12 +230,21 @@ class Method:
         return [SHARED[n] for n in self.shared_options()] + list(self.options)
 
     def validate(self, options: dict) -> dict:
-        """Check every option (unknown names included) and return them with defaults filled."""
-        known = {o.name: o for o in self.all_options()}
-        for name in options:
-            if name not in known:
+        """Check every option given (unknown names included) and return them with the defaults
+        filled in (checked once per method: they are constants)."""
+        known, out = self._checked_defaults
+        out = dict(out)
+        for name, value in options.items():
+            o = known.get(name)
+            if o is None:
                 raise unknown_option(self, name)
-        return {name: o.check(name, options.get(name, o.default)) for name, o in known.items()}
+            out[name] = o.check(name, value)
+        return out
+
+    @cached_property
+    def _checked_defaults(self) -> tuple[dict[str, Option], dict[str, object]]:
+        known = {o.name: o for o in self.all_options()}
+        return known, {name: o.check(name, o.default) for name, o in known.items()}
 
     def signature(self) -> inspect.Signature:
         """The public function's signature: ``(net, x, target=None, *, options...)``.

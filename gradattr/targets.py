@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -58,11 +59,12 @@ class Target:
             idx = idx.expand(n, -1) if idx.ndim == 1 else idx
         return Target("per_sample", self.scalar, classes=idx, output_key=self.output_key)
 
-    def scores(self, y, n: int, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def scores(self, y, n: int, rows: torch.Tensor | None = None, checks: list | None = None) -> torch.Tensor:
         """The ``(N, K)`` scores of the reduction layer's output ``y`` for ``n`` samples.
 
         ``rows`` maps each of the ``n`` outputs to the sample whose per-sample
-        classes it uses (for batches of perturbed copies of the samples).
+        classes it uses (for batches of perturbed copies of the samples). With a
+        ``checks`` list the NaN/Inf check is deferred onto it (see :func:`check_finite`).
         """
         if self.kind == "fn":
             if self.output_key is not None:
@@ -80,7 +82,7 @@ class Target:
             elif not (s.ndim == 2 and s.shape[0] == n):
                 raise expected("reduction_fn", f"one score per sample: shape ({n},) (or ({n}, K) for K "
                                "maps, or a scalar when N == 1)", f"shape {tuple(s.shape)}")
-            return check_scores(s, y, "reduction_fn")
+            return check_scores(s, y, "reduction_fn", checks)
         from .outputs import select
 
         y = select(y, self.output_key)
@@ -94,12 +96,21 @@ class Target:
         if self.kind == "top":
             idx = per_class.detach().argmax(1, keepdim=True)
         else:
-            idx = self.classes.to(y.device)
-            if int(idx.max()) >= c:
+            top = self.top_class  # read on the host: the classes stay on the CPU until used
+            if top >= c:
                 raise expected("target", f"class indices in 0..{c - 1} (0-based; MATLAB's classIdx "
-                               "is 1-based, so subtract 1)", f"{int(idx.max())}")
+                               "is 1-based, so subtract 1)", f"{top}")
+            if self.kind == "index" and self.classes.numel() == 1:  # one class: a slice, no index copy
+                return check_finite(per_class[:, top:top + 1], "net", "finite outputs for the target "
+                                    "classes", checks)
+            idx = self.classes.to(y.device)
             idx = idx.expand(n, -1) if idx.ndim == 1 else idx[rows] if rows is not None else idx
-        return check_finite(per_class.gather(1, idx), "net", "finite outputs for the target classes")
+        return check_finite(per_class.gather(1, idx), "net", "finite outputs for the target classes", checks)
+
+    @property
+    def top_class(self) -> int:
+        """The largest class index (``classes`` live on the CPU: no device read)."""
+        return _TOP.get(id(self.classes)) or int(self.classes.max())
 
 
 def tensors_of(y) -> list[torch.Tensor]:
@@ -113,7 +124,7 @@ def tensors_of(y) -> list[torch.Tensor]:
     return []
 
 
-def check_scores(s: torch.Tensor, y=None, what: str = "reduction_fn") -> torch.Tensor:
+def check_scores(s: torch.Tensor, y=None, what: str = "reduction_fn", checks: list | None = None) -> torch.Tensor:
     """Refuse scores no map can be computed from, naming ``what`` produced them.
 
     A score must be a real floating-point tensor, finite, and, when the output
@@ -132,11 +143,20 @@ def check_scores(s: torch.Tensor, y=None, what: str = "reduction_fn") -> torch.T
     if any(t.requires_grad for t in tensors_of(y)) and not s.requires_grad:
         raise expected(what, fix, "scores that do not depend on y (detached, constant, or computed "
                        "through argmax/round/.item())")
-    return check_finite(s, what, "finite scores")
+    return check_finite(s, what, "finite scores", checks)
 
 
-def check_finite(s: torch.Tensor, what: str, wanted: str) -> torch.Tensor:
-    """Refuse NaN or Inf scores (they would give an all-NaN map or AUC), saying for which rows."""
+def check_finite(s: torch.Tensor, what: str, wanted: str, checks: list | None = None) -> torch.Tensor:
+    """Refuse NaN or Inf scores (they would give an all-NaN map or AUC), saying for which rows.
+
+    With a ``checks`` list nothing is read now: ``(sum of s, check)`` is appended, and
+    whoever reads the sums (once, with everything else: :func:`gradattr.engine.explain`)
+    runs ``check`` for a sum that is not finite (the sum of finite values may overflow:
+    ``check`` decides). No host synchronisation on a GPU.
+    """
+    if checks is not None:
+        checks.append((s.detach().sum(), lambda: check_finite(s, what, wanted)))
+        return s
     finite = torch.isfinite(s.detach())
     if not bool(finite.all()):
         rows = sorted({int(r) for r in (~finite).nonzero()[:, 0].tolist()})
@@ -213,6 +233,18 @@ def _pgc_targets(target) -> list | None:
     return [int(t.category) for t in target]
 
 
+#: the class of each :func:`_index` tensor, by its id (they live as long as the module)
+_TOP: dict[int, int] = {}
+
+
+@lru_cache(maxsize=None)
+def _index(k: int) -> torch.Tensor:
+    """``tensor([k])``, made once per class (never written: targets only read their classes)."""
+    t = torch.tensor([k])
+    _TOP[id(t)] = k
+    return t
+
+
 def resolve_target(target, reduction_fn, classes, n: int) -> Target:
     """Resolve ``target``/``reduction_fn``/``classes`` into a :class:`Target` for ``n`` samples."""
     if callable(target) and not isinstance(target, (torch.Tensor, np.ndarray)):
@@ -228,6 +260,8 @@ def resolve_target(target, reduction_fn, classes, n: int) -> Target:
         return Target("fn", scalar=True, fn=reduction_fn)
     if target is None:
         return Target("top", scalar=True)
+    if type(target) is int and 0 <= target < 2**63:  # the common case, without numpy
+        return Target("index", scalar=True, classes=_index(target))
     categories = _pgc_targets(target)
     if categories is not None:  # pytorch-grad-cam's targets: one ClassifierOutputTarget per sample
         if len(categories) != n:

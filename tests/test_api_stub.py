@@ -65,7 +65,13 @@ def render() -> str:
     out.append("def method_info(name: str) -> Info: ...\n")
     out.append("def attribute(net: nn.Module, x: Any, target: Any = None, method: str = 'grad_cam', "
                "**options: Any) -> Any: ...\n")
-    names = [*registry.REGISTRY, "list_methods", "method_info", "attribute"]
+    out.append("\nclass Explainer:\n"
+               "    net: nn.Module\n"
+               "    method: str\n"
+               "    def __init__(self, net: nn.Module, method: str, **options: Any) -> None: ...\n"
+               "    def __call__(self, x: Any, target: Any = None) -> Any: ...\n\n")
+    out.append("def explainer(net: nn.Module, method: str = 'grad_cam', **options: Any) -> Explainer: ...\n")
+    names = [*registry.REGISTRY, "list_methods", "method_info", "attribute", "explainer", "Explainer"]
     out.append("\n__all__ = [\n" + "".join(f"    {n!r},\n" for n in names) + "]\n")
     return "".join(out)
 
@@ -86,6 +92,8 @@ def test_mypy_sees_every_public_function(tmp_path):
         net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
         cam = gradattr.grad_cam(net, torch.randn(3, 8, 8), 0, None, "0", upsampling="none")
         names: list[str] = gradattr.list_methods()
+        ex: gradattr.Explainer = gradattr.explainer(net, "grad_cam", feature_layer="0")
+        ex(torch.randn(3, 8, 8), 0)
         {calls.replace(chr(10), chr(10) + '        ')}
         gradattr.grad_cam(net, torch.randn(3, 8, 8), no_such_option=1)  # E: unexpected keyword
         """))
