@@ -1,0 +1,114 @@
+"""The perturbation methods against their floor: the forward passes they must run, and nothing else.
+
+For each method the forward passes of the whole network that one call runs are
+recorded (their inputs, copied by a pre-hook on the model); the floor replays the same
+passes on the same inputs, under ``torch.inference_mode``: what the method cannot avoid. The method and its
+floor run in alternation in one process, ``--repeats`` times each; the table gives the
+medians and their ratio (goal: <= 1.1). Ablation-CAM runs the network's tail after the
+feature layer, not whole passes: its floor replays the tail passes (recorded at the
+layer after ``layer4``: ``avgpool``) on the same feature maps.
+
+Usage: ``python benchmarks/bench_floor.py [--sizes 112 224] [--repeats 3] [--threads 2]
+[--device cpu|cuda] [--methods score_cam ...]``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import gradattr  # noqa: E402
+
+METHODS = {  # name: options (ResNet-18, layer4: C = 512)
+    "score_cam": {},
+    "ss_cam": dict(samples=4),
+    "is_cam": dict(samples=4),
+    "group_cam": {},
+    "rise": dict(masks=512),
+    "ablation_cam": {},
+}
+
+
+def resnet18(device):
+    import torchvision
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=1000).eval().to(device)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def record(module, fn) -> list[torch.Tensor]:
+    """Copies of the input of every call of ``module`` while ``fn()`` runs."""
+    shapes = []
+    h = module.register_forward_pre_hook(lambda m, i: shapes.append(i[0].detach().clone()))
+    try:
+        fn()
+    finally:
+        h.remove()
+    return shapes
+
+
+def floor(module, inputs):
+    """Replay the forward passes of ``module`` on the recorded ``inputs``."""
+    def run():
+        with torch.inference_mode():
+            for t in inputs:
+                module(t)
+    return run
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[112, 224])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--methods", nargs="+", default=list(METHODS))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    net = resnet18(device)
+    print(f"load average at start: {os.getloadavg()}; torch {torch.__version__}, {device}, "
+          f"{args.threads} thread(s), ResNet-18 layer4 (C = 512), median of {args.repeats}")
+    print("\n| size | method | forward passes (images) | gradattr (s) | floor (s) | ratio |\n|---|---|---:|---:|---:|---:|")
+    for size in args.sizes:
+        torch.manual_seed(1)
+        x = torch.randn(1, 3, size, size, device=device)
+        for name in args.methods:
+            opts = dict(METHODS[name])
+            if "feature_layer" in gradattr.method_info(name).options:
+                opts["feature_layer"] = "layer4"
+            call = (lambda: getattr(gradattr, name)(net, x, 281, **opts))
+            if name == "ablation_cam":
+                tail = net.avgpool
+                shapes = record(tail, call)
+                base = floor(torch.nn.Sequential(net.avgpool, torch.nn.Flatten(1), net.fc), shapes)
+            else:
+                shapes = record(net, call)
+                base = floor(net, shapes)
+            times = {"gradattr": [], "floor": []}
+            for _ in range(args.repeats):
+                for k, f in (("gradattr", call), ("floor", base)):
+                    sync(device)
+                    t0 = time.perf_counter()
+                    f()
+                    sync(device)
+                    times[k].append(time.perf_counter() - t0)
+            g, fl = statistics.median(times["gradattr"]), statistics.median(times["floor"])
+            images = sum(s.shape[0] for s in shapes)
+            print(f"| {size} | {name} | {len(shapes)} ({images}) | {g:.2f} | {fl:.2f} | {g / fl:.2f} |",
+                  flush=True)
+    print(f"\nload average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
