@@ -1,14 +1,23 @@
 """Cost of the input-level attributions against captum, and of K targets against one.
 
 On the same model, input and target: saliency, integrated gradients (50 Gauss-Legendre
-steps, baseline 0) and SmoothGrad (50 noisy copies of saliency), gradattr against captum
-(``Saliency``, ``IntegratedGradients``, ``NoiseTunnel(Saliency)``, their defaults: every
-step / copy in one batch), on a seeded ResNet-18 (random weights) at 64 x 64 and on a tiny
+steps, baseline 0), SmoothGrad (50 noisy copies of saliency) and occlusion, gradattr against
+captum (``Saliency``, ``IntegratedGradients``, ``NoiseTunnel(Saliency)``, their defaults: every
+step / copy in one batch; ``Occlusion`` with the same patches, ``perturbations_per_eval`` set so
+that every occluded copy is in one batch as in gradattr), on a seeded ResNet-18 (random
+weights) at 64 x 64 and on a tiny
 conv net at 32 x 32, one image, on the CPU with one thread. The libraries alternate within
 each repeat, so load on a shared machine hits both alike; a ratio is of medians
 (gradattr / captum: below 1 is faster). Then K = 10 targets in one call against one
 target (captum needs one call per target: its cost is K times its single-target cost).
 The load average is printed at the start and at the end.
+
+Occlusion computes the same thing in both: patches of 1/8 of the side tiling the input
+(``mask_size = stride``, whole patches only: ``mask_clipping=False``; captum's window and
+stride span all channels), occluded with each channel's mean, the drop of the target's
+softmax probability, every element given its one patch's drop (``upsampling="nearest"``;
+captum's map averaged over channels, part of its timing). The script checks the two maps
+agree (to 1e-4 of the largest drop) before timing them.
 
 Usage: ``python benchmarks/bench_attribution.py [--repeats 5] [--threads 1]``.
 """
@@ -41,7 +50,12 @@ def tiny():
 
 
 def cases(net, x, target, targets):
-    from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+    from captum.attr import IntegratedGradients, NoiseTunnel, Occlusion, Saliency
+
+    n, c, *size = x.shape
+    patch = [s // 8 for s in size]  # 8 patches a side, tiling the input: 64 occluded copies
+    copies = 64
+    mean = x.mean((2, 3), keepdim=True).expand_as(x).contiguous()
 
     def cap_sal(t):
         return Saliency(net).attribute(x.clone().requires_grad_(), target=t, abs=True)
@@ -52,11 +66,35 @@ def cases(net, x, target, targets):
     def cap_sg(t):
         return NoiseTunnel(Saliency(net)).attribute(x.clone().requires_grad_(), target=t, nt_type="smoothgrad",
                                                     nt_samples=50, stdevs=0.15 * float(x.max() - x.min()))
+    def cap_occ(t):
+        return Occlusion(lambda v: torch.softmax(net(v), 1)).attribute(
+            x, sliding_window_shapes=(c, *patch), strides=(c, *patch), baselines=mean, target=t,
+            perturbations_per_eval=copies).mean(1)
+
+    def ga_occ(t):
+        return gradattr.occlusion(net, x, t, mask_size=patch, stride=patch, mask_clipping=False,
+                                  upsampling="nearest")
+
     return {
         "saliency": (lambda t: gradattr.saliency(net, x, t), cap_sal),
         "integrated_gradients (50 steps)": (lambda t: gradattr.integrated_gradients(net, x, t, steps=50), cap_ig),
         "smooth_grad (50 samples)": (lambda t: gradattr.smooth_grad(net, x, t, samples=50, seed=0), cap_sg),
+        "occlusion (8 x 8 patches)": (ga_occ, cap_occ),
     }
+
+
+def check_same(method, ga, cap, target):
+    """The cases that compute the same thing must agree before they are timed (occlusion)."""
+    if not method.startswith("occlusion"):
+        return
+    got, want = ga(target).detach().float(), cap(target).detach().float()
+    scale = float(want.abs().max())
+    if got.shape != want.shape or not scale > 0 or not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * scale):
+        raise SystemExit(f"{method}: gradattr and captum disagree (shapes {tuple(got.shape)} / "
+                         f"{tuple(want.shape)}, largest difference {float((got - want).abs().max()):.3g} "
+                         f"of {scale:.3g})")
+    print(f"{method}: gradattr equals captum (largest difference {float((got - want).abs().max()):.2g}, "
+          f"largest drop {scale:.2g})", flush=True)
 
 
 def timed(fn):
@@ -78,6 +116,7 @@ def main(argv=None):
         x = torch.randn(1, 3, size, size, generator=g)
         target, targets = 3, list(range(10))
         for method, (ga, cap) in cases(net, x, target, targets).items():
+            check_same(method, ga, cap, target)
             ga(target), cap(target)  # warm-up
             t_ga, t_cap, t_ga10 = [], [], []
             for _ in range(args.repeats):

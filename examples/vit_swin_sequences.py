@@ -41,53 +41,8 @@ import torch
 from torch import nn
 
 import gradattr
-from example_utils import CACHE, OUTPUT, arguments, save_path, trained
-
-
-def digit_pairs(m: int, gen: torch.Generator):
-    """``m`` images 1 x 16 x 32: two 8 x 8 digits (0 or 1) side by side, upsampled x2; label = left digit."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits(n_class=2)
-    images = torch.tensor(d.images, dtype=torch.float32) / 16
-    labels = torch.tensor(d.target)
-    i = torch.randint(0, len(images), (m,), generator=gen)
-    j = torch.randint(0, len(images), (m,), generator=gen)
-    x = torch.cat([images[i], images[j]], -1)[:, None]
-    return nn.functional.interpolate(x, scale_factor=2), labels[i]
-
-
-def series(m: int, gen: torch.Generator):
-    """``m`` series 3 x 50: noise, plus a bump of sign +-1 (the class) on channel 0 at steps 20-29."""
-    y = torch.randint(0, 2, (m,), generator=gen)
-    x = 0.3 * torch.randn(m, 3, 50, generator=gen)
-    x[:, 0, 20:30] += (2 * y - 1)[:, None].float() * 1.5
-    return x, y
-
-
-def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch: int) -> None:
-    opt = torch.optim.Adam(net.parameters(), lr)
-    net.train()
-    for _ in range(epochs):
-        for b in range(0, len(x), batch):
-            loss = nn.functional.cross_entropy(net(x[b:b + batch]), y[b:b + batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    net.eval()
-
-
-class SeriesLSTM(nn.Module):
-    """Reads ``(N, C, T)``; a batch-first LSTM over time; classifies from the last step."""
-
-    def __init__(self):
-        super().__init__()
-        self.rnn = nn.LSTM(3, 12, batch_first=True)
-        self.fc = nn.Linear(12, 2)
-
-    def forward(self, x):
-        out, _ = self.rnn(x.transpose(1, 2))
-        return self.fc(out[:, -1])
+from example_utils import (CACHE, OUTPUT, SeriesLSTM, arguments, digit_pairs, fit, save_path, series, tiny_vit,
+                           trained)
 
 
 class SeriesTransformer(nn.Module):
@@ -103,13 +58,6 @@ class SeriesTransformer(nn.Module):
 
     def forward(self, x):
         return self.fc(self.encoder(self.embed(x.transpose(1, 2)) + self.pos).mean(1))
-
-
-def vit_net() -> nn.Module:
-    import timm
-
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(16, 32), patch_size=4,
-                             in_chans=1, num_classes=2, embed_dim=32, depth=2, num_heads=2, global_pool="avg")
 
 
 def swin_net() -> nn.Module:
@@ -137,12 +85,12 @@ def main(out_dir: str = OUTPUT, cache_dir: str | None = CACHE, retrain: bool = F
     gen = torch.Generator().manual_seed(0)
     x, y = digit_pairs(600, gen)
     xt, yt = digit_pairs(200, gen)
-    xs, ys = series(400, gen)
-    xst, yst = series(200, gen)
+    xs, ys = series(400, gen, 50)
+    xst, yst = series(200, gen, 50)
 
     nets, cams, layers, accuracy = {}, {}, {}, {}
     for name, make, data, options in (
-            ("ViT", vit_net, (x, y), {"epochs": 6, "lr": 3e-3, "batch": 50}),
+            ("ViT", lambda: tiny_vit(global_pool="avg"), (x, y), {"epochs": 6, "lr": 3e-3, "batch": 50}),
             ("Swin", swin_net, (x, y), {"epochs": 6, "lr": 3e-3, "batch": 50}),
             ("LSTM", SeriesLSTM, (xs, ys), {"epochs": 30, "lr": 1e-2, "batch": 50}),
             ("Transformer encoder", SeriesTransformer, (xs, ys), {"epochs": 15, "lr": 3e-3, "batch": 50})):

@@ -29,59 +29,14 @@ import torch
 from torch import nn
 
 import gradattr
-from example_utils import CACHE, OUTPUT, arguments, save_path, trained
+from example_utils import (CACHE, OUTPUT, SeriesLSTM, arguments, digit_pairs, fit, save_path, series, tiny_vit,
+                           trained)
 
 CAMS = ("grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam", "grad_cam_elementwise")
 INPUT_LEVEL = ("saliency", "integrated_gradients", "smooth_grad")
 ATTENTION = ("attention_rollout", "transformer_attribution")
 ROWS = ("grad_cam", "best other CAM", *INPUT_LEVEL, "occlusion", *ATTENTION)
 STEPS = 60
-
-
-def digit_pairs(m: int, gen: torch.Generator):
-    """``m`` images 1 x 16 x 32: two 8 x 8 digits (0 or 1) side by side, upsampled x2; label = left digit."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits(n_class=2)
-    images = torch.tensor(d.images, dtype=torch.float32) / 16
-    labels = torch.tensor(d.target)
-    i = torch.randint(0, len(images), (m,), generator=gen)
-    j = torch.randint(0, len(images), (m,), generator=gen)
-    x = torch.cat([images[i], images[j]], -1)[:, None]
-    return nn.functional.interpolate(x, scale_factor=2), labels[i]
-
-
-def series(m: int, gen: torch.Generator):
-    """``m`` series 3 x 60: noise, plus a bump of sign +-1 (the class) on channel 0 at steps 20-29."""
-    y = torch.randint(0, 2, (m,), generator=gen)
-    x = 0.3 * torch.randn(m, 3, STEPS, generator=gen)
-    x[:, 0, 20:30] += (2 * y - 1)[:, None].float() * 1.5
-    return x, y
-
-
-def fit(net: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float, batch: int) -> None:
-    opt = torch.optim.Adam(net.parameters(), lr)
-    net.train()
-    for _ in range(epochs):
-        for b in range(0, len(x), batch):
-            loss = nn.functional.cross_entropy(net(x[b:b + batch]), y[b:b + batch])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    net.eval()
-
-
-class SeriesLSTM(nn.Module):
-    """Reads ``(N, C, T)``; a batch-first LSTM over time; classifies from the last step."""
-
-    def __init__(self):
-        super().__init__()
-        self.rnn = nn.LSTM(3, 12, batch_first=True)
-        self.fc = nn.Linear(12, 2)
-
-    def forward(self, x):
-        out, _ = self.rnn(x.transpose(1, 2))
-        return self.fc(out[:, -1])
 
 
 class SeriesTransformer(nn.Module):
@@ -103,13 +58,6 @@ class SeriesTransformer(nn.Module):
 def series_cnn() -> nn.Module:
     return nn.Sequential(nn.Conv1d(3, 8, 5, padding=2), nn.ReLU(), nn.Conv1d(8, 8, 5, padding=2), nn.ReLU(),
                          nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 2))
-
-
-def vit_net() -> nn.Module:
-    import timm
-
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(16, 32), patch_size=4,
-                             in_chans=1, num_classes=2, embed_dim=32, depth=2, num_heads=2)
 
 
 def share(maps: torch.Tensor, region: slice) -> torch.Tensor:
@@ -164,10 +112,10 @@ def main(out_dir: str = OUTPUT, cache_dir: str | None = CACHE, retrain: bool = F
     gen = torch.Generator().manual_seed(0)
     x, y = digit_pairs(600, gen)
     xt, yt = digit_pairs(200, gen)
-    xs, ys = series(400, gen)
-    xst, yst = series(200, gen)
+    xs, ys = series(400, gen, STEPS)
+    xst, yst = series(200, gen, STEPS)
     n_eval = 40 if fast else 200
-    models = {"ViT": (vit_net, (x, y), (xt, yt), {"epochs": 8, "lr": 3e-3, "batch": 50}, slice(0, 16)),
+    models = {"ViT": (tiny_vit, (x, y), (xt, yt), {"epochs": 8, "lr": 3e-3, "batch": 50}, slice(0, 16)),
               "LSTM": (SeriesLSTM, (xs, ys), (xst, yst), {"epochs": 30, "lr": 3e-3, "batch": 50}, slice(20, 30)),
               "Transformer encoder": (SeriesTransformer, (xs, ys), (xst, yst),
                                       {"epochs": 15, "lr": 3e-3, "batch": 50}, slice(20, 30)),

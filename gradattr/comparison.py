@@ -20,7 +20,7 @@ from torch import nn
 from . import api
 from . import metrics as M
 from .errors import GradattrError, expected
-from .inputs import prepare
+from .inputs import prepare_inputs
 from .targets import resolve_target
 
 __all__ = ["compare", "Table", "explain", "available_methods", "method_options", "channel_reduce",
@@ -262,10 +262,15 @@ class Table:
 
 
 # -- compare --------------------------------------------------------------------------
+def _inputs(x) -> bool:
+    """``x`` is several inputs of one batch: a tuple or list of tensors/arrays (and other values)."""
+    return isinstance(x, (tuple, list)) and any(isinstance(v, (torch.Tensor, np.ndarray)) for v in x)
+
+
 def _batches(data, target, mask, box):
-    """``data`` -> iterable of ``(x, target, mask, box)``."""
-    if isinstance(data, (torch.Tensor, np.ndarray)):
-        yield data, target, mask, box
+    """``data`` -> iterable of ``(x, target, mask, box)``; ``x`` a tuple for several inputs."""
+    if isinstance(data, (torch.Tensor, np.ndarray)) or (isinstance(data, tuple) and _inputs(data)):
+        yield data, target, mask, box  # one batch (a tuple: the inputs of net(*x), as for grad_cam)
         return
     if mask is not None or box is not None or target is not None:
         raise GradattrError("data: expected a single batch (tensor or array) when target, mask or box "
@@ -279,6 +284,11 @@ def _batches(data, target, mask, box):
             yield item, None, None, None
         elif isinstance(item, (tuple, list)) and 1 <= len(item) <= 3:
             x, *rest = item
+            if isinstance(x, (tuple, list)):  # (inputs, target, ...): several inputs, run as net(*x)
+                if not _inputs(x):
+                    raise expected(f"data[{i}][0]", "a tensor, an array, or a tuple/list of the "
+                                   "network's inputs", f"a {type(x).__name__} without tensors or arrays")
+                x = tuple(x)
             tgt = rest[0] if rest else None
             if tgt is not None and isinstance(tgt, (torch.Tensor, np.ndarray)) and np.ndim(tgt) == 1:
                 tgt = tgt.reshape(-1, 1)  # labels of a batch: one class per sample
@@ -287,8 +297,8 @@ def _batches(data, target, mask, box):
                                                      else ref).dtype == bool
             yield x, tgt, (ref if is_mask else None), (None if is_mask else ref)
         else:
-            raise expected(f"data[{i}]", "x, (x, target) or (x, target, reference)",
-                           type(item).__name__)
+            raise expected(f"data[{i}]", "x, (x, target) or (x, target, reference), x a tensor, an "
+                           "array or a tuple of inputs", type(item).__name__)
 
 
 def _label(method) -> str:
@@ -302,15 +312,19 @@ def _label(method) -> str:
 def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Sequence[str] = DEFAULT_METRICS,
             *, target=None, mask=None, box=None, method_options: Mapping | None = None,
             metric_options: Mapping | None = None, softmax: bool = True, batch_size: int = 32,
-            classes: Sequence | None = None, input_format: str | None = None, device="auto") -> Table:
+            classes: Sequence | None = None, input_format: str | None = None, device="auto",
+            explain: int = 0, forward_kwargs: dict | None = None) -> Table:
     """Score several attribution methods on the same data: one row per method.
 
     Args:
         net: the network, left as found.
-        data: one batch (``x``, a tensor or array as for :func:`gradattr.grad_cam`) or
-            an iterable of batches (a ``DataLoader``): each ``x``, ``(x, target)``
-            (a 1-D target is one class per sample) or ``(x, target, reference)`` (a
-            boolean mask or an integer box for the localisation metrics).
+        data: one batch (``x``, a tensor or array as for :func:`gradattr.grad_cam`, or a
+            tuple of the network's inputs run as ``net(*x)``) or an iterable of batches (a
+            list, a ``DataLoader``): each ``x``, ``(x, target)`` (a 1-D target is one class
+            per sample) or ``(x, target, reference)`` (a boolean mask or an integer box for
+            the localisation metrics), where ``x`` may be a tuple or list of inputs (what a
+            ``DataLoader`` over items ``((image, question), label)`` yields). A tuple
+            ``data`` of tensors is one batch of several inputs, not a sequence of batches.
         methods: method names (see :func:`available_methods`), ``"random"`` (uniform
             noise maps: the chance level to beat), callables ``(net, x, target) ->
             maps``, or ``(label, callable)`` pairs.
@@ -329,6 +343,13 @@ def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Se
             the ROAD variants ``"road"``).
         softmax, batch_size: passed to every network metric.
         classes, input_format, device: as in :func:`gradattr.grad_cam`.
+        explain: with several inputs, the index of the input the maps explain (given to
+            every method, see :func:`gradattr.grad_cam`); the metrics perturb that input
+            only (it must be floating point: an image, a series, embeddings), the others
+            follow each perturbed copy's sample.
+        forward_kwargs: keyword inputs of the network for every batch (e.g.
+            ``{"attention_mask": m}``); tensors batch first follow the samples, so
+            batched ones fit one batch (or batches of one size).
 
     Returns:
         A :class:`Table`, one row per method: the mean of each metric over the
@@ -372,7 +393,7 @@ def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Se
                   if isinstance(method_options.get(lab), Mapping)}
     shared = {k: v for k, v in method_options.items() if k not in per_method}
     common = dict(softmax=softmax, batch_size=batch_size, classes=classes, input_format=input_format,
-                  device=device)
+                  device=device, explain=explain, forward_kwargs=forward_kwargs)
 
     values: dict[str, dict[str, list]] = {lab: {m: [] for m in metrics} for lab in labels}
     seconds = {lab: 0.0 for lab in labels}
@@ -410,7 +431,8 @@ def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Se
 # Which function takes each metric_options key's options, and those options (what compare
 # itself passes, net, x, maps, target, mask and box, is not among them). A test keeps each
 # list equal to the function's keyword-only parameters.
-_CURVE = ("softmax", "batch_size", "reduction_fn", "classes", "input_format", "device")
+_CURVE = ("softmax", "batch_size", "reduction_fn", "classes", "input_format", "device", "explain",
+          "forward_kwargs")
 _METRIC_OPTIONS = {
     "deletion": ("baseline", "steps") + _CURVE,
     "insertion": ("baseline", "steps") + _CURVE,
@@ -447,7 +469,8 @@ def _check_metric_options(metric: str, opts) -> None:
 
 def _shape_info(net, x, target, common) -> tuple[int, tuple[int, ...], int, bool]:
     """``(N, spatial, K, batched)`` of the maps a method returns for ``x`` and ``target``."""
-    xt, layout = prepare(x, net, common["input_format"], torch.device("cpu"), torch.float32)
+    xt, layout, _ = prepare_inputs(x, net, common["explain"], common["input_format"], torch.device("cpu"),
+                                   torch.float32)
     tgt = resolve_target(target, None, common["classes"], xt.shape[0])
     if tgt.scalar:
         k = 1
@@ -458,7 +481,7 @@ def _shape_info(net, x, target, common) -> tuple[int, tuple[int, ...], int, bool
 
 def _maps(net, x, method, label, target, options, common, gen):
     accepted = method_options(method) if isinstance(method, str) else None
-    dev = {k: common[k] for k in ("device", "classes", "input_format")
+    dev = {k: common[k] for k in ("device", "classes", "input_format", "explain", "forward_kwargs")
            if common[k] is not None and (accepted is None or k in accepted)}
     if isinstance(method, str) and method in ("random", "random_cam"):
         # "random" is the registry's random_cam, drawing from compare's generator (seeded 0)

@@ -144,6 +144,15 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
         batches: any iterable of batches: tensors or numpy arrays ``(B, C, *spatial)``,
             or tuples/lists whose first element is that and whose second is the
             labels ``y`` (what a ``DataLoader`` over a labelled data set yields).
+            Several inputs: the first element may be a tuple or list of the network's
+            inputs, each batch first, run as ``net(*x)`` (a ``DataLoader`` over items
+            ``((image, question_ids), label)`` yields ``[[images, ids], labels]``); a
+            batch without labels is then ``((image, question_ids),)``, since a bare
+            ``(image, ids)`` reads as ``(x, y)``. The maps explain the input
+            ``explain=`` names (an option, default 0), one array per batch as for one
+            input; keyword inputs the same for every batch go in ``forward_kwargs=``
+            (batched tensors in it must match every batch's size); a dict inside a
+            batch is refused.
         method: a method name (``"grad_cam"``, ``"score_cam"``, ...) or a callable
             ``f(net, x, target=..., **options)`` returning the maps.
         target: ``None`` (each sample's top class), anything a method accepts as a
@@ -158,8 +167,10 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
         progress: draw a progress bar with the throughput on stderr (rank 0 only).
         total: number of batches, for the bar, when ``batches`` has no ``len``.
         **options: the method's own options (``feature_layer``, ``upsampling``,
-            ``device``, ``normalize``, ...), checked by the method on the first batch,
-            before anything is written.
+            ``device``, ``normalize``, ``explain``, ``forward_kwargs``, ...), checked by the
+            method on the first batch, before anything is written. ``explain`` is one
+            index: the maps of one input per run (for another input, run again into
+            another ``out_dir``).
 
     Returns:
         A :class:`DatasetReport` with this process's ``samples``, ``batches``,
@@ -257,7 +268,7 @@ def _run(net, batches, explain, name, target, on_batch, folder, overwrite, progr
                 skipped += 1
                 continue
             x, y = _split(batch, index)
-            b = int(x.shape[0])
+            b = _rows(x)
             if indices is None:
                 indices = range(start, start + b)
             elif len(indices) != b:
@@ -265,7 +276,7 @@ def _run(net, batches, explain, name, target, on_batch, folder, overwrite, progr
                                     f"its sampler chose, got {b}")
             if index % world != rank:
                 continue
-            first = _digest_tree(x[0])[:16] if shards is not None else None
+            first = _digest_tree(_first(x))[:16] if shards is not None else None
             if shards is not None and shards.done(index, start, b, first):
                 skipped += 1
                 continue
@@ -434,6 +445,10 @@ def _resolve_method(method, options: dict):
     for key, why in _REFUSED.items():
         if key in options:
             raise expected(key, "no such option for explain_dataset", f"{key}=... ({why})")
+    if isinstance(options.get("explain"), (list, tuple)):
+        raise expected("explain", "one input's index per run (each shard holds one array of maps per "
+                       "batch); run explain_dataset once per input, each into its own out_dir",
+                       repr(options["explain"]))
     from . import api
 
     if callable(method) and not isinstance(method, str):
@@ -904,7 +919,7 @@ def _source(batches, world: int, describe: bool) -> _Source:
         # each batch's size and position: a list and an iterator over it are the same data
         if head:
             x, y = _split(head[0], 0)
-            description["first batch"] = f"x of shape {tuple(x.shape)}, sha256 {_digest_tree([x, y])[:16]}"
+            description["first batch"] = f"{_shape(x)}, sha256 {_digest_tree([x, y])[:16]}"
         else:
             description["first batch"] = None
     return _Source(description, stream=_then(head, it), length=length)
@@ -958,7 +973,7 @@ def _plan(source: _Source, rank: int, world: int, shards) -> _Plan:
             x, _ = _split(batch, k)
             seen[0] = k + 1
             yield k, start, None, batch
-            start += int(x.shape[0])
+            start += _rows(x)
 
     total = source.length
     if total is not None:
@@ -967,20 +982,59 @@ def _plan(source: _Source, rank: int, world: int, shards) -> _Plan:
 
 
 def _split(batch, index: int):
-    """A batch -> ``(x, y or None)``."""
+    """A batch -> ``(x, y or None)``; ``x`` a tensor/array, or a tuple of inputs for ``net(*x)``."""
     if isinstance(batch, (torch.Tensor, np.ndarray)):
         x, y = batch, None
     elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (torch.Tensor, np.ndarray)):
         x, y = batch[0], (batch[1] if len(batch) > 1 else None)
+    elif isinstance(batch, (tuple, list)) and batch and _several(batch[0]):
+        # ((image, question), label) items: a DataLoader yields [[images, questions], labels]
+        x, y = tuple(batch[0]), (batch[1] if len(batch) > 1 else None)
     else:
         got = type(batch).__name__ + (f" of {[type(b).__name__ for b in batch][:3]}"
                                       if isinstance(batch, (tuple, list)) else "")
-        raise expected("batches", f"batches that are a tensor/array x or a tuple (x, y, ...) "
-                       f"(batch {index})", got)
+        raise expected("batches", f"batches that are a tensor/array x or a tuple (x, y, ...), x a "
+                       f"tensor/array or a tuple/list of the network's inputs (batch {index})", got)
+    if isinstance(x, tuple):
+        bad = [i for i, v in enumerate(x) if isinstance(v, dict)]
+        if bad:
+            raise expected("batches", f"positional inputs in x (batch {index}); keyword inputs the same "
+                           "for every batch go in forward_kwargs=, per-batch ones need a model that takes "
+                           "them positionally (a small wrapper module)", f"a dict at x[{bad[0]}]")
+        sizes = {int(v.shape[0]) for v in x if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim > 0}
+        if len(sizes) != 1:
+            raise expected("batches", f"inputs with one batch size as their first dimension (batch {index})",
+                           "shapes " + ", ".join(str(tuple(getattr(v, "shape", ()))) for v in x))
+        return x, y
     if x.ndim < 3:
         raise expected("batches", f"batched inputs (B, C, *spatial) (batch {index})",
                        f"shape {tuple(x.shape)}")
     return x, y
+
+
+def _several(x) -> bool:
+    """A batch's first element holds several inputs: a tuple/list with a tensor or array in it."""
+    return isinstance(x, (tuple, list)) and any(isinstance(v, (torch.Tensor, np.ndarray)) for v in x)
+
+
+def _rows(x) -> int:
+    """The batch size of ``x`` (a tensor, or a tuple of batch-first inputs)."""
+    if isinstance(x, tuple):
+        return next(int(v.shape[0]) for v in x if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim > 0)
+    return int(x.shape[0])
+
+
+def _first(x):
+    """The batch's first sample (of every input, for several inputs): what a resume checks."""
+    if isinstance(x, tuple):
+        return tuple(v[0] if isinstance(v, (torch.Tensor, np.ndarray)) and v.ndim > 0 else v for v in x)
+    return x[0]
+
+
+def _shape(x) -> str:
+    if isinstance(x, tuple):
+        return "inputs of shapes " + ", ".join(str(tuple(getattr(v, "shape", ()))) for v in x)
+    return f"x of shape {tuple(x.shape)}"
 
 
 def _label_target(y, b: int, index: int):

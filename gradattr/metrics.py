@@ -29,6 +29,10 @@ Conventions shared by the network metrics:
 * ``maps`` come as :func:`gradattr.grad_cam` returns them for ``x``: ``(N, *s)``
   (or ``(*s)`` for an unbatched ``x``), or ``(N, K, *s)`` for K targets per
   sample. Their spatial size must be ``x``'s (use ``upsampling="bicubic"``).
+* ``x`` may be a tuple of inputs run as ``net(*x)``, with ``forward_kwargs`` (keyword
+  inputs) and ``explain`` (the index of the input the maps explain), as for the
+  attribution methods: only ``x[explain]`` is perturbed, and the other inputs and the
+  batched keyword inputs follow each perturbed copy's sample.
 * ``target`` takes everything ``grad_cam`` takes (``None`` is each sample's top
   class on the unperturbed input, kept fixed for all perturbed copies).
 * Scores are softmax probabilities of the target class (``softmax=True``, as in
@@ -56,10 +60,10 @@ import torch
 from torch import nn
 
 from .ops import minmax
-from .prep import prepare_call
+from .prep import Call, prepare_call
+from .registry import check_explain, check_forward_kwargs
 from .errors import GradattrError, expected
 from .inputs import check_flag, prepare
-from .targets import Target
 
 __all__ = [
     "Curve", "deletion", "insertion", "blur",
@@ -102,12 +106,12 @@ class _Scorer:
     ``(N, K, *s)``; ``self.base`` the ``(N, K)`` scores of the unperturbed input.
     """
 
-    def __init__(self, net: nn.Module, x: torch.Tensor, maps: torch.Tensor, target: Target,
-                 softmax: bool, batch_size: int):
-        self.net, self.x, self.maps, self.batch_size = net, x, maps, batch_size
+    def __init__(self, call: Call, maps: torch.Tensor, softmax: bool, batch_size: int):
+        self.call, self.x, self.maps, self.batch_size = call, call.x, maps, batch_size
+        target = call.target
         self.softmax = softmax and target.kind != "fn"
         self.n, self.k = maps.shape[:2]
-        y = net(x)
+        y = call.forward(self.x)
         self.target = target.fixed(self._prob(y), self.n)
         base = self.target.scores(self._prob(y), self.n)
         if base.shape[1] != self.k:
@@ -129,7 +133,7 @@ class _Scorer:
     def score(self, inputs: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         """Scores ``(B,)`` of ``inputs (B, C, *s)``, row ``b`` being a copy of sample ``rows[b]``
         scored for its target ``cols[b]``."""
-        y = self._prob(self.net(inputs))
+        y = self._prob(self.call.forward(inputs, rows))  # the other inputs follow the rows
         s = self.target.scores(y, inputs.shape[0], rows)
         return s.gather(1, cols[:, None])[:, 0].float()
 
@@ -184,19 +188,33 @@ def _prepare_maps(maps, spatial: tuple[int, ...], batched: bool, n: int, device,
 
 
 @contextmanager
-def _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, softmax, batch_size):
+def _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, softmax, batch_size,
+             explain=0, forward_kwargs=None):
     """Validate everything, then yield a :class:`_Scorer` and the output :class:`_Form`
-    while the network is borrowed (eval mode, compute device) and gradients are off."""
+    while the network is borrowed (eval mode, compute device) and gradients are off.
+
+    With several inputs (a tuple ``x``) the maps explain ``x[explain]``: only that input is
+    perturbed; the others and the batched ``forward_kwargs`` follow each perturbed copy's sample.
+    """
     batch_size = _check_int(batch_size, "batch_size", 1)
     check_flag("softmax", softmax)
+    # the methods' validators of the two options (the rest of explain is checked against x)
+    check_forward_kwargs("forward_kwargs", forward_kwargs)
+    check_explain("explain", explain)
     # The metrics run forward passes only: inputs made under inference_mode are fine.
     call = prepare_call(net, x, target=target, reduction_fn=reduction_fn, classes=classes,
-                        input_format=input_format, device=device, needs_grad=False)
+                        input_format=input_format, device=device, needs_grad=False,
+                        explain=explain, forward_kwargs=forward_kwargs, several=True)
     xt, layout = call.x, call.layout
+    if not xt.is_floating_point():
+        raise expected("explain", f"the index of a floating-point input to perturb (the metrics replace "
+                       f"the explained input's elements); x[{call.explain}] holds "
+                       f"{str(xt.dtype).replace('torch.', '')} values such as token ids",
+                       repr(call.explain))
     m, k_axis = _prepare_maps(maps, tuple(xt.shape[2:]), layout.batched, xt.shape[0], xt.device, xt.dtype)
     form = _Form(layout.batched, k_axis, layout.numpy, layout.device)
     with call.borrowed(), torch.no_grad():
-        yield _Scorer(net, xt, m, call.target, softmax, batch_size), form, layout
+        yield _Scorer(call, m, softmax, batch_size), form, layout
 
 
 def _ranks(maps: torch.Tensor) -> torch.Tensor:
@@ -311,11 +329,12 @@ def _baseline(baseline, x: torch.Tensor, net, input_format) -> torch.Tensor:
 
 
 def _curve(kind: str, net, x, maps, target, *, baseline, steps, softmax, batch_size, reduction_fn,
-           classes, input_format, device) -> Curve:
+           classes, input_format, device, explain, forward_kwargs) -> Curve:
     steps = _check_int(steps, "steps", 1)
     with _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, softmax,
-                  batch_size) as (sc, form, _):
-        base = _baseline(baseline, sc.x, net, input_format)
+                  batch_size, explain, forward_kwargs) as (sc, form, _):
+        base = _baseline(baseline, sc.x, net, input_format if not sc.call.inputs
+                         else "BC" + "S" * (sc.x.ndim - 2))  # several inputs: x[explain] is batch first
         rows, cols = sc.items()
         flat = sc.maps.flatten(2).flatten(0, 1)  # (I, P)
         ranks = _ranks(flat)
@@ -341,7 +360,7 @@ def _curve(kind: str, net, x, maps, target, *, baseline, steps, softmax, batch_s
 def deletion(net: nn.Module, x, maps, target=None, *, baseline="zeros", steps: int = 100,
              softmax: bool = True, batch_size: int = 32, reduction_fn: Callable | None = None,
              classes: Sequence | None = None, input_format: str | None = None,
-             device="auto") -> Curve:
+             device="auto", explain: int = 0, forward_kwargs: dict | None = None) -> Curve:
     """Deletion curve and AUC (Petsiuk et al., "RISE", BMVC 2018). Lower is better.
 
     The elements of ``x`` are ranked by the map (all channels of a position
@@ -365,6 +384,11 @@ def deletion(net: nn.Module, x, maps, target=None, *, baseline="zeros", steps: i
         softmax: score the softmax probability of the class (``False``: the raw output).
         batch_size: perturbed inputs per forward pass.
         reduction_fn, classes, input_format, device: as in :func:`gradattr.grad_cam`.
+        explain: with several inputs (``x`` a tuple, run as ``net(*x)``), the index of the
+            input the maps explain: only that input (floating point, batch first) is
+            perturbed; the other inputs stay as given, each copy with its own sample's.
+        forward_kwargs: keyword inputs of the network (e.g. ``{"attention_mask": m}``);
+            tensors whose first dimension is the batch size follow each copy's sample.
 
     Returns:
         A :class:`Curve` (``auc``, ``scores``, ``fractions``).
@@ -381,13 +405,14 @@ def deletion(net: nn.Module, x, maps, target=None, *, baseline="zeros", steps: i
     """
     return _curve("deletion", net, x, maps, target, baseline=baseline, steps=steps, softmax=softmax,
                   batch_size=batch_size, reduction_fn=reduction_fn, classes=classes,
-                  input_format=input_format, device=device)
+                  input_format=input_format, device=device, explain=explain,
+                  forward_kwargs=forward_kwargs)
 
 
 def insertion(net: nn.Module, x, maps, target=None, *, baseline="blur", steps: int = 100,
               softmax: bool = True, batch_size: int = 32, reduction_fn: Callable | None = None,
               classes: Sequence | None = None, input_format: str | None = None,
-              device="auto") -> Curve:
+              device="auto", explain: int = 0, forward_kwargs: dict | None = None) -> Curve:
     """Insertion curve and AUC (Petsiuk et al., "RISE", BMVC 2018). Higher is better.
 
     Starts from the baseline (a blurred copy of ``x`` by default, as in RISE) and
@@ -397,7 +422,7 @@ def insertion(net: nn.Module, x, maps, target=None, *, baseline="blur", steps: i
 
     Args:
         net, x, maps, target, steps, softmax, batch_size, reduction_fn, classes,
-            input_format, device: as in :func:`deletion`.
+            input_format, device, explain, forward_kwargs: as in :func:`deletion`.
         baseline: the starting point: ``"blur"`` (default), ``"zeros"``, ``"mean"``,
             a number, an array shaped like ``x`` or a callable (see :func:`deletion`).
 
@@ -406,7 +431,8 @@ def insertion(net: nn.Module, x, maps, target=None, *, baseline="blur", steps: i
     """
     return _curve("insertion", net, x, maps, target, baseline=baseline, steps=steps, softmax=softmax,
                   batch_size=batch_size, reduction_fn=reduction_fn, classes=classes,
-                  input_format=input_format, device=device)
+                  input_format=input_format, device=device, explain=explain,
+                  forward_kwargs=forward_kwargs)
 
 
 # ====================================================================================
@@ -446,7 +472,8 @@ def _numpy(a) -> np.ndarray:
 def confidence_change(net: nn.Module, x, maps, target=None, *, normalize: bool = True,
                       softmax: bool = True, batch_size: int = 32, reduction_fn: Callable | None = None,
                       classes: Sequence | None = None, input_format: str | None = None,
-                      device="auto") -> ConfidenceChange:
+                      device="auto", explain: int = 0,
+                      forward_kwargs: dict | None = None) -> ConfidenceChange:
     """Score of ``x`` masked by its map (Chattopadhay et al., "Grad-CAM++", WACV 2018).
 
     ``O = score(x * E)`` with ``E`` the map min-max scaled to [0, 1] (broadcast
@@ -457,7 +484,7 @@ def confidence_change(net: nn.Module, x, maps, target=None, *, normalize: bool =
 
     Args:
         net, x, maps, target, softmax, batch_size, reduction_fn, classes,
-            input_format, device: as in :func:`deletion`.
+            input_format, device, explain, forward_kwargs: as in :func:`deletion`.
         normalize: min-max scale each map to [0, 1] first (``False``: use the maps
             as they are, e.g. already in [0, 1]).
 
@@ -476,7 +503,7 @@ def confidence_change(net: nn.Module, x, maps, target=None, *, normalize: bool =
     """
     check_flag("normalize", normalize)
     with _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, softmax,
-                  batch_size) as (sc, form, _):
+                  batch_size, explain, forward_kwargs) as (sc, form, _):
         e = minmax(sc.maps) if normalize else sc.maps
         rows, cols = sc.items()
         em = e.flatten(0, 1)  # (I, *s)
@@ -493,27 +520,30 @@ def confidence_change(net: nn.Module, x, maps, target=None, *, normalize: bool =
 
 def average_drop(net: nn.Module, x, maps, target=None, *, normalize: bool = True, softmax: bool = True,
                  batch_size: int = 32, reduction_fn: Callable | None = None, classes: Sequence | None = None,
-                 input_format: str | None = None, device="auto") -> float:
+                 input_format: str | None = None, device="auto", explain: int = 0,
+                 forward_kwargs: dict | None = None) -> float:
     """Average drop in percent, ``100 * mean(max(0, Y - O) / Y)`` (Grad-CAM++). Lower is better.
 
     The arguments are those of :func:`confidence_change`, which gives the per-map values.
     """
     return confidence_change(net, x, maps, target, normalize=normalize, softmax=softmax,
                              batch_size=batch_size, reduction_fn=reduction_fn, classes=classes,
-                             input_format=input_format, device=device).average_drop
+                             input_format=input_format, device=device, explain=explain,
+                  forward_kwargs=forward_kwargs).average_drop
 
 
 def increase_in_confidence(net: nn.Module, x, maps, target=None, *, normalize: bool = True,
                            softmax: bool = True, batch_size: int = 32, reduction_fn: Callable | None = None,
                            classes: Sequence | None = None, input_format: str | None = None,
-                           device="auto") -> float:
+                           device="auto", explain: int = 0, forward_kwargs: dict | None = None) -> float:
     """Increase in confidence in percent, ``100 * mean(O > Y)`` (Grad-CAM++). Higher is better.
 
     The arguments are those of :func:`confidence_change`, which gives the per-map values.
     """
     return confidence_change(net, x, maps, target, normalize=normalize, softmax=softmax,
                              batch_size=batch_size, reduction_fn=reduction_fn, classes=classes,
-                             input_format=input_format, device=device).increase_in_confidence
+                             input_format=input_format, device=device, explain=explain,
+                  forward_kwargs=forward_kwargs).increase_in_confidence
 
 
 # ====================================================================================
@@ -637,7 +667,8 @@ def road(net: nn.Module, x, maps, target=None, *, order: str = "both",
          fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
          noise: float = 0.01, seed: int | None = 0, softmax: bool = True, batch_size: int = 32,
          reduction_fn: Callable | None = None, classes: Sequence | None = None,
-         input_format: str | None = None, device="auto") -> Road:
+         input_format: str | None = None, device="auto", explain: int = 0,
+         forward_kwargs: dict | None = None) -> Road:
     """ROAD: RemOve And Debias (Rong et al., "A Consistent and Efficient Evaluation
     Strategy for Attribution Methods", ICML 2022).
 
@@ -649,7 +680,7 @@ def road(net: nn.Module, x, maps, target=None, *, order: str = "both",
 
     Args:
         net, x, maps, target, softmax, batch_size, reduction_fn, classes,
-            input_format, device: as in :func:`deletion`.
+            input_format, device, explain, forward_kwargs: as in :func:`deletion`.
         order: ``"morf"``, ``"lerf"`` or ``"both"``.
         fractions: fractions of the positions to remove, each strictly between 0
             and 1 (pytorch-grad-cam's ``percentile=p`` removes ``1 - p / 100``).
@@ -675,7 +706,7 @@ def road(net: nn.Module, x, maps, target=None, *, order: str = "both",
         raise expected("noise", "a number >= 0", repr(noise))
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     with _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, softmax,
-                  batch_size) as (sc, form, _):
+                  batch_size, explain, forward_kwargs) as (sc, form, _):
         rows, cols = sc.items()
         flat = sc.maps.flatten(2).flatten(0, 1)
         ranks = _ranks(flat)

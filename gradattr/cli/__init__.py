@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     p = sub.add_parser("explain", help="compute the map of an input (image, .npy array or folder)",
-                       description="Compute the map of INPUT and save it and/or draw it. Images are "
+                       description="Compute the map of INPUT (the one input of a one-input model; "
+                       "models of several inputs are explained from Python) and save it and/or draw it. Images are "
                        "read with PIL as RGB (or --gray), scaled to [0, 1], optionally resized "
                        "(--size, bilinear, center-cropped unless --crop none) and normalised as (x - mean) / std "
                        "per channel. Defaults: no resize, mean 0, std 1 -- pass your model's preprocessing, "

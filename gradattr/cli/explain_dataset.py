@@ -78,7 +78,10 @@ def _cli_parser():
                     "and write the maps as .npy shards to --out-dir; read them back in order with "
                     "gradattr.load_maps(DIR). Run it under `torchrun --nproc-per-node N -m gradattr "
                     "explain-dataset ...` to split the files across N processes (gloo on CPU, one GPU "
-                    "each with nccl). Re-running with the same --out-dir resumes.")
+                    "each with nccl). Re-running with the same --out-dir resumes. Each file is the one "
+                    "input of a one-input model; models of several inputs (net(image, question)) are "
+                    "explained from Python: gradattr.explain_dataset with ((image, question), label) "
+                    "batches.")
     p.add_argument("input", metavar="FOLDER", help="a folder of images (all of one size, or pass --size) "
                    "or of .npy arrays, one sample (C, ...) each")
     p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
