@@ -643,3 +643,21 @@ def plan_from_options(net: nn.Module, feature_layer, reduction_layer, feature_la
         raise expected("feature_call", "a call index >= 0, or -1 for the last call", repr(feature_call))
     layers = tuple(LayerPlan(name, call, reading) for _, name in features)
     return Plan(layers, None if reduction is None else reduction[1])
+
+
+# -- the public capture API ----------------------------------------------------------------
+# What the scorer, the gradient oracle and the attention observer build their passes from.
+# (Aliases of the names this module uses itself, so that its hook code stays as it is.)
+
+#: ``thread_guard() -> mine``: a guard for hooks, ``mine()`` true only in the thread that
+#: created it (evaluated eagerly under ``torch.compile``).
+thread_guard = _mine
+#: ``module_named(net, name)``: the submodule of ``net`` called ``name``.
+module_named = _module
+#: ``Output(net, reduction, name_output, mine)``: hooks that find the scored output
+#: (``.handles`` to install, ``.finish(output) -> (y, name)`` after the pass).
+Output = _Output
+
+__all__ = ["LayerPlan", "Plan", "Capture", "capture", "plan_from_options", "run_hooked",
+           "per_target_grads", "target_chunk", "thread_guard", "module_named", "Output", "PLANS",
+           "GRADS_BUDGET"]
