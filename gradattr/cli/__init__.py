@@ -52,8 +52,8 @@ import argparse
 import sys
 
 from ..loading import MEMORY_FACTOR, CliError  # noqa: F401
-from .common import (DEFAULT_MAX_MEMORY, FORMAT_EXAMPLES, MODEL_HELP, PROG, _model_args, _Parser,  # noqa: F401
-                     _version, drop_working_folder, reporting_errors)
+from .common import (DEFAULT_MAX_MEMORY, FORMAT_EXAMPLES, MODEL_HELP, PROG, model_args, Parser,  # noqa: F401
+                     package_version, drop_working_folder, reporting_errors)
 from .explain import cmd_explain
 from .layers import cmd_layers
 from .methods import cmd_methods
@@ -64,10 +64,10 @@ __all__ = ["main", "build_parser", "CliError", "reporting_errors", "PROG", "MODE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Class activation maps (Grad-CAM and family) from the "
+    parser = Parser(prog=PROG, description="Class activation maps (Grad-CAM and family) from the "
                      "command line.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
 
     p = sub.add_parser("explain", help="compute the map of an input (image, .npy array or folder)",
                        description="Compute the map of INPUT and save it and/or draw it. Images are "
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "is replaced without --overwrite.")
     p.add_argument("input", metavar="INPUT", help="an image file, a .npy array (PyTorch layout (N, C, ...) "
                    "or (C, ...), or MATLAB layout with --input-format), or a folder (every file in it)")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--method", default="grad_cam", help="attribution method (see `gradattr methods`); "
                    "default grad_cam")
     t = p.add_mutually_exclusive_group()
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "output has the input's layout (N, C, spatial...), with a header (name, type, "
                        "output shape, reading); the automatic choice is named on the first line and "
                        "marked '*' in the table.")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--input-shape", required=True, metavar="N,C,...", help="input shape, e.g. 1,3,224,224")
     p.add_argument("--all", action="store_true", help="list every layer, not only the candidates")
     p.add_argument("--filter", metavar="TEXT", help="only layers whose name or type contains TEXT "

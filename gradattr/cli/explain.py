@@ -17,14 +17,14 @@ from ..loading import (
     CliError,
     Item,
     Loaded,
-    _classes,
-    _one_line,
+    read_classes,
+    one_line,
     check_memory,
     load_model,
     read_array,
     read_image,
 )
-from .common import EXTRA_METHODS, PROG, _bytes
+from .common import EXTRA_METHODS, PROG, parse_bytes
 
 
 def input_files(target: str) -> list[Path]:
@@ -189,7 +189,7 @@ def cmd_explain(args) -> int:
         raise CliError(f"--method: expected one of {', '.join(methods)}, got {args.method!r}{extra}{hint}")
     if args.target is not None and args.label is not None:
         raise CliError("--label: expected either --target or --label, got both")
-    classes = _classes(args.classes)
+    classes = read_classes(args.classes)
     if args.label is not None and classes is None:
         raise CliError("--label: expected --classes FILE (one class name per line) to look the label up in")
     target = args.target if args.target is not None else args.label
@@ -197,7 +197,7 @@ def cmd_explain(args) -> int:
         raise CliError(f"--upsampling: expected bicubic, nearest or none, got {args.upsampling!r}")
     if args.out is not None and args.upsampling == "none":
         raise CliError("--out: expected maps at the input's size to draw; drop --upsampling none")
-    args.limit = _bytes(args.max_memory, "--max-memory")
+    args.limit = parse_bytes(args.max_memory, "--max-memory")
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     files = input_files(args.input)
     images = [f for f in files if f.suffix.lower() != ".npy"]
@@ -210,7 +210,7 @@ def cmd_explain(args) -> int:
         try:
             plot._mpl()  # fail early, before any work, when matplotlib is missing
         except GradattrError as err:
-            raise CliError(f"--out: the picture needs matplotlib: {_one_line(err)}") from None
+            raise CliError(f"--out: the picture needs matplotlib: {one_line(err)}") from None
     loaded = load_model(args.model, args.weights, trust=args.trust_model, random_weights=args.random_weights)
     items = read_inputs(files, args, loaded, progress)
     folder = len(items) > 1 or Path(args.input).is_dir()
@@ -268,8 +268,8 @@ def cmd_explain(args) -> int:
     except Exception as err:
         if not finished or args.debug:
             raise
-        text = _one_line(err) if isinstance(err, (CliError, GradattrError)) else \
-            f"{type(err).__name__}: {_one_line(err)}"
+        text = one_line(err) if isinstance(err, (CliError, GradattrError)) else \
+            f"{type(err).__name__}: {one_line(err)}"
         raise CliError(f"{text} (kept the outputs of {_kept(finished, len(items))}, finished before the "
                        "failure)") from None
     return 0
@@ -343,7 +343,7 @@ def write_together(outputs: list[tuple[str, Path, bytes]], name: str) -> list[st
             with contextlib.suppress(OSError):
                 folder.rmdir()
         if isinstance(err, OSError):
-            raise CliError(f"{flag}: could not write {path}: {_one_line(err)}; none of the outputs of {name} "
+            raise CliError(f"{flag}: could not write {path}: {one_line(err)}; none of the outputs of {name} "
                            "were written") from None
         raise
     return [str(p) for _, p, _ in outputs]

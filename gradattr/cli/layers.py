@@ -6,8 +6,8 @@ import fnmatch
 from ..errors import GradattrError
 from ..loading import (
     CliError,
-    _ints,
-    _one_line,
+    parse_ints,
+    one_line,
     load_model,
 )
 
@@ -27,7 +27,7 @@ def cmd_layers(args) -> int:
     from ..layouts import read
     from ..prep import borrowed
 
-    shape = _ints(args.input_shape, "--input-shape")
+    shape = parse_ints(args.input_shape, "--input-shape")
     if len(shape) < 3:
         raise CliError(f"--input-shape: expected N,C and 1 to 3 spatial sizes, e.g. 1,3,224,224, got "
                        f"{args.input_shape!r}")
@@ -59,7 +59,7 @@ def cmd_layers(args) -> int:
                 net(x)
     except Exception as err:  # noqa: BLE001
         raise CliError(f"--input-shape: the model does not run on an input of shape {tuple(shape)}: "
-                       f"{_one_line(err)}") from None
+                       f"{one_line(err)}") from None
     finally:
         for h in handles:
             h.remove()
@@ -72,7 +72,7 @@ def cmd_layers(args) -> int:
                 f"--feature-layer is given), scores from {reduction!r}")
     except GradattrError as err:
         chosen = None
-        auto = f"automatic feature layer: none ({_one_line(err)})"
+        auto = f"automatic feature layer: none ({one_line(err)})"
     rows = sorted(((o, nm, t, s, r) for nm, (o, t, s, r) in seen.items()), key=lambda r: r[0])
     if not args.all:
         rows = [r for r in rows if r[4] is not None]
