@@ -57,6 +57,12 @@ def _mpl():
     return Figure, FigureCanvasAgg
 
 
+def require_matplotlib() -> None:
+    """Raise :class:`~gradattr.GradattrError` now when matplotlib (an optional extra) is missing,
+    before any work whose result is to be drawn."""
+    _mpl()
+
+
 _OFF_PYPLOT = contextvars.ContextVar("gradattr_plot_off_pyplot", default=False)
 
 

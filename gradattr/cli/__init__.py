@@ -64,11 +64,24 @@ __all__ = ["main", "build_parser", "CliError", "reporting_errors", "PROG", "MODE
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``gradattr`` and its commands (``explain-dataset`` and ``report`` parse their own)."""
     parser = Parser(prog=PROG, description="Class activation maps (Grad-CAM and family) from the "
                      "command line.")
     parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    _add_explain(sub)
+    _add_layers(sub)
+    sub.add_parser("explain-dataset", help="explain a folder into .npy shards, on one or several "
+                   "processes (torchrun); see gradattr.cli.explain_dataset")
+    sub.add_parser("report", help="write OUT_DIR/report/index.html, a static page of an explain-dataset "
+                   "run's maps; see gradattr.cli.report")
+    p = sub.add_parser("methods", help="list the attribution methods")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_methods)
+    return parser
 
+
+def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="compute the map of an input (image, .npy array or folder)",
                        description="Compute the map of INPUT and save it and/or draw it. Images are "
                        "read with PIL as RGB (or --gray), scaled to [0, 1], optionally resized "
@@ -121,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: only when stderr is a terminal")
     p.set_defaults(func=cmd_explain)
 
+
+def _add_layers(sub) -> None:
     p = sub.add_parser("layers", help="list the candidate feature layers and their output shapes",
                        description="Run the model on zeros of --input-shape and list the layers whose "
                        "output has the input's layout (N, C, spatial...), with a header (name, type, "
@@ -132,15 +147,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", metavar="TEXT", help="only layers whose name or type contains TEXT "
                    "(case-insensitive; a glob with * ? [ ])")
     p.set_defaults(func=cmd_layers)
-
-    sub.add_parser("explain-dataset", help="explain a folder into .npy shards, on one or several "
-                   "processes (torchrun); see gradattr.cli.explain_dataset")
-    sub.add_parser("report", help="write OUT_DIR/report/index.html, a static page of an explain-dataset "
-                   "run's maps; see gradattr.cli.report")
-    p = sub.add_parser("methods", help="list the attribution methods")
-    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_methods)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
