@@ -193,44 +193,14 @@ def _import_factory_module(module_name: str, spec: str):
 
 def load_model(spec: str, weights: str | None = None, *, trust: bool = False,
                random_weights: bool = False) -> Loaded:
-    """Load ``--model`` (see :data:`MODEL_HELP`)."""
-    import torch
-    from torch import nn
-
+    """Load ``--model`` (see :data:`MODEL_HELP`): a model file, or a factory and its weights."""
     path = Path(spec)
     if path.is_file():
         for given, flag in ((weights is not None, "--weights"), (random_weights, "--random-weights")):
             if given:
                 raise CliError(f"{flag}: expected only with a factory --model 'package.module:function', "
                                f"got it with the model file {spec}")
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise CliError(f"--model: cannot read {spec}: {one_line(err)}") from None
-        names, read = _zip_members(data)
-        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
-            raise _torchscript_error(spec)
-        try:
-            archive = bool(names) and pt2.is_archive(names, read)
-        except Exception:  # noqa: BLE001 - a damaged zip: torch.load reports it below
-            archive = False
-        if archive or pt2.is_legacy(names):  # by content: a .pt2 renamed model.bin is one too
-            return _from_exported(_load_exported(data, spec, trust), spec)
-        if path.suffix.lower() == ".pt2" and not names and data[:1] != b"\x80":
-            raise CliError(f"--model: expected {spec} to be a torch.export archive (a zip file written by "
-                           "torch.export.save), got a file that is not a zip")
-        obj = _load_file(data, spec, trust)
-        if isinstance(obj, torch.jit.ScriptModule):
-            raise _torchscript_error(spec)
-        if isinstance(obj, torch.export.ExportedProgram):
-            return _from_exported(obj, spec)
-        if isinstance(obj, dict):
-            raise CliError(f"--model: {spec} holds a state_dict (weights only), not a model; pass the "
-                           "factory that builds the network as --model 'package.module:function' and the "
-                           f"file as --weights {spec}")
-        if not isinstance(obj, nn.Module):
-            raise CliError(f"--model: expected {spec} to hold a torch.nn.Module, got a {type(obj).__name__}")
-        return Loaded(obj)
+        return _model_file(path, spec, trust)
     if path.is_dir():
         raise CliError(f"--model: expected a model file or 'package.module:function', got the folder {spec}")
     if ":" not in spec:
@@ -241,6 +211,52 @@ def load_model(spec: str, weights: str | None = None, *, trust: bool = False,
                        "to use the weights the factory makes, e.g. random ones, on purpose), got none")
     if weights is not None and random_weights:
         raise CliError("--random-weights: expected either --weights FILE or --random-weights, got both")
+    net = _from_factory(spec)
+    if weights is not None:
+        _load_weights(net, weights, spec)
+    return Loaded(net)
+
+
+def _model_file(path: Path, spec: str, trust: bool) -> Loaded:
+    """A model file: a torch.export archive (checked member by member), or a whole module saved
+    with ``torch.save`` (only with ``trust``)."""
+    import torch
+    from torch import nn
+
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CliError(f"--model: cannot read {spec}: {one_line(err)}") from None
+    names, read = _zip_members(data)
+    if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+        raise _torchscript_error(spec)
+    try:
+        archive = bool(names) and pt2.is_archive(names, read)
+    except Exception:  # noqa: BLE001 - a damaged zip: torch.load reports it below
+        archive = False
+    if archive or pt2.is_legacy(names):  # by content: a .pt2 renamed model.bin is one too
+        return _from_exported(_load_exported(data, spec, trust), spec)
+    if path.suffix.lower() == ".pt2" and not names and data[:1] != b"\x80":
+        raise CliError(f"--model: expected {spec} to be a torch.export archive (a zip file written by "
+                       "torch.export.save), got a file that is not a zip")
+    obj = _load_file(data, spec, trust)
+    if isinstance(obj, torch.jit.ScriptModule):
+        raise _torchscript_error(spec)
+    if isinstance(obj, torch.export.ExportedProgram):
+        return _from_exported(obj, spec)
+    if isinstance(obj, dict):
+        raise CliError(f"--model: {spec} holds a state_dict (weights only), not a model; pass the "
+                       "factory that builds the network as --model 'package.module:function' and the "
+                       f"file as --weights {spec}")
+    if not isinstance(obj, nn.Module):
+        raise CliError(f"--model: expected {spec} to hold a torch.nn.Module, got a {type(obj).__name__}")
+    return Loaded(obj)
+
+
+def _from_factory(spec: str):
+    """The network ``package.module:function`` builds."""
+    from torch import nn
+
     module_name, _, attr = spec.partition(":")
     module = _import_factory_module(module_name, spec)
     factory = module
@@ -253,22 +269,27 @@ def load_model(spec: str, weights: str | None = None, *, trust: bool = False,
     if not isinstance(net, nn.Module):
         raise CliError(f"--model: expected factory {spec!r} to return a torch.nn.Module, got "
                        f"{type(net).__name__}")
-    if weights is not None:
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CliError(f"--weights: no such file {weights!r}") from None
-        except Exception as err:  # noqa: BLE001
-            raise CliError(f"--weights: could not load {weights} as a state_dict: {one_line(err)}") from None
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise CliError(f"--weights: expected a state_dict in {weights}, got a {type(state).__name__}")
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as err:
-            raise CliError(f"--weights: {weights} does not fit {spec}: {one_line(err)}") from None
-    return Loaded(net)
+    return net
+
+
+def _load_weights(net, weights: str, spec: str) -> None:
+    """``net.load_state_dict`` of the state_dict in ``weights`` (read with ``weights_only=True``)."""
+    import torch
+
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CliError(f"--weights: no such file {weights!r}") from None
+    except Exception as err:  # noqa: BLE001
+        raise CliError(f"--weights: could not load {weights} as a state_dict: {one_line(err)}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CliError(f"--weights: expected a state_dict in {weights}, got a {type(state).__name__}")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CliError(f"--weights: {weights} does not fit {spec}: {one_line(err)}") from None
 
 
 # -- inputs ---------------------------------------------------------------------------

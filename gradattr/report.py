@@ -84,12 +84,11 @@ def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[st
     """
     from .dataset import load_maps
 
-    _check_options(out_dir, metrics, net, thumb, batch_size)
+    metrics = _check_options(out_dir, metrics, net, thumb, batch_size)
     folder = Path(out_dir)
     maps, order = load_maps(folder, return_indices=True)
     if maps.ndim < 2:
         raise expected("out_dir", "a run with at least one map", f"{str(folder)!r} (no samples)")
-    metrics = (metrics,) if isinstance(metrics, str) else metrics
     run = _run_info(folder)
     names = _class_names(classes)
     source = Inputs(inputs, folder, len(order), reading)
@@ -110,8 +109,8 @@ def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[st
     return _write_page(folder / "report", maps, order, source, rank, samples, names, thumb, heading, run)
 
 
-def _check_options(out_dir, metrics, net, thumb, batch_size) -> None:
-    """:func:`report`'s arguments checked before anything is read."""
+def _check_options(out_dir, metrics, net, thumb, batch_size) -> tuple:
+    """:func:`report`'s arguments checked before anything is read; returns the metrics' names."""
     if not isinstance(out_dir, (str, os.PathLike)):
         raise expected("out_dir", "a folder path (str or pathlib.Path)", type(out_dir).__name__)
     if isinstance(metrics, str):
@@ -125,6 +124,7 @@ def _check_options(out_dir, metrics, net, thumb, batch_size) -> None:
         raise expected("thumb", "an int >= 16 (pixels)", repr(thumb))
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise expected("batch_size", "a positive int", repr(batch_size))
+    return tuple(metrics)
 
 
 def _write_page(page: Path, maps, order, source: Inputs, rank: int, samples: dict, names, thumb: int,
