@@ -5,9 +5,10 @@ Saliency, input x gradient, integrated gradients and SmoothGrad/VarGrad (captum'
 ``feature_layer``, ``LayerIntegratedGradients``-style). They have no feature map
 to combine: each returns ``(N, K, *element)`` where an element is one entry of the
 explained input ``(C, *S)`` (or of the layer's output). Every gradient comes from
-one primitive, :meth:`_Space.grads`: a batch of points (the input, interpolated or
-noisy copies of it, or replacements of the layer's output), their target scores
-``(B, K)`` and ``d score_k / d point`` for all ``K`` targets from one forward pass.
+one primitive, the gradient oracle's
+:meth:`~gradattr.oracle.GradientOracle.point_gradients` (through :meth:`_Space.grads`): a
+batch of points (the input, interpolated or noisy copies of it, or replacements of the
+layer's output) and ``d score_k / d point`` for all ``K`` targets from one forward pass.
 """
 from __future__ import annotations
 
