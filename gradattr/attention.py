@@ -193,10 +193,22 @@ def observe(call, reduction: str | None = None, grad: bool = True):
     mine = thread_guard()
     x = call.x
     out = Output(call.net, reduction, False, mine)
-    obs = Observer(call.net, x.shape[0], tuple(x.shape[2:]), mine)
-    cap = AttentionCapture(clock=obs.tick)
+    watched: list = []  # the observer's module hooks
+
+    def clock() -> int:
+        if not cap.orders:  # only what runs before the first attention call decides the grid
+            for h in watched:
+                h.remove()
+        return obs.tick()
+
+    def install():
+        watched.extend(obs.handles())
+        return out.handles + watched
+
+    cap = AttentionCapture(clock=clock)
+    obs = Observer(call.net, x.shape[0], tuple(x.shape[2:]), lambda: not cap.orders and mine())
     with obs.watching(), cap:
-        output = run_hooked(call, x, lambda: out.handles + obs.handles(), grad=grad)
+        output = run_hooked(call, x, install, grad=grad)
     y, rname = out.finish(output)
     grid, extra = grid_of(obs, cap)
     return cap, grid, extra, y, rname
