@@ -61,7 +61,7 @@ def pgc_score_cam(net, x, target, batch_size=16):
 
 
 def channels_last_input(fn):
-    import gradattr.probe as probe
+    import gradattr.scorer as probe
 
     def run():
         probe.CHANNELS_LAST = True

@@ -11,26 +11,36 @@ and its ``A`` (``(N, H, L, S)``) is recorded inside the autograd graph, so
 (per-head weights) whatever its ``need_weights``. Nothing is patched: when the ``with`` block ends,
 the next forward pass uses the fused kernel again.
 
-The token grid is read in the same pass from the patch embedding: the first
-convolution whose output has the input's batch size and spatial rank gives
-``(N, C, *grid)``; the extra tokens (class, distillation, register tokens) are
-``L - prod(grid)`` and are taken to lead the sequence, as in timm, torchvision
-and Hugging Face ViTs. No grid is guessed from ``sqrt(L)`` or the input size.
+The token grid is the one :class:`gradattr.geometry.Observer` observes in the same pass
+at the stage of the first attention call (a patch embedding's ``(N, C, *grid)`` before it
+is flattened, a reshape or an unfold that makes the tokens; the same grid a token feature
+layer is read on); the extra tokens (class, distillation, register tokens) are
+``L - prod(grid)`` and are taken to lead the sequence, as in timm, torchvision and Hugging
+Face ViTs. No grid is guessed from ``sqrt(L)`` or the input size.
 """
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .errors import GradattrError
+from .geometry import Observer
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_MHA_SIGNATURE = inspect.signature(F.multi_head_attention_forward)
+#: ``F.multi_head_attention_forward``'s parameters in order, with their defaults
+#: (``_REQUIRED``: none); a test keeps them equal to the installed torch's.
+_REQUIRED = object()
+_MHA_NAMES = (("query", _REQUIRED), ("key", _REQUIRED), ("value", _REQUIRED),
+              ("embed_dim_to_check", _REQUIRED), ("num_heads", _REQUIRED),
+              ("in_proj_weight", _REQUIRED), ("in_proj_bias", _REQUIRED), ("bias_k", _REQUIRED),
+              ("bias_v", _REQUIRED), ("add_zero_attn", _REQUIRED), ("dropout_p", _REQUIRED),
+              ("out_proj_weight", _REQUIRED), ("out_proj_bias", _REQUIRED), ("training", True),
+              ("key_padding_mask", None), ("need_weights", True), ("attn_mask", None),
+              ("use_separate_proj_weight", False), ("q_proj_weight", None), ("k_proj_weight", None),
+              ("v_proj_weight", None), ("static_k", None), ("static_v", None),
+              ("average_attn_weights", True), ("is_causal", False))
 _SDPA_NAMES = (("query", None), ("key", None), ("value", None), ("attn_mask", None),
                ("dropout_p", 0.0), ("is_causal", False), ("scale", None), ("enable_gqa", False))
 
@@ -68,6 +78,22 @@ def _arg(args, kwargs, i, name, default):
     return args[i] if len(args) > i else kwargs.get(name, default)
 
 
+def _bind(names, args, kwargs, func) -> dict:
+    """The arguments of a call of ``func`` by name, from ``names`` (its parameters in order, with
+    their defaults); refuses arguments it does not know rather than dropping them."""
+    known = {n for n, _ in names}
+    unknown = [k for k in kwargs if k not in known]
+    if len(args) > len(names) or unknown:
+        raise GradattrError(f"net: expected a call of {func.__name__} with the parameters of torch "
+                            f"{torch.__version__}, got {len(args)} positional arguments and "
+                            f"{sorted(kwargs)} (gradattr does not know this torch's signature)")
+    bound = {n: _arg(args, kwargs, i, n, d) for i, (n, d) in enumerate(names)}
+    missing = [n for n, v in bound.items() if v is _REQUIRED]
+    if missing:
+        raise TypeError(f"{func.__name__}() missing required arguments: {missing}")
+    return bound
+
+
 class AttentionCapture(TorchFunctionMode):
     """Within ``with AttentionCapture() as cap:`` every attention call records its probabilities.
 
@@ -80,10 +106,12 @@ class AttentionCapture(TorchFunctionMode):
     output is computed from; the caller still gets what it asked for.
     """
 
-    def __init__(self):
+    def __init__(self, clock=None):
         super().__init__()
         self.probs: list[torch.Tensor] = []
         self.nodes: list[torch.Tensor] = []
+        self.orders: list[int] = []  # when each call ran, on ``clock()`` (an Observer's tick)
+        self.clock = clock
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -91,24 +119,26 @@ class AttentionCapture(TorchFunctionMode):
             bound = _SDPA_NAMES
             a = [_arg(args, kwargs, i, n, d) for i, (n, d) in enumerate(bound)]
             out, probs = explicit_attention(*a)
-            self.probs.append(probs)
-            self.nodes.append(probs)
+            self._record(probs, probs)
             return out
         if func is F.multi_head_attention_forward:
-            bound = _MHA_SIGNATURE.bind(*args, **kwargs)
-            bound.apply_defaults()
-            need, average = bound.arguments["need_weights"], bound.arguments["average_attn_weights"]
-            bound.arguments["need_weights"] = True
-            bound.arguments["average_attn_weights"] = False
-            out, w = func(**bound.arguments)  # this mode is off inside: the explicit path runs
+            bound = _bind(_MHA_NAMES, args, kwargs, func)
+            need, average = bound["need_weights"], bound["average_attn_weights"]
+            bound["need_weights"] = True
+            bound["average_attn_weights"] = False
+            out, w = func(**bound)  # this mode is off inside: the explicit path runs
             base = w._base if w._base is not None else w  # (N * H, L, S), what the output used
-            heads = bound.arguments["num_heads"]
-            self.probs.append(base.view(-1, heads, *base.shape[-2:]))
-            self.nodes.append(base)
+            self._record(base.view(-1, bound["num_heads"], *base.shape[-2:]), base)
             if not need:
                 return out, None
             return out, (w.mean(-3) if average else w)
         return func(*args, **kwargs)
+
+    def _record(self, probs: torch.Tensor, node: torch.Tensor) -> None:
+        self.probs.append(probs)
+        self.nodes.append(node)
+        if self.clock is not None:
+            self.orders.append(self.clock())
 
     def gradients(self, s: torch.Tensor, counterfactual: bool = False, reduction_name: str = "output"):
         """``d s[:, k] / d A`` for every recorded call: ``(N, K, H, L, S)`` each."""
@@ -124,67 +154,61 @@ class AttentionCapture(TorchFunctionMode):
         return out
 
 
-class TokenGrid:
-    """Forward hooks that record the patch embedding's grid: the first convolution whose
-    output is ``(N, C, *grid)`` with the input's batch size and spatial rank."""
-
-    def __init__(self, net: nn.Module, n: int, rank: int, mine):
-        self.grid: tuple[int, ...] | None = None
-        self.name: str | None = None
-        self.handles = []
-
-        def hook_for(name):
-            def hook(m, i, o):
-                if self.grid is None and mine() and isinstance(o, torch.Tensor) \
-                        and o.ndim == rank + 2 and o.shape[0] == n:
-                    self.grid, self.name = tuple(o.shape[2:]), name
-            return hook
-        self.handles = [m.register_forward_hook(hook_for(nm)) for nm, m in net.named_modules()
-                        if isinstance(m, _CONVS)]
-
-
-def grid_of(grid: tuple[int, ...] | None, probs: list[torch.Tensor], spatial) -> tuple[tuple[int, ...], int]:
-    """``(grid, extra)`` from the observed patch grid and the attention's token count."""
+def grid_of(obs: Observer, cap: AttentionCapture) -> tuple[tuple[int, ...], int]:
+    """``(grid, extra)``: the grid observed at the stage of the first attention call and the
+    number of leading extra tokens, ``L - prod(grid)``."""
+    probs = cap.probs
     if not probs:
         raise GradattrError(
             "net: expected a model whose attention runs through F.scaled_dot_product_attention or "
             "nn.MultiheadAttention (timm with fused attention, torchvision ViT, Hugging Face with "
             "attn_implementation='sdpa'), but no attention call was observed in its forward pass; "
             "a model that computes softmax(QK^T) by hand needs that path")
-    if grid is None:
-        raise GradattrError(
-            f"net: expected a patch embedding that is a convolution with output (N, C, *grid) of "
-            f"{len(spatial)} spatial dims, to read the token grid from, but none ran in the forward "
-            "pass; the grid is not guessed from the token count")
     tokens = probs[0].shape[-1]
-    cells = math.prod(grid)
     if any(p.shape[-1] != tokens or p.shape[-2] != tokens for p in probs):
         shapes = sorted({tuple(p.shape[-2:]) for p in probs})
         raise GradattrError(f"net: expected self-attention over one token sequence in every block, "
                             f"got attention maps of shapes {shapes} (token merging or cross-attention)")
-    if tokens < cells:
-        raise GradattrError(f"net: expected at least {cells} tokens (the patch grid {grid} observed "
-                            f"at the patch embedding), got attention over {tokens} tokens")
-    return grid, tokens - cells
+    g = obs.stage_grid(cap.orders[0])
+    if g is None or math.prod(g.cells) > tokens:
+        seen = "none" if g is None else f"{' x '.join(map(str, g.cells))} ({g.source})"
+        raise GradattrError(
+            f"net: expected attention over the tokens of a grid observed in the forward pass before "
+            f"it (a patch embedding's (N, C, *grid) before it is flattened, a reshape or an unfold "
+            f"making {len(obs.spatial)}-D patches) and at most {tokens} cells, got attention over "
+            f"{tokens} tokens and the grid {seen}; the grid is not guessed from the token count")
+    return g.cells, tokens - math.prod(g.cells)
 
 
 def observe(call, reduction: str | None = None, grad: bool = True):
-    """One forward pass of ``call`` with attention captured and the token grid read.
+    """One forward pass of ``call`` with attention captured and the token grid observed.
 
     Returns ``(capture, grid, extra, y, reduction_name)``: the :class:`AttentionCapture`,
-    the patch grid ``(*grid)``, the number of leading extra tokens, the scored output
-    and its name. Hooks act only in this thread and are removed in ``finally``; the
-    mode is active only for this pass.
+    the token grid ``(*grid)`` (:func:`grid_of`), the number of leading extra tokens, the
+    scored output and its name. Hooks act only in this thread and are removed in
+    ``finally``; the modes are active only for this pass.
     """
-    from .capture import _mine, _Output, run_hooked
+    from .capture import Output, run_hooked, thread_guard
 
-    mine = _mine()
+    mine = thread_guard()
     x = call.x
-    out = _Output(call.net, reduction, False, mine)
-    tokens = TokenGrid(call.net, x.shape[0], x.ndim - 2, mine)
-    cap = AttentionCapture()
-    with cap:
-        output = run_hooked(call, x, lambda: out.handles + tokens.handles, grad=grad)
+    out = Output(call.net, reduction, False, mine)
+    watched: list = []  # the observer's module hooks
+
+    def clock() -> int:
+        if not cap.orders:  # only what runs before the first attention call decides the grid
+            for h in watched:
+                h.remove()
+        return obs.tick()
+
+    def install():
+        watched.extend(obs.handles())
+        return out.handles + watched
+
+    cap = AttentionCapture(clock=clock)
+    obs = Observer(call.net, x.shape[0], tuple(x.shape[2:]), lambda: not cap.orders and mine())
+    with obs.watching(), cap:
+        output = run_hooked(call, x, install, grad=grad)
     y, rname = out.finish(output)
-    grid, extra = grid_of(tokens.grid, cap.probs, tuple(x.shape[2:]))
+    grid, extra = grid_of(obs, cap)
     return cap, grid, extra, y, rname

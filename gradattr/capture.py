@@ -256,26 +256,14 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
             for i, lp in enumerate(plan.layers)]
 
     output = None
-    leaf = x
-    if record and not any(p.requires_grad for p in call.net.parameters()):
-        leaf = x.detach().requires_grad_(True)
+    leaf = x.detach().requires_grad_(True) if record and not any(
+        p.requires_grad for p in call.net.parameters()) else x
     try:
         with obs.watching() if obs is not None else contextlib.nullcontext():
             output = run_hooked(call, leaf, install, grad=record)
     except _Captured:
         pass
-    for lp, s in zip(plan.layers, slots):
-        if s is None:
-            detail = (f" (it ran {counts[plan.layers.index(lp)]} times; feature_call is 0-based)"
-                      if lp.call is not None and counts[plan.layers.index(lp)] else "")
-            raise _NotCalled(f"feature_layer: expected a layer that runs in the forward pass, "
-                             f"but {lp.name!r} was never called for this input{detail}")
-    done = Plan(tuple(LayerPlan(lp.name, lp.call if lp.call is not None else k - 1, r)
-                      for lp, k, r in zip(plan.layers, counts, readings)), plan.reduction)
-    if not plan.known:
-        PLANS.put(call, plan, done)
-        for lp in done.layers:
-            _warn_guess(lp)
+    done = _resolved(call, plan, slots, counts, readings)
     if stop:
         return Capture(slots, done, None, plan.reduction or "output")
     y, rname = out.finish(output)
@@ -283,13 +271,41 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
             and any(s.requires_grad for s in slots):
         # The tail ran without grad (reentrant checkpointing turns it off again): record it all.
         return _capture_planned(call, done, grad, stop, name_output, x, record=True)
-    if grad and record and not all(s.requires_grad for s in slots):
+    _check_recorded(done, slots, grad and record)
+    return Capture(slots, done, y, rname)
+
+
+def _resolved(call: Call, plan: Plan, slots: list, counts: list[int], readings: list) -> Plan:
+    """The plan as the pass resolved it (each layer's call and reading), remembered when it was
+    not known; every planned layer must have been captured."""
+    _check_called(plan, slots, counts)
+    done = Plan(tuple(LayerPlan(lp.name, lp.call if lp.call is not None else k - 1, r)
+                      for lp, k, r in zip(plan.layers, counts, readings)), plan.reduction)
+    if not plan.known:
+        PLANS.put(call, plan, done)
+        for lp in done.layers:
+            _warn_guess(lp)
+    return done
+
+
+def _check_called(plan: Plan, slots: list, counts: list[int]) -> None:
+    """Every planned feature layer captured in the pass, or :class:`_NotCalled` naming the first not."""
+    for lp, s in zip(plan.layers, slots):
+        if s is None:
+            detail = (f" (it ran {counts[plan.layers.index(lp)]} times; feature_call is 0-based)"
+                      if lp.call is not None and counts[plan.layers.index(lp)] else "")
+            raise _NotCalled(f"feature_layer: expected a layer that runs in the forward pass, "
+                             f"but {lp.name!r} was never called for this input{detail}")
+
+
+def _check_recorded(done: Plan, slots: list, recorded: bool) -> None:
+    """Every feature layer's output recorded by autograd when the whole graph was (``recorded``)."""
+    if recorded and not all(s.requires_grad for s in slots):
         names = [lp.name for lp, s in zip(done.layers, slots) if not s.requires_grad]
         raise GradattrError(f"feature_layer: expected a layer whose output autograd records, but "
                             f"{names[0]!r} runs without gradients (inside a reentrant "
                             "torch.utils.checkpoint segment?); choose a layer outside the segment "
                             "or checkpoint with use_reentrant=False")
-    return Capture(slots, done, y, rname)
 
 
 def _warn_guess(lp: LayerPlan) -> None:
@@ -333,16 +349,8 @@ def _detector_scope(net: nn.Module, y=None) -> str | None:
 def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torch.Tensor):
     """Hooks on every module to find the automatic layer: ``(capture, fresh)``.
 
-    The rule (see :mod:`gradattr.layers`): among the module outputs before the
-    reduction layer's output that read as a feature map of the input on a grid
-    observed in the same pass (:mod:`gradattr.geometry`), outside attention modules
-    (by type and by the attention they are seen computing), the last one on which the
-    target score depends spatially (its gradient, from the same recorded graph, is
-    non-zero at more than one position); for a spatial output (segmenters, UNets) the
-    last one before the prediction layer (whose channel count is the output's); for
-    detectors the backbone's last feature map; for an output that is a sequence of
-    steps ``(N, T, V)`` of an image (a captioner) a map of the encoder, never the
-    decoder's steps. For CNNs this is MATLAB's rule: the last feature map.
+    The module outputs of one recorded pass (outside attention modules by type) are read
+    (:func:`_readable`) and the last one the score depends on is chosen (:func:`_depended_on`).
     """
     n, spatial, mine = x.shape[0], tuple(x.shape[2:]), _mine()
     obs = Observer(call.net, n, spatial, mine)
@@ -391,10 +399,32 @@ def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torc
     with obs.watching():
         output = run_hooked(call, leaf, install, grad=True)
     y, rname = out.finish(output)
+    candidates = _readable(before_reduction if plan.reduction else seen, call, y, obs, x, rejected)
+    name, t, version, k, reading = _depended_on(candidates, call, y)
+    lp = LayerPlan(name, k, reading)
+    _warn_guess(lp)
+    # A time-first tensor is stored transposed, which autograd has not recorded: run again.
+    fresh = t._version == version and (t.requires_grad or not grad) and reading.kind != "time_first"
+    return Capture([t], Plan((lp,), plan.reduction), y, rname), fresh
+
+
+def _readable(entries: list, call: Call, y, obs: Observer, x: torch.Tensor, rejected: dict) -> list:
+    """``[name, tensor, version, call, reading]`` of the recorded outputs that may be the automatic
+    layer; refused with what was seen when none may.
+
+    The rule (see :mod:`gradattr.layers`; :func:`_depended_on` picks among these): the module
+    outputs before the reduction layer's output that read as a feature map of the input on a
+    grid observed in the same pass (:mod:`gradattr.geometry`), outside attention modules (by
+    type and by the attention they are seen computing); for a spatial output (segmenters, UNets)
+    those before the prediction layer (whose channel count is the output's); for detectors the
+    backbone's; for an output that is a sequence of steps ``(N, T, V)`` of an image (a
+    captioner) the encoder's maps, never the decoder's steps. For CNNs this is MATLAB's rule.
+    """
+    n, spatial = x.shape[0], tuple(x.shape[2:])
     outs = {id(t) for t in tensors_of(y)}
     scope = _detector_scope(call.net, y)
     candidates = []
-    for name, t, version, k, order, module, item in (before_reduction if plan.reduction else seen):
+    for name, t, version, k, order, module, item in entries:
         if id(t) in outs or obs.inside_attention(name) or (scope and not name.startswith(scope)):
             continue
         reading = layouts.read(t, n, spatial, module, obs, order)
@@ -412,13 +442,7 @@ def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torc
             "reduction layer"
             + (f" (outputs with the batch size, none readable: {listed})" if listed else "")
             + "; pass feature_layer (and feature_layout) explicitly")
-    name, t, version, k, reading = _depended_on(candidates, call, y)
-    lp = LayerPlan(name, k, reading)
-    _warn_guess(lp)
-    # A time-first tensor is stored transposed, which autograd has not recorded: run again.
-    fresh = t._version == version and (t.requires_grad or not grad) and reading.kind != "time_first"
-    done = Plan((lp,), plan.reduction)
-    return Capture([t], done, y, rname), fresh
+    return candidates
 
 
 def _before_head(candidates: list, call: Call, y) -> list:
@@ -671,3 +695,21 @@ def plan_from_options(net: nn.Module, feature_layer, reduction_layer, feature_la
         raise expected("feature_call", "a call index >= 0, or -1 for the last call", repr(feature_call))
     layers = tuple(LayerPlan(name, call, reading) for _, name in features)
     return Plan(layers, None if reduction is None else reduction[1])
+
+
+# -- the public capture API ----------------------------------------------------------------
+# What the scorer, the gradient oracle and the attention observer build their passes from.
+# (Aliases of the names this module uses itself, so that its hook code stays as it is.)
+
+#: ``thread_guard() -> mine``: a guard for hooks, ``mine()`` true only in the thread that
+#: created it (evaluated eagerly under ``torch.compile``).
+thread_guard = _mine
+#: ``module_named(net, name)``: the submodule of ``net`` called ``name``.
+module_named = _module
+#: ``Output(net, reduction, name_output, mine)``: hooks that find the scored output
+#: (``.handles`` to install, ``.finish(output) -> (y, name)`` after the pass).
+Output = _Output
+
+__all__ = ["LayerPlan", "Plan", "Capture", "capture", "plan_from_options", "run_hooked",
+           "per_target_grads", "target_chunk", "thread_guard", "module_named", "Output", "PLANS",
+           "GRADS_BUDGET"]

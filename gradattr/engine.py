@@ -11,9 +11,10 @@ The flow of one call (see ``docs/ARCHITECTURE.md``)::
             --> upsampling (one place), normalize, output form    [here]
 
 Methods never touch hooks, models or devices: they get a :class:`LayerView`
-(activations ``(N, C, *s)``, gradients ``(N, K, C, *s)`` and a
-:class:`~gradattr.probe.Probe` for perturbations) and return weights, channel
-terms or maps, which :func:`combine` turns into ``(N, K, *s)`` maps.
+(activations ``(N, C, *s)``, gradients ``(N, K, C, *s)``, a forward-only
+:class:`~gradattr.scorer.Scorer` and a :class:`~gradattr.oracle.GradientOracle`
+for extra passes) and return weights, channel terms or maps, which :func:`combine`
+turns into ``(N, K, *s)`` maps.
 """
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ from .ensembles import augmented, sess
 from .capture import Capture, Plan, capture, per_target_grads, plan_from_options
 from .errors import GradattrError, GradattrWarning, expected
 from .inputs import check_model
+from .oracle import GradientOracle
 from .prep import Call, prepare_call, read_checks
-from .probe import Probe
 from .ops import eigen_projection, minmax
 from .registry import Method
+from .scorer import Scorer
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,8 @@ class LayerView:
 
     acts: torch.Tensor | None  # (N, C, *s), detached
     grads: torch.Tensor | None  # (N, K, C, *s) for gradient methods
-    probe: Probe
+    scorer: Scorer  # forward passes without gradients: inputs, masked inputs, modified activations
+    oracle: GradientOracle  # gradients of the score: input, layers, biases, attention, HVPs
     layers: int = 1  # how many feature layers this call explains
 
 
@@ -190,12 +193,14 @@ def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int
 def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: str):
     """``(maps (N, K, *s), feature_names, reduction_name)`` of one (possibly augmented) input."""
     counterfactual = opts.get("counterfactual", False)
+
+    def view(a, g, cap: Capture | None, i: int, layers: int) -> LayerView:
+        scorer = Scorer(call, plan if cap is None else cap.plan, cap, i, mode)
+        return LayerView(a, g, scorer, GradientOracle(scorer, counterfactual), layers)
+
     if not method.layered:
-        probe = Probe(call, None, counterfactual=counterfactual, upsampling=mode)
-        if plan.reduction is not None:
-            probe.cap = Capture([], plan, None, plan.reduction)
-        maps = method.compute(LayerView(None, None, probe, 0), **own)
-        return maps, [], probe.reduction_name
+        v = view(None, None, None, 0, 0)
+        return method.compute(v, **own), [], v.scorer.reduction_name
     grad = method.captures == "activations+gradients"
     cap = capture(call, plan, grad=grad, stop=method.stop_early,
                   name_output=bool(opts.get("return_layers")))
@@ -206,12 +211,12 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
         grads = [g if g is None else g.float() for g in grads]
     maps = []
     for i, (a, g) in enumerate(zip(acts, grads)):
-        probe = Probe(call, cap, i, counterfactual=counterfactual, upsampling=mode)
-        out = method.compute(LayerView(a, g, probe, len(acts)), **own)
+        v = view(a, g, cap, i, len(acts))
+        out = method.compute(v, **own)
         maps.append(combine(method.combine, out, a, opts.get("eigen_smooth", False), opts.get("relu", True)))
     fused = _fuse(maps, call, mode)
     if method.finish is not None:
-        fused = method.finish(probe, fused)
+        fused = method.finish(v, fused)
     return fused, cap.plan.names, cap.reduction_name
 
 

@@ -255,8 +255,12 @@ class Observer:
             if src.ndim == 2 * r + 1 and out.ndim == 2 * r + 2:
                 self.add(out.shape[2:2 + r], f"Tensor.unfold patches {tuple(out.shape)}", tensor=out)
             return
-        if func not in _RESHAPES or r < 2 or tuple(src.shape) == tuple(out.shape):
-            return
+        if func in _RESHAPES and r >= 2 and tuple(src.shape) != tuple(out.shape):
+            self._reshape(src, out)
+
+    def _reshape(self, src: torch.Tensor, out: torch.Tensor) -> None:
+        """A reshape of the batch's tensors that splits a token axis into a grid or merges one."""
+        r = self.rank
         a, b = tuple(src.shape), tuple(out.shape)
         # a token axis split into a grid: (N, L, C) -> (N, *g, C) or (N, C, L) -> (N, C, *g), unless
         # the tokens came back from the batch dim since the last grid (split, they keep that order)

@@ -387,6 +387,20 @@ def _settle(shape, geometry, order, exclude) -> str:
             "reshape_transform) says how to read them in any case")
 
 
+def _check_callable(reading: Reading, t: torch.Tensor, name: str, rank: int) -> None:
+    """A ``feature_layout`` callable turns ``t`` into ``(N, C, *S)``, or an error says where it did not."""
+    shape = tuple(t.shape)
+    try:
+        a = reading.fn(t)
+    except Exception as e:  # noqa: BLE001 - the user's function: say where it failed
+        raise GradattrError(f"feature_layout: expected a callable tensor -> (N, C, *S), but it "
+                            f"raised {type(e).__name__}: {e} on {name!r}'s output of shape {shape}") from None
+    if not isinstance(a, torch.Tensor) or a.ndim != rank + 2 or a.shape[0] != shape[0]:
+        got = f"shape {tuple(a.shape)}" if isinstance(a, torch.Tensor) else type(a).__name__
+        raise GradattrError(f"feature_layout: expected a callable returning ({shape[0]}, C, "
+                            f"{rank} spatial dims) for {name!r}'s output {shape}, got {got}")
+
+
 def bind(reading: Reading, out, name: str, n: int, spatial: tuple[int, ...], module=None,
          geometry=None, order: int | None = None) -> Reading:
     """A reading asked for by name, fixed to the shape of ``out`` (grid, extra tokens) as given."""
@@ -405,15 +419,7 @@ def bind(reading: Reading, out, name: str, n: int, spatial: tuple[int, ...], mod
 
     k = reading.kind
     if k == "callable":
-        try:
-            a = reading.fn(t)
-        except Exception as e:  # noqa: BLE001 - the user's function: say where it failed
-            raise GradattrError(f"feature_layout: expected a callable tensor -> (N, C, *S), but it "
-                                f"raised {type(e).__name__}: {e} on {name!r}'s output of shape {shape}") from None
-        if not isinstance(a, torch.Tensor) or a.ndim != rank + 2 or a.shape[0] != shape[0]:
-            got = f"shape {tuple(a.shape)}" if isinstance(a, torch.Tensor) else type(a).__name__
-            raise GradattrError(f"feature_layout: expected a callable returning ({shape[0]}, C, "
-                                f"{rank} spatial dims) for {name!r}'s output {shape}, got {got}")
+        _check_callable(reading, t, name, rank)
         return replace(reading, item=item, bound=True)
     if k == "time_first":
         if t.ndim != 3 or shape[1] != n:

@@ -77,7 +77,7 @@ def _load_exported(data: bytes, spec: str, trust: bool):
                 return torch.export.load(io.BytesIO(data))
         except Exception as err:  # noqa: BLE001
             raise CliError(f"--model: could not load {spec} (trusted) with torch.export.load: "
-                           f"{_one_line(err)}") from None
+                           f"{one_line(err)}") from None
     try:
         clean = pt2.checked_archive(data)
     except pt2.Unsafe as err:
@@ -87,12 +87,12 @@ def _load_exported(data: bytes, spec: str, trust: bool):
                        f"with torch.export.save under this torch, or pass --trust-model to let torch.export.load "
                        "try (it may run code from the file)") from None
     except Exception as err:  # noqa: BLE001 - a damaged zip (bad CRC, cut short)
-        raise CliError(f"--model: could not read {spec} as a torch.export archive: {_one_line(err)}") from None
+        raise CliError(f"--model: could not read {spec} as a torch.export archive: {one_line(err)}") from None
     try:
         with pt2.quiet_torch():
             ep = torch.export.load(io.BytesIO(clean))
     except Exception as err:  # noqa: BLE001
-        raise CliError(f"--model: could not load {spec} with torch.export.load: {_one_line(err)}") from None
+        raise CliError(f"--model: could not load {spec} with torch.export.load: {one_line(err)}") from None
     try:
         pt2.check_graphs(ep)
     except pt2.Unsafe as err:
@@ -122,7 +122,7 @@ def _from_exported(ep, path) -> Loaded:
     try:
         net = torch.export.unflatten(ep)
     except Exception as err:  # noqa: BLE001 - report the cause in one line
-        raise CliError(f"--model: could not unflatten the exported program {path}: {_one_line(err)}") from None
+        raise CliError(f"--model: could not unflatten the exported program {path}: {one_line(err)}") from None
     ndim, shape = None, None
     try:
         users = set(ep.graph_signature.user_inputs)
@@ -160,19 +160,19 @@ def _load_file(data: bytes, spec: str, trust: bool):
         if "Unsupported global" not in text and "reduce" not in text:  # not pickled objects: a broken file
             cause = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|$)", text, re.DOTALL)
             raise CliError(f"--model: could not load {spec} with torch.load: "
-                           f"{_one_line(cause.group(1)) if cause else _one_line(err)}") from None
+                           f"{one_line(cause.group(1)) if cause else one_line(err)}") from None
         if not trust:
             raise _refuse_pickle(spec, err) from None
     except Exception as err:  # noqa: BLE001
-        raise CliError(f"--model: could not load {spec} with torch.load: {_one_line(err)}") from None
+        raise CliError(f"--model: could not load {spec} with torch.load: {one_line(err)}") from None
     try:  # the user said --trust-model: the file's code runs
         with pt2.quiet_torch():
             return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)  # --trust-model only
     except ModuleNotFoundError as err:
-        raise CliError(f"--model: could not load {spec} (trusted): {_one_line(err)}; the classes a pickled "
+        raise CliError(f"--model: could not load {spec} (trusted): {one_line(err)}; the classes a pickled "
                        "module names must be importable (set PYTHONPATH to their folder)") from None
     except Exception as err:  # noqa: BLE001
-        raise CliError(f"--model: could not load {spec} (trusted) with torch.load: {_one_line(err)}") from None
+        raise CliError(f"--model: could not load {spec} (trusted) with torch.load: {one_line(err)}") from None
 
 
 def _import_factory_module(module_name: str, spec: str):
@@ -182,7 +182,7 @@ def _import_factory_module(module_name: str, spec: str):
     try:
         return importlib.import_module(module_name)
     except ImportError as err:
-        raise CliError(f"--model: cannot import {module_name!r} for factory {spec!r}: {_one_line(err)}") \
+        raise CliError(f"--model: cannot import {module_name!r} for factory {spec!r}: {one_line(err)}") \
             from None
     finally:
         if sys.path and sys.path[0] == cwd:
@@ -193,44 +193,14 @@ def _import_factory_module(module_name: str, spec: str):
 
 def load_model(spec: str, weights: str | None = None, *, trust: bool = False,
                random_weights: bool = False) -> Loaded:
-    """Load ``--model`` (see :data:`MODEL_HELP`)."""
-    import torch
-    from torch import nn
-
+    """Load ``--model`` (see :data:`MODEL_HELP`): a model file, or a factory and its weights."""
     path = Path(spec)
     if path.is_file():
         for given, flag in ((weights is not None, "--weights"), (random_weights, "--random-weights")):
             if given:
                 raise CliError(f"{flag}: expected only with a factory --model 'package.module:function', "
                                f"got it with the model file {spec}")
-        try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise CliError(f"--model: cannot read {spec}: {_one_line(err)}") from None
-        names, read = _zip_members(data)
-        if any("/code/" in n or n.endswith("constants.pkl") for n in names):
-            raise _torchscript_error(spec)
-        try:
-            archive = bool(names) and pt2.is_archive(names, read)
-        except Exception:  # noqa: BLE001 - a damaged zip: torch.load reports it below
-            archive = False
-        if archive or pt2.is_legacy(names):  # by content: a .pt2 renamed model.bin is one too
-            return _from_exported(_load_exported(data, spec, trust), spec)
-        if path.suffix.lower() == ".pt2" and not names and data[:1] != b"\x80":
-            raise CliError(f"--model: expected {spec} to be a torch.export archive (a zip file written by "
-                           "torch.export.save), got a file that is not a zip")
-        obj = _load_file(data, spec, trust)
-        if isinstance(obj, torch.jit.ScriptModule):
-            raise _torchscript_error(spec)
-        if isinstance(obj, torch.export.ExportedProgram):
-            return _from_exported(obj, spec)
-        if isinstance(obj, dict):
-            raise CliError(f"--model: {spec} holds a state_dict (weights only), not a model; pass the "
-                           "factory that builds the network as --model 'package.module:function' and the "
-                           f"file as --weights {spec}")
-        if not isinstance(obj, nn.Module):
-            raise CliError(f"--model: expected {spec} to hold a torch.nn.Module, got a {type(obj).__name__}")
-        return Loaded(obj)
+        return _model_file(path, spec, trust)
     if path.is_dir():
         raise CliError(f"--model: expected a model file or 'package.module:function', got the folder {spec}")
     if ":" not in spec:
@@ -241,6 +211,52 @@ def load_model(spec: str, weights: str | None = None, *, trust: bool = False,
                        "to use the weights the factory makes, e.g. random ones, on purpose), got none")
     if weights is not None and random_weights:
         raise CliError("--random-weights: expected either --weights FILE or --random-weights, got both")
+    net = _from_factory(spec)
+    if weights is not None:
+        _load_weights(net, weights, spec)
+    return Loaded(net)
+
+
+def _model_file(path: Path, spec: str, trust: bool) -> Loaded:
+    """A model file: a torch.export archive (checked member by member), or a whole module saved
+    with ``torch.save`` (only with ``trust``)."""
+    import torch
+    from torch import nn
+
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CliError(f"--model: cannot read {spec}: {one_line(err)}") from None
+    names, read = _zip_members(data)
+    if any("/code/" in n or n.endswith("constants.pkl") for n in names):
+        raise _torchscript_error(spec)
+    try:
+        archive = bool(names) and pt2.is_archive(names, read)
+    except Exception:  # noqa: BLE001 - a damaged zip: torch.load reports it below
+        archive = False
+    if archive or pt2.is_legacy(names):  # by content: a .pt2 renamed model.bin is one too
+        return _from_exported(_load_exported(data, spec, trust), spec)
+    if path.suffix.lower() == ".pt2" and not names and data[:1] != b"\x80":
+        raise CliError(f"--model: expected {spec} to be a torch.export archive (a zip file written by "
+                       "torch.export.save), got a file that is not a zip")
+    obj = _load_file(data, spec, trust)
+    if isinstance(obj, torch.jit.ScriptModule):
+        raise _torchscript_error(spec)
+    if isinstance(obj, torch.export.ExportedProgram):
+        return _from_exported(obj, spec)
+    if isinstance(obj, dict):
+        raise CliError(f"--model: {spec} holds a state_dict (weights only), not a model; pass the "
+                       "factory that builds the network as --model 'package.module:function' and the "
+                       f"file as --weights {spec}")
+    if not isinstance(obj, nn.Module):
+        raise CliError(f"--model: expected {spec} to hold a torch.nn.Module, got a {type(obj).__name__}")
+    return Loaded(obj)
+
+
+def _from_factory(spec: str):
+    """The network ``package.module:function`` builds."""
+    from torch import nn
+
     module_name, _, attr = spec.partition(":")
     module = _import_factory_module(module_name, spec)
     factory = module
@@ -253,22 +269,27 @@ def load_model(spec: str, weights: str | None = None, *, trust: bool = False,
     if not isinstance(net, nn.Module):
         raise CliError(f"--model: expected factory {spec!r} to return a torch.nn.Module, got "
                        f"{type(net).__name__}")
-    if weights is not None:
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise CliError(f"--weights: no such file {weights!r}") from None
-        except Exception as err:  # noqa: BLE001
-            raise CliError(f"--weights: could not load {weights} as a state_dict: {_one_line(err)}") from None
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise CliError(f"--weights: expected a state_dict in {weights}, got a {type(state).__name__}")
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as err:
-            raise CliError(f"--weights: {weights} does not fit {spec}: {_one_line(err)}") from None
-    return Loaded(net)
+    return net
+
+
+def _load_weights(net, weights: str, spec: str) -> None:
+    """``net.load_state_dict`` of the state_dict in ``weights`` (read with ``weights_only=True``)."""
+    import torch
+
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CliError(f"--weights: no such file {weights!r}") from None
+    except Exception as err:  # noqa: BLE001
+        raise CliError(f"--weights: could not load {weights} as a state_dict: {one_line(err)}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CliError(f"--weights: expected a state_dict in {weights}, got a {type(state).__name__}")
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CliError(f"--weights: {weights} does not fit {spec}: {one_line(err)}") from None
 
 
 # -- inputs ---------------------------------------------------------------------------
@@ -282,7 +303,8 @@ def _floats(text: str | None, argument: str, default: float) -> np.ndarray:
     return np.asarray(vals, dtype=np.float32)
 
 
-def _ints(text: str, argument: str) -> list[int]:
+def parse_ints(text: str, argument: str) -> list[int]:
+    """``"224,224"`` -> ``[224, 224]`` (positive ints), or a :class:`CliError` naming ``argument``."""
     try:
         vals = [int(v) for v in text.split(",")]
     except ValueError:
@@ -335,14 +357,14 @@ def read_image(path: Path, args) -> Item:
         with Image.open(path) as img:
             size = (img.height, img.width)
             if args.size is not None:
-                size = _ints(args.size, "--size")
+                size = parse_ints(args.size, "--size")
                 if len(size) not in (1, 2):
                     raise CliError(f"--size: expected one number or H,W, got {args.size!r}")
                 size = tuple((size * 2)[:2])
             check_memory((1 if args.gray else 3, *size), path.name, args.limit)  # before any large array
             img = img.convert("L" if args.gray else "RGB")
     except (UnidentifiedImageError, OSError) as err:
-        raise CliError(f"INPUT: cannot read {path} as an image: {_one_line(err)}") from None
+        raise CliError(f"INPUT: cannot read {path} as an image: {one_line(err)}") from None
     prep = None
     if args.size is not None:
         crop = getattr(args, "crop", None) or "center"  # the same default for a parser without --crop
@@ -393,7 +415,7 @@ def _npy_problem(path: Path, err: BaseException) -> str:
         return f"the file ends inside its header ({size} bytes; cut short?)"
     if "mmap length is greater than file size" in str(err):
         return f"the file holds fewer bytes ({size}) than its header's shape and dtype need (cut short?)"
-    return _one_line(err)
+    return one_line(err)
 
 
 def read_array(path: Path, args, loaded: Loaded) -> Item:
@@ -417,13 +439,14 @@ def read_array(path: Path, args, loaded: Loaded) -> Item:
     return Item(path, np.array(arr, dtype=np.float32), fmt)
 
 
-def _classes(path: str | None) -> list[str] | None:
+def read_classes(path: str | None) -> list[str] | None:
+    """Class names, one per line, from the file ``path`` (``None``: none)."""
     if path is None:
         return None
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as err:
-        raise CliError(f"--classes: cannot read {path}: {_one_line(err)}") from None
+        raise CliError(f"--classes: cannot read {path}: {one_line(err)}") from None
     except UnicodeDecodeError as err:
         raise CliError(f"--classes: expected a UTF-8 text file, one class name per line, got {path}, which is "
                        f"not text (byte 0x{err.object[err.start]:02x} at offset {err.start})") from None
@@ -433,6 +456,7 @@ def _classes(path: str | None) -> list[str] | None:
     return names
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
     text = " ".join(str(err).split())
     return text if text else type(err).__name__

@@ -590,7 +590,6 @@ def impute(x, missing, noise: float = 0.0, generator: torch.Generator | None = N
         >>> impute(x, torch.tensor([False, True, True, False])).tolist()  # a line from 0 to 3
         [[0.0, 1.0, 2.0, 3.0]]
     """
-    from scipy.sparse import coo_matrix, diags
     from scipy.sparse.linalg import spsolve
 
     c, *spatial = x.shape
@@ -605,6 +604,25 @@ def impute(x, missing, noise: float = 0.0, generator: torch.Generator | None = N
         return x.clone()
     if m == p:
         raise expected("missing", "at least one known element to impute from", "every element missing")
+    a, known = _imputation_system(flat_miss, unknown, shape)
+    values = x.detach().reshape(c, p).cpu().double().numpy()
+    rhs = -(known @ values.T)  # (m, C)
+    sol = np.asarray(spsolve(a.tocsc(), rhs)).reshape(m, c)
+    filled = torch.from_numpy(sol.T.copy())
+    if noise:
+        filled = filled + noise * torch.randn(filled.shape, generator=generator, dtype=filled.dtype)
+    out = x.detach().reshape(c, p).clone()
+    out[:, torch.from_numpy(unknown).to(out.device)] = filled.to(device=out.device, dtype=out.dtype)
+    return out.view_as(x)
+
+
+def _imputation_system(flat_miss: np.ndarray, unknown: np.ndarray, shape: tuple):
+    """:func:`impute`'s sparse system over the ``m`` missing elements of a grid ``shape``:
+    ``(A (m, m), K (m, P))`` with ``A v + K x = 0`` (``A`` holds ``-sum_j w_ij`` on its
+    diagonal and the weights between missing neighbours, ``K`` those to known ones)."""
+    from scipy.sparse import coo_matrix, diags
+
+    m, p = unknown.size, flat_miss.size
     var = np.full(p, -1, dtype=np.int64)
     var[unknown] = np.arange(m)
     coords = np.stack(np.unravel_index(unknown, shape))  # (d, m)
@@ -624,15 +642,7 @@ def impute(x, missing, noise: float = 0.0, generator: torch.Generator | None = N
     cat = np.concatenate
     a = coo_matrix((cat(a_vals), (cat(a_rows), cat(a_cols))), shape=(m, m)).tocsc() - diags(diag)
     known = coo_matrix((cat(k_vals), (cat(k_rows), cat(k_cols))), shape=(m, p)).tocsr()
-    values = x.detach().reshape(c, p).cpu().double().numpy()
-    rhs = -(known @ values.T)  # (m, C)
-    sol = np.asarray(spsolve(a.tocsc(), rhs)).reshape(m, c)
-    filled = torch.from_numpy(sol.T.copy())
-    if noise:
-        filled = filled + noise * torch.randn(filled.shape, generator=generator, dtype=filled.dtype)
-    out = x.detach().reshape(c, p).clone()
-    out[:, torch.from_numpy(unknown).to(out.device)] = filled.to(device=out.device, dtype=out.dtype)
-    return out.view_as(x)
+    return a, known
 
 
 @dataclass
@@ -693,17 +703,7 @@ def road(net: nn.Module, x, maps, target=None, *, order: str = "both",
     The imputation solves one sparse system per map and fraction on the CPU
     (scipy); the network runs on the compute device.
     """
-    if not isinstance(order, str) or order.lower() not in ("morf", "lerf", "both"):
-        raise expected("order", "'morf', 'lerf' or 'both'", repr(order))
-    order = order.lower()
-    try:
-        fr = [float(f) for f in fractions]
-    except (TypeError, ValueError):
-        raise expected("fractions", "a sequence of numbers in (0, 1)", repr(fractions)) from None
-    if not fr or not all(0 < f < 1 for f in fr):
-        raise expected("fractions", "a non-empty sequence of numbers strictly between 0 and 1", repr(fractions))
-    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
-        raise expected("noise", "a number >= 0", repr(noise))
+    order, fr = _road_options(order, fractions, noise)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     with _scoring(net, x, maps, target, reduction_fn, classes, input_format, device, softmax,
                   batch_size, explain, forward_kwargs) as (sc, form, _):
@@ -729,6 +729,21 @@ def road(net: nn.Module, x, maps, target=None, *, order: str = "both",
             results[name] = form(scores.view(sc.n, sc.k, len(fr)))
         return Road(fractions=form.vector(torch.tensor(fr)), score=form(sc.base),
                     morf=results.get("morf"), lerf=results.get("lerf"))
+
+
+def _road_options(order, fractions, noise) -> tuple[str, list[float]]:
+    """:func:`road`'s ``order`` (lower case) and ``fractions`` (floats), checked with ``noise``."""
+    if not isinstance(order, str) or order.lower() not in ("morf", "lerf", "both"):
+        raise expected("order", "'morf', 'lerf' or 'both'", repr(order))
+    try:
+        fr = [float(f) for f in fractions]
+    except (TypeError, ValueError):
+        raise expected("fractions", "a sequence of numbers in (0, 1)", repr(fractions)) from None
+    if not fr or not all(0 < f < 1 for f in fr):
+        raise expected("fractions", "a non-empty sequence of numbers strictly between 0 and 1", repr(fractions))
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or noise < 0:
+        raise expected("noise", "a number >= 0", repr(noise))
+    return order.lower(), fr
 
 
 # ====================================================================================

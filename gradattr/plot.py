@@ -57,6 +57,12 @@ def _mpl():
     return Figure, FigureCanvasAgg
 
 
+def require_matplotlib() -> None:
+    """Raise :class:`~gradattr.GradattrError` now when matplotlib (an optional extra) is missing,
+    before any work whose result is to be drawn."""
+    _mpl()
+
+
 _OFF_PYPLOT = contextvars.ContextVar("gradattr_plot_off_pyplot", default=False)
 
 
@@ -340,21 +346,8 @@ def sequence(x, importance, path=None, title: str | None = None, *, channel_name
     """
     _mpl()
     cmap = _colormap(cmap)
-    a = _squeeze_lead(_array(x, "x"), 2)
-    if a.ndim == 1:
-        a = a[None]
-    if a.ndim != 2:
-        raise expected("x", "a C x T sequence (or T, or 1 x C x T)", f"shape {tuple(np.shape(_array(x, 'x')))}")
+    a, lines, channel_names = _sequence_inputs(x, importance, ylabel, channel_names)
     c, t = a.shape
-    named = importance if isinstance(importance, Mapping) else {ylabel: importance}
-    if not named:
-        raise expected("importance", "a T map or a non-empty dict of them", "an empty dict")
-    lines = {str(k): _map_like(v, "importance", (t,)) for k, v in named.items()}
-    if channel_names is None:
-        channel_names = [f"Feature {i + 1}" for i in range(c)]
-    elif len(channel_names) != c:
-        raise expected("channel_names", f"{c} names (one per channel of x)", f"{len(channel_names)}")
-
     fig, axes = _figure(2, 1, (8.0, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     top, bottom = axes[0, 0], axes[1, 0]
     steps = np.arange(t)
@@ -363,17 +356,7 @@ def sequence(x, importance, path=None, title: str | None = None, *, channel_name
         top.plot(steps, a[i], lw=1.2, label=channel_names[i], color=colors(i % 10),
                  linestyle=("-", "--", ":")[(i // 10) % 3])
     if shade:
-        lo, hi = a.min(), a.max()
-        pad = 0.05 * (hi - lo if hi > lo else 1.0)
-        first_name, first = next(iter(lines.items()))
-        top.imshow(rescale(first)[None], cmap=cmap, alpha=0.25, aspect="auto",
-                   extent=(-0.5, t - 0.5, lo - pad, hi + pad), vmin=0, vmax=1, zorder=0,
-                   interpolation="nearest")
-        top.set_ylim(lo - pad, hi + pad)
-        if colorbar:
-            bar = _colorbar(fig, top, cmap, float(first.min()), float(first.max()),
-                            f"{first_name} (tint)", location="left", pad=0.02, aspect=15)
-            bar.solids.set_alpha(0.25)
+        _tint(fig, top, a, lines, cmap, colorbar)
     top.set_xlim(-0.5, t - 0.5)
     top.set_ylabel("value")
     if title is not None:
@@ -394,6 +377,41 @@ def sequence(x, importance, path=None, title: str | None = None, *, channel_name
     bottom.grid(alpha=0.3)
     top.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def _sequence_inputs(x, importance, ylabel: str, channel_names):
+    """:func:`sequence`'s arguments checked: ``(x (C, T), {name: (T,) map}, channel names)``."""
+    a = _squeeze_lead(_array(x, "x"), 2)
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2:
+        raise expected("x", "a C x T sequence (or T, or 1 x C x T)", f"shape {tuple(np.shape(_array(x, 'x')))}")
+    c, t = a.shape
+    named = importance if isinstance(importance, Mapping) else {ylabel: importance}
+    if not named:
+        raise expected("importance", "a T map or a non-empty dict of them", "an empty dict")
+    lines = {str(k): _map_like(v, "importance", (t,)) for k, v in named.items()}
+    if channel_names is None:
+        channel_names = [f"Feature {i + 1}" for i in range(c)]
+    elif len(channel_names) != c:
+        raise expected("channel_names", f"{c} names (one per channel of x)", f"{len(channel_names)}")
+    return a, lines, channel_names
+
+
+def _tint(fig, top, a: np.ndarray, lines: dict, cmap, colorbar: bool) -> None:
+    """The sequence axes' background tinted by the first importance (and its colorbar)."""
+    t = a.shape[1]
+    lo, hi = a.min(), a.max()
+    pad = 0.05 * (hi - lo if hi > lo else 1.0)
+    first_name, first = next(iter(lines.items()))
+    top.imshow(rescale(first)[None], cmap=cmap, alpha=0.25, aspect="auto",
+               extent=(-0.5, t - 0.5, lo - pad, hi + pad), vmin=0, vmax=1, zorder=0,
+               interpolation="nearest")
+    top.set_ylim(lo - pad, hi + pad)
+    if colorbar:
+        bar = _colorbar(fig, top, cmap, float(first.min()), float(first.max()),
+                        f"{first_name} (tint)", location="left", pad=0.02, aspect=15)
+        bar.solids.set_alpha(0.25)
 
 
 def volume(volume, cam, path=None, at="max", alpha: float = 0.5, cmap="jet", title: str | None = None,
@@ -522,6 +540,27 @@ def grid(image, maps: Mapping, path=None, alpha: float = 0.5, cmap="jet", title:
                        "an empty dict" if isinstance(maps, Mapping) else type(maps).__name__)
     img = _image2d(image)
     hw = img.shape[:2]
+    scaled, raws = _grid_panels(maps, hw)
+    panels = ([(input_title, None)] if input_title is not None else []) + list(scaled.items())
+    outlines = _grid_outlines(contours, panels, hw)
+    bar = colorbar and bool(raws)
+    fig, flat, nrows, ncols = _grid_figure(panels, ncols, hw, bar, title)
+    for ax, (name, entry) in zip(flat, panels):
+        _grid_panel(ax, img, entry, alpha, cmap)
+        _outline(ax, outlines.get(str(name)))
+        ax.set_title(name)
+        ax.set_axis_off()
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    if bar:
+        _grid_colorbar(fig, flat, raws, cmap, colorbar_label, nrows, ncols)
+    if title is not None:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _grid_panels(maps: Mapping, hw: tuple) -> tuple[dict, list]:
+    """``({name: ("rgb" | "heat", picture)}, [raw heat maps])`` of :func:`grid`'s maps."""
     scaled, raws = {}, []
     for k, v in maps.items():
         a = _array(v, f"maps[{k!r}]")
@@ -532,12 +571,11 @@ def grid(image, maps: Mapping, path=None, alpha: float = 0.5, cmap="jet", title:
             raw = _map_like(v if rgb is None else rgb[..., 0], f"maps[{k!r}]", hw)
             raws.append(raw)
             scaled[str(k)] = ("heat", rescale(raw))
-    panels = ([(input_title, None)] if input_title is not None else []) + list(scaled.items())
-    contours = {} if contours is None else contours
-    if not isinstance(contours, Mapping) or set(map(str, contours)) - {str(p) for p, _ in panels}:
-        raise expected("contours", f"a dict whose keys are panel names {[p for p, _ in panels]}",
-                       repr(list(contours)) if isinstance(contours, Mapping) else type(contours).__name__)
-    outlines = {str(k): _map_like(v, f"contours[{k!r}]", hw) for k, v in contours.items()}
+    return scaled, raws
+
+
+def _grid_figure(panels: list, ncols, hw: tuple, bar: bool, title):
+    """``(figure, its axes in order, rows, columns)`` for :func:`grid`'s panels, each 2.9 inches high."""
     if ncols is None:
         ncols = min(len(panels), 4)
     if isinstance(ncols, bool) or not isinstance(ncols, (int, np.integer)) or ncols < 1:
@@ -546,31 +584,38 @@ def grid(image, maps: Mapping, path=None, alpha: float = 0.5, cmap="jet", title:
     h, w = hw
     width = 2.9 * min(2.5, max(0.6, w / h))  # a panel 2.9 inches high (the image's aspect, within limits)
     lines = max(str(name).count("\n") + 1 for name, _ in panels)  # the tallest panel title
-    bar = colorbar and bool(raws)
     fig, axes = _figure(nrows, ncols, (width * ncols + (0.9 if bar else 0),
                                        nrows * (2.9 + 0.3 * lines + 0.15) + (0.1 if title is None else 0.4)))
-    flat = list(axes.ravel())
-    for ax, (name, entry) in zip(flat, panels):
-        if entry is None:
-            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
-        elif entry[0] == "rgb":
-            ax.imshow(entry[1], interpolation="nearest")
-        else:
-            _draw(ax, img, entry[1], alpha, cmap)
-        _outline(ax, outlines.get(str(name)))
-        ax.set_title(name)
-        ax.set_axis_off()
-    for ax in flat[len(panels):]:
-        ax.set_visible(False)
-    if bar:
-        one = len(raws) == 1
-        lo, hi = (float(raws[0].min()), float(raws[0].max())) if one else (0.0, 1.0)
-        label = colorbar_label if colorbar_label is not None else (
-            "map value" if one else "each map rescaled to [0, 1]")
-        _colorbar(fig, flat, cmap, lo, hi, label, shrink=0.8 if nrows == 1 else 0.6, fraction=0.15 / ncols, pad=0.05 / ncols)
-    if title is not None:
-        fig.suptitle(title)
-    return _save(fig, path)
+    return fig, list(axes.ravel()), nrows, ncols
+
+
+def _grid_outlines(contours, panels: list, hw: tuple) -> dict:
+    """:func:`grid`'s ``contours`` checked against the panels' names: ``{name: H x W mask}``."""
+    contours = {} if contours is None else contours
+    if not isinstance(contours, Mapping) or set(map(str, contours)) - {str(p) for p, _ in panels}:
+        raise expected("contours", f"a dict whose keys are panel names {[p for p, _ in panels]}",
+                       repr(list(contours)) if isinstance(contours, Mapping) else type(contours).__name__)
+    return {str(k): _map_like(v, f"contours[{k!r}]", hw) for k, v in contours.items()}
+
+
+def _grid_panel(ax, img: np.ndarray, entry, alpha: float, cmap) -> None:
+    """One panel of :func:`grid`: the plain image (``entry`` None), an RGB gradient, or a heat map over the image."""
+    if entry is None:
+        ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+    elif entry[0] == "rgb":
+        ax.imshow(entry[1], interpolation="nearest")
+    else:
+        _draw(ax, img, entry[1], alpha, cmap)
+
+
+def _grid_colorbar(fig, flat, raws: list, cmap, colorbar_label, nrows: int, ncols: int) -> None:
+    """One colorbar for :func:`grid`'s heat maps: the map's own values for one, [0, 1] for several."""
+    one = len(raws) == 1
+    lo, hi = (float(raws[0].min()), float(raws[0].max())) if one else (0.0, 1.0)
+    label = colorbar_label if colorbar_label is not None else (
+        "map value" if one else "each map rescaled to [0, 1]")
+    _colorbar(fig, flat, cmap, lo, hi, label, shrink=0.8 if nrows == 1 else 0.6, fraction=0.15 / ncols,
+              pad=0.05 / ncols)
 
 
 # -- pictures as arrays ---------------------------------------------------------------------

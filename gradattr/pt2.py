@@ -185,36 +185,7 @@ def checked_archive(data: bytes) -> bytes:
         raise NotAnArchive(f"has no {root}{MODELS_DIR}*.json (an older torch.export layout or not an "
                            "exported program)")
     for name in models:
-        rel = f"{MODELS_DIR}{name}.json"
-        program = _json(read(rel), root + rel)
-        _check_program(program, root + rel)
-        program["guards_code"] = []
-        out[rel] = json.dumps(program).encode()
-        rel = SAMPLE_INPUTS.format(name)
-        out[rel] = _resaved(torch, read(rel), root + rel, "the sample inputs")
-        for config_fmt, folder in ((WEIGHTS_CONFIG, WEIGHTS_DIR), (CONSTANTS_CONFIG, CONSTANTS_DIR)):
-            rel = config_fmt.format(name)
-            config = _json(read(rel), root + rel)
-            out[rel] = json.dumps(config).encode()
-            entries = config.get("config") if isinstance(config, dict) else None
-            if not isinstance(entries, dict):
-                raise Unsafe(f"holds {root}{rel} without a 'config' mapping")
-            for fqn, meta in entries.items():
-                path = meta.get("path_name") if isinstance(meta, dict) else None
-                if not isinstance(path, str) or not _PLAIN_NAME.fullmatch(path) or ".." in path:
-                    raise Unsafe(f"holds {root}{rel} naming the payload {path!r} for {fqn!r}")
-                member = folder + path
-                if folder == CONSTANTS_DIR and not path.startswith(TENSOR_CONSTANT_PREFIX):
-                    raise Unsafe(f"holds the constant {root}{member} ({fqn!r}), a pickled custom or opaque "
-                                 "object (only tensors load without trust)")
-                if member in out:
-                    continue
-                if meta.get("use_pickle") is True:
-                    out[member] = _resaved(torch, read(member), root + member, f"the pickled tensor {fqn!r}")
-                elif meta.get("use_pickle") is False:
-                    out[member] = read(member)  # raw tensor bytes: torch never unpickles them
-                else:
-                    raise Unsafe(f"holds {root}{rel} with use_pickle={meta.get('use_pickle')!r} for {fqn!r}")
+        _check_model(torch, name, read, root, out)
     left = sorted(set(members) - set(out))
     if left:
         what = ("a pickle" if left[0].endswith((".pkl", ".pt")) or read(left[0])[:1] == b"\x80"
@@ -225,6 +196,48 @@ def checked_archive(data: bytes) -> bytes:
         for rel, content in out.items():
             z.writestr(root + rel, content)
     return buf.getvalue()
+
+
+def _check_model(torch, name: str, read, root: str, out: dict[str, bytes]) -> None:
+    """One model of an archive into ``out``: its program (checked, guards dropped), its sample
+    inputs re-saved, its weight and constant configs and every payload they name."""
+    rel = f"{MODELS_DIR}{name}.json"
+    program = _json(read(rel), root + rel)
+    _check_program(program, root + rel)
+    program["guards_code"] = []
+    out[rel] = json.dumps(program).encode()
+    rel = SAMPLE_INPUTS.format(name)
+    out[rel] = _resaved(torch, read(rel), root + rel, "the sample inputs")
+    for config_fmt, folder in ((WEIGHTS_CONFIG, WEIGHTS_DIR), (CONSTANTS_CONFIG, CONSTANTS_DIR)):
+        rel = config_fmt.format(name)
+        config = _json(read(rel), root + rel)
+        out[rel] = json.dumps(config).encode()
+        entries = config.get("config") if isinstance(config, dict) else None
+        if not isinstance(entries, dict):
+            raise Unsafe(f"holds {root}{rel} without a 'config' mapping")
+        for fqn, meta in entries.items():
+            _check_payload(torch, fqn, meta, rel, folder, read, root, out)
+
+
+def _check_payload(torch, fqn: str, meta, rel: str, folder: str, read, root: str,
+                   out: dict[str, bytes]) -> None:
+    """The payload a config entry ``fqn: meta`` of ``rel`` names, into ``out``: raw tensor bytes as
+    they are, a pickled tensor re-saved, anything else refused."""
+    path = meta.get("path_name") if isinstance(meta, dict) else None
+    if not isinstance(path, str) or not _PLAIN_NAME.fullmatch(path) or ".." in path:
+        raise Unsafe(f"holds {root}{rel} naming the payload {path!r} for {fqn!r}")
+    member = folder + path
+    if folder == CONSTANTS_DIR and not path.startswith(TENSOR_CONSTANT_PREFIX):
+        raise Unsafe(f"holds the constant {root}{member} ({fqn!r}), a pickled custom or opaque "
+                     "object (only tensors load without trust)")
+    if member in out:
+        return
+    if meta.get("use_pickle") is True:
+        out[member] = _resaved(torch, read(member), root + member, f"the pickled tensor {fqn!r}")
+    elif meta.get("use_pickle") is False:
+        out[member] = read(member)  # raw tensor bytes: torch never unpickles them
+    else:
+        raise Unsafe(f"holds {root}{rel} with use_pickle={meta.get('use_pickle')!r} for {fqn!r}")
 
 
 def _checked_legacy(torch, src: zipfile.ZipFile, names: list[str]) -> bytes:

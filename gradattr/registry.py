@@ -23,12 +23,13 @@ from .errors import GradattrError, expected
 from .resize import UPSAMPLING_MODES
 
 #: What the engine captures before it calls a method (``Method.captures``):
-#: ``nothing``: no feature layer; the method works through the probe alone (RISE, FullGrad);
+#: ``nothing``: no feature layer; the method works through the scorer or the gradient oracle
+#: alone (RISE, FullGrad);
 #: ``activations``: each feature layer's output (no backward; perturbation CAMs also score
-#: masked inputs or modified activations through the probe);
+#: masked inputs or modified activations through the scorer);
 #: ``activations+gradients``: the outputs and ``d score / d A`` of each feature layer;
 #: ``input_gradients``: gradients with respect to the input (guided backpropagation and the
-#: input-level attributions, which run their own gradient passes through the probe);
+#: input-level attributions, which run their own gradient passes through the gradient oracle);
 #: ``attention``: every attention block's probabilities and their gradients, observed for the
 #: call that asks (:mod:`gradattr.attention`), with the token grid of the patch embedding.
 CAPTURES = ("nothing", "activations", "activations+gradients", "input_gradients", "attention")
@@ -197,7 +198,7 @@ class Method:
     example: str = ""
     use_when: str = ""
     stop_early: bool = False  # the forward pass may end at the feature layer (no score needed)
-    finish: Callable | None = None  # (probe, fused maps (N, K, *s)) -> the result (Guided Grad-CAM)
+    finish: Callable | None = None  # (last layer's view, fused maps (N, K, *s)) -> the result (Guided Grad-CAM)
 
     def __post_init__(self):
         if self.captures not in CAPTURES:

@@ -41,14 +41,14 @@ import numpy as np
 
 from .errors import expected
 
-__all__ = ["report"]
+__all__ = ["report", "Inputs"]
 
 METRICS = ("deletion",)
 _SAMPLES = "samples.jsonl"
 
 
 def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[str] = (), thumb: int = 128,
-           batch_size: int = 32, title: str | None = None) -> Path:
+           batch_size: int = 32, title: str | None = None, reading=None) -> Path:
     """Write ``OUT_DIR/report/index.html``, a static page of every sample's map; return its path.
 
     Args:
@@ -64,6 +64,9 @@ def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[st
         thumb: the thumbnails' longer side in pixels.
         batch_size: samples per forward pass for the scores and metrics.
         title: the page's title (default: the folder's name and the method).
+        reading: how image files of ``inputs.json`` are read, as the run read them: an object
+            with the command line's ``size``, ``mean``, ``std``, ``gray``, ``crop`` and ``limit``
+            (``gradattr report`` passes its arguments); ``None``: as they are.
 
     Returns:
         The path of ``index.html``.
@@ -81,26 +84,14 @@ def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[st
     """
     from .dataset import load_maps
 
-    if not isinstance(out_dir, (str, os.PathLike)):
-        raise expected("out_dir", "a folder path (str or pathlib.Path)", type(out_dir).__name__)
+    metrics = _check_options(out_dir, metrics, net, thumb, batch_size)
     folder = Path(out_dir)
     maps, order = load_maps(folder, return_indices=True)
     if maps.ndim < 2:
         raise expected("out_dir", "a run with at least one map", f"{str(folder)!r} (no samples)")
-    if isinstance(metrics, str):
-        metrics = (metrics,)
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise expected("metrics", f"names from {list(METRICS)}", repr(unknown))
-    if metrics and net is None:
-        raise expected("net", "the run's network, to compute the metrics " + ", ".join(metrics), "net=None")
-    if isinstance(thumb, bool) or not isinstance(thumb, int) or thumb < 16:
-        raise expected("thumb", "an int >= 16 (pixels)", repr(thumb))
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise expected("batch_size", "a positive int", repr(batch_size))
     run = _run_info(folder)
     names = _class_names(classes)
-    source = _Inputs(inputs, folder, len(order))
+    source = Inputs(inputs, folder, len(order), reading)
     samples = _read_samples(folder)
 
     rank = source.rank if source.rank is not None else maps.ndim - 1
@@ -114,8 +105,31 @@ def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[st
             raise expected("inputs", "the run's samples (an array or data set), or an OUT_DIR/inputs.json, "
                            "to score with net", "inputs=None and no inputs.json")
         _score(net, source, maps, order, run.get("target"), metrics, batch_size, samples)
+    heading = title if title is not None else f"{folder.resolve().name}: {run.get('method', '?')}"
+    return _write_page(folder / "report", maps, order, source, rank, samples, names, thumb, heading, run)
 
-    page = folder / "report"
+
+def _check_options(out_dir, metrics, net, thumb, batch_size) -> tuple:
+    """:func:`report`'s arguments checked before anything is read; returns the metrics' names."""
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise expected("out_dir", "a folder path (str or pathlib.Path)", type(out_dir).__name__)
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise expected("metrics", f"names from {list(METRICS)}", repr(unknown))
+    if metrics and net is None:
+        raise expected("net", "the run's network, to compute the metrics " + ", ".join(metrics), "net=None")
+    if isinstance(thumb, bool) or not isinstance(thumb, int) or thumb < 16:
+        raise expected("thumb", "an int >= 16 (pixels)", repr(thumb))
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise expected("batch_size", "a positive int", repr(batch_size))
+    return tuple(metrics)
+
+
+def _write_page(page: Path, maps, order, source: Inputs, rank: int, samples: dict, names, thumb: int,
+                heading: str, run: dict) -> Path:
+    """The cards' pictures in ``page/img`` and ``page/index.html``; returns the page's path."""
     img = page / "img"
     img.mkdir(parents=True, exist_ok=True)
     cards = []
@@ -124,8 +138,6 @@ def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[st
         info = dict(samples.get(i, {}))
         x = source.picture(i, maps.shape[1:]) if source.kind is not None else None
         cards.append(_card(i, maps[row], x, rank, info, names, img, thumb, source.name(i)))
-    method = run.get("method", "?")
-    heading = title if title is not None else f"{folder.resolve().name}: {method}"
     path = page / "index.html"
     path.write_text(_html(heading, cards, run, rank, sorted({m for c in cards for m in c["metrics"]})),
                     encoding="utf-8")
@@ -199,10 +211,12 @@ def _read_samples(folder: Path) -> dict[int, dict]:
     return out
 
 
-class _Inputs:
-    """The run's samples: given (array or data set), from ``inputs.json``, or none."""
+class Inputs:
+    """The run's samples: given (array or data set), from ``inputs.json`` (image files read as
+    ``reading`` says, see :func:`report`), or none."""
 
-    def __init__(self, inputs, folder: Path, n: int):
+    def __init__(self, inputs, folder: Path, n: int, reading=None):
+        self.reading = reading
         self.files: list[Path] | None = None
         self.data = None
         self.kind = None
@@ -233,13 +247,11 @@ class _Inputs:
             item = self.data[i]
             x, y = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
         else:
-            x, y = self._file(self.files[i], self.args), None
+            x, y = self._file(self.files[i], self.reading), None
         x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
         if hasattr(y, "item"):
             y = y.item()
         return x.astype(np.float32), y
-
-    args = None  # the command line's reading options (size, mean, std, gray) for files
 
     def _file(self, path: Path, args):
         if path.suffix.lower() == ".npy":
@@ -280,7 +292,7 @@ def _where(path: Path, folder: Path) -> Path:
                    "run was started in)", f"{str(path)!r}, not found")
 
 
-def _score(net, source: _Inputs, maps, order, target, metrics, batch_size: int, samples: dict) -> None:
+def _score(net, source: Inputs, maps, order, target, metrics, batch_size: int, samples: dict) -> None:
     """Class, score, probability (and metrics) of every sample, by forward passes of ``net``."""
     import torch
 

@@ -103,7 +103,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
 
 
@@ -142,11 +142,15 @@ def end_cut_line(path: Path) -> None:
             f.write(b"\n")
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path) -> None:
+    """Remove the file ``path`` if it is there."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+_unlink_quietly = unlink_quietly  # the name dataset.py still uses
 
 
 class HashingWriter:

@@ -235,11 +235,12 @@ def test_refusals():
 
 
 class NoConvTokens(nn.Module):
-    """Tokens from a Linear on the time axis: no patch embedding to read a grid from."""
+    """Tokens from a Linear on the time axis: the time steps are the tokens, on the grid the
+    pooling's output ``(N, C, T)`` shows (no convolution anywhere)."""
 
     def __init__(self):
         super().__init__()
-        self.pool = nn.AvgPool1d(1)  # tells gradattr the input is (N, C, T)
+        self.pool = nn.AvgPool1d(1)  # (N, C, T): the grid of T time steps
         self.embed = nn.Linear(2, 16)
         self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
         self.head = nn.Linear(16, 3)
@@ -249,6 +250,48 @@ class NoConvTokens(nn.Module):
         return self.head(self.attn(t, t, t)[0].mean(1))
 
 
+def test_time_step_tokens_are_read_on_the_observed_time_grid():
+    torch.manual_seed(0)
+    net, x = NoConvTokens().double().eval(), torch.randn(2, 2, 16, dtype=torch.float64)
+    got = gradattr.attention_rollout(net, x, upsampling="none")
+    assert got.shape == (2, 16)  # one value per time step, no extra token
+    with torch.no_grad():
+        t = net.embed(x.transpose(1, 2))
+    for i in range(2):
+        probs = [net.attn(t[i:i + 1], t[i:i + 1], t[i:i + 1], need_weights=True,
+                          average_attn_weights=False)[1]]
+        torch.testing.assert_close(got[i], naive_rollout(probs, extra=0).float(), rtol=1e-5, atol=1e-7)
+
+
+class PairTokens(nn.Module):
+    """8 tokens from pairs of time steps by a reshape of a 1-D input: no grid the pass shows has
+    8 cells (a 1-D reshape shows none; the input's grid has 16)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(4, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        n = x.shape[0]
+        t = self.embed(x.reshape(n, 2, 8, 2).permute(0, 2, 1, 3).reshape(n, 8, 4))
+        return self.head(self.attn(t, t, t)[0].mean(1))
+
+
 def test_no_patch_embedding_is_refused_not_guessed():
-    with pytest.raises(GradattrError, match="patch embedding"):
-        gradattr.attention_rollout(NoConvTokens().eval(), torch.randn(2, 2, 16))
+    with pytest.raises(GradattrError, match=r"patch embedding.* got attention over 8 tokens and the "
+                                            r"grid 16 \(the input\); the grid is not guessed"):
+        gradattr.attention_rollout(PairTokens().eval(), torch.randn(2, 2, 16), input_format="BCT")
+
+
+def test_multi_head_attention_parameters_are_torchs():
+    """The names and defaults the interception binds F.multi_head_attention_forward's call with
+    are the installed torch's, in order."""
+    import inspect
+
+    from gradattr.attention import _MHA_NAMES, _REQUIRED
+
+    params = inspect.signature(F.multi_head_attention_forward).parameters.values()
+    want = [(p.name, _REQUIRED if p.default is inspect.Parameter.empty else p.default) for p in params]
+    assert list(_MHA_NAMES) == want

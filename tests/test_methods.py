@@ -18,7 +18,7 @@ from torch import nn
 
 import gradattr
 from gradattr import GradattrError, methods
-from gradattr.probe import Probe
+from gradattr.scorer import Scorer
 from gradattr.resize import imresize
 
 from references import *  # noqa: F401,F403  (toy networks, naive references)
@@ -254,7 +254,7 @@ def test_ablation_fast_path_runs_the_prefix_at_batch_one():
     ref = naive_maps("ablation_cam", net, x, [1, 2]).float()
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
     with pytest.MonkeyPatch.context() as mp:  # the whole network on every copy instead
-        mp.setattr(Probe, "_tail_scores", lambda self, copies, i, probe: (None, False))
+        mp.setattr(Scorer, "_tail_scores", lambda self, copies, i, check: (None, False))
         slow = gradattr.ablation_cam(net, x, [1, 2], feature_layer="3", upsampling="none", batch_size=2)
     torch.testing.assert_close(slow, ref, rtol=1e-5, atol=1e-7)
 
@@ -266,7 +266,7 @@ def test_ablation_falls_back_to_full_forward_when_the_tail_reads_the_batch_from_
         got = gradattr.ablation_cam(net, x, [1, 2], feature_layer="body.3", upsampling="none", batch_size=3)
     finally:
         h.remove()
-    # capture, the failed probe at batch 1, then full forwards on 3 + 2 repeated inputs
+    # capture, the failed check at batch 1, then full forwards on 3 + 2 repeated inputs
     assert sizes == [2, 1, 3, 2, 3, 2]
     ref = naive_maps("ablation_cam", net, x, [1, 2], layer="body.3").float()
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
@@ -293,10 +293,10 @@ def test_ablation_falls_back_when_the_output_has_the_wrong_number_of_rows():
 
 
 def force_fast(net, x):
-    """Ablation-CAM with the tail-only path taken without its probe (so its error surfaces)."""
-    real = Probe._tail_scores
+    """Ablation-CAM with the tail-only path taken without its check (so its error surfaces)."""
+    real = Scorer._tail_scores
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Probe, "_tail_scores", lambda self, copies, i, probe: real(self, copies, i, False))
+        mp.setattr(Scorer, "_tail_scores", lambda self, copies, i, check: real(self, copies, i, False))
         gradattr.ablation_cam(net, x, 1, feature_layer="body.3")
 
 

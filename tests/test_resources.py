@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import gradattr
-from gradattr import capture, probe
+from gradattr import capture, scorer
 
 MiB = 2**20
 
@@ -51,7 +51,7 @@ def test_score_cam_chunks_fit_the_budget_when_the_feature_map_dwarfs_the_input(m
     # 1 x 1 x 64 x 64 input, 64 x 64 x 64 feature map: 16x the input's bytes allowed 64 copies per
     # pass here (64 x 2 x 1 MiB of convolution and ReLU outputs = 128 MiB for a 16 MiB budget);
     # the observed forward pass allows 7.
-    monkeypatch.setattr(probe, "MEMORY_BUDGET", 16 * MiB)
+    monkeypatch.setattr(scorer, "MEMORY_BUDGET", 16 * MiB)
     net, x = wide_first_layer(), torch.randn(1, 1, 64, 64)
     gradattr.grad_cam(net, x[..., :8, :8], 3, feature_layer="0")  # imports and allocator warm
     want = gradattr.score_cam(net, x, 3, feature_layer="0", batch_size=8)
@@ -66,15 +66,15 @@ def test_chunks_come_from_the_observed_forward_pass():
     plan = capture.plan_from_options(net, "0", None, None, None)
     with call.borrowed():
         cap = capture.capture(call, plan, grad=False)
-        p = probe.Probe(call, cap)
+        p = scorer.Scorer(call, cap.plan, cap)
         # the convolution's and the ReLU's outputs are alive together: 2 x 64 x 224 x 224 floats
         assert p.forward_bytes() == 2 * 64 * 224 * 224 * 4
         assert p.forward_bytes(tail=True) == 2 * 64 * 224 * 224 * 4  # the feature layer is first
         per_copy = p.masked_bytes()
-        assert per_copy >= probe.FORWARD_MARGIN * 2 * 64 * 224 * 224 * 4
-        assert probe.chunk_size(None, per_copy, x.device) == probe.MEMORY_BUDGET // per_copy == 10
+        assert per_copy >= scorer.FORWARD_MARGIN * 2 * 64 * 224 * 224 * 4
+        assert scorer.chunk_size(None, per_copy, x.device) == scorer.MEMORY_BUDGET // per_copy == 10
         # Ablation-CAM's copies of the 64 x 224 x 224 map and the layers after it
-        assert p.activation_chunk(None) == probe.MEMORY_BUDGET // p.copy_bytes(tail=True) == 5
+        assert p.activation_chunk(None) == scorer.MEMORY_BUDGET // p.copy_bytes(tail=True) == 5
 
 
 def test_small_inputs_keep_their_chunks_and_their_maps():
@@ -84,16 +84,16 @@ def test_small_inputs_keep_their_chunks_and_their_maps():
                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(70, 5)).eval()
     x = torch.randn(2, 3, 16, 16)
     seen = []
-    original = probe.Probe.score_inputs
+    original = scorer.Scorer.score_inputs
 
     def spy(self, xb, rows, softmax=False):
         seen.append(len(xb))
         return original(self, xb, rows, softmax)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(probe.Probe, "score_inputs", spy)
+        mp.setattr(scorer.Scorer, "score_inputs", spy)
         got = gradattr.score_cam(net, x, [1, 3])
     assert seen[:3] == [64, 64, 12]  # 140 masked inputs: the chunks 16x the input's bytes gave
-    assert torch.equal(got, gradattr.score_cam(net, x, [1, 3], batch_size=probe.CPU_CHUNK))
+    assert torch.equal(got, gradattr.score_cam(net, x, [1, 3], batch_size=scorer.CPU_CHUNK))
 
 
 # -- many targets ----------------------------------------------------------------------------
@@ -174,4 +174,4 @@ def test_score_cam_gpu_peak_within_the_budget():
     base = torch.cuda.memory_allocated()
     gradattr.score_cam(net, x, 3, feature_layer="0")
     peak = (torch.cuda.max_memory_allocated() - base) / MiB
-    assert peak < probe.MEMORY_BUDGET / MiB + 64, f"peak {peak:.0f} MiB"
+    assert peak < scorer.MEMORY_BUDGET / MiB + 64, f"peak {peak:.0f} MiB"

@@ -52,8 +52,8 @@ import argparse
 import sys
 
 from ..loading import MEMORY_FACTOR, CliError  # noqa: F401
-from .common import (DEFAULT_MAX_MEMORY, FORMAT_EXAMPLES, MODEL_HELP, PROG, _model_args, _Parser,  # noqa: F401
-                     _version, drop_working_folder, reporting_errors)
+from .common import (DEFAULT_MAX_MEMORY, FORMAT_EXAMPLES, MODEL_HELP, PROG, model_args, Parser,  # noqa: F401
+                     package_version, drop_working_folder, reporting_errors)
 from .explain import cmd_explain
 from .layers import cmd_layers
 from .methods import cmd_methods
@@ -64,11 +64,24 @@ __all__ = ["main", "build_parser", "CliError", "reporting_errors", "PROG", "MODE
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Class activation maps (Grad-CAM and family) from the "
+    """The parser of ``gradattr`` and its commands (``explain-dataset`` and ``report`` parse their own)."""
+    parser = Parser(prog=PROG, description="Class activation maps (Grad-CAM and family) from the "
                      "command line.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"{PROG} {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    _add_explain(sub)
+    _add_layers(sub)
+    sub.add_parser("explain-dataset", help="explain a folder into .npy shards, on one or several "
+                   "processes (torchrun); see gradattr.cli.explain_dataset")
+    sub.add_parser("report", help="write OUT_DIR/report/index.html, a static page of an explain-dataset "
+                   "run's maps; see gradattr.cli.report")
+    p = sub.add_parser("methods", help="list the attribution methods")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_methods)
+    return parser
 
+
+def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="compute the map of an input (image, .npy array or folder)",
                        description="Compute the map of INPUT (the one input of a one-input model; "
                        "models of several inputs are explained from Python) and save it and/or draw it. Images are "
@@ -82,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "is replaced without --overwrite.")
     p.add_argument("input", metavar="INPUT", help="an image file, a .npy array (PyTorch layout (N, C, ...) "
                    "or (C, ...), or MATLAB layout with --input-format), or a folder (every file in it)")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--method", default="grad_cam", help="attribution method (see `gradattr methods`); "
                    "default grad_cam")
     t = p.add_mutually_exclusive_group()
@@ -122,26 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: only when stderr is a terminal")
     p.set_defaults(func=cmd_explain)
 
+
+def _add_layers(sub) -> None:
     p = sub.add_parser("layers", help="list the candidate feature layers and their output shapes",
                        description="Run the model on zeros of --input-shape and list the layers whose "
                        "output has the input's layout (N, C, spatial...), with a header (name, type, "
                        "output shape, reading); the automatic choice is named on the first line and "
                        "marked '*' in the table.")
-    _model_args(p)
+    model_args(p)
     p.add_argument("--input-shape", required=True, metavar="N,C,...", help="input shape, e.g. 1,3,224,224")
     p.add_argument("--all", action="store_true", help="list every layer, not only the candidates")
     p.add_argument("--filter", metavar="TEXT", help="only layers whose name or type contains TEXT "
                    "(case-insensitive; a glob with * ? [ ])")
     p.set_defaults(func=cmd_layers)
-
-    sub.add_parser("explain-dataset", help="explain a folder into .npy shards, on one or several "
-                   "processes (torchrun); see gradattr.cli.explain_dataset")
-    sub.add_parser("report", help="write OUT_DIR/report/index.html, a static page of an explain-dataset "
-                   "run's maps; see gradattr.cli.report")
-    p = sub.add_parser("methods", help="list the attribution methods")
-    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
-    p.set_defaults(func=cmd_methods)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

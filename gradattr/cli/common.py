@@ -9,7 +9,7 @@ import sys
 from ..errors import GradattrError
 from ..loading import (
     CliError,
-    _one_line,
+    one_line,
 )
 
 PROG = "gradattr"
@@ -57,7 +57,7 @@ def drop_working_folder() -> None:
 _UNITS = {"": 1, "B": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
 
 
-def _bytes(text: str, argument: str) -> float:
+def parse_bytes(text: str, argument: str) -> float:
     """``"2G"``, ``"500M"``, ``"1.5GiB"``, ``"1000000"`` -> bytes (1K = 1024); ``"none"`` -> inf."""
     if text.strip().lower() in ("none", "off", "inf"):
         return float("inf")
@@ -68,7 +68,7 @@ def _bytes(text: str, argument: str) -> float:
 
 
 # -- parser ---------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse with one-line errors."""
 
     def error(self, message):  # noqa: D102
@@ -76,7 +76,8 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _model_args(p):
+def model_args(p):
+    """The model arguments every command that loads a model takes (``--model``, ``--weights``, ...)."""
     p.add_argument("--model", required=True, metavar="MODEL", help=MODEL_HELP)
     p.add_argument("--weights", metavar="FILE", help="state_dict for a factory --model (loaded with "
                    "weights_only=True: no code from the file runs)")
@@ -88,7 +89,8 @@ def _model_args(p):
     p.add_argument("--debug", action="store_true", help="show the full traceback on errors")
 
 
-def _version() -> str:
+def package_version() -> str:
+    """gradattr's version, for ``--version``."""
     from .. import __version__
 
     return __version__
@@ -102,7 +104,7 @@ def reporting_errors(run, debug: bool, interrupted: str = "interrupted") -> int:
     except (CliError, GradattrError) as err:
         if debug:
             raise
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as err:
         print(f"{PROG}: {str(err) or interrupted}", file=sys.stderr)
@@ -116,6 +118,6 @@ def reporting_errors(run, debug: bool, interrupted: str = "interrupted") -> int:
     except Exception as err:  # noqa: BLE001 - one line, --debug for the traceback
         if debug:
             raise
-        print(f"{PROG}: error: {type(err).__name__}: {_one_line(err)} (--debug shows the traceback)",
+        print(f"{PROG}: error: {type(err).__name__}: {one_line(err)} (--debug shows the traceback)",
               file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +18,14 @@ from ..loading import (
     CliError,
     Item,
     Loaded,
-    _classes,
-    _one_line,
+    read_classes,
+    one_line,
     check_memory,
     load_model,
     read_array,
     read_image,
 )
-from .common import EXTRA_METHODS, PROG, _bytes
+from .common import EXTRA_METHODS, PROG, parse_bytes
 
 
 def input_files(target: str) -> list[Path]:
@@ -179,38 +180,13 @@ def _title(item: Item, j: int | None, method: str, score, classes, explains_clas
 
 
 def cmd_explain(args) -> int:
+    """``gradattr explain``: explain every input, writing each one's outputs together."""
     import gradattr
 
-    methods = gradattr.list_methods()
-    if args.method not in methods:
-        close = difflib.get_close_matches(args.method, methods, n=3, cutoff=0.5)
-        hint = (f"; did you mean {', '.join(map(repr, close))}?" if close else "; see `gradattr methods`")
-        extra = " (random maps are a baseline for gradattr.compare only)" if args.method in EXTRA_METHODS else ""
-        raise CliError(f"--method: expected one of {', '.join(methods)}, got {args.method!r}{extra}{hint}")
-    if args.target is not None and args.label is not None:
-        raise CliError("--label: expected either --target or --label, got both")
-    classes = _classes(args.classes)
-    if args.label is not None and classes is None:
-        raise CliError("--label: expected --classes FILE (one class name per line) to look the label up in")
-    target = args.target if args.target is not None else args.label
-    if args.upsampling is not None and args.upsampling not in ("bicubic", "nearest", "none"):
-        raise CliError(f"--upsampling: expected bicubic, nearest or none, got {args.upsampling!r}")
-    if args.out is not None and args.upsampling == "none":
-        raise CliError("--out: expected maps at the input's size to draw; drop --upsampling none")
-    args.limit = _bytes(args.max_memory, "--max-memory")
+    classes, target = _check_arguments(args, gradattr.list_methods())
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     files = input_files(args.input)
-    images = [f for f in files if f.suffix.lower() != ".npy"]
-    if args.input_format is not None and images:
-        raise CliError(f"--input-format: expected only with .npy array inputs (images are read as H x W x C "
-                       f"and given to the network as (C, H, W)), got {args.input_format!r} with the image "
-                       f"{images[0].name}")
-    if args.out is not None:
-        from .. import plot
-        try:
-            plot._mpl()  # fail early, before any work, when matplotlib is missing
-        except GradattrError as err:
-            raise CliError(f"--out: the picture needs matplotlib: {_one_line(err)}") from None
+    _check_inputs(args, files)
     loaded = load_model(args.model, args.weights, trust=args.trust_model, random_weights=args.random_weights)
     items = read_inputs(files, args, loaded, progress)
     folder = len(items) > 1 or Path(args.input).is_dir()
@@ -224,11 +200,12 @@ def cmd_explain(args) -> int:
     map_paths = _destinations(args.save_map, items, folder, "--save-map", ".npy", [1] * len(items))
     _check_writable([p for ps in (out_paths or []) + (map_paths or []) for p in ps], args.overwrite)
 
-    info = gradattr.method_info(args.method)
     cls = args.target
     if args.label is not None:  # case-insensitive when only one name matches; else gradattr's own error
         cls = _label_index(args.label, classes)
         target = args.label if cls is None else cls
+    job = _Job(args, loaded, gradattr.method_info(args.method), target, cls, classes, progress,
+               out_paths, map_paths)
 
     # explain and write one input at a time: its outputs appear together (each written under a
     # temporary name, all renamed once all are written); a failure or Ctrl-C keeps the outputs of
@@ -238,28 +215,9 @@ def cmd_explain(args) -> int:
         for k, item in enumerate(items):
             if folder and progress:
                 print(f"{PROG}: explaining [{k + 1}/{len(items)}] {item.path.name}", file=sys.stderr, flush=True)
-            try:
-                maps, feat = _explain_one(loaded, item, args, target, classes, progress)
-                scores = None
-                if info.needs_target and (target is None or cls is not None):
-                    scores = _class_scores(loaded.net, item, args.device, cls)
-            except RuntimeError as err:
-                raise _channel_error(err, item, args) or err
-            outputs = []
-            if map_paths is not None:
-                buf = io.BytesIO()
-                np.save(buf, maps.astype(np.float32))
-                outputs.append(("--save-map", map_paths[k][0], buf.getvalue()))
-            if out_paths is not None:
-                samples = _samples(item, maps, loaded.net)
-                for j, ((xs, cam), path) in enumerate(zip(samples, out_paths[k])):
-                    title = _title(item, None if len(samples) == 1 else j, args.method,
-                                   scores[j] if scores else None, classes, info.needs_target, target)
-                    outputs.append(("--out", path, _picture(xs, cam, title, item.image)))
-            written = write_together(outputs, item.path.name)
+            line = _explain_and_write(job, k, item)
             finished.append(item.path.name)
-            print(_report(item, maps, feat, scores, target, classes, written, args.method, info.needs_target),
-                  flush=True)
+            print(line, flush=True)
     except KeyboardInterrupt:
         if not finished:
             raise
@@ -268,11 +226,87 @@ def cmd_explain(args) -> int:
     except Exception as err:
         if not finished or args.debug:
             raise
-        text = _one_line(err) if isinstance(err, (CliError, GradattrError)) else \
-            f"{type(err).__name__}: {_one_line(err)}"
+        text = one_line(err) if isinstance(err, (CliError, GradattrError)) else \
+            f"{type(err).__name__}: {one_line(err)}"
         raise CliError(f"{text} (kept the outputs of {_kept(finished, len(items))}, finished before the "
                        "failure)") from None
     return 0
+
+
+def _check_arguments(args, methods: list[str]):
+    """``(classes, target)`` from the arguments, each checked before anything is loaded."""
+    if args.method not in methods:
+        close = difflib.get_close_matches(args.method, methods, n=3, cutoff=0.5)
+        hint = (f"; did you mean {', '.join(map(repr, close))}?" if close else "; see `gradattr methods`")
+        extra = " (random maps are a baseline for gradattr.compare only)" if args.method in EXTRA_METHODS else ""
+        raise CliError(f"--method: expected one of {', '.join(methods)}, got {args.method!r}{extra}{hint}")
+    if args.target is not None and args.label is not None:
+        raise CliError("--label: expected either --target or --label, got both")
+    classes = read_classes(args.classes)
+    if args.label is not None and classes is None:
+        raise CliError("--label: expected --classes FILE (one class name per line) to look the label up in")
+    target = args.target if args.target is not None else args.label
+    if args.upsampling is not None and args.upsampling not in ("bicubic", "nearest", "none"):
+        raise CliError(f"--upsampling: expected bicubic, nearest or none, got {args.upsampling!r}")
+    if args.out is not None and args.upsampling == "none":
+        raise CliError("--out: expected maps at the input's size to draw; drop --upsampling none")
+    args.limit = parse_bytes(args.max_memory, "--max-memory")
+    return classes, target
+
+
+def _check_inputs(args, files: list[Path]) -> None:
+    """``--input-format`` only with arrays; matplotlib present when a picture is asked for."""
+    images = [f for f in files if f.suffix.lower() != ".npy"]
+    if args.input_format is not None and images:
+        raise CliError(f"--input-format: expected only with .npy array inputs (images are read as H x W x C "
+                       f"and given to the network as (C, H, W)), got {args.input_format!r} with the image "
+                       f"{images[0].name}")
+    if args.out is not None:
+        from .. import plot
+        try:
+            plot.require_matplotlib()  # fail early, before any work, when matplotlib is missing
+        except GradattrError as err:
+            raise CliError(f"--out: the picture needs matplotlib: {one_line(err)}") from None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every input of one ``gradattr explain`` shares."""
+
+    args: object
+    loaded: object
+    info: object  # gradattr.method_info of the method
+    target: object
+    cls: int | None  # the class index explained, when known
+    classes: list[str] | None
+    progress: bool
+    out_paths: list | None
+    map_paths: list | None
+
+
+def _explain_and_write(job: _Job, k: int, item: Item) -> str:
+    """Explain input ``k`` and write its outputs together; returns the line that reports it."""
+    args, loaded, info, target = job.args, job.loaded, job.info, job.target
+    try:
+        maps, feat = _explain_one(loaded, item, args, target, job.classes, job.progress)
+        scores = None
+        if info.needs_target and (target is None or job.cls is not None):
+            scores = _class_scores(loaded.net, item, args.device, job.cls)
+    except RuntimeError as err:
+        raise _channel_error(err, item, args) or err
+    outputs = []
+    if job.map_paths is not None:
+        buf = io.BytesIO()
+        np.save(buf, maps.astype(np.float32))
+        outputs.append(("--save-map", job.map_paths[k][0], buf.getvalue()))
+    if job.out_paths is not None:
+        samples = _samples(item, maps, loaded.net)
+        for j, ((xs, cam), path) in enumerate(zip(samples, job.out_paths[k])):
+            title = _title(item, None if len(samples) == 1 else j, args.method,
+                           scores[j] if scores else None, job.classes, info.needs_target, target)
+            outputs.append(("--out", path, _picture(xs, cam, title, item.image)))
+    written = write_together(outputs, item.path.name)
+    return _report(item, maps, feat, scores, target, job.classes, written, args.method, info.needs_target)
 
 
 def _kept(finished: list[str], total: int) -> str:
@@ -343,7 +377,7 @@ def write_together(outputs: list[tuple[str, Path, bytes]], name: str) -> list[st
             with contextlib.suppress(OSError):
                 folder.rmdir()
         if isinstance(err, OSError):
-            raise CliError(f"{flag}: could not write {path}: {_one_line(err)}; none of the outputs of {name} "
+            raise CliError(f"{flag}: could not write {path}: {one_line(err)}; none of the outputs of {name} "
                            "were written") from None
         raise
     return [str(p) for _, p, _ in outputs]

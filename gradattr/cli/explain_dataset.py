@@ -15,7 +15,7 @@ from .. import runfolder as rf
 from ..dataset import _CLI, _Context, _explain_dataset
 from ..errors import GradattrError
 from ..loading import IMAGE_SUFFIXES, CliError, load_model, read_image
-from .common import MODEL_HELP, PROG, _Parser, reporting_errors
+from .common import MODEL_HELP, PROG, Parser, reporting_errors
 
 
 def cli_explain_dataset(argv: list[str]) -> int:
@@ -73,7 +73,7 @@ def cli_explain_dataset(argv: list[str]) -> int:
 
 
 def _cli_parser():
-    p = _Parser(prog=f"{PROG} explain-dataset",
+    p = Parser(prog=f"{PROG} explain-dataset",
                     description="Explain every image or .npy file of a folder (in name order) in batches "
                     "and write the maps as .npy shards to --out-dir; read them back in order with "
                     "gradattr.load_maps(DIR). Run it under `torchrun --nproc-per-node N -m gradattr "

@@ -4,8 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..loading import CliError, load_model
-from ..report import _Inputs, report
-from .common import MODEL_HELP, PROG, _Parser, reporting_errors
+from ..report import report
+from .common import MODEL_HELP, PROG, Parser, reporting_errors
 
 
 def cli_report(argv: list[str]) -> int:
@@ -15,7 +15,7 @@ def cli_report(argv: list[str]) -> int:
     its class, score and probability, and ``--metrics deletion`` its deletion AUC.
     Returns the exit status.
     """
-    p = _Parser(prog=f"{PROG} report",
+    p = Parser(prog=f"{PROG} report",
                     description="Write OUT_DIR/report/index.html: a static page (no server, nothing "
                     "from the network) with every sample's map of an explain-dataset run, sortable and "
                     "filterable by class, score, probability and faithfulness.")
@@ -46,13 +46,9 @@ def cli_report(argv: list[str]) -> int:
                                  random_weights=args.random_weights).net
         elif args.metrics:
             raise CliError("--metrics: expected --model too (the metrics run the network)")
-        _Inputs.args = args
-        try:
-            page = report(folder, net=net, classes=args.classes,
-                          metrics=tuple(m.strip() for m in (args.metrics or "").split(",") if m.strip()),
-                          thumb=args.thumb)
-        finally:
-            _Inputs.args = None
+        page = report(folder, net=net, classes=args.classes,
+                      metrics=tuple(m.strip() for m in (args.metrics or "").split(",") if m.strip()),
+                      thumb=args.thumb, reading=args)
         print(page)
         return 0
 

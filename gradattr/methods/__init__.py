@@ -14,9 +14,11 @@ is Grad-CAM's and MATLAB's and what pytorch-grad-cam applies to every method
 before scaling, so every method's raw map is non-negative.
 
 Shapes: ``acts (N, C, *s)``, ``grads (N, K, C, *s)``, weights ``(N, K, C)``,
-maps ``(N, K, *s)``, for any number of spatial/time dims ``s``. A method that
-perturbs (Score-CAM, Ablation-CAM) gets a :class:`~gradattr.probe.Probe`
-(``view.probe``) that scores masked inputs or modified activations.
+maps ``(N, K, *s)``, for any number of spatial/time dims ``s``. Extra passes go
+through the view's two interfaces: ``view.scorer`` (:class:`~gradattr.scorer.Scorer`,
+forward only: masked inputs, modified activations, attention probabilities) and
+``view.oracle`` (:class:`~gradattr.oracle.GradientOracle`: gradients with respect to
+the input, points, the feature layer, biases and attention, Hessian-vector products).
 
 The methods live by kind, each module holding the pure functions and their
 ``register(Method(...))`` entries side by side:

@@ -98,9 +98,9 @@ def cam_weights(view) -> torch.Tensor:
     if view.layers > 1:
         raise expected("feature_layer", "one layer for CAM (the layer its linear head pools)",
                        f"{view.layers} layers")
-    a, probe = view.acts, view.probe
-    _, head = find_cam_head(probe.net, a, probe.output)
-    dy = _target_weights(probe.call.target, probe.output, a.shape[0])  # (N, K, classes)
+    a, scorer = view.acts, view.scorer
+    _, head = find_cam_head(scorer.net, a, scorer.output)
+    dy = _target_weights(scorer.given_target, scorer.output, a.shape[0])  # (N, K, classes)
     return torch.einsum("nko,oc->nkc", dy, head.weight.detach().to(dy.dtype)).to(a.dtype)
 
 

@@ -1,7 +1,8 @@
 """Attention maps of transformers: attention rollout and Chefer et al.'s relevance.
 
 Both read the attention probabilities ``A_b (N, H, L, L)`` of every block ``b``,
-observed by :func:`gradattr.attention.observe` (fused ``scaled_dot_product_attention``
+observed by :func:`gradattr.attention.observe` (through ``view.scorer.attention`` and
+``view.oracle.attention_gradients``) (fused ``scaled_dot_product_attention``
 and ``nn.MultiheadAttention`` included: nothing for the user to un-fuse), and
 return a map over the token grid observed at the patch embedding, ``(N, K, *grid)``,
 which the engine upsamples to the input like any CAM. The extra tokens (class,
@@ -13,14 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import observe
 from ..errors import expected
 from ..registry import COMMON, TARGET, Method, Option, register
-
-
-def _probs_view(probe):
-    reduction = None if probe.cap is None else probe.cap.plan.reduction
-    return observe(probe.call, reduction, grad=True)
 
 
 def _readout(r: torch.Tensor, grid: tuple[int, ...], extra: int) -> torch.Tensor:
@@ -61,9 +56,8 @@ def rollout(probs: list[torch.Tensor], head_fusion: str = "mean", discard_ratio:
 
 def attention_rollout_map(view, head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
     """``(N, 1, *grid)``: the rollout's class-token row over the patch grid (mean row without one)."""
-    with torch.no_grad():
-        cap, grid, extra, _, _ = observe(view.probe.call, None, grad=False)
-    return _readout(rollout(cap.probs, head_fusion, discard_ratio), grid, extra)[:, None]
+    probs, grid, extra = view.scorer.attention()
+    return _readout(rollout(probs, head_fusion, discard_ratio), grid, extra)[:, None]
 
 
 def chefer_relevance(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
@@ -83,11 +77,8 @@ def chefer_relevance(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> to
 
 def transformer_attribution_map(view) -> torch.Tensor:
     """``(N, K, *grid)``: Chefer et al.'s relevance, class-token row (mean row without one)."""
-    probe = view.probe
-    cap, grid, extra, y, rname = _probs_view(probe)
-    s = probe.call.target.scores(y, probe.call.n)
-    grads = cap.gradients(s, probe.counterfactual, rname)
-    return _readout(chefer_relevance(cap.probs, grads), grid, extra)
+    probs, grads, grid, extra = view.oracle.attention_gradients()
+    return _readout(chefer_relevance(probs, grads), grid, extra)
 
 
 def _head_fusion(name, value):

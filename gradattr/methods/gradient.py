@@ -226,19 +226,19 @@ def similar_classes(y: torch.Tensor, main: torch.Tensor, ranks) -> torch.Tensor:
 
 def finer_cam_weights(view, alpha: float = 1.0, comparison_ranks=(1, 2, 3)) -> torch.Tensor:
     """Finer-CAM (Zhang et al., CVPR 2025): Grad-CAM weights of the score :func:`finer_score`."""
-    probe = view.probe
-    y = probe.output
-    if probe.call.target.kind == "fn" or not isinstance(y, torch.Tensor) or y.ndim != 2:
+    scorer = view.scorer
+    y = scorer.output
+    if scorer.given_target.kind == "fn" or not isinstance(y, torch.Tensor) or y.ndim != 2:
         raise expected("target", "class targets on a (N, classes) output for finer_cam (it compares "
                        "the target's logit with those of the most similar classes)",
-                       "a reduction function" if probe.call.target.kind == "fn" else
+                       "a reduction function" if scorer.given_target.kind == "fn" else
                        f"output {tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}")
-    main = probe.target.classes.to(y.device)
+    main = scorer.target.classes.to(y.device)
     comparison = similar_classes(y.detach(), main, comparison_ranks)
     if comparison.shape[-1] == 0:
         raise expected("comparison_ranks", "at least one rank below the number of classes",
                        repr(comparison_ranks))
-    _, g, _ = probe.layer_gradients(score=lambda out: finer_score(out, main, comparison, alpha))
+    _, g, _ = view.oracle.layer_gradients(score=lambda out: finer_score(out, main, comparison, alpha))
     return grad_cam_weights(view.acts, g)
 
 
@@ -285,11 +285,11 @@ def shapley_cam_weights(view) -> torch.Tensor:
     """ShapleyCAM (Cai et al., 2025): ``w_k = mean_ij (g - H A / 2)``, second-order Shapley weights.
 
     ``g = d score / d A`` and ``H A`` the Hessian-vector product of the score with
-    the activations (:meth:`~gradattr.probe.Probe.layer_gradients`). On a network
+    the activations (:meth:`~gradattr.oracle.GradientOracle.layer_gradients`). On a network
     that is piecewise linear after the feature layer (ReLU, max pooling, linear
     head) with the logit as score, ``H = 0`` and this is Grad-CAM.
     """
-    a, g, hv = view.probe.layer_gradients(hvp=True)
+    a, g, hv = view.oracle.layer_gradients(hvp=True)
     return reduce(g - 0.5 * hv, "n k c ... -> n k c", "mean")
 
 
@@ -336,12 +336,12 @@ def smooth_grad_cam_plus_plus_weights(view, num_samples: int = 4, std: float = 0
     + 1e-8)`` and ``w_k = sum_ij alpha_ij ReLU(D1_ij)`` (the paper's eqs. with the
     exponential-score closed forms of Grad-CAM++).
     """
-    probe, a = view.probe, view.acts
-    gen = noise_generator(seed, generator, probe.x.device)
+    x, a = view.scorer.x, view.acts
+    gen = noise_generator(seed, generator, x.device)
     d1 = d2 = d3 = None
     for _ in range(num_samples):
-        noise = torch.randn(probe.x.shape, generator=gen, device=probe.x.device, dtype=probe.x.dtype)
-        _, g, _ = probe.layer_gradients(probe.x + std * noise)
+        noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        _, g, _ = view.oracle.layer_gradients(x + std * noise)
         g = g.to(torch.float64) if a.dtype == torch.float64 else g
         d1 = g if d1 is None else d1 + g
         d2 = g**2 if d2 is None else d2 + g**2
@@ -417,15 +417,14 @@ def full_grad_map(view) -> torch.Tensor:
 
     ``g_x = d score / d x`` per input channel, ``b`` each bias layer's bias and ``g_l``
     the gradient of the score with respect to that layer's output
-    (:meth:`~gradattr.probe.Probe.bias_gradients`); ``psi`` min-max scales one channel's
+    (:meth:`~gradattr.oracle.GradientOracle.bias_gradients`); ``psi`` min-max scales one channel's
     map (pytorch-grad-cam's ``scale_cam_image``, with its ``1e-7``) and upsamples it to
     the input with (multi-)linear interpolation (``align_corners=False``, OpenCV's
     ``INTER_LINEAR``). The channel sum is taken before the upsampling, which is linear.
     Returns ``(N, K, *S)``.
     """
-    probe = view.probe
-    x = probe.x
-    gx, layers = probe.bias_gradients()
+    x = view.scorer.x
+    gx, layers = view.oracle.bias_gradients()
     size = tuple(x.shape[2:])
     total = channel_scaled(gx * x[:, None]).sum(2)
     for b, g in layers:

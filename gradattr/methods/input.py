@@ -5,18 +5,19 @@ Saliency, input x gradient, integrated gradients and SmoothGrad/VarGrad (captum'
 ``feature_layer``, ``LayerIntegratedGradients``-style). They have no feature map
 to combine: each returns ``(N, K, *element)`` where an element is one entry of the
 explained input ``(C, *S)`` (or of the layer's output). Every gradient comes from
-one primitive, :meth:`_Space.grads`: a batch of points (the input, interpolated or
-noisy copies of it, or replacements of the layer's output), their target scores
-``(B, K)`` and ``d score_k / d point`` for all ``K`` targets from one forward pass.
+one primitive, the gradient oracle's
+:meth:`~gradattr.oracle.GradientOracle.point_gradients` (through :meth:`_Space.grads`): a
+batch of points (the input, interpolated or noisy copies of it, or replacements of the
+layer's output) and ``d score_k / d point`` for all ``K`` targets from one forward pass.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from ..capture import _Output, _mine, per_target_grads, run_hooked
-from ..errors import GradattrError, expected
+from ..errors import expected
 from ..registry import COMMON, TARGET, Method, Option, flag, optional_positive_int, positive_int, register
+from ..scorer import chunk_size
 from .common import TOY as _TOY
 
 
@@ -26,12 +27,13 @@ class _Space:
     ``origin`` is the point of the call's own input there ``(N, *element)``. A point
     ``p (B, *element)`` with ``rows (B,)`` (whose sample each row is) is scored with the
     classes fixed on the unperturbed input; at a layer, the network runs on the rows'
-    own inputs and the layer's output is replaced by ``p``.
+    own inputs and the layer's output is replaced by ``p``. Scores come from the view's
+    scorer (:meth:`~gradattr.scorer.Scorer.score_points`), gradients from its oracle
+    (:meth:`~gradattr.oracle.GradientOracle.point_gradients`).
     """
 
-    def __init__(self, probe, feature_layer=None, fix: bool = True):
-        self.probe, self.call = probe, probe.call
-        self.reduction = None if probe.cap is None else probe.cap.plan.reduction
+    def __init__(self, view, feature_layer=None, fix: bool = True):
+        self.scorer, self.oracle = view.scorer, view.oracle
         self.layer = None
         if isinstance(feature_layer, (list, tuple)):
             raise expected("feature_layer", "one layer (a name or a module) or None (the input)",
@@ -39,54 +41,27 @@ class _Space:
         if feature_layer is not None:
             from ..layers import resolve_layer
 
-            module, name = resolve_layer(self.call.net, feature_layer, "feature_layer")
+            module, name = resolve_layer(self.scorer.net, feature_layer, "feature_layer")
             self.layer = (name, module)
         # Points other than the input itself explain the classes fixed on the input (one more
         # forward pass for a top-class target); at the input itself the target is as given.
-        self.target = probe.target if fix and self.call.target.kind == "top" else self.call.target
+        given = self.scorer.given_target
+        self.target = self.scorer.target if fix and given.kind == "top" else given
         if self.layer is None:
-            x = self.call.x
+            x = self.scorer.x
             if not x.is_floating_point():
-                raise expected(f"x[{self.call.explain}]" if self.call.inputs else "x",
+                raise expected(self.scorer.input_name,
                                "a floating-point input to attribute; for token ids pass "
                                "feature_layer= (e.g. the embedding) to attribute its output",
                                f"dtype {x.dtype}")
             self.origin = x
         else:
-            self.origin = self.layer_output(self.call.x)
+            self.origin = self.layer_output(self.scorer.x)
         self.name = "the input" if self.layer is None else f"feature layer {self.layer[0]!r}"
-
-    # -- forward passes -------------------------------------------------------------------
-    def _run(self, x, rows, grad: bool, replace=None):
-        """The scored output of the network on ``x`` (``rows``), the layer's outputs recorded
-        (or replaced by ``replace``): ``(y, reduction_name, [layer outputs])``."""
-        mine = _mine()
-        out = _Output(self.call.net, self.reduction, False, mine)
-        seen: list = []
-
-        def hook(m, i, o):
-            if not mine():
-                return None
-            # a copy: a later in-place op (ReLU(inplace=True)) must not change what was recorded
-            seen.append(o.detach().clone() if replace is None and isinstance(o, torch.Tensor) else o)
-            return replace
-
-        def install():
-            handles = list(out.handles)
-            if self.layer is not None:
-                handles.append(self.layer[1].register_forward_hook(hook))
-            return handles
-        y = run_hooked(self.call, x, install, grad=grad, rows=rows)
-        if self.layer is not None and len(seen) != 1:
-            raise GradattrError(f"feature_layer: expected a layer that runs once per forward pass, "
-                                f"but {self.layer[0]!r} ran {len(seen)} times")
-        y, rname = out.finish(y)
-        return y, rname, seen
 
     def layer_output(self, x, rows=None) -> torch.Tensor:
         """The layer's output ``(B, *element)`` for the inputs ``x`` (``rows``)."""
-        _, _, seen = self._run(x, rows, grad=False)
-        o = seen[0]
+        o = self.scorer.layer_output(self.layer, x, rows)
         if not isinstance(o, torch.Tensor) or not o.is_floating_point() or o.ndim < 1 \
                 or o.shape[0] != x.shape[0]:
             got = f"shape {tuple(o.shape)}, dtype {o.dtype}" if isinstance(o, torch.Tensor) else type(o).__name__
@@ -94,58 +69,24 @@ class _Space:
                            f"the batch ({x.shape[0]}) first", got)
         return o
 
-    def _inputs(self, rows):
-        return self.call.x if rows is None else self.call.x[rows]
-
     def scores(self, p: torch.Tensor, rows=None) -> torch.Tensor:
         """Target scores ``(B, K)`` of the points ``p`` (no gradients; counterfactual: negated)."""
-        with torch.no_grad():
-            if self.layer is None:
-                y, _, _ = self._run(p, rows, grad=False)
-            else:
-                y, _, _ = self._run(self._inputs(rows), rows, grad=False, replace=p)
-            s = self.target.scores(y, p.shape[0], rows).detach()
-        return -s if self.probe.counterfactual else s
+        s = self.scorer.score_points(p, rows, self.layer, self.target)
+        return -s if self.oracle.counterfactual else s
 
     def grads(self, p: torch.Tensor, rows=None) -> torch.Tensor:
         """``d score_k / d p`` for every target: ``(B, K, *element)``, one forward pass."""
-        leaf = p.detach().requires_grad_(True)
-        if self.layer is None:
-            y, rname, _ = self._run(leaf.clone(), rows, grad=True)
-        else:
-            y, rname, _ = self._run(self._inputs(rows), rows, grad=True, replace=leaf.clone())
-        s = self.target.scores(y, p.shape[0], rows)
-        k = s.shape[1]
-        if k == 1 or leaf.device.type != "cpu" or not s.requires_grad:
-            (g,) = per_target_grads(s, [leaf], self.probe.counterfactual, [self.name], rname)
-            return g
-        # On a CPU one backward per target on the shared graph beats the vectorised backward
-        # (one thread, 50 points, K = 10: tiny conv net 576 ms vs 836 ms; ResNet-18 6.0 s vs 6.3 s).
-        s = -s if self.probe.counterfactual else s
-        gs = [torch.autograd.grad(s[:, j].sum(), leaf, retain_graph=j < k - 1, allow_unused=True)[0]
-              for j in range(k)]
-        if gs[0] is None:
-            per_target_grads(s[:, :1].detach(), [leaf], False, [self.name], rname)  # raises the error
-        return torch.stack(gs, 1)
+        return self.oracle.point_gradients(p, rows, self.layer, self.target, self.name)
 
     def chunk(self, batch_size) -> int:
-        """Points per forward + backward pass: ``batch_size``, or what fits the memory budget.
-
-        A point holds the forward pass's outputs (observed on one sample by the probe) and
-        their gradients, plus the point itself and its gradient."""
-        from ..probe import FORWARD_FACTOR, FORWARD_MARGIN, chunk_size
-
-        def per_copy() -> int:
-            point = self.origin[0].numel() * self.origin[0].element_size()
-            forward = self.probe.forward_bytes()
-            return 2 * FORWARD_MARGIN * forward + 2 * point if forward else FORWARD_FACTOR * point
-
-        return chunk_size(batch_size, per_copy, self.origin.device)
+        """Points per forward + backward pass: ``batch_size``, or what fits the memory budget
+        (:meth:`~gradattr.scorer.Scorer.point_bytes` of one point)."""
+        return chunk_size(batch_size, lambda: self.scorer.point_bytes(self.origin[0]), self.origin.device)
 
     # -- baselines ------------------------------------------------------------------------
     def baseline(self, value) -> torch.Tensor:
         """The baseline point ``(N, *element)``: of the input, or the layer's output at it."""
-        x = self.call.x
+        x = self.scorer.x
         b = _input_baseline(value, x)
         return b if self.layer is None else self.layer_output(b)
 
@@ -248,14 +189,14 @@ def _integrate(space: _Space, origin, base, rows0, steps, rule, batch_size) -> t
 # -- the methods --------------------------------------------------------------------------
 def saliency_map(view, abs: bool = True) -> torch.Tensor:  # noqa: A002 (captum's name)
     """Saliency (Simonyan et al., 2014): ``|d score / d x|`` (``abs=False``: signed)."""
-    space = _Space(view.probe, fix=False)
+    space = _Space(view, fix=False)
     g = space.grads(space.origin)
     return g.abs() if abs else g
 
 
 def input_x_gradient_map(view) -> torch.Tensor:
     """Input x gradient (Shrikumar et al., 2016): ``x * d score / d x`` per element."""
-    space = _Space(view.probe, fix=False)
+    space = _Space(view, fix=False)
     return space.origin[:, None] * space.grads(space.origin)
 
 
@@ -274,7 +215,7 @@ def integrated_gradients_map(view, baseline=0, steps: int = 50, quadrature: str 
     ``(N, K)`` (captum's convergence delta has the opposite sign).
     """
     _check_steps(steps, quadrature)
-    space = _Space(view.probe, feature_layer)
+    space = _Space(view, feature_layer)
     origin = space.origin
     base = space.baseline(baseline)
     rows0 = torch.arange(origin.shape[0])
@@ -305,7 +246,7 @@ def smooth_grad_map(view, base: str = "saliency", samples: int = 50, noise: floa
 
     if base not in BASES:
         raise expected("base", "one of " + ", ".join(map(repr, BASES)), repr(base))
-    space = _Space(view.probe, feature_layer)
+    space = _Space(view, feature_layer)
     origin = space.origin
     n = origin.shape[0]
     flat = origin.flatten(1)

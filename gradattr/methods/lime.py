@@ -19,7 +19,7 @@ from ..errors import expected
 from ..registry import COMMON, TARGET, Method, Option, positive_int, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
 from .occlusion import fill_value
-from .perturbation import GENERATOR, SEED, SOFTMAX, _positive_float, make_generator
+from .perturbation import GENERATOR, SEED, SOFTMAX, positive_float, make_generator
 
 
 def grid_segments(spatial: tuple[int, ...], num_features: int) -> torch.Tensor:
@@ -92,8 +92,8 @@ def image_lime_map(view, num_features=49, num_samples=2048, segmentation="superp
                    kernel_width=0.25, softmax=True, seed=0, generator=None, batch_size=None,
                    progress=False) -> torch.Tensor:
     """``(N, K, *S)``: each segment's coefficient of the weighted linear surrogate."""
-    probe = view.probe
-    x = probe.x
+    scorer = view.scorer
+    x = scorer.x
     n = x.shape[0]
     labels = segments_of(x, num_features, segmentation)
     counts = [int(lab.max()) + 1 for lab in labels]
@@ -109,7 +109,7 @@ def image_lime_map(view, num_features=49, num_samples=2048, segmentation="superp
         keep = torch.stack([z[int(ri)][int(ki)][labels[int(ri)]] for ri, ki in zip(r, k)])[:, None]
         return torch.where(keep, x[r], value[r])
 
-    s = probe.score_masked(n * num_samples, make, rows, batch_size=batch_size, progress=progress,
+    s = scorer.score_masked(n * num_samples, make, rows, batch_size=batch_size, progress=progress,
                            desc="LIME", softmax=softmax).view(n, num_samples, -1)
     maps = []
     for i in range(n):
@@ -150,7 +150,7 @@ register(Method(
                     "with an intercept).", _model),
              Option("kernel_width", 0.25, "float", "width ``w`` of the kernel "
                     "``exp(-d^2 / w^2)`` on the cosine distance to the all-on pattern (MATLAB's and "
-                    "LIME's ``KernelWidth``).", _positive_float),
+                    "LIME's ``KernelWidth``).", positive_float),
              SOFTMAX, SEED, GENERATOR, BATCH_SIZE, PROGRESS),
     summary="LIME (Ribeiro et al., KDD 2016; MATLAB ``imageLIME``): a weighted linear surrogate "
             "of the target score over random on/off patterns of input segments.",

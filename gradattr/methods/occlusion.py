@@ -92,8 +92,8 @@ def fill_value(x: torch.Tensor, mask_value) -> torch.Tensor:
 def occlusion_map(view, mask_size="auto", stride="auto", mask_value="auto", mask_clipping=True,
                   softmax=True, batch_size=None, progress=False) -> torch.Tensor:
     """``(N, K, *grid)``: ``f(x) - f(x occluded at p)`` for every mask position ``p``."""
-    probe = view.probe
-    x = probe.x
+    scorer = view.scorer
+    x = scorer.x
     n, c, *spatial = x.shape
     spatial = tuple(spatial)
     size = _sizes("mask_size", mask_size, spatial, 0.2, _round_half_up)
@@ -112,8 +112,8 @@ def occlusion_map(view, mask_size="auto", stride="auto", mask_value="auto", mask
         r = rows[i:j]
         return torch.where(m, value[r], x[r])
 
-    base = probe.score_inputs(x, torch.arange(n, device=x.device), softmax)  # (N, K)
-    s = probe.score_masked(n * positions, make, rows, batch_size=batch_size, progress=progress,
+    base = scorer.score_inputs(x, torch.arange(n, device=x.device), softmax)  # (N, K)
+    s = scorer.score_masked(n * positions, make, rows, batch_size=batch_size, progress=progress,
                            desc="occlusion", softmax=softmax)
     drop = base[rows] - s  # (N * P, K)
     return drop.view(n, positions, -1).transpose(1, 2).reshape(n, -1, *grid)

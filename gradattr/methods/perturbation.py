@@ -58,15 +58,15 @@ def score_cam_scores(view, batch_size: int | None = None, progress: bool = False
 
     Channel ``k`` of sample ``n`` masks the input with ``H^k`` (:func:`score_masks`)
     and scores ``x_n * H^k`` for sample ``n``'s target classes (fixed on the unmasked
-    input), through :meth:`~gradattr.probe.Probe.score_masked` (chunks of at most
+    input), through :meth:`~gradattr.scorer.Scorer.score_masked` (chunks of at most
     ``batch_size`` masked copies, so the ``C x input`` tensor is never built). A channel
     that is constant on the feature map carries no location: its mask is 0 everywhere
     (what pytorch-grad-cam's ``/(max - min + 1e-8)`` gives), so its masked input is the
     zero input whatever the channel; those channels share the score of one forward pass
     of the zero input.
     """
-    a, probe = view.acts, view.probe
-    x = probe.x
+    a, scorer = view.acts, view.scorer
+    x = scorer.x
     n, c = a.shape[:2]
     flat = a.flatten(2)
     constant = flat.amax(-1) == flat.amin(-1)  # (N, C)
@@ -77,12 +77,12 @@ def score_cam_scores(view, batch_size: int | None = None, progress: bool = False
         r = rows[i:j]
         return x[r] * score_masks(a[r, chans[i:j]], size)
 
-    s = probe.score_masked(len(rows), make, rows, batch_size=batch_size, progress=progress,
+    s = scorer.score_masked(len(rows), make, rows, batch_size=batch_size, progress=progress,
                            desc="Score-CAM")
     scores = s.new_zeros(n, c, s.shape[1])
     scores[rows, chans] = s
     if constant.any():
-        s0 = probe.score_inputs(torch.zeros_like(x[:1]), torch.arange(n, device=x.device))
+        s0 = scorer.score_inputs(torch.zeros_like(x[:1]), torch.arange(n, device=x.device))
         r0, c0 = constant.nonzero().unbind(1)
         scores[r0, c0] = s0[r0].to(scores.dtype)
     return rearrange(scores, "n c k -> n k c").to(a.dtype)
@@ -130,24 +130,24 @@ def ablation_cam_weights(scores: torch.Tensor, ablated: torch.Tensor) -> torch.T
 def ablation_scores(view, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
     """``y_k (N, K, C)``: every sample's score with each channel of its feature map zeroed.
 
-    The copies are scored by :meth:`~gradattr.probe.Probe.score_activations`, which
+    The copies are scored by :meth:`~gradattr.scorer.Scorer.score_activations`, which
     runs only the layers after the feature layer where the network allows it. The
     ablated value is 0, as in the paper (pytorch-grad-cam uses 0 when the layer's
     minimum is 0 and ``min - 1e7`` otherwise).
     """
-    a, probe = view.acts, view.probe
+    a, scorer = view.acts, view.scorer
     n, c = a.shape[:2]
-    y = probe.scores
+    y = scorer.scores
     out = y.new_zeros(n, c, y.shape[1])
-    bar = probe.progress(n * c, progress, "Ablation-CAM")
+    bar = scorer.progress(n * c, progress, "Ablation-CAM")
     try:
         for i in range(n):
             start = 0
             while start < c:
-                chans = torch.arange(start, min(c, start + probe.activation_chunk(batch_size)),
+                chans = torch.arange(start, min(c, start + scorer.activation_chunk(batch_size)),
                                      device=a.device)
                 copies = ablate(a[i:i + 1].expand(len(chans), *a.shape[1:]), chans)
-                out[i, start:start + len(chans)] = probe.score_activations(copies, i)
+                out[i, start:start + len(chans)] = scorer.score_activations(copies, i, batch_size)
                 start += len(chans)
                 bar.update(len(chans))
     finally:
@@ -156,7 +156,7 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
 
 
 def _ablation(view, batch_size, progress):
-    y = view.probe.scores
+    y = view.scorer.scores
     return ablation_cam_weights(y, ablation_scores(view, batch_size, progress)).to(view.acts.dtype)
 
 
@@ -189,7 +189,8 @@ def _generator(name, value):
     return value
 
 
-def _positive_float(name, value):
+def positive_float(name, value):
+    """Validator of an option that is a positive real number (shared with LIME)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise expected(name, "a positive number", repr(value))
     return float(value)
@@ -255,8 +256,8 @@ def ss_cam_scores(view, samples: int = 35, std: float = 2.0, seed=0, generator=N
     input's resolution, one field per (draw, sample, channel), in torch-cam's order
     (draw, then sample, then channel), so with the same seed the map is torch-cam's.
     """
-    a, probe = view.acts, view.probe
-    x = probe.x
+    a, scorer = view.acts, view.scorer
+    x = scorer.x
     n, c = a.shape[:2]
     size = tuple(x.shape[2:])
     gen = make_generator(seed, generator, x.device)
@@ -271,7 +272,7 @@ def ss_cam_scores(view, samples: int = 35, std: float = 2.0, seed=0, generator=N
         m = torchcam_masks(a[r, ch], size) + std * noise
         return x[r] * m.to(x.dtype)
 
-    s = probe.score_masked(samples * pairs, make, rows, batch_size=batch_size, progress=progress,
+    s = scorer.score_masked(samples * pairs, make, rows, batch_size=batch_size, progress=progress,
                            desc="SS-CAM")
     s = s.view(samples, n, c, -1).mean(0)
     return rearrange(s, "n c k -> n k c").to(a.dtype)
@@ -284,8 +285,8 @@ def is_cam_scores(view, samples: int = 10, batch_size=None, progress=False) -> t
     running sum (1/N, 3/N, 6/N, ..., (N+1)/2). Constant channels (zero masks) share one
     pass of the zero input, as in Score-CAM.
     """
-    a, probe = view.acts, view.probe
-    x = probe.x
+    a, scorer = view.acts, view.scorer
+    x = scorer.x
     n, c = a.shape[:2]
     size = tuple(x.shape[2:])
     flat = a.flatten(2)
@@ -301,12 +302,12 @@ def is_cam_scores(view, samples: int = 10, batch_size=None, progress=False) -> t
         scale = torch.tensor(coeff, dtype=m.dtype, device=x.device)[step]
         return x[rows[pair]] * (m * scale.view(-1, *[1] * (m.ndim - 1))).to(x.dtype)
 
-    s = probe.score_masked(samples * p, make, rows.repeat(samples), batch_size=batch_size,
+    s = scorer.score_masked(samples * p, make, rows.repeat(samples), batch_size=batch_size,
                            progress=progress, desc="IS-CAM")
     scores = s.new_zeros(n, c, s.shape[1])
     scores[rows, chans] = s.view(samples, p, -1).mean(0)
     if constant.any():
-        s0 = probe.score_inputs(torch.zeros_like(x[:1]), torch.arange(n, device=x.device))
+        s0 = scorer.score_inputs(torch.zeros_like(x[:1]), torch.arange(n, device=x.device))
         r0, c0 = constant.nonzero().unbind(1)
         scores[r0, c0] = s0[r0].to(scores.dtype)
     return rearrange(scores, "n c k -> n k c").to(a.dtype)
@@ -315,7 +316,7 @@ def is_cam_scores(view, samples: int = 10, batch_size=None, progress=False) -> t
 SAMPLES_SS = Option("samples", 35, "int", "noise draws per channel (torch-cam's ``num_samples``).",
                     positive_int)
 STD = Option("std", 2.0, "float", "standard deviation of the noise added to each mask "
-             "(torch-cam's default 2).", _positive_float)
+             "(torch-cam's default 2).", positive_float)
 SAMPLES_IS = Option("samples", 10, "int", "integration steps per channel (torch-cam's "
                     "``num_samples``).", positive_int)
 
@@ -384,10 +385,10 @@ def group_cam_map(view, groups: int = 32, threshold: float = 70.0, softmax: bool
     ``x_g = x * H_g + x~ * (1 - H_g)`` with ``H_g`` the group map upsampled to the input
     (multi-linear, ``align_corners=False``) and min-max scaled. A group map that is
     constant after upsampling is skipped (its weight is 0), as in the authors' code. All
-    ``N x K x G`` masked inputs go through one :meth:`~gradattr.probe.Probe.score_masked`.
+    ``N x K x G`` masked inputs go through one :meth:`~gradattr.scorer.Scorer.score_masked`.
     """
-    a, probe = view.acts, view.probe
-    x = probe.x
+    a, scorer = view.acts, view.scorer
+    x = scorer.x
     m = group_maps(a, view.grads, groups, threshold)  # (N, K, G, *s)
     n, k, g = m.shape[:3]
     size = tuple(x.shape[2:])
@@ -407,9 +408,9 @@ def group_cam_map(view, groups: int = 32, threshold: float = 70.0, softmax: bool
         h = ((up[idx].flatten(1) - lo[idx, None]) / (hi - lo)[idx, None]).view(-1, 1, *size)
         return x[r] * h + blurred[r] * (1 - h)
 
-    s = probe.score_masked(len(keep), make, rows, batch_size=batch_size, progress=progress,
+    s = scorer.score_masked(len(keep), make, rows, batch_size=batch_size, progress=progress,
                            desc="Group-CAM", softmax=softmax)
-    base = probe.score_inputs(blurred, torch.arange(n, device=x.device), softmax)  # (N, K)
+    base = scorer.score_inputs(blurred, torch.arange(n, device=x.device), softmax)  # (N, K)
     w = torch.zeros(n * k * g, dtype=s.dtype, device=s.device)
     w[keep] = s.gather(1, cols[:, None])[:, 0] - base[rows, cols]
     w = w.view(n, k, g)
@@ -477,8 +478,8 @@ def rise_map(view, masks: int = 4000, cells: int = 7, p: float = 0.5, softmax: b
     sample; they are drawn once (the small grids) and built chunk by chunk, so the result
     does not depend on ``batch_size``.
     """
-    probe = view.probe
-    x = probe.x
+    scorer = view.scorer
+    x = scorer.x
     n = x.shape[0]
     spatial = tuple(x.shape[2:])
     if len(spatial) not in _LINEAR_MODES:
@@ -492,7 +493,7 @@ def rise_map(view, masks: int = 4000, cells: int = 7, p: float = 0.5, softmax: b
         mk = rise_masks(grids[t // n], shifts[t // n], spatial)
         return x[t % n] * mk[:, None].to(x.dtype)
 
-    s = probe.score_masked(masks * n, make, rows, batch_size=batch_size, progress=progress,
+    s = scorer.score_masked(masks * n, make, rows, batch_size=batch_size, progress=progress,
                            desc="RISE", softmax=softmax)
     s = s.view(masks, n, -1)
     out = None
@@ -529,13 +530,13 @@ torch.Size([16])
 # -- random maps ----------------------------------------------------------------------------
 def random_map(view, seed=0, generator=None) -> torch.Tensor:
     """Uniform noise in [0, 1) at the input's resolution, ``(N, K, *S)``: the chance level."""
-    probe = view.probe
-    x = probe.x
-    t = probe.call.target
+    scorer = view.scorer
+    x = scorer.x
+    t = scorer.given_target
     if t.kind == "top":
         k = 1
     elif t.kind == "fn":
-        k = probe.scores.shape[1]
+        k = scorer.scores.shape[1]
     else:
         k = t.classes.shape[-1]
     gen = make_generator(seed, generator, x.device)

@@ -11,7 +11,7 @@ from .gradient import grad_cam_weights
 
 register(Method(
     "guided_backprop", "Guided backpropagation",
-    lambda v: v.probe.input_gradients(GuidedRectifiers()), "input_gradients",
+    lambda v: v.oracle.input_gradients(GuidedRectifiers()), "input_gradients",
     family="input attribution", shared=COMMON + TARGET + ("counterfactual",), combine="map", returns="pixels",
     summary="Guided backpropagation (Springenberg et al., ICLR-W 2015): input gradients through "
             "guided rectifiers.",
@@ -27,7 +27,7 @@ torch.Size([2, 2, 16])
     use_when="pixel-level detail (edges, texture); not class-discriminative; returns (N, C, *spatial)"))
 
 
-def guided_grad_cam_pixels(probe, cam: torch.Tensor) -> torch.Tensor:
+def guided_grad_cam_pixels(view, cam: torch.Tensor) -> torch.Tensor:
     """Guided Grad-CAM (Selvaraju et al., ICCV 2017, sec. 3): guided backprop x upsampled Grad-CAM.
 
     ``cam (N, K, *s)`` is the Grad-CAM map (fused, for several layers). The paper
@@ -37,8 +37,8 @@ def guided_grad_cam_pixels(probe, cam: torch.Tensor) -> torch.Tensor:
     sign of the guided gradient there), then multiplies the guided gradients of
     every input channel: ``(N, K, C, *S)``.
     """
-    up = torch.relu(probe.to_input(cam))
-    return probe.input_gradients(GuidedRectifiers()) * up[:, :, None]
+    up = torch.relu(view.scorer.to_input(cam))
+    return view.oracle.input_gradients(GuidedRectifiers()) * up[:, :, None]
 
 
 register(Method(

@@ -1,0 +1,475 @@
+"""The forward-only interface a method gets: scores of inputs, masked inputs and modified activations.
+
+A :class:`Scorer` is handed to a method (``view.scorer``) with what was captured for one
+feature layer. It runs extra forward passes without gradients: :meth:`Scorer.score_inputs`
+scores inputs, :meth:`Scorer.score_masked` chunks of masked inputs (Score-CAM, RISE,
+occlusion, LIME...), :meth:`Scorer.score_activations` copies of one sample's feature map
+with something changed (Ablation-CAM), put back into the network's own layout through the
+layer's reading, and :meth:`Scorer.score_points` inputs or replaced outputs of a layer
+(integrated gradients' completeness gap). It also sizes chunks from a memory budget
+(:func:`chunk_size`), shows progress (:class:`Progress`), holds the target fixed on the
+unperturbed input (:attr:`Scorer.target`) and its scores (:attr:`Scorer.scores`).
+
+Its gradient counterpart is :class:`gradattr.oracle.GradientOracle`. Both are frozen for
+the call; what a scorer computes lazily (the fixed target, the observed bytes of a forward
+pass, whether the layers after the feature layer alone can run on copies) is memoised in
+one private dict behind the methods that compute it, never assigned to an attribute.
+"""
+from __future__ import annotations
+
+import sys
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import resize
+from .capture import Capture, Output, Plan, module_named, run_hooked, thread_guard
+from .errors import GradattrError, expected
+from .prep import Call
+from .targets import Target, tensors_of
+
+#: Memory that one chunk of perturbed copies may use when ``batch_size=None``.
+MEMORY_BUDGET = 512 * 2**20
+#: What a forward pass of one copy holds, as a multiple of what is observed
+#: (:meth:`Scorer.forward_bytes`: the module outputs alive at once): the rest is each
+#: module's own temporaries and workspaces, which no hook sees.
+FORWARD_MARGIN = 2
+#: Temporaries of building one masked input, in tensors of the input's size (the gathered
+#: sample, the product, the copy the network gets) and of one channel of it (the upsampled
+#: mask and its scaled copies).
+MASKED_INPUTS, MASKS = 3, 4
+#: Copies of the feature map one modified copy holds on the way in (the modified copy, the
+#: network's layout of it, the hook's clone).
+FEATURE_COPIES = 3
+#: The estimate per copy, as a multiple of the input's bytes, when the forward pass cannot be
+#: observed on one sample (the network refuses a batch of one).
+FORWARD_FACTOR = 16
+#: Give 2-D masked inputs to the network in channels_last memory format (convolutions then
+#: run channels_last throughout). Off: on a CPU it gained nothing measurable for Score-CAM on
+#: ResNet-18 (benchmarks/bench_perturbation.py); kept as a switch for GPU measurements.
+CHANNELS_LAST = False
+#: At most this many copies per forward pass on a CPU when ``batch_size=None`` (the memory
+#: budget still applies). Score-CAM on ResNet-18 (112 px, one loaded 2-core run): 64 copies
+#: per pass took 0.73 of the time of 16 (benchmarks/bench_perturbation.py).
+CPU_CHUNK = 64
+
+
+def chunk_size(batch_size: int | None, per_copy, device: torch.device, cpu_cap: bool = True) -> int:
+    """Copies per forward pass: ``batch_size``, or as many copies of ``per_copy`` bytes (an int,
+    or a function returning it, called only when needed) as fit :data:`MEMORY_BUDGET` (at most
+    :data:`CPU_CHUNK` on a CPU with ``cpu_cap``)."""
+    if batch_size is not None:
+        return batch_size
+    per_copy = per_copy() if callable(per_copy) else per_copy
+    fit = max(1, MEMORY_BUDGET // max(per_copy, 1))
+    return min(fit, CPU_CHUNK) if cpu_cap and device.type == "cpu" else fit
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+class Progress:
+    """A tqdm bar when asked for (and installed), else a counter that prints only when asked."""
+
+    def __init__(self, total: int, enabled: bool, desc: str):
+        self.bar, self.n, self.total, self.enabled, self.desc = None, 0, total, enabled, desc
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=total, desc=desc)
+            except ImportError:
+                pass
+
+    def update(self, k: int) -> None:
+        self.n += k
+        if self.bar is not None:
+            self.bar.update(k)
+        elif self.enabled:
+            print(f"\r{self.desc}: {self.n}/{self.total}", end="", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled:
+            print(file=sys.stderr)
+
+
+#: A layer whose output is scored at or replaced: ``(name, module)``.
+Site = tuple
+
+
+def hooked_output(call: Call, reduction: str | None, x: torch.Tensor, rows: torch.Tensor | None,
+                  grad: bool, layer: Site | None = None, replace=None):
+    """The scored output of ``net(x)`` (``rows``: whose sample each row of ``x`` is), with the
+    outputs of ``layer = (name, module)`` recorded (a copy each) or, with ``replace``, replaced
+    by it: ``(y, reduction_name, [layer outputs])``. The shared primitive of
+    :meth:`Scorer.score_points` and :meth:`gradattr.oracle.GradientOracle.point_gradients`."""
+    mine = thread_guard()
+    out = Output(call.net, reduction, False, mine)
+    seen: list = []
+
+    def hook(m, i, o):
+        if not mine():
+            return None
+        # a copy: a later in-place op (ReLU(inplace=True)) must not change what was recorded
+        seen.append(o.detach().clone() if replace is None and isinstance(o, torch.Tensor) else o)
+        return replace
+
+    def install():
+        return list(out.handles) + ([layer[1].register_forward_hook(hook)] if layer is not None else [])
+    y = run_hooked(call, x, install, grad=grad, rows=rows)
+    if layer is not None and len(seen) != 1:
+        raise GradattrError(f"feature_layer: expected a layer that runs once per forward pass, "
+                            f"but {layer[0]!r} ran {len(seen)} times")
+    y, rname = out.finish(y)
+    return y, rname, seen
+
+
+@dataclass(frozen=True, eq=False)
+class Scorer:
+    """Forward passes without gradients for one call and (optionally) one captured feature layer.
+
+    ``plan`` gives the reduction layer (and, with ``cap``, the feature layers);
+    ``cap`` is the capture of the feature layer ``index`` (``None`` for methods
+    without a feature layer); ``upsampling`` is the call's (for :meth:`to_input`).
+    """
+
+    call: Call
+    plan: Plan
+    cap: Capture | None = None
+    index: int = 0
+    upsampling: str = "bicubic"
+    # lazily computed, memoised here only (see the module's docstring): "target", "fast",
+    # ("peak", tail)
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # -- what is scored ---------------------------------------------------------------------
+    @property
+    def x(self) -> torch.Tensor:
+        """The explained input ``(N, C, *S)`` (on the compute device)."""
+        return self.call.x
+
+    @property
+    def n(self) -> int:
+        return self.call.n
+
+    @property
+    def net(self) -> nn.Module:
+        """The network, to read from (CAM reads its head); never to be changed."""
+        return self.call.net
+
+    @property
+    def input_name(self) -> str:
+        """How the explained input is named in messages: ``x``, or ``x[i]`` of several."""
+        return f"x[{self.call.explain}]" if self.call.inputs else "x"
+
+    @property
+    def reduction(self) -> str | None:
+        """The reduction layer scored (``None``: the network's output)."""
+        return self.plan.reduction
+
+    @property
+    def reduction_name(self) -> str:
+        """The scored output's name: the capture's, else the reduction layer's, else ``"output"``."""
+        if self.cap is not None:
+            return self.cap.reduction_name
+        return self.plan.reduction or "output"
+
+    @property
+    def output(self):
+        """The scored output of the captured pass (``None`` without a capture)."""
+        return None if self.cap is None else self.cap.output
+
+    @property
+    def given_target(self) -> Target:
+        """The target as the user gave it (a top-class target is not yet fixed)."""
+        return self.call.target
+
+    @property
+    def target(self) -> Target:
+        """The target with each sample's classes fixed on the unperturbed input (memoised)."""
+        if "target" not in self._memo:
+            y = self.output
+            if y is None:
+                y = self.output_of(self.x)
+            self._memo["target"] = self.call.target.fixed(y, self.n)
+        return self._memo["target"]
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """``(N, K)`` target scores of the unperturbed input."""
+        y = self.output if self.output is not None else self.output_of(self.x)
+        return self.call.target.scores(y, self.n).detach()
+
+    # -- forward passes -------------------------------------------------------------------
+    def output_of(self, x: torch.Tensor, replace=None, rows: torch.Tensor | None = None):
+        """The scored output of a no-grad forward pass of ``x``.
+
+        ``replace(o)`` substitutes the captured call of this scorer's feature layer.
+        """
+        mine = thread_guard()
+        out = Output(self.net, self.reduction, False, mine)
+        count = [0]
+
+        def install():
+            if replace is None:
+                return out.handles
+            lp = self.cap.plan.layers[self.index]
+
+            def swap(m, i, o):
+                if not mine():
+                    return None
+                k = count[0]
+                count[0] += 1
+                return replace(o) if k == lp.call else None
+            return out.handles + [module_named(self.net, lp.name).register_forward_hook(swap)]
+
+        return out.finish(run_hooked(self.call, x, install, grad=False, rows=rows))[0]
+
+    def score_inputs(self, x: torch.Tensor, rows: torch.Tensor, softmax: bool = False) -> torch.Tensor:
+        """Scores ``(B, K)`` of inputs ``x (B or 1, C, *S)``; ``rows`` says whose target each uses.
+
+        An ``x`` of batch 1 with several ``rows`` is run once and its output shared.
+        The pass runs under ``torch.inference_mode`` (no autograd bookkeeping at all);
+        the scores come back as ordinary tensors. ``softmax=True`` scores the softmax
+        over the output's class axis (axis 1) instead of the raw output: the
+        probabilities RISE and Group-CAM use.
+        """
+        target = self.target  # fixed on the unperturbed input, outside inference mode
+        with torch.inference_mode():
+            if (self.call.inputs or self.call.forward_kwargs) and x.shape[0] == 1 < len(rows):
+                x = x.expand(len(rows), *x.shape[1:])  # one row per sample: the other inputs differ
+            y = self.output_of(x, rows=rows if x.shape[0] == len(rows) else None)
+            if softmax and isinstance(y, torch.Tensor) and y.ndim >= 2:
+                y = torch.softmax(y.float() if y.dtype in (torch.float16, torch.bfloat16) else y, 1)
+            if isinstance(y, torch.Tensor) and y.shape[0] == 1 and len(rows) > 1:
+                y = y.expand(len(rows), *y.shape[1:])
+            s = target.scores(y, len(rows), rows)
+        return s.clone()
+
+    def score_masked(self, count: int, make, rows: torch.Tensor, *, batch_size: int | None = None,
+                     progress: bool = False, desc: str = "", softmax: bool = False) -> torch.Tensor:
+        """Scores ``(count, K)`` of ``count`` perturbed inputs, built and run one chunk at a time.
+
+        The shared primitive of the masked-input methods (Score-CAM, SS-CAM, IS-CAM,
+        Group-CAM, RISE). ``make(start, stop)`` returns the perturbed inputs
+        ``start..stop-1`` as ``(stop - start, C, *S)``; ``rows (count,)`` says whose
+        target each is scored for. Chunks hold ``batch_size`` inputs, or as many as fit
+        :data:`MEMORY_BUDGET` (at most :data:`CPU_CHUNK` on a CPU), so the
+        ``count x input`` tensor is never built; the passes run under
+        ``torch.inference_mode``; ``progress`` shows a bar over the ``count`` inputs.
+        The result does not depend on the chunk size as long as ``make`` does not.
+        """
+        step = chunk_size(batch_size, self.masked_bytes, self.x.device)
+        out = None
+        bar = self.progress(count, progress, desc)
+        try:
+            for start in range(0, count, step):
+                stop = min(count, start + step)
+                xb = make(start, stop)
+                if CHANNELS_LAST and xb.ndim == 4:
+                    xb = xb.contiguous(memory_format=torch.channels_last)
+                s = self.score_inputs(xb, rows[start:stop], softmax)
+                if out is None:
+                    out = s.new_empty(count, s.shape[1])
+                out[start:stop] = s
+                bar.update(stop - start)
+        finally:
+            bar.close()
+        if out is None:
+            out = self.scores.new_zeros(0, self.scores.shape[1])
+        return out
+
+    def score_points(self, p: torch.Tensor, rows: torch.Tensor | None = None, layer: Site | None = None,
+                     target: Target | None = None) -> torch.Tensor:
+        """Scores ``(B, K)`` (no gradients) of the inputs ``p``, or, with ``layer = (name, module)``,
+        of the rows' own inputs with that layer's output replaced by ``p``; ``target`` defaults to
+        :attr:`target`."""
+        target = self.target if target is None else target
+        with torch.no_grad():
+            if layer is None:
+                y, _, _ = hooked_output(self.call, self.reduction, p, rows, grad=False)
+            else:
+                x = self.x if rows is None else self.x[rows]
+                y, _, _ = hooked_output(self.call, self.reduction, x, rows, grad=False, layer=layer,
+                                        replace=p)
+            return target.scores(y, p.shape[0], rows).detach()
+
+    def layer_output(self, layer: Site, x: torch.Tensor, rows: torch.Tensor | None = None):
+        """What ``layer = (name, module)`` outputs (a copy, no gradients) for the inputs ``x``."""
+        return hooked_output(self.call, self.reduction, x, rows, grad=False, layer=layer)[2][0]
+
+    def attention(self):
+        """The attention probabilities of one forward pass without gradients:
+        ``(probs [(N, H, L, S)], grid, extra)`` (see :func:`gradattr.attention.observe`)."""
+        from .attention import observe
+
+        with torch.no_grad():
+            cap, grid, extra, _, _ = observe(self.call, None, grad=False)
+        return cap.probs, grid, extra
+
+    # -- modified activations ---------------------------------------------------------------
+    def activation_chunk(self, batch_size: int | None) -> int:
+        """Copies per :meth:`score_activations` call, for the path that will run them."""
+        if self._memo.get("fast") is False:
+            return chunk_size(batch_size, lambda: self.copy_bytes(tail=False), self.x.device)
+        return chunk_size(batch_size, lambda: self.copy_bytes(tail=True), self.x.device,
+                          cpu_cap=False)
+
+    def score_activations(self, copies: torch.Tensor, i: int, batch_size: int | None = None) -> torch.Tensor:
+        """Scores ``(B, K)`` of sample ``i`` with its feature map replaced by ``copies (B, C, *s)``.
+
+        Fast path (used when the network allows it): the network runs on sample
+        ``i`` alone and the feature layer's output is replaced by the batch of
+        copies, so only the layers after it run on the copies. Networks whose tail
+        reads the batch size from the input (EfficientNet-Lite's ``x.view(bs, -1)``)
+        break this: the first call therefore adds one unchanged copy and keeps the
+        path only if the output has one row per copy and that copy reproduces the
+        original score (memoised). Otherwise each copy runs the whole network, in
+        chunks of ``batch_size`` (or what fits the budget).
+        """
+        fast = self._memo.get("fast")
+        if fast is not False:
+            s, ok = self._tail_scores(copies, i, fast is None)
+            if fast is None:
+                self._memo["fast"] = ok
+            if ok:
+                return s
+        step = chunk_size(batch_size, lambda: self.copy_bytes(tail=False), self.x.device)
+        return torch.cat([self._full_scores(copies[j:j + step], i) for j in range(0, len(copies), step)])
+
+    def _layer_raw(self, i: int, b: int) -> torch.Tensor:
+        raw = self.cap.raw[self.index].detach()
+        return raw[i:i + 1].expand(b, *raw.shape[1:])
+
+    def _tail_scores(self, copies: torch.Tensor, i: int, check: bool):
+        reading = self.cap.plan.layers[self.index].reading
+        if check:
+            copies = torch.cat([self.cap.acts[self.index][i:i + 1], copies])
+        b = copies.shape[0]
+        rows = torch.full((b,), i, device=copies.device)
+        raw = reading.from_ncs(copies, self._layer_raw(i, b))
+        try:
+            y = self.output_of(self.x[i:i + 1], replace=lambda o: raw, rows=rows[:1])
+            if isinstance(y, torch.Tensor) and y.shape[0] != b:
+                raise GradattrError(f"net: expected an output with one row per copy ({b}) when only "
+                                    f"the layers after the feature layer run on the copies, got "
+                                    f"{y.shape[0]} rows; the network reads its batch size from its input")
+            s = self.target.scores(y, b, rows).detach()
+        except (RuntimeError, GradattrError):
+            if check:
+                return None, False
+            raise
+        if check:
+            y_i = self.scores[i]
+            scale = float(y_i.abs().max().clamp(min=1))
+            if not torch.allclose(s[0], y_i.to(s.dtype), rtol=1e-4, atol=1e-4 * scale):
+                return None, False
+            s = s[1:]
+        return s, True
+
+    def _full_scores(self, copies: torch.Tensor, i: int) -> torch.Tensor:
+        b = copies.shape[0]
+        reading = self.cap.plan.layers[self.index].reading
+        rows = torch.full((b,), i, device=copies.device)
+        x = self.x[i:i + 1].expand(b, *self.x.shape[1:]).contiguous()
+        y = self.output_of(x, replace=lambda o: reading.from_ncs(copies.to(o.dtype), o), rows=rows)
+        return self.target.scores(y, b, rows).detach()
+
+    # -- memory per copy --------------------------------------------------------------------
+    def masked_bytes(self) -> int:
+        """Bytes one masked input holds while it is built and scored: the input-sized tensors
+        and one-channel masks it is built from, and the network's forward pass of it."""
+        x = self.x[0]
+        mask = x[0].numel() * max(x.element_size(), 4)
+        forward = self.forward_bytes(tail=False)
+        if forward is None:
+            return _nbytes(x) * FORWARD_FACTOR
+        return MASKED_INPUTS * _nbytes(x) + MASKS * mask + FORWARD_MARGIN * forward
+
+    def copy_bytes(self, tail: bool) -> int:
+        """Bytes one modified feature map holds (:meth:`score_activations`): its copies on the
+        way in and the forward pass of the layers after the feature layer (``tail``) or of the
+        whole network on the sample it belongs to."""
+        feature = _nbytes(self.cap.acts[self.index][0]) * FEATURE_COPIES
+        forward = self.forward_bytes(tail)
+        if forward is None:
+            return _nbytes(self.x[0]) * FORWARD_FACTOR + feature
+        return feature + (0 if tail else _nbytes(self.x[0])) + FORWARD_MARGIN * forward
+
+    def point_bytes(self, point: torch.Tensor) -> int:
+        """Bytes one point ``point (*element)`` of a gradient pass holds: the forward pass's
+        outputs and their gradients, the point itself and its gradient."""
+        size = point.numel() * point.element_size()
+        forward = self.forward_bytes()
+        return 2 * FORWARD_MARGIN * forward + 2 * size if forward else FORWARD_FACTOR * size
+
+    def forward_bytes(self, tail: bool = False) -> int | None:
+        """The most bytes of module outputs alive at once in a forward pass of one sample.
+
+        Observed once per scorer (memoised), on the first sample without gradients: a hook on
+        every module records each output's storage with a weak reference, so what the network
+        has freed stops counting. ``tail=True`` counts from the feature layer's output on
+        (the layers that run on modified copies). ``None`` when the network refuses a
+        batch of one.
+        """
+        key = ("peak", tail)
+        if key not in self._memo:
+            try:
+                self._memo[key] = self._observe(tail)
+            except (RuntimeError, GradattrError):
+                self._memo[key] = None
+        return self._memo[key]
+
+    def _observe(self, tail: bool) -> int:
+        mine = thread_guard()
+        live: dict[int, tuple] = {}
+        state = {"peak": 0, "on": not tail, "calls": 0}
+        lp = self.cap.plan.layers[self.index] if tail else None
+        feature = module_named(self.net, lp.name) if tail else None
+
+        def hook(m: nn.Module, i, o):
+            if not mine():
+                return None
+            if m is feature:
+                state["calls"] += 1
+                if state["calls"] - 1 == lp.call:
+                    state["on"] = True
+                    live.clear()
+            if not state["on"]:
+                return None
+            for t in tensors_of(o):
+                st = t.untyped_storage()
+                key = st.data_ptr()
+                if key not in live or live[key][0]() is None:
+                    live[key] = (weakref.ref(t), st.nbytes())
+            for key in [k for k, (r, _) in live.items() if r() is None]:
+                del live[key]
+            state["peak"] = max(state["peak"], sum(b for _, b in live.values()))
+            return None
+
+        def install():
+            return [m.register_forward_hook(hook) for m in self.net.modules()]
+
+        with torch.inference_mode():
+            run_hooked(self.call, self.x[:1], install, grad=False)
+        return state["peak"]
+
+    # -- resizing and progress ----------------------------------------------------------------
+    def to_input(self, maps: torch.Tensor) -> torch.Tensor:
+        """``maps (N, K, *s)`` resized to the input's size with the call's upsampling."""
+        if self.upsampling == "none":
+            raise expected("upsampling", "'bicubic' or 'nearest' (this method needs the map at the "
+                           "input's resolution)", "'none'")
+        return resize.imresize(maps, tuple(self.x.shape[2:]), self.upsampling)
+
+    def progress(self, total: int, enabled: bool, desc: str) -> Progress:
+        return Progress(total, enabled, desc)
+
+
+__all__ = ["Scorer", "Progress", "chunk_size", "hooked_output", "MEMORY_BUDGET", "CPU_CHUNK",
+           "FORWARD_MARGIN", "FORWARD_FACTOR", "MASKED_INPUTS", "MASKS", "FEATURE_COPIES",
+           "CHANNELS_LAST"]
