@@ -148,17 +148,29 @@ def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.
     if needs_grad and torch.is_inference_mode_enabled():
         raise GradattrError(f"{name}: gradients are needed, but torch.inference_mode() is active; "
                             "call gradattr outside the inference_mode block")
+    t, as_numpy, out_device = _as_tensor(x, name, needs_grad)
+    shape = tuple(t.shape)
+    given, batched = _batch_first(t, net, input_format, name, shape)
+    # A private copy: the network may modify its input in place, and x must stay as given.
+    t = given.detach().to(device=device, dtype=dtype, copy=True)
+    _check_finite(given, t, name, shape, checks)
+    layout = Layout(batched=batched, numpy=as_numpy, device=out_device, spatial=tuple(t.shape[2:]))
+    return t, layout
+
+
+def _as_tensor(x, name: str, needs_grad: bool) -> tuple[torch.Tensor, bool, torch.device]:
+    """``x`` (a tensor or anything numpy reads) as ``(tensor, given as numpy, its device)``."""
     if isinstance(x, torch.Tensor):
-        as_numpy, out_device, t = False, x.device, x
-        if t.layout != torch.strided:
-            raise expected(name, "a dense (strided) tensor", f"a tensor with layout {t.layout}; "
+        if x.layout != torch.strided:
+            raise expected(name, "a dense (strided) tensor", f"a tensor with layout {x.layout}; "
                            "pass x.to_dense()")
-        if t.device.type == "meta":
+        if x.device.type == "meta":
             raise expected(name, "a tensor with data", "a tensor on the 'meta' device (shape only)")
-        if needs_grad and t.is_inference():
+        if needs_grad and x.is_inference():
             raise expected(name, "a normal tensor (gradients need autograd)",
                            "a tensor created under torch.inference_mode(); make it outside that "
                            "block, or pass x.clone() called outside it")
+        t, as_numpy, out_device = x, False, x.device
     elif isinstance(x, np.ndarray) or (hasattr(x, "__array__") and not isinstance(x, (str, bytes))):
         try:
             arr = np.asarray(x)
@@ -169,27 +181,26 @@ def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.
             raise expected(name, "a numeric array", f"an array of dtype {arr.dtype}")
         if arr.ndim == 0:
             raise expected(name, "an array with channel and spatial/time dimensions", "shape ()")
-        as_numpy, out_device, t = True, torch.device("cpu"), torch.from_numpy(np.ascontiguousarray(arr))
+        t, as_numpy, out_device = torch.from_numpy(np.ascontiguousarray(arr)), True, torch.device("cpu")
     else:
         raise expected(name, "a torch.Tensor or a numpy array", type(x).__name__)
     if t.dtype == torch.bool or t.is_complex():
         raise expected(name, "a real-valued array", f"dtype {t.dtype}")
-    shape = tuple(t.shape)
+    return t, as_numpy, out_device
 
+
+def _batch_first(t: torch.Tensor, net: nn.Module, input_format, name: str, shape: tuple):
+    """``(t as (N, C, *S), batched)``: by ``input_format``, else by the network's rank."""
     if input_format is not None:
         order = _parse_format(input_format, t.ndim)
         batched = "B" in input_format.upper()
         t = t.permute(order)
     else:
         rank = infer_rank(net)
-        if rank is not None and t.ndim == rank + 2:
-            batched = True
-        elif rank is not None and t.ndim == rank + 1:
-            batched = False
-        elif rank is None and t.ndim == 5:
-            batched = True
-        elif rank is None and t.ndim == 2:
-            batched = False
+        if rank is not None and t.ndim in (rank + 1, rank + 2):
+            batched = t.ndim == rank + 2
+        elif rank is None and t.ndim in (2, 5):
+            batched = t.ndim == 5
         else:
             want = (f"(N, C, {', '.join('S' * rank)}) or (C, {', '.join('S' * rank)}) for a network whose "
                     f"first layers are {rank}-D" if rank else "an input whose layout can be read from the "
@@ -205,24 +216,26 @@ def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.
         raise expected(name, "at least one sample", f"shape {shape} (an empty batch)")
     if 0 in t.shape[1:]:
         raise expected(name, "non-empty channel and spatial/time dimensions", f"shape {shape}")
-    given = t
-    # A private copy: the network may modify its input in place, and x must stay as given.
-    t = t.detach().to(device=device, dtype=dtype, copy=True)
+    return t, batched
+
+
+def _check_finite(given: torch.Tensor, t: torch.Tensor, name: str, shape: tuple, checks: list | None) -> None:
+    """NaN or Inf in ``given``, or values its copy ``t`` in the network's dtype cannot hold:
+    refused now, or (with a ``checks`` list) when the checks are read."""
+    dtype = t.dtype
 
     def check():
         if given.is_floating_point() and not torch.isfinite(given).all():
             raise expected(name, "finite values", _describe(given, shape))
         if not torch.isfinite(given.to(dtype)).all():  # finite as given, too large for the network's dtype
             big = float(given.detach().abs().max())
-            raise expected(name, f"values that fit in the network's {str(dtype).replace('torch.', '')} "
-                           f"(|x| <= {torch.finfo(dtype).max:.4g})",
-                           f"a maximum |x| of {big:.4g}, which overflows {str(dtype).replace('torch.', '')}")
+            kind = str(dtype).replace("torch.", "")
+            raise expected(name, f"values that fit in the network's {kind} (|x| <= {torch.finfo(dtype).max:.4g})",
+                           f"a maximum |x| of {big:.4g}, which overflows {kind}")
     if checks is None:
         check()
     else:  # NaN or Inf as given or after the cast makes the sum NaN or Inf
         checks.append((t.sum(dtype=torch.float32 if t.element_size() < 4 else None), check))
-    layout = Layout(batched=batched, numpy=as_numpy, device=out_device, spatial=tuple(t.shape[2:]))
-    return t, layout
 
 
 def _check_channels_last(t: torch.Tensor, net: nn.Module, batched: bool, shape: tuple, name: str) -> None:
@@ -284,7 +297,12 @@ def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.devic
         t = item.detach().to(device=device, copy=True)
         layout = Layout(batched=True, numpy=isinstance(x[explain], np.ndarray), device=item.device,
                         spatial=tuple(t.shape[2:]))
-    n = t.shape[0]
+    return t, layout, _other_inputs(x, explain, t.shape[0], device)
+
+
+def _other_inputs(x: tuple, explain: int, n: int, device: torch.device) -> tuple:
+    """Private copies on ``device`` of the inputs of ``x`` other than ``explain`` (``None`` there);
+    tensors and arrays must be batch first, with ``n`` rows; anything else is passed as given."""
     inputs = []
     for i, v in enumerate(x):
         if i == explain:
@@ -298,7 +316,7 @@ def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.devic
                                "(every input of a tuple x is batch first)", f"shape {tuple(v.shape)}")
             v = v.detach().to(device=device, copy=True)
         inputs.append(v)
-    return t, layout, tuple(inputs)
+    return tuple(inputs)
 
 
 def prepare_kwargs(forward_kwargs, device: torch.device) -> dict:
