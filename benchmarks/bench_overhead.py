@@ -7,13 +7,17 @@ round after round, in one process, and the table gives each one's median time an
 ratio to the hand-written call (forward hook, ``autograd.grad``, channel mean, ReLU,
 ``interpolate``). The load average is printed at the start and the end.
 
-Usage: ``python benchmarks/bench_overhead.py [--rounds 300] [--device cpu|cuda] [--threads 1]``.
+``--load`` runs a second process that keeps one core busy (a one-thread matmul loop)
+while the rounds run: the case of a shared machine.
+
+Usage: ``python benchmarks/bench_overhead.py [--rounds 300] [--device cpu|cuda] [--threads 1] [--load]``.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -117,12 +121,30 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=300)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--load", action="store_true", help="a second process keeps one core busy")
+    p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     args = p.parse_args(argv)
+    busy = None
+    if args.load:
+        busy = subprocess.Popen([sys.executable, "-c", "import torch; torch.set_num_threads(1); "
+                                 "a = torch.randn(512, 512)\nwhile True: a @ a"])
+        time.sleep(2)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"load average at start: {os.getloadavg()}; torch {torch.__version__}, device {device}, "
-          f"{args.threads} thread(s), {args.rounds} rounds, median per call")
-    for case, (make, shape, layer) in CASES.items():
+          f"{args.threads} thread(s), {args.rounds} rounds, median per call"
+          f"{', a second process busy on one core' if busy else ''}")
+    try:
+        run_cases(args, device)
+    finally:
+        if busy is not None:
+            busy.kill()
+    print(f"\nload average at end: {os.getloadavg()}")
+
+
+def run_cases(args, device):
+    for case in args.cases:
+        make, shape, layer = CASES[case]
         torch.manual_seed(0)
         net = make().eval().to(device)
         x = torch.randn(shape, device=device)
@@ -130,8 +152,7 @@ def main(argv=None):
         ref = med["hand-written Grad-CAM"]
         print(f"\n{case}\n| call | median (ms) | vs hand-written |\n|---|---:|---:|")
         for k, v in med.items():
-            print(f"| {k} | {v * 1e3:.3f} | {v / ref:.2f}x |")
-    print(f"\nload average at end: {os.getloadavg()}")
+            print(f"| {k} | {v * 1e3:.3f} | {v / ref:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def grad_cam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
     >>> grad_cam_weights(torch.ones(1, 2, 3), g).tolist()
     [[[1.0, -3.0]]]
     """
-    return reduce(grads, "n k c ... -> n k c", "mean")
+    return grads.flatten(3).mean(-1)  # the spatial mean, rank-generic
 
 
 register(Method(
