@@ -151,3 +151,20 @@ def test_borrowing_skips_no_module_and_restores_written_buffers():
     assert torch.equal(gradattr.grad_cam(net, x, 1, feature_layer="2"), want)  # dropout was off
     assert float(net[3].calls) == 0 and torch.equal(net[1].running_mean, stats)
     assert all(m.training for m in net.modules())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("upsampling", ["bicubic", "nearest"])
+def test_no_host_synchronisation_on_a_gpu(upsampling):
+    """With torch's sync debug mode set to "error", a Grad-CAM call on a known layer runs
+    through: its one read (the checks and the maps' peaks together) is the only sync."""
+    net, x = tiny().cuda(), torch.randn(2, 3, 16, 16, device="cuda")
+    want = gradattr.grad_cam(net, x, 1, feature_layer="3", upsampling=upsampling)  # warm: caches on the GPU
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        got = gradattr.grad_cam(net, x, 1, feature_layer="3", upsampling=upsampling)
+        ex = gradattr.explainer(net, "grad_cam", feature_layer="3", upsampling=upsampling)
+        again = ex(x, 1)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.equal(got, want) and torch.equal(again, want)
