@@ -1,0 +1,102 @@
+"""The package's shape, read from its source: no import cycle, no private names borrowed
+across modules, no function over 60 lines, nothing bound through ``inspect.signature``."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "gradattr"
+FILES = sorted(PACKAGE.rglob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _resolve(path: Path, node: ast.ImportFrom) -> str:
+    """The absolute module an ``from ... import`` names."""
+    if node.level == 0:
+        return node.module or ""
+    base = _module_name(path).split(".")
+    if path.name != "__init__.py":
+        base = base[:-1]
+    base = base[:len(base) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The gradattr modules ``path`` imports when it is imported (module level, not in functions)."""
+    modules = {_module_name(p) for p in FILES}
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom):
+            target = _resolve(path, node)
+            for alias in node.names:  # "from . import methods" imports a module
+                sub = f"{target}.{alias.name}"
+                out.add(sub if sub in modules else target)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+    return {m for m in out if m in modules and m != _module_name(path)}
+
+
+def test_no_import_cycle():
+    graph = {_module_name(p): _top_level_imports(p) for p in FILES}
+    # a package's __init__ imports its parts; a part importing a sibling through the package
+    # is not a cycle of the code: drop the edges into package __init__s
+    packages = {_module_name(p) for p in FILES if p.name == "__init__.py"}
+    graph = {m: {d for d in deps if d not in packages} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+    cycles = []
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                cycles.append(stack[stack.index(d):] + [d])
+            elif d not in state:
+                visit(d, stack + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, cycles
+    assert len(graph) > 30 and sum(map(len, graph.values())) > 60  # the walk saw the package
+
+
+def test_no_private_name_crosses_a_module():
+    found = []
+    for path in FILES:
+        tree = ast.parse(path.read_text())
+        imported = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("gradattr")):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        found.append(f"{path.name}:{node.lineno} from {_resolve(path, node)} import {alias.name}")
+                    imported[alias.asname or alias.name] = alias.name
+        for node in ast.walk(tree):  # module._private of an imported gradattr module
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in imported and node.attr.startswith("_") and not node.attr.startswith("__")):
+                found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
+    assert not found, found
+
+
+def test_no_function_over_60_lines():
+    long = []
+    for path in FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 60:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.name} ({n} lines)")
+    assert not long, long
+
+
+def test_nothing_is_bound_through_inspect_signature():
+    calls = [f"{p.name}:{node.lineno}" for p in FILES for node in ast.walk(ast.parse(p.read_text()))
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and node.func.attr == "signature" and isinstance(node.func.value, ast.Name)
+             and node.func.value.id == "inspect"]
+    assert not calls, calls
