@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import runfolder as rf
-from ..dataset import _CLI, _Context, _explain_dataset
+from ..dataset import CLI_WORDING, RunContext, run_explain_dataset
 from ..errors import GradattrError
 from ..loading import IMAGE_SUFFIXES, CliError, load_model, read_image
 from .common import MODEL_HELP, PROG, Parser, reporting_errors
@@ -62,10 +62,10 @@ def cli_explain_dataset(argv: list[str]) -> int:
         options["input_format"] = "BC" + "S" * (len(samples.shape) - 1)
         listing = _listing(args.input, files)
         describe = _cli_fingerprint(args, listing)
-        ctx = _Context(**_CLI, describe=describe, extra={_INPUTS: json.dumps(listing, indent=0).encode()},
-                       details={"FOLDER": lambda folder, old, new: _inputs_difference(folder, listing)})
-        report = _explain_dataset(net, loader, args.method, args.target, None, args.out_dir, args.overwrite,
-                                  args.progress, None, options, ctx)
+        ctx = RunContext(**CLI_WORDING, describe=describe, extra={_INPUTS: json.dumps(listing, indent=0).encode()},
+                         details={"FOLDER": lambda folder, old, new: _inputs_difference(folder, listing)})
+        report = run_explain_dataset(net, loader, args.method, args.target, None, args.out_dir, args.overwrite,
+                                     args.progress, None, options, ctx)
         print(f"{PROG}: {report}", file=sys.stderr)
         return 0
 
