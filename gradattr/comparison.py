@@ -363,6 +363,16 @@ def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Se
         >>> [row["method"] for row in t], t.columns
         (['grad_cam', 'random'], ['method', 'deletion', 'insertion', 'seconds'])
     """
+    methods, labels, metrics = _methods_and_metrics(methods, metrics)
+    metric_options = _checked_metric_options(metric_options)
+    common = dict(softmax=softmax, batch_size=batch_size, classes=classes, input_format=input_format,
+                  device=device, explain=explain, forward_kwargs=forward_kwargs)
+    return _scored(net, _batches(data, target, mask, box), methods, labels, metrics,
+                   _options_per_method(method_options, labels), common, metric_options)
+
+
+def _methods_and_metrics(methods, metrics) -> tuple[list, list[str], list[str]]:
+    """``compare``'s ``methods`` (one method or several) and ``metrics`` as lists, checked, and the labels."""
     if isinstance(methods, str) or callable(methods) or (
             isinstance(methods, tuple) and len(methods) == 2 and isinstance(methods[0], str)
             and callable(methods[1])):
@@ -379,6 +389,11 @@ def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Se
     labels = [_label(m) for m in methods]
     if len(set(labels)) != len(labels):
         raise expected("methods", "distinct method names", repr(labels))
+    return methods, labels, metrics
+
+
+def _checked_metric_options(metric_options: Mapping | None) -> dict:
+    """``compare``'s ``metric_options``, checked, with each grouped key also under its group's name."""
     metric_options = dict(metric_options or {})
     for k in metric_options:
         if k not in METRICS and k not in ("confidence",):
@@ -388,25 +403,32 @@ def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Se
     for k, grp in _OPTION_GROUP.items():
         if k in metric_options:
             metric_options.setdefault(grp, metric_options[k])
+    return metric_options
+
+
+def _options_per_method(method_options: Mapping | None, labels: list[str]) -> dict[str, dict]:
+    """``{label: options}``: the shared ``method_options`` under each method's own ``{label: {...}}``."""
     method_options = dict(method_options or {})
     per_method = {lab: dict(method_options[lab]) for lab in labels
                   if isinstance(method_options.get(lab), Mapping)}
     shared = {k: v for k, v in method_options.items() if k not in per_method}
-    common = dict(softmax=softmax, batch_size=batch_size, classes=classes, input_format=input_format,
-                  device=device, explain=explain, forward_kwargs=forward_kwargs)
+    return {lab: {**shared, **per_method.get(lab, {})} for lab in labels}
 
+
+def _scored(net, batches, methods, labels, metrics, options, common, metric_options) -> Table:
+    """Each method's maps on every batch, scored by every metric: the :class:`Table` of ``compare``."""
     values: dict[str, dict[str, list]] = {lab: {m: [] for m in metrics} for lab in labels}
     seconds = {lab: 0.0 for lab in labels}
     samples = 0
     gen = torch.Generator().manual_seed(0)
-    for x, tgt, bmask, bbox in _batches(data, target, mask, box):
+    for x, tgt, bmask, bbox in batches:
         needs_ref = [m for m in metrics if METRICS[m].needs == "reference"]
         if needs_ref and bmask is None and bbox is None:
             raise expected("mask", f"a mask or a box for metric {needs_ref[0]!r}", "neither")
         n, spatial, _, _ = _shape_info(net, x, tgt, common)
         for method, lab in zip(methods, labels):
             t0 = time.perf_counter()
-            maps = _maps(net, x, method, lab, tgt, {**shared, **per_method.get(lab, {})}, common, gen)
+            maps = _maps(net, x, method, lab, tgt, options[lab], common, gen)
             seconds[lab] += time.perf_counter() - t0
             ctx = _Context(net, x, maps, tgt, common, metric_options, bmask, bbox, n, spatial)
             for m in metrics:

@@ -11,6 +11,51 @@ Under ``torch.distributed`` (``torchrun``) every rank explains its share of the
 batches and writes its own shards; :func:`load_maps` reads any finished output
 folder back in data-set order, and re-running into the same folder resumes.
 ``gradattr explain-dataset`` (:mod:`gradattr.cli.explain_dataset`) is the command line.
+
+What :func:`explain_dataset` does in more detail:
+
+Several inputs: the first element of a batch may be a tuple or list of the network's
+inputs, each batch first, run as ``net(*x)`` (a ``DataLoader`` over items
+``((image, question_ids), label)`` yields ``[[images, ids], labels]``); a
+batch without labels is then ``((image, question_ids),)``, since a bare
+``(image, ids)`` reads as ``(x, y)``. The maps explain the input
+``explain=`` names (an option, default 0), one array per batch as for one
+input; keyword inputs the same for every batch go in ``forward_kwargs=``
+(batched tensors in it must match every batch's size); a dict inside a
+batch is refused.
+
+Several processes: under an initialised ``torch.distributed`` process group
+(or ``torchrun``'s environment, for which a gloo (CPU) or nccl (GPU) group is
+made and released here), each rank explains its share and each sample is
+explained once. A ``DataLoader`` over a map-style data set (``shuffle=False``)
+is split by batch like ``DistributedSampler`` without its padding: rank ``r``
+loads and explains batches ``r, r + W, r + 2W, ...`` only. Any other iterable is
+read by every rank and split by batch index the same way. Each rank writes its
+own shards and ``manifest-rankNNN.jsonl`` (shard -> sample indices, size, sha256);
+after a barrier rank 0 writes ``index.json``. No maps pass between processes. A
+``DistributedDataParallel`` model is explained through its ``.module``.
+
+The folder: ``out_dir`` must be new, empty, or made by an earlier run (it holds
+gradattr's marker ``.gradattr-run.json``); a folder holding anything else is
+refused, ``overwrite=True`` included. Each rank holds an exclusive lock
+(``fcntl.flock`` on ``.gradattr-lock-rankNNN``) for the whole run, so a second
+run into the same folder is refused while the first is alive.
+
+Resume: a shard is written under a unique temporary name, renamed when complete
+and then recorded in the manifest with its size and sha256, so re-running into
+the same ``out_dir`` skips the recorded shards that are still intact and computes
+the rest (a shard that is missing, truncated or altered is computed again). The
+run's fingerprint, kept in the marker, must be the same: the model's class and a
+sha256 of its parameters and buffers, the method, ``target``, every option, and
+the data: for a map-style ``DataLoader`` the data set's class (and its
+``transform``'s repr), its length, the batch size, the order of the samples and a
+hash of three samples (the first, middle and last, as the data set returns them);
+for any other iterable its type, its length when it has one and a hash of the
+first batch, and each batch's first sample is checked again when it is read.
+Code is not hashed: a callable (a ``transform``, a ``collate_fn``, a method or an
+option) is known by its qualified name, and what it does only through the sample
+hashes. A run that differs is refused with what differs; ``overwrite=True``
+deletes the files the earlier run wrote (only those) and starts again.
 """
 from __future__ import annotations
 
@@ -103,56 +148,16 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
     converted to a float32 numpy array on the CPU, given to ``on_batch`` and/or saved as
     ``out_dir/maps_00000.npy``, ``maps_00001.npy``, ... (one shard per batch,
     numbered by the batch's place in the whole stream), and then released.
-    Nothing is accumulated, so memory stays that of one batch;
-    :func:`load_maps` reads a finished ``out_dir`` back as one array.
-
-    Several processes: under an initialised ``torch.distributed`` process group
-    (or ``torchrun``'s environment, for which a gloo (CPU) or nccl (GPU) group is
-    made and released here), each rank explains its share and each sample is
-    explained once. A ``DataLoader`` over a map-style data set (``shuffle=False``)
-    is split by batch like ``DistributedSampler`` without its padding: rank ``r``
-    loads and explains batches ``r, r + W, r + 2W, ...`` only. Any other iterable is
-    read by every rank and split by batch index the same way. Each rank writes its
-    own shards and ``manifest-rankNNN.jsonl`` (shard -> sample indices, size, sha256);
-    after a barrier rank 0 writes ``index.json``. No maps pass between processes. A
-    ``DistributedDataParallel`` model is explained through its ``.module``.
-
-    The folder: ``out_dir`` must be new, empty, or made by an earlier run (it holds
-    gradattr's marker ``.gradattr-run.json``); a folder holding anything else is
-    refused, ``overwrite=True`` included. Each rank holds an exclusive lock
-    (``fcntl.flock`` on ``.gradattr-lock-rankNNN``) for the whole run, so a second
-    run into the same folder is refused while the first is alive.
-
-    Resume: a shard is written under a unique temporary name, renamed when complete
-    and then recorded in the manifest with its size and sha256, so re-running into
-    the same ``out_dir`` skips the recorded shards that are still intact and computes
-    the rest (a shard that is missing, truncated or altered is computed again). The
-    run's fingerprint, kept in the marker, must be the same: the model's class and a
-    sha256 of its parameters and buffers, the method, ``target``, every option, and
-    the data: for a map-style ``DataLoader`` the data set's class (and its
-    ``transform``'s repr), its length, the batch size, the order of the samples and a
-    hash of three samples (the first, middle and last, as the data set returns them);
-    for any other iterable its type, its length when it has one and a hash of the
-    first batch, and each batch's first sample is checked again when it is read.
-    Code is not hashed: a callable (a ``transform``, a ``collate_fn``, a method or an
-    option) is known by its qualified name, and what it does only through the sample
-    hashes. A run that differs is refused with what differs; ``overwrite=True``
-    deletes the files the earlier run wrote (only those) and starts again.
+    Nothing is accumulated, so memory stays that of one batch; :func:`load_maps` reads a
+    finished ``out_dir`` back as one array. Several inputs, several processes (``torchrun``),
+    the output folder and resuming: see the module's documentation (:mod:`gradattr.dataset`).
 
     Args:
         net: the network, as for any gradattr method (left exactly as found).
         batches: any iterable of batches: tensors or numpy arrays ``(B, C, *spatial)``,
-            or tuples/lists whose first element is that and whose second is the
-            labels ``y`` (what a ``DataLoader`` over a labelled data set yields).
-            Several inputs: the first element may be a tuple or list of the network's
-            inputs, each batch first, run as ``net(*x)`` (a ``DataLoader`` over items
-            ``((image, question_ids), label)`` yields ``[[images, ids], labels]``); a
-            batch without labels is then ``((image, question_ids),)``, since a bare
-            ``(image, ids)`` reads as ``(x, y)``. The maps explain the input
-            ``explain=`` names (an option, default 0), one array per batch as for one
-            input; keyword inputs the same for every batch go in ``forward_kwargs=``
-            (batched tensors in it must match every batch's size); a dict inside a
-            batch is refused.
+            or tuples/lists whose first element is that (or a tuple of the network's
+            inputs) and whose second is the labels ``y`` (what a ``DataLoader`` over a
+            labelled data set yields).
         method: a method name (``"grad_cam"``, ``"score_cam"``, ...) or a callable
             ``f(net, x, target=..., **options)`` returning the maps.
         target: ``None`` (each sample's top class), anything a method accepts as a
@@ -166,11 +171,10 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
             resuming it.
         progress: draw a progress bar with the throughput on stderr (rank 0 only).
         total: number of batches, for the bar, when ``batches`` has no ``len``.
-        **options: the method's own options (``feature_layer``, ``upsampling``,
-            ``device``, ``normalize``, ``explain``, ``forward_kwargs``, ...), checked by the
-            method on the first batch, before anything is written. ``explain`` is one
-            index: the maps of one input per run (for another input, run again into
-            another ``out_dir``).
+        **options: the method's own options (``feature_layer``, ``upsampling``, ``device``,
+            ``normalize``, ``explain``, ``forward_kwargs``, ...), checked by the method on the
+            first batch, before anything is written. ``explain`` is one index: the maps of
+            one input per run (for another input, run again into another ``out_dir``).
 
     Returns:
         A :class:`DatasetReport` with this process's ``samples``, ``batches``,
@@ -181,8 +185,7 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
         >>> import torch
         >>> from gradattr.dataset import explain_dataset
         >>> net = torch.nn.Sequential(torch.nn.Conv1d(2, 4, 3, padding=1), torch.nn.ReLU(),
-        ...                           torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(),
-        ...                           torch.nn.Linear(4, 3))
+        ...                           torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
         >>> data = [(torch.randn(5, 2, 16), torch.tensor([0, 1, 2, 0, 1])),
         ...         (torch.randn(3, 2, 16), torch.tensor([2, 2, 0]))]
         >>> shapes = []
@@ -191,13 +194,18 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
         >>> shapes, report.samples, report.batches
         ([(5, 16), (3, 16)], 8, 2)
     """
-    return _explain_dataset(net, batches, method, target, on_batch, out_dir, overwrite, progress, total,
-                            options, _Context())
+    return run_explain_dataset(net, batches, method, target, on_batch, out_dir, overwrite, progress, total,
+                               options, RunContext())
 
 
 @dataclass(frozen=True)
-class _Context:
-    """How the caller spells things, and what the command line adds to a run (nothing for the API)."""
+class RunContext:
+    """How the caller spells things, and what the command line adds to a run (nothing for the API).
+
+    :func:`explain_dataset` runs with the defaults; ``gradattr explain-dataset``
+    (:mod:`gradattr.cli.explain_dataset`) passes ``RunContext(**CLI_WORDING, ...)`` with its own
+    fingerprint (``describe``), accounts of differences (``details``) and files (``extra``).
+    """
 
     out_dir: str = "out_dir"
     overwrite: str = "overwrite=True"
@@ -210,11 +218,14 @@ class _Context:
     none: str = "None"  # how a missing value is shown in a difference
 
 
-_CLI = dict(out_dir="--out-dir", overwrite="--overwrite", none="(not given)")
+#: :class:`RunContext`'s spellings for the command line (its arguments instead of the API's keywords).
+CLI_WORDING = dict(out_dir="--out-dir", overwrite="--overwrite", none="(not given)")
 
 
-def _explain_dataset(net, batches, method, target, on_batch, out_dir, overwrite, progress, total, options,
-                     ctx: _Context) -> DatasetReport:
+def run_explain_dataset(net, batches, method, target, on_batch, out_dir, overwrite, progress, total,
+                        options: dict, ctx: RunContext) -> DatasetReport:
+    """:func:`explain_dataset` with its arguments positional (``options`` a dict) and ``ctx`` saying
+    how the caller spells them and what it adds to the run (the command line's fingerprint and files)."""
     explain, name = _resolve_method(method, options)
     if on_batch is not None and not callable(on_batch):
         raise expected("on_batch", "a callable taking a BatchMaps, or None", type(on_batch).__name__)
@@ -241,21 +252,14 @@ def _explain_dataset(net, batches, method, target, on_batch, out_dir, overwrite,
 
 
 def _run(net, batches, explain, name, target, on_batch, folder, overwrite, progress, total, options,
-         rank, world, ctx: _Context) -> DatasetReport:
+         rank, world, ctx: RunContext) -> DatasetReport:
     use_labels = isinstance(target, str) and target == LABEL
     source = _source(batches, world, folder is not None and ctx.describe is None)
     shards = None
     try:
         if folder is not None:
-            fingerprint: dict[str, object] = {"model": _model_digest(net)}
-            if ctx.describe is not None:
-                fingerprint.update(ctx.describe)
-            else:
-                fingerprint.update(method=name, target=_stable(target, net))
-                for k, v in sorted(options.items()):
-                    fingerprint[k if k not in fingerprint else f"option {k}"] = _stable(v, net)
-                fingerprint.update(source.description)
-            shards = _Shards(folder, rank, world, fingerprint, overwrite, ctx)
+            shards = _Shards(folder, rank, world, _fingerprint(net, name, target, options, source, ctx),
+                             overwrite, ctx)
         plan = _plan(source, rank, world, shards)
         if total is None:
             total = plan.total
@@ -269,11 +273,7 @@ def _run(net, batches, explain, name, target, on_batch, folder, overwrite, progr
                 continue
             x, y = _split(batch, index)
             b = _rows(x)
-            if indices is None:
-                indices = range(start, start + b)
-            elif len(indices) != b:
-                raise GradattrError(f"batches: expected batch {index} to hold the {len(indices)} samples "
-                                    f"its sampler chose, got {b}")
+            indices = _batch_indices(indices, index, start, b)
             if index % world != rank:
                 continue
             first = _digest_tree(_first(x))[:16] if shards is not None else None
@@ -308,6 +308,30 @@ def _run(net, batches, explain, name, target, on_batch, folder, overwrite, progr
     return DatasetReport(method=name, samples=samples, batches=count, seconds=seconds, out_dir=folder,
                          skipped=skipped, rank=rank, world_size=world,
                          repaired=shards.repaired if shards is not None else 0)
+
+
+def _fingerprint(net, name: str, target, options: dict, source, ctx: RunContext) -> dict[str, object]:
+    """What a run's maps depend on: the model's digest and the method, target, options and data
+    (or, from the command line, its own account of its arguments)."""
+    fingerprint: dict[str, object] = {"model": _model_digest(net)}
+    if ctx.describe is not None:
+        fingerprint.update(ctx.describe)
+    else:
+        fingerprint.update(method=name, target=_stable(target, net))
+        for k, v in sorted(options.items()):
+            fingerprint[k if k not in fingerprint else f"option {k}"] = _stable(v, net)
+        fingerprint.update(source.description)
+    return fingerprint
+
+
+def _batch_indices(indices, index: int, start: int, b: int):
+    """The data-set indices of batch ``index``'s ``b`` samples: its sampler's, else their positions."""
+    if indices is None:
+        return range(start, start + b)
+    if len(indices) != b:
+        raise GradattrError(f"batches: expected batch {index} to hold the {len(indices)} samples "
+                            f"its sampler chose, got {b}")
+    return indices
 
 
 def load_maps(out_dir: str | Path, *, return_indices: bool = False):
@@ -630,7 +654,7 @@ _NOTES = {"samples": "the first, middle and last samples as the data set returns
           "sample order": "a shuffling DataLoader resumes only with the same seed"}
 
 
-def _differences(old: dict, new: dict, folder: Path, ctx: _Context) -> list[str]:
+def _differences(old: dict, new: dict, folder: Path, ctx: RunContext) -> list[str]:
     out = []
     for key in list(new) + [k for k in old if k not in new]:
         if old.get(key) != new.get(key):
@@ -644,7 +668,7 @@ def _differences(old: dict, new: dict, folder: Path, ctx: _Context) -> list[str]
 class _Shards:
     """One rank's writer: the folder's checks and lock, atomic shards, the manifest, the marker and the index."""
 
-    def __init__(self, folder: Path, rank: int, world: int, fingerprint: dict, overwrite: bool, ctx: _Context):
+    def __init__(self, folder: Path, rank: int, world: int, fingerprint: dict, overwrite: bool, ctx: RunContext):
         self.folder, self.rank, self.world, self.ctx = folder, rank, world, ctx
         self.lock: rf.Lock | None = None
         self.repaired = 0
@@ -775,7 +799,7 @@ class _Shards:
                 np.save(w, maps)
             os.replace(tmp, path)  # a shard exists complete or not at all
         except BaseException:
-            rf._unlink_quietly(tmp)
+            rf.unlink_quietly(tmp)
             raise
         rec = {"shard": index, "file": name, "start": start, "rows": int(maps.shape[0]),
                "shape": list(maps.shape), "size": w.size, "sha256": w.hash.hexdigest()}
@@ -1086,4 +1110,5 @@ class _Progress:
         self.stream.flush()
 
 
-__all__ = ["LABEL", "BatchMaps", "DatasetReport", "explain_dataset", "load_maps"]
+__all__ = ["LABEL", "BatchMaps", "DatasetReport", "explain_dataset", "load_maps", "RunContext",
+           "CLI_WORDING", "run_explain_dataset"]

@@ -76,6 +76,23 @@ def check_upsampling(name: str, value) -> str:
     return value.lower()
 
 
+def check_device(name: str, value):
+    """A device as :func:`gradattr.prep.resolve_device` reads it: ``"auto"``, ``"cpu"``,
+    ``"gpu"``/``"cuda"``, any name ``torch.device`` accepts (``"cuda:1"``) or a ``torch.device``,
+    one that computes (not ``meta``). Whether a GPU is there is checked when the call runs."""
+    if isinstance(value, str) and value.lower() in ("auto", "gpu", "cuda"):
+        return value
+    import torch
+
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise expected(name, "'auto', 'cpu', 'gpu'/'cuda' or a torch.device", repr(value)) from None
+    if dev.type == "meta":
+        raise expected(name, "a device that computes ('auto', 'cpu', 'cuda')", "'meta' (a device without data)")
+    return value
+
+
 def check_explain(name: str, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise expected(name, "the index (int >= 0) of the input in x to explain", repr(value))
@@ -111,7 +128,7 @@ SHARED: dict[str, Option] = {o.name: o for o in (
            "``\"none\"`` (the feature map's resolution).", check_upsampling),
     Option("device", "auto", "str | torch.device",
            "``\"auto\"`` (where the parameters are), ``\"cpu\"``, ``\"gpu\"``/``\"cuda\"`` or a "
-           "``torch.device``; a model moved for the call is moved back."),
+           "``torch.device``; a model moved for the call is moved back.", check_device),
     Option("classes", None, "Sequence | None", "labels for string targets."),
     Option("input_format", None, "str | None",
            "MATLAB dimension letters for MATLAB-ordered arrays: ``\"SSC\"`` (H x W x C image), "

@@ -150,9 +150,6 @@ def unlink_quietly(path: Path) -> None:
         pass
 
 
-_unlink_quietly = unlink_quietly  # the name dataset.py still uses
-
-
 class HashingWriter:
     """A write-only file object that counts and hashes (sha256) what passes through it."""
 

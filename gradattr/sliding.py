@@ -89,6 +89,18 @@ def sliding_window(method: str | Callable, net: torch.nn.Module, volume, roi_siz
         >>> gradattr.sliding_window("grad_cam", net, torch.randn(1, 40, 30), 16, target=1).shape
         torch.Size([40, 30])
     """
+    x, roi, unbatched = _volume_and_roi(volume, roi_size)
+    _check_window_options(overlap, mode, sw_batch_size)
+    explain = _resolve(method, method_options)
+    targets = _per_sample(target, x.shape[0])
+    out = _explained_windows(net, x, roi, window_starts(tuple(x.shape[2:]), roi, overlap),
+                             importance_map(roi, mode), explain, target, targets, sw_batch_size, method_options)
+    return out[0] if unbatched else out
+
+
+def _volume_and_roi(volume, roi_size) -> tuple[torch.Tensor, tuple[int, ...], bool]:
+    """``sliding_window``'s input as ``(N, C, *spatial)``, its window size per spatial dim, and
+    whether it came unbatched; both checked."""
     x = torch.as_tensor(np.asarray(volume)) if not isinstance(volume, torch.Tensor) else volume
     if x.ndim < 2 or x.ndim > 5 or not x.dtype.is_floating_point:
         raise expected("volume", "a float tensor or array (C, *spatial) or (N, C, *spatial) with 1 to 3 "
@@ -110,20 +122,25 @@ def sliding_window(method: str | Callable, net: torch.nn.Module, volume, roi_siz
         raise expected("roi_size", f"one window size per spatial dim of the input {tuple(spatial)} "
                        "(or one int for all), each between 1 and that dim",
                        f"{roi_size!r} for input shape {given}")
+    return x, roi, unbatched
+
+
+def _check_window_options(overlap, mode, sw_batch_size) -> None:
     if not isinstance(overlap, (int, float)) or isinstance(overlap, bool) or not 0 <= overlap < 1:
         raise expected("overlap", "a number in [0, 1)", repr(overlap))
     if mode not in ("gaussian", "constant"):
         raise expected("mode", "'gaussian' or 'constant'", repr(mode))
     if not isinstance(sw_batch_size, int) or isinstance(sw_batch_size, bool) or sw_batch_size < 1:
         raise expected("sw_batch_size", "a number of windows >= 1", repr(sw_batch_size))
-    explain = _resolve(method, method_options)
-    n = x.shape[0]
-    targets = _per_sample(target, n)
 
-    starts = window_starts(spatial, roi, overlap)
+
+def _explained_windows(net, x, roi, starts, weight, explain, target, targets, sw_batch_size,
+                       method_options) -> torch.Tensor:
+    """Every window of every sample explained, ``sw_batch_size`` at a time, and blended with
+    ``weight`` into ``(N, *extra, *spatial)`` (one window: the method's own map)."""
+    n, spatial = x.shape[0], tuple(x.shape[2:])
     jobs = [(i, s) for i in range(n) for s in starts]
     single = len(starts) == 1
-    weight = importance_map(roi, mode)
     out = norm = None
     for lo in range(0, len(jobs), sw_batch_size):
         chunk = jobs[lo:lo + sw_batch_size]
@@ -151,7 +168,7 @@ def sliding_window(method: str | Callable, net: torch.nn.Module, volume, roi_siz
                     norm[where] += weight
     if not single:
         out /= norm
-    return out[0] if unbatched else out
+    return out
 
 
 def _resolve(method, options: dict):

@@ -502,6 +502,38 @@ def test_error_messages(here, capsys):
 
 
 # ------------------------------------------------------------------------------ python -m gradattr.demo
+def test_method_options_are_checked_by_the_registry_before_the_model_loads(here, capsys):
+    """--upsampling and --device go through the registry's own validators (gradattr.registry.SHARED),
+    named as the command spells them, before the model is read: a missing model file is not reached."""
+    _, _, out = here
+    base = ["explain", "cat.png", "--model", "missing.pt2", "--save-map", out / "m.npy"]
+    err = error_of(base + ["--upsampling", "cubic"], capsys)
+    assert err == "gradattr: error: --upsampling: expected one of 'bicubic', 'nearest', 'none', got 'cubic'\n"
+    err = error_of(base + ["--device", "xpu9"], capsys)
+    assert err == ("gradattr: error: --device: expected 'auto', 'cpu', 'gpu'/'cuda' or a torch.device, "
+                   "got 'xpu9'\n")
+    err = error_of(base + ["--device", "meta"], capsys)
+    assert "--device: expected a device that computes" in err
+    # the registry's spelling is the API's: NONE is none, so a picture of it is refused as for none
+    err = error_of(["explain", "cat.png", "--model", "missing.pt2", "--out", out / "o.png",
+                    "--upsampling", "NONE"], capsys)
+    assert "--out: expected maps at the input's size to draw; drop --upsampling none" in err
+    assert "no such file 'missing.pt2'" in error_of(base + ["--upsampling", "Nearest"], capsys)
+    assert files_in(out) == []
+
+
+def test_method_option_arguments_take_the_registrys_defaults_and_modes(capsys):
+    from gradattr.registry import SHARED
+    from gradattr.resize import UPSAMPLING_MODES
+
+    args = cli.build_parser().parse_args(["explain", "x.png", "--model", "m.pt2"])
+    assert args.device == SHARED["device"].default == "auto" and args.upsampling is None
+    with pytest.raises(SystemExit):
+        cli.main(["explain", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"--upsampling MODE {', '.join(UPSAMPLING_MODES)}; default {SHARED['upsampling'].default}" in out
+
+
 def test_demo_class_names_are_in_the_network_order():
     pytest.importorskip("torchvision")
     from gradattr import demo

@@ -362,6 +362,28 @@ def test_cli_explain_dataset_folder_of_images_and_arrays(tmp_path, monkeypatch, 
     assert "FOLDER: expected a folder of images or .npy files, got 'nowhere'" in capsys.readouterr().err
 
 
+def test_cli_explain_dataset_checks_method_options_with_the_registry_first(tmp_path, monkeypatch, capsys):
+    """--upsampling and --device are checked by the registry's validators, named as the command
+    spells them, before the model is loaded (the missing model is not reached) or a file written."""
+    from PIL import Image
+
+    from gradattr.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "0.png")
+    base = ["explain-dataset", "imgs", "--model", "missing.pt2", "--out-dir", "maps"]
+    assert main(base + ["--upsampling", "cubic"]) == 1
+    assert capsys.readouterr().err == ("gradattr: error: --upsampling: expected one of 'bicubic', 'nearest', "
+                                       "'none', got 'cubic'\n")
+    assert main(base + ["--device", "xpu9"]) == 1
+    assert capsys.readouterr().err == ("gradattr: error: --device: expected 'auto', 'cpu', 'gpu'/'cuda' or a "
+                                       "torch.device, got 'xpu9'\n")
+    assert main(base + ["--upsampling", "None", "--device", "cpu"]) == 1
+    assert "--model: no such file 'missing.pt2'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs"]
+
+
 def test_cli_explain_dataset_reports_a_model_failure_in_one_line(tmp_path, monkeypatch, capsys):
     """A model that fails on the batch (an exported program traced for another batch size, say) gives
     one line naming the error and exit status 1, not a traceback."""

@@ -52,8 +52,8 @@ import argparse
 import sys
 
 from ..loading import MEMORY_FACTOR, CliError  # noqa: F401
-from .common import (DEFAULT_MAX_MEMORY, FORMAT_EXAMPLES, MODEL_HELP, PROG, model_args, Parser,  # noqa: F401
-                     package_version, drop_working_folder, reporting_errors)
+from .common import (DEFAULT_MAX_MEMORY, FORMAT_EXAMPLES, MODEL_HELP, PROG, UPSAMPLING_HELP,  # noqa: F401
+                     model_args, Parser, package_version, drop_working_folder, reporting_errors, shared_option)
 from .explain import cmd_explain
 from .layers import cmd_layers
 from .methods import cmd_methods
@@ -105,9 +105,9 @@ def _add_explain(sub) -> None:
     p.add_argument("--classes", metavar="FILE", help="text file of class names, one per line")
     p.add_argument("--feature-layer", metavar="NAME", help="layer name (see `gradattr layers`); default: "
                    "picked automatically as MATLAB does")
-    p.add_argument("--upsampling", metavar="MODE", help="bicubic (default, MATLAB imresize), nearest, or "
-                   "none (the feature map's size)")
-    p.add_argument("--device", default="auto", help="auto (default: where the model is), cpu or cuda")
+    p.add_argument("--upsampling", metavar="MODE", help=UPSAMPLING_HELP)
+    p.add_argument("--device", default=shared_option("device").default, help="auto (default: where the model "
+                   "is), cpu, cuda or cuda:K")
     p.add_argument("--size", metavar="H[,W]", help="resize images to H x W (one number: square); "
                    "default: no resize")
     p.add_argument("--crop", choices=("center", "none"), default="center", help="how --size is reached: "

@@ -7,6 +7,8 @@ import re
 import sys
 
 from ..errors import GradattrError
+from ..registry import SHARED, Option
+from ..resize import UPSAMPLING_MODES
 from ..loading import (
     CliError,
     one_line,
@@ -25,6 +27,11 @@ FORMAT_EXAMPLES = "'SSC' (H x W x C), 'SSCB', 'SSSC', 'CT', 'TC', 'CBT'"
 #: Names ``gradattr methods`` lists besides :func:`gradattr.list_methods`, with their line.
 EXTRA_METHODS = {"random": "uniform random maps: the chance level gradattr.compare scores every "
                            "method against (compare only)"}
+
+
+#: ``--upsampling``'s help: the modes and the default of the registry's ``upsampling`` option.
+UPSAMPLING_HELP = (f"{', '.join(UPSAMPLING_MODES)}; default {SHARED['upsampling'].default} (bicubic: MATLAB "
+                   "imresize; none: the feature map's size)")
 
 
 MODEL_HELP = (
@@ -65,6 +72,19 @@ def parse_bytes(text: str, argument: str) -> float:
     if m is None or float(m.group(1)) <= 0:
         raise CliError(f"{argument}: expected a size such as 2G, 500M or 1.5GB (or none), got {text!r}")
     return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+# -- method options -------------------------------------------------------------------
+def shared_option(name: str) -> Option:
+    """The registry's :class:`~gradattr.registry.Option` ``name`` (:data:`gradattr.registry.SHARED`):
+    its default and validator are the ones a command's argument uses."""
+    return SHARED[name]
+
+
+def check_option(name: str, value):
+    """``value`` of the method option ``name`` checked (and normalised) by the registry's own
+    validator, before anything is loaded; its error names the argument (``--name``)."""
+    return shared_option(name).check("--" + name.replace("_", "-"), value)
 
 
 # -- parser ---------------------------------------------------------------------------

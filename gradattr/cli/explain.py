@@ -25,7 +25,7 @@ from ..loading import (
     read_array,
     read_image,
 )
-from .common import EXTRA_METHODS, PROG, parse_bytes
+from .common import EXTRA_METHODS, PROG, check_option, parse_bytes
 
 
 def input_files(target: str) -> list[Path]:
@@ -246,8 +246,9 @@ def _check_arguments(args, methods: list[str]):
     if args.label is not None and classes is None:
         raise CliError("--label: expected --classes FILE (one class name per line) to look the label up in")
     target = args.target if args.target is not None else args.label
-    if args.upsampling is not None and args.upsampling not in ("bicubic", "nearest", "none"):
-        raise CliError(f"--upsampling: expected bicubic, nearest or none, got {args.upsampling!r}")
+    if args.upsampling is not None:
+        args.upsampling = check_option("upsampling", args.upsampling)
+    args.device = check_option("device", args.device)
     if args.out is not None and args.upsampling == "none":
         raise CliError("--out: expected maps at the input's size to draw; drop --upsampling none")
     args.limit = parse_bytes(args.max_memory, "--max-memory")

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from .. import runfolder as rf
-from ..dataset import _CLI, _Context, _explain_dataset
+from ..dataset import CLI_WORDING, RunContext, run_explain_dataset
 from ..errors import GradattrError
 from ..loading import IMAGE_SUFFIXES, CliError, load_model, read_image
-from .common import MODEL_HELP, PROG, Parser, reporting_errors
+from .common import MODEL_HELP, PROG, UPSAMPLING_HELP, Parser, check_option, reporting_errors, shared_option
 
 
 def cli_explain_dataset(argv: list[str]) -> int:
@@ -44,15 +44,12 @@ def cli_explain_dataset(argv: list[str]) -> int:
 
     def run() -> int:
         files = _input_files(args.input)
+        if args.upsampling is not None:  # the method's own check, before the model loads
+            check_option("upsampling", args.upsampling)
+        device = _rank_device(check_option("device", args.device))
         loaded = load_model(args.model, args.weights, trust=args.trust_model,
-                                random_weights=args.random_weights)
-        net = loaded.net
-        if args.device != "cpu" and torch.cuda.is_available():
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) \
-                if args.device in ("auto", "cuda") else torch.device(args.device)
-            net = net.to(device)
-        elif args.device not in ("auto", "cpu"):
-            raise CliError(f"--device: expected auto or cpu on this machine (no CUDA), got {args.device!r}")
+                            random_weights=args.random_weights)
+        net = loaded.net if device is None else loaded.net.to(device)
         samples = _Files(files, args)
         loader = torch.utils.data.DataLoader(samples, batch_size=args.batch_size, num_workers=args.workers)
         options = {k: v for k, v in (("feature_layer", args.feature_layer),
@@ -62,14 +59,27 @@ def cli_explain_dataset(argv: list[str]) -> int:
         options["input_format"] = "BC" + "S" * (len(samples.shape) - 1)
         listing = _listing(args.input, files)
         describe = _cli_fingerprint(args, listing)
-        ctx = _Context(**_CLI, describe=describe, extra={_INPUTS: json.dumps(listing, indent=0).encode()},
-                       details={"FOLDER": lambda folder, old, new: _inputs_difference(folder, listing)})
-        report = _explain_dataset(net, loader, args.method, args.target, None, args.out_dir, args.overwrite,
-                                  args.progress, None, options, ctx)
+        ctx = RunContext(**CLI_WORDING, describe=describe, extra={_INPUTS: json.dumps(listing, indent=0).encode()},
+                         details={"FOLDER": lambda folder, old, new: _inputs_difference(folder, listing)})
+        report = run_explain_dataset(net, loader, args.method, args.target, None, args.out_dir, args.overwrite,
+                                     args.progress, None, options, ctx)
         print(f"{PROG}: {report}", file=sys.stderr)
         return 0
 
     return reporting_errors(run, args.debug, "interrupted (run the same command again to resume)")
+
+
+def _rank_device(device: str) -> torch.device | None:
+    """Where this process's model goes for ``--device`` (checked by the registry's validator):
+    ``auto``, ``cuda`` or ``gpu``: the process's GPU (``LOCAL_RANK``) when CUDA is there, another
+    name as given; ``None``: the model stays where it is (CPU, or ``auto`` without CUDA)."""
+    name = device.lower()
+    if name != "cpu" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) \
+            if name in ("auto", "cuda", "gpu") else torch.device(device)
+    if name not in ("auto", "cpu"):
+        raise CliError(f"--device: expected auto or cpu on this machine (no CUDA), got {device!r}")
+    return None
 
 
 def _cli_parser():
@@ -96,12 +106,12 @@ def _cli_parser():
     p.add_argument("--target", type=int, metavar="CLASS", help="class to explain; default: each "
                    "sample's top class")
     p.add_argument("--feature-layer", metavar="NAME", help="layer name (see `gradattr layers`)")
-    p.add_argument("--upsampling", metavar="MODE", help="bicubic (default), nearest or none")
+    p.add_argument("--upsampling", metavar="MODE", help=UPSAMPLING_HELP)
     p.add_argument("--batch-size", type=int, default=16, metavar="B", help="samples per batch and per "
                    "shard (default 16)")
     p.add_argument("--workers", type=int, default=0, metavar="W", help="DataLoader worker processes per "
                    "rank (default 0)")
-    p.add_argument("--device", default="auto", help="auto (default: the process's GPU when CUDA is "
+    p.add_argument("--device", default=shared_option("device").default, help="auto (default: the process's GPU when CUDA is "
                    "there, else CPU), cpu, cuda or cuda:K")
     p.add_argument("--size", metavar="H[,W]", help="resize images to H x W")
     p.add_argument("--crop", choices=("center", "none"), default="center", help="how --size is reached: "
