@@ -887,6 +887,8 @@ def parse(argv=None):
                    help="comma-separated subset of: " + ", ".join(MODELS) + " (for the methods group; default "
                    "resnet18,resnet50,effnet-lite0,cnn3d,cnn1d, with --quick resnet18,cnn3d,cnn1d)")
     p.add_argument("--repeats", type=int, default=None, help="override the number of timed repeats")
+    p.add_argument("--batches", default=None, help="batch sizes of the methods group, e.g. 1 or 1,16 "
+                   "(default 1,16; --quick 1,8)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     return p.parse_args(argv)
 
@@ -911,7 +913,8 @@ def main(argv=None):
         sys.exit(f"--models: unknown model(s) {sorted(set(models) - set(MODELS))}")
     cfg = Config(quick=q, device=device, threads=torch.get_num_threads(),
                  size2d=96 if q else 224, size3d=24 if q else 64, length1d=2048 if q else 4096,
-                 batches=(1, 8) if q else (1, 16), sweep=(1, 8) if q else (1, 2, 4, 8, 16, 32, 64),
+                 batches=tuple(int(b) for b in args.batches.split(",")) if args.batches else (1, 8) if q else (1, 16),
+                 sweep=(1, 8) if q else (1, 2, 4, 8, 16, 32, 64),
                  repeats=args.repeats or (3 if q else 7), warmup=1 if q else 2,
                  slow_repeats=1 if q else 3, slow_seconds=1.0 if q else 10.0,
                  case_seconds=0.5 if q else 10.0, max_repeats=10 if q else 50,

@@ -9,7 +9,7 @@ feature layer, not whole passes: its floor replays the tail passes (recorded at 
 layer after ``layer4``: ``avgpool``) on the same feature maps.
 
 Usage: ``python benchmarks/bench_floor.py [--sizes 112 224] [--repeats 3] [--threads 2]
-[--device cpu|cuda] [--methods score_cam ...]``.
+[--device cpu|cuda] [--methods score_cam ...] [--model resnet18|resnet50]``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import gradattr  # noqa: E402
 
-METHODS = {  # name: options (ResNet-18, layer4: C = 512)
+METHODS = {  # name: options (layer4: C = 512 on ResNet-18, 2048 on ResNet-50)
     "score_cam": {},
     "ss_cam": dict(samples=4),
     "is_cam": dict(samples=4),
@@ -35,10 +35,10 @@ METHODS = {  # name: options (ResNet-18, layer4: C = 512)
 }
 
 
-def resnet18(device):
+def resnet(name, device):
     import torchvision
     torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=1000).eval().to(device)
+    return getattr(torchvision.models, name)(num_classes=1000).eval().to(device)
 
 
 def sync(device):
@@ -73,13 +73,16 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
+    p.add_argument("--model", default="resnet18", choices=["resnet18", "resnet50"])
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    net = resnet18(device)
+    net = resnet(args.model, device)
     print(f"load average at start: {os.getloadavg()}; torch {torch.__version__}, {device}, "
-          f"{args.threads} thread(s), ResNet-18 layer4 (C = 512), median of {args.repeats}")
-    print("\n| size | method | forward passes (images) | gradattr (s) | floor (s) | ratio |\n|---|---|---:|---:|---:|---:|")
+          f"{args.threads} thread(s), {args.model} layer4, median of {args.repeats}; 'x forward': "
+          "the method's time over one forward pass of the input")
+    print("\n| size | method | forward passes (images) | gradattr (s) | floor (s) | ratio | x forward |\n"
+          "|---|---|---:|---:|---:|---:|---:|")
     for size in args.sizes:
         torch.manual_seed(1)
         x = torch.randn(1, 3, size, size, device=device)
@@ -95,18 +98,20 @@ def main(argv=None):
             else:
                 shapes = record(net, call)
                 base = floor(net, shapes)
-            times = {"gradattr": [], "floor": []}
+            times = {"gradattr": [], "floor": [], "forward": []}
+            one = floor(net, [x])
             for _ in range(args.repeats):
-                for k, f in (("gradattr", call), ("floor", base)):
+                for k, f in (("gradattr", call), ("floor", base), ("forward", one)):
                     sync(device)
                     t0 = time.perf_counter()
                     f()
                     sync(device)
                     times[k].append(time.perf_counter() - t0)
             g, fl = statistics.median(times["gradattr"]), statistics.median(times["floor"])
+            fw = statistics.median(times["forward"])
             images = sum(s.shape[0] for s in shapes)
-            print(f"| {size} | {name} | {len(shapes)} ({images}) | {g:.2f} | {fl:.2f} | {g / fl:.2f} |",
-                  flush=True)
+            print(f"| {size} | {name} | {len(shapes)} ({images}) | {g:.2f} | {fl:.2f} | {g / fl:.2f} | "
+                  f"{g / fw:.1f} |", flush=True)
     print(f"\nload average at end: {os.getloadavg()}")
 
 
