@@ -473,6 +473,7 @@ def test_structured_outputs_and_their_errors():
         gradattr.grad_cam(net, x, 1, output_key="logits")
 
 
+@pytest.mark.slow  # a few seconds: CI's second step
 def test_hugging_face_model_output():
     transformers = pytest.importorskip("transformers")
     cfg = transformers.ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32,

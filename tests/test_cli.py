@@ -147,6 +147,7 @@ def titles(monkeypatch):
 
 
 # ------------------------------------------------------------------------------ explain
+@pytest.mark.slow  # a few seconds: CI's second step
 def test_explain_image_with_exported_program(here, capsys, titles):
     d, nets, out = here
     stdout, _ = ok(["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--mean", "0.5", "--std",
@@ -170,6 +171,7 @@ def test_explain_image_with_exported_program(here, capsys, titles):
     assert titles == [f"grad_cam: class 2 'espresso'\nscore {score:.4g} (p={p:.3f}), cat.png (center-cropped to 16x16)"]
 
 
+@pytest.mark.slow  # a few seconds: CI's second step
 def test_titles_tell_the_default_and_a_label_apart(here, capsys, titles):
     d, nets, out = here
     common = ["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--classes", "classes.txt"]

@@ -173,6 +173,7 @@ def test_method_grid_fast_methods(tmp_path):
         assert tuple(m.shape) == want and float(m.max()) > 0, name
 
 
+@pytest.mark.slow  # a few seconds: CI's second step
 def test_method_grid_leaves_out_the_slow_methods_unless_full(tmp_path, monkeypatch):
     import gradattr
 

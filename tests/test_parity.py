@@ -243,6 +243,7 @@ def test_pytorch_grad_cam_multi_layer_layer_cam(resnet, rx):
         assert np.corrcoef(f.ravel(), r.ravel())[0, 1] > 0.95
 
 
+@pytest.mark.slow  # a few seconds: CI's second step
 def test_pytorch_grad_cam_aug_smooth(resnet, rx):
     """The same six augmentations: gradattr's maps of the augmented inputs, post-processed, give
     pytorch-grad-cam's aug_smooth result."""

@@ -336,6 +336,7 @@ def test_bad_input_errors(call, match):
         call()
 
 
+@pytest.mark.slow  # a few seconds: CI's second step
 def test_path_in_a_missing_folder(tmp_path):
     target = tmp_path / "no" / "such" / "o.png"
     with pytest.raises(GradattrError, match=r"path: expected a file path in an existing folder"):

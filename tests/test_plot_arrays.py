@@ -187,6 +187,7 @@ def test_volume_array_shows_three_slices_through_the_maximum():
     assert (a[:, w:w + 2] == 0).all() and (a[d:, w + 2:] == 0).all()  # black gap and padding
 
 
+@pytest.mark.slow  # a few seconds: CI's second step
 def test_sequence_array_draws_the_importance(tmp_path):
     t = 40
     importance = np.zeros(t)

@@ -97,6 +97,7 @@ def cases(draw):
                 as_numpy=draw(st.booleans()), seed=draw(st.integers(0, 2**16)))
 
 
+@pytest.mark.slow  # a few seconds: CI's second step
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(cases())
 def test_grad_cam_matches_naive_reference(case):

@@ -3,10 +3,16 @@ across modules, no function over 60 lines, nothing bound through ``inspect.signa
 from __future__ import annotations
 
 import ast
+from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gradattr"
 FILES = sorted(PACKAGE.rglob("*.py"))
+
+
+@lru_cache(maxsize=None)
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text())
 
 
 def _module_name(path: Path) -> str:
@@ -29,7 +35,7 @@ def _top_level_imports(path: Path) -> set[str]:
     """The gradattr modules ``path`` imports when it is imported (module level, not in functions)."""
     modules = {_module_name(p) for p in FILES}
     out = set()
-    for node in ast.parse(path.read_text()).body:
+    for node in _tree(path).body:
         if isinstance(node, ast.ImportFrom):
             target = _resolve(path, node)
             for alias in node.names:  # "from . import methods" imports a module
@@ -68,7 +74,7 @@ def test_no_import_cycle():
 def test_no_private_name_crosses_a_module():
     found = []
     for path in FILES:
-        tree = ast.parse(path.read_text())
+        tree = _tree(path)
         imported = {}
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("gradattr")):
@@ -86,7 +92,7 @@ def test_no_private_name_crosses_a_module():
 def test_no_function_over_60_lines():
     long = []
     for path in FILES:
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 n = node.end_lineno - node.lineno + 1
                 if n > 60:
@@ -95,7 +101,7 @@ def test_no_function_over_60_lines():
 
 
 def test_nothing_is_bound_through_inspect_signature():
-    calls = [f"{p.name}:{node.lineno}" for p in FILES for node in ast.walk(ast.parse(p.read_text()))
+    calls = [f"{p.name}:{node.lineno}" for p in FILES for node in ast.walk(_tree(p))
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
              and node.func.attr == "signature" and isinstance(node.func.value, ast.Name)
              and node.func.value.id == "inspect"]

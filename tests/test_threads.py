@@ -71,6 +71,7 @@ def test_four_threads_on_one_model_in_train_mode_give_the_single_threaded_maps(m
     assert sum(len(m._forward_hooks) for m in net.modules()) == 0
 
 
+@pytest.mark.slow  # a few seconds: CI's second step
 def test_a_plain_forward_thread_beside_explanations_never_sees_their_hooks():
     net = bn_net().eval()
     x = torch.randn(3, 3, 8, 8)
