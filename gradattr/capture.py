@@ -682,17 +682,11 @@ def plan_from_options(net: nn.Module, feature_layer, reduction_layer, feature_la
 
     features = resolve_layers(net, feature_layer, "feature_layer") or []
     reduction = resolve_layer(net, reduction_layer, "reduction_layer")
-    reading = layouts.resolve_layout(feature_layout)
-    if feature_call is not None and (isinstance(feature_call, bool) or not isinstance(feature_call, int)):
-        from .errors import expected
-        raise expected("feature_call", "None or an int (0-based call index)", repr(feature_call))
-    if feature_call is not None and not features:
+    reading = layouts.resolve_layout(feature_layout)  # checked by its Option; here made a Reading
+    if feature_call is not None and not features:  # (feature_call itself is checked by its Option)
         from .errors import expected
         raise expected("feature_layer", "an explicit layer when feature_call is given", "None")
     call = None if feature_call is None or feature_call < 0 else feature_call
-    if feature_call is not None and feature_call < -1:
-        from .errors import expected
-        raise expected("feature_call", "a call index >= 0, or -1 for the last call", repr(feature_call))
     layers = tuple(LayerPlan(name, call, reading) for _, name in features)
     return Plan(layers, None if reduction is None else reduction[1])
 

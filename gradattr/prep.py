@@ -272,12 +272,9 @@ def _model_dtype(net: nn.Module) -> torch.dtype:
     return torch.float32 if first is None else first.dtype
 
 
-def check_autocast(value) -> torch.dtype | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or value.lower() not in AUTOCAST:
-        raise expected("autocast", "None, 'bf16' or 'fp16'", repr(value))
-    return AUTOCAST[value.lower()]
+def autocast_dtype(value) -> torch.dtype | None:
+    """The dtype of the ``autocast`` option (checked by its ``Option``): ``None``, ``"bf16"``..."""
+    return None if value is None else AUTOCAST[value.lower()]
 
 
 def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_format=None,
@@ -295,10 +292,7 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     check_model(net)
     dev = resolve_device(device, net)
     auto = isinstance(device, str) and device.lower() == "auto"
-    amp = check_autocast(autocast)
-    if output_key is not None and not isinstance(output_key, (str, int)):
-        raise expected("output_key", "None, a key (str) or an index (int) of the network's output",
-                       repr(output_key))
+    amp = autocast_dtype(autocast)
     if not several and isinstance(x, tuple):
         raise expected("x", "one tensor or array here (several inputs, a tuple x, are taken by the "
                        "attribution methods)", f"a {type(x).__name__} of {len(x)} items")

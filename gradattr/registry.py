@@ -93,6 +93,36 @@ def check_device(name: str, value):
     return value
 
 
+def check_feature_layout(name: str, value):
+    """``None``, a layout name (``"tokens:1"``...) or a callable; bound to a reading later."""
+    from .layouts import resolve_layout
+
+    resolve_layout(value)  # raises the error naming feature_layout
+    return value
+
+
+def check_feature_call(name: str, value):
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise expected(name, "None or an int (0-based call index)", repr(value))
+    if value is not None and value < -1:
+        raise expected(name, "a call index >= 0, or -1 for the last call", repr(value))
+    return value
+
+
+def check_output_key(name: str, value):
+    if value is not None and not isinstance(value, (str, int)):
+        raise expected(name, "None, a key (str) or an index (int) of the network's output", repr(value))
+    return value
+
+
+def check_autocast(name: str, value):
+    """``None``, ``"bf16"``/``"bfloat16"`` or ``"fp16"``/``"float16"`` (any case), as given."""
+    if value is not None and (not isinstance(value, str)
+                              or value.lower() not in ("bf16", "bfloat16", "fp16", "float16")):
+        raise expected(name, "None, 'bf16' or 'fp16'", repr(value))
+    return value
+
+
 def check_explain(name: str, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise expected(name, "the index (int >= 0) of the input in x to explain", repr(value))
@@ -137,13 +167,13 @@ SHARED: dict[str, Option] = {o.name: o for o in (
            "how to read the feature tensor: ``None`` (read it from its shape and the input), "
            "``\"channels_first\"``, ``\"channels_last\"``, ``\"tokens\"``, ``\"tokens:k\"`` (k "
            "leading extra tokens), ``\"time_major\"`` (N, T, C), ``\"time_first\"`` (T, N, C), or a callable ``tensor -> (N, C, *S)`` "
-           "(a pytorch-grad-cam ``reshape_transform``)."),
+           "(a pytorch-grad-cam ``reshape_transform``).", check_feature_layout),
     Option("feature_call", None, "int | None",
            "which call of a feature module the network runs several times (0-based; negative "
-           "counts from the end); ``None``: its last call."),
+           "counts from the end); ``None``: its last call.", check_feature_call),
     Option("output_key", None, "str | int | None",
            "the entry of a dict/tuple/ModelOutput network output to score; ``None``: "
-           "``\"logits\"``, ``\"out\"`` or the only tensor."),
+           "``\"logits\"``, ``\"out\"`` or the only tensor.", check_output_key),
     Option("return_layers", False, "bool",
            "also return the feature and reduction layer names (MATLAB's three outputs).", flag),
     Option("normalize", False, "bool", "min-max scale each map to [0, 1] (MATLAB's ``rescale``).", flag),
@@ -165,7 +195,7 @@ SHARED: dict[str, Option] = {o.name: o for o in (
            check_sess),
     Option("autocast", None, "str | None",
            "``\"bf16\"`` or ``\"fp16\"``: run the forward passes under ``torch.autocast``; the "
-           "map is accumulated in float32. ``None``: the model's own precision."),
+           "map is accumulated in float32. ``None``: the model's own precision.", check_autocast),
     Option("relu", True, "bool",
            "``False``: signed maps, the channel sum without the final ReLU (captum's "
            "``relu_attributions=False``); ``True`` (default): ``ReLU(sum_c ...)``.", flag),
