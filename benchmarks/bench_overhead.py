@@ -7,6 +7,7 @@ round after round, in one process, and the table gives each one's median time an
 ratio to the hand-written call (forward hook, ``autograd.grad``, channel mean, ReLU,
 ``interpolate``). The load average is printed at the start and the end.
 
+``--compiled`` adds a bare forward of ``torch.compile(net)`` and gradattr's call on it.
 ``--load`` runs a second process that keeps one core busy (a one-thread matmul loop)
 while the rounds run: the case of a shared machine.
 
@@ -68,7 +69,7 @@ def hand_written(net, layer, x, target):
     return F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False).detach()
 
 
-def contenders(net, x, layer_name, device):
+def contenders(net, x, layer_name, device, compiled=False):
     layer = dict(net.named_modules())[layer_name]
     out = {
         "bare forward": lambda: net(x),
@@ -88,14 +89,20 @@ def contenders(net, x, layer_name, device):
         try:
             from pytorch_grad_cam import GradCAM
             from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-            pgc = GradCAM(net, [layer])
-            out["pytorch-grad-cam GradCAM"] = lambda: pgc(x.cpu() if device.type == "cpu" else x,
-                                                          [ClassifierOutputTarget(1)])
+            def pgc_call():  # its hooks stay on the model while the object lives: one per call, as
+                with GradCAM(net, [layer]) as pgc:  # its README writes it (else every other call pays them)
+                    return pgc(x.cpu() if device.type == "cpu" else x, [ClassifierOutputTarget(1)])
+            out["pytorch-grad-cam GradCAM"] = pgc_call
         except ImportError:
             pass
     if hasattr(gradattr, "explainer"):
         ex = gradattr.explainer(net, "grad_cam", feature_layer=layer_name, upsampling="nearest")
         out["gradattr.explainer"] = lambda: ex(x, 1)
+    if compiled:  # the same call on torch.compile(net): its hooks run eagerly (graph breaks there)
+        fast = torch.compile(net)
+        out["torch.compile(net): bare forward"] = lambda: fast(x)
+        out["torch.compile(net): gradattr explicit layer"] = lambda: gradattr.grad_cam(
+            fast, x, 1, feature_layer="_orig_mod." + layer_name, upsampling="nearest")
     return out
 
 
@@ -122,6 +129,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--load", action="store_true", help="a second process keeps one core busy")
+    p.add_argument("--compiled", action="store_true", help="also the calls on torch.compile(net)")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     args = p.parse_args(argv)
     busy = None
@@ -148,7 +156,7 @@ def run_cases(args, device):
         torch.manual_seed(0)
         net = make().eval().to(device)
         x = torch.randn(shape, device=device)
-        med = measure(contenders(net, x, layer, device), args.rounds, device)
+        med = measure(contenders(net, x, layer, device, args.compiled), args.rounds, device)
         ref = med["hand-written Grad-CAM"]
         print(f"\n{case}\n| call | median (ms) | vs hand-written |\n|---|---:|---:|")
         for k, v in med.items():
