@@ -47,6 +47,9 @@ import gradattr  # noqa: E402
 
 GRADIENT_METHODS = ["grad_cam", "grad_cam_plus_plus", "xgrad_cam", "hires_cam", "layer_cam"]
 PLAIN_METHODS = GRADIENT_METHODS + ["eigen_cam"]
+#: The line from which RESULTS.md holds the figures of the other scripts, kept when this one rewrites it.
+KEEP = "<!-- from here on: the other benchmark scripts' figures, written by hand; bench.py keeps them -->"
+
 PGC_CLASSES = {"grad_cam": "GradCAM", "grad_cam_plus_plus": "GradCAMPlusPlus", "xgrad_cam": "XGradCAM",
                "hires_cam": "HiResCAM", "layer_cam": "LayerCAM", "eigen_cam": "EigenCAM",
                "ablation_cam": "AblationCAM", "score_cam": "ScoreCAM"}
@@ -862,7 +865,11 @@ def write_report(cfg: Config, args, seconds: float, out: Path, info: dict):
     if SKIPPED:
         lines += ["## Skipped", ""] + [f"* {s}" for s in SKIPPED] + [""]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines))
+    kept = ""  # the hand-run section (bench_overhead, bench_floor, bench_attribution) stays as it is
+    if out.exists() and KEEP in out.read_text():
+        old = out.read_text()
+        kept = "\n" + old[old.index(KEEP):]
+    out.write_text("\n".join(lines) + kept)
 
 
 def group_by_case(mem: dict) -> dict:
