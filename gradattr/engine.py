@@ -161,7 +161,16 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
 
 def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int, k: int) -> str:
     """Why the map of sample ``i``, target ``k`` is NaN or all zero, found by one more forward and
-    one backward of that target's score (only when a map is)."""
+    one backward of that target's score (only when a map is). An all-zero map of a method that
+    captured the gradients needs no other pass: its own activations and gradients tell."""
+    if what == "zero" and call.seen is not None:
+        acts, grads = call.seen
+        if any(not bool(torch.isfinite(a[i]).all()) for a in acts):
+            return "the layer's activations are NaN or Inf (the network before the layer produced them)"
+        if all(not bool(g[i, k].any()) for g in grads):
+            return ("the score does not depend on this layer (its gradient is zero everywhere: an "
+                    "untrained or zero-initialised head, or a layer the score does not read)")
+        return "every weighted sum was <= 0 before the ReLU (the layer's evidence is all against the target)"
     try:
         cap = capture(call, plan, grad=True)
         s = call.target.scores(cap.output, call.n) if method.needs_target else None
@@ -209,6 +218,8 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
     if call.autocast is not None:  # low-precision forward passes, maps accumulated in float32
         acts = [a.float() for a in acts]
         grads = [g if g is None else g.float() for g in grads]
+    if grad:
+        call.seen = (acts, grads)  # what an all-zero map's cause is read from (_cause)
     maps = []
     for i, (a, g) in enumerate(zip(acts, grads)):
         v = view(a, g, cap, i, len(acts))

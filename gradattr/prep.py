@@ -215,6 +215,9 @@ class Call:
     #: deferred NaN/Inf checks ``(sum, check)``, read once at the end of the call
     #: (:func:`read_checks`); ``None``: every check runs at once
     checks: list | None = None
+    #: the activations and gradients of each feature layer, ``(N, C, *s)`` and ``(N, K, C, *s)``,
+    #: as the engine captured them for this input (gradient methods), or ``None``
+    seen: tuple | None = None
 
     @property
     def n(self) -> int:

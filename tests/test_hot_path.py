@@ -168,3 +168,22 @@ def test_no_host_synchronisation_on_a_gpu(upsampling):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert torch.equal(got, want) and torch.equal(again, want)
+
+
+def test_an_all_zero_map_is_explained_from_the_pass_that_made_it():
+    """Why a Grad-CAM map is all zero is read from the activations and gradients already
+    captured: the call still runs one forward pass, and the warning says the same as before."""
+    net, x = tiny(), torch.randn(1, 3, 16, 16)
+    calls = []
+    net.register_forward_pre_hook(lambda m, i: calls.append(1))
+    with torch.no_grad():
+        net[6].weight.zero_()  # the score no longer depends on the features
+    with pytest.warns(gradattr.GradattrWarning, match="the score does not depend on this layer"):
+        gradattr.grad_cam(net, x, 1, feature_layer="3")
+    assert len(calls) == 1
+    with torch.no_grad():
+        net[6].weight.fill_(-1.0)  # every feature now counts against class 1
+    calls.clear()
+    with pytest.warns(gradattr.GradattrWarning, match=r"every weighted sum was <= 0 before the ReLU"):
+        gradattr.grad_cam(net, x, 1, feature_layer="3")
+    assert len(calls) == 1
