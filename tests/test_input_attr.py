@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import gradattr
+from references import VQA  # the shared two-input toy model
 from gradattr.errors import GradattrError
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -29,24 +30,6 @@ def image_input(n: int = 2, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, 8, 7, generator=g, dtype=torch.float64)
 
-
-class VQA(nn.Module):
-    """An image branch (convolutions) and a question branch (token embedding, mean over tokens)."""
-
-    def __init__(self, vocab=20, dim=6, classes=4):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, dim, 3, padding=1))
-        self.act = nn.ReLU()
-        self.emb = nn.Embedding(vocab, dim)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, image, ids, mask=None):
-        v = self.act(self.conv(image)).mean((2, 3))  # (N, D)
-        e = self.emb(ids)  # (N, L, D)
-        if mask is not None:
-            e = e * mask[..., None]
-        q = torch.tanh(e).mean(1)
-        return self.head(v * q + 0.1 * q)
 
 
 def vqa_data(n=2, seed=3):

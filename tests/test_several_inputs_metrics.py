@@ -14,27 +14,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import gradattr
+from references import VQA  # the shared two-input toy model
 from gradattr import GradattrError
 from gradattr import metrics as M
 
-
-class VQA(nn.Module):
-    """A VQA-like model: an image branch (convolutions) and a question branch (token ids -> embedding)."""
-
-    def __init__(self, vocab: int = 20, dim: int = 6, classes: int = 4):
-        super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.Conv2d(5, dim, 3, padding=1))
-        self.act = nn.ReLU()
-        self.emb = nn.Embedding(vocab, dim)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, image, ids, mask=None):
-        v = self.act(self.conv(image)).mean((2, 3))  # (N, D)
-        e = self.emb(ids)  # (N or 1, L, D)
-        if mask is not None:
-            e = e * mask[..., None]
-        q = torch.tanh(e).mean(1)
-        return self.head(v * q + 0.1 * q)
 
 
 class Bound(nn.Module):
