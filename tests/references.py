@@ -507,13 +507,8 @@ NO_REFERENCE = {"random_cam": "a random baseline: tests/test_perturbation.py che
 
 # ------------------------------------- masked-input methods (SS-CAM, IS-CAM, Group-CAM, RISE)
 def features(net, x1, layer="3"):
-    store = {}
-    h = dict(net.named_modules())[layer].register_forward_hook(lambda m, i, o: store.setdefault("a", o))
-    try:
-        y = net(x1)
-    finally:
-        h.remove()
-    return store["a"], y
+    """:func:`activation` at the toy network's last convolution by default."""
+    return activation(net, x1, layer)
 
 
 def score(net, x1, fn, softmax=False):

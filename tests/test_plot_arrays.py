@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the user's program uses pyplot)
 from PIL import Image  # noqa: E402
 
 from gradattr import GradattrError, plot  # noqa: E402
+from test_plot import png, rgb_at  # noqa: E402  (the same pixel readers)
 
 JET = mpl.colormaps["jet"]
 
@@ -31,14 +32,6 @@ def _close_figures():
     plt.close("all")
 
 
-def png(path) -> np.ndarray:
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255.0
-
-
-def rgb_at(pixels: np.ndarray, ax, x: float, y: float, r: int = 2) -> np.ndarray:
-    px, py = ax.transData.transform((x, y))
-    col, row = int(round(px)), int(round(pixels.shape[0] - py))
-    return pixels[row - r:row + r + 1, col - r:col + r + 1].reshape(-1, 3).mean(0)
 
 
 def bump(h: int = 32, w: int = 32, at=(8, 22)) -> np.ndarray:
