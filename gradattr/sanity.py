@@ -254,14 +254,19 @@ def _randomised_maps(net, layers, mode, seed, call: Call, tgt, method, method_op
     its copy of ``net`` (one copy for the cascade, re-initialised further at each step)."""
     run = _runner(method, method_options, device)
     names = {id(m): name for name, m in net.named_modules()}
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    # CUDA's generators are seeded (and kept) only when CUDA is in use: torch.manual_seed would
+    # otherwise queue a seed for CUDA's lazy start, changing the user's later CUDA random numbers
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     net_copy = None
     with torch.random.fork_rng(devices=cuda):  # the user's random state is left as it was
         for j, name in enumerate(layers):
             if net_copy is None or mode == "independent":
                 net_copy = _deep_copy(net)
             modules = dict(net_copy.named_modules())
-            torch.manual_seed(seed + j)
+            if cuda:
+                torch.manual_seed(seed + j)
+            else:
+                torch.default_generator.manual_seed(seed + j)  # what torch.manual_seed does on a CPU
             modules[name].reset_parameters()
             opts = {k: _on_copy(v, names, modules) for k, v in method_options.items()}
             step = run if not opts else _runner(method, opts, device)

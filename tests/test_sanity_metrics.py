@@ -81,6 +81,29 @@ def test_max_sensitivity_hand_computed_and_chunks():
         torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
 
 
+def test_copies_go_in_chunks_under_the_memory_budget(monkeypatch):
+    from gradattr import scorer
+
+    net, x = small_cnn(1), inputs(1, n=3)
+    rows = []
+
+    def method(net_, inp, target):
+        rows.append(inp.shape[0])
+        return inp
+
+    metrics.max_sensitivity(net, x, method=method, samples=5)
+    assert rows == [3, 15]  # the unperturbed input, then all 15 copies: they fit the budget
+    rows.clear()
+    one_copy = x[0].numel() * x.element_size() * 2 * scorer.FORWARD_FACTOR  # the estimate for one copy
+    monkeypatch.setattr(scorer, "MEMORY_BUDGET", 4 * one_copy)
+    metrics.max_sensitivity(net, x, method=method, samples=5)
+    assert rows == [3, 4, 4, 4, 3]
+    forward_rows = []
+    net.register_forward_pre_hook(lambda m, a: forward_rows.append(a[0].shape[0]))
+    metrics.infidelity(net, x, torch.rand(3, 12), samples=3)  # one forward copy is half an explained one
+    assert forward_rows == [3, 8, 1]
+
+
 def test_max_sensitivity_regressor_and_forms():
     net = nn.Sequential(nn.Conv1d(1, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(24, 1)).eval()
     x = torch.randn(3, 1, 8, generator=torch.Generator().manual_seed(0))
