@@ -112,6 +112,13 @@ def test_max_sensitivity_regressor_and_forms():
     one = metrics.max_sensitivity(net, x[0].numpy(), method="saliency", reduction_fn=lambda y: y[:, 0],
                                   samples=3, input_format="CT")
     assert isinstance(one, np.ndarray) and one.shape == ()
+    # the randomisation check of a regressor explains reduction_fn's score on every copy
+    score = lambda y: y[:, 0]  # noqa: E731
+    want = naive_cascade(net, x, score, "saliency", "cascade", "spearman")
+    got = metrics.randomization_check(net, x, method="saliency", reduction_fn=score)
+    assert list(got) == ["3", "0"]
+    for name in want:
+        np.testing.assert_allclose(got[name].numpy(), want[name], rtol=1e-5, atol=1e-6)
     # the same noise for a batch of one: sample 0 of the batch sees d[:, 0] and so does the single sample
     single = metrics.max_sensitivity(net, x[:1], method="saliency", reduction_fn=lambda y: y[:, 0], samples=3)
     assert float(one) == pytest.approx(float(single[0]), rel=1e-6)
