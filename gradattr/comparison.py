@@ -74,7 +74,7 @@ def explain(net: nn.Module, x, method: str = "grad_cam", target=None, **options)
 class _Metric:
     name: str
     higher_is_better: bool
-    needs: str  # "net" (runs the network) or "reference" (a mask or a box)
+    needs: str  # "net" (runs the network), "reference" (a mask or a box) or "maps" (the maps alone)
     compute: Callable  # (ctx) -> per-map values, any shape
     doc: str
 
@@ -135,6 +135,51 @@ def _mask_box(mask, n: int) -> np.ndarray:
     return np.asarray(out)
 
 
+def _method_fn(ctx, name: str) -> Callable:
+    """The row's method as ``(net, x, target) -> maps``, for the metrics that run it on copies."""
+    if "method" in ctx.metric_options.get(name, {}):
+        raise expected(f"metric_options[{name!r}]", "options other than method (compare runs "
+                       "each row's method)", "'method'")
+    return ctx.method
+
+
+def _sanity_kw(ctx, name: str, keys: tuple[str, ...]) -> dict:
+    """Compare's shared options that the sanity metric ``name`` takes, under its own options."""
+    common = {k: v for k, v in ctx.common.items() if k in keys and v is not None}
+    return {**common, **ctx.opts(name)}
+
+
+def _randomization(ctx):
+    r = M.randomization_check(ctx.net, ctx.x, ctx.target, method=_method_fn(ctx, "randomization_check"),
+                              **_sanity_kw(ctx, "randomization_check", ("classes", "input_format", "device")))
+    return torch.nanmean(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in r.values()]), 0)
+
+
+def _sensitivity(ctx):
+    return M.max_sensitivity(ctx.net, ctx.x, ctx.target, method=_method_fn(ctx, "max_sensitivity"),
+                             **_sanity_kw(ctx, "max_sensitivity", ("classes", "input_format", "device")))
+
+
+def _infidelity(ctx):
+    return M.infidelity(ctx.net, ctx.x, ctx.maps, ctx.target, **_sanity_kw(
+        ctx, "infidelity", ("classes", "input_format", "device", "batch_size")))
+
+
+def _region_mask(ctx):
+    """Maps ``(N*K, *s)`` and the reference as a mask (a box becomes the mask of its elements)."""
+    m, mask, box = _ref_maps(ctx)
+    if mask is None:
+        b = np.asarray(box.cpu() if isinstance(box, torch.Tensor) else box)
+        b = np.broadcast_to(b, (m.shape[0], *b.shape)) if b.ndim == 2 else b
+        if b.shape != (m.shape[0], len(ctx.spatial), 2):
+            raise expected("box", f"({len(ctx.spatial)}, 2) or (N, {len(ctx.spatial)}, 2) [start, stop) "
+                           "intervals", f"shape {tuple(np.shape(box))}")
+        mask = torch.zeros(m.shape, dtype=torch.bool)
+        for i, one in enumerate(b):
+            mask[(i, *[slice(int(lo), int(hi)) for lo, hi in one])] = True
+    return m, mask
+
+
 #: Metrics :func:`compare` knows, by name.
 METRICS: dict[str, _Metric] = {m.name: m for m in [
     _Metric("deletion", False, "net", lambda c: M.deletion(
@@ -158,6 +203,18 @@ METRICS: dict[str, _Metric] = {m.name: m for m in [
     _Metric("energy_pointing_game", True, "reference", _energy, "energy inside the reference"),
     _Metric("localization", True, "reference", _loc_iou,
             "IoU of the CAM box (20% threshold) with the reference box"),
+    _Metric("randomization_check", False, "net", _randomization,
+            "similarity of the maps to those of the cascade-randomised models, mean over the layers"),
+    _Metric("max_sensitivity", False, "net", _sensitivity,
+            "largest relative change of the map under uniform noise (Yeh et al.)"),
+    _Metric("infidelity", False, "net", _infidelity,
+            "error of the map in predicting the score's drop under Gaussian noise (Yeh et al.)"),
+    _Metric("sparseness", True, "maps", lambda c: M.sparseness(_ref_maps(c)[0]),
+            "Gini index of |map| (Chalasani et al.)"),
+    _Metric("relevance_mass", True, "reference", lambda c: M.relevance_mass(*_region_mask(c)),
+            "share of the positive relevance inside the reference (Arras et al.)"),
+    _Metric("relevance_rank", True, "reference", lambda c: M.relevance_rank(*_region_mask(c)),
+            "share of the top-|reference| positions inside it (Arras et al.)"),
 ]}
 
 DEFAULT_METRICS = ("deletion", "insertion", "average_drop", "increase_in_confidence")
@@ -168,10 +225,11 @@ _OPTION_GROUP = {"average_drop": "confidence", "increase_in_confidence": "confid
 class _Context:
     """One batch and one method's maps, with a cache shared by metrics that share work."""
 
-    def __init__(self, net, x, maps, target, common, metric_options, mask, box, n, spatial):
+    def __init__(self, net, x, maps, target, common, metric_options, mask, box, n, spatial, method=None):
         self.net, self.x, self.maps, self.target = net, x, maps, target
         self.common, self.metric_options = common, metric_options
         self.mask, self.box, self.n, self.spatial = mask, box, n, spatial
+        self.method = method  # the row's method (net, x, target) -> maps
         self._cache: dict = {}
 
     def cached(self, key, fn):
@@ -328,10 +386,10 @@ def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Se
         methods: method names (see :func:`available_methods`), ``"random"`` (uniform
             noise maps: the chance level to beat), callables ``(net, x, target) ->
             maps``, or ``(label, callable)`` pairs.
-        metrics: names from :data:`METRICS`: ``"deletion"``, ``"insertion"``,
-            ``"average_drop"``, ``"increase_in_confidence"``, ``"road"``,
-            ``"road_morf"``, ``"road_lerf"``, and with a mask or box
-            ``"pointing_game"``, ``"energy_pointing_game"``, ``"localization"``.
+        metrics: names from :data:`METRICS`: ``"deletion"``, ``"insertion"``, ``"average_drop"``,
+            ``"increase_in_confidence"``, ``"road"``, ``"road_morf"``, ``"road_lerf"``, the checks
+            of :mod:`gradattr.sanity` (``"randomization_check"``, ``"max_sensitivity"``...), and
+            with a mask or box the localisation metrics (:data:`METRICS` says which).
         target: the classes to explain for a single batch (``None``: top class).
         mask, box: the object's reference region for a single batch (see
             :mod:`gradattr.metrics` for the box format).
@@ -430,7 +488,8 @@ def _scored(net, batches, methods, labels, metrics, options, common, metric_opti
             t0 = time.perf_counter()
             maps = _maps(net, x, method, lab, tgt, options[lab], common, gen)
             seconds[lab] += time.perf_counter() - t0
-            ctx = _Context(net, x, maps, tgt, common, metric_options, bmask, bbox, n, spatial)
+            ctx = _Context(net, x, maps, tgt, common, metric_options, bmask, bbox, n, spatial,
+                           _method_on_copies(method, lab, options[lab], common, gen))
             for m in metrics:
                 v = METRICS[m].compute(ctx)
                 values[lab][m].append(torch.as_tensor(np.asarray(v.cpu() if isinstance(v, torch.Tensor)
@@ -463,12 +522,24 @@ _METRIC_OPTIONS = {
     "pointing_game": ("tolerance",),
     "energy_pointing_game": (),
     "localize": ("threshold", "connectivity"),
+    "randomization_check": ("method", "mode", "similarity", "seed", "reduction_fn", "classes", "input_format",
+                            "device"),
+    "max_sensitivity": ("method", "radius", "samples", "seed", "chunk_size", "reduction_fn", "classes",
+                        "input_format", "device"),
+    "infidelity": ("samples", "std", "seed", "normalize", "batch_size", "reduction_fn", "classes",
+                   "input_format", "device"),
+    "sparseness": (),
+    "relevance_mass": (),
+    "relevance_rank": (),
 }
 _OPTION_FUNCTIONS = {"deletion": "deletion", "insertion": "insertion", "confidence": "confidence_change",
                      "average_drop": "confidence_change", "increase_in_confidence": "confidence_change",
                      "road": "road", "road_morf": "road", "road_lerf": "road",
                      "pointing_game": "pointing_game", "energy_pointing_game": "energy_pointing_game",
-                     "localization": "localize"}
+                     "localization": "localize", "randomization_check": "randomization_check",
+                     "max_sensitivity": "max_sensitivity", "infidelity": "infidelity",
+                     "sparseness": "sparseness", "relevance_mass": "relevance_mass",
+                     "relevance_rank": "relevance_rank"}
 
 
 def _check_metric_options(metric: str, opts) -> None:
@@ -499,6 +570,13 @@ def _shape_info(net, x, target, common) -> tuple[int, tuple[int, ...], int, bool
     else:
         k = tgt.classes.shape[-1]
     return xt.shape[0], layout.spatial, k, layout.batched
+
+
+def _method_on_copies(method, label, options, common, gen) -> Callable:
+    """The row's method as ``(net, x, target) -> maps`` for copies of the prepared input
+    (``x`` in torch order: no ``input_format``), reduced over channels as the row's maps are."""
+    on_copies = {**common, "input_format": None}
+    return lambda net, x, target: _maps(net, x, method, label, target, options, on_copies, gen)
 
 
 def _maps(net, x, method, label, target, options, common, gen):

@@ -24,6 +24,11 @@ Localisation (maps only, no network):
 * :func:`localize` -- the CAM paper's weakly supervised localisation (Zhou et
   al., CVPR 2016): threshold, largest connected component, bounding box, IoU.
 
+Sanity checks, robustness and concentration (:mod:`gradattr.sanity`, exported here):
+:func:`randomization_check` (Adebayo et al., NeurIPS 2018), :func:`max_sensitivity` and
+:func:`infidelity` (Yeh et al., NeurIPS 2019), :func:`sparseness` (Chalasani et al., ICML
+2020), :func:`relevance_mass` and :func:`relevance_rank` (Arras et al., 2022).
+
 Conventions shared by the network metrics:
 
 * ``maps`` come as :func:`gradattr.grad_cam` returns them for ``x``: ``(N, *s)``
@@ -64,12 +69,16 @@ from .prep import Call, prepare_call
 from .registry import check_explain, check_forward_kwargs
 from .errors import GradattrError, expected
 from .inputs import check_flag, prepare
+from .sanity import (infidelity, max_sensitivity, randomizable_layers, randomization_check, relevance_mass,
+                     relevance_rank, sparseness)
 
 __all__ = [
     "Curve", "deletion", "insertion", "blur",
     "ConfidenceChange", "confidence_change", "average_drop", "increase_in_confidence",
     "Road", "road", "impute",
     "pointing_game", "energy_pointing_game", "Localization", "localize", "box_iou",
+    "randomization_check", "randomizable_layers", "max_sensitivity", "infidelity", "sparseness",
+    "relevance_mass", "relevance_rank",
 ]
 
 
