@@ -42,6 +42,23 @@ SAFE_FORMATS = ("save it with torch.export.save (.pt2), or pass the factory that
 
 TRUST = "gradattr runs no code from a model file unless you pass --trust-model (only for files you trust)"
 
+CUSTOM_OPS = ("its library must be imported before the model loads: from Python, import the module that "
+              "registers it, then call gradattr; from the command line, pass a factory --model "
+              "'package.module:function' whose module imports that library and loads the program")
+
+
+def _missing_operator(data: bytes, spec: str) -> CliError | None:
+    """The error for an archive calling an operator not registered here (a custom one), or ``None``."""
+    try:
+        missing = pt2.missing_operators(data)
+    except Exception:  # noqa: BLE001 - only a better message for a failure already reported
+        return None
+    if not missing:
+        return None
+    more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])})" if len(missing) > 1 else ""
+    return CliError(f"--model: {spec} calls the operator {missing[0]}{more}, which is not registered in this "
+                    f"Python; {CUSTOM_OPS}")
+
 
 class CliError(Exception):
     """A user error reported as one line."""
@@ -59,12 +76,15 @@ class Loaded:
 
 # -- models ---------------------------------------------------------------------------
 def _zip_members(data: bytes):
-    """(member names, reader) of a zip file's bytes; ``([], None)`` when it is not a zip."""
+    """(member names, reader) of a zip file's bytes; ``([], None)`` when it is not a zip. The
+    members' declared sizes are checked first (:func:`gradattr.pt2.check_sizes`: a zip bomb is
+    refused before anything is read) and each is read up to its declared size only."""
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, OSError, ValueError):
         return [], None
-    return z.namelist(), z.read
+    pt2.check_sizes(z.infolist(), len(data))
+    return z.namelist(), pt2.member_reader(z)
 
 
 def _load_exported(data: bytes, spec: str, trust: bool):
@@ -76,18 +96,23 @@ def _load_exported(data: bytes, spec: str, trust: bool):
             with pt2.quiet_torch():
                 return torch.export.load(io.BytesIO(data))
         except Exception as err:  # noqa: BLE001
-            raise CliError(f"--model: could not load {spec} (trusted) with torch.export.load: "
-                           f"{one_line(err)}") from None
+            raise _missing_operator(data, spec) or CliError(
+                f"--model: could not load {spec} (trusted) with torch.export.load: {one_line(err)}") from None
     try:
         clean = pt2.checked_archive(data)
     except pt2.Unsafe as err:
         raise CliError(f"--model: {spec} {err}; {TRUST}") from None
+    except pt2.TooLarge as err:
+        raise CliError(f"--model: {spec} {err}") from None
     except pt2.NotAnArchive as err:
         raise CliError(f"--model: {spec} is not a torch.export archive gradattr can read: {err}; re-save it "
                        f"with torch.export.save under this torch, or pass --trust-model to let torch.export.load "
                        "try (it may run code from the file)") from None
     except Exception as err:  # noqa: BLE001 - a damaged zip (bad CRC, cut short)
         raise CliError(f"--model: could not read {spec} as a torch.export archive: {one_line(err)}") from None
+    missing = _missing_operator(clean, spec)
+    if missing is not None:
+        raise missing
     try:
         with pt2.quiet_torch():
             ep = torch.export.load(io.BytesIO(clean))
@@ -227,7 +252,10 @@ def _model_file(path: Path, spec: str, trust: bool) -> Loaded:
         data = path.read_bytes()
     except OSError as err:
         raise CliError(f"--model: cannot read {spec}: {one_line(err)}") from None
-    names, read = _zip_members(data)
+    try:
+        names, read = _zip_members(data)
+    except pt2.TooLarge as err:
+        raise CliError(f"--model: {spec} {err}") from None
     if any("/code/" in n or n.endswith("constants.pkl") for n in names):
         raise _torchscript_error(spec)
     try:
