@@ -183,7 +183,7 @@ def _input_paths(folder: Path) -> list[Path] | None:
                                      f"with a 'name' field, got {_short(e)} at files[{k}]")
             names.append(_input_name(rf.plain_name(e["name"], "out_dir", f"inputs.json, files[{k}], field "
                                                    "'name'"), f"inputs.json, files[{k}], field 'name'"))
-        home = _where(Path(base), folder)
+        home = _where(Path(base), folder, names[0] if names else None)
         return [home / n for n in names]
     try:
         text = rf.read_plain(folder / "inputs.txt").decode("utf-8", errors="replace")
@@ -196,7 +196,7 @@ def _input_paths(folder: Path) -> list[Path] | None:
             if ".." in p.parts:
                 raise rf.FolderError(f"out_dir: expected paths without '..' in inputs.txt, got {line.strip()!r} "
                                      f"on line {n}")
-            paths.append(_where(p.parent, folder) / _input_name(p.name, f"inputs.txt line {n}"))
+            paths.append(_where(p.parent, folder, p.name) / _input_name(p.name, f"inputs.txt line {n}"))
     return paths
 
 
@@ -362,14 +362,17 @@ class Inputs:
         return x
 
 
-def _where(path: Path, folder: Path) -> Path:
+def _where(path: Path, folder: Path, first: str | None = None) -> Path:
     """The input folder of ``inputs.json``/``inputs.txt``: as written (relative to where the run was
-    started), else beside the run."""
-    if path.is_absolute() or path.is_dir():
-        return path
-    for base in (folder.parent, folder):
-        if (base / path).is_dir():
-            return base / path
+    started), else beside the run; the first of these that holds the file ``first``, else the first
+    that exists."""
+    bases = [path] if path.is_absolute() else [path, folder.parent / path, folder / path]
+    found = [b for b in bases if b.is_dir()]
+    for base in found:
+        if first is None or os.path.lexists(base / first):
+            return base
+    if found:
+        return found[0]
     raise expected("out_dir", "inputs.json naming a folder that exists (run the report from the folder the "
                    "run was started in)", f"{str(path)!r}, not found")
 
