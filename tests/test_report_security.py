@@ -134,11 +134,11 @@ def test_injected_onerror_does_not_run_in_chromium_and_a_spaced_name_sorts(tmp_p
 
 
 # -- 2: no writing through links -----------------------------------------------------------------
-@pytest.mark.parametrize("planted", ["report/index.html", "report", "report/img/0_overlay.png"])
+@pytest.mark.parametrize("planted", ["report/index.html", "report", "report/img", "report/img/0_overlay.png"])
 def test_planted_links_are_not_written_through(tmp_path, planted):
     folder = run_folder(tmp_path / "run")
     victim = tmp_path / "victim"
-    if planted == "report":
+    if planted in ("report", "report/img"):
         victim.mkdir()
         (victim / "keep.txt").write_text("mine")
     else:
@@ -148,11 +148,25 @@ def test_planted_links_are_not_written_through(tmp_path, planted):
     os.symlink(victim, link)
     with pytest.raises(GradattrError, match=r"symbolic link"):
         gradattr.report(folder)
-    if planted == "report":
+    if planted in ("report", "report/img"):
         assert sorted(p.name for p in victim.iterdir()) == ["keep.txt"]
     else:
         assert victim.read_bytes() == b"the victim's own bytes"
     assert os.path.islink(link)  # refused, left as it was
+
+
+def test_the_command_line_refuses_a_planted_link_in_one_line(tmp_path, capfd):
+    from gradattr.cli import main
+
+    folder = run_folder(tmp_path / "run")
+    victim = tmp_path / "victim.html"
+    victim.write_text("mine")
+    (folder / "report").mkdir()
+    os.symlink(victim, folder / "report" / "index.html")
+    assert main(["report", str(folder)]) == 1
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "index.html to be a plain file gradattr may replace, got a symbolic link" in err
+    assert victim.read_text() == "mine"
 
 
 def test_report_rewrites_its_own_files_in_place(tmp_path):
