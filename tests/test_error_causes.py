@@ -55,7 +55,7 @@ def test_occlusion_non_finite_mask_value_names_mask_value(value):
         gradattr.occlusion(_net(), X, 0, mask_value=value)
 
 
-@pytest.mark.parametrize("method, kwargs", [("occlusion", {}), ("image_lime", {"num_samples": 16})])
+@pytest.mark.parametrize("method, kwargs", [("occlusion", {}), ("image_lime", {"num_samples": 16, "segmentation": "grid"})])
 def test_nan_in_another_class_under_softmax_is_explained(method, kwargs):
     f = getattr(gradattr, method)
     with pytest.raises(GradattrError, match=r"got NaN in class 2 \(sample\(s\) \[0\]\), which is not a target "
