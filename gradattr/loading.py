@@ -42,6 +42,23 @@ SAFE_FORMATS = ("save it with torch.export.save (.pt2), or pass the factory that
 
 TRUST = "gradattr runs no code from a model file unless you pass --trust-model (only for files you trust)"
 
+CUSTOM_OPS = ("its library must be imported before the model loads: from Python, import the module that "
+              "registers it, then call gradattr; from the command line, pass a factory --model "
+              "'package.module:function' whose module imports that library and loads the program")
+
+
+def _missing_operator(data: bytes, spec: str) -> CliError | None:
+    """The error for an archive calling an operator not registered here (a custom one), or ``None``."""
+    try:
+        missing = pt2.missing_operators(data)
+    except Exception:  # noqa: BLE001 - only a better message for a failure already reported
+        return None
+    if not missing:
+        return None
+    more = f" (and {len(missing) - 1} more: {', '.join(missing[1:4])})" if len(missing) > 1 else ""
+    return CliError(f"--model: {spec} calls the operator {missing[0]}{more}, which is not registered in this "
+                    f"Python; {CUSTOM_OPS}")
+
 
 class CliError(Exception):
     """A user error reported as one line."""
@@ -59,12 +76,15 @@ class Loaded:
 
 # -- models ---------------------------------------------------------------------------
 def _zip_members(data: bytes):
-    """(member names, reader) of a zip file's bytes; ``([], None)`` when it is not a zip."""
+    """(member names, reader) of a zip file's bytes; ``([], None)`` when it is not a zip. The
+    members' declared sizes are checked first (:func:`gradattr.pt2.check_sizes`: a zip bomb is
+    refused before anything is read) and each is read up to its declared size only."""
     try:
         z = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, OSError, ValueError):
         return [], None
-    return z.namelist(), z.read
+    pt2.check_sizes(z.infolist(), len(data))
+    return z.namelist(), pt2.member_reader(z)
 
 
 def _load_exported(data: bytes, spec: str, trust: bool):
@@ -76,18 +96,23 @@ def _load_exported(data: bytes, spec: str, trust: bool):
             with pt2.quiet_torch():
                 return torch.export.load(io.BytesIO(data))
         except Exception as err:  # noqa: BLE001
-            raise CliError(f"--model: could not load {spec} (trusted) with torch.export.load: "
-                           f"{one_line(err)}") from None
+            raise _missing_operator(data, spec) or CliError(
+                f"--model: could not load {spec} (trusted) with torch.export.load: {one_line(err)}") from None
     try:
         clean = pt2.checked_archive(data)
     except pt2.Unsafe as err:
         raise CliError(f"--model: {spec} {err}; {TRUST}") from None
+    except pt2.TooLarge as err:
+        raise CliError(f"--model: {spec} {err}") from None
     except pt2.NotAnArchive as err:
         raise CliError(f"--model: {spec} is not a torch.export archive gradattr can read: {err}; re-save it "
                        f"with torch.export.save under this torch, or pass --trust-model to let torch.export.load "
                        "try (it may run code from the file)") from None
     except Exception as err:  # noqa: BLE001 - a damaged zip (bad CRC, cut short)
         raise CliError(f"--model: could not read {spec} as a torch.export archive: {one_line(err)}") from None
+    missing = _missing_operator(clean, spec)
+    if missing is not None:
+        raise missing
     try:
         with pt2.quiet_torch():
             ep = torch.export.load(io.BytesIO(clean))
@@ -227,7 +252,10 @@ def _model_file(path: Path, spec: str, trust: bool) -> Loaded:
         data = path.read_bytes()
     except OSError as err:
         raise CliError(f"--model: cannot read {spec}: {one_line(err)}") from None
-    names, read = _zip_members(data)
+    try:
+        names, read = _zip_members(data)
+    except pt2.TooLarge as err:
+        raise CliError(f"--model: {spec} {err}") from None
     if any("/code/" in n or n.endswith("constants.pkl") for n in names):
         raise _torchscript_error(spec)
     try:
@@ -347,14 +375,59 @@ class Item:
     prep: str | None = None  # how an image was brought to --size (said in the picture's title)
 
 
-def read_image(path: Path, args) -> Item:
+#: Pillow modes of more than 8 bits per sample: read as their values, scaled from their own depth.
+DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def _int_depth(img) -> tuple[int, bool]:
+    """``(bits, signed)`` of a Pillow mode ``I`` picture: a PNG's 16 bits, a TIFF's ``BitsPerSample``
+    and ``SampleFormat`` (2: signed), else Pillow's own 32-bit signed integers."""
+    if img.format == "PNG":
+        return 16, False
+    tags = getattr(img, "tag_v2", None)
+    if tags is not None:
+        bits = tags.get(258, (32,))
+        fmt = tags.get(339, (1,))
+        bits = bits[0] if isinstance(bits, tuple) else bits
+        fmt = fmt[0] if isinstance(fmt, tuple) else fmt
+        return int(bits), fmt == 2
+    return 32, True
+
+
+def image_array(img, gray: bool) -> np.ndarray:
+    """A Pillow picture as float32 ``(H, W)`` (``gray``) or ``(H, W, 3)``, scaled from its own bit depth.
+
+    8-bit modes (``L``, ``RGB``, ``P``, ``RGBA``...) are converted by Pillow to ``L`` or ``RGB``
+    and divided by 255; 16-bit grey (``I;16``) by 65535; 32-bit integers (``I``: a TIFF's
+    ``BitsPerSample`` bits, unsigned by ``2**bits - 1``, signed by ``2**(bits - 1) - 1``; a PNG
+    read as ``I`` holds 16 bits) by their largest value; float pictures (``F``, a float TIFF)
+    are taken as they are. Nothing is clipped. A one-channel picture read as RGB repeats its
+    channel three times.
+    """
+    mode = img.mode
+    if mode not in DEEP_MODES:
+        return np.asarray(img.convert("L" if gray else "RGB"), dtype=np.float32) / 255.0
+    a = np.asarray(img)
+    if mode.startswith("I;16"):
+        a = a.astype(np.float64) / 65535.0
+    elif mode == "I":
+        bits, signed = _int_depth(img)
+        a = a.astype(np.float64) / float(2 ** (bits - 1) - 1 if signed else 2 ** bits - 1)
+    a = a.astype(np.float32)
+    return a if gray else np.repeat(a[..., None], 3, axis=-1)
+
+
+def read_image(path: Path, args, data: bytes | None = None) -> Item:
+    """An image file read as ``args`` says (``size``, ``crop``, ``gray``, ``mean``, ``std``, ``limit``),
+    its values scaled to [0, 1] from its own bit depth (:func:`image_array`); ``data``: the file's
+    bytes, already read (``path`` then only names it)."""
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:
         raise CliError(f"INPUT: reading the image {path} needs Pillow (pip install pillow)") from None
 
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             size = (img.height, img.width)
             if args.size is not None:
                 size = parse_ints(args.size, "--size")
@@ -362,7 +435,7 @@ def read_image(path: Path, args) -> Item:
                     raise CliError(f"--size: expected one number or H,W, got {args.size!r}")
                 size = tuple((size * 2)[:2])
             check_memory((1 if args.gray else 3, *size), path.name, args.limit)  # before any large array
-            img = img.convert("L" if args.gray else "RGB")
+            img = img.convert("L" if args.gray else "RGB") if img.mode not in DEEP_MODES else img.copy()
     except (UnidentifiedImageError, OSError) as err:
         raise CliError(f"INPUT: cannot read {path} as an image: {one_line(err)}") from None
     prep = None
@@ -376,7 +449,7 @@ def read_image(path: Path, args) -> Item:
         else:
             img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             prep = f"squashed to {size[0]}x{size[1]}" if crop == "none" else None
-    arr = np.asarray(img, dtype=np.float32) / 255.0
+    arr = image_array(img, args.gray)
     chw = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
     c = chw.shape[0]
     mean, std = _floats(args.mean, "--mean", 0.0), _floats(args.std, "--std", 1.0)
@@ -386,7 +459,9 @@ def read_image(path: Path, args) -> Item:
     if np.any(std == 0):
         raise CliError("--std: expected non-zero values, got 0")
     x = (chw - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)
-    return Item(path, x.astype(np.float32), "CSS" if x.ndim == 3 else "CS", np.asarray(img), prep)
+    picture = np.asarray(img) if img.mode not in DEEP_MODES else \
+        (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return Item(path, x.astype(np.float32), "CSS" if x.ndim == 3 else "CS", picture, prep)
 
 
 def _center_crop(img, size: tuple[int, int], resample):
@@ -416,6 +491,21 @@ def _npy_problem(path: Path, err: BaseException) -> str:
     if "mmap length is greater than file size" in str(err):
         return f"the file holds fewer bytes ({size}) than its header's shape and dtype need (cut short?)"
     return one_line(err)
+
+
+def load_npy(path: Path, argument: str = "INPUT", data: bytes | None = None) -> np.ndarray:
+    """The array of a ``.npy`` file (no pickles), or a :class:`CliError` naming ``argument``, the
+    file and what is wrong with it (empty, cut short, not an array); ``data``: its bytes, already read."""
+    try:
+        return np.load(path if data is None else io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        if data is not None and not data:
+            why = "the file is empty (0 bytes)"
+        elif data is not None and isinstance(err, EOFError):
+            why = f"the file ends inside its header ({len(data)} bytes; cut short?)"
+        else:
+            why = _npy_problem(path, err)
+        raise CliError(f"{argument}: cannot read {path} as a .npy array: {why}") from None
 
 
 def read_array(path: Path, args, loaded: Loaded) -> Item:

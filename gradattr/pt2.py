@@ -45,6 +45,14 @@ After loading, every call in every graph is checked once more to be an
 operator overload, a higher-order operator or one of :data:`PLAIN_TARGETS`.
 A refusal raises :class:`Unsafe` naming the member and what it holds; the
 caller turns it into the one-line error with the way out (``--trust-model``).
+
+Sizes: before any member is read, the sizes the archive declares for its members
+(uncompressed) must add up to at most the file's own size plus
+:data:`EXPANSION_MARGIN` (64 MiB); ``torch.export.save`` stores its members
+uncompressed, so a genuine archive never comes near it, while a small file whose
+compressed members would expand to gigabytes (a zip bomb) is refused with
+:class:`TooLarge` before anything is allocated. Each member is then read up to its
+declared size only (one byte more is refused as a damaged archive).
 """
 from __future__ import annotations
 
@@ -102,6 +110,46 @@ _LOGGERS = ("torch.export", "torch._export", "torch.export.pt2_archive", "torch.
             "torch._export.serde", "torch._export.serde.serialize", "torch.serialization")
 
 
+#: How many bytes the members of a model archive may hold beyond the archive file's own size.
+EXPANSION_MARGIN = 64 * 2 ** 20
+
+
+class TooLarge(Exception):
+    """The archive's members would expand far beyond the file's own size (a zip bomb?)."""
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2 ** 20:.1f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:.1f} KiB" if n >= 2 ** 10 else f"{n} B"
+
+
+def check_sizes(infos: list[zipfile.ZipInfo], size: int) -> None:
+    """Refuse an archive of ``size`` bytes whose members declare more than ``size`` +
+    :data:`EXPANSION_MARGIN` bytes uncompressed (before any member is read)."""
+    total = sum(i.file_size for i in infos)
+    limit = size + EXPANSION_MARGIN
+    if total > limit:
+        big = max(infos, key=lambda i: i.file_size)
+        raise TooLarge(f"holds members of {_mib(total)} uncompressed in a file of {_mib(size)} (the largest, "
+                       f"{big.filename}, {_mib(big.file_size)} from {_mib(big.compress_size)}), more than the "
+                       f"{_mib(limit)} gradattr reads from it (the file's size plus {_mib(EXPANSION_MARGIN)}: a "
+                       "zip bomb?); torch.export.save stores members uncompressed, re-save the model with it")
+
+
+def member_reader(src: zipfile.ZipFile):
+    """``read(name) -> bytes`` of a zip's members, each read up to its declared size only."""
+    infos = {i.filename: i for i in src.infolist()}
+
+    def read(name: str) -> bytes:
+        info = infos[name]
+        with src.open(info) as f:
+            data = f.read(info.file_size + 1)
+        if len(data) != info.file_size:
+            raise NotAnArchive(f"holds {name}, whose size differs from the {info.file_size} bytes it declares")
+        return data
+
+    return read
+
+
 class Unsafe(Exception):
     """The archive holds something gradattr does not load without ``--trust-model``."""
 
@@ -147,12 +195,14 @@ def checked_archive(data: bytes) -> bytes:
     except zipfile.BadZipFile as err:
         raise NotAnArchive(f"not a zip archive ({err})") from None
     infos = src.infolist()
+    check_sizes(infos, len(data))
+    read_member = member_reader(src)
     names = [i.filename for i in infos]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
         raise Unsafe(f"holds the member {twice[0]} twice")
     if is_legacy(names):
-        return _checked_legacy(torch, src, names)
+        return _checked_legacy(torch, read_member, names)
     roots = {n.partition("/")[0] for n in names}
     if len(roots) != 1 or any("/" not in n for n in names):
         raise Unsafe(f"holds members outside one root folder ({', '.join(sorted(roots)[:3])})")
@@ -162,7 +212,7 @@ def checked_archive(data: bytes) -> bytes:
     def read(rel: str) -> bytes:
         if rel not in members:
             raise NotAnArchive(f"has no member {root}{rel}")
-        return src.read(members[rel])
+        return read_member(members[rel])
 
     if read(ARCHIVE_FORMAT_PATH).strip() != ARCHIVE_FORMAT_VALUE:
         raise NotAnArchive(f"{root}{ARCHIVE_FORMAT_PATH} is not {ARCHIVE_FORMAT_VALUE.decode()}")
@@ -240,23 +290,23 @@ def _check_payload(torch, fqn: str, meta, rel: str, folder: str, read, root: str
         raise Unsafe(f"holds {root}{rel} with use_pickle={meta.get('use_pickle')!r} for {fqn!r}")
 
 
-def _checked_legacy(torch, src: zipfile.ZipFile, names: list[str]) -> bytes:
+def _checked_legacy(torch, read, names: list[str]) -> bytes:
     """The pre-2.7 layout: one JSON program and ``torch.save`` files at the top level."""
-    out: dict[str, bytes] = {"version": src.read("version")}
-    program = _json(src.read(LEGACY_PROGRAM), LEGACY_PROGRAM)
+    out: dict[str, bytes] = {"version": read("version")}
+    program = _json(read(LEGACY_PROGRAM), LEGACY_PROGRAM)
     _check_program(program, LEGACY_PROGRAM)
     if isinstance(program, dict):
         program.pop("guards_code", None)
     out[LEGACY_PROGRAM] = json.dumps(program).encode()
     for name in names:
         if name in LEGACY_PICKLES:
-            out[name] = _resaved(torch, src.read(name), name, LEGACY_PICKLES[name])
+            out[name] = _resaved(torch, read(name), name, LEGACY_PICKLES[name])
         elif name.startswith("extra_files/") and not name.endswith("/"):
             try:
-                src.read(name).decode("utf-8")
+                read(name).decode("utf-8")
             except UnicodeDecodeError:
                 raise Unsafe(f"holds the extra file {name}, which is not text") from None
-            out[name] = src.read(name)
+            out[name] = read(name)
     left = sorted(n for n in names if n not in out and not n.endswith("/"))
     if left:
         raise Unsafe(f"holds {left[0]}, a member torch.export.load may read and gradattr does not check"
@@ -266,6 +316,52 @@ def _checked_legacy(torch, src: zipfile.ZipFile, names: list[str]) -> bytes:
         for name, content in out.items():
             z.writestr(name, content)
     return buf.getvalue()
+
+
+def missing_operators(data: bytes) -> list[str]:
+    """The operators (``torch.ops.<namespace>.<op>[.<overload>]``) that the programs of the archive
+    ``data`` call or pass and that are not registered in this process (a custom operator whose
+    library was not imported), sorted. Only the programs' JSON is read (sizes checked first)."""
+    import torch
+
+    try:
+        src = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        return []
+    check_sizes(src.infolist(), len(data))
+    read = member_reader(src)
+    names = [n for n in src.namelist() if n == LEGACY_PROGRAM or (
+        n.partition("/")[2].startswith(MODELS_DIR) and n.endswith(".json"))]
+    found: set[str] = set()
+    for name in names:
+        try:
+            stack = [json.loads(read(name).decode("utf-8"))]
+        except (UnicodeDecodeError, ValueError):
+            continue
+        while stack:
+            obj = stack.pop()
+            if isinstance(obj, dict):
+                for key in ("target", "as_operator"):
+                    v = obj.get(key)
+                    if isinstance(v, str) and _OP_TARGET.fullmatch(v) and not _registered(torch, v):
+                        found.add(v)
+                stack.extend(obj.values())
+            elif isinstance(obj, list):
+                stack.extend(obj)
+    return sorted(found)
+
+
+def _registered(torch, target: str) -> bool:
+    """Whether ``torch.ops.<namespace>.<op>[.<overload>]`` names a registered operator (looked up in
+    torch's registry by name; nothing is imported)."""
+    parts = target.split(".")[2:]
+    try:
+        packet = getattr(getattr(torch.ops, parts[0]), parts[1])
+        if len(parts) == 3:
+            getattr(packet, parts[2])
+    except (AttributeError, RuntimeError):
+        return False
+    return True
 
 
 def check_graphs(ep) -> None:

@@ -32,19 +32,24 @@ Where the per-sample facts come from:
 from __future__ import annotations
 
 import html
+import io
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .errors import expected
+from . import runfolder as rf
+from .errors import GradattrError, expected
 
 __all__ = ["report", "Inputs"]
 
 METRICS = ("deletion",)
 _SAMPLES = "samples.jsonl"
+_SAMPLES_RE = re.compile(r"samples(-rank\d{3,})?\.jsonl")
+_INPUT_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[str] = (), thumb: int = 128,
@@ -129,19 +134,21 @@ def _check_options(out_dir, metrics, net, thumb, batch_size) -> tuple:
 
 def _write_page(page: Path, maps, order, source: Inputs, rank: int, samples: dict, names, thumb: int,
                 heading: str, run: dict) -> Path:
-    """The cards' pictures in ``page/img`` and ``page/index.html``; returns the page's path."""
-    img = page / "img"
-    img.mkdir(parents=True, exist_ok=True)
-    cards = []
-    for row, i in enumerate(order):
-        i = int(i)
-        info = dict(samples.get(i, {}))
-        x = source.picture(i, maps.shape[1:]) if source.kind is not None else None
-        cards.append(_card(i, maps[row], x, rank, info, names, img, thumb, source.name(i)))
-    path = page / "index.html"
-    path.write_text(_html(heading, cards, run, rank, sorted({m for c in cards for m in c["metrics"]})),
-                    encoding="utf-8")
-    return path
+    """The cards' pictures in ``page/img`` and ``page/index.html``; returns the page's path.
+
+    Both folders and every file are written as :class:`gradattr.runfolder.PlainDir` writes: a
+    folder or file that is a symbolic link is refused, never written through; each file is
+    written under a fresh temporary name and renamed into place.
+    """
+    with rf.PlainDir(page) as where, where.sub("img") as img:
+        cards = []
+        for row, i in enumerate(order):
+            i = int(i)
+            info = dict(samples.get(i, {}))
+            x = source.picture(i, maps.shape[1:]) if source.kind is not None else None
+            cards.append(_card(i, maps[row], x, rank, info, names, img, thumb, source.name(i)))
+        text = _html(heading, cards, run, rank, sorted({m for c in cards for m in c["metrics"]}))
+        return where.write("index.html", text.encode("utf-8"))
 
 
 # ------------------------------------------------------------------------------ reading
@@ -160,20 +167,55 @@ def _run_info(folder: Path) -> dict:
 
 def _input_paths(folder: Path) -> list[Path] | None:
     """The files an ``explain-dataset`` run read, in the maps' order: ``inputs.json`` (``folder``
-    and each file's ``name``), or a 0.2 run's ``inputs.txt``; ``None`` when the run has neither."""
+    and each file's ``name``, a plain file name), or a 0.2 run's ``inputs.txt``; ``None`` when the
+    run has neither. Only image and ``.npy`` files are named; ``..`` is refused."""
     listing = _read_json(folder / "inputs.json")
-    if isinstance(listing, dict) and isinstance(listing.get("files"), list):
-        base = Path(str(listing.get("folder", ".")))
-        return [_where(base / str(e["name"]), folder) for e in listing["files"]]
-    if (folder / "inputs.txt").is_file():
-        return [_where(Path(p), folder) for p in (folder / "inputs.txt").read_text().splitlines() if p.strip()]
-    return None
+    if listing is not None:
+        files = listing.get("files") if isinstance(listing, dict) else None
+        base = listing.get("folder", ".") if isinstance(listing, dict) else None
+        if not isinstance(files, list) or not isinstance(base, str):
+            raise rf.FolderError("out_dir: expected inputs.json to hold {'folder': a path, 'files': [entries]}, "
+                                 f"got {_short(listing)}")
+        names = []
+        for k, e in enumerate(files):
+            if not isinstance(e, dict) or "name" not in e:
+                raise rf.FolderError(f"out_dir: expected each entry of 'files' in inputs.json to be an object "
+                                     f"with a 'name' field, got {_short(e)} at files[{k}]")
+            names.append(_input_name(rf.plain_name(e["name"], "out_dir", f"inputs.json, files[{k}], field "
+                                                   "'name'"), f"inputs.json, files[{k}], field 'name'"))
+        home = _where(Path(base), folder, names[0] if names else None)
+        return [home / n for n in names]
+    try:
+        text = rf.read_plain(folder / "inputs.txt").decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    paths = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            p = Path(line.strip())
+            if ".." in p.parts:
+                raise rf.FolderError(f"out_dir: expected paths without '..' in inputs.txt, got {line.strip()!r} "
+                                     f"on line {n}")
+            paths.append(_where(p.parent, folder, p.name) / _input_name(p.name, f"inputs.txt line {n}"))
+    return paths
+
+
+def _input_name(name: str, where: str) -> str:
+    if not name.lower().endswith(_INPUT_SUFFIXES):
+        raise rf.FolderError(f"out_dir: expected image or .npy file names in {where}, got {name!r}")
+    return name
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _read_json(path: Path):
+    """A JSON file of the run folder (a plain file, never a link); ``None`` when missing."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+        return rf.read_json(path)
+    except FileNotFoundError:
         return None
 
 
@@ -193,22 +235,54 @@ def _class_names(classes) -> list[str] | None:
 
 
 def _read_samples(folder: Path) -> dict[int, dict]:
-    """``samples.jsonl`` (and ``samples-rankNNN.jsonl``) -> {index: facts}, when the run wrote them."""
+    """``samples.jsonl`` (and ``samples-rankNNN.jsonl``) -> {index: facts}, when the run wrote them.
+
+    Each is read as a plain file of the folder (a link is refused); each line's fields are checked:
+    ``index`` an int >= 0, ``class``/``label`` an int or a string, ``score``/``probability`` a
+    number, ``metrics`` an object of numbers.
+    """
     out: dict[int, dict] = {}
-    for f in sorted(folder.glob("samples*.jsonl")):
-        for n, line in enumerate(f.read_text().splitlines(), 1):
+    for f in sorted(p for p in folder.iterdir() if _SAMPLES_RE.fullmatch(p.name)):
+        text = rf.read_plain(f).decode("utf-8", errors="replace")
+        for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
-                i = int(rec.pop("index"))
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
+                rec = None
+            if not isinstance(rec, dict) or "index" not in rec:
                 raise expected("out_dir", f"one JSON object with an 'index' per line of {f.name}",
-                               f"line {n}: {line[:80]!r}") from None
+                               f"line {n}: {line[:80]!r}")
+            rec = _checked_facts(rec, f"{f.name} line {n}")
+            i = rec.pop("index")
             merged = out.setdefault(i, {})
-            merged.setdefault("metrics", {}).update(rec.pop("metrics", {}) or {})
+            merged.setdefault("metrics", {}).update(rec.pop("metrics", None) or {})
             merged.update(rec)
     return out
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_FACTS = {"index": ("an int >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+          "class": ("an int or a string", lambda v: v is None or isinstance(v, str) or
+                    (isinstance(v, int) and not isinstance(v, bool))),
+          "score": ("a number", lambda v: v is None or _number(v)),
+          "probability": ("a number", lambda v: v is None or _number(v)),
+          "metrics": ("an object {name: number}", lambda v: v is None or (isinstance(v, dict) and all(
+              isinstance(k, str) and k and _number(m) for k, m in v.items())))}
+_FACTS["label"] = _FACTS["class"]
+
+
+def _checked_facts(rec: dict, where: str) -> dict:
+    """One line of ``samples.jsonl`` with each known field of the right type, else an error
+    naming the file, the line and the field."""
+    for key, (what, ok) in _FACTS.items():
+        if key in rec and not ok(rec[key]):
+            raise rf.FolderError(f"out_dir: expected '{key}' to be {what} in {where}, got {_short(rec[key])}")
+    return rec
 
 
 class Inputs:
@@ -254,25 +328,33 @@ class Inputs:
         return x.astype(np.float32), y
 
     def _file(self, path: Path, args):
-        if path.suffix.lower() == ".npy":
-            return np.load(path, allow_pickle=False)
-        from .loading import read_image
+        from .loading import CliError, load_npy, read_image
 
-        if args is None:
-            from types import SimpleNamespace
+        data = _read_input(path)
+        try:
+            if path.suffix.lower() == ".npy":
+                return load_npy(path, "inputs", data)
+            if args is None:
+                from types import SimpleNamespace
 
-            args = SimpleNamespace(size=None, mean=None, std=None, gray=False, crop="center",
-                                   limit=float("inf"))
-        return read_image(path, args).x
+                args = SimpleNamespace(size=None, mean=None, std=None, gray=False, crop="center",
+                                       limit=float("inf"))
+            return read_image(path, args, data).x
+        except CliError as err:
+            raise GradattrError(str(err)) from None
 
     def picture(self, i: int, spatial: tuple) -> np.ndarray:
-        """What to draw under the map: an image file as it looks (resized to the map), else the sample."""
+        """What to draw under the map: an image file as it looks (resized to the map, its values
+        scaled from its own bit depth), else the sample."""
         if self.kind == "files" and self.files[i].suffix.lower() != ".npy":
             from PIL import Image
 
-            with Image.open(self.files[i]) as im:
-                im = im.convert("RGB").resize((spatial[1], spatial[0]), Image.Resampling.BILINEAR)
-                return np.moveaxis(np.asarray(im, dtype=np.float32) / 255.0, -1, 0)
+            from .loading import DEEP_MODES, image_array
+
+            with Image.open(io.BytesIO(_read_input(self.files[i]))) as im:
+                im = im.convert("RGB") if im.mode not in DEEP_MODES else im
+                im = im.resize((spatial[1], spatial[0]), Image.Resampling.BILINEAR)
+                return np.moveaxis(image_array(im, gray=False), -1, 0)
         x, _ = self.sample(i)
         if tuple(x.shape[1:]) != tuple(spatial):
             raise expected("inputs", f"samples of the maps' size {tuple(spatial)} (C, *S)",
@@ -280,16 +362,28 @@ class Inputs:
         return x
 
 
-def _where(path: Path, folder: Path) -> Path:
-    """A path of ``inputs.json``/``inputs.txt``: as written (relative to where the run was started),
-    else beside the run."""
-    if path.is_absolute() or path.exists():
-        return path
-    for base in (folder.parent, folder):
-        if (base / path).exists():
-            return base / path
-    raise expected("out_dir", "inputs.json naming files that exist (run the report from the folder the "
+def _where(path: Path, folder: Path, first: str | None = None) -> Path:
+    """The input folder of ``inputs.json``/``inputs.txt``: as written (relative to where the run was
+    started), else beside the run; the first of these that holds the file ``first``, else the first
+    that exists."""
+    bases = [path] if path.is_absolute() else [path, folder.parent / path, folder / path]
+    found = [b for b in bases if b.is_dir()]
+    for base in found:
+        if first is None or os.path.lexists(base / first):
+            return base
+    if found:
+        return found[0]
+    raise expected("out_dir", "inputs.json naming a folder that exists (run the report from the folder the "
                    "run was started in)", f"{str(path)!r}, not found")
+
+
+def _read_input(path: Path) -> bytes:
+    """An input file's bytes: a plain file of the input folder, never through a link."""
+    try:
+        return rf.read_plain(path, "inputs.json", "the input folder")
+    except FileNotFoundError:
+        raise expected("out_dir", "inputs.json naming files that exist (run the report from the folder the "
+                       "run was started in)", f"{str(path)!r}, not found") from None
 
 
 def _score(net, source: Inputs, maps, order, target, metrics, batch_size: int, samples: dict) -> None:
@@ -342,8 +436,8 @@ def _score(net, source: Inputs, maps, order, target, metrics, batch_size: int, s
 
 
 # ------------------------------------------------------------------------------ pictures
-def _png(a: np.ndarray, path: Path, longer: int | None = None) -> str:
-    """Write an ``H x W x 3`` uint8 array as PNG; return its name relative to the page.
+def _png(a: np.ndarray, img: rf.PlainDir, name: str, longer: int | None = None) -> str:
+    """Write an ``H x W x 3`` uint8 array as PNG ``name`` in ``img``; return its name relative to the page.
 
     A smaller picture is enlarged by the whole factor that makes its longer side at
     least ``longer`` (nearest: map cells stay sharp squares); a larger one is reduced
@@ -359,8 +453,10 @@ def _png(a: np.ndarray, path: Path, longer: int | None = None) -> str:
         scale = longer / max(im.size)
         im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))),
                        Image.Resampling.LANCZOS)
-    im.save(path)
-    return f"img/{path.name}"
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    img.write(name, buf.getvalue())
+    return f"img/{name}"
 
 
 def _svg(x: np.ndarray | None, cam: np.ndarray, width: int, height: int) -> str:
@@ -399,7 +495,8 @@ def _jet() -> list[tuple[int, int, int]]:
     return [tuple(int(round(255 * v)) for v in rgb) for rgb in lut]
 
 
-def _card(i: int, cam: np.ndarray, x, rank: int, info: dict, names, img: Path, thumb: int, name: str) -> dict:
+def _card(i: int, cam: np.ndarray, x, rank: int, info: dict, names, img: rf.PlainDir, thumb: int,
+          name: str) -> dict:
     from . import plot
 
     cam = np.asarray(cam, dtype=np.float64)
@@ -422,19 +519,19 @@ def _card(i: int, cam: np.ndarray, x, rank: int, info: dict, names, img: Path, t
     if rank == 2:
         under = x if x is not None else np.zeros(cam.shape)
         if x is not None:
-            card["input"] = _png(plot.overlay_array(under, cam, alpha=0.0), img / f"{i}_input.png", thumb)
+            card["input"] = _png(plot.overlay_array(under, cam, alpha=0.0), img, f"{i}_input.png", thumb)
         alpha = 0.5 if x is not None else 1.0
         full = plot.overlay_array(under, cam, alpha=alpha)
-        card["overlay"] = _png(full, img / f"{i}_overlay.png", thumb)
-        card["full"] = _png(full, img / f"{i}_full.png", max(512, max(cam.shape)))
+        card["overlay"] = _png(full, img, f"{i}_overlay.png", thumb)
+        card["full"] = _png(full, img, f"{i}_full.png", max(512, max(cam.shape)))
         return card
     under = x if x is not None else np.zeros(cam.shape)
     alpha = 0.5 if x is not None else 1.0
     full = plot.volume_array(under, cam, alpha=alpha)
     if x is not None:
-        card["input"] = _png(plot.volume_array(under, cam, alpha=0.0), img / f"{i}_input.png", 2 * thumb)
-    card["overlay"] = _png(full, img / f"{i}_overlay.png", 2 * thumb)
-    card["full"] = _png(full, img / f"{i}_full.png", max(900, full.shape[1]))
+        card["input"] = _png(plot.volume_array(under, cam, alpha=0.0), img, f"{i}_input.png", 2 * thumb)
+    card["overlay"] = _png(full, img, f"{i}_overlay.png", 2 * thumb)
+    card["full"] = _png(full, img, f"{i}_full.png", max(900, full.shape[1]))
     return card
 
 
@@ -443,15 +540,28 @@ def _fmt(v, digits: int = 4) -> str:
     return "" if v is None else f"{v:.{digits}g}"
 
 
+def metric_token(name: str) -> str:
+    """The token a metric's name becomes in the page's attribute names and sort keys: the name itself
+    when it is lower-case letters and digits starting with a letter (``deletion``), else ``_`` and
+    the hex digits of its UTF-8 bytes (``"a b"`` -> ``_612062``), so that no name can end an
+    attribute, add one, or meet another name's token.
+
+    >>> metric_token("deletion"), metric_token("a b"), metric_token('x" onerror="y')
+    ('deletion', '_612062', '_7822206f6e6572726f723d2279')
+    """
+    return name if re.fullmatch(r"[a-z][a-z0-9]*", name) else "_" + name.encode("utf-8").hex()
+
+
 def _html(heading: str, cards: list[dict], run: dict, rank: int, metric_names: list[str]) -> str:
-    e = html.escape
+    e = html.escape  # quote=True: escapes & < > " ', for text and for quoted attribute values alike
     jet = _jet()
     gradient = ", ".join(f"rgb{jet[k]}" for k in range(0, 256, 32)) + f", rgb{jet[255]}"
     classes = sorted({(c.get("class"), c["class_name"]) for c in cards if c.get("class") is not None},
                      key=lambda t: (str(type(t[0])), t[0]))
     keys = [("index", "sample"), ("class", "class"), ("score", "score"), ("probability", "probability")] + \
-        [(f"metric-{m}", m + (" (lower: more faithful)" if m == "deletion" else "")) for m in metric_names]
-    options = "".join(f'<option value="{k}:{d}">{e(label)} {"↑" if d == "asc" else "↓"}</option>'
+        [(f"metric-{metric_token(m)}", m + (" (lower: more faithful)" if m == "deletion" else ""))
+         for m in metric_names]
+    options = "".join(f'<option value="{e(k)}:{d}">{e(label)} {"↑" if d == "asc" else "↓"}</option>'
                       for k, label in keys for d in ("asc", "desc"))
     class_options = '<option value="">all classes</option>' + "".join(
         f'<option value="{e(str(c))}">{e(str(c))}{": " + e(n) if n and n != str(c) else ""}</option>'
@@ -462,7 +572,7 @@ def _html(heading: str, cards: list[dict], run: dict, rank: int, metric_names: l
                 "probability": _fmt(c.get("probability"), 17), "name": c["name"], "min": repr(c["min"]),
                 "max": repr(c["max"]), "full": c.get("full", ""), "label": c.get("label", ""),
                 "class-name": c["class_name"]}
-        data.update({f"metric-{m}": repr(v) for m, v in c["metrics"].items()})
+        data.update({f"metric-{metric_token(m)}": repr(v) for m, v in c["metrics"].items()})
         attrs = " ".join(f'data-{k}="{e(str(v))}"' for k, v in data.items())
         facts = []
         if c.get("class") is not None:
@@ -479,7 +589,7 @@ def _html(heading: str, cards: list[dict], run: dict, rank: int, metric_names: l
         else:
             pics = "".join(f'<img src="{e(c[k])}" alt="{k} of {e(c["name"])}" loading="lazy">'
                            for k in ("input", "overlay") if k in c)
-        body.append(f'<div class="card" id="card-{c["index"]}" tabindex="0" {attrs}>'
+        body.append(f'<div class="card" id="card-{int(c["index"])}" tabindex="0" {attrs}>'
                     f'<div class="pics">{pics}</div><div class="name">{e(c["name"])}</div>'
                     f'<div class="facts">{" ".join(facts)}</div></div>')
     options_text = ", ".join(f"{k}={v}" for k, v in (run.get("options") or {}).items())
@@ -549,7 +659,8 @@ _SCRIPT = r"""
   const shown = document.getElementById('shown');
   const detail = document.getElementById('detail');
   function value(card, key) {
-    const v = card.dataset[key.replace(/-([a-z])/g, (m, c) => c.toUpperCase())];
+    const v = card.getAttribute('data-' + key);
+    if (v === null) return null;
     if (v === undefined || v === '') return null;
     const f = parseFloat(v);
     return isNaN(f) ? v : f;

@@ -14,7 +14,8 @@ A run folder holds only files gradattr names itself:
 Reading never follows a symbolic link and reads only regular files named by these patterns;
 writing creates files with ``O_EXCL | O_NOFOLLOW`` under a unique temporary name and renames
 them, or appends with ``O_APPEND | O_NOFOLLOW``, so a link planted in the folder is never
-written through.
+written through. The report's folders (``report/``, ``report/img/``) are written through
+:class:`PlainDir`: opened with ``O_NOFOLLOW``, refused when they or a file in them is a link.
 """
 from __future__ import annotations
 
@@ -58,21 +59,32 @@ def _no_link(path: Path) -> None:
         raise OSError(errno.ELOOP, "a symbolic link", str(path))
 
 
-def read_plain(path: Path, what: str = "out_dir") -> bytes:
-    """The bytes of ``path``, which must be a regular file and not a symbolic link."""
+def read_plain(path: Path, what: str = "out_dir", place: str = "the run folder") -> bytes:
+    """The bytes of ``path``, which must be a regular file and not a symbolic link (``place``:
+    where such files live, for the message)."""
     try:
         _no_link(path)
         fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
     except OSError as err:
         if err.errno in _LINK_ERRNOS:
-            raise FolderError(f"{what}: expected plain files in the run folder, got {path.name!r}, "
+            raise FolderError(f"{what}: expected plain files in {place}, got {path.name!r}, "
                               f"which is a symbolic link (links are never followed)") from None
         raise
     with os.fdopen(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise FolderError(f"{what}: expected plain files in the run folder, got {path.name!r}, "
+            raise FolderError(f"{what}: expected plain files in {place}, got {path.name!r}, "
                               "which is not a regular file")
         return f.read()
+
+
+def plain_name(name, what: str, where: str) -> str:
+    """``name`` if it is a plain file name (no folder part, not ``.``/``..``, no NUL), else an error
+    naming ``where`` it was found."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name \
+            or os.path.basename(name) != name:
+        raise FolderError(f"{what}: expected a plain file name (no folder part, no '..') in {where}, "
+                          f"got {name!r}")
+    return name
 
 
 def read_json(path: Path, what: str = "out_dir"):
@@ -140,6 +152,85 @@ def end_cut_line(path: Path) -> None:
             raise FolderError(f"out_dir: expected {path.name} to be a plain file, got something else")
         if f.seek(0, 2) and (f.seek(-1, 2), f.read(1))[1] != b"\n":
             f.write(b"\n")
+
+
+_AT = os.open in os.supports_dir_fd and os.rename in os.supports_dir_fd and os.stat in os.supports_dir_fd
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+
+class PlainDir:
+    """A folder written through a descriptor opened with ``O_NOFOLLOW``: created if missing, refused
+    if it is a symbolic link or not a folder; its files are written as :func:`write_atomic` does
+    (``O_EXCL | O_NOFOLLOW`` under a temporary name, renamed into place) relative to the
+    descriptor, so a link swapped in for the folder later is not followed either. Where the
+    system has no ``dir_fd`` calls (Windows) the same checks run on paths."""
+
+    def __init__(self, path: Path, what: str = "out_dir", parent: PlainDir | None = None):
+        self.path, self.what = path, what
+        name = path.name if parent is not None else path
+        at = parent.fd if parent is not None else None
+        try:
+            os.mkdir(name, 0o755, dir_fd=at) if at is not None else os.mkdir(name, 0o755)
+        except FileExistsError:
+            pass
+        st = os.stat(name, dir_fd=at, follow_symlinks=False) if at is not None else os.lstat(name)
+        if stat.S_ISLNK(st.st_mode):
+            raise FolderError(f"{what}: expected {path} to be a plain folder, got a symbolic link (links are "
+                              "never written through); remove it")
+        if not stat.S_ISDIR(st.st_mode):
+            raise FolderError(f"{what}: expected {path} to be a folder, got a file")
+        self.fd: int | None = None
+        if _AT:
+            try:
+                self.fd = os.open(name, os.O_RDONLY | _DIRECTORY | _NOFOLLOW, dir_fd=at)
+            except OSError as err:
+                if err.errno in _LINK_ERRNOS or err.errno == errno.ENOTDIR:
+                    raise FolderError(f"{what}: expected {path} to be a plain folder, got a symbolic link "
+                                      "(links are never written through)") from None
+                raise
+
+    def sub(self, name: str) -> PlainDir:
+        """The folder ``name`` inside this one (created if missing), under the same rule."""
+        return PlainDir(self.path / name, self.what, self)
+
+    def write(self, name: str, data: bytes) -> Path:
+        """``name`` in this folder holds ``data`` whole; a link or a folder at ``name`` is refused."""
+        target = self.path / name
+        try:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False) if self.fd is not None else os.lstat(target)
+        except FileNotFoundError:
+            st = None
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            kind = "a symbolic link (never written through)" if stat.S_ISLNK(st.st_mode) else "not a plain file"
+            raise FolderError(f"{self.what}: expected {target} to be a plain file gradattr may replace, got "
+                              f"{kind}; remove it")
+        if self.fd is None:
+            write_atomic(target, data)
+            return target
+        tmp = _tmp_name(Path(name)).name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644, dir_fd=self.fd)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=self.fd)
+            except FileNotFoundError:
+                pass
+            raise
+        return target
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> PlainDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def unlink_quietly(path: Path) -> None:

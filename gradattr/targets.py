@@ -140,10 +140,31 @@ def check_scores(s: torch.Tensor, y=None, what: str = "reduction_fn", checks: li
     fix = "a differentiable floating-point function of the output y (the score's gradient makes the map)"
     if s.is_complex() or not s.is_floating_point():
         raise expected(what, fix, f"scores of dtype {s.dtype}")
-    if any(t.requires_grad for t in tensors_of(y)) and not s.requires_grad:
-        raise expected(what, fix, "scores that do not depend on y (detached, constant, or computed "
-                       "through argmax/round/.item())")
+    recorded = [t for t in tensors_of(y) if t.requires_grad]
+    if recorded and not (s.requires_grad and _reaches(s, recorded)):
+        raise expected(what, fix, "scores that do not depend on y (detached, constant, computed from "
+                       "tensors other than y, or through argmax/round/.item())")
     return check_finite(s, what, "finite scores", checks)
+
+
+def _reaches(s: torch.Tensor, ys: list[torch.Tensor]) -> bool:
+    """Whether autograd's graph of ``s`` reaches one of the tensors ``ys`` (a score computed from the
+    output, not from a tensor of its own that merely requires grad). Walks back from ``s`` and stops at
+    the first of ``ys``: a few nodes for a score of the output; a tensor without a graph counts as
+    reached (nothing to tell)."""
+    targets = {t.grad_fn for t in ys if t.grad_fn is not None}
+    if len(targets) < len(ys) or s.grad_fn is None:
+        return True
+    seen, stack = set(), [s.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node in targets:
+            return True
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return False
 
 
 def check_finite(s: torch.Tensor, what: str, wanted: str, checks: list | None = None) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from .. import runfolder as rf
 from ..dataset import CLI_WORDING, RunContext, run_explain_dataset
 from ..errors import GradattrError
-from ..loading import IMAGE_SUFFIXES, CliError, load_model, read_image
+from ..loading import IMAGE_SUFFIXES, CliError, load_model, load_npy, read_image
 from .common import MODEL_HELP, PROG, UPSAMPLING_HELP, Parser, check_option, reporting_errors, shared_option
 
 
@@ -209,10 +209,7 @@ class _Files(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         f = self.files[i]
         if f.suffix.lower() == ".npy":
-            try:
-                arr = np.load(f, allow_pickle=False)
-            except (ValueError, OSError) as err:
-                raise CliError(f"FOLDER: cannot read {f} as a .npy array: {err}") from None
+            arr = load_npy(f, "FOLDER")
             if arr.dtype.kind not in "biuf" or arr.ndim < 2:
                 raise CliError(f"FOLDER: expected one numeric sample (C, *spatial) per .npy file, "
                                         f"got shape {arr.shape} and dtype {arr.dtype} in {f}")

@@ -15,10 +15,10 @@ import math
 import numpy as np
 import torch
 
-from ..errors import expected
+from ..errors import GradattrError, expected
 from ..registry import COMMON, TARGET, Method, Option, positive_int, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
-from .occlusion import fill_value
+from .occlusion import fill_value, softmax_cause
 from .perturbation import GENERATOR, SEED, SOFTMAX, positive_float, make_generator
 
 
@@ -109,8 +109,11 @@ def image_lime_map(view, num_features=49, num_samples=2048, segmentation="superp
         keep = torch.stack([z[int(ri)][int(ki)][labels[int(ri)]] for ri, ki in zip(r, k)])[:, None]
         return torch.where(keep, x[r], value[r])
 
-    s = scorer.score_masked(n * num_samples, make, rows, batch_size=batch_size, progress=progress,
-                           desc="LIME", softmax=softmax).view(n, num_samples, -1)
+    try:
+        s = scorer.score_masked(n * num_samples, make, rows, batch_size=batch_size, progress=progress,
+                               desc="LIME", softmax=softmax).view(n, num_samples, -1)
+    except GradattrError as err:
+        raise softmax_cause(scorer, softmax, err) from None
     maps = []
     for i in range(n):
         beta = weighted_linear_fit(z[i], s[i], lime_weights(z[i], kernel_width))  # (F, K)
@@ -119,13 +122,18 @@ def image_lime_map(view, num_features=49, num_samples=2048, segmentation="superp
 
 
 def _segmentation(name, value):
-    if isinstance(value, torch.Tensor) and not value.is_floating_point():
+    wanted = "'superpixels', 'grid' or integer segment labels (*S) or (N, *S) (an int array or tensor)"
+    if isinstance(value, (torch.Tensor, np.ndarray)):  # arrays first: never compared with strings
+        kind = str(value.dtype).replace("torch.", "")
+        integer = (not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool) \
+            if isinstance(value, torch.Tensor) else value.dtype.kind in "iu"
+        if integer:
+            return value if isinstance(value, torch.Tensor) else torch.from_numpy(value)
+        raise expected(name, wanted, f"an array of dtype {kind} (labels must be integers: "
+                       "segmentation=labels.astype(int))")
+    if isinstance(value, str) and value in ("superpixels", "grid"):
         return value
-    if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.integer):
-        return torch.from_numpy(value)
-    if value in ("superpixels", "grid"):
-        return value
-    raise expected(name, "'superpixels', 'grid' or an integer label array (*S) or (N, *S)", repr(value))
+    raise expected(name, wanted, repr(value) if isinstance(value, (str, int, float)) else type(value).__name__)
 
 
 def _model(name, value):

@@ -21,7 +21,7 @@ import math
 
 import torch
 
-from ..errors import expected
+from ..errors import GradattrError, expected
 from ..registry import COMMON, TARGET, Method, Option, flag, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
 from .perturbation import SOFTMAX
@@ -112,11 +112,42 @@ def occlusion_map(view, mask_size="auto", stride="auto", mask_value="auto", mask
         r = rows[i:j]
         return torch.where(m, value[r], x[r])
 
-    base = scorer.score_inputs(x, torch.arange(n, device=x.device), softmax)  # (N, K)
-    s = scorer.score_masked(n * positions, make, rows, batch_size=batch_size, progress=progress,
-                           desc="occlusion", softmax=softmax)
+    try:
+        base = scorer.score_inputs(x, torch.arange(n, device=x.device), softmax)  # (N, K)
+        s = scorer.score_masked(n * positions, make, rows, batch_size=batch_size, progress=progress,
+                               desc="occlusion", softmax=softmax)
+    except GradattrError as err:
+        raise softmax_cause(scorer, softmax, err) from None
     drop = base[rows] - s  # (N * P, K)
     return drop.view(n, positions, -1).transpose(1, 2).reshape(n, -1, *grid)
+
+
+def softmax_cause(scorer, softmax: bool, err: GradattrError) -> GradattrError:
+    """``err`` (scores that are not finite), or, when ``softmax=True`` and the raw output of the
+    unperturbed input is finite in the target classes but not in another class, an error saying so:
+    the softmax over all classes is NaN wherever one class is, and ``softmax=False`` avoids it."""
+    if not softmax:
+        return err
+    try:
+        with torch.no_grad():
+            y = scorer.output_of(scorer.x)
+            scorer.target.scores(y, scorer.n)  # raises when the target classes themselves are not finite
+    except Exception:  # noqa: BLE001 - only a clearer message for the error already raised
+        return err
+    if not isinstance(y, torch.Tensor) or y.ndim < 2:
+        return err
+    per_class = (y.flatten(2).sum(-1) if y.ndim > 2 else y).detach()
+    bad = ~torch.isfinite(per_class)
+    if not bool(bad.any()):
+        return err
+    rows, cols = bad.nonzero(as_tuple=True)
+    k, kind = int(cols[0]), "NaN" if bool(torch.isnan(per_class[rows[0], cols[0]])) else "Inf"
+    samples = sorted({int(r) for r in rows[cols == k].tolist()})
+    return GradattrError(
+        f"net: expected finite outputs in every class under softmax=True, got {kind} in class {k} (sample(s) "
+        f"{samples[:10]}{' ...' if len(samples) > 10 else ''}), which is not a target class: the softmax over "
+        f"all classes is NaN wherever one class is; pass softmax=False to score the target classes' raw "
+        "outputs, which do not involve the other classes")
 
 
 def _mask_value(name, value):
@@ -124,6 +155,16 @@ def _mask_value(name, value):
         raise expected(name, "'auto' (per-channel mean), a number or one number per channel", repr(value))
     if isinstance(value, bool):
         raise expected(name, "'auto' (per-channel mean), a number or one number per channel", repr(value))
+    if not isinstance(value, str):
+        try:
+            v = torch.as_tensor(value, dtype=torch.float64, device="cpu") if not isinstance(value, torch.Tensor) \
+                else value.detach().double().cpu()
+        except (TypeError, ValueError, RuntimeError):
+            raise expected(name, "'auto' (per-channel mean), a number or one number per channel",
+                           repr(value)) from None
+        if not bool(torch.isfinite(v).all()):
+            raise expected(name, "finite values ('auto', a number or one number per channel): occluded "
+                           "elements become this value", repr(value))
     return value
 
 
