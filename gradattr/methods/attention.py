@@ -15,12 +15,23 @@ from __future__ import annotations
 import torch
 
 from ..errors import expected
+from ..provenance import Order
 from ..registry import COMMON, TARGET, Method, Option, register
 
 
-def _readout(r: torch.Tensor, grid: tuple[int, ...], extra: int) -> torch.Tensor:
-    """Relevance ``r (..., L, L)`` -> the map over the grid ``(..., *grid)``."""
-    rows = r[..., 0, extra:] if extra > 0 else r[..., :, extra:].mean(-2)
+def _readout(r: torch.Tensor, grid: tuple[int, ...], extra) -> torch.Tensor:
+    """Relevance ``r (..., L, L)`` -> the map over the grid ``(..., *grid)``.
+
+    ``extra``: the number of leading extra tokens, or the observed
+    :class:`gradattr.provenance.Order` (the cells' positions; the first other token, wherever it
+    sits, is the class token)."""
+    if isinstance(extra, Order):
+        cols = torch.tensor(extra.index, dtype=torch.long, device=r.device)
+        others = extra.others
+        rows = r[..., others[0], :] if others else r.mean(-2)
+        rows = rows.index_select(-1, cols)
+    else:
+        rows = r[..., 0, extra:] if extra > 0 else r[..., :, extra:].mean(-2)
     return rows.reshape(*rows.shape[:-1], *grid)
 
 
