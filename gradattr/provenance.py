@@ -370,9 +370,11 @@ def holds_grid(s: torch.Tensor, dims: tuple[int, ...]) -> bool:
     """True unless the shadow ``s`` holds one cell all along a dim of ``dims`` of size > 1 (a
     per-head tensor's ``head_dim``, a pooled vector's channels): such a dim is no grid dim. A
     tensor that holds no input cell at all (``-1`` everywhere) says nothing: True."""
-    if int(core(s).max()) < 0:
+    dims = [d for d in dims if s.shape[d] > 1]
+    flat = [d for d in dims if s.stride(d) == 0]  # expanded over it: the same cell all along
+    if not flat and all(not constant(s, d) for d in dims):
         return True
-    return all(s.shape[d] <= 1 or not constant(s, d) for d in dims)
+    return int(core(s).max()) < 0
 
 
 def token_order(s: torch.Tensor, dim: int, space: tuple[int, ...], batch: int = 0) -> Order | None:

@@ -221,3 +221,70 @@ def test_functional_pad_and_shadow_do_not_break_unknown_ops():
     x = torch.randn(2, 3, 8, 8)
     cam = gradattr.grad_cam(net, x, 1, feature_layer="conv", upsampling="none")
     assert cam.shape == (2, 10, 10)
+
+
+class ConvRelPos(nn.Module):
+    """CoaT's convolutional relative-position term: a depthwise convolution of the values on
+    the grid, times the queries: ``(N, heads, 1 + h w, head_dim)``."""
+
+    def __init__(self, heads, d, grid):
+        super().__init__()
+        self.grid, self.conv = grid, nn.Conv2d(heads * d, heads * d, 3, padding=1, groups=heads * d)
+
+    def forward(self, q, v):
+        n, heads, length, d = v.shape
+        img = v[:, :, 1:].transpose(-1, -2).reshape(n, heads * d, *self.grid)
+        rel = self.conv(img).reshape(n, heads, d, length - 1).transpose(-1, -2)
+        return F.pad(q[:, :, 1:] * rel, (0, 0, 1, 0))
+
+
+class FactorAttention(nn.Module):
+    """Factorized attention (softmax over the keys' tokens, ``K^T V`` then ``Q (K^T V)``): no
+    softmax over the last dim and no ``*Attention`` class name to recognise it by."""
+
+    def __init__(self, d, grid, heads=2):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.crpe = ConvRelPos(heads, d // heads, grid)
+
+    def forward(self, x):
+        n, length, c = x.shape
+        q, k, v = self.qkv(x).reshape(n, length, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        factor = k.softmax(dim=2).transpose(-1, -2) @ v
+        o = q @ factor + self.crpe(q, v)
+        return self.proj(o.transpose(1, 2).reshape(n, length, c))
+
+
+class FactorNet(nn.Module):
+    def __init__(self, d=16, grid=(4, 4)):
+        super().__init__()
+        self.patch, self.cls = nn.Conv2d(3, d, 4, 4), nn.Parameter(torch.randn(1, 1, d))
+        self.norm1, self.attn, self.norm = nn.LayerNorm(d), FactorAttention(d, grid), nn.LayerNorm(d)
+        self.fc = nn.Linear(d, 3)
+
+    def forward(self, x):
+        t = torch.cat([self.cls.expand(len(x), -1, -1), self.patch(x).flatten(2).transpose(1, 2)], 1)
+        t = t + self.attn(self.norm1(t))
+        return self.fc(self.norm(t)[:, 0])
+
+
+def test_a_per_head_tensor_inside_factorized_attention_is_no_candidate_and_its_refusal_advice_works():
+    """c6b319c chose the relative-position term (N, heads, tokens, head_dim) automatically, read
+    channels first, and accepted it by name. Now: the block's input norm, read on the 4 x 4 grid."""
+    torch.manual_seed(0)
+    net, x = FactorNet().eval(), torch.randn(2, 3, 16, 16)
+    cam, layer, _ = gradattr.grad_cam(net, x, 1, upsampling="none", return_layers=True)
+    assert layer == "norm1"
+    read = lambda t: t[:, 1:].reshape(2, 4, 4, -1).movedim(-1, 1)  # noqa: E731 - where the toy puts them
+    torch.testing.assert_close(cam, _grad_cam_oracle(net, x, "norm1", read), rtol=1e-4, atol=1e-6)
+    with pytest.raises(GradattrError, match=r"'attn\.crpe''s output.*inside attention") as e:
+        gradattr.grad_cam(net, x, 1, feature_layer="attn.crpe")
+    assert "choose the output of the block or of the attention module" in str(e.value)
+    # the advice, followed literally: the attention module's output; a callable
+    cam = gradattr.grad_cam(net, x, 1, feature_layer="attn", upsampling="none")
+    torch.testing.assert_close(cam, _grad_cam_oracle(net, x, "attn", read), rtol=1e-4, atol=1e-6)
+
+    def per_head(t):
+        return t[:, :, 1:].permute(0, 1, 3, 2).reshape(t.shape[0], -1, 4, 4)
+    cam = gradattr.grad_cam(net, x, 1, feature_layer="attn.crpe", feature_layout=per_head, upsampling="none")
+    torch.testing.assert_close(cam, _grad_cam_oracle(net, x, "attn.crpe", per_head), rtol=1e-4, atol=1e-6)

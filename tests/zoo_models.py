@@ -824,11 +824,18 @@ class ToyAttention(nn.Module):
     def __init__(self, d, heads=2):
         super().__init__()
         self.heads, self.qkv, self.proj = heads, nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.keep: list | None = None  # an oracle's list: compute softmax(QK^T) by hand and keep it
 
     def forward(self, x):
         b, length, c = x.shape
         q, k, v = self.qkv(x).reshape(b, length, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        return self.proj(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, length, c))
+        if self.keep is not None:
+            p = torch.softmax(q @ k.transpose(-1, -2) / (c // self.heads) ** 0.5, -1)
+            self.keep.append(p)
+            o = p @ v
+        else:
+            o = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(o.transpose(1, 2).reshape(b, length, c))
 
 
 class ToyBlock(nn.Module):
@@ -1002,15 +1009,19 @@ class WindowOrder(nn.Module):
         return self.fc(t[:, -1])
 
 
-def windowed(h, w, ws, shift=0):
-    """Where :class:`WindowOrder` puts cell (i, j): rolled by ``-shift``, then window-major."""
+def windowed_index(h, w, ws, shift=0):
+    """Where :class:`WindowOrder` puts cell (i, j) (row-major): rolled by ``-shift``, then window-major."""
     where = {}
     for i in range(h):
         for j in range(w):
             si, sj = (i - shift) % h, (j - shift) % w  # the rolled grid's cell that holds (i, j)
             win = (si // ws) * (w // ws) + sj // ws
             where[(i, j)] = win * ws * ws + (si % ws) * ws + sj % ws
-    return positions([where[(i, j)] for i in range(h) for j in range(w)], h, w)
+    return [where[(i, j)] for i in range(h) for j in range(w)]
+
+
+def windowed(h, w, ws, shift=0):
+    return positions(windowed_index(h, w, ws, shift), h, w)
 
 
 def _windows(**kw):
@@ -1044,3 +1055,86 @@ case("timm_coat_lite_stage3", "factorized-attention", {"serial_blocks3.0.norm1":
      rule="an inner stage's tokens: the class token + 4 x 4 patches")(lambda: _coat())
 case("timm_hiera_stage3", "timm", lambda net: {"blocks.2": lambda t: net.reroll(t, 2).movedim(-1, 1)},
      auto=False, rule="the third stage's tokens, still unrolled: read in the unroll's order")(_hiera)
+
+
+# ==================================================================== attention maps (issue 25)
+@dataclass
+class AttentionCase:
+    """An attention-method entry: ``build() -> (net, oracle_probs, x)``, where ``oracle_probs(x)``
+    returns ``(output, [(N, H, L, L)] probabilities in the graph)`` from the model itself
+    (``output_attentions`` of an eager copy, or softmax computed by hand); the map is ``row``'s
+    relevance (None: the mean of all rows) at the token ``columns``, reshaped to ``grid``."""
+
+    id: str
+    family: str
+    build: Callable
+    method: str
+    row: int | None
+    columns: list[int]
+    grid: tuple[int, ...]
+    target: int = 1
+    fast: bool = False
+    kwargs: dict = field(default_factory=dict)
+
+
+ATTENTION_CASES: list[AttentionCase] = []
+
+
+def _text(model_cls, config_cls, length=12, **cfg):
+    """A Hugging Face text classifier on token ids ``(N, L)`` (given as ``x=(ids,)``) and an eager
+    copy with the same weights whose ``output_attentions`` are the oracle's probabilities."""
+    import transformers
+    torch.manual_seed(0)
+    config = getattr(transformers, config_cls)(vocab_size=50, max_position_embeddings=32, num_labels=3, **cfg)
+    net = getattr(transformers, model_cls)(config).eval()
+    eager = getattr(transformers, model_cls)(
+        getattr(transformers, config_cls)(**{**config.to_dict(), "attn_implementation": "eager"})).eval()
+    eager.load_state_dict(net.state_dict())
+    ids = torch.randint(3, 50, (2, length), generator=torch.Generator().manual_seed(3))
+
+    def probs(x):
+        out = eager(input_ids=x[0], output_attentions=True)
+        return out.logits, list(out.attentions)
+    return net, probs, (ids,)
+
+
+def _toy_probs(net):
+    def probs(x):
+        attns = [m for m in net.modules() if isinstance(m, ToyAttention)]
+        keep: list = []
+        for m in attns:
+            m.keep = keep
+        try:
+            return net(x), keep
+        finally:
+            for m in attns:
+                m.keep = None
+    return probs
+
+
+def attention_case(id, family, build, rows, columns, grid, methods=("attention_rollout", "transformer_attribution"),
+                   **kw):
+    for m in methods:
+        short = {"attention_rollout": "rollout", "transformer_attribution": "chefer"}[m]
+        ATTENTION_CASES.append(AttentionCase(f"{id}_{short}", family, build, m, rows, columns, grid, **kw))
+
+
+HF_TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+attention_case("text_bert", "text-classifier",
+               lambda: _text("BertForSequenceClassification", "BertConfig", **HF_TEXT),
+               None, list(range(12)), (12,), fast=True)
+attention_case("text_distilbert", "text-classifier",
+               lambda: _text("DistilBertForSequenceClassification", "DistilBertConfig", dim=32, n_layers=2,
+                             n_heads=2, hidden_dim=64), None, list(range(12)), (12,))
+attention_case("text_roberta", "text-classifier",
+               lambda: _text("RobertaForSequenceClassification", "RobertaConfig", pad_token_id=1, **HF_TEXT),
+               None, list(range(12)), (12,))
+attention_case("text_electra", "text-classifier",
+               lambda: _text("ElectraForSequenceClassification", "ElectraConfig", embedding_size=16, **HF_TEXT),
+               None, list(range(12)), (12,))
+attention_case("det_toy_trailing", "detection-transformer",
+               lambda: (lambda net, x: (net, _toy_probs(net), x))(*_det_transformer()),
+               0, list(range(1, 25)), (4, 6))
+attention_case("window_order_toy", "windowed-order",
+               lambda: (lambda net, x: (net, _toy_probs(net), x))(*_windows(shift=2)),
+               64, windowed_index(8, 8, 4, 2), (8, 8))
