@@ -18,7 +18,9 @@ itself produces:
 * the input's own grid.
 
 The grid of a token tensor is then the latest grid observed before it ("at that
-stage"), and its extra tokens are ``L`` minus that grid's cells. Grids observed
+stage"), and its extra tokens are ``L`` minus that grid's cells, leading; where the pass
+followed the tensor's positions back to the input (:mod:`gradattr.provenance`, carried by
+the same mode), :meth:`Observer.order` reads the grid and the token order from there. Grids observed
 inside attention modules (a spatial-reduction convolution of the keys, a pooled
 key grid) do not count: attention modules are known by type (``nn.MultiheadAttention``,
 timm's ``Attention``/``ClassAttn``, MONAI's ``SABlock``/``CrossAttentionBlock``,

@@ -17,7 +17,10 @@ The readings:
   forward pass shows at that stage (:mod:`gradattr.geometry`: the patch
   embedding's output, a merging or pooling stage), ``k = L - cells``, in 1-D,
   2-D and 3-D alike; for a sequence input with ``k = 0`` this is the batch-first
-  ``time_major`` reading ``(N, T, C)``;
+  ``time_major`` reading ``(N, T, C)``. Where the pass followed the tokens' positions back
+  to the input (:mod:`gradattr.provenance`), the grid and which position holds each cell
+  are read from there instead (``Reading.index``): extra tokens anywhere (trailing detection
+  or register tokens), any order (``(h, w, t)``, windowed, shifted, Hiera's mask units);
 * ``time_first`` ``(T, N, C)`` (PyTorch's default RNN and Transformer layout);
 * a callable ``tensor -> (N, C, *S)`` (a pytorch-grad-cam ``reshape_transform``),
   inverted for perturbations with a vector-Jacobian product.

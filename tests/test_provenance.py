@@ -288,3 +288,18 @@ def test_a_per_head_tensor_inside_factorized_attention_is_no_candidate_and_its_r
         return t[:, :, 1:].permute(0, 1, 3, 2).reshape(t.shape[0], -1, 4, 4)
     cam = gradattr.grad_cam(net, x, 1, feature_layer="attn.crpe", feature_layout=per_head, upsampling="none")
     torch.testing.assert_close(cam, _grad_cam_oracle(net, x, "attn.crpe", per_head), rtol=1e-4, atol=1e-6)
+
+
+def test_a_reading_in_the_networks_order_puts_maps_back_where_it_took_them():
+    """Perturbation methods (Score-CAM, Ablation-CAM) put (B, C, *S) maps back into the tokens:
+    each cell's values land at the position that holds it, the other tokens kept."""
+    from gradattr.layouts import Reading
+    index = (5, 0, 3, 1, 4, 2)  # cell j at position index[j]; positions 6, 7 hold no cell
+    r = Reading("tokens", "by hand", extra=2, grid=(2, 3), index=index)
+    t = torch.randn(2, 8, 4)
+    a = r.to_ncs(t)
+    assert torch.equal(a[1, :, 0, 1], t[1, 0]) and torch.equal(a[0, :, 1, 2], t[0, 2])
+    b = torch.randn(3, 4, 2, 3)
+    back = r.from_ncs(b, t[:1])
+    assert torch.equal(back[2, 5], b[2, :, 0, 0]) and torch.equal(back[1, 3], b[1, :, 0, 2])
+    assert torch.equal(back[:, 6:], t[:1, 6:].expand(3, 2, 4))
