@@ -303,3 +303,18 @@ def test_a_reading_in_the_networks_order_puts_maps_back_where_it_took_them():
     back = r.from_ncs(b, t[:1])
     assert torch.equal(back[2, 5], b[2, :, 0, 0]) and torch.equal(back[1, 3], b[1, :, 0, 2])
     assert torch.equal(back[:, 6:], t[:1, 6:].expand(3, 2, 4))
+
+
+@pytest.mark.slow  # building Hiera takes seconds
+def test_hiera_with_its_zero_head_chooses_the_last_stage_and_says_the_score_depends_on_nothing():
+    """timm creates Hiera's head as zeros: c6b319c refused the automatic call ("no layer ... with the
+    input's layout"); the last stage is readable now, and the warning names the real cause."""
+    from gradattr.errors import GradattrWarning
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("hiera_tiny_224", pretrained=False, img_size=64, embed_dim=32, num_heads=1,
+                            stages=(1, 1, 1, 1), num_classes=5).eval()
+    with pytest.warns(GradattrWarning, match=r"feature layer 'blocks\.3'.*the score does not depend on this layer"):
+        cam, layer, _ = gradattr.grad_cam(net, torch.randn(2, 3, 64, 64), 1, upsampling="none",
+                                          return_layers=True)
+    assert layer == "blocks.3" and cam.shape == (2, 2, 2)
