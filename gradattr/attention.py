@@ -12,11 +12,14 @@ and its ``A`` (``(N, H, L, S)``) is recorded inside the autograd graph, so
 the next forward pass uses the fused kernel again.
 
 The token grid is the one :class:`gradattr.geometry.Observer` observes in the same pass
-at the stage of the first attention call (a patch embedding's ``(N, C, *grid)`` before it
-is flattened, a reshape or an unfold that makes the tokens; the same grid a token feature
-layer is read on); the extra tokens (class, distillation, register tokens) are
-``L - prod(grid)`` and are taken to lead the sequence, as in timm, torchvision and Hugging
-Face ViTs. No grid is guessed from ``sqrt(L)`` or the input size.
+at the stage of the first attention call, read from the positions of its query tokens
+followed back to the input (:mod:`gradattr.provenance`: the patch embedding's grid, which
+token holds which cell, and where the class, distillation, register or detection tokens
+sit, leading or trailing; for token ids ``(N, L)``, one cell per token). Where the pass
+could not follow them, the grid is the one observed at that stage (a patch embedding's
+``(N, C, *grid)`` before it is flattened, a reshape or an unfold) and the extra tokens,
+``L - prod(grid)``, are taken to lead the sequence. No grid is guessed from ``sqrt(L)``
+or the input size.
 """
 from __future__ import annotations
 
@@ -112,17 +115,25 @@ class AttentionCapture(TorchFunctionMode):
         self.nodes: list[torch.Tensor] = []
         self.orders: list[int] = []  # when each call ran, on ``clock()`` (an Observer's tick)
         self.clock = clock
+        # the first call's queries, with their token and batch dims: whose positions say which
+        # grid cell each token holds (gradattr.provenance)
+        self.query: tuple[torch.Tensor, int, int] | None = None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
             bound = _SDPA_NAMES
             a = [_arg(args, kwargs, i, n, d) for i, (n, d) in enumerate(bound)]
+            if self.query is None and isinstance(a[0], torch.Tensor) and a[0].ndim >= 3:
+                self.query = (a[0], a[0].ndim - 2, 0)
             out, probs = explicit_attention(*a)
             self._record(probs, probs)
             return out
         if func is F.multi_head_attention_forward:
             bound = _bind(_MHA_NAMES, args, kwargs, func)
+            q = bound["query"]
+            if self.query is None and isinstance(q, torch.Tensor) and q.ndim == 3:
+                self.query = (q, 0, 1)  # (L, N, E)
             need, average = bound["need_weights"], bound["average_attn_weights"]
             bound["need_weights"] = True
             bound["average_attn_weights"] = False
@@ -154,9 +165,14 @@ class AttentionCapture(TorchFunctionMode):
         return out
 
 
-def grid_of(obs: Observer, cap: AttentionCapture) -> tuple[tuple[int, ...], int]:
-    """``(grid, extra)``: the grid observed at the stage of the first attention call and the
-    number of leading extra tokens, ``L - prod(grid)``."""
+def grid_of(obs: Observer, cap: AttentionCapture):
+    """``(grid, extra)``: the token grid of the first attention call and its other tokens.
+
+    Where the pass followed the first call's query tokens back to the input
+    (:mod:`gradattr.provenance`), ``extra`` is their :class:`gradattr.provenance.Order` (which
+    token holds which cell, class and detection tokens wherever they sit; for token ids, one
+    cell per token); else the grid observed at that stage and the number of leading extra
+    tokens, ``L - prod(grid)``."""
     probs = cap.probs
     if not probs:
         raise GradattrError(
@@ -169,15 +185,33 @@ def grid_of(obs: Observer, cap: AttentionCapture) -> tuple[tuple[int, ...], int]
         shapes = sorted({tuple(p.shape[-2:]) for p in probs})
         raise GradattrError(f"net: expected self-attention over one token sequence in every block, "
                             f"got attention maps of shapes {shapes} (token merging or cross-attention)")
+    found = _query_order(obs, cap, tokens)
+    if found is not None:
+        return found
     g = obs.stage_grid(cap.orders[0])
-    if g is None or math.prod(g.cells) > tokens:
-        seen = "none" if g is None else f"{' x '.join(map(str, g.cells))} ({g.source})"
+    if g is None or math.prod(g.cells) > tokens or not g.cells:
+        seen = "none" if g is None else f"{' x '.join(map(str, g.cells)) or 'no'} ({g.source})"
         raise GradattrError(
             f"net: expected attention over the tokens of a grid observed in the forward pass before "
             f"it (a patch embedding's (N, C, *grid) before it is flattened, a reshape or an unfold "
-            f"making {len(obs.spatial)}-D patches) and at most {tokens} cells, got attention over "
-            f"{tokens} tokens and the grid {seen}; the grid is not guessed from the token count")
+            f"making {len(obs.spatial)}-D patches, or token ids (N, L)) and at most {tokens} cells, "
+            f"got attention over {tokens} tokens and the grid {seen}; the grid is not guessed from "
+            "the token count")
     return g.cells, tokens - math.prod(g.cells)
+
+
+def _query_order(obs: Observer, cap: AttentionCapture, tokens: int):
+    """``(grid, order)`` from the first call's queries followed back to the input, or None."""
+    if cap.query is None:
+        return None
+    q, dim, batch = cap.query
+    tracked, order = obs.order(q, dim, batch)
+    if not tracked or order is None or order.length != tokens:
+        return None
+    rank = len(obs.spatial) or 1  # token ids (N, L): one cell per token
+    if len(order.grid) != rank:
+        return None
+    return order.grid, (order.extra if order.leading else order)
 
 
 def observe(call, reduction: str | None = None, grad: bool = True):
@@ -207,7 +241,7 @@ def observe(call, reduction: str | None = None, grad: bool = True):
 
     cap = AttentionCapture(clock=clock)
     obs = Observer(call.net, x.shape[0], tuple(x.shape[2:]), lambda: not cap.orders and mine())
-    with obs.watching(), cap:
+    with obs.watching(x), cap:
         output = run_hooked(call, x, install, grad=grad)
     y, rname = out.finish(output)
     grid, extra = grid_of(obs, cap)

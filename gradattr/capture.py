@@ -259,7 +259,7 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
     leaf = x.detach().requires_grad_(True) if record and not any(
         p.requires_grad for p in call.net.parameters()) else x
     try:
-        with obs.watching() if obs is not None else contextlib.nullcontext():
+        with obs.watching(leaf) if obs is not None else contextlib.nullcontext():
             output = run_hooked(call, leaf, install, grad=record)
     except _Captured:
         pass
@@ -396,7 +396,7 @@ def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torc
     # score depends on, and the plan found here is remembered for every method.
     needs_input_grad = not any(p.requires_grad for p in call.net.parameters())
     leaf = x.detach().requires_grad_(True) if needs_input_grad else x
-    with obs.watching():
+    with obs.watching(leaf):
         output = run_hooked(call, leaf, install, grad=True)
     y, rname = out.finish(output)
     candidates = _readable(before_reduction if plan.reduction else seen, call, y, obs, x, rejected)

@@ -18,7 +18,9 @@ itself produces:
 * the input's own grid.
 
 The grid of a token tensor is then the latest grid observed before it ("at that
-stage"), and its extra tokens are ``L`` minus that grid's cells. Grids observed
+stage"), and its extra tokens are ``L`` minus that grid's cells, leading; where the pass
+followed the tensor's positions back to the input (:mod:`gradattr.provenance`, carried by
+the same mode), :meth:`Observer.order` reads the grid and the token order from there. Grids observed
 inside attention modules (a spatial-reduction convolution of the keys, a pooled
 key grid) do not count: attention modules are known by type (``nn.MultiheadAttention``,
 timm's ``Attention``/``ClassAttn``, MONAI's ``SABlock``/``CrossAttentionBlock``,
@@ -38,6 +40,8 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .provenance import Order, Shadows, holds_grid, token_order
+
 #: At most this many leading extra tokens (class, distillation, register tokens).
 MAX_EXTRA_TOKENS = 16
 
@@ -49,6 +53,8 @@ _RESHAPES = {torch.Tensor.reshape, torch.Tensor.view, torch.reshape, torch.Tenso
              torch.Tensor.unflatten}
 _SOFTMAX = {torch.Tensor.softmax, torch.softmax, torch.nn.functional.softmax}
 _SDPA = {torch.nn.functional.scaled_dot_product_attention}
+_MATMUL = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__, torch.bmm,
+           torch.Tensor.bmm, torch.einsum}
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,10 @@ class _Watch(TorchFunctionMode):
                 self.observer.function(func, args, kwargs or {}, out)
             except Exception:  # noqa: BLE001, S110 - watching must never break the user's forward pass
                 pass
+            try:
+                self.observer.shadows.step(func, args, kwargs or {}, out)
+            except Exception:  # noqa: BLE001 - an operation the shadow cannot follow ends it
+                self.observer.shadows.lost(out)
         return out
 
 
@@ -129,6 +139,11 @@ class Observer:
         self.computing: set[str] = set()
         self.started: dict[str, int] = {}  # the clock when each module's latest call began
         self.modules = dict(net.named_modules())
+        self.shadows = Shadows()  # which input cell each position holds (gradattr.provenance)
+
+    def seed(self, x) -> None:
+        """Track token provenance from the explained input ``x`` (the tensor the pass is given)."""
+        self.shadows.seed(x)
 
     # -- the pass's clock and module stack ------------------------------------------------
     def tick(self) -> int:
@@ -144,7 +159,10 @@ class Observer:
             out.append(m.register_forward_hook(self._post(nm, m)))
         return out
 
-    def watching(self) -> _Watch:
+    def watching(self, x=None) -> _Watch:
+        """The mode to run the pass in; ``x``: the explained input, whose cells provenance follows."""
+        if x is not None:
+            self.seed(x)
         return _Watch(self)
 
     def _pre(self, name):
@@ -212,10 +230,20 @@ class Observer:
                                        f"{t.shape[1]} tokens on its {g.source}"))
                 return
 
+    def _products(self, func, args) -> bool:
+        """A product of two tensors that both hold the input's tokens (``Q K^T``, ``K^T V``):
+        attention, whatever the module is called (a linear layer's weight holds none)."""
+        if func not in _MATMUL:
+            return False
+        ts = [a for a in (args[1:] if func is torch.einsum else args) if isinstance(a, torch.Tensor)]
+        if func is torch.einsum and len(args) == 2 and isinstance(args[1], (list, tuple)):
+            ts = [a for a in args[1] if isinstance(a, torch.Tensor)]
+        return len(ts) >= 2 and all(self.shadows.of(a) is not None for a in ts[:2])
+
     def function(self, func, args, kwargs, out) -> None:
-        if func in _SDPA or func in _SOFTMAX:
+        if func in _SDPA or func in _SOFTMAX or self._products(func, args):
             src = args[0] if args else kwargs.get("input", kwargs.get("query"))
-            if func in _SOFTMAX:
+            if func in _SOFTMAX and not self._products(func, args):
                 dim = args[1] if len(args) > 1 else kwargs.get("dim")
                 if not (isinstance(src, torch.Tensor) and src.ndim >= 3 and dim in (-1, src.ndim - 1)):
                     return
@@ -298,6 +326,26 @@ class Observer:
         return self.modules.get(name)
 
     # -- what the observations say ------------------------------------------------------------
+    def order(self, t, dim: int = 1, batch: int = 0) -> tuple[bool, Order | None]:
+        """``(tracked, order)``: whether the pass followed ``t``'s positions back to the input,
+        and the grid and token order they show along ``dim`` (None: no grid of tokens)."""
+        s = self.shadows.of(t)
+        if s is None:
+            return False, None
+        return True, token_order(s, dim, self.shadows.space, batch)
+
+    def grid_dims(self, t, channel: int, dims: tuple[int, ...]) -> bool | None:
+        """Whether ``t``'s positions, followed back to the input, can be a grid along ``dims``
+        (channels along ``channel``; None: not followed): False when one dim holds one cell all
+        along it. A tensor inside attention (per head: ``(N, heads, L, head_dim)``) holds one
+        token along ``head_dim`` (and along ``heads``): no grid in either reading."""
+        s = self.shadows.of(t)
+        return None if s is None else holds_grid(s, dims)
+
+    def observed_first(self, t) -> bool:
+        """True when ``t`` itself was observed as a channels-first ``(N, C, *grid)`` output."""
+        return any(g.of(t) and not g.behind for g in self.grids)
+
     def inside_attention(self, name: str) -> bool:
         return (any(name == a or name.startswith(a + ".") for a in self.attention)
                 or any(name.startswith(a + ".") for a in self.computing))

@@ -17,7 +17,10 @@ The readings:
   forward pass shows at that stage (:mod:`gradattr.geometry`: the patch
   embedding's output, a merging or pooling stage), ``k = L - cells``, in 1-D,
   2-D and 3-D alike; for a sequence input with ``k = 0`` this is the batch-first
-  ``time_major`` reading ``(N, T, C)``;
+  ``time_major`` reading ``(N, T, C)``. Where the pass followed the tokens' positions back
+  to the input (:mod:`gradattr.provenance`), the grid and which position holds each cell
+  are read from there instead (``Reading.index``): extra tokens anywhere (trailing detection
+  or register tokens), any order (``(h, w, t)``, windowed, shifted, Hiera's mask units);
 * ``time_first`` ``(T, N, C)`` (PyTorch's default RNN and Transformer layout);
 * a callable ``tensor -> (N, C, *S)`` (a pytorch-grad-cam ``reshape_transform``),
   inverted for perturbations with a vector-Jacobian product.
@@ -34,13 +37,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
 from .errors import GradattrError, expected
 from .geometry import MAX_EXTRA_TOKENS, Grid
+from .provenance import Order
 
 #: The largest ratio between the strides of two spatial dims for a grid to follow the input.
 STRIDE_SPREAD = 1.5
@@ -67,6 +71,17 @@ class Reading:
     fn: Callable | None = None
     bound: bool = True
     alternatives: str = ""  # the other reading that fits as well (a guessed one)
+    # tokens in the network's own order: index[j] is the position holding grid cell j (raster
+    # order), observed by following the positions back to the input (gradattr.provenance)
+    index: tuple[int, ...] | None = None
+    _positions: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
+
+    def positions(self, device) -> torch.Tensor:
+        """``index`` as a tensor on ``device`` (made once per device)."""
+        p = self._positions.get(device)
+        if p is None:
+            p = self._positions[device] = torch.tensor(self.index, dtype=torch.long, device=device)
+        return p
 
     # -- the captured tensor as stored (batch first) and back --------------------------
     def stored(self, out):
@@ -93,7 +108,7 @@ class Reading:
         if k == "channels_last":
             return t.movedim(-1, 1)
         if k in ("tokens", "time_first"):
-            patches = t[:, self.extra or 0:]
+            patches = t[:, self.positions(t.device)] if self.index is not None else t[:, self.extra or 0:]
             return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], *self.grid)
         if k == "callable":
             return self.fn(t)
@@ -108,6 +123,9 @@ class Reading:
             t = a.to(core.dtype)
         elif k == "channels_last":
             t = a.movedim(1, -1).to(core.dtype)
+        elif k == "tokens" and self.index is not None:
+            patches = a.flatten(2).transpose(1, 2).to(core.dtype)
+            t = core.expand(a.shape[0], *core.shape[1:]).index_copy(1, self.positions(a.device), patches)
         elif k == "tokens":
             patches = a.flatten(2).transpose(1, 2).to(core.dtype)
             e = self.extra or 0
@@ -153,6 +171,40 @@ def _tokens(extra: int, grid: tuple[int, ...], guessed: bool = False, time: bool
     g = " x ".join(map(str, grid))
     what = f"{extra} extra token{'s' if extra != 1 else ''} + " if extra else ""
     return Reading("tokens", f"tokens (N, L, C): {what}{g} grid", guessed, extra, grid)
+
+
+def ordered(order: Order, rank: int) -> Reading:
+    """The token reading of an observed :class:`gradattr.provenance.Order`: the usual one when
+    the extra tokens lead and the cells follow in raster order, else one with its ``index``."""
+    if order.leading:
+        return _tokens(order.extra, order.grid, time=rank == 1 and order.extra == 0)
+    g = " x ".join(map(str, order.grid))
+    others = order.others
+    where = f" at position{'s' if len(others) != 1 else ''} {_spans(others)}" if others else ""
+    what = f"{len(others)} other token{'s' if len(others) != 1 else ''}{where} + " if others else ""
+    return Reading("tokens", f"tokens (N, L, C): {what}a {g} grid in the network's token order",
+                   extra=order.extra, grid=order.grid, index=order.index)
+
+
+def _spans(positions: tuple[int, ...]) -> str:
+    out, i = [], 0
+    while i < len(positions):
+        j = i
+        while j + 1 < len(positions) and positions[j + 1] == positions[j] + 1:
+            j += 1
+        out.append(str(positions[i]) if i == j else f"{positions[i]}-{positions[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+def _tracked_tokens(t, geometry, rank: int):
+    """``(tracked, reading)``: a token tensor's reading from its observed provenance."""
+    tracked, order = geometry.order(t)
+    if not tracked:
+        return False, None
+    if order is None or len(order.grid) != rank or not any(c > 1 for c in order.grid):
+        return True, None
+    return True, ordered(order, rank)
 
 
 # -- what the producing module says --------------------------------------------------------
@@ -264,11 +316,15 @@ def candidates(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
     if shape[0] == n:
         if t.ndim == rank + 2:
             f = _fits(shape[2:], spatial, strict=False)  # MATLAB's rule for (N, C, *S)
-            # ... on a grid the pass shows: a convolution's, pooling's or norm's own (or the input's)
+            # ... on a grid the pass shows: a convolution's, pooling's or norm's own (or the input's),
+            # unless its positions, followed back to the input, show no grid there (per head)
             if f is not None and (vote == "first" or geometry.observed(shape[2:])
-                                  or (vote is None and geometry.scaled(shape[2:]))):
+                                  or (vote is None and geometry.scaled(shape[2:]))) \
+                    and geometry.grid_dims(t, 1, tuple(range(2, t.ndim))) is not False:
                 out.append((CHANNELS_FIRST, f + (0.3 if vote == "last" else 0)))
-            if rank >= 2:
+            # a tensor observed as (N, C, *grid) (a pooled 1 x 1 map) is never read channels last
+            if rank >= 2 and not geometry.observed_first(t) \
+                    and geometry.grid_dims(t, t.ndim - 1, tuple(range(1, t.ndim - 1))) is not False:
                 # channels last: its grid follows the input, or, made by a last-dim module (a
                 # merging stage's norm or linear), is an integer downsampling of an observed grid,
                 # whatever its strides (video: time 2x, space 32x)
@@ -277,9 +333,12 @@ def candidates(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
                     f = _fits(shape[1:-1], spatial, strict=False)
                 if f is not None:
                     out.append((CHANNELS_LAST, f + (0.3 if vote != "last" else 0)))
-        if t.ndim == 3 and vote != "first":  # a convolution, pooling or norm's dim 1 is channels
-            found = _stage_tokens(shape[1], geometry, order, t, rank)
-            if found is not None:
+        tracked, reading = _tracked_tokens(t, geometry, rank) if t.ndim == 3 else (False, None)
+        # a convolution, pooling or norm's dim 1 is channels, unless the positions followed back
+        # to the input show tokens along it
+        if t.ndim == 3 and (vote != "first" or reading is not None):
+            found = (reading,) if tracked else _stage_tokens(shape[1], geometry, order, t, rank)
+            if found is not None and found[0] is not None:
                 pen = 0.0 if rank > 1 or vote == "last" else 0.3
                 out.append((found[0], pen))
     if rank == 1 and t.ndim == 3 and shape[1] == n and shape[0] != n and vote in ("last", None):
@@ -344,6 +403,8 @@ def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[
     if reading is not None:
         return bind(reading, t, name, n, spatial, module, geometry, order)
     found = read(t, n, spatial, module, geometry, order)
+    if found is None:
+        _refuse_no_grid(t, name, geometry)
     if (found is None and isinstance(t, torch.Tensor) and t.ndim == len(spatial) + 2 and t.shape[0] == n
             and (all(s == 1 for s in t.shape[2:]) or producer_vote(module, tuple(t.shape)) != "last")):
         # An explicit layer with the input's layout is read channels-first even when its map is
@@ -368,10 +429,37 @@ def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[
     return found
 
 
+def _refuse_no_grid(t, name: str, geometry) -> None:
+    """Refuse a tensor whose positions, followed back to the input, show no grid in any reading:
+    a dim that holds one token all along it (``head_dim`` of a per-head tensor inside attention)."""
+    if not isinstance(t, torch.Tensor) or t.ndim < 4:
+        return  # (a token tensor that reads as no grid is refused by the token messages)
+    dims = tuple(range(2, t.ndim))
+    if geometry.grid_dims(t, 1, dims) is not False:
+        return
+    s = geometry.shadows.of(t)
+    from .provenance import constant
+    flat = [d for d in range(1, t.ndim) if t.shape[d] > 1 and constant(s, d)]
+    what = (f"dims {flat} of its shape {tuple(t.shape)} hold one token all along them" if len(flat) > 1
+            else f"dim {flat[0]} of its shape {tuple(t.shape)} holds one token all along it" if flat
+            else f"its shape {tuple(t.shape)} holds tokens in no grid order along dims 2 and on")
+    raise GradattrError(
+        f"feature_layer: expected a layer whose output is a map of the input's grid, but in "
+        f"{name!r}'s output, followed back to the input through the forward pass, {what}: it is no "
+        "grid of the input but a tensor inside attention (per head: (N, heads, tokens, head_dim), "
+        "or per query and key); choose the output of the block or of the attention module, or pass "
+        "feature_layout=callable (tensor -> (N, C, *S)) to say how to read it")
+
+
 def _settle(shape, geometry, order, exclude) -> str:
     """Which ``feature_layout=`` would settle a token tensor of ``shape``."""
     since = geometry.since_scramble(order, exclude)
     fits = [g for g in since if 0 <= shape[1] - math.prod(g.cells) <= MAX_EXTRA_TOKENS]
+    if exclude is not None and geometry.order(exclude)[0]:
+        # followed back to the input, their positions form no grid: no count of leading tokens helps
+        return ("followed back to the input through the forward pass, their positions form no "
+                "grid of it; feature_layout=callable (tensor -> (N, C, *S), a pytorch-grad-cam "
+                "reshape_transform) says how to read them")
     hint = ""
     if not since:
         scr = [g for g in geometry.usable(exclude, scrambles=True) if g.scramble
@@ -440,6 +528,9 @@ def bind(reading: Reading, out, name: str, n: int, spatial: tuple[int, ...], mod
             raise fail(f"tokens ({n}, L, C)")
         if rank == 1 and reading.extra == 0 and "time major" in reading.description:
             return replace(_tokens(0, (shape[1],), time=True), item=item)  # as said: every step
+        seen = _bind_tracked(reading, t, name, geometry, rank)
+        if seen is not None:
+            return replace(seen, item=item)
         if reading.extra is not None:
             m = shape[1] - reading.extra
             g = geometry.with_cells(m, order, t) if m > 0 else None
@@ -454,6 +545,24 @@ def bind(reading: Reading, out, name: str, n: int, spatial: tuple[int, ...], mod
                        "their stage")
         return replace(found[0], item=item)
     raise AssertionError(k)
+
+
+def _bind_tracked(reading: Reading, t, name: str, geometry, rank: int) -> Reading | None:
+    """``feature_layout='tokens'`` / ``'tokens:k'`` on tokens whose positions the pass followed
+    back to the input: the observed reading (``'tokens:k'`` only where ``k`` tokens lead and the
+    cells follow in raster order), or an error saying what was observed. None: not followed."""
+    tracked, seen = _tracked_tokens(t, geometry, rank)
+    if not tracked:
+        return None
+    if seen is not None and (reading.extra is None or (seen.index is None and reading.extra == seen.extra)):
+        return seen
+    raise GradattrError(
+        f"feature_layout: expected a token layout that {name!r}'s tokens {tuple(t.shape)} have, but "
+        f"{describe(reading)!r} reads leading extra tokens and, followed back to the input through "
+        "the forward pass, "
+        + (f"they are {describe(seen)}; feature_layout='tokens' reads them as observed"
+           if seen is not None else "their positions form no grid of the input")
+        + "; a callable tensor -> (N, C, *S) reads them as you say")
 
 
 LAYOUT_NAMES = ("channels_first", "channels_last", "tokens", "tokens:k", "time_major", "time_first")

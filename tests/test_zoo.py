@@ -179,3 +179,54 @@ def test_the_zoo_is_large_and_every_entry_is_well_formed():
     for c in CASES:
         assert c.layers and c.rule and (callable(c.layers) or c.layers), c.id
         assert re.fullmatch(r"[a-z0-9_]+", c.id), c.id
+
+
+# ---------------------------------------------------------------- attention maps (issue 25)
+def naive_relevance(method: str, probs: list, score) -> torch.Tensor:
+    """Rollout (Abnar & Zuidema) or Chefer et al.'s relevance from the model's own probabilities."""
+    n, length = probs[0].shape[0], probs[0].shape[-1]
+    eye = torch.eye(length)
+    r = eye.expand(n, length, length)
+    if method == "attention_rollout":
+        for a in probs:
+            step = (a.detach().mean(1) + eye) / 2
+            r = (step / step.sum(-1, keepdim=True)) @ r
+        return r
+    grads = torch.autograd.grad(score, probs)
+    for a, g in zip(probs, grads):
+        r = r + (g * a.detach()).clamp(min=0).mean(1) @ r
+    return r
+
+
+def _attention_params():
+    from zoo_models import ATTENTION_CASES
+    for c in ATTENTION_CASES:
+        yield pytest.param(c, id=c.id, marks=[] if c.fast else [pytest.mark.slow])
+
+
+@pytest.mark.parametrize("c", list(_attention_params()))
+def test_zoo_attention(c):
+    """Attention rollout and Chefer et al.'s relevance: the relevance of the class token's row (the
+    mean row without one) at the positions the model put each cell, one value per token for token
+    ids (N, L); the oracle's probabilities are the model's own (an eager copy's
+    ``output_attentions``, or softmax by hand)."""
+    try:
+        net, probs, x = c.build()
+    except ModuleNotFoundError as e:
+        pytest.skip(f"{e.name} is not installed")
+    with torch.enable_grad():
+        y, att = probs(x)
+        r = naive_relevance(c.method, att, y[:, c.target].sum())
+    rows = r.mean(1) if c.row is None else r[:, c.row]
+    want = rows[:, c.columns].reshape(rows.shape[0], *c.grid)
+    kw = {} if c.method == "attention_rollout" else {"target": c.target}
+    got = gradattr.attribute(net, x, method=c.method, upsampling="none", **kw, **c.kwargs)
+    diff = _same_map(got, want)
+    assert diff is None, diff
+
+
+def test_zoo_attention_entries_are_well_formed():
+    from zoo_models import ATTENTION_CASES
+    ids = [c.id for c in ATTENTION_CASES]
+    assert len(ids) == len(set(ids)) and len(ids) >= 10
+    assert 1 <= sum(c.fast for c in ATTENTION_CASES) <= 3

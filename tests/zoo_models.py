@@ -183,17 +183,16 @@ def _hiera():
 
 
 # Inside Hiera the tokens are in mask-unit ("unrolled") order, not row-major: a 16 x 16 stage read
-# row-major is a permuted map. The reading is timm's own inverse (Hiera.reroll), or a refusal.
+# row-major is a permuted map. The reading is timm's own inverse (Hiera.reroll): gradattr follows
+# the unroll's reshapes and permutes (token provenance) and reads it in the network's order.
 case("timm_hiera_inner_stage", "timm",
-     lambda net: {"blocks.1.proj": lambda t: net.reroll(t, 0).movedim(-1, 1)}, auto=False, may_refuse=True,
-     rule="an inner stage's tokens are unrolled: the right map or a refusal, never a row-major reading")(
+     lambda net: {"blocks.1.proj": lambda t: net.reroll(t, 0).movedim(-1, 1)}, auto=False,
+     rule="an inner stage's tokens are unrolled: read in the order the unroll put them")(
     _hiera)
-# After the last pooling Hiera's 2 x 2 tokens are in raster order again, but only replaying the
-# unroll's reshapes and permutes would show it: the pass shows tokens gathered back from the batch
-# dim, whose order is the network's own. gradattr refuses them (naming feature_layout=callable);
-# the automatic choice falls back to the last map the pass shows in raster order (patch_embed).
-case("timm_hiera", "timm", {"blocks.3": tokens(0, 2, 2)}, auto=False, may_refuse=True,
-     rule="mean of the last stage's tokens: the right map or a refusal, never a row-major reading")(
+# After the last pooling Hiera's 2 x 2 tokens are in raster order again (as timm documents): the
+# unroll's reshapes and permutes, followed through the pass, show it.
+case("timm_hiera", "timm", {"blocks.3": tokens(0, 2, 2), "blocks": tokens(0, 2, 2)},
+     rule="mean of the last stage's tokens: the last block (raster order again after the unroll)")(
     _hiera)
 case("timm_maxvit", "timm", {"norm": cf}, target=2,
      rule="MATLAB's rule: the last map (the norm after the last stage, NCHW)")(
@@ -802,3 +801,340 @@ case("custom_perceiver_latents", "structured", {"proj": cf}, refuse="latent_mlp"
      rule="learned latents are not a grid of the input: the automatic choice is the last map tied "
           "to the input (the 1x1 convolution); the latents as a layer are refused")(
     seeded(lambda: (Perceiver().eval(), rand(2, 3, 16, 32))))
+
+
+# ==================================================================== token provenance (issue 25)
+# Token tensors whose order is the network's own: detection tokens after the patches, divided
+# space-time video in (h, w, t) order, windowed and shifted orders, Hiera, factorized attention.
+# Each reading is written from where the toy model puts each token (``positions``), never from
+# gradattr's layout code.
+def positions(index, *grid: int) -> Callable:
+    """``(N, L, C)`` whose token ``index[j]`` holds grid cell ``j`` (row-major): gather, reshape."""
+    index = list(index)
+
+    def read(t):
+        return t[:, index].reshape(t.shape[0], *grid, t.shape[-1]).movedim(-1, 1)
+    read.__name__ = f"positions({grid})"
+    return read
+
+
+class ToyAttention(nn.Module):
+    """Multi-head self-attention through ``F.scaled_dot_product_attention``."""
+
+    def __init__(self, d, heads=2):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.keep: list | None = None  # an oracle's list: compute softmax(QK^T) by hand and keep it
+
+    def forward(self, x):
+        b, length, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, length, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.keep is not None:
+            p = torch.softmax(q @ k.transpose(-1, -2) / (c // self.heads) ** 0.5, -1)
+            self.keep.append(p)
+            o = p @ v
+        else:
+            o = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(o.transpose(1, 2).reshape(b, length, c))
+
+
+class ToyBlock(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.norm1, self.attn, self.norm2 = nn.LayerNorm(d), ToyAttention(d), nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class DetTransformer(nn.Module):
+    """YOLOS-style: ``[CLS]`` (``cls`` of them) + patches + ``det`` detection tokens AFTER them;
+    the class scores come from the detection tokens (``head="det"``) or the class token."""
+
+    def __init__(self, size=(32, 48), patch=8, det=5, cls=1, depth=2, d=32, head="det"):
+        super().__init__()
+        self.grid = (size[0] // patch, size[1] // patch)
+        self.patch = nn.Conv2d(3, d, patch, patch)
+        self.cls = nn.Parameter(torch.randn(1, cls, d)) if cls else None
+        self.det = nn.Parameter(torch.randn(1, det, d))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, cls + math.prod(self.grid) + det, d))
+        self.blocks = nn.Sequential(*[ToyBlock(d) for _ in range(depth)])
+        self.norm, self.fc, self.n_det, self.head = nn.LayerNorm(d), nn.Linear(d, 5), det, head
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        lead = [self.cls.expand(len(x), -1, -1)] if self.cls is not None else []
+        t = torch.cat([*lead, t, self.det.expand(len(x), -1, -1)], 1) + self.pos
+        t = self.norm(self.blocks(t))
+        return self.fc(t[:, -self.n_det:].mean(1) if self.head == "det" else t[:, 0])
+
+
+def _det_transformer(**kw):
+    torch.manual_seed(0)
+    net = DetTransformer(**kw).eval()
+    return net, rand(2, 3, *kw.get("size", (32, 48)))
+
+
+def _after(cls, h, w):
+    """Patches at positions ``cls .. cls + h w - 1`` (whatever trails them)."""
+    return positions(range(cls, cls + h * w), h, w)
+
+
+TRAILING = "norm1 of the last block: the patch tokens between the class token and the detection tokens"
+case("det_yolos_trailing_tokens", "detection-transformer", {"blocks.1.norm1": _after(1, 4, 6)}, fast=True,
+     rule=TRAILING)(lambda: _det_transformer())
+case("det_yolos_no_class_token", "detection-transformer", {"blocks.1.norm1": _after(0, 4, 6)},
+     rule=TRAILING)(lambda: _det_transformer(cls=0))
+case("det_yolos_many_det_tokens", "detection-transformer", {"blocks.1.norm1": _after(1, 4, 4)},
+     rule=TRAILING + " (20 detection tokens, more than patches)")(
+    lambda: _det_transformer(size=(32, 32), det=20))
+case("det_yolos_non_square_3x7", "detection-transformer", {"blocks.2.norm1": _after(1, 3, 7)},
+     rule=TRAILING)(lambda: _det_transformer(size=(24, 56), depth=3))
+case("vit_trailing_registers", "detection-transformer", {"blocks.1.norm1": _after(1, 4, 4)},
+     rule="norm1 of the last block: 4 register tokens after the patches, the class token read")(
+    lambda: _det_transformer(size=(32, 32), det=4, head="cls"))
+case("vit_two_leading_tokens_trailing_distillation", "detection-transformer",
+     {"blocks.1.norm1": _after(2, 4, 6)},
+     rule="norm1 of the last block: class + distillation-like tokens lead, 1 token trails")(
+    lambda: _det_transformer(cls=2, det=1, head="cls"))
+
+
+def _hf_yolos_score(y):
+    return y.logits[:, :, 1].sum(1)
+
+
+case("hf_yolos", "detection-transformer",
+     named(r"vit\.(encoder\.layer|layers)\.1\.layernorm_before", _after(1, 4, 6)), fn=_hf_yolos_score,
+     rule="Hugging Face YOLOS: [CLS] + 4 x 6 patches + 5 detection tokens; norm1 of the last layer")(
+    lambda: (_hf("YolosForObjectDetection", "YolosConfig", image_size=[32, 48], patch_size=8,
+                 num_detection_tokens=5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64, num_labels=5), rand(2, 3, 32, 48)))
+
+
+class DividedBlock(nn.Module):
+    """TimeSformer's divided attention on tokens kept as ``(N, 1 + h w T, C)`` in (h, w, t)
+    order: time attention over each cell's frames, then space attention over each frame."""
+
+    def __init__(self, d, frames):
+        super().__init__()
+        self.frames = frames
+        self.tnorm, self.tattn = nn.LayerNorm(d), ToyAttention(d)
+        self.snorm, self.sattn = nn.LayerNorm(d), ToyAttention(d)
+        self.norm2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, x):
+        b, length, c = x.shape
+        frames = self.frames
+        cells = (length - 1) // frames
+        cls, t = x[:, :1], x[:, 1:]
+        t = t + self.tattn(self.tnorm(t.reshape(b * cells, frames, c))).reshape(b, cells * frames, c)
+        xs = t.reshape(b, cells, frames, c).transpose(1, 2).reshape(b * frames, cells, c)
+        o = self.sattn(self.snorm(torch.cat([cls.expand(b, frames, c).reshape(b * frames, 1, c), xs], 1)))
+        cls = cls + o[:, :1].reshape(b, frames, c).mean(1, keepdim=True)
+        t = t + o[:, 1:].reshape(b, frames, cells, c).transpose(1, 2).reshape(b, cells * frames, c)
+        x = torch.cat([cls, t], 1)
+        return x + self.mlp(self.norm2(x))
+
+
+class DividedVideo(nn.Module):
+    """A 2-D patch embedding per frame, tokens in (h, w, t) order, a class token first."""
+
+    def __init__(self, frames=3, patch=8, depth=2, d=32):
+        super().__init__()
+        self.patch = nn.Conv2d(3, d, patch, patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.blocks = nn.Sequential(*[DividedBlock(d, frames) for _ in range(depth)])
+        self.norm, self.fc = nn.LayerNorm(d), nn.Linear(d, 5)
+
+    def forward(self, x):  # (N, 3, T, H, W)
+        b, c, frames, h, w = x.shape
+        f = self.patch(x.transpose(1, 2).reshape(b * frames, c, h, w))
+        d, gh, gw = f.shape[1:]
+        t = f.reshape(b, frames, d, gh * gw).permute(0, 3, 1, 2).reshape(b, gh * gw * frames, d)
+        t = self.norm(self.blocks(torch.cat([self.cls.expand(b, -1, -1), t], 1)))
+        return self.fc(t[:, 1:].mean(1) + t[:, 0])
+
+
+def hwt(frames, h, w, lead=1):
+    """Tokens ``lead + (i h_w... )``: cell (t, i, j) of the (T, h, w) grid is at
+    ``lead + (i * w + j) * T + t``."""
+    return positions([lead + (i * w + j) * frames + t for t in range(frames) for i in range(h)
+                      for j in range(w)], frames, h, w)
+
+
+def _video_hwt(frames, size):
+    torch.manual_seed(0)
+    return DividedVideo(frames).eval(), rand(2, 3, frames, *size)
+
+
+VIDEO = {"input_format": "BCSSS"}
+case("video_divided_hwt", "divided-space-time", {"blocks.1.norm2": hwt(3, 2, 3), "norm": hwt(3, 2, 3),
+                                                 "blocks.1": hwt(3, 2, 3), "blocks": hwt(3, 2, 3)},
+     fast=True, kwargs=VIDEO,
+     rule="tokens in (h, w, t) order read back into the (T, h, w) grid: the last token tensor")(
+    lambda: _video_hwt(3, (16, 24)))
+case("video_divided_hwt_4_frames_square", "divided-space-time",
+     {"norm": hwt(4, 3, 3), "blocks.1": hwt(4, 3, 3), "blocks": hwt(4, 3, 3), "blocks.1.norm2": hwt(4, 3, 3)},
+     kwargs=VIDEO, rule="tokens in (h, w, t) order: the last token tensor")(
+    lambda: _video_hwt(4, (24, 24)))
+case("video_divided_hwt_2_frames_wide", "divided-space-time",
+     {"norm": hwt(2, 2, 5), "blocks.1": hwt(2, 2, 5), "blocks": hwt(2, 2, 5), "blocks.1.norm2": hwt(2, 2, 5)},
+     kwargs=VIDEO, rule="tokens in (h, w, t) order: the last token tensor")(
+    lambda: _video_hwt(2, (16, 40)))
+
+
+class WindowOrder(nn.Module):
+    """Patch tokens kept in window order (Swin's partition, never reversed), optionally cyclically
+    shifted first, with a class token at the end; attention over all tokens."""
+
+    def __init__(self, size=(32, 32), patch=4, window=4, shift=0, depth=2, d=32):
+        super().__init__()
+        self.grid, self.window, self.shift = (size[0] // patch, size[1] // patch), window, shift
+        self.patch = nn.Conv2d(3, d, patch, patch)
+        self.cls = nn.Parameter(torch.randn(1, 1, d))
+        self.blocks = nn.Sequential(*[ToyBlock(d) for _ in range(depth)])
+        self.norm, self.fc = nn.LayerNorm(d), nn.Linear(d, 5)
+
+    def forward(self, x):
+        f = self.patch(x).permute(0, 2, 3, 1)  # (N, h, w, C)
+        if self.shift:
+            f = torch.roll(f, (-self.shift, -self.shift), (1, 2))
+        b, h, w, c = f.shape
+        ws = self.window
+        t = f.view(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(b, h * w, c)
+        t = self.norm(self.blocks(torch.cat([t, self.cls.expand(b, -1, -1)], 1)))
+        return self.fc(t[:, -1])
+
+
+def windowed_index(h, w, ws, shift=0):
+    """Where :class:`WindowOrder` puts cell (i, j) (row-major): rolled by ``-shift``, then window-major."""
+    where = {}
+    for i in range(h):
+        for j in range(w):
+            si, sj = (i - shift) % h, (j - shift) % w  # the rolled grid's cell that holds (i, j)
+            win = (si // ws) * (w // ws) + sj // ws
+            where[(i, j)] = win * ws * ws + (si % ws) * ws + sj % ws
+    return [where[(i, j)] for i in range(h) for j in range(w)]
+
+
+def windowed(h, w, ws, shift=0):
+    return positions(windowed_index(h, w, ws, shift), h, w)
+
+
+def _windows(**kw):
+    torch.manual_seed(0)
+    return WindowOrder(**kw).eval(), rand(2, 3, *kw.get("size", (32, 32)))
+
+
+case("window_order_trailing_class_token", "windowed-order", {"blocks.1.norm1": windowed(8, 8, 4)},
+     rule="norm1 of the last block: window-major tokens, class token last")(lambda: _windows())
+case("window_order_shifted", "windowed-order", {"blocks.1.norm1": windowed(8, 8, 4, shift=2)},
+     rule="norm1 of the last block: shifted, then window-major tokens")(lambda: _windows(shift=2))
+case("window_order_non_square", "windowed-order", {"blocks.1.norm1": windowed(4, 8, 2, shift=1)},
+     rule="norm1 of the last block: a 4 x 8 grid in 2 x 2 windows, shifted by 1")(
+    lambda: _windows(size=(16, 32), window=2, shift=1))
+
+
+def _coat(**kw):
+    return _timm("coat_lite_tiny", img_size=64, embed_dims=(16, 32, 48, 64), serial_depths=(1, 1, 1, 1),
+                 num_heads=8, **kw), rand(2, 3, 64, 64)
+
+
+COAT = ("norm1 of the last serial block: the factorized attention (K^T V, a product of two token "
+        "tensors) mixes the class token with the 2 x 2 patches; its conv relative-position term "
+        "(N, heads, tokens, head_dim) is no map")
+case("timm_coat_lite", "factorized-attention", {"serial_blocks4.0.norm1": tokens(1, 2, 2)},
+     refuse="serial_blocks4.0.factoratt_crpe.crpe", rule=COAT)(lambda: _coat())
+case("timm_coat_lite_shared_crpe", "factorized-attention", {"serial_blocks4.0.norm1": tokens(1, 2, 2)},
+     refuse="crpe4", rule=COAT + " (named as the model's shared module)")(lambda: _coat())
+case("timm_coat_lite_stage3", "factorized-attention", {"serial_blocks3.0.norm1": tokens(1, 4, 4)},
+     auto=False, refuse="serial_blocks3.0.factoratt_crpe.crpe",
+     rule="an inner stage's tokens: the class token + 4 x 4 patches")(lambda: _coat())
+case("timm_hiera_stage3", "timm", lambda net: {"blocks.2": lambda t: net.reroll(t, 2).movedim(-1, 1)},
+     auto=False, rule="the third stage's tokens, still unrolled: read in the unroll's order")(_hiera)
+
+
+# ==================================================================== attention maps (issue 25)
+@dataclass
+class AttentionCase:
+    """An attention-method entry: ``build() -> (net, oracle_probs, x)``, where ``oracle_probs(x)``
+    returns ``(output, [(N, H, L, L)] probabilities in the graph)`` from the model itself
+    (``output_attentions`` of an eager copy, or softmax computed by hand); the map is ``row``'s
+    relevance (None: the mean of all rows) at the token ``columns``, reshaped to ``grid``."""
+
+    id: str
+    family: str
+    build: Callable
+    method: str
+    row: int | None
+    columns: list[int]
+    grid: tuple[int, ...]
+    target: int = 1
+    fast: bool = False
+    kwargs: dict = field(default_factory=dict)
+
+
+ATTENTION_CASES: list[AttentionCase] = []
+
+
+def _text(model_cls, config_cls, length=12, **cfg):
+    """A Hugging Face text classifier on token ids ``(N, L)`` (given as ``x=(ids,)``) and an eager
+    copy with the same weights whose ``output_attentions`` are the oracle's probabilities."""
+    import transformers
+    torch.manual_seed(0)
+    config = getattr(transformers, config_cls)(vocab_size=50, max_position_embeddings=32, num_labels=3, **cfg)
+    net = getattr(transformers, model_cls)(config).eval()
+    eager = getattr(transformers, model_cls)(
+        getattr(transformers, config_cls)(**{**config.to_dict(), "attn_implementation": "eager"})).eval()
+    eager.load_state_dict(net.state_dict())
+    ids = torch.randint(3, 50, (2, length), generator=torch.Generator().manual_seed(3))
+
+    def probs(x):
+        out = eager(input_ids=x[0], output_attentions=True)
+        return out.logits, list(out.attentions)
+    return net, probs, (ids,)
+
+
+def _toy_probs(net):
+    def probs(x):
+        attns = [m for m in net.modules() if isinstance(m, ToyAttention)]
+        keep: list = []
+        for m in attns:
+            m.keep = keep
+        try:
+            return net(x), keep
+        finally:
+            for m in attns:
+                m.keep = None
+    return probs
+
+
+def attention_case(id, family, build, rows, columns, grid, methods=("attention_rollout", "transformer_attribution"),
+                   **kw):
+    for m in methods:
+        short = {"attention_rollout": "rollout", "transformer_attribution": "chefer"}[m]
+        ATTENTION_CASES.append(AttentionCase(f"{id}_{short}", family, build, m, rows, columns, grid, **kw))
+
+
+HF_TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
+attention_case("text_bert", "text-classifier",
+               lambda: _text("BertForSequenceClassification", "BertConfig", **HF_TEXT),
+               None, list(range(12)), (12,), fast=True)
+attention_case("text_distilbert", "text-classifier",
+               lambda: _text("DistilBertForSequenceClassification", "DistilBertConfig", dim=32, n_layers=2,
+                             n_heads=2, hidden_dim=64), None, list(range(12)), (12,))
+attention_case("text_roberta", "text-classifier",
+               lambda: _text("RobertaForSequenceClassification", "RobertaConfig", pad_token_id=1, **HF_TEXT),
+               None, list(range(12)), (12,))
+attention_case("text_electra", "text-classifier",
+               lambda: _text("ElectraForSequenceClassification", "ElectraConfig", embedding_size=16, **HF_TEXT),
+               None, list(range(12)), (12,))
+attention_case("det_toy_trailing", "detection-transformer",
+               lambda: (lambda net, x: (net, _toy_probs(net), x))(*_det_transformer()),
+               0, list(range(1, 25)), (4, 6))
+attention_case("window_order_toy", "windowed-order",
+               lambda: (lambda net, x: (net, _toy_probs(net), x))(*_windows(shift=2)),
+               64, windowed_index(8, 8, 4, 2), (8, 8))

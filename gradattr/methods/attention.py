@@ -5,22 +5,36 @@ observed by :func:`gradattr.attention.observe` (through ``view.scorer.attention`
 ``view.oracle.attention_gradients``) (fused ``scaled_dot_product_attention``
 and ``nn.MultiheadAttention`` included: nothing for the user to un-fuse), and
 return a map over the token grid observed at the patch embedding, ``(N, K, *grid)``,
-which the engine upsamples to the input like any CAM. The extra tokens (class,
-distillation, registers: ``L - prod(grid)`` of them) lead the sequence. With a
-class token the map is the class token's row of the relevance over the patch
-tokens; without one (``L == prod(grid)``) it is the mean of all rows.
+which the engine upsamples to the input like any CAM. Which token holds which cell is read
+from the first attention call's queries, followed back to the input through the pass
+(:mod:`gradattr.provenance`): class, distillation, register and detection tokens may lead
+or trail the patches, and the patches may be in any order. With such an extra token the map
+is the first one's row of the relevance over the patch tokens; without one (every token
+holds a cell: token ids ``(N, L)`` give a map ``(N, L)``, one value per token) it is the
+mean of all rows.
 """
 from __future__ import annotations
 
 import torch
 
 from ..errors import expected
+from ..provenance import Order
 from ..registry import COMMON, TARGET, Method, Option, register
 
 
-def _readout(r: torch.Tensor, grid: tuple[int, ...], extra: int) -> torch.Tensor:
-    """Relevance ``r (..., L, L)`` -> the map over the grid ``(..., *grid)``."""
-    rows = r[..., 0, extra:] if extra > 0 else r[..., :, extra:].mean(-2)
+def _readout(r: torch.Tensor, grid: tuple[int, ...], extra) -> torch.Tensor:
+    """Relevance ``r (..., L, L)`` -> the map over the grid ``(..., *grid)``.
+
+    ``extra``: the number of leading extra tokens, or the observed
+    :class:`gradattr.provenance.Order` (the cells' positions; the first other token, wherever it
+    sits, is the class token)."""
+    if isinstance(extra, Order):
+        cols = torch.tensor(extra.index, dtype=torch.long, device=r.device)
+        others = extra.others
+        rows = r[..., others[0], :] if others else r.mean(-2)
+        rows = rows.index_select(-1, cols)
+    else:
+        rows = r[..., 0, extra:] if extra > 0 else r[..., :, extra:].mean(-2)
     return rows.reshape(*rows.shape[:-1], *grid)
 
 
@@ -108,8 +122,9 @@ register(Method(
     summary="Attention rollout (Abnar & Zuidema, ACL 2020): the product over blocks of the "
             "head-fused attention plus identity; class-agnostic.",
     doc="""``R = prod_b norm(0.5 A_b + 0.5 I)``; the map is the class token's row of ``R`` over
-the patch tokens (the mean row for models without extra tokens), on the token grid observed
-at the patch embedding. ``A_b`` are the attention probabilities of every block, observed by
+the patch tokens (the mean row for models without extra tokens; for token ids ``(N, L)``, one
+value per token), on the token grid observed at the patch embedding, each token read at the
+cell it holds (class, register or detection tokens leading or trailing, any token order). ``A_b`` are the attention probabilities of every block, observed by
 intercepting ``F.scaled_dot_product_attention`` / ``nn.MultiheadAttention`` for this call
 only (timm, torchvision and Hugging Face ViT/DeiT, fused attention included). One forward
 pass, no gradients. See :func:`gradattr.methods.attention.rollout`.""",
@@ -126,8 +141,9 @@ register(Method(
     summary="Gradient-weighted attention relevance (Chefer, Gur & Wolf, ICCV 2021, \"Generic "
             "attention-model explainability\"): ``R += mean_h(ReLU(dS/dA * A)) R`` over blocks.",
     doc="""``R`` starts as the identity; each block adds ``mean_heads(ReLU(dS/dA_b * A_b)) R``.
-The map is the class token's row of ``R`` over the patch tokens; for a model without extra
-tokens (no class token) it is the mean of all rows. ``A_b`` and ``dS/dA_b`` come from one
+The map is the class token's row of ``R`` over the patch tokens, each read at the cell it holds
+(extra tokens leading or trailing, any token order); for a model without extra tokens (no
+class token; token ids ``(N, L)``: one value per token) it is the mean of all rows. ``A_b`` and ``dS/dA_b`` come from one
 forward and one backward pass with attention intercepted for this call only (fused
 ``scaled_dot_product_attention`` and ``nn.MultiheadAttention`` included); the grid is the one
 observed at the patch embedding. See :func:`gradattr.methods.attention.chefer_relevance`.""",
