@@ -137,6 +137,25 @@ def _shared_arguments() -> dict[tuple[str, str], str]:
     return out
 
 
+def _gist(text: str, width: int = 90) -> str:
+    """The first clause of a shared argument's text (up to ``;`` or a sentence's end), at most
+    ``width`` characters cut at a word, never inside a code span."""
+    text, depth, end = rst_to_markdown(text), 0, None
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and ch in ";." and text[i + 1:i + 2] in (" ", "") \
+                and not text[:i + 1].endswith(("e.g.", "i.e.")):
+            end = i
+            break
+    gist = text[:end]
+    if len(gist) > width:
+        gist = gist[:width].rsplit(" ", 1)[0]
+        if gist.count("`") % 2:
+            gist = gist[:gist.rindex("`")].rstrip()
+        gist = gist.rstrip(",;:(") + " …"
+    return gist
+
+
 def _shared_section() -> str:
     """One heading per shared argument (its anchor is what the method tables link to)."""
     out = []
@@ -192,7 +211,9 @@ if griffe is not None:
 
                 def link(m: re.Match) -> str:
                     anchor = shared.get((m.group(1), " ".join(m.group(2).split())))
-                    return f"    {m.group(1)}: see [shared arguments][{anchor}]." if anchor else m.group(0)
+                    if anchor is None:
+                        return m.group(0)
+                    return f"    {m.group(1)}: {_gist(m.group(2))} ([shared][{anchor}])."
 
                 head, sep, rest = value.partition("\nArgs:\n")
                 if sep:

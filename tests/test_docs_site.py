@@ -104,6 +104,7 @@ def test_api_reference_in_headless_chromium(tmp_path):
                 if name == "api-gradient-cams":
                     assert len(names) > 100  # the methods' argument tables are there
                     page.goto(path.as_uri() + "#gradattr.api.grad_cam")
+                    page.wait_for_timeout(500)  # the header's title settles
                     shot = os.environ.get("GRADATTR_DOCS_SCREENSHOT") or str(tmp_path / "api.png")
                     page.screenshot(path=shot)
         finally:
