@@ -52,8 +52,7 @@ def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[st
     """Write ``OUT_DIR/report/index.html``, a static page of every sample's map; return its path.
 
     Args:
-        out_dir: a folder written by :func:`gradattr.explain_dataset` (or ``gradattr
-            explain-dataset``).
+        out_dir: a folder written by :func:`gradattr.explain_dataset` (or ``gradattr explain-dataset``).
         inputs: the samples the run explained, in data-set order: an array or tensor
             ``(N, C, *S)``, or a data set (``len`` and indexing) whose items are ``x``
             or ``(x, y)``. ``None``: the files of ``OUT_DIR/inputs.json`` when there is one.
@@ -67,9 +66,7 @@ def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[st
         reading: how image files of ``inputs.json`` are read, as the run read them: an object
             with the command line's ``size``, ``mean``, ``std``, ``gray``, ``crop`` and ``limit``
             (``gradattr report`` passes its arguments); ``None``: as they are.
-        input_format: the layout of a batch of ``inputs`` in MATLAB letters, for the metrics
-            (e.g. ``"BTC"``); ``None``: ``(N, C, *S)`` as documented above (``"BCS"``,
-            ``"BCSS"``...), said outright so that a network without Conv/Pool layers is scored.
+        input_format: a batch of ``inputs`` in MATLAB letters for the metrics (``"BTC"``...); ``None``: ``(N, C, *S)``.
 
     Returns:
         The path of ``index.html``.
