@@ -53,12 +53,11 @@ _INPUT_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".ti
 
 
 def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[str] = (), thumb: int = 128,
-           batch_size: int = 32, title: str | None = None, reading=None) -> Path:
+           batch_size: int = 32, title: str | None = None, reading=None, input_format: str | None = None) -> Path:
     """Write ``OUT_DIR/report/index.html``, a static page of every sample's map; return its path.
 
     Args:
-        out_dir: a folder written by :func:`gradattr.explain_dataset` (or ``gradattr
-            explain-dataset``).
+        out_dir: a folder written by :func:`gradattr.explain_dataset` (or ``gradattr explain-dataset``).
         inputs: the samples the run explained, in data-set order: an array or tensor
             ``(N, C, *S)``, or a data set (``len`` and indexing) whose items are ``x``
             or ``(x, y)``. ``None``: the files of ``OUT_DIR/inputs.json`` when there is one.
@@ -72,6 +71,7 @@ def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[st
         reading: how image files of ``inputs.json`` are read, as the run read them: an object
             with the command line's ``size``, ``mean``, ``std``, ``gray``, ``crop`` and ``limit``
             (``gradattr report`` passes its arguments); ``None``: as they are.
+        input_format: a batch of ``inputs`` in MATLAB letters for the metrics (``"BTC"``...); ``None``: ``(N, C, *S)``.
 
     Returns:
         The path of ``index.html``.
@@ -109,7 +109,7 @@ def report(out_dir, *, inputs=None, net=None, classes=None, metrics: Sequence[st
         if source.kind is None:
             raise expected("inputs", "the run's samples (an array or data set), or an OUT_DIR/inputs.json, "
                            "to score with net", "inputs=None and no inputs.json")
-        _score(net, source, maps, order, run.get("target"), metrics, batch_size, samples)
+        _score(net, source, maps, order, run.get("target"), metrics, batch_size, samples, input_format)
     heading = title if title is not None else f"{folder.resolve().name}: {run.get('method', '?')}"
     return _write_page(folder / "report", maps, order, source, rank, samples, names, thumb, heading, run)
 
@@ -386,7 +386,8 @@ def _read_input(path: Path) -> bytes:
                        "run was started in)", f"{str(path)!r}, not found") from None
 
 
-def _score(net, source: Inputs, maps, order, target, metrics, batch_size: int, samples: dict) -> None:
+def _score(net, source: Inputs, maps, order, target, metrics, batch_size: int, samples: dict,
+           input_format: str | None = None) -> None:
     """Class, score, probability (and metrics) of every sample, by forward passes of ``net``."""
     import torch
 
@@ -426,8 +427,8 @@ def _score(net, source: Inputs, maps, order, target, metrics, batch_size: int, s
                     facts.setdefault("label", got[k][1])
             if "deletion" in metrics:
                 m = torch.from_numpy(np.ascontiguousarray(maps[rows]))
-                auc = metric_fns.deletion(net, x, m, cls[:, None].to(device), steps=20,
-                                          batch_size=batch_size).auc
+                auc = metric_fns.deletion(net, x, m, cls[:, None].to(device), steps=20, batch_size=batch_size,
+                                          input_format=input_format or "BC" + "S" * (x.ndim - 2)).auc
                 auc = np.asarray(auc.detach().cpu() if hasattr(auc, "detach") else auc).reshape(len(rows), -1)[:, 0]
                 for k, r in enumerate(rows):
                     samples[int(order[r])].setdefault("metrics", {})["deletion"] = float(auc[k])

@@ -3,6 +3,7 @@ temporary folder, plus one end-to-end run of ``python -m gradattr`` in a folder 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -589,3 +590,38 @@ def test_demo_export_runs_the_readme_recipe(tmp_path, capsys, monkeypatch, effne
     maps = gradattr.load_maps("maps/")
     assert maps.shape == (3, 224, 224)
     np.testing.assert_allclose(maps, np.broadcast_to(want, (3, 224, 224)), rtol=1e-3, atol=1e-5)
+
+
+def test_report_deletion_of_a_model_without_conv_layers(tmp_path, monkeypatch, capsys):
+    """A sequence MLP has no Conv/Pool layer to tell the input's rank: the report's deletion reads
+    the run's inputs as (N, C, T), as explain-dataset did, or as --input-format says."""
+    from gradattr.cli import main
+
+    (tmp_path / "mlp.py").write_text(
+        "import torch\nfrom torch import nn\n\ndef build():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(32, 8), nn.Tanh(), nn.Linear(8, 3))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "seqs").mkdir()
+    x = np.random.default_rng(0).standard_normal((5, 2, 16)).astype(np.float32)
+    for i in range(5):
+        np.save(tmp_path / "seqs" / f"s{i}.npy", x[i])
+    model = ["--model", "mlp:build", "--random-weights"]
+    assert main(["explain-dataset", "seqs", "--out-dir", "run", "--method", "saliency", *model]) == 0
+    capsys.readouterr()
+    assert main(["report", "run", "--metrics", "deletion", *model]) == 0
+    page = Path(capsys.readouterr().out.strip()).read_text()
+    got = {int(i): float(d) for i, d in re.findall(r'data-index="(\d+)"[^>]*data-metric-deletion="([^"]+)"', page)}
+    assert sorted(got) == list(range(5))
+    # the same AUCs from Python, the layout given outright (the report scores each sample's top class)
+    import mlp
+
+    net = mlp.build().eval()
+    maps = gradattr.load_maps("run")[:, 0]
+    xt = torch.from_numpy(x)
+    top = net(xt).argmax(1)
+    want = gradattr.metrics.deletion(net, xt, torch.as_tensor(maps), top[:, None], steps=20, input_format="BCT").auc
+    assert [got[i] for i in range(5)] == pytest.approx(np.asarray(want).reshape(5).tolist(), rel=1e-5)
+    # read as (N, T, C) instead, the maps no longer fit the input's 2 time steps: refused
+    assert main(["report", "run", "--metrics", "deletion", "--input-format", "BTC", *model]) == 1
+    assert "maps: expected (5, *(2,))" in capsys.readouterr().err

@@ -28,6 +28,9 @@ def cli_report(argv: list[str]) -> int:
     p.add_argument("--classes", metavar="FILE", help="class names, one per line, in output order")
     p.add_argument("--metrics", metavar="NAMES", help="per-sample faithfulness scores: deletion "
                    "(needs --model)")
+    p.add_argument("--input-format", metavar="LETTERS", help="layout of a batch of the run's inputs in MATLAB "
+                   "letters for --metrics (e.g. BTC); default: (N, C, *spatial) as explain-dataset reads "
+                   "them (BCS, BCSS, BCSSS), so a model without Conv/Pool layers is scored too")
     p.add_argument("--size", metavar="H[,W]", help="as given to explain-dataset")
     p.add_argument("--mean", metavar="M[,M,M]", help="as given to explain-dataset")
     p.add_argument("--std", metavar="S[,S,S]", help="as given to explain-dataset")
@@ -48,7 +51,7 @@ def cli_report(argv: list[str]) -> int:
             raise CliError("--metrics: expected --model too (the metrics run the network)")
         page = report(folder, net=net, classes=args.classes,
                       metrics=tuple(m.strip() for m in (args.metrics or "").split(",") if m.strip()),
-                      thumb=args.thumb, reading=args)
+                      thumb=args.thumb, reading=args, input_format=args.input_format)
         print(page)
         return 0
 
