@@ -33,7 +33,7 @@ from .oracle import GradientOracle
 from .prep import Call, prepare_call, read_checks
 from .ops import eigen_projection, minmax
 from .registry import Method
-from .scorer import Scorer
+from .scorer import MemoryWatch, Scorer
 
 
 @dataclass(frozen=True)
@@ -204,15 +204,19 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
     counterfactual = opts.get("counterfactual", False)
 
     def view(a, g, cap: Capture | None, i: int, layers: int) -> LayerView:
-        scorer = Scorer(call, plan if cap is None else cap.plan, cap, i, mode)
+        scorer = Scorer(call, plan if cap is None else cap.plan, cap, i, mode, watch)
         return LayerView(a, g, scorer, GradientOracle(scorer, counterfactual), layers)
 
+    watch = None
     if not method.layered:
         v = view(None, None, None, 0, 0)
         return method.compute(v, **own), [], v.scorer.reduction_name
     grad = method.captures == "activations+gradients"
+    if method.family == "perturbation CAM" and not grad:
+        # its chunks are sized from the memory of a forward pass: observed in the capture pass
+        watch = MemoryWatch(call.net, call.n)
     cap = capture(call, plan, grad=grad, stop=method.stop_early,
-                  name_output=bool(opts.get("return_layers")))
+                  name_output=bool(opts.get("return_layers")), watch=watch)
     acts = cap.acts
     grads = _gradients(call, cap, counterfactual) if grad else [None] * len(acts)
     if call.autocast is not None:  # low-precision forward passes, maps accumulated in float32
