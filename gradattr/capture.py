@@ -284,6 +284,8 @@ def _resolved(call: Call, plan: Plan, slots: list, counts: list[int], readings: 
     """The plan as the pass resolved it (each layer's call and reading), remembered when it was
     not known; every planned layer must have been captured."""
     _check_called(plan, slots, counts)
+    if plan.known and all(r is lp.reading for r, lp in zip(readings, plan.layers)):
+        return plan  # a known plan, read as planned: nothing to resolve
     done = Plan(tuple(LayerPlan(lp.name, lp.call if lp.call is not None else k - 1, r)
                       for lp, k, r in zip(plan.layers, counts, readings)), plan.reduction)
     if not plan.known:
