@@ -255,10 +255,9 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
         return eager(hook)
 
     def install():
-        first = watch(plan, mine) if watch is not None else []
-        return first + (obs.handles() if obs is not None else []) + out.handles + [
-            call.net.get_submodule(lp.name).register_forward_hook(feature_hook(i, lp))
-            for i, lp in enumerate(plan.layers)]
+        extra = (watch(plan, mine) if watch is not None else []) + (obs.handles() if obs is not None else [])
+        return extra + out.handles + [call.net.get_submodule(lp.name).register_forward_hook(feature_hook(i, lp))
+                                      for i, lp in enumerate(plan.layers)]
 
     output = None
     leaf = x.detach().requires_grad_(True) if record and not any(

@@ -152,8 +152,10 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
                     buf = a.new_empty(1 + b, *a.shape[1:])
                 copies = buf[:1 + b]
                 copies.copy_(a[i:i + 1].expand_as(copies))
-                copies[torch.arange(1, 1 + b, device=a.device), torch.arange(start, start + b, device=a.device)] = 0
-                out[i, start:start + b] = scorer.score_activations(copies, i, batch_size, unmodified_first=True)
+                rows = torch.arange(1, 1 + b, device=a.device)
+                copies[rows, rows + (start - 1)] = 0  # row 1 + j: channel start + j
+                out[i, start:start + b] = scorer.score_activations(copies, i, batch_size,
+                                                                   unmodified_first=True)
                 start += b
                 bar.update(b)
     finally:
