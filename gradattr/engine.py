@@ -203,7 +203,9 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
     if not maps.is_floating_point() or maps.numel() == 0:
         read_checks(call)
         return
-    peak = maps.detach().flatten(2).abs().amax(-1) if maps.ndim > 2 else maps.detach().abs()
+    # max |map| per map, NaN and Inf kept (one fused reduction)
+    peak = torch.linalg.vector_norm(maps.detach().flatten(2), math.inf, -1) if maps.ndim > 2 \
+        else maps.detach().abs()
     width = peak.shape[1] if peak.ndim == 2 else 1
     # with the input's and the scores' deferred checks; then the (N, K) peaks as Python floats
     peaks = read_values(call, peak)

@@ -163,19 +163,16 @@ def borrowed(net: nn.Module, device: torch.device | None = None):
     across several devices) is not moved.
     """
     modules = modules_of(net)
+    held = _MODULES
     with _BORROW_LOCK:
         state = _BORROWS.get(id(net))
         if state is not None and device is not None and state.tensors and state.device != device:
             raise expected("device", f"{state.device} while another call explains this model there",
                            repr(device))
-        training = False
-        for m in modules:
-            mb = _MODULES.get(id(m))
-            if mb is None:
-                mb = _MODULES[id(m)] = _ModuleBorrow(m)
+        borrows = [held.get(id(m)) or held.setdefault(id(m), _ModuleBorrow(m)) for m in modules]
+        for mb in borrows:
             mb.count += 1
-            training = training or m.training
-        if training:
+        if any(m.training for m in modules):
             net.eval()
         if state is None:
             state = _Borrow(net, device)
@@ -190,11 +187,10 @@ def borrowed(net: nn.Module, device: torch.device | None = None):
             if state.count == 0:
                 del _BORROWS[id(net)]
                 state.restore()
-            for m in modules:
-                mb = _MODULES[id(m)]
+            for m, mb in zip(modules, borrows):
                 mb.count -= 1
                 if mb.count == 0:
-                    del _MODULES[id(m)]
+                    del held[id(m)]
                     mb.restore()
 
 
