@@ -661,8 +661,10 @@ def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual
             grads = None
     if grads is None:
         try:
-            per_k = [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1,
-                                         allow_unused=True) for k in range(k_count)]
+            # one target: the sum's gradient given directly (ones), no select and sum recorded
+            per_k = [torch.autograd.grad(s, inputs, torch.ones_like(s), allow_unused=True)] if k_count == 1 \
+                else [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1,
+                                          allow_unused=True) for k in range(k_count)]
         except RuntimeError as e:
             if "use_reentrant" not in str(e):
                 raise
