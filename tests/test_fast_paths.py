@@ -187,6 +187,6 @@ def test_one_targets_gradient_equals_the_gradient_of_its_sum(counterfactual):
     net, x = toy(2), toy_input(2, n=3)
     a = net[:4](x).detach().requires_grad_(True)
     s = net[4:](a)[:, 2:3]
-    got = capture.per_target_grads(s, [a], counterfactual, ["feature layer '3'"], "output")[0]
     (want,) = torch.autograd.grad((-s if counterfactual else s)[:, 0].sum(), a, retain_graph=True)
+    got = capture.per_target_grads(s, [a], counterfactual, ["feature layer '3'"], "output")[0]
     assert got.shape == (3, 1, *a.shape[1:]) and torch.equal(got[:, 0], want)
