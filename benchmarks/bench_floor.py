@@ -6,7 +6,9 @@ passes on the same inputs, under ``torch.inference_mode``: what the method canno
 floor run in alternation in one process, ``--repeats`` times each; the table gives the
 medians and their ratio (goal: <= 1.1). Ablation-CAM runs the network's tail after the
 feature layer, not whole passes: its floor replays the tail passes (recorded at the
-layer after ``layer4``: ``avgpool``) on the same feature maps.
+layer after ``layer4``: ``avgpool``) on the same feature maps; the last column gives its floor
+as whole passes (one forward pass of the input for the capture, then per chunk of copies one
+pass whose ``layer4`` output is the chunk), as a multiple of one forward pass.
 
 Usage: ``python benchmarks/bench_floor.py [--sizes 112 224] [--repeats 3] [--threads 2]
 [--device cpu|cuda] [--methods score_cam ...] [--model resnet18|resnet50]``.
@@ -66,6 +68,22 @@ def floor(module, inputs):
     return run
 
 
+def pass_floor(net, x, chunks):
+    """Ablation-CAM's floor as whole passes: one forward pass of ``x`` (the capture), then per
+    recorded chunk one pass of ``x`` whose ``layer4`` output is replaced by the chunk (the
+    layers after it run on the copies), under ``torch.inference_mode``."""
+    def run():
+        with torch.inference_mode():
+            net(x)
+            for t in chunks:
+                h = net.layer4.register_forward_hook(lambda m, i, o, t=t: t)
+                try:
+                    net(x)
+                finally:
+                    h.remove()
+    return run
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[112, 224])
@@ -81,8 +99,8 @@ def main(argv=None):
     print(f"load average at start: {os.getloadavg()}; torch {torch.__version__}, {device}, "
           f"{args.threads} thread(s), {args.model} layer4, median of {args.repeats}; 'x forward': "
           "the method's time over one forward pass of the input")
-    print("\n| size | method | forward passes (images) | gradattr (s) | floor (s) | ratio | x forward |\n"
-          "|---|---|---:|---:|---:|---:|---:|")
+    print("\n| size | method | forward passes (images) | gradattr (s) | floor (s) | ratio | x forward | "
+          "floor as passes, x forward |\n|---|---|---:|---:|---:|---:|---:|---:|")
     for size in args.sizes:
         torch.manual_seed(1)
         x = torch.randn(1, 3, size, size, device=device)
@@ -91,17 +109,20 @@ def main(argv=None):
             if "feature_layer" in gradattr.method_info(name).options:
                 opts["feature_layer"] = "layer4"
             call = (lambda: getattr(gradattr, name)(net, x, 281, **opts))
+            fns = {}
             if name == "ablation_cam":
                 tail = net.avgpool
                 shapes = record(tail, call)
                 base = floor(torch.nn.Sequential(net.avgpool, torch.nn.Flatten(1), net.fc), shapes)
+                fns["passes"] = pass_floor(net, x, [t for t in shapes if t.shape[0] > x.shape[0]])
             else:
                 shapes = record(net, call)
                 base = floor(net, shapes)
-            times = {"gradattr": [], "floor": [], "forward": []}
+            times = {"gradattr": [], "floor": [], "forward": [], "passes": []}
             one = floor(net, [x])
+            fns.update(gradattr=call, floor=base, forward=one)
             for _ in range(args.repeats):
-                for k, f in (("gradattr", call), ("floor", base), ("forward", one)):
+                for k, f in fns.items():
                     sync(device)
                     t0 = time.perf_counter()
                     f()
@@ -110,8 +131,9 @@ def main(argv=None):
             g, fl = statistics.median(times["gradattr"]), statistics.median(times["floor"])
             fw = statistics.median(times["forward"])
             images = sum(s.shape[0] for s in shapes)
+            passes = f"{statistics.median(times['passes']) / fw:.2f}" if times["passes"] else "-"
             print(f"| {size} | {name} | {len(shapes)} ({images}) | {g:.2f} | {fl:.2f} | {g / fl:.2f} | "
-                  f"{g / fw:.1f} |", flush=True)
+                  f"{g / fw:.2f} | {passes} |", flush=True)
     print(f"\nload average at end: {os.getloadavg()}")
 
 

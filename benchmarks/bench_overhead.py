@@ -3,7 +3,10 @@
 Where the network's arithmetic is small (a tiny conv net, a 1-D CNN, ResNet-18 at 64 px)
 the fixed cost of a call shows. Every contender computes the same map (the feature
 layer given explicitly, the map upsampled to the input); they run in alternation,
-round after round, in one process, and the table gives each one's median time and its
+round after round (the order rotating from round to round), in one process (after the warm-up the heap is frozen, ``gc.freeze``, and a
+garbage collection runs before each call, outside the timing: a library's leftover cycles are
+not collected in the next contender's call), and the
+table gives each one's median time and its
 ratio to the hand-written call (forward hook, ``autograd.grad``, channel mean, ReLU,
 ``interpolate``). The load average is printed at the start and the end.
 
@@ -16,6 +19,7 @@ Usage: ``python benchmarks/bench_overhead.py [--rounds 300] [--device cpu|cuda] 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import subprocess
@@ -111,8 +115,13 @@ def measure(fns: dict, rounds: int, device) -> dict:
     for f in fns.values():  # warm-up (plans, caches, allocator)
         for _ in range(5):
             f()
-    for _ in range(rounds):
-        for k, f in fns.items():
+    gc.collect()
+    gc.freeze()  # what exists now is never collected again: the collections below stay cheap
+    names = list(fns)
+    for r in range(rounds):
+        for k in names[r % len(names):] + names[:r % len(names)]:  # the order rotates each round
+            f = fns[k]
+            gc.collect()  # each call pays for its own garbage, not for another library's
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()

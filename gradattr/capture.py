@@ -178,12 +178,16 @@ def run_hooked(call: Call, x: torch.Tensor, handles_for, grad: bool, rows: torch
 
 
 def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output: bool = False,
-            x: torch.Tensor | None = None) -> Capture:
+            x: torch.Tensor | None = None, watch=None) -> Capture:
     """One forward pass capturing ``plan``'s feature layers and the scored output.
 
     An automatic plan (no layers) is resolved by this pass and remembered.
     ``stop=True`` ends the pass once the feature layers are captured (no score
-    needed, Eigen-CAM); it takes effect once the plan is known.
+    needed, Eigen-CAM); it takes effect once the plan is known. ``watch(plan, mine)``, if
+    given, returns more hooks for the pass with a known or named plan (installed first,
+    removed with the others): what a method wants to observe of the same pass
+    (:class:`gradattr.scorer.MemoryWatch`); the first pass of an automatic layer runs
+    without them.
     """
     x = call.x if x is None else x
     asked, remembered = plan, False
@@ -202,7 +206,7 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
     elif not plan.known:
         plan = PLANS.get(call, plan) or plan
     try:
-        return _capture_planned(call, plan, grad, stop and plan.known, name_output, x)
+        return _capture_planned(call, plan, grad, stop and plan.known, name_output, x, watch=watch)
     except _NotCalled:
         if not remembered:
             raise
@@ -214,7 +218,7 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
 
 
 def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output: bool,
-                     x: torch.Tensor, record: bool = False) -> Capture:
+                     x: torch.Tensor, record: bool = False, watch=None) -> Capture:
     """Hooks on the planned layers; the forward runs under no_grad until the first of them.
 
     ``record=True`` records the whole graph from the input instead (the fallback
@@ -251,9 +255,9 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
         return eager(hook)
 
     def install():
-        return (obs.handles() if obs is not None else []) + out.handles + [
-            call.net.get_submodule(lp.name).register_forward_hook(feature_hook(i, lp))
-            for i, lp in enumerate(plan.layers)]
+        extra = (watch(plan, mine) if watch is not None else []) + (obs.handles() if obs is not None else [])
+        return extra + out.handles + [call.net.get_submodule(lp.name).register_forward_hook(feature_hook(i, lp))
+                                      for i, lp in enumerate(plan.layers)]
 
     output = None
     leaf = x.detach().requires_grad_(True) if record and not any(
@@ -279,6 +283,8 @@ def _resolved(call: Call, plan: Plan, slots: list, counts: list[int], readings: 
     """The plan as the pass resolved it (each layer's call and reading), remembered when it was
     not known; every planned layer must have been captured."""
     _check_called(plan, slots, counts)
+    if plan.known and all(r is lp.reading for r, lp in zip(readings, plan.layers)):
+        return plan  # a known plan, read as planned: nothing to resolve
     done = Plan(tuple(LayerPlan(lp.name, lp.call if lp.call is not None else k - 1, r)
                       for lp, k, r in zip(plan.layers, counts, readings)), plan.reduction)
     if not plan.known:
@@ -655,8 +661,10 @@ def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual
             grads = None
     if grads is None:
         try:
-            per_k = [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1,
-                                         allow_unused=True) for k in range(k_count)]
+            # one target: the sum's gradient given directly (ones), no select and sum recorded
+            per_k = [torch.autograd.grad(s, inputs, torch.ones_like(s), allow_unused=True)] if k_count == 1 \
+                else [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1,
+                                          allow_unused=True) for k in range(k_count)]
         except RuntimeError as e:
             if "use_reentrant" not in str(e):
                 raise

@@ -19,7 +19,9 @@ turns into ``(N, K, *s)`` maps.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -30,10 +32,10 @@ from .capture import Capture, Plan, capture, per_target_grads, plan_from_options
 from .errors import GradattrError, GradattrWarning, expected
 from .inputs import check_model
 from .oracle import GradientOracle
-from .prep import Call, prepare_call, read_checks
+from .prep import Call, prepare_call, read_checks, read_values
 from .ops import eigen_projection, minmax
 from .registry import Method
-from .scorer import Scorer
+from .scorer import MemoryWatch, Scorer
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,79 @@ def bind(method: Method, net, options: dict) -> Bound:
                  opts.get("upsampling", "bicubic"), plan)
 
 
+_SIMPLE = (str, int, float, bool, type(None))
+
+
+def _options_key(method: Method, options: dict):
+    """A key for ``options`` when every value is a plain immutable value (types included, so
+    that ``1``, ``1.0`` and ``True`` differ), else ``None``: such options bind the same way on
+    the same network every time."""
+    def canon(v):
+        if isinstance(v, tuple):
+            return (tuple, tuple(canon(i) for i in v))
+        if type(v) not in _SIMPLE:
+            raise TypeError
+        return (type(v), v)
+    try:
+        return method.name, tuple(sorted((k, canon(v)) for k, v in options.items()))
+    except TypeError:
+        return None
+
+
+class _BoundCache:
+    """The :class:`Bound` of the function calls with plain options, per network (weakly), used
+    while each layer it names is still the module it named (a replaced submodule re-binds)."""
+
+    def __init__(self):
+        self._store: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, net, key) -> Bound | None:
+        try:
+            entry = self._store.get(net, {}).get(key)
+        except TypeError:  # an unhashable (or un-weakly-referenceable) network
+            return None
+        if entry is None:
+            return None
+        bound, refs = entry
+        for name, ref in refs:
+            try:
+                if net.get_submodule(name) is not ref():
+                    return None
+            except AttributeError:
+                return None
+        return bound
+
+    def put(self, net, key, bound: Bound) -> None:
+        names = bound.plan.names + ([bound.plan.reduction] if bound.plan.reduction else [])
+        refs = tuple((nm, weakref.ref(net.get_submodule(nm))) for nm in names)
+        try:
+            with self._lock:
+                self._store.setdefault(net, {})[key] = (bound, refs)
+        except TypeError:
+            pass
+
+
+_BOUND = _BoundCache()
+
+
 def explain(method: Method, net, x, target=None, **options):
-    """Run ``method`` on ``net`` and ``x``: validate, prepare, capture, compute, fuse, upsample, convert."""
+    """Run ``method`` on ``net`` and ``x``: validate, prepare, capture, compute, fuse, upsample, convert.
+
+    The options are validated and the layers resolved once per network and set of plain
+    options (names, numbers, flags; remembered weakly, as :func:`gradattr.explainer` keeps
+    them): a later call with the same options starts at preparing its input.
+    """
     if not method.needs_target and target is not None:
         raise expected("target", f"None for {method.name}, which explains no particular class",
                        repr(target))
-    return run(bind(method, net, options), net, x, target)
+    key = _options_key(method, options)
+    bound = None if key is None else _BOUND.get(net, key)
+    if bound is None:
+        bound = bind(method, net, options)
+        if key is not None:
+            _BOUND.put(net, key, bound)
+    return run(bound, net, x, target)
 
 
 def run(bound: Bound, net, x, target=None):
@@ -134,10 +203,12 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
     if not maps.is_floating_point() or maps.numel() == 0:
         read_checks(call)
         return
-    peak = maps.detach().flatten(2).abs().amax(-1) if maps.ndim > 2 else maps.detach().abs()
+    # max |map| per map, NaN and Inf kept (one fused reduction)
+    peak = torch.linalg.vector_norm(maps.detach().flatten(2), math.inf, -1) if maps.ndim > 2 \
+        else maps.detach().abs()
     width = peak.shape[1] if peak.ndim == 2 else 1
     # with the input's and the scores' deferred checks; then the (N, K) peaks as Python floats
-    peaks = read_checks(call, peak).reshape(-1).tolist()
+    peaks = read_values(call, peak)
     layer = f"feature layer {names[0]!r}" if len(names) == 1 else (
         f"feature layers {names}" if names else "the input")
     bad = next((j for j, v in enumerate(peaks) if not math.isfinite(v)), None)
@@ -204,15 +275,19 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
     counterfactual = opts.get("counterfactual", False)
 
     def view(a, g, cap: Capture | None, i: int, layers: int) -> LayerView:
-        scorer = Scorer(call, plan if cap is None else cap.plan, cap, i, mode)
+        scorer = Scorer(call, plan if cap is None else cap.plan, cap, i, mode, watch)
         return LayerView(a, g, scorer, GradientOracle(scorer, counterfactual), layers)
 
+    watch = None
     if not method.layered:
         v = view(None, None, None, 0, 0)
         return method.compute(v, **own), [], v.scorer.reduction_name
     grad = method.captures == "activations+gradients"
+    if method.family == "perturbation CAM" and not grad:
+        # its chunks are sized from the memory of a forward pass: observed in the capture pass
+        watch = MemoryWatch(call.net, call.n)
     cap = capture(call, plan, grad=grad, stop=method.stop_early,
-                  name_output=bool(opts.get("return_layers")))
+                  name_output=bool(opts.get("return_layers")), watch=watch)
     acts = cap.acts
     grads = _gradients(call, cap, counterfactual) if grad else [None] * len(acts)
     if call.autocast is not None:  # low-precision forward passes, maps accumulated in float32

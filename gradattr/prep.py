@@ -163,19 +163,16 @@ def borrowed(net: nn.Module, device: torch.device | None = None):
     across several devices) is not moved.
     """
     modules = modules_of(net)
+    held = _MODULES
     with _BORROW_LOCK:
         state = _BORROWS.get(id(net))
         if state is not None and device is not None and state.tensors and state.device != device:
             raise expected("device", f"{state.device} while another call explains this model there",
                            repr(device))
-        training = False
-        for m in modules:
-            mb = _MODULES.get(id(m))
-            if mb is None:
-                mb = _MODULES[id(m)] = _ModuleBorrow(m)
+        borrows = [held.get(id(m)) or held.setdefault(id(m), _ModuleBorrow(m)) for m in modules]
+        for mb in borrows:
             mb.count += 1
-            training = training or m.training
-        if training:
+        if any(m.training for m in modules):
             net.eval()
         if state is None:
             state = _Borrow(net, device)
@@ -190,11 +187,10 @@ def borrowed(net: nn.Module, device: torch.device | None = None):
             if state.count == 0:
                 del _BORROWS[id(net)]
                 state.restore()
-            for m in modules:
-                mb = _MODULES[id(m)]
+            for m, mb in zip(modules, borrows):
                 mb.count -= 1
                 if mb.count == 0:
-                    del _MODULES[id(m)]
+                    del held[id(m)]
                     mb.restore()
 
 
@@ -293,8 +289,13 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     input and the scores onto ``Call.checks``, for :func:`read_checks` to read once.
     """
     check_model(net)
-    dev = resolve_device(device, net)
     auto = isinstance(device, str) and device.lower() == "auto"
+    first = next(net.parameters(), None)  # one look at the parameters serves the device and dtype
+    if auto and first is not None:
+        dev, dtype = check_compute_device(first.device), first.dtype if first.is_floating_point() \
+            else _model_dtype(net)
+    else:
+        dev, dtype = resolve_device(device, net), _model_dtype(net)
     amp = autocast_dtype(autocast)
     if not several and isinstance(x, tuple):
         raise expected("x", "one tensor or array here (several inputs, a tuple x, are taken by the "
@@ -303,7 +304,7 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
         raise expected("forward_kwargs", "None here (keyword inputs are taken by the attribution "
                        "methods)", "a dict")
     checks = [] if defer_checks else None
-    xt, layout, inputs = prepare_inputs(x, net, explain, input_format, dev, _model_dtype(net),
+    xt, layout, inputs = prepare_inputs(x, net, explain, input_format, dev, dtype,
                                         needs_grad=needs_grad, checks=checks)
     if needs_target or target is not None or reduction_fn is not None:
         tgt = resolve_target(target, reduction_fn, classes, xt.shape[0])
@@ -316,19 +317,31 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
                 explain if inputs else 0, kwargs, checks)
 
 
-@contextmanager
-def _the_one_read(device: torch.device):
-    """The call's one host synchronisation, allowed under ``torch.cuda.set_sync_debug_mode``
-    (which a test sets to ``"error"`` to prove there is no other)."""
-    if device.type != "cuda":
-        yield
-        return
-    mode = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(0)
+def _read(call: Call, more: torch.Tensor | None) -> list[float] | None:
+    """The deferred checks and ``more`` in one copy to the host; runs the failing checks and
+    returns ``more``'s values (flattened) as Python floats."""
+    pending = list(call.checks) if call.checks else ()
+    if pending:
+        call.checks.clear()  # (a list shared with the call's augmented copies)
+    # one dtype for the copy: the map's (a sum that overflows it only makes its check run)
+    dtype = more.dtype if more is not None and more.is_floating_point() else torch.float32
+    parts = [t if t.dtype == dtype else t.to(dtype)
+             for t in [sm.reshape(1) for sm, _ in pending] + ([] if more is None else [more.reshape(-1)])]
+    if not parts:
+        return None
+    cuda = parts[0].device.type == "cuda"
+    mode = torch.cuda.get_sync_debug_mode() if cuda else 0
+    if mode:  # the call's one host synchronisation, allowed under set_sync_debug_mode
+        torch.cuda.set_sync_debug_mode(0)  # (which a test sets to "error" to prove there is no other)
     try:
-        yield
+        values = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().tolist()
     finally:
-        torch.cuda.set_sync_debug_mode(mode)
+        if mode:
+            torch.cuda.set_sync_debug_mode(mode)
+    for (_, check), v in zip(pending, values):
+        if v != v or v in (float("inf"), float("-inf")):
+            check()
+    return values[len(pending):]
 
 
 def read_checks(call: Call, more: torch.Tensor | None = None) -> torch.Tensor | None:
@@ -337,22 +350,17 @@ def read_checks(call: Call, more: torch.Tensor | None = None) -> torch.Tensor | 
     A check whose sum is not finite runs (and raises its error, the one it would have
     raised at once); the checks are emptied. Returns ``more`` as read (on the CPU).
     """
-    pending = list(call.checks or [])
-    if call.checks:
-        call.checks.clear()
-    # one dtype for the copy: the map's (a sum that overflows it only makes its check run)
-    dtype = more.dtype if more is not None and more.is_floating_point() else torch.float32
-    parts = [s.reshape(1).to(dtype) for s, _ in pending]
-    if more is not None:
-        parts.append(more.reshape(-1).to(dtype))
-    if not parts:
+    values = _read(call, more)
+    if more is None or values is None:
         return None
-    with _the_one_read(parts[0].device):
-        read = torch.cat(parts).cpu() if len(parts) > 1 else parts[0].cpu()
-    for (_, check), v in zip(pending, read[:len(pending)].tolist()):
-        if v != v or v in (float("inf"), float("-inf")):
-            check()
-    return None if more is None else read[len(pending):].view(more.shape).to(more.dtype)
+    return torch.tensor(values, dtype=more.dtype if more.is_floating_point() else torch.float32
+                        ).view(more.shape).to(more.dtype)
 
 
-__all__ = ["Call", "prepare_call", "read_checks", "borrowed", "resolve_device", "GradattrError"]
+def read_values(call: Call, more: torch.Tensor) -> list[float]:
+    """:func:`read_checks` returning ``more``'s values (flattened) as Python floats: the
+    engine's read of the maps' peaks, with no tensor made of them on the host."""
+    return _read(call, more)
+
+
+__all__ = ["Call", "prepare_call", "read_checks", "read_values", "borrowed", "resolve_device", "GradattrError"]

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from . import resize
-from .capture import Capture, Output, Plan, module_named, run_hooked, thread_guard
+from .capture import Capture, Output, Plan, eager, module_named, run_hooked, thread_guard
 from .errors import GradattrError, expected
 from .prep import Call
 from .targets import Target, tensors_of
@@ -40,9 +40,11 @@ FORWARD_MARGIN = 2
 #: sample, the product, the copy the network gets) and of one channel of it (the upsampled
 #: mask and its scaled copies).
 MASKED_INPUTS, MASKS = 3, 4
-#: Copies of the feature map one modified copy holds on the way in (the modified copy, the
-#: network's layout of it, the hook's clone).
-FEATURE_COPIES = 3
+#: Copies of the feature map one modified copy holds on the way in when the network's layout
+#: of it is a tensor of its own (a token reading): the modified copy (written into the chunk's
+#: buffer) and that layout. A channels-first or channels-last map is handed over as a view of
+#: the buffer: one copy.
+FEATURE_COPIES = 2
 #: The estimate per copy, as a multiple of the input's bytes, when the forward pass cannot be
 #: observed on one sample (the network refuses a batch of one).
 FORWARD_FACTOR = 16
@@ -97,6 +99,71 @@ class Progress:
             print(file=sys.stderr)
 
 
+class MemoryWatch:
+    """The bytes of module outputs alive at once, observed in a pass run for something else.
+
+    Handed to :func:`gradattr.capture.capture` (``watch=``), it hooks every module of the
+    network for that pass (first, in the pass's thread only) and records, as
+    :meth:`Scorer.forward_bytes` would observe in a pass of its own, the most bytes of
+    module outputs alive at once over the whole pass and from each call of each feature
+    layer on (the layers that run on modified copies). Each output's storage is held by a
+    weak reference, so what the network has freed stops counting. The capture pass of a
+    perturbation CAM then sizes its chunks without another forward pass.
+    """
+
+    def __init__(self, net: nn.Module, rows: int):
+        self.net, self.rows, self.ran = net, rows, False
+        self.full = 0
+        self.tail: dict[tuple[str, int], int] = {}
+
+    def __call__(self, plan: Plan, mine) -> list:
+        features: dict[int, list[str]] = {}
+        for lp in plan.layers:
+            features.setdefault(id(module_named(self.net, lp.name)), []).append(lp.name)
+        live: dict[int, tuple] = {}
+        calls: dict[str, int] = {}
+        starts: dict[tuple[str, int], int] = {}
+        seq = [0]
+        self.full, self.tail, self.ran = 0, {}, False
+
+        def hook(m: nn.Module, i, o):
+            if not mine():
+                return None
+            self.ran = True
+            here = features.get(id(m), ())
+            for name in here:  # a feature layer's call: count from its output on
+                k = calls.get(name, 0)
+                calls[name] = k + 1
+                starts[(name, k)] = seq[0]
+            for t in tensors_of(o):
+                st = t.untyped_storage()
+                key = st.data_ptr()
+                if here or key not in live or live[key][0]() is None:
+                    live[key] = (weakref.ref(t), st.nbytes(), seq[0])
+                    seq[0] += 1
+            for key in [k for k, (r, _, _) in live.items() if r() is None]:
+                del live[key]
+            self.full = max(self.full, sum(b for _, b, _ in live.values()))
+            for key, start in starts.items():
+                now = sum(b for _, b, q in live.values() if q >= start)
+                self.tail[key] = max(self.tail.get(key, 0), now)
+            return None
+
+        hook = eager(hook)
+        return [m.register_forward_hook(hook) for m in self.net.modules()]
+
+    def per_sample(self, tail: bool, plan: Plan, index: int) -> int | None:
+        """The observed bytes for one sample (the pass's ``rows`` share them evenly); ``None``
+        when this pass did not observe them (another plan, a feature call that did not run)."""
+        if not self.ran or self.rows < 1:
+            return None
+        if not tail:
+            return -(-self.full // self.rows)
+        lp = plan.layers[index]
+        peak = self.tail.get((lp.name, lp.call))
+        return None if peak is None else -(-peak // self.rows)
+
+
 #: A layer whose output is scored at or replaced: ``(name, module)``.
 Site = tuple
 
@@ -142,6 +209,8 @@ class Scorer:
     cap: Capture | None = None
     index: int = 0
     upsampling: str = "bicubic"
+    #: what the capture pass observed of the memory of a forward pass (or ``None``)
+    watched: MemoryWatch | None = None
     # lazily computed, memoised here only (see the module's docstring): "target", "fast",
     # ("peak", tail)
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
@@ -319,25 +388,35 @@ class Scorer:
         return chunk_size(batch_size, lambda: self.copy_bytes(tail=True), self.x.device,
                           cpu_cap=False)
 
-    def score_activations(self, copies: torch.Tensor, i: int, batch_size: int | None = None) -> torch.Tensor:
+    def score_activations(self, copies: torch.Tensor, i: int, batch_size: int | None = None, *,
+                          unmodified_first: bool = False) -> torch.Tensor:
         """Scores ``(B, K)`` of sample ``i`` with its feature map replaced by ``copies (B, C, *s)``.
 
         Fast path (used when the network allows it): the network runs on sample
         ``i`` alone and the feature layer's output is replaced by the batch of
         copies, so only the layers after it run on the copies. Networks whose tail
         reads the batch size from the input (EfficientNet-Lite's ``x.view(bs, -1)``)
-        break this: the first call therefore adds one unchanged copy and keeps the
-        path only if the output has one row per copy and that copy reproduces the
-        original score (memoised). Otherwise each copy runs the whole network, in
+        break this: the first call therefore runs one unchanged copy with the others and
+        keeps the path only if the output has one row per copy and that copy reproduces
+        the original score (memoised). Otherwise each copy runs the whole network, in
         chunks of ``batch_size`` (or what fits the budget).
+
+        ``unmodified_first=True``: row 0 of ``copies`` is sample ``i``'s own feature map
+        (the caller built it in the same tensor, so no copy is concatenated for the
+        check); it serves the check and its score is not returned (``(B - 1, K)``).
         """
         fast = self._memo.get("fast")
         if fast is not False:
-            s, ok = self._tail_scores(copies, i, fast is None)
+            if fast is None and not unmodified_first:
+                copies, unmodified_first = torch.cat([self.cap.acts[self.index][i:i + 1], copies]), True
+            run = copies if fast is None else copies[1:] if unmodified_first else copies
+            s, ok = self._tail_scores(run, i, fast is None)
             if fast is None:
                 self._memo["fast"] = ok
             if ok:
                 return s
+        if unmodified_first:
+            copies = copies[1:]
         step = chunk_size(batch_size, lambda: self.copy_bytes(tail=False), self.x.device)
         return torch.cat([self._full_scores(copies[j:j + step], i) for j in range(0, len(copies), step)])
 
@@ -346,9 +425,9 @@ class Scorer:
         return raw[i:i + 1].expand(b, *raw.shape[1:])
 
     def _tail_scores(self, copies: torch.Tensor, i: int, check: bool):
+        """Scores of ``copies`` through the layers after the feature layer; with ``check`` row 0
+        is the sample's own map, compared with its captured score and dropped: ``(s, ok)``."""
         reading = self.cap.plan.layers[self.index].reading
-        if check:
-            copies = torch.cat([self.cap.acts[self.index][i:i + 1], copies])
         b = copies.shape[0]
         rows = torch.full((b,), i, device=copies.device)
         raw = reading.from_ncs(copies, self._layer_raw(i, b))
@@ -393,12 +472,20 @@ class Scorer:
     def copy_bytes(self, tail: bool) -> int:
         """Bytes one modified feature map holds (:meth:`score_activations`): its copies on the
         way in and the forward pass of the layers after the feature layer (``tail``) or of the
-        whole network on the sample it belongs to."""
-        feature = _nbytes(self.cap.acts[self.index][0]) * FEATURE_COPIES
+        whole network on the sample it belongs to.
+
+        The tail's observed bytes count the feature layer's output, which the modified copy
+        replaces in that pass: it is counted once, as the copy, and the margin for what no hook
+        sees goes to the layers that compute (:data:`FORWARD_MARGIN`)."""
+        one = _nbytes(self.cap.acts[self.index][0])
+        kind = self.cap.plan.layers[self.index].reading.kind
+        feature = one * (1 if kind in ("channels_first", "channels_last") else FEATURE_COPIES)
         forward = self.forward_bytes(tail)
         if forward is None:
             return _nbytes(self.x[0]) * FORWARD_FACTOR + feature
-        return feature + (0 if tail else _nbytes(self.x[0])) + FORWARD_MARGIN * forward
+        if tail:
+            return feature + FORWARD_MARGIN * max(forward - one, 0)
+        return feature + _nbytes(self.x[0]) + FORWARD_MARGIN * forward
 
     def point_bytes(self, point: torch.Tensor) -> int:
         """Bytes one point ``point (*element)`` of a gradient pass holds: the forward pass's
@@ -410,13 +497,18 @@ class Scorer:
     def forward_bytes(self, tail: bool = False) -> int | None:
         """The most bytes of module outputs alive at once in a forward pass of one sample.
 
-        Observed once per scorer (memoised), on the first sample without gradients: a hook on
+        Observed in the capture pass when it was watched (:class:`MemoryWatch`), else once per
+        scorer (memoised) in a pass of its own, on the first sample without gradients: a hook on
         every module records each output's storage with a weak reference, so what the network
         has freed stops counting. ``tail=True`` counts from the feature layer's output on
         (the layers that run on modified copies). ``None`` when the network refuses a
         batch of one.
         """
         key = ("peak", tail)
+        if key not in self._memo and self.watched is not None and self.cap is not None:
+            seen = self.watched.per_sample(tail, self.cap.plan, self.index)
+            if seen is not None:  # observed in the capture pass: no pass of its own
+                self._memo[key] = seen
         if key not in self._memo:
             try:
                 self._memo[key] = self._observe(tail)
@@ -470,6 +562,6 @@ class Scorer:
         return Progress(total, enabled, desc)
 
 
-__all__ = ["Scorer", "Progress", "chunk_size", "hooked_output", "MEMORY_BUDGET", "CPU_CHUNK",
+__all__ = ["Scorer", "MemoryWatch", "Progress", "chunk_size", "hooked_output", "MEMORY_BUDGET", "CPU_CHUNK",
            "FORWARD_MARGIN", "FORWARD_FACTOR", "MASKED_INPUTS", "MASKS", "FEATURE_COPIES",
            "CHANNELS_LAST"]

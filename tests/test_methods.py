@@ -296,7 +296,9 @@ def force_fast(net, x):
     """Ablation-CAM with the tail-only path taken without its check (so its error surfaces)."""
     real = Scorer._tail_scores
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Scorer, "_tail_scores", lambda self, copies, i, check: real(self, copies, i, False))
+        # (on the first chunk row 0 is the sample's own map, the check's: dropped with the check)
+        mp.setattr(Scorer, "_tail_scores",
+                   lambda self, copies, i, check: real(self, copies[1:] if check else copies, i, False))
         gradattr.ablation_cam(net, x, 1, feature_layer="body.3")
 
 

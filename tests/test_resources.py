@@ -73,8 +73,10 @@ def test_chunks_come_from_the_observed_forward_pass():
         per_copy = p.masked_bytes()
         assert per_copy >= scorer.FORWARD_MARGIN * 2 * 64 * 224 * 224 * 4
         assert scorer.chunk_size(None, per_copy, x.device) == scorer.MEMORY_BUDGET // per_copy == 10
-        # Ablation-CAM's copies of the 64 x 224 x 224 map and the layers after it
-        assert p.activation_chunk(None) == scorer.MEMORY_BUDGET // p.copy_bytes(tail=True) == 5
+        # Ablation-CAM's copies of the 64 x 224 x 224 map (one each: the chunk's buffer, handed
+        # over as it is) and the layers after it (the ReLU's output, with the margin)
+        assert p.copy_bytes(tail=True) == 64 * 224 * 224 * 4 * (1 + scorer.FORWARD_MARGIN)
+        assert p.activation_chunk(None) == scorer.MEMORY_BUDGET // p.copy_bytes(tail=True) == 13
 
 
 def test_small_inputs_keep_their_chunks_and_their_maps():

@@ -131,25 +131,33 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
     """``y_k (N, K, C)``: every sample's score with each channel of its feature map zeroed.
 
     The copies are scored by :meth:`~gradattr.scorer.Scorer.score_activations`, which
-    runs only the layers after the feature layer where the network allows it. The
-    ablated value is 0, as in the paper (pytorch-grad-cam uses 0 when the layer's
-    minimum is 0 and ``min - 1e7`` otherwise).
+    runs only the layers after the feature layer where the network allows it. Each chunk
+    of copies is written into one buffer, reused from chunk to chunk: row 0 is the
+    sample's own map (the scorer's check of the fast path), row ``1 + j`` the map with
+    channel ``start + j`` zeroed. The ablated value is 0, as in the paper
+    (pytorch-grad-cam uses 0 when the layer's minimum is 0 and ``min - 1e7`` otherwise).
     """
     a, scorer = view.acts, view.scorer
     n, c = a.shape[:2]
     y = scorer.scores
     out = y.new_zeros(n, c, y.shape[1])
     bar = scorer.progress(n * c, progress, "Ablation-CAM")
+    buf = a.new_empty(0)
     try:
         for i in range(n):
             start = 0
             while start < c:
-                chans = torch.arange(start, min(c, start + scorer.activation_chunk(batch_size)),
-                                     device=a.device)
-                copies = ablate(a[i:i + 1].expand(len(chans), *a.shape[1:]), chans)
-                out[i, start:start + len(chans)] = scorer.score_activations(copies, i, batch_size)
-                start += len(chans)
-                bar.update(len(chans))
+                b = min(c - start, scorer.activation_chunk(batch_size))
+                if buf.shape[0] < 1 + b:
+                    buf = a.new_empty(1 + b, *a.shape[1:])
+                copies = buf[:1 + b]
+                copies.copy_(a[i:i + 1].expand_as(copies))
+                rows = torch.arange(1, 1 + b, device=a.device)
+                copies[rows, rows + (start - 1)] = 0  # row 1 + j: channel start + j
+                out[i, start:start + b] = scorer.score_activations(copies, i, batch_size,
+                                                                   unmodified_first=True)
+                start += b
+                bar.update(b)
     finally:
         bar.close()
     return rearrange(out, "n c k -> n k c")

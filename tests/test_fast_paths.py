@@ -1,0 +1,192 @@
+"""Fast paths give bit-identical results to the slow ones they replace (issue 27).
+
+Ablation-CAM's tail-only path (the layers after the feature layer run on a buffer of
+ablated copies, the memory learnt in the capture pass) against the whole-pass fallback;
+the options bound once per network against a fresh bind; the memory observed in the
+capture pass against the scorer's own observing pass; the one read of the checks
+against its tensor form. No timing here: speed is measured in benchmarks/.
+"""
+from __future__ import annotations
+
+import gc
+import weakref
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+import gradattr
+from gradattr import capture, engine, prep, registry, scorer
+from gradattr.scorer import Scorer
+
+from references import toy, toy_input
+
+
+class BatchFromInput(nn.Module):
+    """Reads its batch size from the input, as EfficientNet-Lite's ``x.view(bs, -1)`` does."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = toy(2)[:4]
+        self.fc = toy(2)[6]
+
+    def forward(self, x):
+        bs = x.size(0)
+        return self.fc(self.body(x).flatten(2).mean(-1).view(bs, -1))
+
+
+class TwoStage(nn.Module):
+    """A tail with a convolution and an in-place ReLU after the feature layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.body = nn.Sequential(nn.Conv2d(2, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 7, 3, padding=1))
+        self.tail = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(7, 4, 1), nn.ReLU(inplace=True),
+                                  nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+
+    def forward(self, x):
+        return self.tail(self.body(x))
+
+
+def passes(net, module):
+    sizes = []
+    h = module.register_forward_pre_hook(lambda m, i: sizes.append(i[0].shape[0]))
+    return sizes, h
+
+
+def slow(fn):
+    """``fn()`` with Ablation-CAM's tail-only path refused: every copy runs the whole network."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Scorer, "_tail_scores", lambda self, copies, i, check: (None, False))
+        return fn()
+
+
+NETS = [("toy 2-D", lambda: toy(2), "3", 2), ("toy 1-D", lambda: toy(1), "3", 1),
+        ("in-place tail", lambda: TwoStage().double().eval(), "body.2", 2)]
+
+
+@pytest.mark.parametrize("name,make,layer,rank", NETS, ids=[n[0] for n in NETS])
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_ablation_fast_path_equals_the_whole_pass_fallback(name, make, layer, rank, batch_size):
+    net, x = make(), toy_input(rank, n=3)
+    fast = gradattr.ablation_cam(net, x, [1, 3], feature_layer=layer, upsampling="none",
+                                 batch_size=batch_size, relu=False)
+    want = slow(lambda: gradattr.ablation_cam(net, x, [1, 3], feature_layer=layer, upsampling="none",
+                                              batch_size=batch_size, relu=False))
+    assert torch.equal(fast, want)
+    assert fast.abs().amax() > 0
+
+
+def test_ablation_on_a_network_that_reads_its_batch_size_from_the_input():
+    """The check refuses the tail-only path (the output has the wrong shape); the map is the
+    whole-pass fallback's, bit for bit."""
+    net, x = BatchFromInput().double().eval(), toy_input(2)
+    sizes, h = passes(net, net.body[0])
+    try:
+        got = gradattr.ablation_cam(net, x, 2, feature_layer="body.3", upsampling="none", batch_size=3)
+    finally:
+        h.remove()
+    assert sizes == [2, 1, 3, 2, 3, 2]  # capture, the failed check, whole passes on the copies
+    want = slow(lambda: gradattr.ablation_cam(net, x, 2, feature_layer="body.3", upsampling="none",
+                                              batch_size=3))
+    assert torch.equal(got, want)
+
+
+def test_ablation_runs_two_passes_with_the_memory_learnt_in_the_capture():
+    """One sample, all channels in one chunk: the capture pass and one pass whose layers after
+    the feature layer run on 1 + C copies; no pass that only observes memory."""
+    net, x = toy(2), toy_input(2, n=1)
+    sizes, h = passes(net, net[0])
+    tails, h2 = passes(net, net[4])
+    try:
+        got = gradattr.ablation_cam(net, x, 1, feature_layer="3", upsampling="none")
+    finally:
+        h.remove()
+        h2.remove()
+    assert sizes == [1, 1]
+    assert tails == [1, 1 + 5]  # the captured score; the unmodified copy and the 5 ablated ones
+    want = slow(lambda: gradattr.ablation_cam(net, x, 1, feature_layer="3", upsampling="none"))
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("layer", ["3", "2"])
+def test_memory_observed_in_the_capture_matches_the_scorers_own_pass(layer):
+    net, x = TwoStage().eval(), torch.randn(3, 2, 12, 10)
+    layer = {"3": "body.2", "2": "body.1"}[layer]
+    call = prep.prepare_call(net, x, target=1)
+    plan = capture.plan_from_options(net, layer, None, None, None)
+    watch = scorer.MemoryWatch(net, call.n)
+    with call.borrowed():
+        cap = capture.capture(call, plan, grad=False, watch=watch)
+        seen = Scorer(call, cap.plan, cap, watched=watch)
+        own = Scorer(call, cap.plan, cap)
+        held = cap.acts[0][0].numel() * cap.acts[0].element_size()  # the captured map, per sample
+        for tail in (False, True):
+            # the capture pass holds what it captured on top of what a pass of its own holds
+            assert own.forward_bytes(tail) <= seen.forward_bytes(tail) <= own.forward_bytes(tail) + held
+            assert own.forward_bytes(tail) > 0
+    assert sum(len(m._forward_hooks) for m in net.modules()) == 0
+
+
+def test_options_bound_once_per_network_equal_a_fresh_bind():
+    net, x = toy(2), toy_input(2)
+    first = gradattr.grad_cam(net, x, 1, feature_layer="3", upsampling="none")
+    again = gradattr.grad_cam(net, x, 1, feature_layer="3", upsampling="none")
+    fresh = engine.run(engine.bind(registry.get("grad_cam"), net,
+                                   dict(feature_layer="3", upsampling="none")), net, x, 1)
+    assert torch.equal(first, again) and torch.equal(again, fresh)
+    # the layer replaced: the remembered options bind again (the new module is explained)
+    net[3] = nn.LeakyReLU(0.5)
+    replaced = gradattr.grad_cam(net, x, 1, feature_layer="3", upsampling="none", relu=False)
+    want = engine.run(engine.bind(registry.get("grad_cam"), net,
+                                  dict(feature_layer="3", upsampling="none", relu=False)), net, x, 1)
+    assert torch.equal(replaced, want)
+    assert not torch.equal(replaced, gradattr.grad_cam(toy(2), x, 1, feature_layer="3", upsampling="none",
+                                                       relu=False))
+    # 1 and True are different options: True is refused as a feature layer, not taken as "1"
+    with pytest.raises(gradattr.GradattrError, match="feature_layer"):
+        gradattr.grad_cam(net, x, 1, feature_layer=True)
+    # the remembered options never keep a network alive
+    ref = weakref.ref(net)
+    del net
+    gc.collect()
+    assert ref() is None
+
+
+def test_one_read_returns_what_the_tensor_form_returns():
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=1, defer_checks=True)
+    peaks = torch.tensor([[0.5, 2.0], [float("inf"), 0.0]], dtype=torch.float64)
+    want = peaks.clone()
+    call.checks.append((torch.tensor(3.0), lambda: None))
+    got = prep.read_values(call, peaks)
+    assert got == [0.5, 2.0, float("inf"), 0.0] and not call.checks
+    call.checks.append((torch.tensor(float("nan")), lambda: (_ for _ in ()).throw(ValueError("ran"))))
+    with pytest.raises(ValueError, match="ran"):
+        prep.read_checks(call, peaks)
+    assert torch.equal(prep.read_checks(call, peaks), want)
+
+
+def test_a_known_plan_is_returned_as_planned():
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=1)
+    asked = capture.plan_from_options(net, "3", None, None, None)
+    with call.borrowed():
+        first = capture.capture(call, asked, grad=False)
+        second = capture.capture(call, first.plan, grad=False)
+    assert second.plan is first.plan and first.plan.known
+    assert torch.equal(first.acts[0], second.acts[0])
+
+
+@pytest.mark.parametrize("counterfactual", [False, True])
+def test_one_targets_gradient_equals_the_gradient_of_its_sum(counterfactual):
+    """One target's gradient is taken with ``ones`` as the output's gradient (no select and sum
+    recorded): bit-identical to differentiating the sum of its column."""
+    net, x = toy(2), toy_input(2, n=3)
+    a = net[:4](x).detach().requires_grad_(True)
+    s = net[4:](a)[:, 2:3]
+    (want,) = torch.autograd.grad((-s if counterfactual else s)[:, 0].sum(), a, retain_graph=True)
+    got = capture.per_target_grads(s, [a], counterfactual, ["feature layer '3'"], "output")[0]
+    assert got.shape == (3, 1, *a.shape[1:]) and torch.equal(got[:, 0], want)
