@@ -97,7 +97,7 @@ def _run(bound: Bound, net, x, target, presume: bool):
                         autocast=opts["autocast"], output_key=opts.get("output_key"),
                         explain=opts["explain"], forward_kwargs=opts["forward_kwargs"], several=True,
                         defer_checks=True, presume=presume)
-    if call.layout.rank == 0 and method.returns == "map":
+    if call.layout.rank == 0 and (method.returns == "map" or method.finish is not None):
         raise _no_grid(method, call)
     if not call.x.is_floating_point() and method.name in CHANGES_INPUT_VALUES:
         raise _not_on_ids(method, call)
@@ -136,7 +136,8 @@ def _run(bound: Bound, net, x, target, presume: bool):
 
 
 def _no_grid(method: Method, call: Call) -> GradattrError:
-    """A map method on feature vectors ``(N, F)``: no grid to map or slide a window over."""
+    """A map method (or one that multiplies by a map) on feature vectors ``(N, F)``: no grid to
+    map or slide a window over."""
     from .registry import REGISTRY
 
     fits = [m.name for m in REGISTRY.values() if m.returns != "map" and m.finish is None]

@@ -92,7 +92,7 @@ def test_one_vector_C_and_unbatched_numpy():
                                gradattr.saliency(net, x, 1).numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["occlusion", "grad_cam", "score_cam", "image_lime"])
+@pytest.mark.parametrize("method", ["occlusion", "grad_cam", "score_cam", "image_lime", "guided_grad_cam"])
 def test_map_methods_on_vectors_refuse_naming_what_works(method):
     """occlusion returned (F,) at c6b319c; a map over a grid has no meaning on feature vectors."""
     net, x = mlp(), rows()
