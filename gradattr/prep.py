@@ -244,7 +244,7 @@ class Call:
         """The same call on another input of the same form (augmented copies)."""
         return Call(self.net, x, self.layout, self.target if target is None else target, self.device,
                     self.autocast, self.output_key, self.inputs, self.explain, self.forward_kwargs,
-                    self.checks)
+                    self.checks, pending=self.pending)
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None):
         """``net(x)``, or with several inputs ``net(*inputs, **forward_kwargs)`` with ``x`` explained.
