@@ -158,6 +158,7 @@ class Consumer:
         self.fed = tuple(t.shape)
         self.owner = threading.get_ident()
 
+    @torch.compiler.disable  # run eagerly inside a torch.compile'd model (Dynamo must not trace it)
     def hook(self, module, args):
         if threading.get_ident() != self.owner:
             return
