@@ -197,7 +197,9 @@ def deep_lift_map(view, baseline=0.0, batch_size=None) -> torch.Tensor:
         leaf = torch.cat([x[r], base[r]]).detach().requires_grad_(True)
         with DeepLiftRules(leaf, h):
             y, rname, _ = hooked_output(sc.call, sc.reduction, leaf.clone(), torch.cat([r, r]), grad=True)
-        s = target.scores(y, 2 * h, torch.cat([r, r]))[:h]
+        # both halves scored, as captum does: max pooling's rule passes the reference half's
+        # gradient to the input half (the Rescale multipliers keep the halves apart)
+        s = target.scores(y, 2 * h, torch.cat([r, r]))
         if not s.requires_grad:
             raise GradattrError(f"target: expected a score that depends on the input, but the score of "
                                 f"{rname!r} does not")
