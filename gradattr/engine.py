@@ -28,7 +28,7 @@ from . import resize
 from .ensembles import augmented, sess
 from .capture import Capture, Plan, capture, per_target_grads, plan_from_options
 from .errors import GradattrError, GradattrWarning, expected
-from .inputs import check_model
+from .inputs import Unsettled, check_model
 from .oracle import GradientOracle
 from .prep import Call, prepare_call, read_checks
 from .ops import eigen_projection, minmax
@@ -80,14 +80,25 @@ def explain(method: Method, net, x, target=None, **options):
 
 
 def run(bound: Bound, net, x, target=None):
-    """One call of a bound method on ``x``."""
+    """One call of a bound method on ``x``. A first call presumes the input's reading and
+    confirms it in its own first forward pass; when that pass does not, the reading is
+    observed (:func:`gradattr.inputs.observe_reading`) and the call runs again."""
+    try:
+        return _run(bound, net, x, target, presume=True)
+    except Unsettled:
+        return _run(bound, net, x, target, presume=False)
+
+
+def _run(bound: Bound, net, x, target, presume: bool):
     method, opts, plan, mode = bound.method, bound.opts, bound.plan, bound.mode
     call = prepare_call(net, x, target=target, reduction_fn=opts.get("reduction_fn"),
                         classes=opts.get("classes"), input_format=opts["input_format"],
                         device=opts["device"], needs_target=method.needs_target,
                         autocast=opts["autocast"], output_key=opts.get("output_key"),
                         explain=opts["explain"], forward_kwargs=opts["forward_kwargs"], several=True,
-                        defer_checks=True)
+                        defer_checks=True, presume=presume)
+    if call.layout.rank == 0 and method.returns == "map":
+        raise _no_grid(method, call)
     if call.inputs and method.layered and not plan.layers:
         raise expected("feature_layer", "a layer (name or module) when x holds several inputs: the "
                        "automatic rule could pick a layer of another input's branch", "None")
@@ -120,6 +131,19 @@ def run(bound: Bound, net, x, target=None):
     if opts.get("return_layers"):
         return out, (names[0] if len(names) == 1 else names), rname
     return out
+
+
+def _no_grid(method: Method, call: Call) -> GradattrError:
+    """A map method on feature vectors ``(N, F)``: no grid to map or slide a window over."""
+    from .registry import REGISTRY
+
+    fits = [m.name for m in REGISTRY.values() if m.returns != "map" and m.finish is None]
+    what = "x" if not call.inputs else f"x[{call.explain}]"
+    return expected(what, f"an input with spatial or time dimensions for {method.name} (a map over a "
+                    "grid)", f"{'a batch of' if call.layout.batched else 'one'} feature vector"
+                    f"{'s' if call.layout.batched else ''} of {call.x.shape[1]} features, shape "
+                    f"{tuple(call.x.shape) if call.layout.batched else tuple(call.x.shape[1:])}, which has "
+                    f"no grid; per-feature methods work on vectors: {', '.join(fits)}")
 
 
 def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call, plan: Plan,

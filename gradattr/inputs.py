@@ -6,6 +6,8 @@ maps back in the user's form (same kind, same device, unbatched or not).
 """
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +15,8 @@ import torch
 from torch import nn
 
 from .errors import GradattrError, expected
+from .outputs import select
+from .targets import tensors_of
 
 _RANKED = (
     (1, (nn.Conv1d, nn.ConvTranspose1d, nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d,
@@ -45,13 +49,25 @@ class Layout:
     numpy: bool
     device: torch.device
     spatial: tuple[int, ...]
+    #: False when the network takes ``x`` without a channel axis (a raw waveform ``(N, L)``,
+    #: token ids): the internal form has one channel inserted at dim 1, which the network
+    #: never sees (:meth:`to_network`) and per-element attributions do not keep.
+    channel: bool = True
 
     @property
     def rank(self) -> int:
         return len(self.spatial)
 
+    def to_network(self, x: torch.Tensor) -> torch.Tensor:
+        """The internal ``(N, C, *S)`` tensor as the network takes it."""
+        return x if self.channel else x.select(1, 0)
+
     def output(self, maps: torch.Tensor, scalar_target: bool):
-        """``maps (N, K, *s)`` -> the user's form (drop K for a scalar target, N if unbatched)."""
+        """``maps (N, K, *s)`` -> the user's form (drop K for a scalar target, N if unbatched;
+        an inserted channel is dropped from per-element attributions ``(N, K, 1, *S)``)."""
+        if (not self.channel and maps.ndim == 3 + self.rank and maps.shape[2] == 1
+                and tuple(maps.shape[3:]) == self.spatial):
+            maps = maps[:, :, 0]
         if scalar_target:
             maps = maps[:, 0]
         if not self.batched:
@@ -62,11 +78,265 @@ class Layout:
         return maps.to(self.device)
 
 
+# -- the input's reading, observed --------------------------------------------------------
+@dataclass(frozen=True)
+class InputReading:
+    """How ``x`` as given maps onto the internal ``(N, C, *S)``.
+
+    ``batched``: ``x``'s first axis is the batch (else ``x`` is one sample); ``rank``: the
+    number of spatial/time dims; ``channel=False``: the network takes ``x`` without a channel
+    axis (one is inserted internally); ``ids``: integer ids, kept as integers.
+    """
+
+    batched: bool
+    rank: int
+    channel: bool = True
+    ids: bool = False
+
+    def letters(self) -> str | None:
+        """The ``input_format`` that says the same (None when no channel axis is given)."""
+        if not self.channel:
+            return None
+        return ("B" if self.batched else "") + "C" + "S" * self.rank
+
+    def describe(self, shape: tuple) -> str:
+        n = f"a batch of {shape[0]}" if self.batched else "one sample"
+        if self.rank == 0:
+            return f"{n} vector{'s' if self.batched else ''} of {shape[-1]} features"
+        return f"{n} with {self.rank} spatial/time dim{'s' * (self.rank > 1)}" + (
+            "" if self.channel else " and no channel axis")
+
+
+class _Readings:
+    """Readings observed per model (weakly) and input signature ``(shape, floating)``."""
+
+    def __init__(self):
+        self._store: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, net: nn.Module, key) -> InputReading | None:
+        try:
+            return self._store.get(net, {}).get(key)
+        except TypeError:  # an unhashable model
+            return None
+
+    def put(self, net: nn.Module, key, reading: InputReading) -> None:
+        with self._lock:
+            try:
+                self._store.setdefault(net, {})[key] = reading
+            except TypeError:
+                pass
+
+
+#: The observed readings: the observation costs forward passes on a model's first call with
+#: an input signature only.
+READINGS = _Readings()
+
+
+def _rows(y):
+    """How many rows (samples) the network's output ``y`` has, or None when it cannot say."""
+    if isinstance(y, (list, tuple)) and y and all(isinstance(d, dict) for d in y):
+        return len(y)  # detections: one dict per image
+    try:
+        t = select(y)
+    except GradattrError:
+        t = None
+    if not isinstance(t, torch.Tensor):
+        t = next(iter(tensors_of(y)), None)
+    return None if t is None or t.ndim == 0 else int(t.shape[0])
+
+
+class Consumer:
+    """The first leaf module that receives ``t`` or a view of it (same storage) in one pass:
+    what its first consuming layer reads as channels, time or positions."""
+
+    def __init__(self, net: nn.Module, t: torch.Tensor):
+        self.net, self.ptr, self.numel = net, t.untyped_storage().data_ptr(), t.numel()
+        self.module, self.shape, self.handles = None, None, []
+        self.owner = threading.get_ident()
+
+    def hook(self, module, args):
+        if self.module is not None or threading.get_ident() != self.owner:
+            return
+        for a in args:
+            if (isinstance(a, torch.Tensor) and a.numel() == self.numel and a.numel()
+                    and a.untyped_storage().data_ptr() == self.ptr):
+                self.module, self.shape = module, tuple(a.shape)
+                return
+
+    def __enter__(self):
+        self.handles = [m.register_forward_pre_hook(self.hook) for m in self.net.modules()
+                        if not m._modules]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def _refine(reading: InputReading, fed: tuple, consumer: Consumer) -> tuple[InputReading | None, str]:
+    """The reading as the first consuming layer confirms it: ``(reading, "")``, or ``(None, why)``
+    when that layer reads the axes otherwise. ``fed``: the shape the network was given."""
+    m, v = consumer.module, consumer.shape
+    if m is None:
+        return reading, ""
+    if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):  # ids: every axis a position
+        if v != fed:
+            return reading, ""
+        return InputReading(reading.batched, len(fed) - 1, channel=False, ids=True), ""
+    weight = getattr(m, "weight", None)
+    if isinstance(m, nn.modules.conv._ConvNd) and isinstance(weight, torch.Tensor):
+        r = weight.ndim - 2
+        if len(v) != r + 2:
+            return None, f"its first layer, a {r}-D {type(m).__name__}, gets {v} as one unbatched sample"
+        if v == (fed[0], 1) + fed[1:] and m.in_channels == 1:  # the network adds the channel axis
+            return InputReading(reading.batched, r, channel=False), ""
+        return reading, ""
+    if isinstance(m, nn.Linear) and v == fed and len(fed) > 2:
+        return None, (f"its first layer, a Linear, reads the last dimension ({fed[-1]}) as the "
+                      "features: channels last")
+    return reading, ""
+
+
+def observe_reading(t: torch.Tensor, net: nn.Module, device: torch.device, dtype: torch.dtype, observe,
+                    name: str) -> InputReading:
+    """The reading of ``x`` (as given, ``t``) that the network's behaviour confirms.
+
+    Two readings are tried, each by one forward pass without gradients (``observe``): a
+    batch (the network gets ``x``) and one sample (it gets ``x[None]``). A reading is kept
+    when the pass runs, its output has one row per sample, and the first layer that consumes
+    ``x`` (or a view of it) reads its axes that way (:func:`_refine`: a convolution gets a
+    batch, an embedding gets ids, a ``Linear`` its features last). One sample is not kept
+    when its output is the batch's with a leading 1 (an MLP broadcasts over ``x[None]``: the
+    first axis is a batch it keeps apart, not channels). Integer arrays are tried as floats
+    (images), then as ids. Each pass gets a private copy of ``x`` on ``device``. None kept, or two kept: a :class:`GradattrError` naming
+    ``input_format``. Without ``observe``: the module-type rule of earlier versions.
+    """
+    shape = tuple(t.shape)
+    if observe is None or t.ndim == 0:
+        return _by_module_types(t, net, name, shape)
+    tried: list[str] = []
+    kinds = [dtype] + ([None] if not t.is_floating_point() else [])
+    for kind in kinds:
+        kept, outs = [], {}
+        cast = t.detach().to(device=device, dtype=kind if kind is not None else torch.long, copy=True)
+        for batched in ([True] if t.ndim >= 2 else []) + [False]:
+            fed = cast if batched else cast.unsqueeze(0)
+            reading = InputReading(batched, fed.ndim - 2, ids=kind is None)
+            consumer = Consumer(net, fed)
+            try:
+                with consumer:
+                    y = observe(fed)
+            except Exception as err:  # noqa: BLE001 - a reading the network refuses
+                if _takes(reading, fed, consumer):
+                    raise  # its first layer took x so: the network's own error
+                tried.append(f"as {reading.describe(shape)}: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")
+                continue
+            rows = _rows(y)
+            if rows is not None and rows != fed.shape[0]:
+                tried.append(f"as {reading.describe(shape)}: an output of {rows} rows for {fed.shape[0]} sample(s)")
+                continue
+            refined, why = _refine(reading, tuple(fed.shape), consumer)
+            if refined is None:
+                tried.append(f"as {reading.describe(shape)}: {why}")
+                continue
+            outs[batched] = y
+            if not batched and True in outs and _broadcast(outs[True], y):
+                tried.append(f"as {reading.describe(shape)}: the network keeps x's first axis apart "
+                             "as it keeps samples (its output is the batch's with a leading 1)")
+                continue
+            kept.append(refined)
+        if kept:
+            break
+    if len(kept) == 1:
+        return kept[0]
+    if not kept:
+        _check_channels_last(t, net, shape, name)
+        raise _unread(net, name, shape, tried)
+    both = " and as ".join(r.describe(shape) for r in kept)
+    letters = " or ".join(repr(r.letters()) for r in kept if r.letters())
+    raise expected("input_format", f"a format that says how x is laid out ({letters}): the network "
+                   f"runs x of shape {shape} both as {both}, with one output row per sample",
+                   "None")
+
+
+class Unsettled(Exception):
+    """The call's first forward pass did not confirm the presumed reading: observe it instead.
+    (Not a ``RuntimeError`` nor a ``GradattrError``: nothing on the way may take it for a
+    failure of the network.)"""
+
+
+def presumed_reading(t: torch.Tensor, net: nn.Module) -> InputReading | None:
+    """A reading for a float ``x`` that one forward pass can confirm on its own (:func:`confirm`):
+    one sample when ``x`` has one dim fewer than the first convolution-like layer takes, else a
+    batch. None for integer arrays and vectors (observed by :func:`observe_reading`)."""
+    if not t.is_floating_point() or t.ndim < 3:
+        return None
+    rank = infer_rank(net)
+    return InputReading(False, rank) if rank is not None and t.ndim == rank + 1 else InputReading(True, t.ndim - 2)
+
+
+def _takes(reading: InputReading, fed: torch.Tensor, consumer: Consumer) -> bool:
+    """Whether the first consuming layer is a convolution that took ``fed`` itself, batched,
+    with the reading's rank (a convolution takes no other rank)."""
+    m, weight = consumer.module, getattr(consumer.module, "weight", None)
+    return (isinstance(m, nn.modules.conv._ConvNd) and isinstance(weight, torch.Tensor)
+            and weight.ndim - 2 == reading.rank and consumer.shape == tuple(fed.shape))
+
+
+def confirm(pending: tuple, fed: torch.Tensor, consumer: Consumer, y, rows: bool = True) -> bool:
+    """Whether one pass that fed ``fed`` confirms the presumed reading (and rules the other out):
+    one output row per sample, and a first consuming convolution that gets ``fed`` itself,
+    batched, with the reading's rank (a convolution takes no other rank, and the other reading
+    would give it one dimension more or one less, read as an unbatched sample). Remembered.
+    ``rows=False``: a pass that ended before the output (the rows are not checked)."""
+    net, key, reading = pending
+    ok = _takes(reading, fed, consumer) and (not rows or _rows(y) == fed.shape[0])
+    if ok:
+        READINGS.put(net, key, reading)
+    return ok
+
+
+def _broadcast(batch_y, one_y) -> bool:
+    """Whether ``one_y`` (the output for ``x[None]``) is ``batch_y`` (for ``x``) with a leading 1."""
+    a, b = tensors_of(batch_y), tensors_of(one_y)
+    if not a or len(a) != len(b):
+        return False
+    for u, v in zip(a, b):
+        if v.ndim != u.ndim + 1 or v.shape[0] != 1 or v.shape[1:] != u.shape:
+            return False
+        if u.is_floating_point() and not torch.allclose(u, v[0], rtol=1e-4, atol=1e-5, equal_nan=True):
+            return False
+    return True
+
+
+def _unread(net: nn.Module, name: str, shape: tuple, tried: list[str]) -> GradattrError:
+    """No reading of ``x`` runs: what the network's first ranked layer expects, and why each failed."""
+    rank = infer_rank(net)
+    want = (f"(N, C, {', '.join('S' * rank)}) or (C, {', '.join('S' * rank)}) for a network whose "
+            f"first layers are {rank}-D" if rank else "an input whose layout the network's forward "
+            "pass settles (a batch (N, C, *S) or (N, F), or one sample)")
+    why = f" (the network was tried {'; '.join(tried)})" if tried else ""
+    return expected(name, want + "; pass input_format (e.g. 'SSC' for an H x W x C image, "
+                    "'CT' for a C x T sequence, 'BC' for a batch of feature vectors) to say how x "
+                    "is laid out", f"shape {shape}{why}")
+
+
+def _by_module_types(t: torch.Tensor, net: nn.Module, name: str, shape: tuple) -> InputReading:
+    """Without a forward pass (a prepared array outside a call): the first ranked layer's rank."""
+    rank = infer_rank(net)
+    if rank is not None and t.ndim in (rank + 1, rank + 2):
+        return InputReading(t.ndim == rank + 2, rank)
+    if rank is None and t.ndim in (2, 5):
+        return InputReading(t.ndim == 5, t.ndim - 2 if t.ndim == 5 else 1)
+    raise _unread(net, name, shape, [])
+
+
 def _parse_format(fmt: object, ndim: int) -> list[int]:
     """MATLAB dimension letters -> permutation to (N?, C, *spatial)."""
     if not isinstance(fmt, str) or not fmt or set(fmt.upper()) - set("SCBT"):
         raise expected("input_format", "a string of MATLAB dimension letters S, C, B, T such as "
-                       "'SSC', 'SSCB', 'SSSC', 'CT', 'TC' or 'CBT'", repr(fmt))
+                       "'SSC', 'SSCB', 'SSSC', 'CT', 'TC', 'CBT', 'BC' or 'C'", repr(fmt))
     f = fmt.upper()
     if len(f) != ndim:
         raise expected("input_format", f"one letter per dimension of x ({ndim} letters)",
@@ -74,8 +344,6 @@ def _parse_format(fmt: object, ndim: int) -> list[int]:
     if f.count("C") != 1 or f.count("B") > 1 or f.count("T") > 1 or ("T" in f and "S" in f):
         raise expected("input_format", "exactly one 'C', at most one 'B', and either 'S' letters "
                        "or one 'T'", repr(fmt))
-    if "S" not in f and "T" not in f:
-        raise expected("input_format", "at least one spatial ('S') or time ('T') dimension", repr(fmt))
     order = [f.index("B")] if "B" in f else []
     order.append(f.index("C"))
     order += [i for i, c in enumerate(f) if c in "ST"]
@@ -132,7 +400,8 @@ def _describe(values: torch.Tensor, shape: tuple) -> str:
 
 
 def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.dtype,
-            needs_grad: bool = True, name: str = "x", checks: list | None = None):
+            needs_grad: bool = True, name: str = "x", checks: list | None = None, observe=None,
+            pending: list | None = None):
     """Validate ``x`` and return ``(x_internal (N, C, *s), Layout)``. ``x`` itself is never changed.
 
     ``name`` is the argument named in errors (``"baseline"`` for a metric's baseline).
@@ -142,6 +411,12 @@ def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.
     clear error instead of an empty result from some and a torch error from others.
     With a ``checks`` list the NaN/Inf checks are deferred onto it, as
     :func:`gradattr.targets.check_finite` defers a score's (no host synchronisation).
+
+    Without ``input_format`` the batch axis, the rank and the channel axis are observed
+    (:func:`observe_reading`; ``observe(t)`` runs the network on ``t`` and returns its output),
+    once per model and input signature (:data:`READINGS`). With a ``pending`` list, a reading
+    that the call's own first forward pass can confirm (:func:`presumed_reading`) is taken
+    without a pass of its own and appended there, for :func:`confirm` to check in that pass.
     """
     check_model(net)
     check_compute_device(device)
@@ -150,11 +425,27 @@ def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.
                             "call gradattr outside the inference_mode block")
     t, as_numpy, out_device = _as_tensor(x, name, needs_grad)
     shape = tuple(t.shape)
-    given, batched = _batch_first(t, net, input_format, name, shape)
+    if input_format is not None:
+        given, batched = _batch_first(t, input_format, name, shape)
+        reading = InputReading(batched, given.ndim - 2)
+    else:
+        _check_not_empty(shape, name)
+        key = (shape, t.is_floating_point())
+        reading = READINGS.get(net, key)
+        if reading is None and pending is not None:
+            reading = presumed_reading(t, net)
+            if reading is not None:
+                pending.append((net, key, reading))
+        if reading is None:
+            reading = observe_reading(t, net, device, dtype, observe, name)
+            READINGS.put(net, key, reading)
+        given = t if reading.batched else t.unsqueeze(0)
+        given = given.unsqueeze(1) if not reading.channel else given
     # A private copy: the network may modify its input in place, and x must stay as given.
-    t = given.detach().to(device=device, dtype=dtype, copy=True)
+    t = given.detach().to(device=device, dtype=given.dtype if reading.ids else dtype, copy=True)
     _check_finite(given, t, name, shape, checks)
-    layout = Layout(batched=batched, numpy=as_numpy, device=out_device, spatial=tuple(t.shape[2:]))
+    layout = Layout(batched=reading.batched, numpy=as_numpy, device=out_device,
+                    spatial=tuple(t.shape[2:]), channel=reading.channel)
     return t, layout
 
 
@@ -189,34 +480,25 @@ def _as_tensor(x, name: str, needs_grad: bool) -> tuple[torch.Tensor, bool, torc
     return t, as_numpy, out_device
 
 
-def _batch_first(t: torch.Tensor, net: nn.Module, input_format, name: str, shape: tuple):
-    """``(t as (N, C, *S), batched)``: by ``input_format``, else by the network's rank."""
-    if input_format is not None:
-        order = _parse_format(input_format, t.ndim)
-        batched = "B" in input_format.upper()
-        t = t.permute(order)
-    else:
-        rank = infer_rank(net)
-        if rank is not None and t.ndim in (rank + 1, rank + 2):
-            batched = t.ndim == rank + 2
-        elif rank is None and t.ndim in (2, 5):
-            batched = t.ndim == 5
-        else:
-            want = (f"(N, C, {', '.join('S' * rank)}) or (C, {', '.join('S' * rank)}) for a network whose "
-                    f"first layers are {rank}-D" if rank else "an input whose layout can be read from the "
-                    "network (it has no Conv/Pool layer to tell the rank)")
-            raise expected(name, want + "; pass input_format (e.g. 'SSC' for an H x W x C image, "
-                           "'CT' for a C x T sequence) to say how x is laid out", f"shape {shape}")
-        _check_channels_last(t, net, batched, shape, name)
+def _batch_first(t: torch.Tensor, input_format, name: str, shape: tuple):
+    """``(t as (N, C, *S), batched)`` by the MATLAB letters of ``input_format``."""
+    order = _parse_format(input_format, t.ndim)
+    batched = "B" in input_format.upper()
+    t = t.permute(order)
     if not batched:
         t = t.unsqueeze(0)
-    if t.ndim < 3:
-        raise expected(name, "at least one spatial or time dimension after (N, C)", f"shape {shape}")
-    if t.shape[0] == 0:
-        raise expected(name, "at least one sample", f"shape {shape} (an empty batch)")
-    if 0 in t.shape[1:]:
-        raise expected(name, "non-empty channel and spatial/time dimensions", f"shape {shape}")
+    _check_not_empty(tuple(t.shape), name, shape)
     return t, batched
+
+
+def _check_not_empty(dims: tuple, name: str, shape: tuple | None = None) -> None:
+    """An empty batch or an empty channel/spatial dimension, refused (``dims`` batch first when
+    the reading is known; as given otherwise, where a leading 0 is read as the batch)."""
+    shape = dims if shape is None else shape
+    if len(dims) >= 2 and dims[0] == 0:
+        raise expected(name, "at least one sample", f"shape {shape} (an empty batch)")
+    if 0 in dims:
+        raise expected(name, "non-empty channel and spatial/time dimensions", f"shape {shape}")
 
 
 def _check_finite(given: torch.Tensor, t: torch.Tensor, name: str, shape: tuple, checks: list | None) -> None:
@@ -238,11 +520,15 @@ def _check_finite(given: torch.Tensor, t: torch.Tensor, name: str, shape: tuple,
         checks.append((t.sum(dtype=torch.float32 if t.element_size() < 4 else None), check))
 
 
-def _check_channels_last(t: torch.Tensor, net: nn.Module, batched: bool, shape: tuple, name: str) -> None:
-    """An ``H x W x C`` (or ``N x H x W x C``) array given without ``input_format``: say so."""
-    in_ch = first_in_channels(net)
+def _check_channels_last(t: torch.Tensor, net: nn.Module, shape: tuple, name: str) -> None:
+    """An ``H x W x C`` (or ``N x H x W x C``) array that no reading runs: say so when its last
+    dimension is the first convolution's channel count."""
+    in_ch, rank = first_in_channels(net), infer_rank(net)
+    if in_ch is None or rank is None or t.ndim not in (rank + 1, rank + 2):
+        return
+    batched = t.ndim == rank + 2
     c_axis = 1 if batched else 0
-    if in_ch is None or t.ndim <= c_axis + 1 or t.shape[c_axis] == in_ch or t.shape[-1] != in_ch:
+    if t.ndim <= c_axis + 1 or t.shape[c_axis] == in_ch or t.shape[-1] != in_ch:
         return
     letters = ("B" if batched else "") + "S" * (t.ndim - c_axis - 1) + "C"
     raise expected(name, f"channels first, {in_ch} channels for the network's first layer, at "
@@ -252,7 +538,8 @@ def _check_channels_last(t: torch.Tensor, net: nn.Module, batched: bool, shape: 
 
 
 def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.device, dtype: torch.dtype,
-                   needs_grad: bool = True, checks: list | None = None):
+                   needs_grad: bool = True, checks: list | None = None, observe=None,
+                   pending: list | None = None):
     """``x`` as one input or a tuple of inputs run as ``net(*x)``: ``(x_explained, Layout, inputs)``.
 
     One tensor (or array) is :func:`prepare`'d as always and ``inputs`` is ``()``.
@@ -268,7 +555,8 @@ def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.devic
         if explain not in (0, None):
             raise expected("explain", "0 for a single input x (a tuple x has several inputs)",
                            repr(explain))
-        t, layout = prepare(x, net, input_format, device, dtype, needs_grad=needs_grad, checks=checks)
+        t, layout = prepare(x, net, input_format, device, dtype, needs_grad=needs_grad, checks=checks,
+                            observe=observe, pending=pending)
         return t, layout, ()
     if not x:
         raise expected("x", "a tensor, an array, or a non-empty tuple of the network's inputs", "()")
@@ -284,9 +572,10 @@ def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.devic
         raise expected(name, "a tensor or a numpy array (the explained input, see explain)",
                        type(item).__name__)
     if item.is_floating_point():
-        if item.ndim < 3:
-            raise expected(name, "(N, C, *S), batch first, for the explained input", f"shape {tuple(item.shape)}")
-        fmt = "BC" + "S" * (item.ndim - 2)
+        if item.ndim < 2:
+            raise expected(name, "(N, C, *S) or a batch of vectors (N, F), batch first, for the "
+                           "explained input", f"shape {tuple(item.shape)}")
+        fmt = "BC" + "S" * (item.ndim - 2)  # (N, F): a batch of vectors
         t, layout = prepare(item, net, fmt, device, dtype, needs_grad=needs_grad, name=name, checks=checks)
         layout = Layout(batched=True, numpy=isinstance(x[explain], np.ndarray), device=layout.device,
                         spatial=layout.spatial)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .errors import GradattrError, expected
-from .inputs import Layout, check_compute_device, check_model, prepare_inputs, prepare_kwargs
+from .inputs import Consumer, Layout, Unsettled, check_compute_device, check_model, confirm, prepare_inputs, prepare_kwargs
 from .targets import Target, resolve_target
 
 AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
@@ -218,6 +218,9 @@ class Call:
     #: the activations and gradients of each feature layer, ``(N, C, *s)`` and ``(N, K, C, *s)``,
     #: as the engine captured them for this input (gradient methods), or ``None``
     seen: tuple | None = None
+    #: a presumed input reading that the call's first forward pass confirms (or raises
+    #: :class:`~gradattr.inputs.Unsettled`): ``(net, key, reading)``, or ``None``
+    pending: tuple | None = None
 
     @property
     def n(self) -> int:
@@ -251,6 +254,9 @@ class Call:
         other inputs and the batched keyword inputs (first dimension N) follow them. A
         call of one sample needs no ``rows``.
         """
+        x = self.layout.to_network(x)
+        if self.pending is not None:
+            return self._confirming(x)
         if not self.inputs and not self.forward_kwargs:
             return self.net(x)
         n, b = self.n, x.shape[0]
@@ -270,6 +276,26 @@ class Call:
         return self.net(*args, **kwargs)
 
 
+    def _confirming(self, x: torch.Tensor):
+        """The first forward pass of a call whose input reading was presumed: confirmed here
+        (:func:`gradattr.inputs.confirm`), or :class:`~gradattr.inputs.Unsettled`."""
+        pending, self.pending = self.pending, None
+        consumer = Consumer(self.net, x)
+        try:
+            with consumer:
+                y = self.net(x, **(self.forward_kwargs or {}))
+        except GradattrError:
+            raise
+        except Exception:  # noqa: BLE001 - the network's own error (or a hook ending the pass
+            # early) once its first layer took x as presumed; else the observation says why
+            if not confirm(pending, x, consumer, None, rows=False):
+                raise Unsettled from None
+            raise
+        if not confirm(pending, x, consumer, y):
+            raise Unsettled
+        return y
+
+
 def _model_dtype(net: nn.Module) -> torch.dtype:
     first = next((p for p in net.parameters() if p.is_floating_point()), None)
     return torch.float32 if first is None else first.dtype
@@ -283,7 +309,7 @@ def autocast_dtype(value) -> torch.dtype | None:
 def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_format=None,
                  device="auto", needs_target: bool = True, autocast=None, output_key=None,
                  needs_grad: bool = True, explain=0, forward_kwargs=None,
-                 several: bool = False, defer_checks: bool = False) -> Call:
+                 several: bool = False, defer_checks: bool = False, presume: bool = False) -> Call:
     """Validate and prepare everything a call needs; nothing is changed yet.
 
     ``needs_target=False`` (Eigen-CAM, RISE without a class...) scores each
@@ -291,6 +317,9 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     (metrics, which run forward passes only) accepts inputs made under
     ``torch.inference_mode()``. ``defer_checks=True`` defers the NaN/Inf checks of the
     input and the scores onto ``Call.checks``, for :func:`read_checks` to read once.
+    ``presume=True`` lets the call's first forward pass confirm the input's reading
+    (``Call.pending``; the caller reruns with ``presume=False`` on
+    :class:`~gradattr.inputs.Unsettled`), so that a first call costs no pass of its own.
     """
     check_model(net)
     dev = resolve_device(device, net)
@@ -303,17 +332,30 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
         raise expected("forward_kwargs", "None here (keyword inputs are taken by the attribution "
                        "methods)", "a dict")
     checks = [] if defer_checks else None
+    pending = [] if presume and not isinstance(x, tuple) and not forward_kwargs else None
+    kwargs = prepare_kwargs(forward_kwargs, dev) if forward_kwargs else None
     xt, layout, inputs = prepare_inputs(x, net, explain, input_format, dev, _model_dtype(net),
-                                        needs_grad=needs_grad, checks=checks)
+                                        needs_grad=needs_grad, checks=checks,
+                                        observe=_observer(net, None if auto else dev, kwargs, amp),
+                                        pending=pending)
     if needs_target or target is not None or reduction_fn is not None:
         tgt = resolve_target(target, reduction_fn, classes, xt.shape[0])
     else:
         tgt = Target("top", scalar=True)
     if output_key is not None:
         tgt = tgt.with_output_key(output_key)
-    kwargs = prepare_kwargs(forward_kwargs, xt.device) if forward_kwargs else None
     return Call(net, xt, layout, tgt, None if auto else dev, amp, output_key, inputs,
-                explain if inputs else 0, kwargs, checks)
+                explain if inputs else 0, kwargs, checks, pending=pending[0] if pending else None)
+
+
+def _observer(net: nn.Module, device: torch.device | None, kwargs: dict | None, amp):
+    """``observe(t) -> net(t)``: one forward pass without gradients, the model borrowed (eval
+    mode, the compute device), for :func:`gradattr.inputs.observe_reading` (first calls only)."""
+    def observe(t: torch.Tensor):
+        with borrowed(net, device), torch.no_grad(), (
+                torch.autocast(t.device.type, dtype=amp) if amp is not None else nullcontext()):
+            return net(t, **(kwargs or {}))
+    return observe
 
 
 @contextmanager
