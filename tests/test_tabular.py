@@ -39,6 +39,7 @@ def test_shapley_exact_equals_brute_force_enumeration_for_every_target():
             torch.testing.assert_close(phi[i, k].double(), ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # importing shap (numba) takes seconds
 def test_shapley_equals_shap_kernel_explainer_enumerating_every_coalition():
     shap = pytest.importorskip("shap")
     f = 4
