@@ -90,11 +90,16 @@ def _rescale(func, args, kwargs, half: int) -> torch.Tensor:
     """An elementwise nonlinearity of ``[x; b]`` with the Rescale rule: the value ``func(u)``, and
     ``d/du = Delta out / Delta in`` (the same for both halves; the gradient where ``|Delta in| < EPS``)."""
     u = args[0]
-    leaf = u.detach().requires_grad_(True)
-    with torch.enable_grad():
-        out = func(leaf.clone(), *args[1:], **kwargs)  # a copy: in-place forms work on it
-        (deriv,) = torch.autograd.grad(out.sum(), leaf)
-    out = out.detach()
+    name = func.__name__.rstrip("_")
+    if name in ("relu", "sigmoid", "tanh"):  # their derivatives from their values
+        out = func(u.detach().clone(), *args[1:], **kwargs)  # a copy: in-place forms work on it
+        deriv = (u > 0).to(u.dtype) if name == "relu" else out * (1 - out) if name == "sigmoid" else 1 - out * out
+    else:
+        leaf = u.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = func(leaf.clone(), *args[1:], **kwargs)
+            (deriv,) = torch.autograd.grad(out.sum(), leaf)
+        out = out.detach()
     din = torch.cat(2 * [u.detach()[:half] - u.detach()[half:]])
     dout = torch.cat(2 * [out[:half] - out[half:]])
     m = torch.where(din.abs() < EPS, deriv, dout / torch.where(din.abs() < EPS, torch.ones_like(din), din))
@@ -189,7 +194,8 @@ def deep_lift_map(view, baseline=0.0, batch_size=None) -> torch.Tensor:
     n, element = x.shape[0], tuple(x.shape[1:])
     base = baseline_rows(baseline, x).view(n, *element)
     target = sc.target
-    step = max(1, chunk_size(batch_size, lambda: 2 * sc.point_bytes(x[0]), x.device) // 2)
+    # rows of both halves per pass: what fits the memory budget (no per-pass cap: one backward each)
+    step = max(1, chunk_size(batch_size, lambda: 2 * sc.point_bytes(x[0]), x.device, cpu_cap=False) // 2)
     out = []
     for start in range(0, n, step):
         r = torch.arange(start, min(n, start + step), device=x.device)
