@@ -825,14 +825,17 @@ def features(values, names: Sequence[str] | None = None, path=None, title: str |
     order = order[::-1]  # barh draws the first bar at the bottom
     f = len(order)
     fig, axes = _figure(1, len(panels), (0.6 + 3.6 * len(panels), 0.9 + 0.38 * f), sharey=True)
+    shown = np.stack([a[order] for a in panels.values()])
+    span = max(float(np.abs(shown).max()), 1e-12)  # one scale for every panel: bars compare across them
+    lo, hi = min(0.0, float(shown.min())) - 0.3 * span, max(0.0, float(shown.max())) + 0.3 * span
+    decimals = max(0, 2 - int(np.floor(np.log10(span))))
     for ax, (sub, a) in zip(axes[0], panels.items()):
         v = a[order]
         ax.barh(np.arange(f), v, color=[RAISES if t >= 0 else LOWERS for t in v], height=0.7)
         ax.axvline(0, color="#444444", lw=0.8)
-        span = max(float(np.abs(v).max()), 1e-12)
-        ax.set_xlim(min(0.0, float(v.min())) - 0.28 * span, max(0.0, float(v.max())) + 0.28 * span)
+        ax.set_xlim(lo, hi)
         for y, t in enumerate(v):
-            ax.text(t + (0.03 if t >= 0 else -0.03) * span, y, f"{t:+.3g}", va="center",
+            ax.text(t + (0.03 if t >= 0 else -0.03) * span, y, f"{t:+.{decimals}f}", va="center",
                     ha="left" if t >= 0 else "right", fontsize=8, color="#222222")
         ax.set_yticks(np.arange(f), [names[j] for j in order])
         ax.set_xlabel(xlabel)
