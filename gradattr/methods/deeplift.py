@@ -86,24 +86,39 @@ def _tensors(obj) -> list[torch.Tensor]:
     return []
 
 
+class _Scaled(torch.autograd.Function):
+    """The value ``out``, and ``grad * m`` for ``u`` in the backward (a multiplier per element)."""
+
+    @staticmethod
+    def forward(ctx, u, out, m):
+        ctx.m = m
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.m, None, None
+
+
 def _rescale(func, args, kwargs, half: int) -> torch.Tensor:
     """An elementwise nonlinearity of ``[x; b]`` with the Rescale rule: the value ``func(u)``, and
     ``d/du = Delta out / Delta in`` (the same for both halves; the gradient where ``|Delta in| < EPS``)."""
     u = args[0]
+    ud = u.detach()
     name = func.__name__.rstrip("_")
     if name in ("relu", "sigmoid", "tanh"):  # their derivatives from their values
-        out = func(u.detach().clone(), *args[1:], **kwargs)  # a copy: in-place forms work on it
-        deriv = (u > 0).to(u.dtype) if name == "relu" else out * (1 - out) if name == "sigmoid" else 1 - out * out
+        out = func(ud.clone(), *args[1:], **kwargs)  # a copy: in-place forms work on it
+        deriv = (ud > 0).to(u.dtype) if name == "relu" else out * (1 - out) if name == "sigmoid" else 1 - out * out
     else:
-        leaf = u.detach().requires_grad_(True)
+        leaf = ud.clone().requires_grad_(True)
         with torch.enable_grad():
             out = func(leaf.clone(), *args[1:], **kwargs)
             (deriv,) = torch.autograd.grad(out.sum(), leaf)
         out = out.detach()
-    din = torch.cat(2 * [u.detach()[:half] - u.detach()[half:]])
-    dout = torch.cat(2 * [out[:half] - out[half:]])
-    m = torch.where(din.abs() < EPS, deriv, dout / torch.where(din.abs() < EPS, torch.ones_like(din), din))
-    return out + m * (u - u.detach())
+    din = ud[:half] - ud[half:]
+    small = din.abs() < EPS
+    ratio = (out[:half] - out[half:]) / torch.where(small, torch.ones_like(din), din)
+    m = torch.where(torch.cat([small, small]), deriv, torch.cat([ratio, ratio]))
+    return _Scaled.apply(u, out, m)
 
 
 class _PoolRule(torch.autograd.Function):
@@ -193,7 +208,8 @@ def deep_lift_map(view, baseline=0.0, batch_size=None) -> torch.Tensor:
         raise expected(sc.input_name, "floating-point input", f"dtype {x.dtype}")
     n, element = x.shape[0], tuple(x.shape[1:])
     base = baseline_rows(baseline, x).view(n, *element)
-    target = sc.target
+    given = sc.given_target  # the top class is fixed on x (one more pass), not re-picked on b
+    target = sc.target if given.kind == "top" else given
     # rows of both halves per pass: what fits the memory budget (no per-pass cap: one backward each)
     step = max(1, chunk_size(batch_size, lambda: 2 * sc.point_bytes(x[0]), x.device, cpu_cap=False) // 2)
     out = []

@@ -153,10 +153,10 @@ def coalition_values(scorer, xr, bg, masks, element, batch_size, progress, desc=
     rows = torch.arange(n, device=xr.device).repeat_interleave(c * m)
     masks = masks.to(xr.device)
 
-    def make(i, j):
-        t = torch.arange(i, j, device=xr.device)
-        r, k, b = t // (c * m), (t // m) % c, t % m
-        return torch.where(masks[k], xr[r], bg[b]).view(-1, *element)
+    def make(i, j):  # the (sample, coalition) pairs the rows i..j-1 span, every background row each
+        q = torch.arange(i // m, (j - 1) // m + 1, device=xr.device)
+        block = torch.where(masks[q % c][:, None], xr[q // c][:, None], bg[None])  # (Q, M, D)
+        return block.view(-1, xr.shape[1])[i - q[0] * m:j - q[0] * m].view(-1, *element)
 
     return mean_scores(scorer, n * c * m, make, rows, m, batch_size, progress, desc).view(n, c, -1)
 
