@@ -382,7 +382,7 @@ def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torc
                     seen[-1][0], seen[-1][2], seen[-1][3] = name, t._version, k
                 else:
                     seen.append([name, t, t._version, k, obs.tick(), module, item])
-                    del seen[:-64]  # only the last few can be chosen; let the rest be freed
+                    _keep_last(seen)
                 rejected[name] = tuple(t.shape)
             if module is reduction_module:  # candidates must come before the reduction layer
                 before_reduction[:] = [list(e) for e in seen]
@@ -406,6 +406,22 @@ def _capture_auto(call: Call, plan: Plan, grad: bool, name_output: bool, x: torc
     # A time-first tensor is stored transposed, which autograd has not recorded: run again.
     fresh = t._version == version and (t.requires_grad or not grad) and reading.kind != "time_first"
     return Capture([t], Plan((lp,), plan.reduction), y, rname), fresh
+
+
+#: How many of the latest module outputs the automatic layer is chosen among.
+LATEST = 64
+
+
+def _keep_last(seen: list) -> None:
+    """Only the last :data:`LATEST` outputs can be chosen; let the rest be freed, except the
+    latest one with a non-singleton spatial/time dim: when every later map is singleton (a 3-D
+    DenseNet-121 at 48^3 ends at 1 x 1 x 1), MATLAB's rule chooses the last layer with
+    non-singleton spatial dimensions, however many singleton layers follow it."""
+    if len(seen) <= LATEST:
+        return
+    dropped = seen[:-LATEST]
+    wide = [e for e in dropped if e[1].ndim >= 3 and any(d > 1 for d in e[1].shape[2:])][-1:]
+    seen[:] = wide + seen[-LATEST:]
 
 
 def _readable(entries: list, call: Call, y, obs: Observer, x: torch.Tensor, rejected: dict) -> list:
@@ -435,6 +451,12 @@ def _readable(entries: list, call: Call, y, obs: Observer, x: torch.Tensor, reje
     candidates = _not_steps(_before_head(candidates, call, y), call, y)
     if not candidates:
         listed = "; ".join(f"{nm} {shape}" for nm, shape in list(rejected.items())[-8:])
+        if _reads_nothing(call, y, [e[1] for e in entries]):
+            raise GradattrError(
+                "feature_layer: expected a score that depends on a layer of this network, but the "
+                "target score depends on none: its gradient is zero at every module output (an "
+                "untrained or zero-initialised head?), so no layer can be chosen by what the score "
+                "reads; explain a trained model, or pass feature_layer (and feature_layout) explicitly")
         raise GradattrError(
             f"feature_layer: no layer of this network outputs a tensor with the input's layout "
             f"({n}, C, {len(spatial)} spatial dims, one of them > 1), channels last or tokens "
@@ -443,6 +465,20 @@ def _readable(entries: list, call: Call, y, obs: Observer, x: torch.Tensor, reje
             + (f" (outputs with the batch size, none readable: {listed})" if listed else "")
             + "; pass feature_layer (and feature_layout) explicitly")
     return candidates
+
+
+def _reads_nothing(call: Call, y, outputs: list[torch.Tensor]) -> bool:
+    """Whether the target score's gradient is zero at every recorded module output (a zero head):
+    then no layer can be chosen by what the score depends on, whatever their layouts."""
+    try:
+        s = call.target.scores(y, call.x.shape[0])
+        used = [t for t in outputs if t.requires_grad]
+        if not s.requires_grad or not used:
+            return False
+        g = torch.autograd.grad(s.sum(), used, retain_graph=True, allow_unused=True)
+    except (GradattrError, RuntimeError):
+        return False
+    return not any(gi is not None and bool(gi.any()) for gi in g)
 
 
 def _before_head(candidates: list, call: Call, y) -> list:

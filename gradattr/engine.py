@@ -97,8 +97,10 @@ def _run(bound: Bound, net, x, target, presume: bool):
                         autocast=opts["autocast"], output_key=opts.get("output_key"),
                         explain=opts["explain"], forward_kwargs=opts["forward_kwargs"], several=True,
                         defer_checks=True, presume=presume)
-    if call.layout.rank == 0 and method.returns == "map":
+    if call.layout.rank == 0 and (method.returns == "map" or method.finish is not None):
         raise _no_grid(method, call)
+    if not call.x.is_floating_point() and method.name in CHANGES_INPUT_VALUES:
+        raise _not_on_ids(method, call)
     if call.inputs and method.layered and not plan.layers:
         raise expected("feature_layer", "a layer (name or module) when x holds several inputs: the "
                        "automatic rule could pick a layer of another input's branch", "None")
@@ -134,7 +136,8 @@ def _run(bound: Bound, net, x, target, presume: bool):
 
 
 def _no_grid(method: Method, call: Call) -> GradattrError:
-    """A map method on feature vectors ``(N, F)``: no grid to map or slide a window over."""
+    """A map method (or one that multiplies by a map) on feature vectors ``(N, F)``: no grid to
+    map or slide a window over."""
     from .registry import REGISTRY
 
     fits = [m.name for m in REGISTRY.values() if m.returns != "map" and m.finish is None]
@@ -144,6 +147,27 @@ def _no_grid(method: Method, call: Call) -> GradattrError:
                     f"{'s' if call.layout.batched else ''} of {call.x.shape[1]} features, shape "
                     f"{tuple(call.x.shape) if call.layout.batched else tuple(call.x.shape[1:])}, which has "
                     f"no grid; per-feature methods work on vectors: {', '.join(fits)}")
+
+
+#: Methods that scale, blur, add noise to or differentiate the input itself: on integer ids
+#: (token ids) they would compute with other ids, or fail inside the model.
+CHANGES_INPUT_VALUES = frozenset({"score_cam", "ss_cam", "is_cam", "group_cam", "rise", "image_lime",
+                                  "smooth_grad_cam_plus_plus", "full_grad", "guided_backprop",
+                                  "guided_grad_cam"})
+
+
+def _not_on_ids(method: Method, call: Call) -> GradattrError:
+    """A method that changes the input's values, on integer ids: name what works on them."""
+    from .registry import REGISTRY
+
+    fits = [m.name for m in REGISTRY.values() if m.name not in CHANGES_INPUT_VALUES
+            and m.family not in ("input attribution", "attention")]
+    what = "x" if not call.inputs else f"x[{call.explain}]"
+    return expected(what, f"a floating-point input for {method.name}, which scales, blurs or "
+                    "differentiates the input's values (a scaled token id is another token or no "
+                    "id at all)", f"integer ids of dtype {call.x.dtype}; on token ids these work: "
+                    f"{', '.join(fits)} (occlusion with mask_value=<an id, e.g. the padding id>), and "
+                    "the input attributions with feature_layer=<the embedding>")
 
 
 def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call, plan: Plan,

@@ -85,7 +85,8 @@ class InputReading:
 
     ``batched``: ``x``'s first axis is the batch (else ``x`` is one sample); ``rank``: the
     number of spatial/time dims; ``channel=False``: the network takes ``x`` without a channel
-    axis (one is inserted internally); ``ids``: integer ids, kept as integers.
+    axis (one is inserted internally); ``ids``: an integer ``x`` kept as integers (token ids),
+    not converted to the network's float dtype.
     """
 
     batched: bool
@@ -153,10 +154,17 @@ class Consumer:
     def __init__(self, net: nn.Module, t: torch.Tensor):
         self.net, self.ptr, self.numel = net, t.untyped_storage().data_ptr(), t.numel()
         self.module, self.shape, self.handles = None, None, []
+        self.embedding = None  # the first embedding that looks up a tensor of x's shape
+        self.fed = tuple(t.shape)
         self.owner = threading.get_ident()
 
     def hook(self, module, args):
-        if self.module is not None or threading.get_ident() != self.owner:
+        if threading.get_ident() != self.owner:
+            return
+        if (self.embedding is None and isinstance(module, (nn.Embedding, nn.EmbeddingBag)) and args
+                and isinstance(args[0], torch.Tensor) and tuple(args[0].shape) == self.fed):
+            self.embedding = module  # x's values as ids (x.long() is a copy, not a view)
+        if self.module is not None:
             return
         for a in args:
             if (isinstance(a, torch.Tensor) and a.numel() == self.numel and a.numel()
@@ -174,16 +182,17 @@ class Consumer:
             h.remove()
 
 
-def _refine(reading: InputReading, fed: tuple, consumer: Consumer) -> tuple[InputReading | None, str]:
+def _refine(reading: InputReading, fed: tuple, consumer: Consumer,
+            integer: bool) -> tuple[InputReading | None, str]:
     """The reading as the first consuming layer confirms it: ``(reading, "")``, or ``(None, why)``
-    when that layer reads the axes otherwise. ``fed``: the shape the network was given."""
+    when that layer reads the axes otherwise. ``fed``: the shape the network was given;
+    ``integer``: ``x`` was given as integers (ids looked up by an embedding stay integers)."""
     m, v = consumer.module, consumer.shape
+    if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and v == fed or m is None and consumer.embedding:
+        # ids: every axis a position, no channel axis
+        return InputReading(reading.batched, len(fed) - 1, channel=False, ids=integer), ""
     if m is None:
         return reading, ""
-    if isinstance(m, (nn.Embedding, nn.EmbeddingBag)):  # ids: every axis a position
-        if v != fed:
-            return reading, ""
-        return InputReading(reading.batched, len(fed) - 1, channel=False, ids=True), ""
     weight = getattr(m, "weight", None)
     if isinstance(m, nn.modules.conv._ConvNd) and isinstance(weight, torch.Tensor):
         r = weight.ndim - 2
@@ -209,55 +218,70 @@ def observe_reading(t: torch.Tensor, net: nn.Module, device: torch.device, dtype
     batch, an embedding gets ids, a ``Linear`` its features last). One sample is not kept
     when its output is the batch's with a leading 1 (an MLP broadcasts over ``x[None]``: the
     first axis is a batch it keeps apart, not channels). Integer arrays are tried as floats
-    (images), then as ids. Each pass gets a private copy of ``x`` on ``device``. None kept, or two kept: a :class:`GradattrError` naming
-    ``input_format``. Without ``observe``: the module-type rule of earlier versions.
+    (images), then as ids. Each pass gets a private copy of ``x`` on ``device``. None kept,
+    or two kept: a :class:`GradattrError` naming ``input_format`` (or, when ``x`` has the
+    rank the network's first layers take, the network's own error). Without ``observe``:
+    the module-type rule of earlier versions.
     """
     shape = tuple(t.shape)
     if observe is None or t.ndim == 0:
         return _by_module_types(t, net, name, shape)
     tried: list[str] = []
-    kinds = [dtype] + ([None] if not t.is_floating_point() else [])
-    for kind in kinds:
-        kept, outs = [], {}
-        cast = t.detach().to(device=device, dtype=kind if kind is not None else torch.long, copy=True)
+    errors: dict[bool, Exception] = {}
+    for kind in [dtype] + ([torch.long] if not t.is_floating_point() else []):
+        cast = t.detach().to(device=device, dtype=kind, copy=True)
+        kept: list[InputReading] = []
+        outs: dict[bool, object] = {}
         for batched in ([True] if t.ndim >= 2 else []) + [False]:
             fed = cast if batched else cast.unsqueeze(0)
-            reading = InputReading(batched, fed.ndim - 2, ids=kind is None)
-            consumer = Consumer(net, fed)
-            try:
-                with consumer:
-                    y = observe(fed)
-            except Exception as err:  # noqa: BLE001 - a reading the network refuses
-                if _takes(reading, fed, consumer):
-                    raise  # its first layer took x so: the network's own error
-                tried.append(f"as {reading.describe(shape)}: {type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}")
-                continue
-            rows = _rows(y)
-            if rows is not None and rows != fed.shape[0]:
-                tried.append(f"as {reading.describe(shape)}: an output of {rows} rows for {fed.shape[0]} sample(s)")
-                continue
-            refined, why = _refine(reading, tuple(fed.shape), consumer)
-            if refined is None:
-                tried.append(f"as {reading.describe(shape)}: {why}")
-                continue
-            outs[batched] = y
-            if not batched and True in outs and _broadcast(outs[True], y):
-                tried.append(f"as {reading.describe(shape)}: the network keeps x's first axis apart "
-                             "as it keeps samples (its output is the batch's with a leading 1)")
-                continue
-            kept.append(refined)
+            why = _try(InputReading(batched, fed.ndim - 2), fed, net, observe, outs, kept,
+                       not t.is_floating_point())
+            if why is not None:
+                if isinstance(why, Exception):
+                    errors.setdefault(batched, why)
+                    why = f"{type(why).__name__}: {(str(why).splitlines() or [''])[0][:160]}"
+                tried.append(f"as {InputReading(batched, fed.ndim - 2).describe(shape)}: {why}")
         if kept:
             break
     if len(kept) == 1:
         return kept[0]
     if not kept:
         _check_channels_last(t, net, shape, name)
+        hinted = presumed_reading(t, net)
+        if hinted is not None and hinted.batched in errors and infer_rank(net) == hinted.rank:
+            raise errors[hinted.batched]  # x fits the network's first layers: its own error
         raise _unread(net, name, shape, tried)
     both = " and as ".join(r.describe(shape) for r in kept)
     letters = " or ".join(repr(r.letters()) for r in kept if r.letters())
     raise expected("input_format", f"a format that says how x is laid out ({letters}): the network "
                    f"runs x of shape {shape} both as {both}, with one output row per sample",
                    "None")
+
+
+def _try(reading: InputReading, fed: torch.Tensor, net: nn.Module, observe, outs: dict, kept: list,
+         integer: bool):
+    """One reading's pass: ``None`` (kept, appended to ``kept``), why not (a str), or the
+    exception the network raised on it."""
+    consumer = Consumer(net, fed)
+    try:
+        with consumer:
+            y = observe(fed)
+    except Exception as err:  # noqa: BLE001 - a reading the network refuses
+        if _takes(reading, fed, consumer):
+            raise  # its first layer took x so: the network's own error
+        return err
+    rows = _rows(y)
+    if rows is not None and rows != fed.shape[0]:
+        return f"an output of {rows} rows for {fed.shape[0]} sample(s)"
+    refined, why = _refine(reading, tuple(fed.shape), consumer, integer)
+    if refined is None:
+        return why
+    outs[reading.batched] = y
+    if not reading.batched and True in outs and _broadcast(outs[True], y):
+        return ("the network keeps x's first axis apart as it keeps samples (its output is the "
+                "batch's with a leading 1)")
+    kept.append(refined)
+    return None
 
 
 class Unsettled(Exception):
@@ -278,10 +302,11 @@ def presumed_reading(t: torch.Tensor, net: nn.Module) -> InputReading | None:
 
 def _takes(reading: InputReading, fed: torch.Tensor, consumer: Consumer) -> bool:
     """Whether the first consuming layer is a convolution that took ``fed`` itself, batched,
-    with the reading's rank (a convolution takes no other rank)."""
+    with the reading's rank and its channel count (a convolution takes no other rank)."""
     m, weight = consumer.module, getattr(consumer.module, "weight", None)
     return (isinstance(m, nn.modules.conv._ConvNd) and isinstance(weight, torch.Tensor)
-            and weight.ndim - 2 == reading.rank and consumer.shape == tuple(fed.shape))
+            and weight.ndim - 2 == reading.rank and consumer.shape == tuple(fed.shape)
+            and m.in_channels == fed.shape[1])
 
 
 def confirm(pending: tuple, fed: torch.Tensor, consumer: Consumer, y, rows: bool = True) -> bool:

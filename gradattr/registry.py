@@ -162,7 +162,9 @@ SHARED: dict[str, Option] = {o.name: o for o in (
     Option("classes", None, "Sequence | None", "labels for string targets."),
     Option("input_format", None, "str | None",
            "MATLAB dimension letters for MATLAB-ordered arrays: ``\"SSC\"`` (H x W x C image), "
-           "``\"SSCB\"``, ``\"SSSC\"``, ``\"CT\"``, ``\"TC\"``, ``\"CBT\"``."),
+           "``\"SSCB\"``, ``\"SSSC\"``, ``\"CT\"``, ``\"TC\"``, ``\"CBT\"``, ``\"BC\"`` (a batch "
+           "of feature vectors), ``\"C\"`` (one vector); ``None``: the batch axis and rank are "
+           "observed from what the network does with ``x`` (refused when two readings fit)."),
     Option("feature_layout", None, "str | Callable | None",
            "how to read the feature tensor: ``None`` (read it from its shape and the input), "
            "``\"channels_first\"``, ``\"channels_last\"``, ``\"tokens\"``, ``\"tokens:k\"`` (k "

@@ -92,7 +92,7 @@ def test_one_vector_C_and_unbatched_numpy():
                                gradattr.saliency(net, x, 1).numpy(), rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["occlusion", "grad_cam", "score_cam", "image_lime"])
+@pytest.mark.parametrize("method", ["occlusion", "grad_cam", "score_cam", "image_lime", "guided_grad_cam"])
 def test_map_methods_on_vectors_refuse_naming_what_works(method):
     """occlusion returned (F,) at c6b319c; a map over a grid has no meaning on feature vectors."""
     net, x = mlp(), rows()
@@ -175,3 +175,105 @@ def test_vector_second_input_is_attributed():
     assert sal.shape == (4, 2, 6)
     want = captum_attr.Saliency(net).attribute((img, q), target=1)[1]
     np.testing.assert_allclose(sal[:, 1].numpy(), want.detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+# -- raw waveforms, feature tokenizers, token ids ----------------------------------------------------
+def test_ft_transformer_batch_is_n_samples():
+    """An (N, F) batch into a feature-tokenizer transformer: a raw RuntimeError at c6b319c."""
+    from zoo_models import FTTransformer
+
+    torch.manual_seed(0)
+    net, x = FTTransformer().eval(), torch.randn(4, 6)
+    got = gradattr.saliency(net, x, 1, abs=False)
+    want = by_hand(net, x, lambda y: y[:, 1])
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_raw_waveform_batch_is_n_waveforms_with_a_time_map():
+    """(N, L) into a conv feature encoder that adds the channel axis itself (x[:, None, :]): a raw
+    RuntimeError at c6b319c. Maps and attributions come back as (N, L)."""
+    from zoo_models import ConvFeatureEncoder
+
+    torch.manual_seed(0)
+    net, x = ConvFeatureEncoder().eval(), torch.randn(3, 800)
+    assert gradattr.grad_cam(net, x, 1).shape == (3, 800)
+    sal = gradattr.saliency(net, x, [0, 2], abs=False)
+    assert sal.shape == (3, 2, 800)
+    torch.testing.assert_close(sal[:, 1], by_hand(net, x, lambda y: y[:, 2]), rtol=1e-4, atol=1e-7)
+    assert gradattr.occlusion(net, x, 1).shape == (3, 800)
+
+
+def test_token_ids_grad_cam_per_token_and_refusals_whose_advice_works():
+    from zoo_models import TokenSSM
+
+    torch.manual_seed(0)
+    net = TokenSSM().eval()
+    ids = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(1))
+    assert gradattr.grad_cam(net, ids, 1).shape == (2, 10)  # one value per token
+    with pytest.raises(GradattrError, match=r"mask_value: expected a token id .* got 'auto'"):
+        gradattr.occlusion(net, ids, 1)
+    assert gradattr.occlusion(net, ids, 1, mask_value=0).shape == (2, 10)  # as the message says
+    with pytest.raises(GradattrError, match=r"x: expected a floating-point input to attribute; for token "
+                                            r"ids use integrated_gradients or smooth_grad with feature_layer="):
+        gradattr.saliency(net, ids, 1)
+    assert gradattr.integrated_gradients(net, ids, 1, feature_layer="emb", steps=4).shape == (2, 10, 16)
+    with pytest.raises(GradattrError, match=r"x: expected a floating-point input for score_cam, .* on token "
+                                            r"ids these work: grad_cam, .*occlusion"):
+        gradattr.score_cam(net, ids, 1)
+
+
+def test_every_layer_of_a_token_id_state_space_lm_works_or_its_advice_does():
+    """Issue 25: the refusal suggested feature_layout='tokens:9' and following it raised IndexError.
+    Every layer of the model now gives a per-token map, or a refusal whose feature_layout advice,
+    followed literally, gives one."""
+    import re
+
+    from zoo_models import TokenSSM
+
+    torch.manual_seed(0)
+    net = TokenSSM(lm=True).eval()
+    ids = torch.randint(0, 40, (2, 9), generator=torch.Generator().manual_seed(1))
+    for name, _ in net.named_modules():
+        if not name or name == "head":
+            continue
+        try:
+            out = gradattr.grad_cam(net, ids, 7, feature_layer=name, relu=False)
+        except GradattrError as e:
+            advice = re.search(r"feature_layout='([^']+)'", str(e))
+            assert advice, f"{name}: {e}"
+            out = gradattr.grad_cam(net, ids, 7, feature_layer=name, relu=False, feature_layout=advice.group(1))
+        assert out.shape == (2, 9), name
+
+
+# -- MATLAB's rule for singleton maps; a head that reads nothing ---------------------------------------
+@pytest.mark.slow
+def test_singleton_last_map_picks_the_last_non_singleton_layer_monai_densenet121_3d():
+    """A 3-D DenseNet-121 at 48^3 ends at 1 x 1 x 1: MATLAB's rule picks the last layer with
+    non-singleton spatial dims (refused at c6b319c). The oracle: a naive Grad-CAM there."""
+    monai = pytest.importorskip("monai")
+    torch.manual_seed(0)
+    net = monai.networks.nets.DenseNet121(spatial_dims=3, in_channels=1, out_channels=2).eval()
+    x = torch.randn(1, 1, 48, 48, 48, generator=torch.Generator().manual_seed(1))
+    cam, layer, _ = gradattr.grad_cam(net, x, 1, upsampling="none", return_layers=True)
+    assert layer == "features.transition3.conv"  # 3 x 3 x 3; its pool and denseblock4 are 1 x 1 x 1
+    kept = []
+    h = net.get_submodule(layer).register_forward_hook(lambda m, i, o: kept.append(o))
+    s = net(x)[:, 1].sum()
+    h.remove()
+    (g,) = torch.autograd.grad(s, kept[0])
+    want = torch.relu((g.mean((2, 3, 4), keepdim=True) * kept[0]).sum(1))
+    assert cam.shape == (1, 3, 3, 3)
+    torch.testing.assert_close(cam, want.detach(), rtol=1e-4, atol=1e-6 * float(want.abs().max()))
+
+
+def test_a_zero_head_refusal_says_the_score_depends_on_no_layer():
+    """At c6b319c: "no layer of this network outputs a tensor with the input's layout"."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 8), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)).eval()
+    with torch.no_grad():
+        net[3].weight.zero_()
+    with pytest.raises(GradattrError, match=r"^feature_layer: expected a score that depends on a layer of "
+                                            r"this network, but the target score depends on none: its gradient "
+                                            r"is zero at every module output \(an untrained or zero-initialised "
+                                            r"head\?\)"):
+        gradattr.grad_cam(net, torch.randn(2, 3, 8, 8), 1)

@@ -802,3 +802,318 @@ case("custom_perceiver_latents", "structured", {"proj": cf}, refuse="latent_mlp"
      rule="learned latents are not a grid of the input: the automatic choice is the last map tied "
           "to the input (the 1x1 convolution); the latents as a layer are refused")(
     seeded(lambda: (Perceiver().eval(), rand(2, 3, 16, 32))))
+
+
+# ==================================================================== inputs without a channel-first grid
+# (issue 25, the input half): tabular batches (N, F), feature-tokenizer transformers, raw
+# waveforms (N, L), token-id models (N, L) and a vector second input. Each entry says how the
+# network is built and which rows of x are samples; the oracles (tests/test_zoo.py,
+# test_input_zoo) differentiate each sample alone, never through gradattr's input code.
+@dataclass
+class InputCase:
+    id: str
+    family: str
+    build: Callable[[], tuple[nn.Module, object]]  # -> (net, x): x a tensor or a tuple of inputs
+    target: int = 1
+    fn: Callable | None = None  # a reduction_fn (y -> (N,)); None: the integer target
+    explain: int = 0  # with a tuple x: the attributed input
+    # Grad-CAM layers for inputs with a time axis: {name: reading (N, C, T) of its output}; the
+    # first is checked explicitly, any of them is a right automatic choice
+    layers: dict[str, Callable] = field(default_factory=dict)
+    ids: bool = False  # x holds token ids (integers): attributed at the embedding
+    embedding: str | None = None  # the embedding layer of a token-id model
+    fast: bool = False
+    rule: str = ""
+
+
+INPUT_CASES: list[InputCase] = []
+
+
+def input_case(id, family, **kw):
+    def deco(build):
+        INPUT_CASES.append(InputCase(id, family, build, **kw))
+        return build
+    return deco
+
+
+def mlp_net(features, hidden, out, norm=None, dropout=0.0, act=nn.ReLU):
+    layers, d = [], features
+    for h in hidden:
+        layers += [nn.Linear(d, h)] + ([norm(h)] if norm else []) + [act()] + (
+            [nn.Dropout(dropout)] if dropout else [])
+        d = h
+    net = nn.Sequential(*layers, nn.Linear(d, out)).eval()
+    for m in net.modules():  # running statistics that are not the identity
+        if isinstance(m, nn.BatchNorm1d):
+            with torch.no_grad():
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return net
+
+
+input_case("tab_mlp_1_hidden", "tabular", fast=True, rule="(N, F) into an MLP: N samples of F features")(
+    seeded(lambda: (mlp_net(8, [16], 3), rand(6, 8))))
+input_case("tab_mlp_3_hidden", "tabular")(seeded(lambda: (mlp_net(10, [32, 16, 8], 4), rand(5, 10))))
+input_case("tab_mlp_5_hidden_tanh", "tabular")(
+    seeded(lambda: (mlp_net(7, [16] * 5, 3, act=nn.Tanh), rand(4, 7))))
+input_case("tab_mlp_batchnorm", "tabular", rule="BatchNorm1d on (N, F): features are channels")(
+    seeded(lambda: (mlp_net(9, [24, 12], 3, norm=nn.BatchNorm1d), rand(5, 9))))
+input_case("tab_mlp_batchnorm_first", "tabular")(
+    seeded(lambda: (nn.Sequential(nn.BatchNorm1d(6), mlp_net(6, [12], 3)).eval(), rand(5, 6))))
+input_case("tab_mlp_dropout", "tabular", rule="dropout is off in eval mode")(
+    seeded(lambda: (mlp_net(8, [32, 32], 3, dropout=0.3), rand(6, 8))))
+input_case("tab_mlp_layernorm_gelu", "tabular")(
+    seeded(lambda: (mlp_net(8, [16, 16], 3, norm=nn.LayerNorm, act=nn.GELU), rand(6, 8))))
+input_case("tab_regressor_reduction_fn", "tabular", fn=lambda y: y[:, 0], fast=True,
+           rule="a regressor (N, 1) explained with reduction_fn=lambda y: y[:, 0]")(
+    seeded(lambda: (mlp_net(8, [16, 8], 1), rand(7, 8))))
+input_case("tab_regressor_two_outputs", "tabular", fn=lambda y: y[:, 1] - y[:, 0])(
+    seeded(lambda: (mlp_net(5, [16], 2, norm=nn.BatchNorm1d), rand(6, 5))))
+
+
+class SqueezeOut(nn.Module):
+    """A regressor returning (N,) (no output axis)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = mlp_net(6, [16], 1)
+
+    def forward(self, x):
+        return self.body(x)[:, 0]
+
+
+input_case("tab_regressor_vector_output", "tabular", fn=lambda y: y)(
+    seeded(lambda: (SqueezeOut().eval(), rand(5, 6))))
+
+
+class ResMLP(nn.Module):
+    """Gorishniy et al. 2021's ResNet for tabular data: LayerNorm -> Linear -> ReLU -> Linear + skip."""
+
+    def __init__(self, f=8, d=16, blocks=2, out=3):
+        super().__init__()
+        self.inp = nn.Linear(f, d)
+        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(d), nn.Linear(d, 2 * d), nn.ReLU(),
+                                                  nn.Linear(2 * d, d)) for _ in range(blocks))
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.ReLU(), nn.Linear(d, out))
+
+    def forward(self, x):
+        h = self.inp(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return self.head(h)
+
+
+input_case("tab_resnet_mlp", "tabular")(seeded(lambda: (ResMLP().eval(), rand(6, 8))))
+
+
+class FTTransformer(nn.Module):
+    """Gorishniy et al. 2021's FT-Transformer: each numeric feature j embedded as x_j w_j + b_j,
+    a [CLS] token prepended, nn.TransformerEncoder, the head on [CLS] (or the mean)."""
+
+    def __init__(self, f=6, d=16, out=3, cls=True, layers=2):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(f, d) * 0.5)
+        self.b = nn.Parameter(torch.randn(f, d) * 0.1)
+        self.cls = nn.Parameter(torch.randn(1, 1, d)) if cls else None
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(d, 2, 32, dropout=0.1, batch_first=True,
+                                                                    norm_first=True), layers,
+                                         enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.ReLU(), nn.Linear(d, out))
+
+    def forward(self, x):
+        t = x[..., None] * self.w + self.b
+        if self.cls is not None:
+            t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1)
+            return self.head(self.enc(t)[:, 0])
+        return self.head(self.enc(t).mean(1))
+
+
+input_case("tab_ft_transformer_cls", "tabular",
+           rule="feature tokenizer + [CLS] + nn.TransformerEncoder: (N, F) is N samples")(
+    seeded(lambda: (FTTransformer().eval(), rand(5, 6))))
+input_case("tab_ft_transformer_mean", "tabular")(
+    seeded(lambda: (FTTransformer(f=7, cls=False, layers=1).eval(), rand(4, 7))))
+
+
+class VQAVector(nn.Module):
+    """An image and a question vector (N, Q): the question gates the pooled image features."""
+
+    def __init__(self, q=6):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        self.q = nn.Sequential(nn.Linear(q, 8), nn.Tanh())
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, img, q):
+        return self.head(self.conv(img).mean((2, 3)) * self.q(q))
+
+
+class FiLM(nn.Module):
+    """Perez et al. 2018: a conditioning vector scales and shifts the feature maps' channels."""
+
+    def __init__(self, q=5):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.film = nn.Linear(q, 16)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, img, cond):
+        gamma, beta = self.film(cond).chunk(2, 1)
+        h = torch.relu(self.conv1(img)) * gamma[:, :, None, None] + beta[:, :, None, None]
+        return self.head(torch.relu(self.conv2(h)).mean((2, 3)))
+
+
+input_case("vqa_vector_question", "several inputs", explain=1,
+           rule="x=(image, question (N, 6)), explain=1: the question vector attributed")(
+    seeded(lambda: (VQAVector().eval(), (rand(3, 3, 6, 6), rand(3, 6, seed=2)))))
+input_case("film_vector_condition", "several inputs", explain=1, target=2)(
+    seeded(lambda: (FiLM().eval(), (rand(3, 3, 8, 8), rand(3, 5, seed=2)))))
+
+
+# -- raw waveforms (N, L): the network adds the channel axis itself -------------------------------
+class ConvFeatureEncoder(nn.Module):
+    """wav2vec 2.0 / HuBERT's feature encoder, scaled down: x[:, None, :], 1-D convolutions
+    (kernel 10 stride 5, then kernel 3 stride 2), GroupNorm on the first (wav2vec 2.0 base)
+    or LayerNorm over channels (HuBERT large), GELU; mean over frames, a linear head."""
+
+    def __init__(self, norm="group", dims=(32, 32, 32), out=3, transformer=False):
+        super().__init__()
+        layers, c = [], 1
+        for i, d in enumerate(dims):
+            k, s = (10, 5) if i == 0 else (3, 2)
+            layers.append(nn.Conv1d(c, d, k, stride=s, bias=False))
+            if norm == "group" and i == 0:
+                layers.append(nn.GroupNorm(d, d))
+            layers.append(nn.GELU())
+            c = d
+        self.fe = nn.Sequential(*layers)
+        self.proj = nn.Linear(c, 16)
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 1,
+                                         enable_nested_tensor=False) if transformer else None
+        self.head = nn.Linear(16, out)
+
+    def forward(self, x):
+        h = self.fe(x[:, None, :]).transpose(1, 2)  # (N, frames, C)
+        h = self.proj(h)
+        if self.enc is not None:
+            h = self.enc(h)
+        return self.head(h.mean(1))
+
+
+def frames(length, dims=3):
+    t = (length - 10) // 5 + 1
+    for _ in range(dims - 1):
+        t = (t - 3) // 2 + 1
+    return t
+
+
+def encoder_layers(length, last="fe.6"):
+    """The encoder's last map, or its frames projected per frame (both the last maps over time)."""
+    return {"fe": cf, last: cf, "proj": tokens(0, frames(length))}
+
+
+# 800 samples: 39 frames, more than the 32 channels (no reading of channels as tokens fits)
+input_case("wave_wav2vec2_groupnorm", "raw waveform", layers=encoder_layers(800), fast=True,
+           rule="(N, L) raw audio: N waveforms of L samples; the map is over the encoder's frames")(
+    seeded(lambda: (ConvFeatureEncoder().eval(), rand(3, 800))))
+input_case("wave_hubert_no_norm", "raw waveform", layers=encoder_layers(800, "fe.5"))(
+    seeded(lambda: (ConvFeatureEncoder(norm=None).eval(), rand(2, 800))))
+input_case("wave_hubert_transformer", "raw waveform",
+           layers={"enc": tokens(0, frames(960)), "enc.layers.0": tokens(0, frames(960))},
+           rule="the frames after the transformer are time tokens on the encoder's grid")(
+    seeded(lambda: (ConvFeatureEncoder(transformer=True).eval(), rand(2, 960))))
+input_case("wave_single_waveform", "raw waveform", layers=encoder_layers(800),
+           rule="one waveform (1, L): still one sample of L, not one channel")(
+    seeded(lambda: (ConvFeatureEncoder().eval(), rand(1, 800))))
+
+
+# -- token ids (N, L) ---------------------------------------------------------------------------
+class TokenGRU(nn.Module):
+    def __init__(self, vocab=50, d=16, out=3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.gru = nn.GRU(d, d, batch_first=True)
+        self.head = nn.Linear(d, out)
+
+    def forward(self, ids):
+        h, _ = self.gru(self.emb(ids))
+        return self.head(h[:, -1])
+
+
+class TokenConv(nn.Module):
+    """Kim 2014's text CNN, one kernel size: embedding, Conv1d over the tokens, max over time."""
+
+    def __init__(self, vocab=50, d=16, out=3):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.conv = nn.Sequential(nn.Conv1d(d, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Linear(16, out)
+
+    def forward(self, ids):
+        return self.head(self.conv(self.emb(ids).transpose(1, 2)).amax(-1))
+
+
+class DiagonalSSM(nn.Module):
+    """A diagonal linear state-space layer (S4D-style), its recurrence h_t = a h_{t-1} + B u_t run
+    as a causal convolution with the kernel a^k, then a gated output and a residual."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.inp = nn.Linear(d, 2 * d)
+        self.log_a = nn.Parameter(-torch.rand(d) - 0.1)
+        self.out = nn.Linear(d, d)
+
+    def forward(self, h):
+        u, z = self.inp(self.norm(h)).chunk(2, -1)
+        steps = torch.arange(h.shape[1], device=h.device, dtype=h.dtype)
+        kernel = torch.exp(self.log_a[None, :] * steps[:, None])  # (L, D)
+        lag = steps[:, None] - steps[None, :]  # t - s
+        causal = (lag >= 0).to(h.dtype)
+        w = kernel[lag.clamp(min=0).long()] * causal[..., None]  # (L, L, D)
+        y = torch.einsum("tsd,nsd->ntd", w, u)
+        return h + self.out(y * torch.sigmoid(z))
+
+
+class TokenSSM(nn.Module):
+    """Embedding, state-space blocks, a head on the mean (classifier) or the last position (an LM)."""
+
+    def __init__(self, vocab=40, d=16, out=3, blocks=2, lm=False):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.blocks = nn.Sequential(*[DiagonalSSM(d) for _ in range(blocks)])
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab if lm else out)
+        self.lm = lm
+
+    def forward(self, ids):
+        h = self.norm(self.blocks(self.emb(ids)))
+        return self.head(h[:, -1] if self.lm else h.mean(1))
+
+
+def ids(n, length, vocab=40, seed=1):
+    return torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+BATCH_FIRST_RNN = lambda t: t.transpose(1, 2)  # noqa: E731 - (N, L, H) -> (N, H, L)
+input_case("ids_gru_classifier", "token ids", ids=True, embedding="emb",
+           layers={"gru": BATCH_FIRST_RNN, "emb": tokens(0, 9)},
+           rule="(N, L) token ids: N sequences of L tokens; Grad-CAM per token")(
+    seeded(lambda: (TokenGRU().eval(), ids(3, 9, 50))))
+input_case("ids_text_cnn", "token ids", ids=True, embedding="emb", layers={"conv": cf, "conv.1": cf})(
+    seeded(lambda: (TokenConv().eval(), ids(3, 11, 50))))
+input_case("ids_ssm_classifier", "token ids", ids=True, embedding="emb",
+           layers={"blocks": tokens(0, 10), "blocks.1": tokens(0, 10), "norm": tokens(0, 10)}, fast=True,
+           rule="a state-space classifier over token ids: Grad-CAM per token")(
+    seeded(lambda: (TokenSSM().eval(), ids(2, 10))))
+input_case("ids_ssm_language_model", "token ids", ids=True, embedding="emb", target=7,
+           layers={"blocks.1.inp": tokens(0, 9), "blocks.1.norm": tokens(0, 9)},
+           rule="a state-space LM's next-token logits (N, V): per-token maps where the score still "
+                "depends on several tokens (after it, only the last position counts); issue 25's "
+                "'tokens:9' advice")(
+    seeded(lambda: (TokenSSM(lm=True).eval(), ids(2, 9))))
+input_case("ids_ssm_one_sequence", "token ids", ids=True, embedding="emb", target=0,
+           layers={"blocks": tokens(0, 12), "blocks.0": tokens(0, 12), "norm": tokens(0, 12)},
+           rule="one sequence (1, L) of ids: one sample of L tokens")(
+    seeded(lambda: (TokenSSM(blocks=1).eval(), ids(1, 12))))

@@ -50,10 +50,9 @@ class _Space:
         if self.layer is None:
             x = self.scorer.x
             if not x.is_floating_point():
-                raise expected(self.scorer.input_name,
-                               "a floating-point input to attribute; for token ids pass "
-                               "feature_layer= (e.g. the embedding) to attribute its output",
-                               f"dtype {x.dtype}")
+                raise expected(self.scorer.input_name, "a floating-point input to attribute; for "
+                               "token ids use integrated_gradients or smooth_grad with feature_layer= "
+                               "(e.g. the embedding) to attribute its output", f"dtype {x.dtype}")
             self.origin = x
         else:
             self.origin = self.layer_output(self.scorer.x)

@@ -100,7 +100,7 @@ def image_lime_map(view, num_features=49, num_samples=2048, segmentation="superp
     gen = make_generator(seed, generator, x.device)
     dev = gen.device if gen is not None else x.device
     z = [(torch.rand(num_samples, f, generator=gen, device=dev) < 0.5).to(x.device) for f in counts]
-    value = fill_value(x, "auto")
+    value = fill_value(x, "auto", None)
     rows = torch.arange(n, device=x.device).repeat_interleave(num_samples)
 
     def make(i, j):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..errors import expected
@@ -74,10 +75,19 @@ def occlusion_masks(bounds, index: torch.Tensor, spatial: tuple[int, ...]) -> to
     return mask
 
 
-def fill_value(x: torch.Tensor, mask_value) -> torch.Tensor:
+def fill_value(x: torch.Tensor, mask_value, name: str = "mask_value") -> torch.Tensor:
     """The occluding value as ``(N, C, 1, ..., 1)`` or broadcastable: ``"auto"`` is each sample's
-    per-channel mean; a number; or one value per channel."""
+    per-channel mean; a number; or one value per channel. Integer ids (token ids) are occluded
+    by an id given as a number (``name``: the option that gives it, or None when none does)."""
     n, c, *s = x.shape
+    if not x.is_floating_point() and (isinstance(mask_value, str) or float(np.asarray(mask_value).sum())
+                                      != int(np.asarray(mask_value).sum())):
+        if name is None:
+            raise expected("x", "a floating-point input for this method (a mean of token ids is no "
+                           "id); for token ids use occlusion with mask_value=<an id, e.g. the "
+                           "padding id>", f"dtype {x.dtype}")
+        raise expected(name, "a token id (an integer, e.g. the padding id) for integer ids x: a "
+                       "mean of ids is no id", repr(mask_value))
     if isinstance(mask_value, str):
         return x.mean(tuple(range(2, x.ndim)), keepdim=True)
     v = torch.as_tensor(mask_value, dtype=x.dtype, device=x.device)
