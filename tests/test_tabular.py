@@ -116,6 +116,14 @@ def test_lime_equals_its_naive_reference():
             torch.testing.assert_close(beta[i, j].double(), ref, rtol=1e-4, atol=1e-6)
 
 
+def test_lime_per_sample_targets_equal_each_class_given_for_all():
+    """Per-sample classes score the synthetic rows for each sample; one class for all scores them once."""
+    net, x, bg = mlp(out=3), rows(2), rows(20, seed=21)
+    per = gradattr.lime(net, x, np.array([[2], [0]]), background=bg, num_samples=80).reshape(2, F)
+    for i, k in enumerate([2, 0]):
+        torch.testing.assert_close(per[i], gradattr.lime(net, x, k, background=bg, num_samples=80)[i])
+
+
 # ---------------------------------------------------------------- feature ablation
 def test_feature_ablation_equals_captum_with_baselines_and_groups():
     from captum.attr import FeatureAblation

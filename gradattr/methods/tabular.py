@@ -347,9 +347,14 @@ def tabular_lime_map(view, background=None, num_important=None, num_samples=5000
         raise expected("num_important", f"at most the number of features ({d})", repr(num_important))
     z, mu, sd = lime_samples(bg, num_samples, seed)
     zx = z.to(xr.device, xr.dtype)
-    rows = torch.arange(n, device=xr.device).repeat_interleave(num_samples)
-    f = mean_scores(scorer, n * num_samples, lambda i, j: zx[torch.arange(i, j) % num_samples].view(-1, *element),
-                    rows, 1, batch_size, progress, "LIME").view(n, num_samples, -1).cpu()
+    # the synthetic rows do not depend on the query row: scored once when every sample has the same
+    # target (class indices or a function) and no other input follows the samples
+    call = scorer.call
+    once = scorer.given_target.kind in ("index", "fn") and not call.inputs and not call.forward_kwargs
+    reps = 1 if once else n
+    rows = torch.arange(reps, device=xr.device).repeat_interleave(num_samples)
+    f = mean_scores(scorer, reps * num_samples, lambda i, j: zx[torch.arange(i, j) % num_samples].view(-1, *element),
+                    rows, 1, batch_size, progress, "LIME").view(reps, num_samples, -1).cpu().expand(n, -1, -1)
     live = sd > 0  # a constant column cannot be fitted: its coefficient is 0
     scale = torch.where(live, sd, torch.ones_like(sd))
     dist2 = (((z[None] - xr.double().cpu()[:, None]) / scale) ** 2).sum(-1)  # (N, S)
