@@ -232,9 +232,8 @@ def kernel_coalitions(d: int, budget: int, seed) -> tuple[torch.Tensor, torch.Te
         for inds in itertools.combinations(range(d), s):
             m = np.zeros(d, bool)
             m[list(inds)] = True
-            masks.append(m), weights.append(w)
-            if s <= paired:
-                masks.append(~m), weights.append(w)
+            masks += [m, ~m] if s <= paired else [m]
+            weights += [w, w] if s <= paired else [w]
     fixed = len(masks)
     if full < sizes and left > 0:
         p = kernel.copy()
@@ -252,7 +251,8 @@ def kernel_coalitions(d: int, budget: int, seed) -> tuple[torch.Tensor, torch.Te
                     weights[seen[key]] += 1.0
                 elif left > 0:
                     seen[key] = len(masks)
-                    masks.append(mm), weights.append(1.0)
+                    masks.append(mm)
+                    weights.append(1.0)
                     left -= 1
         weights = np.array(weights)
         weights[fixed:] *= kernel[full:].sum() / weights[fixed:].sum()
@@ -399,7 +399,7 @@ def _optional_count(name, value):
     return value
 
 
-BACKGROUND = Option("background", None, "torch.Tensor | np.ndarray | float",
+BACKGROUND = Option("background", None, "torch.Tensor | np.ndarray | float | None",
                     "reference rows ``(M, F)`` (``(M, C, *S)``), e.g. the training data or a sample "
                     "of it (MATLAB's ``X``), one such row, or a number (one constant row). Required.",
                     _background)
