@@ -996,7 +996,7 @@ def naive_tabular_lime(f, x1, background, num_samples, kernel_width=0.75, seed=0
 
 
 BATCH_REFERENCES["feature_ablation"] = lambda net, x, target, layer: naive_feature_ablation(net, x, target)
-BATCH_REFERENCES["deep_lift"] = _per_sample(lambda net, x1, layer, fn: naive_deep_lift(net, x1, fn))
+replicates("deep_lift")(lambda net, x1, layer, fn, smooth: naive_deep_lift(net, x1, fn))
 BATCH_REFERENCES["gradient_shap"] = lambda net, x, target, layer: naive_gradient_shap(
     net, x, target, torch.zeros(1, *x.shape[1:], dtype=x.dtype), 3)
 SWEEP_OPTIONS["gradient_shap"] = {"background": 0.0, "samples": 3}
