@@ -14,7 +14,7 @@ from torch import nn
 
 import gradattr
 from gradattr.errors import GradattrError
-from references import naive_deep_lift, naive_shapley, naive_tabular_lime
+from references import naive_deep_lift, naive_gradient_shap, naive_shapley, naive_tabular_lime
 
 F = 5
 
@@ -223,15 +223,27 @@ def test_deep_lift_refuses_an_operation_without_a_rule_by_name(op, name):
 
 
 # ---------------------------------------------------------------- expected gradients
-def test_gradient_shap_agrees_with_captum_and_is_efficient_in_expectation():
-    from captum.attr import GradientShap
+def test_gradient_shap_equals_its_reference_draw_for_draw():
+    net, x, bg = mlp(), rows(2), rows(10, seed=14)
+    got = gradattr.gradient_shap(net, x, [1, 0], background=bg, samples=6, seed=5)
+    torch.testing.assert_close(got.double(), naive_gradient_shap(net, x, [1, 0], bg, 6, seed=5), rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_shap_and_captum_estimate_the_same_expectation():
+    """Expected gradients are the mean over background rows of integrated gradients from each row:
+    gradattr's and captum's Monte Carlo estimates (3000 draws each) both land near it, and the
+    attributions sum to f(x) - mean f(b) up to the sampling error."""
+    from captum.attr import GradientShap, IntegratedGradients
 
     net, x, bg = mlp(), rows(2), rows(10, seed=14)
+    exact = torch.stack([IntegratedGradients(net).attribute(x, baselines=b.expand(2, -1), target=1, n_steps=64)
+                         for b in bg]).mean(0).detach()
     got = gradattr.gradient_shap(net, x, 1, background=bg, samples=3000, seed=1)
     torch.manual_seed(0)
     ref = GradientShap(net).attribute(x, baselines=bg, n_samples=3000, target=1).detach()
-    scale = float(ref.abs().max())
-    assert float((got.double() - ref).abs().max()) < 0.05 * scale
+    scale = float(exact.abs().max())
+    assert float((got.double() - exact).abs().max()) < 0.12 * scale
+    assert float((ref - exact).abs().max()) < 0.12 * scale
     with torch.no_grad():
         gap = net(x)[:, 1] - net(bg)[:, 1].mean()
     assert float((got.sum(-1).double() - gap).abs().max()) < 0.03 * float(gap.abs().max())
