@@ -348,12 +348,13 @@ def _unread(net: nn.Module, name: str, shape: tuple, tried: list[str]) -> Gradat
 
 
 def _by_module_types(t: torch.Tensor, net: nn.Module, name: str, shape: tuple) -> InputReading:
-    """Without a forward pass (a prepared array outside a call): the first ranked layer's rank."""
+    """Without a forward pass (an array prepared outside a call, when no call has observed this
+    model and shape): the first ranked layer's rank; without one, ``(N, F)`` is a batch of vectors."""
     rank = infer_rank(net)
     if rank is not None and t.ndim in (rank + 1, rank + 2):
         return InputReading(t.ndim == rank + 2, rank)
     if rank is None and t.ndim in (2, 5):
-        return InputReading(t.ndim == 5, t.ndim - 2 if t.ndim == 5 else 1)
+        return InputReading(True, t.ndim - 2)
     raise _unread(net, name, shape, [])
 
 
