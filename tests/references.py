@@ -868,3 +868,135 @@ class VQA(nn.Module):
             e = e * mask[..., None]
         q = torch.tanh(e).mean(1)
         return self.head(v * q + 0.1 * q)
+
+
+# ---------------------------------------------------------------- tabular attributions (issue 26)
+# Feature ablation, DeepLIFT and expected gradients run on the sweep's toy networks (every
+# element of (C, *S) a feature). Shapley values and tabular LIME need background rows of the
+# input's own shape and 2^F coalitions: tests/test_tabular.py compares them with these references
+# (brute-force enumeration, LIME one synthetic row at a time) on MLPs over (N, F) rows.
+NO_REFERENCE["shapley"] = ("needs background rows shaped like the input and 2^F coalitions (the sweep's "
+                           "toys have 24-240 elements): tests/test_tabular.py (naive_shapley)")
+NO_REFERENCE["lime"] = ("needs background rows shaped like the input: tests/test_tabular.py "
+                        "(naive_tabular_lime)")
+RESCALE_MODULES = (nn.ReLU, nn.Sigmoid, nn.Tanh, nn.ELU, nn.LeakyReLU, nn.Softplus)
+
+
+def naive_feature_ablation(net, x, target, baseline=0.0, groups=None):
+    """captum's FeatureAblation written out: per sample, per group of elements, the score drop when the
+    group is set to ``baseline``; every element of the group gets the group's drop."""
+    with torch.no_grad():
+        outputs = net(x)
+        fns = score_fns(target, x.shape[0], outputs)
+        element = x.shape[1:]
+        labels = torch.arange(x[0].numel()).view(element) if groups is None else torch.as_tensor(groups).view(element)
+        out = []
+        for i in range(x.shape[0]):
+            x1 = x[i:i + 1]
+            maps = [torch.zeros(element, dtype=torch.float64) for _ in fns[i]]
+            for g in torch.unique(labels):
+                ablated = x1.clone()
+                ablated[0][labels == g] = baseline
+                y, y0 = net(ablated), net(x1)
+                for k, fn in enumerate(fns[i]):
+                    maps[k][labels == g] = float(fn(y0)[0] - fn(y)[0])
+            out.append(torch.stack(maps))
+    return torch.stack(out)
+
+
+def naive_deep_lift(net, x1, fn, baseline=None):
+    """DeepLIFT Rescale (Shrikumar et al. 2017, sec. 3.5) on an ``nn.Sequential``, layer by layer:
+    run ``x`` and the reference through each layer, then carry the multipliers back: through a
+    nonlinearity multiply by ``Delta out / Delta in`` (its derivative where ``|Delta in| < 1e-10``),
+    through any other (affine) layer by its Jacobian; the result is ``m * (x - b)``."""
+    b = torch.zeros_like(x1) if baseline is None else baseline
+    ins_x, ins_b, hx, hb = [], [], x1, b
+    with torch.no_grad():
+        for layer in net:
+            ins_x.append(hx)
+            ins_b.append(hb)
+            hx, hb = layer(hx), layer(hb)
+    with torch.enable_grad():
+        yl = hx.detach().requires_grad_(True)
+        (m,) = torch.autograd.grad(fn(yl)[0], yl)
+        for layer, ux, ub in reversed(list(zip(net, ins_x, ins_b))):
+            leaf = ux.detach().requires_grad_(True)
+            if isinstance(layer, RESCALE_MODULES):
+                (deriv,) = torch.autograd.grad(layer(leaf).sum(), leaf)
+                din, dout = ux - ub, layer(ux).detach() - layer(ub).detach()
+                ratio = torch.where(din.abs() < 1e-10, deriv, dout / torch.where(din.abs() < 1e-10, 1.0, din))
+                m = m * ratio
+            else:
+                (m,) = torch.autograd.grad(layer(leaf), leaf, m)
+    return (m * (x1 - b))[0]
+
+
+def naive_gradient_shap(net, x, target, background, samples, seed=0):
+    """Expected gradients one draw at a time, from the method's stated draws (one CPU generator:
+    the background row of every (sample, draw), then every ``a``)."""
+    with torch.no_grad():
+        outputs = net(x)
+    fns = score_fns(target, x.shape[0], outputs)
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(background.shape[0], (x.shape[0], samples), generator=g)
+    alpha = torch.rand(x.shape[0], samples, generator=g, dtype=torch.float64)
+    out = []
+    for i in range(x.shape[0]):
+        maps = []
+        for fn in fns[i]:
+            total = torch.zeros_like(x[i])
+            for j in range(samples):
+                b = background[int(pick[i, j])][None]
+                total = total + input_grad(net, b + float(alpha[i, j]) * (x[i:i + 1] - b), fn)[0] * (x[i] - b[0])
+            maps.append(total / samples)
+        out.append(torch.stack(maps))
+    return torch.stack(out)
+
+
+def naive_shapley(f, x1, background):
+    """Interventional Shapley values of ``f`` (rows ``(M, F)`` -> ``(M,)``) at ``x1 (F,)`` by brute
+    force: every subset ``S`` of the other features, ``v(S)`` the mean over background rows with
+    the features of ``S`` taken from ``x1``."""
+    import itertools
+    import math
+
+    d = x1.shape[0]
+
+    def v(s):
+        z = background.clone()
+        z[:, list(s)] = x1[list(s)]
+        with torch.no_grad():
+            return float(f(z).mean())
+
+    phi = torch.zeros(d, dtype=torch.float64)
+    for j in range(d):
+        others = [i for i in range(d) if i != j]
+        for size in range(d):
+            w = math.factorial(size) * math.factorial(d - size - 1) / math.factorial(d)
+            for s in itertools.combinations(others, size):
+                phi[j] += w * (v(s + (j,)) - v(s))
+    return phi
+
+
+def naive_tabular_lime(f, x1, background, num_samples, kernel_width=0.75, seed=0):
+    """Tabular LIME written out: synthetic rows from the background's per-column normal distribution
+    (mean, sample standard deviation; the same draws as the method), each scored alone, weighted by
+    exp(-d^2 / (kernel_width^2 F)) on the distance in background-standard-deviation units, and the
+    weighted least squares with an intercept solved by numpy's normal equations (original units)."""
+    g = torch.Generator().manual_seed(seed)
+    mu, sd = background.double().mean(0), background.double().std(0)
+    z = mu + sd * torch.randn(num_samples, background.shape[1], generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        scores = np.array([float(f(row[None])[0]) for row in z])
+    d2 = (((z - x1.double()) / sd) ** 2).sum(1).numpy()
+    w = np.exp(-d2 / (kernel_width ** 2 * background.shape[1]))
+    a = np.concatenate([np.ones((num_samples, 1)), z.numpy()], 1)
+    coef = np.linalg.solve(a.T @ (w[:, None] * a), a.T @ (w * scores))
+    return torch.from_numpy(coef[1:])
+
+
+BATCH_REFERENCES["feature_ablation"] = lambda net, x, target, layer: naive_feature_ablation(net, x, target)
+replicates("deep_lift")(lambda net, x1, layer, fn, smooth: naive_deep_lift(net, x1, fn))
+BATCH_REFERENCES["gradient_shap"] = lambda net, x, target, layer: naive_gradient_shap(
+    net, x, target, torch.zeros(1, *x.shape[1:], dtype=x.dtype), 3)
+SWEEP_OPTIONS["gradient_shap"] = {"background": 0.0, "samples": 3}

@@ -259,3 +259,21 @@ def test_sanity_checks_cascade(tmp_path):
     assert s["grad_cam"]["fc"] < 0.4  # the map follows the top layer
     assert min(s["guided_backprop"]["fc"], s["guided_backprop"]["conv3"]) > s["grad_cam"]["fc"] + 0.3
     assert min(s["integrated_gradients"].values()) > 0.7
+
+
+@pytest.mark.slow
+def test_tabular_regression(tmp_path):
+    r = run("tabular_regression", tmp_path)
+    path = Path(r["path"])
+    assert path.name == "tabular_regression.png" and Image.open(path).size[0] >= 1000
+    px = np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+    assert ((px[..., 0] - px[..., 2]) > 60).mean() > 0.02 and ((px[..., 2] - px[..., 0]) > 60).mean() > 0.001
+    assert r["rmse"] < 0.9 * r["baseline_rmse"]  # better than predicting the mean
+    # each explanation adds up to what it explains
+    assert sum(r["shapley"]) == pytest.approx(r["prediction"] - r["average"], rel=1e-4)
+    assert sum(r["deep_lift"]) == pytest.approx(r["prediction"] - r["at_mean"], rel=1e-4)
+    # 50 Gauss-Legendre steps across the ReLU kinks: within 3 %
+    assert sum(r["integrated_gradients"]) == pytest.approx(r["prediction"] - r["at_mean"], rel=3e-2)
+    # the four agree on the feature that matters most for this patient (body-mass index)
+    tops = {k: r["names"][int(np.abs(r[k]).argmax())] for k in ("shapley", "integrated_gradients", "deep_lift")}
+    assert set(tops.values()) == {"body-mass index"}

@@ -39,6 +39,7 @@ from __future__ import annotations
 from . import gradient, activation, perturbation, pixel, input  # noqa: F401  (registration order)
 from ..ops import eigen_projection
 from . import occlusion, lime, attention  # noqa: F401
+from . import tabular, deeplift  # noqa: F401
 
 __all__ = ["eigen_projection", "gradient", "activation", "perturbation", "pixel", "input", "occlusion", "lime",
-           "attention"]
+           "attention", "tabular", "deeplift"]
