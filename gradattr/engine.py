@@ -166,7 +166,8 @@ def _run(bound: Bound, net, x, target, presume: bool):
                         autocast=opts["autocast"], output_key=opts.get("output_key"),
                         explain=opts["explain"], forward_kwargs=opts["forward_kwargs"], several=True,
                         defer_checks=True, presume=presume)
-    if call.layout.rank == 0 and (method.returns == "map" or method.finish is not None):
+    if (call.layout.rank == 0 and call.x.is_floating_point()  # token ids (N, L) are sequences
+            and (method.returns == "map" or method.finish is not None)):
         raise _no_grid(method, call)
     if not call.x.is_floating_point() and method.name in CHANGES_INPUT_VALUES:
         raise _not_on_ids(method, call)
