@@ -176,7 +176,7 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
 
 def _carried(scorer, out: torch.Tensor) -> tuple:
     """The scores of the copies the capture pass carried, written into ``out``: ``(channels
-    done per sample, copies per later chunk, the buffer to reuse)``; ``(0, None, empty)`` when
+    done per sample, copies per later chunk, the buffer to reuse)``; ``(0, None, None)`` when
     it carried none. The carrying pass's buffer is reused for the later chunks (its pages are
     already touched: filling a fresh buffer of hundreds of MB is mostly page faults)."""
     carried = scorer.cap.carried if scorer.cap is not None else None
@@ -202,9 +202,9 @@ _TAILS_LOCK = threading.Lock()
 CARRY = True
 
 
-def _tail_key(call, plan: Plan, n: int | None = None):
+def _tail_key(call, plan: Plan, refused: bool = False):
     x = call.x
-    return (tuple(x.shape[1:]), x.dtype, x.device, plan, n)
+    return (tuple(x.shape[1:]), x.dtype, x.device, plan, refused)
 
 
 def _remember(call, plan: Plan, chunk: int) -> None:
@@ -215,9 +215,9 @@ def _remember(call, plan: Plan, chunk: int) -> None:
             entries[_tail_key(call, plan)] = (chunk, weakref.ref(module_named(call.net, plan.layers[0].name)))
 
 
-def _refuse(call, plan: Plan, n: int) -> None:
+def _refuse(call, plan: Plan) -> None:
     with _TAILS_LOCK:
-        _TAILS.setdefault(call.net, {})[_tail_key(call, plan, n)] = None
+        _TAILS.setdefault(call.net, {})[_tail_key(call, plan, refused=True)] = None
 
 
 def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
@@ -235,6 +235,43 @@ def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
     bit for bit; the first row is then the captured output. Else ``None``: the plain capture
     pass and the two-pass path run, and this input signature is not carried again.
     """
+    carriable = _carriable(call, plan)
+    if carriable is None:
+        return None
+    known, chunk = carriable
+    batch = options.get("batch_size")
+    size = batch if batch is not None else chunk
+    if size is None or size < 2:  # no chunk known without a pass to size it; too small to carry
+        return None
+    made: list = []
+
+    def swap(r, s, t):
+        a = r.to_ncs(s.detach())
+        b = min(a.shape[1], size - 1)  # b + 2 rows: the two-pass path's 1 + size, at most
+        buf = a.new_empty(b + 2, *a.shape[1:])
+        buf.copy_(a.expand_as(buf))
+        j = torch.arange(b, device=a.device)
+        buf[j + 1, j] = 0  # row 1 + j: channel j zeroed
+        made.append((b, buf))
+        return r.network(r.from_ncs(buf, t), t)
+
+    try:
+        cap = capture(call, known, grad=False, swap=swap)
+    except (RuntimeError, GradattrError):
+        cap = None
+    y = None if cap is None else cap.output
+    if len(made) != 1 or not isinstance(y, torch.Tensor) or y.ndim < 1 or y.shape[0] != made[0][0] + 2 \
+            or not torch.equal(y[0], y[-1]):
+        _refuse(call, known)
+        return None
+    b, buf = made[0]
+    return Capture(cap.raw, cap.plan, y[:1].detach(), cap.reduction_name,
+                   carried=(y.detach(), b, None if batch is not None else chunk, buf))
+
+
+def _carriable(call, plan: Plan):
+    """``(the known plan, copies per chunk remembered or None)`` when the capture pass may carry
+    Ablation-CAM's copies for this call (see :func:`ablation_capture`), else ``None``."""
     known = plan if plan.known else PLANS.get(call, plan)
     if not CARRY or known is None or not known.known or len(known.layers) != 1:
         return None
@@ -244,45 +281,12 @@ def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
         # N > 1: N rows of input beside N x (b + 2) of copies; a tail that tiles a term computed
         # from the input would pair rows wrongly, and periodically so (no row check sees it)
         return None
-    n = 1
     entries = _TAILS.get(call.net, {})
     entry = entries.get(_tail_key(call, known))
-    if entry is None or _tail_key(call, known, n) in entries \
+    if entry is None or _tail_key(call, known, refused=True) in entries \
             or entry[1]() is not module_named(call.net, lp.name):
         return None
-    batch = options.get("batch_size")
-    size = batch if batch is not None else entry[0]
-    if size is None or size < 2:  # no chunk known without a pass to size it; too small to carry
-        return None
-    per_sample = size + 1
-    made: list = []
-
-    def swap(r, s, t):
-        a = r.to_ncs(s.detach())
-        b = min(a.shape[1], per_sample // n - 2)
-        buf = a.new_empty(n * (b + 2), *a.shape[1:])
-        v = buf.view(n, b + 2, *a.shape[1:])
-        v.copy_(a[:, None].expand_as(v))
-        j = torch.arange(b, device=a.device)
-        v[:, j + 1, j] = 0  # row 1 + j of each sample: channel j zeroed
-        made.append((b, buf))
-        return r.network(r.from_ncs(buf, t), t)
-
-    try:
-        cap = capture(call, known, grad=False, swap=swap)
-    except (RuntimeError, GradattrError):
-        cap = None
-    y = None if cap is None else cap.output
-    if len(made) != 1 or not isinstance(y, torch.Tensor) or y.ndim < 1 or y.shape[0] != n * (made[0][0] + 2):
-        _refuse(call, known, n)
-        return None
-    b, buf = made[0]
-    v = y.detach().unflatten(0, (n, b + 2))
-    if not torch.equal(v[:, 0], v[:, -1]):
-        _refuse(call, known, n)
-        return None
-    return Capture(cap.raw, cap.plan, v[:, 0], cap.reduction_name,
-                   carried=(y, b, None if batch is not None else entry[0], buf))
+    return known, entry[0]
 
 
 def _ablation(view, batch_size, progress):
