@@ -73,6 +73,9 @@ class Capture:
     plan: Plan
     output: object  # the reduction layer's output (None when the pass stopped early)
     reduction_name: str
+    #: what a pass that carried a method's copies past the feature layer gave besides (``swap=``
+    #: of :func:`capture`; Ablation-CAM's scores of its first chunk), else ``None``
+    carried: object = None
 
     @property
     def acts(self) -> list[torch.Tensor]:
@@ -178,7 +181,7 @@ def run_hooked(call: Call, x: torch.Tensor, handles_for, grad: bool, rows: torch
 
 
 def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output: bool = False,
-            x: torch.Tensor | None = None, watch=None) -> Capture:
+            x: torch.Tensor | None = None, watch=None, swap=None) -> Capture:
     """One forward pass capturing ``plan``'s feature layers and the scored output.
 
     An automatic plan (no layers) is resolved by this pass and remembered.
@@ -187,7 +190,9 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
     given, returns more hooks for the pass with a known or named plan (installed first,
     removed with the others): what a method wants to observe of the same pass
     (:class:`gradattr.scorer.MemoryWatch`); the first pass of an automatic layer runs
-    without them.
+    without them. ``swap(reading, stored, out)``, if given (a known plan only), returns
+    what the network continues with after the feature layer instead of its own output
+    (the copies of Ablation-CAM, :func:`gradattr.methods.perturbation.ablation_capture`).
     """
     x = call.x if x is None else x
     asked, remembered = plan, False
@@ -206,7 +211,8 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
     elif not plan.known:
         plan = PLANS.get(call, plan) or plan
     try:
-        return _capture_planned(call, plan, grad, stop and plan.known, name_output, x, watch=watch)
+        return _capture_planned(call, plan, grad, stop and plan.known, name_output, x, watch=watch,
+                                swap=swap)
     except _NotCalled:
         if not remembered:
             raise
@@ -218,7 +224,7 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
 
 
 def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output: bool,
-                     x: torch.Tensor, record: bool = False, watch=None) -> Capture:
+                     x: torch.Tensor, record: bool = False, watch=None, swap=None) -> Capture:
     """Hooks on the planned layers; the forward runs under no_grad until the first of them.
 
     ``record=True`` records the whole graph from the input instead (the fallback
@@ -251,7 +257,7 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
             slots[i] = s
             if stop and all(v is not None for v in slots):
                 raise _Captured
-            return r.network(s.clone(), t)
+            return r.network(s.clone(), t) if swap is None else swap(r, s, t)
         return eager(hook)
 
     def install():

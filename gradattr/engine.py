@@ -335,8 +335,12 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
     if method.family == "perturbation CAM" and not grad:
         # its chunks are sized from the memory of a forward pass: observed in the capture pass
         watch = MemoryWatch(call.net, call.n)
-    cap = capture(call, plan, grad=grad, stop=method.stop_early,
-                  name_output=bool(opts.get("return_layers")), watch=watch)
+    cap = None
+    if method.capture_with is not None and not opts.get("return_layers"):
+        cap = method.capture_with(call, plan, own)  # None: this network or call cannot carry it
+    if cap is None:
+        cap = capture(call, plan, grad=grad, stop=method.stop_early,
+                      name_output=bool(opts.get("return_layers")), watch=watch)
     acts = cap.acts
     grads = _gradients(call, cap, counterfactual) if grad else [None] * len(acts)
     if call.autocast is not None:  # low-precision forward passes, maps accumulated in float32

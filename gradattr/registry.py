@@ -248,6 +248,9 @@ class Method:
     use_when: str = ""
     stop_early: bool = False  # the forward pass may end at the feature layer (no score needed)
     finish: Callable | None = None  # (last layer's view, fused maps (N, K, *s)) -> the result (Guided Grad-CAM)
+    # (call, plan, options) -> a Capture whose pass also carried the method's work past the feature
+    # layer, or None (then the plain capture pass runs): Ablation-CAM's first chunk of copies
+    capture_with: Callable | None = None
 
     def __post_init__(self):
         if self.captures not in CAPTURES:

@@ -388,6 +388,12 @@ class Scorer:
         return chunk_size(batch_size, lambda: self.copy_bytes(tail=True), self.x.device,
                           cpu_cap=False)
 
+    @property
+    def tail_only(self) -> bool:
+        """Whether :meth:`score_activations` ran only the layers after the feature layer on the
+        copies, its check passed (row 0 reproduced the captured score)."""
+        return self._memo.get("fast") is True
+
     def score_activations(self, copies: torch.Tensor, i: int, batch_size: int | None = None, *,
                           unmodified_first: bool = False) -> torch.Tensor:
         """Scores ``(B, K)`` of sample ``i`` with its feature map replaced by ``copies (B, C, *s)``.

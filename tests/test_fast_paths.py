@@ -190,3 +190,147 @@ def test_one_targets_gradient_equals_the_gradient_of_its_sum(counterfactual):
     (want,) = torch.autograd.grad((-s if counterfactual else s)[:, 0].sum(), a, retain_graph=True)
     got = capture.per_target_grads(s, [a], counterfactual, ["feature layer '3'"], "output")[0]
     assert got.shape == (3, 1, *a.shape[1:]) and torch.equal(got[:, 0], want)
+
+
+# -- the capture pass carrying Ablation-CAM's copies (issue 27, goal 1) ----------------------
+
+def _perturbation():
+    import sys
+    return sys.modules["gradattr.methods.perturbation"]
+
+
+def whole_passes_only(fn):
+    """``fn()`` without the carrying capture pass (the capture pass, then the two-pass path)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_perturbation(), "CARRY", False)
+        return fn()
+
+
+@pytest.mark.parametrize("name,make,layer,rank", NETS, ids=[n[0] for n in NETS])
+@pytest.mark.parametrize("batch_size", [None, 2])
+def test_ablation_capture_pass_carries_the_copies(name, make, layer, rank, batch_size):
+    """From the second call on one sample runs one pass: the layers before the feature layer
+    once, those after it on the unmodified map, the ablated copies and the unmodified map
+    again; the map is the two-pass path's, bit for bit."""
+    net, x = make(), toy_input(rank, n=1)
+    first_module = next(m for m in net.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d)))
+    sizes, h = passes(net, first_module)
+    call = lambda: gradattr.ablation_cam(net, x, [1, 3], feature_layer=layer, upsampling="none",  # noqa: E731
+                                         batch_size=batch_size, relu=False)
+    try:
+        first = call()
+        n_first = len(sizes)
+        second = call()
+        carried = sizes[n_first:]
+    finally:
+        h.remove()
+    want = whole_passes_only(call)
+    # batch_size=None: one pass in all; batch_size=2: the capture's 3 rows carry 1 copy, the
+    # other channels take two-pass chunks of 2 (one pass fewer than the first call's, or as many)
+    assert carried == [1] if batch_size is None else (set(carried) == {1} and len(carried) <= n_first)
+    assert n_first >= 2
+    assert torch.equal(first, want) and torch.equal(second, want)
+    assert want.abs().amax() > 0
+
+
+class AddsFromInput(nn.Module):
+    """A head that adds a term computed from the input (N rows) to the features' rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = toy(2)[:4]
+        self.head = toy(2)[4:]
+        torch.manual_seed(5)
+        self.skip = nn.Linear(2, 4).double()
+
+    def forward(self, x):
+        return self.head(self.body(x)) + self.skip(x.mean((2, 3)))
+
+
+def test_ablation_carries_one_sample_only_and_batches_fall_back():
+    """N = 2 after a remembered N = 1: the input's rows would not pair with the copies' rows
+    (here a broadcast error); the batch takes the two-pass path, as without carrying."""
+    net = AddsFromInput().eval()
+    one, two = toy_input(2, n=1), toy_input(2, n=2)
+    call = lambda x: gradattr.ablation_cam(net, x, 2, feature_layer="body.3", upsampling="none")  # noqa: E731
+    call(one)
+    sizes, h = passes(net, net.body[0])
+    try:
+        got = call(two)
+    finally:
+        h.remove()
+    assert sizes == [2, 1, 1]  # capture, then per sample one pass carrying 1 + 5 copies
+    assert torch.equal(got, whole_passes_only(lambda: call(two)))
+
+
+class MixesRows(nn.Module):
+    """A tail that subtracts the batch mean of its features (a row-mixing layer) when ``mix``."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = toy(2)[:4]
+        self.head = toy(2)[4:]
+        self.mix = True
+
+    def forward(self, x):
+        f = self.body(x)
+        if self.mix:
+            f = f - 0.5 * f.mean(0, keepdim=True)
+        return self.head(f)
+
+
+def test_ablation_never_carries_copies_through_a_tail_that_mixes_rows():
+    """The first call's two-pass check refuses the tail (row 0 of the copies does not reproduce
+    the captured score), so no later call carries copies: every map is the whole passes'."""
+    net, x = MixesRows().eval(), toy_input(2, n=1)
+    call = lambda: gradattr.ablation_cam(net, x, 2, feature_layer="body.3", upsampling="none")  # noqa: E731
+    first, second = call(), call()
+    want = slow(call)
+    assert torch.equal(first, want) and torch.equal(second, want)
+    net.mix = False
+    clean = call()
+    assert not torch.allclose(clean, want)  # the mixing changes the map: the test can fail
+
+
+class PositionDependent(nn.Module):
+    """A tail that adds a term to its last row only once ``skew`` is set (after a first call
+    whose check passed): rows are no longer independent of their position in the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = toy(2)[:4]
+        self.head = toy(2)[4:]
+        self.skew = False
+
+    def forward(self, x):
+        y = self.head(self.body(x))
+        if self.skew:
+            y = torch.cat([y[:-1], y[-1:] + 1.0])
+        return y
+
+
+def test_ablation_carrying_pass_is_refused_when_its_duplicate_row_differs():
+    """The carrying pass's own check (its last row, the unmodified map again, equals its first
+    bit for bit) catches a tail that treats rows by position; the map falls back to the
+    two-pass path's."""
+    net, x = PositionDependent().eval(), toy_input(2, n=1)
+    call = lambda: gradattr.ablation_cam(net, x, 2, feature_layer="body.3", upsampling="none")  # noqa: E731
+    call()  # remembered: the tail passed the two-pass check
+    net.skew = True
+    got = call()
+    want = whole_passes_only(call)
+    assert torch.equal(got, want)
+    assert got.abs().amax() > 0
+
+
+def test_grad_cam_capture_pass_is_unchanged_by_carrying():
+    """Grad-CAM's capture pass runs once, on the input's rows, with or without a remembered
+    carrying tail for the same network."""
+    net, x = toy(2), toy_input(2, n=1)
+    gradattr.ablation_cam(net, x, 1, feature_layer="3")
+    sizes, h = passes(net, net[4])
+    try:
+        gradattr.grad_cam(net, x, 1, feature_layer="3")
+    finally:
+        h.remove()
+    assert sizes == [1]
