@@ -352,9 +352,9 @@ class Inputs:
             from .loading import DEEP_MODES, image_array
 
             with Image.open(io.BytesIO(_read_input(self.files[i]))) as im:
-                im = im.convert("RGB") if im.mode not in DEEP_MODES else im
-                im = im.resize((spatial[1], spatial[0]), Image.Resampling.BILINEAR)
-                return np.moveaxis(image_array(im, gray=False), -1, 0)
+                rgb = im.convert("RGB") if im.mode not in DEEP_MODES else im
+                rgb = rgb.resize((spatial[1], spatial[0]), Image.Resampling.BILINEAR)
+                return np.moveaxis(image_array(rgb, gray=False), -1, 0)
         x, _ = self.sample(i)
         if tuple(x.shape[1:]) != tuple(spatial):
             raise expected("inputs", f"samples of the maps' size {tuple(spatial)} (C, *S)",

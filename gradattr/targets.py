@@ -155,7 +155,8 @@ def _reaches(s: torch.Tensor, ys: list[torch.Tensor]) -> bool:
     targets = {t.grad_fn for t in ys if t.grad_fn is not None}
     if len(targets) < len(ys) or s.grad_fn is None:
         return True
-    seen, stack = set(), [s.grad_fn]
+    seen: set = set()
+    stack: list = [s.grad_fn]  # next_functions hold None for inputs without a graph
     while stack:
         node = stack.pop()
         if node in targets:
@@ -225,7 +226,7 @@ def _label_index(label: str, classes) -> int:
             names = ", ".join(f"{i} {labels[i]!r}" for i in found[:5])
             raise expected("target", "a label that names one class (or pass its 0-based index)",
                            f"{label!r}, which names classes {names}")
-    folded = {}
+    folded: dict[str, str] = {}
     for c in labels:
         folded.setdefault(c.casefold(), c)
     close = [folded[c] for c in difflib.get_close_matches(label.casefold(), list(folded), n=3)]
