@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -568,7 +569,7 @@ def _shape_info(net, x, target, common) -> tuple[int, tuple[int, ...], int, bool
     if tgt.scalar:
         k = 1
     else:
-        k = tgt.classes.shape[-1]
+        k = cast(torch.Tensor, tgt.classes).shape[-1]  # set for every per-class target
     return xt.shape[0], layout.spatial, k, layout.batched
 
 

@@ -6,6 +6,8 @@ engine picks them by the shared options ``aug_smooth`` and ``sess``.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from . import ops
@@ -36,7 +38,7 @@ def augmented(run, call: Call, plan: Plan, fix_target: bool):
         maps, names, rname = run(call.with_input(x * factor, target))
         maps = ops.minmax(maps.flip(-1) if flip else maps)
         acc = maps if acc is None else acc + maps
-    return acc / len(AUGMENTATIONS), names, rname
+    return cast(torch.Tensor, acc) / len(AUGMENTATIONS), names, rname  # AUGMENTATIONS is not empty
 
 
 #: SESS's settings (pytorch-grad-cam's defaults); ``sess=dict(...)`` overrides any of them.

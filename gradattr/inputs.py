@@ -151,6 +151,8 @@ class Consumer:
     """The first leaf module that receives ``t`` or a view of it (same storage) in one pass:
     what its first consuming layer reads as channels, time or positions."""
 
+    handles: list  # the forward pre-hooks' handles while the pass runs
+
     def __init__(self, net: nn.Module, t: torch.Tensor):
         self.net, self.ptr, self.numel = net, t.untyped_storage().data_ptr(), t.numel()
         self.module, self.shape, self.handles = None, None, []
@@ -452,6 +454,7 @@ def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.
                             "call gradattr outside the inference_mode block")
     t, as_numpy, out_device = _as_tensor(x, name, needs_grad)
     shape = tuple(t.shape)
+    reading: InputReading | None  # None only until read (the cache's miss)
     if input_format is not None:
         given, batched = _batch_first(t, input_format, name, shape)
         reading = InputReading(batched, given.ndim - 2)
@@ -619,7 +622,7 @@ def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.devic
 def _other_inputs(x: tuple, explain: int, n: int, device: torch.device) -> tuple:
     """Private copies on ``device`` of the inputs of ``x`` other than ``explain`` (``None`` there);
     tensors and arrays must be batch first, with ``n`` rows; anything else is passed as given."""
-    inputs = []
+    inputs: list = []
     for i, v in enumerate(x):
         if i == explain:
             inputs.append(None)

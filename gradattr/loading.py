@@ -22,10 +22,14 @@ import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import pt2
+
+if TYPE_CHECKING:
+    from torch import nn
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
@@ -68,7 +72,7 @@ class CliError(Exception):
 class Loaded:
     """A network ready for gradattr, and what is known about its input."""
 
-    net: object
+    net: nn.Module
     input_ndim: int | None = None  # ndim of the example input of an exported program
     input_shape: tuple[int, ...] | None = None  # its shape, when every dim is static
     types: dict[str, str] = field(default_factory=dict)  # layer name -> class name (exported programs)
@@ -369,7 +373,7 @@ class Item:
     """One input file, read and preprocessed."""
 
     path: Path
-    x: object  # numpy array handed to gradattr
+    x: np.ndarray  # numpy array handed to gradattr
     input_format: str | None
     image: object = None  # the picture of an image file (drawn under the map)
     prep: str | None = None  # how an image was brought to --size (said in the picture's title)

@@ -19,6 +19,7 @@ import threading
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import chain
+from typing import cast
 
 import torch
 from torch import nn
@@ -101,7 +102,7 @@ class _ModuleBorrow:
         self.count = 0
         self.module = module
         self.training = module.training
-        self.buffers = []
+        self.buffers: list[tuple[str, torch.Tensor, int | None, torch.Tensor | None]] = []
         if not module._buffers or type(module) in _READ_ONLY_IN_EVAL:
             return
         with torch.no_grad():
@@ -275,7 +276,7 @@ class Call:
     def _confirming(self, x: torch.Tensor):
         """The first forward pass of a call whose input reading was presumed: confirmed here
         (:func:`gradattr.inputs.confirm`), or :class:`~gradattr.inputs.Unsettled`."""
-        pending, self.pending = self.pending, None
+        pending, self.pending = cast(tuple, self.pending), None  # called only while one is pending
         consumer = Consumer(self.net, x)
         try:
             with consumer:
@@ -332,8 +333,8 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     if not several and forward_kwargs:
         raise expected("forward_kwargs", "None here (keyword inputs are taken by the attribution "
                        "methods)", "a dict")
-    checks = [] if defer_checks else None
-    pending = [] if presume and not isinstance(x, tuple) and not forward_kwargs else None
+    checks: list | None = [] if defer_checks else None
+    pending: list | None = [] if presume and not isinstance(x, tuple) and not forward_kwargs else None
     kwargs = prepare_kwargs(forward_kwargs, dev) if forward_kwargs else None
     xt, layout, inputs = prepare_inputs(x, net, explain, input_format, dev, dtype,
                                         needs_grad=needs_grad, checks=checks,
@@ -364,7 +365,7 @@ def _read(call: Call, more: torch.Tensor | None) -> list[float] | None:
     returns ``more``'s values (flattened) as Python floats."""
     pending = list(call.checks) if call.checks else ()
     if pending:
-        call.checks.clear()  # (a list shared with the call's augmented copies)
+        cast(list, call.checks).clear()  # (a list shared with the call's augmented copies)
     # one dtype for the copy: the map's (a sum that overflows it only makes its check run)
     dtype = more.dtype if more is not None and more.is_floating_point() else torch.float32
     parts = [t if t.dtype == dtype else t.to(dtype)
@@ -402,7 +403,7 @@ def read_checks(call: Call, more: torch.Tensor | None = None) -> torch.Tensor | 
 def read_values(call: Call, more: torch.Tensor) -> list[float]:
     """:func:`read_checks` returning ``more``'s values (flattened) as Python floats: the
     engine's read of the maps' peaks, with no tensor made of them on the host."""
-    return _read(call, more)
+    return cast(list[float], _read(call, more))  # a list whenever ``more`` is given
 
 
 __all__ = ["Call", "prepare_call", "read_checks", "read_values", "borrowed", "resolve_device", "GradattrError"]

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -226,7 +227,7 @@ class Shadows:
         if not args or self.of(args[0]) is None:
             return
         if func in (torch.roll, torch.Tensor.roll, torch.flip, torch.Tensor.flip) and isinstance(out, torch.Tensor):
-            s = self.of(args[0])
+            s = cast(torch.Tensor, self.of(args[0]))  # not None: checked on entry
             c = core(s)
             if c.shape != s.shape:  # roll/flip the core: dims it is expanded over are not moved
                 moved = _as_dims(args[2] if func in (torch.roll, torch.Tensor.roll) and len(args) > 2
@@ -370,9 +371,9 @@ def holds_grid(s: torch.Tensor, dims: tuple[int, ...]) -> bool:
     """True unless the shadow ``s`` holds one cell all along a dim of ``dims`` of size > 1 (a
     per-head tensor's ``head_dim``, a pooled vector's channels): such a dim is no grid dim. A
     tensor that holds no input cell at all (``-1`` everywhere) says nothing: True."""
-    dims = [d for d in dims if s.shape[d] > 1]
-    flat = [d for d in dims if s.stride(d) == 0]  # expanded over it: the same cell all along
-    if not flat and all(not constant(s, d) for d in dims):
+    wide = [d for d in dims if s.shape[d] > 1]
+    flat = [d for d in wide if s.stride(d) == 0]  # expanded over it: the same cell all along
+    if not flat and all(not constant(s, d) for d in wide):
         return True
     return int(core(s).max()) < 0
 

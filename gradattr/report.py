@@ -38,6 +38,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -292,7 +293,7 @@ class Inputs:
     def __init__(self, inputs, folder: Path, n: int, reading=None):
         self.reading = reading
         self.files: list[Path] | None = None
-        self.data = None
+        self.data: Any = None  # an array or a data set (kind "data"), else None
         self.kind = None
         self.rank = None
         if inputs is not None:
@@ -306,7 +307,7 @@ class Inputs:
             self.files = _input_paths(folder)
             self.kind = None if self.files is None else "files"
         if self.kind is not None:
-            count = len(self.data) if self.kind == "data" else len(self.files)
+            count = len(self.data) if self.kind == "data" else len(cast(list, self.files))
             if count < n:
                 raise expected("inputs", f"at least the run's {n} samples", f"{count}")
             x, _ = self.sample(0)
@@ -321,7 +322,7 @@ class Inputs:
             item = self.data[i]
             x, y = (item[0], item[1] if len(item) > 1 else None) if isinstance(item, (tuple, list)) else (item, None)
         else:
-            x, y = self._file(self.files[i], self.reading), None
+            x, y = self._file(cast(list, self.files)[i], self.reading), None  # kind "files"
         x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
         if hasattr(y, "item"):
             y = y.item()
@@ -346,15 +347,16 @@ class Inputs:
     def picture(self, i: int, spatial: tuple) -> np.ndarray:
         """What to draw under the map: an image file as it looks (resized to the map, its values
         scaled from its own bit depth), else the sample."""
-        if self.kind == "files" and self.files[i].suffix.lower() != ".npy":
+        files = cast(list, self.files)  # read only for kind "files"
+        if self.kind == "files" and files[i].suffix.lower() != ".npy":
             from PIL import Image
 
             from .loading import DEEP_MODES, image_array
 
-            with Image.open(io.BytesIO(_read_input(self.files[i]))) as im:
-                im = im.convert("RGB") if im.mode not in DEEP_MODES else im
-                im = im.resize((spatial[1], spatial[0]), Image.Resampling.BILINEAR)
-                return np.moveaxis(image_array(im, gray=False), -1, 0)
+            with Image.open(io.BytesIO(_read_input(files[i]))) as im:
+                rgb = im.convert("RGB") if im.mode not in DEEP_MODES else im
+                rgb = rgb.resize((spatial[1], spatial[0]), Image.Resampling.BILINEAR)
+                return np.moveaxis(image_array(rgb, gray=False), -1, 0)
         x, _ = self.sample(i)
         if tuple(x.shape[1:]) != tuple(spatial):
             raise expected("inputs", f"samples of the maps' size {tuple(spatial)} (C, *S)",

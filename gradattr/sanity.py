@@ -39,6 +39,7 @@ import copy
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 import torch
@@ -96,7 +97,8 @@ def _rows_target(target: Target, rows: torch.Tensor):
     """What a method gets as the target of copies of samples ``rows``: ``(B, K)`` classes, or the function."""
     if target.kind == "fn":
         return target.fn
-    return target.classes[rows.to(target.classes.device)]
+    classes = cast(torch.Tensor, target.classes)  # set whenever kind is not "fn"
+    return classes[rows.to(classes.device)]
 
 
 def _runner(method, method_options: dict, device) -> Callable:

@@ -20,13 +20,15 @@ from __future__ import annotations
 import sys
 import weakref
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
 
 from . import resize
-from .capture import Capture, Output, Plan, eager, module_named, run_hooked, thread_guard
+from .capture import Capture, LayerPlan, Output, Plan, eager, module_named, run_hooked, thread_guard
 from .errors import GradattrError, expected
+from .layouts import Reading
 from .prep import Call
 from .targets import Target, tensors_of
 
@@ -114,7 +116,7 @@ class MemoryWatch:
     def __init__(self, net: nn.Module, rows: int):
         self.net, self.rows, self.ran = net, rows, False
         self.full = 0
-        self.tail: dict[tuple[str, int], int] = {}
+        self.tail: dict[tuple[str, int | None], int] = {}  # looked up with a plan's call (None: not counted)
 
     def __call__(self, plan: Plan, mine) -> list:
         features: dict[int, list[str]] = {}
@@ -144,9 +146,9 @@ class MemoryWatch:
             for key in [k for k, (r, _, _) in live.items() if r() is None]:
                 del live[key]
             self.full = max(self.full, sum(b for _, b, _ in live.values()))
-            for key, start in starts.items():
+            for site, start in starts.items():
                 now = sum(b for _, b, q in live.values() if q >= start)
-                self.tail[key] = max(self.tail.get(key, 0), now)
+                self.tail[site] = max(self.tail.get(site, 0), now)
             return None
 
         hook = eager(hook)
@@ -414,7 +416,8 @@ class Scorer:
         fast = self._memo.get("fast")
         if fast is not False:
             if fast is None and not unmodified_first:
-                copies, unmodified_first = torch.cat([self.cap.acts[self.index][i:i + 1], copies]), True
+                own = cast(Capture, self.cap).acts[self.index][i:i + 1]  # feature maps: captured
+                copies, unmodified_first = torch.cat([own, copies]), True
             run = copies if fast is None else copies[1:] if unmodified_first else copies
             s, ok = self._tail_scores(run, i, fast is None)
             if fast is None:
@@ -427,13 +430,13 @@ class Scorer:
         return torch.cat([self._full_scores(copies[j:j + step], i) for j in range(0, len(copies), step)])
 
     def _layer_raw(self, i: int, b: int) -> torch.Tensor:
-        raw = self.cap.raw[self.index].detach()
+        raw = cast(Capture, self.cap).raw[self.index].detach()
         return raw[i:i + 1].expand(b, *raw.shape[1:])
 
     def _tail_scores(self, copies: torch.Tensor, i: int, check: bool):
         """Scores of ``copies`` through the layers after the feature layer; with ``check`` row 0
         is the sample's own map, compared with its captured score and dropped: ``(s, ok)``."""
-        reading = self.cap.plan.layers[self.index].reading
+        reading = cast(Reading, cast(Capture, self.cap).plan.layers[self.index].reading)
         b = copies.shape[0]
         rows = torch.full((b,), i, device=copies.device)
         raw = reading.from_ncs(copies, self._layer_raw(i, b))
@@ -458,7 +461,7 @@ class Scorer:
 
     def _full_scores(self, copies: torch.Tensor, i: int) -> torch.Tensor:
         b = copies.shape[0]
-        reading = self.cap.plan.layers[self.index].reading
+        reading = cast(Reading, cast(Capture, self.cap).plan.layers[self.index].reading)
         rows = torch.full((b,), i, device=copies.device)
         x = self.x[i:i + 1].expand(b, *self.x.shape[1:]).contiguous()
         y = self.output_of(x, replace=lambda o: reading.from_ncs(copies.to(o.dtype), o), rows=rows)
@@ -483,8 +486,9 @@ class Scorer:
         The tail's observed bytes count the feature layer's output, which the modified copy
         replaces in that pass: it is counted once, as the copy, and the margin for what no hook
         sees goes to the layers that compute (:data:`FORWARD_MARGIN`)."""
-        one = _nbytes(self.cap.acts[self.index][0])
-        kind = self.cap.plan.layers[self.index].reading.kind
+        cap = cast(Capture, self.cap)  # feature maps: captured, their reading settled
+        one = _nbytes(cap.acts[self.index][0])
+        kind = cast(Reading, cap.plan.layers[self.index].reading).kind
         feature = one * (1 if kind in ("channels_first", "channels_last") else FEATURE_COPIES)
         forward = self.forward_bytes(tail)
         if forward is None:
@@ -526,15 +530,15 @@ class Scorer:
         mine = thread_guard()
         live: dict[int, tuple] = {}
         state = {"peak": 0, "on": not tail, "calls": 0}
-        lp = self.cap.plan.layers[self.index] if tail else None
-        feature = module_named(self.net, lp.name) if tail else None
+        lp = cast(Capture, self.cap).plan.layers[self.index] if tail else None
+        feature = module_named(self.net, lp.name) if lp is not None else None  # None iff not tail
 
         def hook(m: nn.Module, i, o):
             if not mine():
                 return None
             if m is feature:
                 state["calls"] += 1
-                if state["calls"] - 1 == lp.call:
+                if state["calls"] - 1 == cast(LayerPlan, lp).call:  # feature is set: so is lp
                     state["on"] = True
                     live.clear()
             if not state["on"]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import cast
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -141,7 +142,8 @@ def _explained_windows(net, x, roi, starts, weight, explain, target, targets, sw
     n, spatial = x.shape[0], tuple(x.shape[2:])
     jobs = [(i, s) for i in range(n) for s in starts]
     single = len(starts) == 1
-    out = norm = None
+    out: torch.Tensor | None = None
+    norm: torch.Tensor | None = None  # made with out (several windows: their summed weights)
     for lo in range(0, len(jobs), sw_batch_size):
         chunk = jobs[lo:lo + sw_batch_size]
         win = torch.stack([x[i][(slice(None), *(slice(a, a + r) for a, r in zip(s, roi)))]
@@ -165,10 +167,11 @@ def _explained_windows(net, x, roi, starts, weight, explain, target, targets, sw
             else:
                 out[i][(Ellipsis, *where)] += m * weight
                 if i == 0:
-                    norm[where] += weight
+                    cast(torch.Tensor, norm)[where] += weight
+    result = cast(torch.Tensor, out)  # made by the first chunk
     if not single:
-        out /= norm
-    return out
+        result /= cast(torch.Tensor, norm)
+    return result
 
 
 def _resolve(method, options: dict):

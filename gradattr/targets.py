@@ -11,6 +11,7 @@ import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import cast
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class Target:
         if self.kind == "top":
             idx = per_class.detach().argmax(1, keepdim=True)
         else:
-            idx = self.classes.to(y.device)
+            idx = cast(torch.Tensor, self.classes).to(y.device)  # set for kinds "index", "per_sample"
             idx = idx.expand(n, -1) if idx.ndim == 1 else idx
         return Target("per_sample", self.scalar, classes=idx, output_key=self.output_key)
 
@@ -71,7 +72,7 @@ class Target:
                 from .outputs import select
 
                 y = select(y, self.output_key)
-            s = self.fn(y)
+            s = cast(Callable, self.fn)(y)  # set for kind "fn"
             if not isinstance(s, torch.Tensor):
                 raise expected("reduction_fn", f"a tensor with one score per sample (shape ({n},))",
                                f"a {type(s).__name__}")
@@ -100,17 +101,18 @@ class Target:
             if top >= c:
                 raise expected("target", f"class indices in 0..{c - 1} (0-based; MATLAB's classIdx "
                                "is 1-based, so subtract 1)", f"{top}")
-            if self.kind == "index" and self.classes.numel() == 1:  # one class: a slice, no index copy
+            classes = cast(torch.Tensor, self.classes)  # set for kinds "index", "per_sample"
+            if self.kind == "index" and classes.numel() == 1:  # one class: a slice, no index copy
                 return check_finite(per_class[:, top:top + 1], "net", "finite outputs for the target "
                                     "classes", checks)
-            idx = self.classes.to(y.device)
+            idx = classes.to(y.device)
             idx = idx.expand(n, -1) if idx.ndim == 1 else idx[rows] if rows is not None else idx
         return check_finite(per_class.gather(1, idx), "net", "finite outputs for the target classes", checks)
 
     @property
     def top_class(self) -> int:
         """The largest class index (``classes`` live on the CPU: no device read)."""
-        return _TOP.get(id(self.classes)) or int(self.classes.max())
+        return _TOP.get(id(self.classes)) or int(cast(torch.Tensor, self.classes).max())
 
 
 def tensors_of(y) -> list[torch.Tensor]:
@@ -155,7 +157,8 @@ def _reaches(s: torch.Tensor, ys: list[torch.Tensor]) -> bool:
     targets = {t.grad_fn for t in ys if t.grad_fn is not None}
     if len(targets) < len(ys) or s.grad_fn is None:
         return True
-    seen, stack = set(), [s.grad_fn]
+    seen: set = set()
+    stack: list = [s.grad_fn]  # next_functions hold None for inputs without a graph
     while stack:
         node = stack.pop()
         if node in targets:
@@ -225,7 +228,7 @@ def _label_index(label: str, classes) -> int:
             names = ", ".join(f"{i} {labels[i]!r}" for i in found[:5])
             raise expected("target", "a label that names one class (or pass its 0-based index)",
                            f"{label!r}, which names classes {names}")
-    folded = {}
+    folded: dict[str, str] = {}
     for c in labels:
         folded.setdefault(c.casefold(), c)
     close = [folded[c] for c in difflib.get_close_matches(label.casefold(), list(folded), n=3)]
@@ -295,8 +298,8 @@ def resolve_target(target, reduction_fn, classes, n: int) -> Target:
     if isinstance(target, str):
         return Target("index", scalar=True, classes=torch.tensor([_label_index(target, classes)]))
     if isinstance(target, Sequence) and target and all(isinstance(t, str) for t in target):
-        idx = [_label_index(t, classes) for t in target]
-        return Target("index", scalar=False, classes=torch.tensor(idx))
+        ids = [_label_index(t, classes) for t in target]
+        return Target("index", scalar=False, classes=torch.tensor(ids))
     arr = _as_int_array(target)
     if arr is not None and (arr.dtype.kind not in "iu" or (arr.size and arr.max() > np.iinfo(np.int64).max)):
         big = max(int(v) for v in arr.flat)

@@ -10,6 +10,7 @@ import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,11 @@ from ..loading import (
     read_image,
 )
 from .common import EXTRA_METHODS, PROG, check_option, parse_bytes
+
+if TYPE_CHECKING:
+    import argparse
+
+    from ..registry import Info
 
 
 def input_files(target: str) -> list[Path]:
@@ -274,9 +280,9 @@ def _check_inputs(args, files: list[Path]) -> None:
 class _Job:
     """What every input of one ``gradattr explain`` shares."""
 
-    args: object
-    loaded: object
-    info: object  # gradattr.method_info of the method
+    args: argparse.Namespace
+    loaded: Loaded
+    info: Info  # gradattr.method_info of the method
     target: object
     cls: int | None  # the class index explained, when known
     classes: list[str] | None

@@ -15,6 +15,8 @@ mean of all rows.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from ..errors import expected
@@ -65,7 +67,7 @@ def rollout(probs: list[torch.Tensor], head_fusion: str = "mean", discard_ratio:
         step = (fused + eye) / 2
         step = step / step.sum(-1, keepdim=True)
         r = step if r is None else step @ r
-    return r
+    return cast(torch.Tensor, r)  # set by the first layer
 
 
 def attention_rollout_map(view, head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
@@ -86,7 +88,7 @@ def chefer_relevance(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> to
             eye = torch.eye(cam.shape[-1], dtype=cam.dtype, device=cam.device)
             r = eye.expand_as(cam).clone()
         r = r + cam @ r
-    return r
+    return cast(torch.Tensor, r)  # set by the first layer
 
 
 def transformer_attribution_map(view) -> torch.Tensor:

@@ -1,6 +1,8 @@
 """Gradient methods: weights or terms from the activations and ``d score / d A``."""
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from einops import reduce
@@ -346,7 +348,8 @@ def smooth_grad_cam_plus_plus_weights(view, num_samples: int = 4, std: float = 0
         d1 = g if d1 is None else d1 + g
         d2 = g**2 if d2 is None else d2 + g**2
         d3 = g**3 if d3 is None else d3 + g**3
-    d1, d2, d3 = d1 / num_samples, d2 / num_samples, d3 / num_samples
+    d1, d2, d3 = (cast(torch.Tensor, d1) / num_samples, cast(torch.Tensor, d2) / num_samples,  # set by
+                  cast(torch.Tensor, d3) / num_samples)  # the first sample
     total = reduce(a, "n c ... -> n 1 c", "sum")[(...,) + (None,) * (a.ndim - 2)]
     alpha = d2 / (2 * d2 + total * d3 + SMOOTH_GRAD_CAM_PP_EPS)
     return reduce(alpha * torch.relu(d1), "n k c ... -> n k c", "sum")

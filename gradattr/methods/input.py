@@ -12,6 +12,8 @@ layer's output) and ``d score_k / d point`` for all ``K`` targets from one forwa
 """
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 
@@ -273,6 +275,7 @@ def _integrate(space: _Space, origin, base, rows0, steps, rule, batch_size) -> t
         if total is None:
             total = g.new_zeros((b0,) + tuple(g.shape[1:]))
         total.index_add_(0, r.to(g.device), g)
+    total = cast(torch.Tensor, total)  # set by the first chunk
     return total * diff[:, None].to(total.dtype)
 
 
@@ -354,7 +357,7 @@ def smooth_grad_map(view, base: str = "saliency", samples: int = 50, noise: floa
         rows = rows_n.repeat(c).to(origin.device)
         p = origin[rows] + sigma[rows] * z
         if base == "integrated_gradients":
-            a = _integrate(space, p, b[rows], rows, 50, "gausslegendre", batch_size)
+            a = _integrate(space, p, cast(torch.Tensor, b)[rows], rows, 50, "gausslegendre", batch_size)
         else:
             g = space.grads(p, rows)
             a = g.abs() if base == "saliency" else p[:, None] * g
@@ -362,8 +365,8 @@ def smooth_grad_map(view, base: str = "saliency", samples: int = 50, noise: floa
         s1, s2 = a.sum(0), (a * a).sum(0)
         total = s1 if total is None else total + s1
         total_sq = s2 if total_sq is None else total_sq + s2
-    mean = total / samples
-    return total_sq / samples - mean * mean if var else mean
+    mean = cast(torch.Tensor, total) / samples  # both set by the first chunk
+    return cast(torch.Tensor, total_sq) / samples - mean * mean if var else mean
 
 
 # -- validators and registration ----------------------------------------------------------

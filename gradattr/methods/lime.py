@@ -59,6 +59,7 @@ def segments_of(x: torch.Tensor, num_features: int, segmentation) -> list[torch.
                        f"shape {tuple(segmentation.shape)}")
     out = []
     for i in range(n):
+        lab: torch.Tensor | None  # None: no superpixels for this sample
         if isinstance(segmentation, torch.Tensor):
             lab = segmentation if segmentation.ndim == len(spatial) else segmentation[i]
             _, lab = torch.unique(lab.cpu(), return_inverse=True)

@@ -75,7 +75,7 @@ def occlusion_masks(bounds, index: torch.Tensor, spatial: tuple[int, ...]) -> to
     return mask
 
 
-def fill_value(x: torch.Tensor, mask_value, name: str = "mask_value") -> torch.Tensor:
+def fill_value(x: torch.Tensor, mask_value, name: str | None = "mask_value") -> torch.Tensor:
     """The occluding value as ``(N, C, 1, ..., 1)`` or broadcastable: ``"auto"`` is each sample's
     per-channel mean; a number; or one value per channel. Integer ids (token ids) are occluded
     by an id given as a number (``name``: the option that gives it, or None when none does)."""

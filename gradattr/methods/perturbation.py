@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from einops import rearrange
 
 from ..capture import PLANS, Capture, Plan, capture, module_named
 from ..errors import GradattrError, expected
+from ..layouts import Reading
 from ..ops import gaussian_blur, minmax
 from ..registry import COMMON, LAYER, TARGET, Method, Option, flag, positive_int, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
@@ -207,7 +209,7 @@ def _tail_key(call, plan: Plan, refused: bool = False):
     return (tuple(x.shape[1:]), x.dtype, x.device, plan, refused)
 
 
-def _remember(call, plan: Plan, chunk: int) -> None:
+def _remember(call, plan: Plan, chunk: int | None) -> None:
     with _TAILS_LOCK:
         entries = _TAILS.setdefault(call.net, {})
         old = entries.get(_tail_key(call, plan), (None,))
@@ -265,6 +267,7 @@ def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
         _refuse(call, known)
         return None
     b, buf = made[0]
+    cap = cast(Capture, cap)  # its output y was checked above
     return Capture(cap.raw, cap.plan, y[:1].detach(), cap.reduction_name,
                    carried=(y.detach(), b, None if batch is not None else chunk, buf))
 
@@ -276,8 +279,9 @@ def _carriable(call, plan: Plan):
     if not CARRY or known is None or not known.known or len(known.layers) != 1:
         return None
     lp = known.layers[0]
+    reading = cast(Reading, lp.reading)  # a known plan has its readings
     if call.n != 1 or call.inputs or call.forward_kwargs or call.autocast is not None \
-            or lp.reading.kind not in ("channels_first", "channels_last") or lp.reading.item is not None:
+            or reading.kind not in ("channels_first", "channels_last") or reading.item is not None:
         # N > 1: N rows of input beside N x (b + 2) of copies; a tail that tiles a term computed
         # from the input would pair rows wrongly, and periodically so (no row check sees it)
         return None
@@ -637,7 +641,7 @@ def rise_map(view, masks: int = 4000, cells: int = 7, p: float = 0.5, softmax: b
         mk = rise_masks(grids[i:i + step], shifts[i:i + step], spatial).to(s.dtype)
         part = torch.einsum("mnk,m...->nk...", s[i:i + step], mk)
         out = part if out is None else out + part
-    return out / (masks * p)
+    return cast(torch.Tensor, out) / (masks * p)  # set by the first step
 
 
 register(Method(

@@ -19,6 +19,7 @@ The gradient-based baseline methods (DeepLIFT, expected gradients) live in
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
@@ -143,7 +144,7 @@ def mean_scores(scorer, count: int, make, rows: torch.Tensor, group: int, batch_
             bar.update(stop - start)
     finally:
         bar.close()
-    return out / group
+    return cast(torch.Tensor, out) / group  # set by the first chunk (count > 0)
 
 
 def coalition_values(scorer, xr, bg, masks, element, batch_size, progress, desc="shapley"):
@@ -254,8 +255,9 @@ def kernel_coalitions(d: int, budget: int, seed) -> tuple[torch.Tensor, torch.Te
                     masks.append(mm)
                     weights.append(1.0)
                     left -= 1
-        weights = np.array(weights)
-        weights[fixed:] *= kernel[full:].sum() / weights[fixed:].sum()
+        scaled = np.array(weights)
+        scaled[fixed:] *= kernel[full:].sum() / scaled[fixed:].sum()
+        return torch.from_numpy(np.array(masks).reshape(-1, d)), torch.tensor(np.asarray(scaled, float))
     return torch.from_numpy(np.array(masks).reshape(-1, d)), torch.tensor(np.asarray(weights, float))
 
 
