@@ -30,7 +30,8 @@ from . import resize
 from .ensembles import augmented, sess
 from .capture import Capture, Plan, capture, per_target_grads, plan_from_options
 from .errors import GradattrError, GradattrWarning, expected
-from .inputs import Unsettled, check_model
+from .inputs import check_model
+from .reading import Unsettled
 from .oracle import GradientOracle
 from .prep import Call, prepare_call, read_checks, read_values
 from .ops import eigen_projection, minmax
@@ -151,7 +152,7 @@ def explain(method: Method, net, x, target=None, **options):
 def run(bound: Bound, net, x, target=None):
     """One call of a bound method on ``x``. A first call presumes the input's reading and
     confirms it in its own first forward pass; when that pass does not, the reading is
-    observed (:func:`gradattr.inputs.observe_reading`) and the call runs again."""
+    observed (:func:`gradattr.reading.observe_reading`) and the call runs again."""
     try:
         return _run(bound, net, x, target, presume=True)
     except Unsettled:

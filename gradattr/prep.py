@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .errors import GradattrError, expected
-from .inputs import Consumer, Layout, Unsettled, check_compute_device, check_model, confirm, prepare_inputs, prepare_kwargs
+from .inputs import Layout, check_compute_device, check_model, prepare_inputs, prepare_kwargs
+from .reading import Consumer, Unsettled, confirm
 from .targets import Target, resolve_target
 
 AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
@@ -216,7 +217,7 @@ class Call:
     #: as the engine captured them for this input (gradient methods), or ``None``
     seen: tuple | None = None
     #: a presumed input reading that the call's first forward pass confirms (or raises
-    #: :class:`~gradattr.inputs.Unsettled`): ``(net, key, reading)``, or ``None``
+    #: :class:`~gradattr.reading.Unsettled`): ``(net, key, reading)``, or ``None``
     pending: tuple | None = None
 
     @property
@@ -275,7 +276,7 @@ class Call:
 
     def _confirming(self, x: torch.Tensor):
         """The first forward pass of a call whose input reading was presumed: confirmed here
-        (:func:`gradattr.inputs.confirm`), or :class:`~gradattr.inputs.Unsettled`."""
+        (:func:`gradattr.reading.confirm`), or :class:`~gradattr.reading.Unsettled`."""
         pending, self.pending = cast(tuple, self.pending), None  # called only while one is pending
         consumer = Consumer(self.net, x)
         try:
@@ -316,7 +317,7 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     input and the scores onto ``Call.checks``, for :func:`read_checks` to read once.
     ``presume=True`` lets the call's first forward pass confirm the input's reading
     (``Call.pending``; the caller reruns with ``presume=False`` on
-    :class:`~gradattr.inputs.Unsettled`), so that a first call costs no pass of its own.
+    :class:`~gradattr.reading.Unsettled`), so that a first call costs no pass of its own.
     """
     check_model(net)
     auto = isinstance(device, str) and device.lower() == "auto"
@@ -352,7 +353,7 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
 
 def _observer(net: nn.Module, device: torch.device | None, kwargs: dict | None, amp):
     """``observe(t) -> net(t)``: one forward pass without gradients, the model borrowed (eval
-    mode, the compute device), for :func:`gradattr.inputs.observe_reading` (first calls only)."""
+    mode, the compute device), for :func:`gradattr.reading.observe_reading` (first calls only)."""
     def observe(t: torch.Tensor):
         with borrowed(net, device), torch.no_grad(), (
                 torch.autocast(t.device.type, dtype=amp) if amp is not None else nullcontext()):
