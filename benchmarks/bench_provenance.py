@@ -24,16 +24,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import gradattr  # noqa: E402
 from gradattr import capture, provenance  # noqa: E402
 
-
-def tiny():
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 4))
-
-
-def resnet18():
-    import torchvision
-    return torchvision.models.resnet18(num_classes=10)
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_overhead import resnet18, tiny  # noqa: E402  (the same models as the per-call benchmark)
 
 
 def vit():
