@@ -20,6 +20,7 @@ import torch
 from ..errors import expected
 from ..registry import COMMON, TARGET, Method, Option, flag, optional_positive_int, positive_int, register
 from ..scorer import chunk_size
+from .baseline import baseline_like, named_baseline_option
 from .common import TOY as _TOY
 from .quadrature import QUADRATURES, quadrature
 
@@ -89,46 +90,8 @@ class _Space:
     def baseline(self, value) -> torch.Tensor:
         """The baseline point ``(N, *element)``: of the input, or the layer's output at it."""
         x = self.scorer.x
-        b = _input_baseline(value, x)
+        b = baseline_like(value, x, named=True)
         return b if self.layer is None else self.layer_output(b)
-
-
-def _input_baseline(value, x: torch.Tensor) -> torch.Tensor:
-    """``baseline`` of the explained input ``x (N, ...)``: a number, a tensor/array broadcastable
-    to ``x``, ``"blur"`` or ``"mean"``."""
-    if isinstance(value, str):
-        if not x.is_floating_point():
-            raise expected("baseline", "a number (an id, e.g. the padding token) for an integer input",
-                           repr(value))
-        if value == "mean":  # each sample's channel means (MATLAB's MaskValue "auto")
-            return x.flatten(2).mean(-1)[(...,) + (None,) * (x.ndim - 2)].expand_as(x).clone()
-        if value == "blur":  # an 11-tap Gaussian, sigma 5, reflect-101 borders, along every axis
-            from ..ops import gaussian_blur
-
-            return gaussian_blur(x, 11, 5.0, short_axes="skip")
-        raise expected("baseline", "a number, a tensor broadcastable to x, 'blur' or 'mean'", repr(value))
-    if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
-        if not x.is_floating_point() and float(value) != int(value):
-            raise expected("baseline", "an integer (an id) for an integer input", repr(value))
-        if not np.isfinite(float(value)):
-            raise expected("baseline", "a finite number", repr(value))
-        return torch.full_like(x, value)
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.ascontiguousarray(value))
-    if not isinstance(value, torch.Tensor):
-        raise expected("baseline", "a number, a tensor broadcastable to x, 'blur' or 'mean'",
-                       type(value).__name__)
-    try:
-        shape = torch.broadcast_shapes(value.shape, x.shape)
-    except RuntimeError:
-        shape = None
-    if shape != x.shape:
-        raise expected("baseline", f"a tensor broadcastable to x's shape {tuple(x.shape)} "
-                       "(N, C, *S; N = 1 for one unbatched sample)", f"shape {tuple(value.shape)}")
-    b = value.detach().to(device=x.device, dtype=x.dtype).expand_as(x).clone()
-    if b.is_floating_point() and not torch.isfinite(b).all():
-        raise expected("baseline", "finite values", "NaN or Inf")
-    return b
 
 
 def _integrate(space: _Space, origin, base, rows0, steps, rule, batch_size) -> torch.Tensor:
@@ -271,14 +234,6 @@ def _one_of(choices):
     return check
 
 
-def _baseline(name, value):
-    if isinstance(value, str) and value not in ("blur", "mean"):
-        raise expected(name, "a number, a tensor broadcastable to x, 'blur' or 'mean'", repr(value))
-    if value is None or isinstance(value, (bool, np.bool_)):
-        raise expected(name, "a number, a tensor broadcastable to x, 'blur' or 'mean'", repr(value))
-    return value
-
-
 def _layer(name, value):
     if isinstance(value, (list, tuple)):
         raise expected(name, "one layer (a name or a module) or None (the input)", f"{len(value)} layers")
@@ -329,7 +284,7 @@ register(Method(
                     "the reference input: a number, a tensor (or array) broadcastable to ``x`` "
                     "(``(N, C, *S)``), ``\"blur\"`` (each channel blurred: an 11-tap Gaussian, "
                     "sigma 5, along every dim longer than 5) or ``\"mean\"`` (each sample's "
-                    "channel means). For integer inputs (token ids) an id.", _baseline),
+                    "channel means). For integer inputs (token ids) an id.", named_baseline_option),
              Option("steps", 50, "int", "integration points (captum's ``n_steps``).", positive_int),
              Option("quadrature", "gausslegendre", "str",
                     "the rule: ``\"gausslegendre\"``, ``\"riemann_trapezoid\"``, ``\"riemann_left\"``, "
