@@ -72,7 +72,7 @@ def baseline_like(value, x: torch.Tensor, named: bool = False) -> torch.Tensor:
             raise expected("baseline", "an integer (an id) for an integer input", repr(value))
         if not np.isfinite(float(value)):
             raise expected("baseline", "a finite number", repr(value))
-        return torch.full_like(x, value)
+        return torch.full_like(x, value.item() if isinstance(value, np.number) else value)
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, torch.Tensor):
