@@ -1,7 +1,7 @@
 """Cost of integrated_gradients' Gauss-Legendre nodes before the model runs (issue 30, item 7).
 
 numpy's ``leggauss`` (what gradattr used for every step count, and captum uses) against
-:func:`gradattr.methods.input.gauss_legendre` (leggauss up to 100 points, Bogaert's O(n)
+:func:`gradattr.methods.quadrature.gauss_legendre` (leggauss up to 100 points, Bogaert's O(n)
 formulas beyond), side by side in one process: wall time and the peak of Python-tracked
 memory (``tracemalloc``; numpy reports its arrays to it) of computing the nodes and weights.
 ``leggauss`` builds an n x n matrix, so its larger counts take minutes and gigabytes:
@@ -18,7 +18,7 @@ import tracemalloc
 
 import numpy as np
 
-from gradattr.methods.input import gauss_legendre
+from gradattr.methods.quadrature import gauss_legendre
 
 
 def measure(f, n: int):

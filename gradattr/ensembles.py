@@ -10,7 +10,7 @@ from typing import cast
 
 import torch
 
-from . import ops
+from . import ops, resize
 from .capture import Plan, capture
 from .errors import expected
 from .prep import Call
@@ -72,13 +72,9 @@ def _window_starts(length: int, step: int, window: int) -> list[int]:
 
 def _linear(t: torch.Tensor, size, antialias: bool = False) -> torch.Tensor:
     """``(B, C, *s)`` resized (multi-)linearly, half-pixel centres (OpenCV's ``INTER_LINEAR``)."""
-    import torch.nn.functional as F
-
     if tuple(t.shape[2:]) == tuple(size):
         return t
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-    return F.interpolate(t, size=tuple(size), mode=mode, align_corners=False,
-                         antialias=antialias and len(size) == 2)
+    return resize.linear(t, tuple(size), antialias=antialias and len(size) == 2)
 
 
 def sess(run, call: Call, plan: Plan, cfg: dict):

@@ -37,6 +37,8 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
+from . import resize
+
 
 def _funcs(names, *owners):
     out = set()
@@ -304,7 +306,7 @@ class Shadows:
             if all(a <= b for a, b in zip(size, s.shape[2:])):
                 c = _MAXPOOL[nd](c.double(), size).to(torch.int32)
             else:  # upsampled: the nearest cell (a map, though no grid of tokens)
-                c = F.interpolate(c.double(), size=size, mode="nearest").to(torch.int32)
+                c = resize.nearest(c.double(), size).to(torch.int32)
         self.put(o, c.expand(o.shape))
 
     def _keep(self, found, out) -> None:

@@ -1,4 +1,11 @@
-"""MATLAB-exact resampling of maps: ``imresize`` / ``imresize3`` for any rank.
+"""The one place that resizes: MATLAB-exact ``imresize`` for maps, ``F.interpolate`` for masks.
+
+* :func:`imresize` resizes the maps a user sees (``upsampling=``), as MATLAB's
+  ``imresize`` / ``imresize3`` for any rank (below);
+* :func:`linear` and :func:`nearest` are the methods' internal resizes (Score-CAM's and
+  RISE's masks, FullGrad's bias maps, SESS's windows, provenance's token grids): thin
+  wrappers of ``torch.nn.functional.interpolate`` with the rank-to-mode table
+  (:data:`LINEAR_MODES`) in one place.
 
 MATLAB resizes separably, one dimension at a time, with a weight matrix per
 dimension built by its ``contributions`` routine:
@@ -13,7 +20,7 @@ dimension built by its ``contributions`` routine:
   are mirrored (``[1..n, n..1]`` repeated).
 
 ``torch.nn.functional.interpolate(mode="bicubic")`` uses ``a = -0.75``, clamps
-at the borders and exists for 2-D only, so it is not used here.
+at the borders and exists for 2-D only, so :func:`imresize` does not use it.
 """
 from __future__ import annotations
 
@@ -23,9 +30,37 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 #: The upsampling choices ``grad_cam`` accepts, mirroring MATLAB's ``OutputUpsampling``.
 UPSAMPLING_MODES = ("bicubic", "nearest", "none")
+
+#: ``F.interpolate``'s multi-linear mode for 1, 2 and 3 resized dimensions.
+LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+
+def linear(t: torch.Tensor, size, align_corners: bool = False, antialias: bool = False) -> torch.Tensor:
+    """``t (B, C, *s)`` resized (multi-)linearly to ``size`` (1 to 3 dims) by ``F.interpolate``.
+
+    ``align_corners=False``: half-pixel centres (OpenCV's ``INTER_LINEAR``); ``True``: the
+    corner samples kept (pytorch-grad-cam's Score-CAM masks). ``antialias`` as ``F.interpolate``'s
+    (2-D only). The caller checks the rank (``len(size) in LINEAR_MODES``) with its own message.
+
+    >>> linear(torch.tensor([[[0.0, 1.0]]]), (4,)).tolist()
+    [[[0.0, 0.25, 0.75, 1.0]]]
+    """
+    return F.interpolate(t, size=size, mode=LINEAR_MODES[len(size)], align_corners=align_corners,
+                         antialias=antialias)
+
+
+def nearest(t: torch.Tensor, size) -> torch.Tensor:
+    """``t (B, C, *s)`` resized to ``size`` by ``F.interpolate``'s ``"nearest"`` (the cell whose
+    index is ``floor(i * in / out)``: not MATLAB's rounding, see :func:`imresize` for that).
+
+    >>> nearest(torch.tensor([[[0.0, 1.0]]]), (4,)).tolist()
+    [[[0.0, 0.0, 1.0, 1.0]]]
+    """
+    return F.interpolate(t, size=size, mode="nearest")
 
 
 def cubic(x: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import GradattrError, expected
+from .method_arg import resolve_method
 
 
 def window_starts(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> list[tuple[int, ...]]:
@@ -92,7 +93,7 @@ def sliding_window(method: str | Callable, net: torch.nn.Module, volume, roi_siz
     """
     x, roi, unbatched = _volume_and_roi(volume, roi_size)
     _check_window_options(overlap, mode, sw_batch_size)
-    explain = _resolve(method, method_options)
+    explain, _ = resolve_method(method)
     targets = _per_sample(target, x.shape[0])
     out = _explained_windows(net, x, roi, window_starts(tuple(x.shape[2:]), roi, overlap),
                              importance_map(roi, mode), explain, target, targets, sw_batch_size, method_options)
@@ -172,18 +173,6 @@ def _explained_windows(net, x, roi, starts, weight, explain, target, targets, sw
     if not single:
         result /= cast(torch.Tensor, norm)
     return result
-
-
-def _resolve(method, options: dict):
-    if callable(method) and not isinstance(method, str):
-        return lambda net, x, target, opts: method(net, x, target=target, **opts)
-    from . import api
-
-    if not isinstance(method, str):
-        raise expected("method", "a method name such as 'grad_cam', or a callable", type(method).__name__)
-    if method not in api.list_methods():
-        api.attribute(None, None, method=method)  # raises the registry's error with suggestions
-    return lambda net, x, target, opts: api.attribute(net, x, target=target, method=method, **opts)
 
 
 def _per_sample(target, n: int):

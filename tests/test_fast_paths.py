@@ -196,7 +196,7 @@ def test_one_targets_gradient_equals_the_gradient_of_its_sum(counterfactual):
 
 def _perturbation():
     import sys
-    return sys.modules["gradattr.methods.perturbation"]
+    return sys.modules["gradattr.methods.ablation"]
 
 
 def whole_passes_only(fn):

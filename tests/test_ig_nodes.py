@@ -8,7 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from gradattr.methods.input import gauss_legendre, quadrature
+from gradattr.methods.quadrature import gauss_legendre, quadrature
 
 
 @pytest.mark.parametrize("n", [101, 128, 255, 400])

@@ -25,9 +25,11 @@ The methods live by kind, each module holding the pure functions and their
 
 * :mod:`.gradient`: Grad-CAM, Grad-CAM++, XGrad-CAM, HiResCAM, Layer-CAM, EigenGrad-CAM, ...
 * :mod:`.activation`: Eigen-CAM, CAM, ...
-* :mod:`.perturbation`: Score-CAM, Ablation-CAM, ...
+* :mod:`.score_cam`: Score-CAM; :mod:`.ablation`: Ablation-CAM and its carrying capture pass
+* :mod:`.perturbation`: SS-CAM, IS-CAM, Group-CAM, RISE, random maps
 * :mod:`.pixel`: guided backpropagation, Guided Grad-CAM
-* :mod:`.input`: saliency, input x gradient, integrated gradients, SmoothGrad (input-level)
+* :mod:`.input_attribution`: saliency, input x gradient, integrated gradients, SmoothGrad
+  (input-level), with the integration rules in :mod:`.integrated_gradients`
 
 Adding a method: a pure function and a ``register(Method(...))`` entry in the
 module of its kind, and a naive reference in ``tests/references.py`` (the
@@ -36,10 +38,11 @@ below is the order of :func:`gradattr.list_methods`.
 """
 from __future__ import annotations
 
-from . import gradient, activation, perturbation, pixel, input  # noqa: F401  (registration order)
+from . import gradient, activation, score_cam, ablation, perturbation  # noqa: F401  (registration order)
+from . import pixel, input_attribution  # noqa: F401
 from ..ops import eigen_projection
 from . import occlusion, lime, attention  # noqa: F401
 from . import tabular, deeplift  # noqa: F401
 
-__all__ = ["eigen_projection", "gradient", "activation", "perturbation", "pixel", "input", "occlusion", "lime",
-           "attention", "tabular", "deeplift"]
+__all__ = ["eigen_projection", "gradient", "activation", "score_cam", "ablation", "perturbation", "pixel",
+           "input_attribution", "occlusion", "lime", "attention", "tabular", "deeplift"]

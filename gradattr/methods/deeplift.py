@@ -36,7 +36,8 @@ from ..registry import COMMON, TARGET, Method, Option, positive_int, register
 from ..scorer import chunk_size, hooked_output
 from .common import BATCH_SIZE
 from .perturbation import SEED
-from .tabular import BACKGROUND, TABULAR_TOY, background_rows, baseline_option, baseline_rows
+from .baseline import baseline_like, baseline_option
+from .tabular import BACKGROUND, TABULAR_TOY, background_rows
 
 #: Below this ``|Delta in|`` a nonlinearity passes its gradient (captum's ``eps``).
 EPS = 1e-10
@@ -206,8 +207,8 @@ def deep_lift_map(view, baseline=0.0, batch_size=None) -> torch.Tensor:
     x = sc.x
     if not x.is_floating_point():
         raise expected(sc.input_name, "floating-point input", f"dtype {x.dtype}")
-    n, element = x.shape[0], tuple(x.shape[1:])
-    base = baseline_rows(baseline, x).view(n, *element)
+    n = x.shape[0]
+    base = baseline_like(baseline, x)
     given = sc.given_target  # the top class is fixed on x (one more pass), not re-picked on b
     target = sc.target if given.kind == "top" else given
     # rows of both halves per pass: what fits the memory budget (no per-pass cap: one backward each)

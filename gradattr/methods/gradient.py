@@ -4,9 +4,9 @@ from __future__ import annotations
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from einops import reduce
 
+from .. import resize
 from ..errors import expected
 from ..registry import COMMON, LAYER, TARGET, Method, Option, positive_int, register
 from ..ops import eigen_projection, minmax
@@ -407,7 +407,6 @@ torch.Size([16])
 # -- FullGrad ----------------------------------------------------------------------------
 #: pytorch-grad-cam's ``scale_cam_image`` stabiliser, kept so the maps agree with it.
 FULL_GRAD_EPS = 1e-7
-_LINEAR = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
 
 def channel_scaled(t: torch.Tensor) -> torch.Tensor:
@@ -434,8 +433,7 @@ def full_grad_map(view) -> torch.Tensor:
         t = channel_scaled(b.to(g.dtype)[(slice(None),) + (None,) * (g.ndim - 3)] * g).sum(2)
         if tuple(t.shape[2:]) != size:
             n, k = t.shape[:2]
-            t = F.interpolate(t.flatten(0, 1)[:, None], size=size, mode=_LINEAR[len(size)],
-                              align_corners=False)[:, 0].unflatten(0, (n, k))
+            t = resize.linear(t.flatten(0, 1)[:, None], size)[:, 0].unflatten(0, (n, k))
         total = total + t
     return total
 

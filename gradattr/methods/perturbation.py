@@ -1,318 +1,23 @@
-"""Perturbation methods: weights from forward passes on masked inputs or modified activations."""
+"""Perturbation methods: weights or maps from forward passes on masked inputs.
+
+SS-CAM and IS-CAM (Score-CAM over noisy or scaled masks), Group-CAM, RISE and the
+random baseline, with the randomness options (``seed``, ``generator``) several methods
+share. Score-CAM is in :mod:`.score_cam`, Ablation-CAM (modified activations) in
+:mod:`.ablation`.
+"""
 from __future__ import annotations
 
-import threading
-import weakref
 from typing import cast
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
-from ..capture import PLANS, Capture, Plan, capture, module_named
-from ..errors import GradattrError, expected
-from ..layouts import Reading
+from .. import resize
+from ..errors import expected
 from ..ops import gaussian_blur, minmax
 from ..registry import COMMON, LAYER, TARGET, Method, Option, flag, positive_int, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
-
-
-_LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
-
-
-def score_masks(acts: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """Channel maps ``acts (B, *s)`` upsampled to ``size`` and min-max scaled to [0, 1].
-
-    Multi-linear upsampling with ``align_corners=True``, as pytorch-grad-cam.
-
-    A map that is constant after upsampling carries no location and becomes 0
-    everywhere (what pytorch-grad-cam's ``/(max - min + 1e-8)`` gives).
-    """
-    if len(size) not in _LINEAR_MODES:
-        raise expected("x", "1, 2 or 3 spatial/time dims for Score-CAM's masks", f"{len(size)}")
-    up = F.interpolate(acts[:, None], size=size, mode=_LINEAR_MODES[len(size)], align_corners=True)
-    flat = up.flatten(1)
-    lo, hi = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    span = hi - lo
-    scaled = torch.where(span > 0, (flat - lo) / torch.where(span > 0, span, 1), 0.0)
-    return scaled.view_as(up)
-
-
-
-def score_cam_weights(scores: torch.Tensor) -> torch.Tensor:
-    """Score-CAM (Wang et al., CVPR-W 2020): ``softmax_k(S_k)`` over channels, ``(N, K, C)``.
-
-    ``scores (N, K, C)``: ``S_k = f(X * H^k)``, the target score of the input masked by
-    channel ``k``'s upsampled, min-max normalised activation ``H^k`` (see
-    :func:`score_cam_scores`). The paper's weight is the softmax over channels of the
-    increase ``S_k - f(X_b)`` (its eq. 3 and Algorithm 1); the baseline cancels in the
-    softmax, so raw scores (logits for a classifier) give the same weights.
-    pytorch-grad-cam and torch-cam do the same; the authors' released code instead
-    weights each channel by the masked input's softmax probability, without a softmax
-    over channels. The masks follow pytorch-grad-cam (upsample with
-    ``align_corners=True``, then min-max scale); torch-cam scales first and upsamples
-    with ``align_corners=False``.
-
-    >>> score_cam_weights(torch.tensor([[[0.0, float('-inf')]]])).tolist()
-    [[[1.0, 0.0]]]
-    """
-    return torch.softmax(scores, -1)
-
-
-def score_cam_scores(view, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
-    """``S (N, K, C)``: the target score of every sample masked by every channel's map.
-
-    Channel ``k`` of sample ``n`` masks the input with ``H^k`` (:func:`score_masks`)
-    and scores ``x_n * H^k`` for sample ``n``'s target classes (fixed on the unmasked
-    input), through :meth:`~gradattr.scorer.Scorer.score_masked` (chunks of at most
-    ``batch_size`` masked copies, so the ``C x input`` tensor is never built). A channel
-    that is constant on the feature map carries no location: its mask is 0 everywhere
-    (what pytorch-grad-cam's ``/(max - min + 1e-8)`` gives), so its masked input is the
-    zero input whatever the channel; those channels share the score of one forward pass
-    of the zero input.
-    """
-    a, scorer = view.acts, view.scorer
-    x = scorer.x
-    n, c = a.shape[:2]
-    flat = a.flatten(2)
-    constant = flat.amax(-1) == flat.amin(-1)  # (N, C)
-    rows, chans = (~constant).nonzero().unbind(1)  # the (sample, channel) pairs to run
-    size = tuple(x.shape[2:])
-
-    def make(i, j):
-        r = rows[i:j]
-        return x[r] * score_masks(a[r, chans[i:j]], size)
-
-    s = scorer.score_masked(len(rows), make, rows, batch_size=batch_size, progress=progress,
-                           desc="Score-CAM")
-    scores = s.new_zeros(n, c, s.shape[1])
-    scores[rows, chans] = s
-    if constant.any():
-        s0 = scorer.score_inputs(torch.zeros_like(x[:1]), torch.arange(n, device=x.device))
-        r0, c0 = constant.nonzero().unbind(1)
-        scores[r0, c0] = s0[r0].to(scores.dtype)
-    return rearrange(scores, "n c k -> n k c").to(a.dtype)
-
-
-register(Method(
-    "score_cam", "Score-CAM",
-    lambda v, batch_size, progress: score_cam_weights(score_cam_scores(v, batch_size, progress)),
-    "activations",
-    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(BATCH_SIZE, PROGRESS),
-    summary="Score-CAM map (Wang et al., CVPR-W 2020): ``ReLU(sum_k softmax_k(f(x * H^k)) A^k)``.",
-    doc="""``H^k`` is channel ``k`` upsampled to the input (multi-linear, ``align_corners=True``,
-as pytorch-grad-cam) and min-max scaled; ``f`` the target score. One forward pass per
-channel (the all-zero masks of constant channels share one), run in chunks. See
-:func:`gradattr.methods.score_cam_scores`.""",
-    example=_TOY + """>>> gradattr.score_cam(net, torch.randn(2, 16), 1, batch_size=3).shape
-torch.Size([16])
-""",
-    use_when="gradients are noisy or saturated: weights come from forward passes on masked inputs "
-             "(slow: one pass per channel)"))
-
-
-def ablate(t: torch.Tensor, chans: torch.Tensor, offset: int = 0) -> torch.Tensor:
-    """A copy of ``t (B, C, *s)`` with channel ``chans[i]`` of row ``offset + i`` set to zero."""
-    t = t.clone()
-    t[torch.arange(len(chans), device=t.device) + offset, chans] = 0
-    return t
-
-
-
-
-def ablation_cam_weights(scores: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor:
-    """Ablation-CAM (Ramaswamy, WACV 2020, eq. 3): ``w_k = (y - y_k) / y``, ``(N, K, C)``.
-
-    ``scores (N, K)`` is the target score ``y`` and ``ablated (N, K, C)`` the score ``y_k``
-    with channel ``k`` of the feature map set to zero (see :func:`ablation_scores`). A
-    score of exactly 0 divides by 0, as in the paper.
-
-    >>> ablation_cam_weights(torch.tensor([[4.0]]), torch.tensor([[[1.0, 3.0]]])).tolist()
-    [[[0.75, 0.25]]]
-    """
-    return (scores[..., None] - ablated) / scores[..., None]
-
-
-def ablation_scores(view, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
-    """``y_k (N, K, C)``: every sample's score with each channel of its feature map zeroed.
-
-    When the capture pass carried the first chunk of copies (:func:`ablation_capture`), their
-    scores come from its output. The other copies are scored by
-    :meth:`~gradattr.scorer.Scorer.score_activations`, which runs only the layers after the
-    feature layer where the network allows it. Each chunk of copies is written into one
-    buffer, reused from chunk to chunk: row 0 is the sample's own map (the scorer's check of
-    the fast path), row ``1 + j`` the map with channel ``start + j`` zeroed. The ablated value
-    is 0, as in the paper (pytorch-grad-cam uses 0 when the layer's minimum is 0 and
-    ``min - 1e7`` otherwise).
-    """
-    a, scorer = view.acts, view.scorer
-    n, c = a.shape[:2]
-    y = scorer.scores
-    out = y.new_zeros(n, c, y.shape[1])
-    bar = scorer.progress(n * c, progress, "Ablation-CAM")
-    first, chunk, buf = _carried(scorer, out)
-    buf = a.new_empty(0) if buf is None else buf
-    try:
-        bar.update(n * first)
-        for i in range(n):
-            start = first
-            while start < c:
-                b = min(c - start, chunk or scorer.activation_chunk(batch_size))
-                if buf.shape[0] < 1 + b:
-                    buf = a.new_empty(1 + b, *a.shape[1:])
-                copies = buf[:1 + b]
-                copies.copy_(a[i:i + 1].expand_as(copies))
-                rows = torch.arange(1, 1 + b, device=a.device)
-                copies[rows, rows + (start - 1)] = 0  # row 1 + j: channel start + j
-                out[i, start:start + b] = scorer.score_activations(copies, i, batch_size,
-                                                                   unmodified_first=True)
-                start += b
-                bar.update(b)
-    finally:
-        bar.close()
-    if not first and scorer.tail_only and scorer.cap is not None and len(scorer.cap.plan.layers) == 1:
-        # the budget's chunk when it was computed for this call (else no pass only to size it)
-        _remember(scorer.call, scorer.cap.plan, scorer.activation_chunk(None) if batch_size is None else None)
-    return rearrange(out, "n c k -> n k c")
-
-
-def _carried(scorer, out: torch.Tensor) -> tuple:
-    """The scores of the copies the capture pass carried, written into ``out``: ``(channels
-    done per sample, copies per later chunk, the buffer to reuse)``; ``(0, None, None)`` when
-    it carried none. The carrying pass's buffer is reused for the later chunks (its pages are
-    already touched: filling a fresh buffer of hundreds of MB is mostly page faults)."""
-    carried = scorer.cap.carried if scorer.cap is not None else None
-    if carried is None:
-        return 0, None, None
-    y, b, chunk, buf = carried
-    n, m = out.shape[0], b + 2
-    rows = torch.arange(n, device=out.device).repeat_interleave(m)
-    s = scorer.target.scores(y, n * m, rows).detach().view(n, m, -1)
-    out[:, :b] = s[:, 1:1 + b].to(out.dtype)
-    return b, chunk, buf
-
-
-#: Networks (weakly) whose layers after the feature layer were found to score copies of a
-#: sample's feature map as whole passes do: the two-pass path's check passed on a first call
-#: (:meth:`~gradattr.scorer.Scorer.score_activations`). Per (input signature, plan): the copies
-#: per pass the memory budget allowed then, and the feature module (a weak reference, so a
-#: replaced module is not trusted); ``None`` once a carrying pass failed its check.
-_TAILS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_TAILS_LOCK = threading.Lock()
-#: Let the capture pass carry Ablation-CAM's first chunk of copies (:func:`ablation_capture`);
-#: off: the capture pass and the two-pass path of :meth:`~gradattr.scorer.Scorer.score_activations`.
-CARRY = True
-
-
-def _tail_key(call, plan: Plan, refused: bool = False):
-    x = call.x
-    return (tuple(x.shape[1:]), x.dtype, x.device, plan, refused)
-
-
-def _remember(call, plan: Plan, chunk: int | None) -> None:
-    with _TAILS_LOCK:
-        entries = _TAILS.setdefault(call.net, {})
-        old = entries.get(_tail_key(call, plan), (None,))
-        if old is not None and old[0] is None:
-            entries[_tail_key(call, plan)] = (chunk, weakref.ref(module_named(call.net, plan.layers[0].name)))
-
-
-def _refuse(call, plan: Plan) -> None:
-    with _TAILS_LOCK:
-        _TAILS.setdefault(call.net, {})[_tail_key(call, plan, refused=True)] = None
-
-
-def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
-    """The capture pass of Ablation-CAM carrying its first chunk of copies past the feature layer.
-
-    The feature layer's hook records the activation ``A (1, C, *s)`` and hands the layers
-    after it ``b + 2`` rows instead: the sample's own map, the ``b`` maps with channel
-    ``j < b`` zeroed, and its own map again; so the layers before the feature layer run once
-    per call. Used only for one sample (N = 1: the input's single row then meets the copies as
-    in the two-pass path), a single feature layer read channels-first or channels-last, one
-    input, no autocast, and a network whose tail passed the two-pass path's independent check
-    (its unmodified copy reproduced the capture pass's score) on an earlier call with the same
-    feature module, input signature and plan (remembered per network, weakly). The pass is kept
-    only if its output is a tensor with exactly ``b + 2`` rows and the last row equals the first
-    bit for bit; the first row is then the captured output. Else ``None``: the plain capture
-    pass and the two-pass path run, and this input signature is not carried again.
-    """
-    carriable = _carriable(call, plan)
-    if carriable is None:
-        return None
-    known, chunk = carriable
-    batch = options.get("batch_size")
-    size = batch if batch is not None else chunk
-    if size is None or size < 2:  # no chunk known without a pass to size it; too small to carry
-        return None
-    made: list = []
-
-    def swap(r, s, t):
-        a = r.to_ncs(s.detach())
-        b = min(a.shape[1], size - 1)  # b + 2 rows: the two-pass path's 1 + size, at most
-        buf = a.new_empty(b + 2, *a.shape[1:])
-        buf.copy_(a.expand_as(buf))
-        j = torch.arange(b, device=a.device)
-        buf[j + 1, j] = 0  # row 1 + j: channel j zeroed
-        made.append((b, buf))
-        return r.network(r.from_ncs(buf, t), t)
-
-    try:
-        cap = capture(call, known, grad=False, swap=swap)
-    except (RuntimeError, GradattrError):
-        cap = None
-    y = None if cap is None else cap.output
-    if len(made) != 1 or not isinstance(y, torch.Tensor) or y.ndim < 1 or y.shape[0] != made[0][0] + 2 \
-            or not torch.equal(y[0], y[-1]):
-        _refuse(call, known)
-        return None
-    b, buf = made[0]
-    cap = cast(Capture, cap)  # its output y was checked above
-    return Capture(cap.raw, cap.plan, y[:1].detach(), cap.reduction_name,
-                   carried=(y.detach(), b, None if batch is not None else chunk, buf))
-
-
-def _carriable(call, plan: Plan):
-    """``(the known plan, copies per chunk remembered or None)`` when the capture pass may carry
-    Ablation-CAM's copies for this call (see :func:`ablation_capture`), else ``None``."""
-    known = plan if plan.known else PLANS.get(call, plan)
-    if not CARRY or known is None or not known.known or len(known.layers) != 1:
-        return None
-    lp = known.layers[0]
-    reading = cast(Reading, lp.reading)  # a known plan has its readings
-    if call.n != 1 or call.inputs or call.forward_kwargs or call.autocast is not None \
-            or reading.kind not in ("channels_first", "channels_last") or reading.item is not None:
-        # N > 1: N rows of input beside N x (b + 2) of copies; a tail that tiles a term computed
-        # from the input would pair rows wrongly, and periodically so (no row check sees it)
-        return None
-    entries = _TAILS.get(call.net, {})
-    entry = entries.get(_tail_key(call, known))
-    if entry is None or _tail_key(call, known, refused=True) in entries \
-            or entry[1]() is not module_named(call.net, lp.name):
-        return None
-    return known, entry[0]
-
-
-def _ablation(view, batch_size, progress):
-    y = view.scorer.scores
-    return ablation_cam_weights(y, ablation_scores(view, batch_size, progress)).to(view.acts.dtype)
-
-
-register(Method(
-    "ablation_cam", "Ablation-CAM", _ablation, "activations",
-    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(BATCH_SIZE, PROGRESS),
-    capture_with=ablation_capture,
-    summary="Ablation-CAM map (Ramaswamy, WACV 2020): ``ReLU(sum_k (y - y_k) / y A^k)``.",
-    doc="""``y_k`` is the target score with channel ``k`` of the feature map set to zero. Where
-the network allows it only the layers after the feature layer run on the ablated copies;
-see :func:`gradattr.methods.ablation_scores`.""",
-    example=_TOY + """>>> gradattr.ablation_cam(net, torch.randn(2, 16), 1, upsampling="none").shape
-torch.Size([16])
-""",
-    use_when="gradient-free weights from zeroing each channel; only the layers after the feature "
-             "layer run per channel where the network allows it"))
-
-
+from .score_cam import score_cam_weights
 
 
 # -- randomness -----------------------------------------------------------------------------
@@ -381,10 +86,10 @@ def torchcam_masks(acts: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     nearest for 1-D inputs; linear here, as for 2-D and 3-D). A constant channel gives
     a zero mask.
     """
-    if len(size) not in _LINEAR_MODES:
+    if len(size) not in resize.LINEAR_MODES:
         raise expected("x", "1, 2 or 3 spatial/time dims for masked-input methods", f"{len(size)}")
     scaled = minmax(acts, 1, 1e-8)
-    return F.interpolate(scaled[:, None], size=size, mode=_LINEAR_MODES[len(size)], align_corners=False)
+    return resize.linear(scaled[:, None], size)
 
 
 def ss_cam_scores(view, samples: int = 35, std: float = 2.0, seed=0, generator=None,
@@ -531,10 +236,9 @@ def group_cam_map(view, groups: int = 32, threshold: float = 70.0, softmax: bool
     m = group_maps(a, view.grads, groups, threshold)  # (N, K, G, *s)
     n, k, g = m.shape[:3]
     size = tuple(x.shape[2:])
-    if len(size) not in _LINEAR_MODES:
+    if len(size) not in resize.LINEAR_MODES:
         raise expected("x", "1, 2 or 3 spatial/time dims for Group-CAM", f"{len(size)}")
-    up = F.interpolate(m.flatten(0, 2)[:, None], size=size, mode=_LINEAR_MODES[len(size)],
-                       align_corners=False)[:, 0]  # (NKG, *S)
+    up = resize.linear(m.flatten(0, 2)[:, None], size)[:, 0]  # (NKG, *S)
     flat = up.flatten(1)
     lo, hi = flat.amin(1), flat.amax(1)
     keep = (hi > lo).nonzero()[:, 0]
@@ -596,8 +300,7 @@ def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, spatial: tuple[int, ..
     ``align_corners=False``) and cropped at its shift: the paper's smooth, shifted masks."""
     cells = grids.shape[1]
     cell = [-(-s // cells) for s in spatial]
-    up = F.interpolate(grids[:, None], size=tuple((cells + 1) * c for c in cell),
-                       mode=_LINEAR_MODES[len(spatial)], align_corners=False)[:, 0]
+    up = resize.linear(grids[:, None], tuple((cells + 1) * c for c in cell))[:, 0]
     # crop each mask at its own shift with one gather per axis
     out = up
     for d, length in enumerate(spatial):
@@ -621,7 +324,7 @@ def rise_map(view, masks: int = 4000, cells: int = 7, p: float = 0.5, softmax: b
     x = scorer.x
     n = x.shape[0]
     spatial = tuple(x.shape[2:])
-    if len(spatial) not in _LINEAR_MODES:
+    if len(spatial) not in resize.LINEAR_MODES:
         raise expected("x", "1, 2 or 3 spatial/time dims for RISE", f"{len(spatial)}")
     gen = make_generator(seed, generator, x.device)
     grids, shifts = rise_grids(masks, cells, p, spatial, gen, x.device)

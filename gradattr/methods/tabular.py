@@ -27,6 +27,7 @@ import torch
 from ..errors import expected
 from ..registry import COMMON, TARGET, Method, Option, positive_int, register
 from ..scorer import chunk_size
+from .baseline import baseline_like, baseline_option
 from .common import BATCH_SIZE, PROGRESS
 from .perturbation import SEED, positive_float
 
@@ -78,31 +79,6 @@ def background_rows(value, element: tuple[int, ...], like: torch.Tensor, name: s
     if not bool(torch.isfinite(value).all()):
         raise expected(name, "finite values", f"NaN or Inf in rows of shape {shape}")
     return value
-
-
-def baseline_rows(value, x: torch.Tensor) -> torch.Tensor:
-    """``baseline``: a number, or values broadcastable to ``x (N, *E)`` (``(F,)`` per feature),
-    as rows ``(N, D)``."""
-    if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
-        if not np.isfinite(float(value)):
-            raise expected("baseline", "a finite number", repr(value))
-        return torch.full((x.shape[0], x[0].numel()), float(value), dtype=x.dtype, device=x.device)
-    if isinstance(value, np.ndarray):
-        value = torch.from_numpy(np.ascontiguousarray(value))
-    if not isinstance(value, torch.Tensor) or value.dtype == torch.bool or value.is_complex():
-        raise expected("baseline", "a number, or a tensor/array broadcastable to x", type(value).__name__
-                       if not isinstance(value, torch.Tensor) else f"dtype {value.dtype}")
-    try:
-        shape = torch.broadcast_shapes(value.shape, x.shape)
-    except RuntimeError:
-        shape = None
-    if shape != x.shape:
-        raise expected("baseline", f"a number, or values broadcastable to x's shape {tuple(x.shape)} "
-                       f"(e.g. one per feature, shape {tuple(x.shape[1:])})", f"shape {tuple(value.shape)}")
-    b = value.detach().to(device=x.device, dtype=x.dtype).expand_as(x).reshape(x.shape[0], -1).clone()
-    if not bool(torch.isfinite(b).all()):
-        raise expected("baseline", "finite values", "NaN or Inf")
-    return b
 
 
 def group_labels(groups, element: tuple[int, ...], device) -> tuple[torch.Tensor, int]:
@@ -167,7 +143,7 @@ def feature_ablation_map(view, baseline=0.0, groups=None, batch_size=None, progr
     """``(N, K, *E)``: ``f(x) - f(x with the feature's group set to the baseline)``."""
     scorer = view.scorer
     xr, element = feature_rows(view)
-    base = baseline_rows(baseline, scorer.x)
+    base = baseline_like(baseline, scorer.x).reshape(scorer.x.shape[0], -1)
     labels, g = group_labels(groups, element, xr.device)
     n = xr.shape[0]
     rows = torch.arange(n, device=xr.device).repeat_interleave(g)
@@ -379,13 +355,6 @@ def tabular_lime_map(view, background=None, num_important=None, num_samples=5000
 def _background(name, value):
     if isinstance(value, (str, bytes, bool)):
         raise expected(name, "reference rows (a tensor or array), or a number", repr(value))
-    return value
-
-
-def baseline_option(name, value):
-    """Validator of a ``baseline`` option: a number, or a tensor/array broadcastable to ``x``."""
-    if value is None or isinstance(value, (str, bytes, bool, np.bool_)):
-        raise expected(name, "a number, or a tensor/array broadcastable to x", repr(value))
     return value
 
 

@@ -1,0 +1,224 @@
+"""Ablation-CAM: channel weights from the score drop when each channel of the feature map is zeroed.
+
+Besides the weights (:func:`ablation_cam_weights`) and the scores of the ablated copies
+(:func:`ablation_scores`), this module holds Ablation-CAM's carrying capture pass
+(:func:`ablation_capture`): where a network's layers after the feature layer were found to
+score copies of a feature map as whole passes do, the capture pass itself carries the first
+chunk of ablated copies past the feature layer, so the layers before it run once per call.
+"""
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import cast
+
+import torch
+from einops import rearrange
+
+from ..capture import PLANS, Capture, Plan, capture, module_named
+from ..errors import GradattrError
+from ..layouts import Reading
+from ..registry import COMMON, LAYER, TARGET, Method, register
+from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
+
+
+def ablate(t: torch.Tensor, chans: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """A copy of ``t (B, C, *s)`` with channel ``chans[i]`` of row ``offset + i`` set to zero."""
+    t = t.clone()
+    t[torch.arange(len(chans), device=t.device) + offset, chans] = 0
+    return t
+
+
+
+
+def ablation_cam_weights(scores: torch.Tensor, ablated: torch.Tensor) -> torch.Tensor:
+    """Ablation-CAM (Ramaswamy, WACV 2020, eq. 3): ``w_k = (y - y_k) / y``, ``(N, K, C)``.
+
+    ``scores (N, K)`` is the target score ``y`` and ``ablated (N, K, C)`` the score ``y_k``
+    with channel ``k`` of the feature map set to zero (see :func:`ablation_scores`). A
+    score of exactly 0 divides by 0, as in the paper.
+
+    >>> ablation_cam_weights(torch.tensor([[4.0]]), torch.tensor([[[1.0, 3.0]]])).tolist()
+    [[[0.75, 0.25]]]
+    """
+    return (scores[..., None] - ablated) / scores[..., None]
+
+
+def ablation_scores(view, batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+    """``y_k (N, K, C)``: every sample's score with each channel of its feature map zeroed.
+
+    When the capture pass carried the first chunk of copies (:func:`ablation_capture`), their
+    scores come from its output. The other copies are scored by
+    :meth:`~gradattr.scorer.Scorer.score_activations`, which runs only the layers after the
+    feature layer where the network allows it. Each chunk of copies is written into one
+    buffer, reused from chunk to chunk: row 0 is the sample's own map (the scorer's check of
+    the fast path), row ``1 + j`` the map with channel ``start + j`` zeroed. The ablated value
+    is 0, as in the paper (pytorch-grad-cam uses 0 when the layer's minimum is 0 and
+    ``min - 1e7`` otherwise).
+    """
+    a, scorer = view.acts, view.scorer
+    n, c = a.shape[:2]
+    y = scorer.scores
+    out = y.new_zeros(n, c, y.shape[1])
+    bar = scorer.progress(n * c, progress, "Ablation-CAM")
+    first, chunk, buf = _carried(scorer, out)
+    buf = a.new_empty(0) if buf is None else buf
+    try:
+        bar.update(n * first)
+        for i in range(n):
+            start = first
+            while start < c:
+                b = min(c - start, chunk or scorer.activation_chunk(batch_size))
+                if buf.shape[0] < 1 + b:
+                    buf = a.new_empty(1 + b, *a.shape[1:])
+                copies = buf[:1 + b]
+                copies.copy_(a[i:i + 1].expand_as(copies))
+                rows = torch.arange(1, 1 + b, device=a.device)
+                copies[rows, rows + (start - 1)] = 0  # row 1 + j: channel start + j
+                out[i, start:start + b] = scorer.score_activations(copies, i, batch_size,
+                                                                   unmodified_first=True)
+                start += b
+                bar.update(b)
+    finally:
+        bar.close()
+    if not first and scorer.tail_only and scorer.cap is not None and len(scorer.cap.plan.layers) == 1:
+        # the budget's chunk when it was computed for this call (else no pass only to size it)
+        _remember(scorer.call, scorer.cap.plan, scorer.activation_chunk(None) if batch_size is None else None)
+    return rearrange(out, "n c k -> n k c")
+
+
+def _carried(scorer, out: torch.Tensor) -> tuple:
+    """The scores of the copies the capture pass carried, written into ``out``: ``(channels
+    done per sample, copies per later chunk, the buffer to reuse)``; ``(0, None, None)`` when
+    it carried none. The carrying pass's buffer is reused for the later chunks (its pages are
+    already touched: filling a fresh buffer of hundreds of MB is mostly page faults)."""
+    carried = scorer.cap.carried if scorer.cap is not None else None
+    if carried is None:
+        return 0, None, None
+    y, b, chunk, buf = carried
+    n, m = out.shape[0], b + 2
+    rows = torch.arange(n, device=out.device).repeat_interleave(m)
+    s = scorer.target.scores(y, n * m, rows).detach().view(n, m, -1)
+    out[:, :b] = s[:, 1:1 + b].to(out.dtype)
+    return b, chunk, buf
+
+
+#: Networks (weakly) whose layers after the feature layer were found to score copies of a
+#: sample's feature map as whole passes do: the two-pass path's check passed on a first call
+#: (:meth:`~gradattr.scorer.Scorer.score_activations`). Per (input signature, plan): the copies
+#: per pass the memory budget allowed then, and the feature module (a weak reference, so a
+#: replaced module is not trusted); ``None`` once a carrying pass failed its check.
+_TAILS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TAILS_LOCK = threading.Lock()
+#: Let the capture pass carry Ablation-CAM's first chunk of copies (:func:`ablation_capture`);
+#: off: the capture pass and the two-pass path of :meth:`~gradattr.scorer.Scorer.score_activations`.
+CARRY = True
+
+
+def _tail_key(call, plan: Plan, refused: bool = False):
+    x = call.x
+    return (tuple(x.shape[1:]), x.dtype, x.device, plan, refused)
+
+
+def _remember(call, plan: Plan, chunk: int | None) -> None:
+    with _TAILS_LOCK:
+        entries = _TAILS.setdefault(call.net, {})
+        old = entries.get(_tail_key(call, plan), (None,))
+        if old is not None and old[0] is None:
+            entries[_tail_key(call, plan)] = (chunk, weakref.ref(module_named(call.net, plan.layers[0].name)))
+
+
+def _refuse(call, plan: Plan) -> None:
+    with _TAILS_LOCK:
+        _TAILS.setdefault(call.net, {})[_tail_key(call, plan, refused=True)] = None
+
+
+def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
+    """The capture pass of Ablation-CAM carrying its first chunk of copies past the feature layer.
+
+    The feature layer's hook records the activation ``A (1, C, *s)`` and hands the layers
+    after it ``b + 2`` rows instead: the sample's own map, the ``b`` maps with channel
+    ``j < b`` zeroed, and its own map again; so the layers before the feature layer run once
+    per call. Used only for one sample (N = 1: the input's single row then meets the copies as
+    in the two-pass path), a single feature layer read channels-first or channels-last, one
+    input, no autocast, and a network whose tail passed the two-pass path's independent check
+    (its unmodified copy reproduced the capture pass's score) on an earlier call with the same
+    feature module, input signature and plan (remembered per network, weakly). The pass is kept
+    only if its output is a tensor with exactly ``b + 2`` rows and the last row equals the first
+    bit for bit; the first row is then the captured output. Else ``None``: the plain capture
+    pass and the two-pass path run, and this input signature is not carried again.
+    """
+    carriable = _carriable(call, plan)
+    if carriable is None:
+        return None
+    known, chunk = carriable
+    batch = options.get("batch_size")
+    size = batch if batch is not None else chunk
+    if size is None or size < 2:  # no chunk known without a pass to size it; too small to carry
+        return None
+    made: list = []
+
+    def swap(r, s, t):
+        a = r.to_ncs(s.detach())
+        b = min(a.shape[1], size - 1)  # b + 2 rows: the two-pass path's 1 + size, at most
+        buf = a.new_empty(b + 2, *a.shape[1:])
+        buf.copy_(a.expand_as(buf))
+        j = torch.arange(b, device=a.device)
+        buf[j + 1, j] = 0  # row 1 + j: channel j zeroed
+        made.append((b, buf))
+        return r.network(r.from_ncs(buf, t), t)
+
+    try:
+        cap = capture(call, known, grad=False, swap=swap)
+    except (RuntimeError, GradattrError):
+        cap = None
+    y = None if cap is None else cap.output
+    if len(made) != 1 or not isinstance(y, torch.Tensor) or y.ndim < 1 or y.shape[0] != made[0][0] + 2 \
+            or not torch.equal(y[0], y[-1]):
+        _refuse(call, known)
+        return None
+    b, buf = made[0]
+    cap = cast(Capture, cap)  # its output y was checked above
+    return Capture(cap.raw, cap.plan, y[:1].detach(), cap.reduction_name,
+                   carried=(y.detach(), b, None if batch is not None else chunk, buf))
+
+
+def _carriable(call, plan: Plan):
+    """``(the known plan, copies per chunk remembered or None)`` when the capture pass may carry
+    Ablation-CAM's copies for this call (see :func:`ablation_capture`), else ``None``."""
+    known = plan if plan.known else PLANS.get(call, plan)
+    if not CARRY or known is None or not known.known or len(known.layers) != 1:
+        return None
+    lp = known.layers[0]
+    reading = cast(Reading, lp.reading)  # a known plan has its readings
+    if call.n != 1 or call.inputs or call.forward_kwargs or call.autocast is not None \
+            or reading.kind not in ("channels_first", "channels_last") or reading.item is not None:
+        # N > 1: N rows of input beside N x (b + 2) of copies; a tail that tiles a term computed
+        # from the input would pair rows wrongly, and periodically so (no row check sees it)
+        return None
+    entries = _TAILS.get(call.net, {})
+    entry = entries.get(_tail_key(call, known))
+    if entry is None or _tail_key(call, known, refused=True) in entries \
+            or entry[1]() is not module_named(call.net, lp.name):
+        return None
+    return known, entry[0]
+
+
+def _ablation(view, batch_size, progress):
+    y = view.scorer.scores
+    return ablation_cam_weights(y, ablation_scores(view, batch_size, progress)).to(view.acts.dtype)
+
+
+register(Method(
+    "ablation_cam", "Ablation-CAM", _ablation, "activations",
+    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(BATCH_SIZE, PROGRESS),
+    capture_with=ablation_capture,
+    summary="Ablation-CAM map (Ramaswamy, WACV 2020): ``ReLU(sum_k (y - y_k) / y A^k)``.",
+    doc="""``y_k`` is the target score with channel ``k`` of the feature map set to zero. Where
+the network allows it only the layers after the feature layer run on the ablated copies;
+see :func:`gradattr.methods.ablation_scores`.""",
+    example=_TOY + """>>> gradattr.ablation_cam(net, torch.randn(2, 16), 1, upsampling="none").shape
+torch.Size([16])
+""",
+    use_when="gradient-free weights from zeroing each channel; only the layers after the feature "
+             "layer run per channel where the network allows it"))
