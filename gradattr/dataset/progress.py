@@ -1,0 +1,33 @@
+"""The text progress bar of a data-set run."""
+from __future__ import annotations
+
+import sys
+
+
+class ProgressBar:
+    """A one-line text bar on stderr (no dependency), redrawn at most ~10 times a second."""
+
+    def __init__(self, total: int | None, stream=None):
+        self.total, self.stream, self.last = total, stream or sys.stderr, -1.0
+
+    def line(self, done: int, samples: int, seconds: float) -> str:
+        rate = samples / seconds if seconds > 0 else 0.0
+        if self.total:
+            filled = min(20, 20 * done // self.total)
+            head = f"[{'#' * filled}{'.' * (20 - filled)}] {done}/{self.total} batches"
+        else:
+            head = f"{done} batches"
+        return f"\r{head}, {samples} images, {seconds:.1f} s, {rate:.1f} images/s"
+
+    def update(self, done: int, samples: int, seconds: float) -> None:
+        if seconds - self.last >= 0.1:
+            self.last = seconds
+            self.stream.write(self.line(done, samples, seconds))
+            self.stream.flush()
+
+    def close(self, done: int, samples: int, seconds: float) -> None:
+        self.stream.write(self.line(done, samples, seconds) + "\n")
+        self.stream.flush()
+
+
+__all__ = ["ProgressBar"]
