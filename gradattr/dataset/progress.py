@@ -9,6 +9,7 @@ class ProgressBar:
 
     def __init__(self, total: int | None, stream=None):
         self.total, self.stream, self.last = total, stream or sys.stderr, -1.0
+        self.open = False  # a line is drawn and not ended
 
     def line(self, done: int, samples: int, seconds: float) -> str:
         rate = samples / seconds if seconds > 0 else 0.0
@@ -24,10 +25,21 @@ class ProgressBar:
             self.last = seconds
             self.stream.write(self.line(done, samples, seconds))
             self.stream.flush()
+            self.open = True
 
     def close(self, done: int, samples: int, seconds: float) -> None:
+        """The last line, with the run's final counts, ended."""
         self.stream.write(self.line(done, samples, seconds) + "\n")
         self.stream.flush()
+        self.open = False
+
+    def end_line(self) -> None:
+        """End the line a run stopped on (Ctrl-C, an error), so that what is printed next starts
+        on a line of its own; nothing if the bar has not drawn or :meth:`close` ended it."""
+        if self.open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.open = False
 
 
 __all__ = ["ProgressBar"]

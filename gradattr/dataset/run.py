@@ -171,15 +171,13 @@ def _run(net, batches, explain, name, target, on_batch, folder, overwrite, progr
          rank, world, ctx: RunContext) -> DatasetReport:
     use_labels = isinstance(target, str) and target == LABEL
     source = examine_batches(batches, world, folder is not None and ctx.describe is None)
-    shards = None
+    shards = bar = None
     try:
         if folder is not None:
             shards = Shards(folder, rank, world, run_fingerprint(net, name, target, options, source, ctx),
-                             overwrite, ctx)
+                            overwrite, ctx)
         plan = plan_for_rank(source, rank, world, shards)
-        if total is None:
-            total = plan.total
-        bar = ProgressBar(total) if progress and rank == 0 else None
+        bar = ProgressBar(plan.total if total is None else total) if progress and rank == 0 else None
 
         samples = count = skipped = 0
         t0 = time.perf_counter()
@@ -219,6 +217,8 @@ def _run(net, batches, explain, name, target, on_batch, folder, overwrite, progr
         if shards is not None:
             shards.finish(plan.batches())
     finally:
+        if bar is not None:
+            bar.end_line()  # an interrupted run's message then starts on a line of its own
         if shards is not None:
             shards.close()
     return DatasetReport(method=name, samples=samples, batches=count, seconds=seconds, out_dir=folder,
