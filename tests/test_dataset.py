@@ -417,3 +417,54 @@ def fails():
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["gradattr: error: RuntimeError: Expected input at *args[0].shape[0] to be equal to 1, "
                    "but got 2 (--debug shows the traceback)"]
+
+
+def test_cli_interrupted_run_says_so_on_a_line_of_its_own(tmp_path, monkeypatch, capsys):
+    """Ctrl-C after the progress bar was drawn: the bar's line is ended first, so the message that
+    follows (the command's, or Python's traceback) is not glued to the bar."""
+    from PIL import Image
+
+    from gradattr.cli import main
+
+    (tmp_path / "stopnet.py").write_text(FACTORY + '''
+
+class Stops(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = build()
+
+    def forward(self, x):
+        if x.shape[0] == 1:  # the second batch: Ctrl-C
+            raise KeyboardInterrupt
+        return self.body(x)
+
+
+def stops():
+    return Stops()
+''')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    assert main(["explain-dataset", "imgs", "--model", "stopnet:stops", "--out-dir", "maps", "--batch-size", "2",
+                 "--random-weights", "--progress"]) == 130
+    lines = capsys.readouterr().err.split("\n")
+    assert lines[-1] == ""  # every line ended
+    assert lines[-2] == "gradattr: interrupted (run the same command again to resume)"
+    bar = lines[-3].split("\r")[-1]
+    assert bar.startswith("[##########..........] 1/2 batches, 2 images, ") and bar.endswith(" images/s")
+    # the finished shard stays for the resume
+    assert (tmp_path / "maps" / "maps_00000.npy").is_file() and not (tmp_path / "maps" / "maps_00001.npy").exists()
+
+
+def test_interrupted_run_ends_the_progress_bar_line(capsys):
+    def stream():
+        yield torch.randn(2, 2, 8, 8)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        explain_dataset(tiny_net(), stream(), progress=True, total=3)
+    err = capsys.readouterr().err
+    assert err.endswith(" images/s\n") and err.count("\n") == 1
+    assert err.split("\r")[-1].startswith("[######..............] 1/3 batches, 2 images, ")

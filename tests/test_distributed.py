@@ -136,9 +136,9 @@ def test_two_processes_equal_one_process_every_sample_once_and_resume(tmp_path, 
 
 def test_shuffling_loader_refused_when_split(monkeypatch):
     """A shuffling sampler would give each rank its own permutation: refused before any work."""
-    from gradattr import dataset
+    from gradattr.dataset import run
 
-    monkeypatch.setattr(dataset, "_distributed", lambda: (0, 2, False))
+    monkeypatch.setattr(run, "join_process_group", lambda: (0, 2, False))
     ds = TensorDataset(torch.randn(5, 2, 8, 8))
     with pytest.raises(gradattr.GradattrError, match=r"batches: expected a DataLoader with shuffle=False .*"
                                                      r"got a RandomSampler"):

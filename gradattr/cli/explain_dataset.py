@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from .. import runfolder as rf
-from ..dataset import CLI_WORDING, RunContext, run_explain_dataset
+from ..dataset.context import CLI_WORDING, RunContext
+from ..dataset.run import run_explain_dataset
 from ..errors import GradattrError
 from ..loading import IMAGE_SUFFIXES, CliError, load_model, load_npy, read_image
 from .common import MODEL_HELP, PROG, UPSAMPLING_HELP, Parser, check_option, reporting_errors, shared_option
