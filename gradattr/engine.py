@@ -12,7 +12,7 @@ The flow of one call (see ``docs/ARCHITECTURE.md``)::
 
 Methods never touch hooks, models or devices: they get a :class:`LayerView`
 (activations ``(N, C, *s)``, gradients ``(N, K, C, *s)``, a forward-only
-:class:`~gradattr.scorer.Scorer` and a :class:`~gradattr.oracle.GradientOracle`
+:class:`~gradattr.scorer.Scorer` and a :class:`~gradattr.score_gradients.ScoreGradients`
 for extra passes) and return weights, channel terms or maps, which :func:`combine`
 turns into ``(N, K, *s)`` maps.
 """
@@ -32,11 +32,12 @@ from .capture import Capture, Plan, capture, per_target_grads, plan_from_options
 from .errors import GradattrError, GradattrWarning, expected
 from .inputs import check_model
 from .reading import Unsettled
-from .oracle import GradientOracle
+from .score_gradients import ScoreGradients
 from .prep import Call, prepare_call, read_checks, read_values
 from .ops import eigen_projection, minmax
 from .registry import Method
-from .scorer import MemoryWatch, Scorer
+from .budget import MemoryWatch
+from .scorer import Scorer
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class LayerView:
     acts: torch.Tensor | None  # (N, C, *s), detached
     grads: torch.Tensor | None  # (N, K, C, *s) for gradient methods
     scorer: Scorer  # forward passes without gradients: inputs, masked inputs, modified activations
-    oracle: GradientOracle  # gradients of the score: input, layers, biases, attention, HVPs
+    oracle: ScoreGradients  # gradients of the score: input, layers, biases, attention, HVPs
     layers: int = 1  # how many feature layers this call explains
 
 
@@ -326,7 +327,7 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
 
     def view(a, g, cap: Capture | None, i: int, layers: int) -> LayerView:
         scorer = Scorer(call, plan if cap is None else cap.plan, cap, i, mode, watch)
-        return LayerView(a, g, scorer, GradientOracle(scorer, counterfactual), layers)
+        return LayerView(a, g, scorer, ScoreGradients(scorer, counterfactual), layers)
 
     watch = None
     if not method.layered:

@@ -2,7 +2,7 @@
 
 The automatic feature layer is, among the module outputs produced before the
 reduction layer's output that read as a feature map on a grid observed in the
-same forward pass (:mod:`gradattr.geometry`, :func:`gradattr.layouts.read`) and
+same forward pass (:mod:`gradattr.geometry`, :func:`gradattr.layout_inference.read`) and
 lie outside attention modules, the last one on which the target score depends
 spatially: its gradient, from the graph that pass recorded, is non-zero at more
 than one grid position. For CNNs that is MATLAB's rule, the last tensor with the
@@ -11,7 +11,7 @@ It is named by the outermost module that returned exactly that tensor (ResNet-50
 gives ``layer4``, not its inner ReLU); a module called several times counts its
 last call. Detectors are explained at their backbone's last map, spatial outputs
 before their prediction layer, images turned into sequences of steps at their
-encoder (see :func:`gradattr.capture._capture_auto`). Discovery happens inside
+encoder (see :func:`gradattr.capture.layer_choice.capture_auto`). Discovery happens inside
 the same forward pass that computes the map (see :mod:`gradattr.engine`), so it
 costs no extra pass.
 """

@@ -49,8 +49,8 @@ from . import api
 from .errors import GradattrWarning, expected
 from .inputs import check_flag, prepare
 from .prep import Call, prepare_call
-from .scorer import FORWARD_FACTOR
-from .scorer import chunk_size as budget_chunk
+from .budget import FORWARD_FACTOR
+from .budget import chunk_size as budget_chunk
 from .targets import Target
 
 __all__ = ["randomization_check", "randomizable_layers", "max_sensitivity", "infidelity", "sparseness",

@@ -6,19 +6,19 @@ scores inputs, :meth:`Scorer.score_masked` chunks of masked inputs (Score-CAM, R
 occlusion, LIME...), :meth:`Scorer.score_activations` copies of one sample's feature map
 with something changed (Ablation-CAM), put back into the network's own layout through the
 layer's reading, and :meth:`Scorer.score_points` inputs or replaced outputs of a layer
-(integrated gradients' completeness gap). It also sizes chunks from a memory budget
-(:func:`chunk_size`), shows progress (:class:`Progress`), holds the target fixed on the
-unperturbed input (:attr:`Scorer.target`) and its scores (:attr:`Scorer.scores`).
+(integrated gradients' completeness gap). It sizes chunks from its memory budget
+(:attr:`Scorer.budget`, a :class:`gradattr.budget.Budget`), shows progress
+(:class:`Progress`), holds the target fixed on the unperturbed input
+(:attr:`Scorer.target`) and its scores (:attr:`Scorer.scores`).
 
-Its gradient counterpart is :class:`gradattr.oracle.GradientOracle`. Both are frozen for
-the call; what a scorer computes lazily (the fixed target, the observed bytes of a forward
-pass, whether the layers after the feature layer alone can run on copies) is memoised in
-one private dict behind the methods that compute it, never assigned to an attribute.
+Its gradient counterpart is :class:`gradattr.score_gradients.ScoreGradients`. Both are frozen for
+the call; what a scorer computes lazily (the fixed target, its budget, whether the layers
+after the feature layer alone can run on copies) is memoised in one private dict behind the
+methods that compute it, never assigned to an attribute.
 """
 from __future__ import annotations
 
 import sys
-import weakref
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -26,53 +26,17 @@ import torch
 from torch import nn
 
 from . import resize
-from .capture import Capture, LayerPlan, Output, Plan, eager, module_named, run_hooked, thread_guard
+from .budget import Budget, MemoryWatch, chunk_size
+from .capture import Capture, Output, Plan, module_named, run_hooked, thread_guard
 from .errors import GradattrError, expected
 from .layouts import Reading
 from .prep import Call
-from .targets import Target, tensors_of
+from .targets import Target
 
-#: Memory that one chunk of perturbed copies may use when ``batch_size=None``.
-MEMORY_BUDGET = 512 * 2**20
-#: What a forward pass of one copy holds, as a multiple of what is observed
-#: (:meth:`Scorer.forward_bytes`: the module outputs alive at once): the rest is each
-#: module's own temporaries and workspaces, which no hook sees.
-FORWARD_MARGIN = 2
-#: Temporaries of building one masked input, in tensors of the input's size (the gathered
-#: sample, the product, the copy the network gets) and of one channel of it (the upsampled
-#: mask and its scaled copies).
-MASKED_INPUTS, MASKS = 3, 4
-#: Copies of the feature map one modified copy holds on the way in when the network's layout
-#: of it is a tensor of its own (a token reading): the modified copy (written into the chunk's
-#: buffer) and that layout. A channels-first or channels-last map is handed over as a view of
-#: the buffer: one copy.
-FEATURE_COPIES = 2
-#: The estimate per copy, as a multiple of the input's bytes, when the forward pass cannot be
-#: observed on one sample (the network refuses a batch of one).
-FORWARD_FACTOR = 16
 #: Give 2-D masked inputs to the network in channels_last memory format (convolutions then
 #: run channels_last throughout). Off: on a CPU it gained nothing measurable for Score-CAM on
 #: ResNet-18 (benchmarks/bench_perturbation.py); kept as a switch for GPU measurements.
 CHANNELS_LAST = False
-#: At most this many copies per forward pass on a CPU when ``batch_size=None`` (the memory
-#: budget still applies). Score-CAM on ResNet-18 (112 px, one loaded 2-core run): 64 copies
-#: per pass took 0.73 of the time of 16 (benchmarks/bench_perturbation.py).
-CPU_CHUNK = 64
-
-
-def chunk_size(batch_size: int | None, per_copy, device: torch.device, cpu_cap: bool = True) -> int:
-    """Copies per forward pass: ``batch_size``, or as many copies of ``per_copy`` bytes (an int,
-    or a function returning it, called only when needed) as fit :data:`MEMORY_BUDGET` (at most
-    :data:`CPU_CHUNK` on a CPU with ``cpu_cap``)."""
-    if batch_size is not None:
-        return batch_size
-    per_copy = per_copy() if callable(per_copy) else per_copy
-    fit = max(1, MEMORY_BUDGET // max(per_copy, 1))
-    return min(fit, CPU_CHUNK) if cpu_cap and device.type == "cpu" else fit
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
 
 
 class Progress:
@@ -101,71 +65,6 @@ class Progress:
             print(file=sys.stderr)
 
 
-class MemoryWatch:
-    """The bytes of module outputs alive at once, observed in a pass run for something else.
-
-    Handed to :func:`gradattr.capture.capture` (``watch=``), it hooks every module of the
-    network for that pass (first, in the pass's thread only) and records, as
-    :meth:`Scorer.forward_bytes` would observe in a pass of its own, the most bytes of
-    module outputs alive at once over the whole pass and from each call of each feature
-    layer on (the layers that run on modified copies). Each output's storage is held by a
-    weak reference, so what the network has freed stops counting. The capture pass of a
-    perturbation CAM then sizes its chunks without another forward pass.
-    """
-
-    def __init__(self, net: nn.Module, rows: int):
-        self.net, self.rows, self.ran = net, rows, False
-        self.full = 0
-        self.tail: dict[tuple[str, int | None], int] = {}  # looked up with a plan's call (None: not counted)
-
-    def __call__(self, plan: Plan, mine) -> list:
-        features: dict[int, list[str]] = {}
-        for lp in plan.layers:
-            features.setdefault(id(module_named(self.net, lp.name)), []).append(lp.name)
-        live: dict[int, tuple] = {}
-        calls: dict[str, int] = {}
-        starts: dict[tuple[str, int], int] = {}
-        seq = [0]
-        self.full, self.tail, self.ran = 0, {}, False
-
-        def hook(m: nn.Module, i, o):
-            if not mine():
-                return None
-            self.ran = True
-            here = features.get(id(m), ())
-            for name in here:  # a feature layer's call: count from its output on
-                k = calls.get(name, 0)
-                calls[name] = k + 1
-                starts[(name, k)] = seq[0]
-            for t in tensors_of(o):
-                st = t.untyped_storage()
-                key = st.data_ptr()
-                if here or key not in live or live[key][0]() is None:
-                    live[key] = (weakref.ref(t), st.nbytes(), seq[0])
-                    seq[0] += 1
-            for key in [k for k, (r, _, _) in live.items() if r() is None]:
-                del live[key]
-            self.full = max(self.full, sum(b for _, b, _ in live.values()))
-            for site, start in starts.items():
-                now = sum(b for _, b, q in live.values() if q >= start)
-                self.tail[site] = max(self.tail.get(site, 0), now)
-            return None
-
-        hook = eager(hook)
-        return [m.register_forward_hook(hook) for m in self.net.modules()]
-
-    def per_sample(self, tail: bool, plan: Plan, index: int) -> int | None:
-        """The observed bytes for one sample (the pass's ``rows`` share them evenly); ``None``
-        when this pass did not observe them (another plan, a feature call that did not run)."""
-        if not self.ran or self.rows < 1:
-            return None
-        if not tail:
-            return -(-self.full // self.rows)
-        lp = plan.layers[index]
-        peak = self.tail.get((lp.name, lp.call))
-        return None if peak is None else -(-peak // self.rows)
-
-
 #: A layer whose output is scored at or replaced: ``(name, module)``.
 Site = tuple
 
@@ -175,7 +74,7 @@ def hooked_output(call: Call, reduction: str | None, x: torch.Tensor, rows: torc
     """The scored output of ``net(x)`` (``rows``: whose sample each row of ``x`` is), with the
     outputs of ``layer = (name, module)`` recorded (a copy each) or, with ``replace``, replaced
     by it: ``(y, reduction_name, [layer outputs])``. The shared primitive of
-    :meth:`Scorer.score_points` and :meth:`gradattr.oracle.GradientOracle.point_gradients`."""
+    :meth:`Scorer.score_points` and :meth:`gradattr.score_gradients.ScoreGradients.point_gradients`."""
     mine = thread_guard()
     out = Output(call.net, reduction, False, mine)
     seen: list = []
@@ -214,7 +113,7 @@ class Scorer:
     #: what the capture pass observed of the memory of a forward pass (or ``None``)
     watched: MemoryWatch | None = None
     # lazily computed, memoised here only (see the module's docstring): "target", "fast",
-    # ("peak", tail)
+    # "budget"
     _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     # -- what is scored ---------------------------------------------------------------------
@@ -329,12 +228,12 @@ class Scorer:
         Group-CAM, RISE). ``make(start, stop)`` returns the perturbed inputs
         ``start..stop-1`` as ``(stop - start, C, *S)``; ``rows (count,)`` says whose
         target each is scored for. Chunks hold ``batch_size`` inputs, or as many as fit
-        :data:`MEMORY_BUDGET` (at most :data:`CPU_CHUNK` on a CPU), so the
-        ``count x input`` tensor is never built; the passes run under
+        :data:`gradattr.budget.MEMORY_BUDGET` (at most :data:`gradattr.budget.CPU_CHUNK` on a
+        CPU), so the ``count x input`` tensor is never built; the passes run under
         ``torch.inference_mode``; ``progress`` shows a bar over the ``count`` inputs.
         The result does not depend on the chunk size as long as ``make`` does not.
         """
-        step = chunk_size(batch_size, self.masked_bytes, self.x.device)
+        step = chunk_size(batch_size, self.budget.masked_bytes, self.x.device)
         out = None
         bar = self.progress(count, progress, desc)
         try:
@@ -375,19 +274,27 @@ class Scorer:
 
     def attention(self):
         """The attention probabilities of one forward pass without gradients:
-        ``(probs [(N, H, L, S)], grid, extra)`` (see :func:`gradattr.attention.observe`)."""
-        from .attention import observe
+        ``(probs [(N, H, L, S)], grid, extra)`` (see
+        :func:`gradattr.capture.attention_blocks.observe`)."""
+        from .capture.attention_blocks import observe
 
         with torch.no_grad():
             cap, grid, extra, _, _ = observe(self.call, None, grad=False)
         return cap.probs, grid, extra
 
+    @property
+    def budget(self) -> Budget:
+        """The memory budget of this scorer's passes: bytes per copy (memoised)."""
+        if "budget" not in self._memo:
+            self._memo["budget"] = Budget(self.call, self.cap, self.index, self.watched)
+        return self._memo["budget"]
+
     # -- modified activations ---------------------------------------------------------------
     def activation_chunk(self, batch_size: int | None) -> int:
         """Copies per :meth:`score_activations` call, for the path that will run them."""
         if self._memo.get("fast") is False:
-            return chunk_size(batch_size, lambda: self.copy_bytes(tail=False), self.x.device)
-        return chunk_size(batch_size, lambda: self.copy_bytes(tail=True), self.x.device,
+            return chunk_size(batch_size, lambda: self.budget.copy_bytes(tail=False), self.x.device)
+        return chunk_size(batch_size, lambda: self.budget.copy_bytes(tail=True), self.x.device,
                           cpu_cap=False)
 
     @property
@@ -426,7 +333,7 @@ class Scorer:
                 return s
         if unmodified_first:
             copies = copies[1:]
-        step = chunk_size(batch_size, lambda: self.copy_bytes(tail=False), self.x.device)
+        step = chunk_size(batch_size, lambda: self.budget.copy_bytes(tail=False), self.x.device)
         return torch.cat([self._full_scores(copies[j:j + step], i) for j in range(0, len(copies), step)])
 
     def _layer_raw(self, i: int, b: int) -> torch.Tensor:
@@ -467,99 +374,6 @@ class Scorer:
         y = self.output_of(x, replace=lambda o: reading.from_ncs(copies.to(o.dtype), o), rows=rows)
         return self.target.scores(y, b, rows).detach()
 
-    # -- memory per copy --------------------------------------------------------------------
-    def masked_bytes(self) -> int:
-        """Bytes one masked input holds while it is built and scored: the input-sized tensors
-        and one-channel masks it is built from, and the network's forward pass of it."""
-        x = self.x[0]
-        mask = x[0].numel() * max(x.element_size(), 4)
-        forward = self.forward_bytes(tail=False)
-        if forward is None:
-            return _nbytes(x) * FORWARD_FACTOR
-        return MASKED_INPUTS * _nbytes(x) + MASKS * mask + FORWARD_MARGIN * forward
-
-    def copy_bytes(self, tail: bool) -> int:
-        """Bytes one modified feature map holds (:meth:`score_activations`): its copies on the
-        way in and the forward pass of the layers after the feature layer (``tail``) or of the
-        whole network on the sample it belongs to.
-
-        The tail's observed bytes count the feature layer's output, which the modified copy
-        replaces in that pass: it is counted once, as the copy, and the margin for what no hook
-        sees goes to the layers that compute (:data:`FORWARD_MARGIN`)."""
-        cap = cast(Capture, self.cap)  # feature maps: captured, their reading settled
-        one = _nbytes(cap.acts[self.index][0])
-        kind = cast(Reading, cap.plan.layers[self.index].reading).kind
-        feature = one * (1 if kind in ("channels_first", "channels_last") else FEATURE_COPIES)
-        forward = self.forward_bytes(tail)
-        if forward is None:
-            return _nbytes(self.x[0]) * FORWARD_FACTOR + feature
-        if tail:
-            return feature + FORWARD_MARGIN * max(forward - one, 0)
-        return feature + _nbytes(self.x[0]) + FORWARD_MARGIN * forward
-
-    def point_bytes(self, point: torch.Tensor) -> int:
-        """Bytes one point ``point (*element)`` of a gradient pass holds: the forward pass's
-        outputs and their gradients, the point itself and its gradient."""
-        size = point.numel() * point.element_size()
-        forward = self.forward_bytes()
-        return 2 * FORWARD_MARGIN * forward + 2 * size if forward else FORWARD_FACTOR * size
-
-    def forward_bytes(self, tail: bool = False) -> int | None:
-        """The most bytes of module outputs alive at once in a forward pass of one sample.
-
-        Observed in the capture pass when it was watched (:class:`MemoryWatch`), else once per
-        scorer (memoised) in a pass of its own, on the first sample without gradients: a hook on
-        every module records each output's storage with a weak reference, so what the network
-        has freed stops counting. ``tail=True`` counts from the feature layer's output on
-        (the layers that run on modified copies). ``None`` when the network refuses a
-        batch of one.
-        """
-        key = ("peak", tail)
-        if key not in self._memo and self.watched is not None and self.cap is not None:
-            seen = self.watched.per_sample(tail, self.cap.plan, self.index)
-            if seen is not None:  # observed in the capture pass: no pass of its own
-                self._memo[key] = seen
-        if key not in self._memo:
-            try:
-                self._memo[key] = self._observe(tail)
-            except (RuntimeError, GradattrError):
-                self._memo[key] = None
-        return self._memo[key]
-
-    def _observe(self, tail: bool) -> int:
-        mine = thread_guard()
-        live: dict[int, tuple] = {}
-        state = {"peak": 0, "on": not tail, "calls": 0}
-        lp = cast(Capture, self.cap).plan.layers[self.index] if tail else None
-        feature = module_named(self.net, lp.name) if lp is not None else None  # None iff not tail
-
-        def hook(m: nn.Module, i, o):
-            if not mine():
-                return None
-            if m is feature:
-                state["calls"] += 1
-                if state["calls"] - 1 == cast(LayerPlan, lp).call:  # feature is set: so is lp
-                    state["on"] = True
-                    live.clear()
-            if not state["on"]:
-                return None
-            for t in tensors_of(o):
-                st = t.untyped_storage()
-                key = st.data_ptr()
-                if key not in live or live[key][0]() is None:
-                    live[key] = (weakref.ref(t), st.nbytes())
-            for key in [k for k, (r, _) in live.items() if r() is None]:
-                del live[key]
-            state["peak"] = max(state["peak"], sum(b for _, b in live.values()))
-            return None
-
-        def install():
-            return [m.register_forward_hook(hook) for m in self.net.modules()]
-
-        with torch.inference_mode():
-            run_hooked(self.call, self.x[:1], install, grad=False)
-        return state["peak"]
-
     # -- resizing and progress ----------------------------------------------------------------
     def to_input(self, maps: torch.Tensor) -> torch.Tensor:
         """``maps (N, K, *s)`` resized to the input's size with the call's upsampling."""
@@ -572,6 +386,4 @@ class Scorer:
         return Progress(total, enabled, desc)
 
 
-__all__ = ["Scorer", "MemoryWatch", "Progress", "chunk_size", "hooked_output", "MEMORY_BUDGET", "CPU_CHUNK",
-           "FORWARD_MARGIN", "FORWARD_FACTOR", "MASKED_INPUTS", "MASKS", "FEATURE_COPIES",
-           "CHANNELS_LAST"]
+__all__ = ["Scorer", "Progress", "hooked_output", "Site", "CHANNELS_LAST"]

@@ -125,7 +125,7 @@ def test_multihead_attention_probabilities_equal_need_weights():
     """torchvision's ViT calls MultiheadAttention(need_weights=False): the captured
     probabilities are what need_weights=True, average_attn_weights=False returns."""
     tv = pytest.importorskip("torchvision")
-    from gradattr.attention import AttentionCapture
+    from gradattr.capture.attention_blocks import AttentionCapture
 
     torch.manual_seed(0)
     net = tv.models.VisionTransformer(32, 8, 2, 4, 32, 64, num_classes=3).double().eval()
@@ -290,7 +290,7 @@ def test_multi_head_attention_parameters_are_torchs():
     are the installed torch's, in order."""
     import inspect
 
-    from gradattr.attention import _MHA_NAMES, _REQUIRED
+    from gradattr.capture.attention_blocks import _MHA_NAMES, _REQUIRED
 
     params = inspect.signature(F.multi_head_attention_forward).parameters.values()
     want = [(p.name, _REQUIRED if p.default is inspect.Parameter.empty else p.default) for p in params]

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import gradattr
-from gradattr import capture, engine, prep, registry, scorer
+from gradattr import budget, capture, engine, prep, registry
 from gradattr.scorer import Scorer
 
 from references import toy, toy_input
@@ -117,7 +117,7 @@ def test_memory_observed_in_the_capture_matches_the_scorers_own_pass(layer):
     layer = {"3": "body.2", "2": "body.1"}[layer]
     call = prep.prepare_call(net, x, target=1)
     plan = capture.plan_from_options(net, layer, None, None, None)
-    watch = scorer.MemoryWatch(net, call.n)
+    watch = budget.MemoryWatch(net, call.n)
     with call.borrowed():
         cap = capture.capture(call, plan, grad=False, watch=watch)
         seen = Scorer(call, cap.plan, cap, watched=watch)
@@ -125,8 +125,8 @@ def test_memory_observed_in_the_capture_matches_the_scorers_own_pass(layer):
         held = cap.acts[0][0].numel() * cap.acts[0].element_size()  # the captured map, per sample
         for tail in (False, True):
             # the capture pass holds what it captured on top of what a pass of its own holds
-            assert own.forward_bytes(tail) <= seen.forward_bytes(tail) <= own.forward_bytes(tail) + held
-            assert own.forward_bytes(tail) > 0
+            assert own.budget.forward_bytes(tail) <= seen.budget.forward_bytes(tail) <= own.budget.forward_bytes(tail) + held
+            assert own.budget.forward_bytes(tail) > 0
     assert sum(len(m._forward_hooks) for m in net.modules()) == 0
 
 

@@ -1,4 +1,4 @@
-"""The two interfaces a method gets: the forward-only Scorer and the GradientOracle.
+"""The two interfaces a method gets: the forward-only Scorer and the ScoreGradients.
 
 Each is checked against autograd run by hand on a tiny network (hooks written here, not
 gradattr's), and both stay as constructed while they work (frozen for the call).
@@ -13,7 +13,7 @@ from torch import nn
 
 import gradattr
 from gradattr import capture
-from gradattr.oracle import GradientOracle
+from gradattr.score_gradients import ScoreGradients
 from gradattr.scorer import Scorer
 
 
@@ -28,7 +28,7 @@ def interfaces(net, x, target, layer="1"):
     plan = capture.plan_from_options(net, layer, None, None, None)
     cap = capture.capture(call, plan, grad=False)
     scorer = Scorer(call, cap.plan, cap)
-    return call, scorer, GradientOracle(scorer)
+    return call, scorer, ScoreGradients(scorer)
 
 
 def by_hand(net, x, classes, layer=1):

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 import gradattr
-from gradattr import capture, scorer
+from gradattr import budget, capture, scorer
+from gradattr.capture import gradients
 
 MiB = 2**20
 
@@ -51,7 +52,7 @@ def test_score_cam_chunks_fit_the_budget_when_the_feature_map_dwarfs_the_input(m
     # 1 x 1 x 64 x 64 input, 64 x 64 x 64 feature map: 16x the input's bytes allowed 64 copies per
     # pass here (64 x 2 x 1 MiB of convolution and ReLU outputs = 128 MiB for a 16 MiB budget);
     # the observed forward pass allows 7.
-    monkeypatch.setattr(scorer, "MEMORY_BUDGET", 16 * MiB)
+    monkeypatch.setattr(budget, "MEMORY_BUDGET", 16 * MiB)
     net, x = wide_first_layer(), torch.randn(1, 1, 64, 64)
     gradattr.grad_cam(net, x[..., :8, :8], 3, feature_layer="0")  # imports and allocator warm
     want = gradattr.score_cam(net, x, 3, feature_layer="0", batch_size=8)
@@ -68,15 +69,15 @@ def test_chunks_come_from_the_observed_forward_pass():
         cap = capture.capture(call, plan, grad=False)
         p = scorer.Scorer(call, cap.plan, cap)
         # the convolution's and the ReLU's outputs are alive together: 2 x 64 x 224 x 224 floats
-        assert p.forward_bytes() == 2 * 64 * 224 * 224 * 4
-        assert p.forward_bytes(tail=True) == 2 * 64 * 224 * 224 * 4  # the feature layer is first
-        per_copy = p.masked_bytes()
-        assert per_copy >= scorer.FORWARD_MARGIN * 2 * 64 * 224 * 224 * 4
-        assert scorer.chunk_size(None, per_copy, x.device) == scorer.MEMORY_BUDGET // per_copy == 10
+        assert p.budget.forward_bytes() == 2 * 64 * 224 * 224 * 4
+        assert p.budget.forward_bytes(tail=True) == 2 * 64 * 224 * 224 * 4  # the feature layer is first
+        per_copy = p.budget.masked_bytes()
+        assert per_copy >= budget.FORWARD_MARGIN * 2 * 64 * 224 * 224 * 4
+        assert budget.chunk_size(None, per_copy, x.device) == budget.MEMORY_BUDGET // per_copy == 10
         # Ablation-CAM's copies of the 64 x 224 x 224 map (one each: the chunk's buffer, handed
         # over as it is) and the layers after it (the ReLU's output, with the margin)
-        assert p.copy_bytes(tail=True) == 64 * 224 * 224 * 4 * (1 + scorer.FORWARD_MARGIN)
-        assert p.activation_chunk(None) == scorer.MEMORY_BUDGET // p.copy_bytes(tail=True) == 13
+        assert p.budget.copy_bytes(tail=True) == 64 * 224 * 224 * 4 * (1 + budget.FORWARD_MARGIN)
+        assert p.activation_chunk(None) == budget.MEMORY_BUDGET // p.budget.copy_bytes(tail=True) == 13
 
 
 def test_small_inputs_keep_their_chunks_and_their_maps():
@@ -95,7 +96,7 @@ def test_small_inputs_keep_their_chunks_and_their_maps():
         mp.setattr(scorer.Scorer, "score_inputs", spy)
         got = gradattr.score_cam(net, x, [1, 3])
     assert seen[:3] == [64, 64, 12]  # 140 masked inputs: the chunks 16x the input's bytes gave
-    assert torch.equal(got, gradattr.score_cam(net, x, [1, 3], batch_size=scorer.CPU_CHUNK))
+    assert torch.equal(got, gradattr.score_cam(net, x, [1, 3], batch_size=budget.CPU_CHUNK))
 
 
 # -- many targets ----------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def test_targets_run_in_chunks_without_a_k_by_k_matrix(monkeypatch):
     k = 3000
     net, x = many_classes(k), torch.randn(2, 1, 8, 8)
     # a row: 3 x 2 x 3000 floats of one-hot rows + 2 x 2 x 8 x 8 floats of gradients = 73,024 bytes
-    monkeypatch.setattr(capture, "GRADS_BUDGET", 2 * MiB)  # 28 rows
+    monkeypatch.setattr(gradients, "GRADS_BUDGET", 2 * MiB)  # 28 rows
     shapes = []
     grad = torch.autograd.grad
 
@@ -130,7 +131,7 @@ def test_targets_run_in_chunks_without_a_k_by_k_matrix(monkeypatch):
 def test_a_reduction_fn_with_many_scores_is_chunked_too(monkeypatch):
     k = 500
     net, x = many_classes(k), torch.randn(1, 1, 8, 8)
-    monkeypatch.setattr(capture, "GRADS_BUDGET", 64 * 1024)  # 3 x 500 floats a row: 10 rows
+    monkeypatch.setattr(gradients, "GRADS_BUDGET", 64 * 1024)  # 3 x 500 floats a row: 10 rows
     maps = gradattr.grad_cam(net, x, reduction_fn=lambda y: y * 2, feature_layer="1",
                              upsampling="none")
     assert maps.shape == (1, k, 8, 8)
@@ -142,7 +143,7 @@ def test_a_reduction_fn_with_many_scores_is_chunked_too(monkeypatch):
 
 def test_targets_whose_gradients_cannot_fit_are_refused_with_the_estimate(monkeypatch):
     net, x = many_classes(1000), torch.randn(1, 1, 8, 8)
-    monkeypatch.setattr(capture, "_available_bytes", lambda device: 100_000)
+    monkeypatch.setattr(gradients, "_available_bytes", lambda device: 100_000)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     # 1000 targets x (1 x 2 x 8 x 8 floats = 512 bytes) = 0.49 MiB of gradients, 0.1 MB free
     with pytest.raises(gradattr.GradattrError, match=r"target: .*1000 targets need 0 MiB of gradients "
@@ -161,7 +162,7 @@ def test_thirty_thousand_targets_stay_within_a_bounded_peak():
     maps, peak = _peak_mib(lambda: gradattr.grad_cam(net, x, list(range(k)), feature_layer="1",
                                                     upsampling="none"))
     assert maps.shape == (1, k, 8, 8)
-    assert peak < capture.GRADS_BUDGET / MiB + 100, f"peak {peak:.0f} MiB"  # 10 GiB before
+    assert peak < gradients.GRADS_BUDGET / MiB + 100, f"peak {peak:.0f} MiB"  # 10 GiB before
     for c in (0, 17, 29999):
         one = gradattr.grad_cam(net, x, c, feature_layer="1", upsampling="none")
         torch.testing.assert_close(maps[:, c], one, rtol=1e-5, atol=1e-7)
@@ -176,4 +177,4 @@ def test_score_cam_gpu_peak_within_the_budget():
     base = torch.cuda.memory_allocated()
     gradattr.score_cam(net, x, 3, feature_layer="0")
     peak = (torch.cuda.max_memory_allocated() - base) / MiB
-    assert peak < scorer.MEMORY_BUDGET / MiB + 64, f"peak {peak:.0f} MiB"
+    assert peak < budget.MEMORY_BUDGET / MiB + 64, f"peak {peak:.0f} MiB"

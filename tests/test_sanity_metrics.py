@@ -82,7 +82,7 @@ def test_max_sensitivity_hand_computed_and_chunks():
 
 
 def test_copies_go_in_chunks_under_the_memory_budget(monkeypatch):
-    from gradattr import scorer
+    from gradattr import budget
 
     net, x = small_cnn(1), inputs(1, n=3)
     rows = []
@@ -94,8 +94,8 @@ def test_copies_go_in_chunks_under_the_memory_budget(monkeypatch):
     metrics.max_sensitivity(net, x, method=method, samples=5)
     assert rows == [3, 15]  # the unperturbed input, then all 15 copies: they fit the budget
     rows.clear()
-    one_copy = x[0].numel() * x.element_size() * 2 * scorer.FORWARD_FACTOR  # the estimate for one copy
-    monkeypatch.setattr(scorer, "MEMORY_BUDGET", 4 * one_copy)
+    one_copy = x[0].numel() * x.element_size() * 2 * budget.FORWARD_FACTOR  # the estimate for one copy
+    monkeypatch.setattr(budget, "MEMORY_BUDGET", 4 * one_copy)
     metrics.max_sensitivity(net, x, method=method, samples=5)
     assert rows == [3, 4, 4, 4, 3]
     forward_rows = []

@@ -63,7 +63,7 @@ def _outputs(loaded, x) -> dict[str, tuple]:
     import torch
 
     from ..geometry import Observer
-    from ..layouts import read
+    from ..layout_inference import read
     from ..prep import borrowed
 
     net = loaded.net

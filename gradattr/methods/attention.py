@@ -1,7 +1,7 @@
 """Attention maps of transformers: attention rollout and Chefer et al.'s relevance.
 
 Both read the attention probabilities ``A_b (N, H, L, L)`` of every block ``b``,
-observed by :func:`gradattr.attention.observe` (through ``view.scorer.attention`` and
+observed by :func:`gradattr.capture.attention_blocks.observe` (through ``view.scorer.attention`` and
 ``view.oracle.attention_gradients``) (fused ``scaled_dot_product_attention``
 and ``nn.MultiheadAttention`` included: nothing for the user to un-fuse), and
 return a map over the token grid observed at the patch embedding, ``(N, K, *grid)``,

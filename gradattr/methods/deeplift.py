@@ -33,7 +33,8 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import GradattrError, expected
 from ..registry import COMMON, TARGET, Method, Option, positive_int, register
-from ..scorer import chunk_size, hooked_output
+from ..budget import chunk_size
+from ..scorer import hooked_output
 from .common import BATCH_SIZE
 from .perturbation import SEED
 from .baseline import baseline_like, baseline_option
@@ -212,7 +213,7 @@ def deep_lift_map(view, baseline=0.0, batch_size=None) -> torch.Tensor:
     given = sc.given_target  # the top class is fixed on x (one more pass), not re-picked on b
     target = sc.target if given.kind == "top" else given
     # rows of both halves per pass: what fits the memory budget (no per-pass cap: one backward each)
-    step = max(1, chunk_size(batch_size, lambda: 2 * sc.point_bytes(x[0]), x.device, cpu_cap=False) // 2)
+    step = max(1, chunk_size(batch_size, lambda: 2 * sc.budget.point_bytes(x[0]), x.device, cpu_cap=False) // 2)
     out = []
     for start in range(0, n, step):
         r = torch.arange(start, min(n, start + step), device=x.device)
@@ -251,7 +252,7 @@ def gradient_shap_map(view, background=None, samples=50, stdevs=0.0, seed=0, bat
     noise = (stdevs * torch.randn(n, samples, *element, generator=gen, dtype=torch.float64)).to(x.device, x.dtype) \
         if stdevs > 0 else None
     count = n * samples
-    step = chunk_size(batch_size, lambda: sc.point_bytes(x[0]), x.device)
+    step = chunk_size(batch_size, lambda: sc.budget.point_bytes(x[0]), x.device)
     total = None
     for start in range(0, count, step):
         t = torch.arange(start, min(count, start + step), device=x.device)

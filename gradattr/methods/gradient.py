@@ -287,7 +287,7 @@ def shapley_cam_weights(view) -> torch.Tensor:
     """ShapleyCAM (Cai et al., 2025): ``w_k = mean_ij (g - H A / 2)``, second-order Shapley weights.
 
     ``g = d score / d A`` and ``H A`` the Hessian-vector product of the score with
-    the activations (:meth:`~gradattr.oracle.GradientOracle.layer_gradients`). On a network
+    the activations (:meth:`~gradattr.score_gradients.ScoreGradients.layer_gradients`). On a network
     that is piecewise linear after the feature layer (ReLU, max pooling, linear
     head) with the logit as score, ``H = 0`` and this is Grad-CAM.
     """
@@ -419,7 +419,7 @@ def full_grad_map(view) -> torch.Tensor:
 
     ``g_x = d score / d x`` per input channel, ``b`` each bias layer's bias and ``g_l``
     the gradient of the score with respect to that layer's output
-    (:meth:`~gradattr.oracle.GradientOracle.bias_gradients`); ``psi`` min-max scales one channel's
+    (:meth:`~gradattr.score_gradients.ScoreGradients.bias_gradients`); ``psi`` min-max scales one channel's
     map (pytorch-grad-cam's ``scale_cam_image``, with its ``1e-7``) and upsamples it to
     the input with (multi-)linear interpolation (``align_corners=False``, OpenCV's
     ``INTER_LINEAR``). The channel sum is taken before the upsampling, which is linear.

@@ -6,7 +6,7 @@ Saliency, input x gradient, integrated gradients and SmoothGrad/VarGrad (captum'
 to combine: each returns ``(N, K, *element)`` where an element is one entry of the
 explained input ``(C, *S)`` (or of the layer's output). Every gradient comes from
 one primitive, the gradient oracle's
-:meth:`~gradattr.oracle.GradientOracle.point_gradients` (through :meth:`_Space.grads`): a
+:meth:`~gradattr.score_gradients.ScoreGradients.point_gradients` (through :meth:`_Space.grads`): a
 batch of points (the input, interpolated or noisy copies of it, or replacements of the
 layer's output) and ``d score_k / d point`` for all ``K`` targets from one forward pass.
 """
@@ -19,7 +19,7 @@ import torch
 
 from ..errors import expected
 from ..registry import COMMON, TARGET, Method, Option, flag, optional_positive_int, positive_int, register
-from ..scorer import chunk_size
+from ..budget import chunk_size
 from .baseline import baseline_like, named_baseline_option
 from .common import TOY as _TOY
 from .quadrature import QUADRATURES, quadrature
@@ -33,7 +33,7 @@ class _Space:
     classes fixed on the unperturbed input; at a layer, the network runs on the rows'
     own inputs and the layer's output is replaced by ``p``. Scores come from the view's
     scorer (:meth:`~gradattr.scorer.Scorer.score_points`), gradients from its oracle
-    (:meth:`~gradattr.oracle.GradientOracle.point_gradients`).
+    (:meth:`~gradattr.score_gradients.ScoreGradients.point_gradients`).
     """
 
     def __init__(self, view, feature_layer=None, fix: bool = True):
@@ -83,8 +83,8 @@ class _Space:
 
     def chunk(self, batch_size) -> int:
         """Points per forward + backward pass: ``batch_size``, or what fits the memory budget
-        (:meth:`~gradattr.scorer.Scorer.point_bytes` of one point)."""
-        return chunk_size(batch_size, lambda: self.scorer.point_bytes(self.origin[0]), self.origin.device)
+        (:meth:`~gradattr.budget.Budget.point_bytes` of one point)."""
+        return chunk_size(batch_size, lambda: self.scorer.budget.point_bytes(self.origin[0]), self.origin.device)
 
     # -- baselines ------------------------------------------------------------------------
     def baseline(self, value) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import expected
 from ..registry import COMMON, TARGET, Method, Option, positive_int, register
-from ..scorer import chunk_size
+from ..budget import chunk_size
 from .baseline import baseline_like, baseline_option
 from .common import BATCH_SIZE, PROGRESS
 from .perturbation import SEED, positive_float
@@ -106,7 +106,7 @@ def mean_scores(scorer, count: int, make, rows: torch.Tensor, group: int, batch_
     says whose target each is scored for. Chunks hold ``batch_size`` inputs or what fits the
     memory budget (these are small rows: no per-pass cap), so ``count x E`` is never built.
     """
-    step = chunk_size(batch_size, scorer.masked_bytes, scorer.x.device, cpu_cap=False)
+    step = chunk_size(batch_size, scorer.budget.masked_bytes, scorer.x.device, cpu_cap=False)
     out = None
     bar = scorer.progress(count, progress, desc)
     try:

@@ -1,17 +1,17 @@
 """The gradient interface a method gets: gradients of the score, and Hessian-vector products.
 
-A :class:`GradientOracle` is handed to a method (``view.oracle``) beside its
+A :class:`ScoreGradients` is handed to a method (``view.oracle``) beside its
 :class:`~gradattr.scorer.Scorer`. Every gradient is ``d score_k / d ...`` for all ``K``
 targets (negated for ``counterfactual`` calls), from ``torch.autograd.grad`` on tensors of
 one forward pass run for the purpose; no parameter ``.grad`` is written:
 
-* :meth:`~GradientOracle.input_gradients`: with respect to the input (guided backprop);
-* :meth:`~GradientOracle.point_gradients`: with respect to points of the input, or
+* :meth:`~ScoreGradients.input_gradients`: with respect to the input (guided backprop);
+* :meth:`~ScoreGradients.point_gradients`: with respect to points of the input, or
   replacements of one layer's output (saliency, integrated gradients, SmoothGrad);
-* :meth:`~GradientOracle.layer_gradients`: at the captured feature layer for another pass,
+* :meth:`~ScoreGradients.layer_gradients`: at the captured feature layer for another pass,
   another score, and the Hessian-vector product (SmoothGrad-CAM++, Finer-CAM, ShapleyCAM);
-* :meth:`~GradientOracle.bias_gradients`: at every bias layer (FullGrad);
-* :meth:`~GradientOracle.attention_gradients`: at every attention call's probabilities
+* :meth:`~ScoreGradients.bias_gradients`: at every bias layer (FullGrad);
+* :meth:`~ScoreGradients.attention_gradients`: at every attention call's probabilities
   (Chefer et al.).
 
 It is frozen for the call and holds nothing it computes; the classes it scores are the
@@ -35,7 +35,7 @@ BIAS_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, n
 
 
 @dataclass(frozen=True, eq=False)
-class GradientOracle:
+class ScoreGradients:
     """Gradients of the target scores for one call and (optionally) one captured feature layer."""
 
     scorer: Scorer
@@ -162,8 +162,8 @@ class GradientOracle:
     def attention_gradients(self):
         """The attention probabilities of one forward pass and the score's gradients at them:
         ``(probs [(N, H, L, S)], grads [(N, K, H, L, S)], grid, extra)`` (see
-        :func:`gradattr.attention.observe`); the target as the user gave it."""
-        from .attention import observe
+        :func:`gradattr.capture.attention_blocks.observe`); the target as the user gave it."""
+        from .capture.attention_blocks import observe
 
         sc = self.scorer
         cap, grid, extra, y, rname = observe(sc.call, sc.reduction, grad=True)
@@ -216,4 +216,4 @@ def _grads_allow_unused(s, inputs, counterfactual, reduction_name):
     return grads
 
 
-__all__ = ["GradientOracle", "BIAS_TYPES"]
+__all__ = ["ScoreGradients", "BIAS_TYPES"]

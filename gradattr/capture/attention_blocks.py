@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .errors import GradattrError
-from .geometry import Observer
+from ..errors import GradattrError
+from ..geometry import Observer
+from .gradients import per_target_grads
+from .hooks import Output, run_hooked, thread_guard
 
 #: ``F.multi_head_attention_forward``'s parameters in order, with their defaults
 #: (``_REQUIRED``: none); a test keeps them equal to the installed torch's.
@@ -153,8 +155,6 @@ class AttentionCapture(TorchFunctionMode):
 
     def gradients(self, s: torch.Tensor, counterfactual: bool = False, reduction_name: str = "output"):
         """``d s[:, k] / d A`` for every recorded call: ``(N, K, H, L, S)`` each."""
-        from .capture import per_target_grads
-
         names = [f"attention call {i}" for i in range(len(self.nodes))]
         grads = per_target_grads(s, self.nodes, counterfactual, names, reduction_name)
         out = []
@@ -222,8 +222,6 @@ def observe(call, reduction: str | None = None, grad: bool = True):
     scored output and its name. Hooks act only in this thread and are removed in
     ``finally``; the modes are active only for this pass.
     """
-    from .capture import Output, run_hooked, thread_guard
-
     mine = thread_guard()
     x = call.x
     out = Output(call.net, reduction, False, mine)
