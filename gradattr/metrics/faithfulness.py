@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import expected
 from ..inputs import check_flag, prepare
-from ..ops import minmax
+from ..ops import gaussian_blur, minmax
 from .arguments import as_numpy, check_int
 from .perturbation import element_ranks, scoring
 
@@ -39,9 +39,11 @@ class Curve:
 def blur(x, sigma: float = 5.0, truncate: float = 4.0):
     """Gaussian blur of ``x (N, C, *s)`` over its spatial dims (the RISE insertion baseline).
 
-    Separable, one dimension at a time, with the half-sample symmetric border of
-    ``scipy.ndimage.gaussian_filter(mode="reflect")`` (which it matches), on
-    ``x``'s device.
+    :func:`gradattr.ops.gaussian_blur` with the kernel cut at ``truncate * sigma`` elements
+    (``2 * int(truncate * sigma + 0.5) + 1`` taps) and its reflect-101 border, reflected again
+    on axes shorter than the kernel's half-width: ``scipy.ndimage.gaussian_filter(mode="mirror")``,
+    which it matches, on ``x``'s device. (RISE's own code pads with zeros, which darkens the
+    border; the blur of gradattr has one border rule, the reflected one of OpenCV and torchvision.)
 
     Args:
         x: ``(N, C, *spatial)`` tensor.
@@ -51,32 +53,15 @@ def blur(x, sigma: float = 5.0, truncate: float = 4.0):
     Example:
         >>> x = torch.zeros(1, 1, 5); x[0, 0, 2] = 1.0
         >>> [round(v, 3) for v in blur(x, sigma=1.0)[0, 0].tolist()]
-        [0.058, 0.242, 0.399, 0.242, 0.058]
+        [0.108, 0.246, 0.399, 0.246, 0.108]
     """
     if not isinstance(x, torch.Tensor) or x.ndim < 3:
         raise expected("x", "a tensor (N, C, *spatial)", f"{type(x).__name__} of shape "
                        f"{tuple(getattr(x, 'shape', ()))}")
     if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0:
         raise expected("sigma", "a number > 0", repr(sigma))
-    out = x
-    for dim in range(2, x.ndim):
-        mat = torch.as_tensor(_gauss_matrix(x.shape[dim], float(sigma), float(truncate)),
-                              dtype=x.dtype, device=x.device)
-        out = torch.movedim(torch.movedim(out, dim, -1) @ mat.T, -1, dim)
-    return out
-
-
-def _gauss_matrix(length: int, sigma: float, truncate: float) -> np.ndarray:
-    """``(L, L)`` matrix of a 1-D Gaussian filter with scipy's ``reflect`` border."""
-    radius = int(truncate * sigma + 0.5)
-    t = np.arange(-radius, radius + 1)
-    w = np.exp(-0.5 * (t / sigma) ** 2)
-    w /= w.sum()
-    mirror = np.concatenate([np.arange(length), np.arange(length - 1, -1, -1)])
-    idx = mirror[np.mod(np.arange(length)[:, None] + t[None, :], 2 * length)]
-    mat = np.zeros((length, length))
-    np.add.at(mat, (np.repeat(np.arange(length), t.size), idx.ravel()), np.tile(w, length))
-    return mat
+    radius = int(float(truncate) * float(sigma) + 0.5)
+    return gaussian_blur(x, 2 * radius + 1, float(sigma), short_axes="repeat")
 
 
 def _baseline(baseline, x: torch.Tensor, net, input_format) -> torch.Tensor:
