@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from . import api
-from . import metrics as M
 from .errors import GradattrError, expected
+from .metrics.registry import DEFAULT_METRICS, METRICS, SHARED_CALLS, Metric, metric_for
 from .inputs import prepare_inputs
 from .targets import resolve_target
 
@@ -70,25 +70,7 @@ def explain(net: nn.Module, x, method: str = "grad_cam", target=None, **options)
     return api.attribute(net, x, target, method=method, **options)
 
 
-# -- the metrics a table can hold -----------------------------------------------------
-@dataclass(frozen=True)
-class _Metric:
-    name: str
-    higher_is_better: bool
-    needs: str  # "net" (runs the network), "reference" (a mask or a box) or "maps" (the maps alone)
-    compute: Callable  # (ctx) -> per-map values, any shape
-    doc: str
-
-
-def _conf(ctx):
-    return ctx.cached("confidence", lambda: M.confidence_change(
-        ctx.net, ctx.x, ctx.maps, ctx.target, **ctx.kw("confidence")))
-
-
-def _road(ctx):
-    return ctx.cached("road", lambda: M.road(ctx.net, ctx.x, ctx.maps, ctx.target, **ctx.kw("road")))
-
-
+# -- the metrics' inputs: the maps as a batch, the reference as a mask or a box ----------
 def _ref_maps(ctx):
     """Maps as a batch ``(N*K, *s)`` and the reference repeated to match."""
     m = torch.as_tensor(ctx.maps).float()
@@ -105,23 +87,6 @@ def _ref_maps(ctx):
     return m, mask, box
 
 
-def _pointing(ctx):
-    m, mask, box = _ref_maps(ctx)
-    return M.pointing_game(m, mask, box, **ctx.opts("pointing_game")).float()
-
-
-def _energy(ctx):
-    m, mask, box = _ref_maps(ctx)
-    return M.energy_pointing_game(m, mask, box)
-
-
-def _loc_iou(ctx):
-    m, mask, box = _ref_maps(ctx)
-    if box is None:  # the reference box of a mask is its bounding box
-        box = _mask_box(mask, m.shape[0])
-    return torch.as_tensor(M.localize(m, box, **ctx.opts("localization")).iou)
-
-
 def _mask_box(mask, n: int) -> np.ndarray:
     mk = np.asarray(mask.cpu() if isinstance(mask, torch.Tensor) else mask).astype(bool)
     if mk.ndim == 0:
@@ -134,36 +99,6 @@ def _mask_box(mask, n: int) -> np.ndarray:
             raise expected("mask", "at least one True element per sample", "an empty mask")
         out.append([[int(i.min()), int(i.max()) + 1] for i in idx])
     return np.asarray(out)
-
-
-def _method_fn(ctx, name: str) -> Callable:
-    """The row's method as ``(net, x, target) -> maps``, for the metrics that run it on copies."""
-    if "method" in ctx.metric_options.get(name, {}):
-        raise expected(f"metric_options[{name!r}]", "options other than method (compare runs "
-                       "each row's method)", "'method'")
-    return ctx.method
-
-
-def _sanity_kw(ctx, name: str, keys: tuple[str, ...]) -> dict:
-    """Compare's shared options that the sanity metric ``name`` takes, under its own options."""
-    common = {k: v for k, v in ctx.common.items() if k in keys and v is not None}
-    return {**common, **ctx.opts(name)}
-
-
-def _randomization(ctx):
-    r = M.randomization_check(ctx.net, ctx.x, ctx.target, method=_method_fn(ctx, "randomization_check"),
-                              **_sanity_kw(ctx, "randomization_check", ("classes", "input_format", "device")))
-    return torch.nanmean(torch.stack([torch.as_tensor(v, dtype=torch.float64) for v in r.values()]), 0)
-
-
-def _sensitivity(ctx):
-    return M.max_sensitivity(ctx.net, ctx.x, ctx.target, method=_method_fn(ctx, "max_sensitivity"),
-                             **_sanity_kw(ctx, "max_sensitivity", ("classes", "input_format", "device")))
-
-
-def _infidelity(ctx):
-    return M.infidelity(ctx.net, ctx.x, ctx.maps, ctx.target, **_sanity_kw(
-        ctx, "infidelity", ("classes", "input_format", "device", "batch_size")))
 
 
 def _region_mask(ctx):
@@ -179,48 +114,6 @@ def _region_mask(ctx):
         for i, one in enumerate(b):
             mask[(i, *[slice(int(lo), int(hi)) for lo, hi in one])] = True
     return m, mask
-
-
-#: Metrics :func:`compare` knows, by name.
-METRICS: dict[str, _Metric] = {m.name: m for m in [
-    _Metric("deletion", False, "net", lambda c: M.deletion(
-        c.net, c.x, c.maps, c.target, **c.kw("deletion")).auc,
-        "deletion AUC (RISE), baseline zeros"),
-    _Metric("insertion", True, "net", lambda c: M.insertion(
-        c.net, c.x, c.maps, c.target, **c.kw("insertion")).auc,
-        "insertion AUC (RISE), baseline blurred input"),
-    _Metric("average_drop", False, "net", lambda c: 100 * torch.as_tensor(_conf(c).drop),
-            "average drop in confidence, % (Grad-CAM++)"),
-    _Metric("increase_in_confidence", True, "net",
-            lambda c: 100 * torch.as_tensor(_conf(c).increase).float(),
-            "increase in confidence, % of samples (Grad-CAM++)"),
-    _Metric("road", True, "net", lambda c: torch.as_tensor(_road(c).combined),
-            "ROAD, mean (LeRF - MoRF) / 2 over fractions 0.1..0.9"),
-    _Metric("road_morf", False, "net", lambda c: torch.as_tensor(_road(c).morf).mean(-1),
-            "ROAD most-relevant-first score, mean over fractions"),
-    _Metric("road_lerf", True, "net", lambda c: torch.as_tensor(_road(c).lerf).mean(-1),
-            "ROAD least-relevant-first score, mean over fractions"),
-    _Metric("pointing_game", True, "reference", _pointing, "pointing game hit rate"),
-    _Metric("energy_pointing_game", True, "reference", _energy, "energy inside the reference"),
-    _Metric("localization", True, "reference", _loc_iou,
-            "IoU of the CAM box (20% threshold) with the reference box"),
-    _Metric("randomization_check", False, "net", _randomization,
-            "similarity of the maps to those of the cascade-randomised models, mean over the layers"),
-    _Metric("max_sensitivity", False, "net", _sensitivity,
-            "largest relative change of the map under uniform noise (Yeh et al.)"),
-    _Metric("infidelity", False, "net", _infidelity,
-            "error of the map in predicting the score's drop under Gaussian noise (Yeh et al.)"),
-    _Metric("sparseness", True, "maps", lambda c: M.sparseness(_ref_maps(c)[0]),
-            "Gini index of |map| (Chalasani et al.)"),
-    _Metric("relevance_mass", True, "reference", lambda c: M.relevance_mass(*_region_mask(c)),
-            "share of the positive relevance inside the reference (Arras et al.)"),
-    _Metric("relevance_rank", True, "reference", lambda c: M.relevance_rank(*_region_mask(c)),
-            "share of the top-|reference| positions inside it (Arras et al.)"),
-]}
-
-DEFAULT_METRICS = ("deletion", "insertion", "average_drop", "increase_in_confidence")
-_OPTION_GROUP = {"average_drop": "confidence", "increase_in_confidence": "confidence",
-                 "road_morf": "road", "road_lerf": "road"}
 
 
 class _Context:
@@ -241,9 +134,33 @@ class _Context:
     def opts(self, name: str) -> dict:
         return dict(self.metric_options.get(name, {}))
 
-    def kw(self, name: str) -> dict:
-        """The shared network-metric options overridden by ``metric_options[name]``."""
-        return {**self.common, **self.opts(name)}
+
+def _value(metric: Metric, ctx: _Context):
+    """One value per map of ``metric`` on the context's batch and maps (metrics that share a call
+    share its result)."""
+    return metric.value(ctx.cached(metric.key, lambda: _call(metric, ctx)))
+
+
+def _call(metric: Metric, ctx: _Context):
+    """``metric.function`` given what it needs, the shared options it takes and its own options."""
+    opts = ctx.opts(metric.key)
+    if "method" in metric.needs and "method" in opts:
+        raise expected(f"metric_options[{metric.name!r}]", "options other than method (compare runs "
+                       "each row's method)", "'method'")
+    kw = {**{k: v for k, v in ctx.common.items() if k in metric.options}, **opts}
+    fn = metric.function
+    if "net" in metric.needs:
+        if "method" in metric.needs:
+            return fn(ctx.net, ctx.x, ctx.target, method=ctx.method, **kw)
+        return fn(ctx.net, ctx.x, ctx.maps, ctx.target, **kw)
+    if "mask" in metric.needs:
+        return fn(*_region_mask(ctx), **kw)
+    m, mask, box = _ref_maps(ctx)
+    if "box" in metric.needs:
+        return fn(m, box if box is not None else _mask_box(mask, m.shape[0]), **kw)
+    if "region" in metric.needs:
+        return fn(m, mask, box, **kw)
+    return fn(m, **kw)
 
 
 # -- the table ------------------------------------------------------------------------
@@ -389,7 +306,7 @@ def compare(net: nn.Module, data, methods: Sequence = ("grad_cam",), metrics: Se
             maps``, or ``(label, callable)`` pairs.
         metrics: names from :data:`METRICS`: ``"deletion"``, ``"insertion"``, ``"average_drop"``,
             ``"increase_in_confidence"``, ``"road"``, ``"road_morf"``, ``"road_lerf"``, the checks
-            of :mod:`gradattr.sanity` (``"randomization_check"``, ``"max_sensitivity"``...), and
+            of :mod:`gradattr.metrics` (``"randomization_check"``, ``"max_sensitivity"``...), and
             with a mask or box the localisation metrics (:data:`METRICS` says which).
         target: the classes to explain for a single batch (``None``: top class).
         mask, box: the object's reference region for a single batch (see
@@ -455,13 +372,13 @@ def _checked_metric_options(metric_options: Mapping | None) -> dict:
     """``compare``'s ``metric_options``, checked, with each grouped key also under its group's name."""
     metric_options = dict(metric_options or {})
     for k in metric_options:
-        if k not in METRICS and k not in ("confidence",):
-            raise expected("metric_options", "keys from " + ", ".join([*METRICS, "confidence"]), repr(k))
+        if k not in METRICS and k not in SHARED_CALLS:
+            raise expected("metric_options", "keys from " + ", ".join([*METRICS, *SHARED_CALLS]), repr(k))
     for k, opts in metric_options.items():
         _check_metric_options(k, opts)
-    for k, grp in _OPTION_GROUP.items():
-        if k in metric_options:
-            metric_options.setdefault(grp, metric_options[k])
+    for m in METRICS.values():  # a shared call takes the options given under one of its metrics' names
+        if m.shares and m.shares != m.name and m.name in metric_options:
+            metric_options.setdefault(m.shares, metric_options[m.name])
     return metric_options
 
 
@@ -481,7 +398,7 @@ def _scored(net, batches, methods, labels, metrics, options, common, metric_opti
     samples = 0
     gen = torch.Generator().manual_seed(0)
     for x, tgt, bmask, bbox in batches:
-        needs_ref = [m for m in metrics if METRICS[m].needs == "reference"]
+        needs_ref = [m for m in metrics if METRICS[m].needs_reference]
         if needs_ref and bmask is None and bbox is None:
             raise expected("mask", f"a mask or a box for metric {needs_ref[0]!r}", "neither")
         n, spatial, _, _ = _shape_info(net, x, tgt, common)
@@ -492,7 +409,7 @@ def _scored(net, batches, methods, labels, metrics, options, common, metric_opti
             ctx = _Context(net, x, maps, tgt, common, metric_options, bmask, bbox, n, spatial,
                            _method_on_copies(method, lab, options[lab], common, gen))
             for m in metrics:
-                v = METRICS[m].compute(ctx)
+                v = _value(METRICS[m], ctx)
                 values[lab][m].append(torch.as_tensor(np.asarray(v.cpu() if isinstance(v, torch.Tensor)
                                                                  else v), dtype=torch.float64).flatten())
         samples += n
@@ -510,47 +427,12 @@ def _scored(net, batches, methods, labels, metrics, options, common, metric_opti
                  higher_is_better={m: METRICS[m].higher_is_better for m in metrics}, samples=samples)
 
 
-# Which function takes each metric_options key's options, and those options (what compare
-# itself passes, net, x, maps, target, mask and box, is not among them). A test keeps each
-# list equal to the function's keyword-only parameters.
-_CURVE = ("softmax", "batch_size", "reduction_fn", "classes", "input_format", "device", "explain",
-          "forward_kwargs")
-_METRIC_OPTIONS = {
-    "deletion": ("baseline", "steps") + _CURVE,
-    "insertion": ("baseline", "steps") + _CURVE,
-    "confidence_change": ("normalize",) + _CURVE,
-    "road": ("order", "fractions", "noise", "seed") + _CURVE,
-    "pointing_game": ("tolerance",),
-    "energy_pointing_game": (),
-    "localize": ("threshold", "connectivity"),
-    "randomization_check": ("method", "mode", "similarity", "seed", "reduction_fn", "classes", "input_format",
-                            "device"),
-    "max_sensitivity": ("method", "radius", "samples", "seed", "chunk_size", "reduction_fn", "classes",
-                        "input_format", "device"),
-    "infidelity": ("samples", "std", "seed", "normalize", "batch_size", "reduction_fn", "classes",
-                   "input_format", "device"),
-    "sparseness": (),
-    "relevance_mass": (),
-    "relevance_rank": (),
-}
-_OPTION_FUNCTIONS = {"deletion": "deletion", "insertion": "insertion", "confidence": "confidence_change",
-                     "average_drop": "confidence_change", "increase_in_confidence": "confidence_change",
-                     "road": "road", "road_morf": "road", "road_lerf": "road",
-                     "pointing_game": "pointing_game", "energy_pointing_game": "energy_pointing_game",
-                     "localization": "localize", "randomization_check": "randomization_check",
-                     "max_sensitivity": "max_sensitivity", "infidelity": "infidelity",
-                     "sparseness": "sparseness", "relevance_mass": "relevance_mass",
-                     "relevance_rank": "relevance_rank"}
-
-
 def _check_metric_options(metric: str, opts) -> None:
     """``metric_options[metric]`` must be a mapping of options that metric's function takes."""
     if not isinstance(opts, Mapping):
         raise expected(f"metric_options[{metric!r}]", "a dict of keyword options", type(opts).__name__)
-    fn_name = _OPTION_FUNCTIONS.get(metric)
-    if fn_name is None:
-        return
-    allowed = sorted(_METRIC_OPTIONS[fn_name])
+    entry = metric_for(metric)
+    fn_name, allowed = entry.function.__name__, sorted(entry.options)
     for key in opts:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1)

@@ -31,11 +31,25 @@ def minmax(t: torch.Tensor, start_dim: int = 2, eps: float | None = None) -> tor
 
 
 def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float, short_axes: str = "shorten") -> torch.Tensor:
-    """``x (N, C, *S)`` blurred by a separable Gaussian (reflect-101 borders) along every axis.
+    """``x (N, C, *S)`` blurred by a separable Gaussian of ``kernel`` taps (odd) along every axis.
 
-    An axis too short for the kernel (reflection needs ``pad < L``) is blurred with the
-    kernel shortened to ``2 L - 1`` taps (``short_axes="shorten"``, Group-CAM) or left
-    as it is (``"skip"``, OpenCV-like SESS, which skips axes of length <= kernel // 2).
+    The border rule, the one for every blur of gradattr: reflect-101, each axis continued as
+    its mirror image about its first and last elements, which are not repeated
+    (``x2 x1 | x0 x1 x2 ... | x[L-2] x[L-3]``): OpenCV's ``BORDER_REFLECT_101`` (the default of
+    ``cv2.GaussianBlur``, which SESS uses), ``"reflect"`` in torch, torchvision and kornia
+    (Group-CAM's blur) and ``mode="mirror"`` in ``scipy.ndimage``. One reflection reaches
+    ``L - 1`` elements beyond each end; an axis too short for the kernel's half-width is, by
+    ``short_axes``: ``"shorten"``: blurred with the kernel shortened to ``2 L - 1`` taps
+    (Group-CAM); ``"skip"``: left as it is when ``L <= kernel // 2`` (SESS, as OpenCV-like
+    code does); ``"repeat"``: reflected again as often as the kernel needs (the axis extended
+    periodically with period ``2 (L - 1)``, as scipy does; insertion's baseline). An axis of
+    length 1 is left as it is (its reflection is constant).
+
+    >>> x = torch.tensor([[[0.0, 0.0, 3.0]]])
+    >>> gaussian_blur(x, 3, 1.0).tolist() == gaussian_blur(x, 3, 1.0, short_axes="repeat").tolist()
+    True
+    >>> [round(v, 4) for v in gaussian_blur(x, 3, 1.0)[0, 0].tolist()]  # after the 3 comes x[1] = 0
+    [0.0, 0.8222, 1.3556]
     """
     out = x
     for d in range(x.ndim - 2):
@@ -44,18 +58,22 @@ def gaussian_blur(x: torch.Tensor, kernel: int, sigma: float, short_axes: str = 
             if length <= kernel // 2:
                 continue
             k = kernel
+        elif short_axes == "repeat":
+            k = kernel
         else:
             k = min(kernel, 2 * length - 1)
             k -= 1 - k % 2  # odd
-            if k <= 1:
-                continue
+        if k <= 1 or length == 1:
+            continue
         t = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
         w = torch.exp(-0.5 * (t / sigma) ** 2)
         w = (w / w.sum()).to(x.dtype).to(x.device)
         moved = out.movedim(2 + d, -1)
         shape = moved.shape
-        flat = F.conv1d(F.pad(moved.reshape(-1, 1, length), (k // 2, k // 2), mode="reflect"),
-                        w.view(1, 1, -1))
+        period = 2 * (length - 1)  # reflect-101 indices of the padded axis, as often as needed
+        idx = torch.arange(-(k // 2), length + k // 2, device=x.device).remainder(period)
+        idx = torch.where(idx < length, idx, period - idx)
+        flat = F.conv1d(moved.reshape(-1, 1, length)[..., idx], w.view(1, 1, -1))
         out = flat.reshape(shape).movedim(-1, 2 + d)
     return out
 

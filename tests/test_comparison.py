@@ -179,8 +179,10 @@ def test_numpy_data():
 def test_metric_option_table_is_each_metrics_keyword_parameters():
     import inspect
 
-    from gradattr import comparison, metrics
+    from gradattr.metrics.registry import METRICS
 
-    for name, options in comparison._METRIC_OPTIONS.items():
-        params = inspect.signature(getattr(metrics, name)).parameters.values()
-        assert set(options) == {p.name for p in params if p.kind is p.KEYWORD_ONLY}, name
+    for name, entry in METRICS.items():
+        params = inspect.signature(entry.function).parameters.values()
+        assert set(entry.options) == {p.name for p in params if p.kind is p.KEYWORD_ONLY}, name
+    assert {e.function.__name__ for e in METRICS.values()} >= {"deletion", "confidence_change", "road", "localize",
+                                                               "randomization_check", "infidelity"}

@@ -240,12 +240,28 @@ def test_deletion_insertion_match_torchcam(rank, steps):
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
 def test_blur_matches_scipy(rank):
+    """The reflect-101 border (scipy's "mirror"), reflected again where sigma 5's 20-element
+    half-width exceeds the axis."""
     from scipy.ndimage import gaussian_filter
 
     x = torch.randn(2, 3, *SHAPES[rank], dtype=torch.float64)
     for sigma in (0.7, 5.0):
-        want = gaussian_filter(x.numpy(), sigma=(0, 0) + (sigma,) * rank, mode="reflect", truncate=4.0)
+        want = gaussian_filter(x.numpy(), sigma=(0, 0) + (sigma,) * rank, mode="mirror", truncate=4.0)
         np.testing.assert_allclose(metrics.blur(x, sigma).numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_blur_is_the_blur_of_the_methods():
+    """One blur: insertion's baseline is ops.gaussian_blur (the IG, Group-CAM and SESS blur) with
+    41 taps; a constant input stays constant (no border darkening), and a length-1 axis is kept."""
+    from gradattr.ops import gaussian_blur
+
+    x = torch.randn(2, 3, 30, 7)
+    torch.testing.assert_close(metrics.blur(x), gaussian_blur(x, 41, 5.0, short_axes="repeat"), rtol=0, atol=0)
+    y = torch.randn(2, 3, 30, 12)  # axes longer than 17 taps' half-width: one reflection, any policy
+    for policy in ("shorten", "skip", "repeat"):
+        torch.testing.assert_close(metrics.blur(y, 2.0), gaussian_blur(y, 17, 2.0, short_axes=policy), rtol=0, atol=0)
+    const = torch.full((1, 2, 9, 1), 0.5, dtype=torch.float64)
+    torch.testing.assert_close(metrics.blur(const), const)
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])
