@@ -11,7 +11,7 @@
 
 What it loads (``--model``, by :mod:`gradattr.loading`): a ``torch.export``
 program (``.pt2``, recognised by its content whatever its suffix; checked and
-rebuilt by :mod:`gradattr.pt2` first, so its pickles are read only with
+rebuilt by :mod:`gradattr.loading.pt2_archive` first, so its pickles are read only with
 ``torch.load(weights_only=True)`` and anything else that could run code is
 refused) or a factory ``package.module:function`` with ``--weights`` (a
 state_dict read with ``torch.load(weights_only=True)``). Neither runs code from
@@ -51,7 +51,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..loading import MEMORY_FACTOR, CliError  # noqa: F401
+from ..loading.cli_error import CliError  # noqa: F401
+from ..loading.input_files import MEMORY_FACTOR  # noqa: F401
 from .common import (DEFAULT_MAX_MEMORY, FORMAT_EXAMPLES, MODEL_HELP, PROG, UPSAMPLING_HELP,  # noqa: F401
                      model_args, Parser, package_version, drop_working_folder, reporting_errors, shared_option)
 from .explain import cmd_explain

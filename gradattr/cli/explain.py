@@ -15,17 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import GradattrError
-from ..loading import (
-    CliError,
-    Item,
-    Loaded,
-    read_classes,
-    one_line,
-    check_memory,
-    load_model,
-    read_array,
-    read_image,
-)
+from ..loading.cli_error import CliError, one_line
+from ..loading.input_files import Item, check_memory, read_array, read_classes, read_image
+from ..loading.models import Loaded, load_model
 from .common import EXTRA_METHODS, PROG, check_option, parse_bytes
 
 if TYPE_CHECKING:
