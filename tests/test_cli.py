@@ -190,8 +190,11 @@ def test_titles_tell_the_default_and_a_label_apart(here, capsys, titles):
     assert titles[2] == "eigen_cam: no class (features only)\ncat.png (center-cropped to 16x16)"
 
 
-def test_explain_sequence_with_factory_and_weights(here, capsys):
+def test_explain_sequence_with_factory_and_weights(here, capsys, monkeypatch):
     d, nets, out = here
+    labels = []  # the importance axis names the method (it once said "Grad-CAM" for every method)
+    original = gradattr.plot.sequence
+    monkeypatch.setattr(gradattr.plot, "sequence", lambda *a, **k: labels.append(k.get("ylabel")) or original(*a, **k))
     stdout, _ = ok(["explain", "seq.npy", "--model", "tinynets:seq_net", "--weights", "seq_net.pth",
                     "--method", "grad_cam_plus_plus", "--out", out / "s.png", "--save-map", out / "s.npy"], capsys)
     x = torch.from_numpy(np.load(d / "seq.npy"))
@@ -199,6 +202,7 @@ def test_explain_sequence_with_factory_and_weights(here, capsys):
     want = gradattr.attribute(nets["seq_net"], x, top, method="grad_cam_plus_plus")
     np.testing.assert_allclose(np.load(out / "s.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
     assert (out / "s.png").stat().st_size > 1000 and f"class {top} score " in stdout
+    assert labels == ["Grad-CAM++ importance"]
     assert str(d) not in sys.path  # the working folder was searched for the factory's import only
 
 

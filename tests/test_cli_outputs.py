@@ -169,7 +169,7 @@ def test_crop_center_is_torchvisions_resize_and_center_crop(work, monkeypatch):
 
     d, net = work
     titles = []  # the pictures' titles (drawing them is test_cli's business)
-    monkeypatch.setattr(explain, "_picture", lambda xs, cam, title, image=None: titles.append(title) or b"png")
+    monkeypatch.setattr(explain, "_picture", lambda xs, cam, title, image=None, **k: titles.append(title) or b"png")
     seen = []
     real = explain._explain_one
     monkeypatch.setattr(explain, "_explain_one", lambda loaded, item, *a, **k: seen.append(item) or real(loaded, item, *a, **k))

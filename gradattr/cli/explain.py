@@ -119,15 +119,16 @@ def _explain_one(loaded: Loaded, item: Item, args, target, classes, progress: bo
     return np.asarray(maps.detach().cpu() if hasattr(maps, "detach") else maps), feat
 
 
-def _picture(sample: np.ndarray, cam: np.ndarray, title: str, image=None) -> bytes:
-    """A PNG of ``cam`` over ``image`` (a picture file) or over ``sample (C, *s)``, by :mod:`gradattr.plot`."""
+def _picture(sample: np.ndarray, cam: np.ndarray, title: str, image=None, *, method: str = "") -> bytes:
+    """A PNG of ``cam`` over ``image`` (a picture file) or over ``sample (C, *s)``, by :mod:`gradattr.plot`;
+    ``method``: the method's title, naming a sequence's importance axis ("Grad-CAM++ importance")."""
     from .. import plot
 
     rank = sample.ndim - 1
     if image is not None:
         fig = plot.overlay(image, cam, title=title, colorbar=True)
     elif rank == 1:
-        fig = plot.sequence(sample, cam, title=title)
+        fig = plot.sequence(sample, cam, title=title, ylabel=f"{method} importance".strip())
     elif rank == 2:
         fig = plot.overlay(sample.mean(0), cam, title=title, colorbar=True)
     elif rank == 3:
@@ -303,7 +304,7 @@ def _explain_and_write(job: _Job, k: int, item: Item) -> str:
         for j, ((xs, cam), path) in enumerate(zip(samples, job.out_paths[k])):
             title = _title(item, None if len(samples) == 1 else j, args.method,
                            scores[j] if scores else None, job.classes, info.needs_target, target)
-            outputs.append(("--out", path, _picture(xs, cam, title, item.image)))
+            outputs.append(("--out", path, _picture(xs, cam, title, item.image, method=info.title)))
     written = write_together(outputs, item.path.name)
     return _report(item, maps, feat, scores, target, job.classes, written, args.method, info.needs_target)
 

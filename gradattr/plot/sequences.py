@@ -14,7 +14,7 @@ from .values import as_array, map_like, rescale, squeeze_lead
 
 
 def sequence(x, importance, path=None, title: str | None = None, *, channel_names=None,
-             ylabel: str = "Grad-CAM importance", shade: bool = True, cmap="jet", legend: bool = True,
+             ylabel: str = "importance", shade: bool = True, cmap="jet", legend: bool = True,
              colorbar: bool = True):
     """A ``C x T`` sequence above its per-time-step importance (MATLAB's 1-D gradCAM example).
 
@@ -28,7 +28,8 @@ def sequence(x, importance, path=None, title: str | None = None, *, channel_name
         path: where to write a PNG; ``None`` writes nothing.
         title: title of the top axes.
         channel_names: legend labels (default ``"Feature 1"`` ... like MATLAB).
-        ylabel: label of the importance axis.
+        ylabel: label of the importance axis and name of its line (say the
+            method: ``"Grad-CAM importance"``; the default names none).
         shade: tint the sequence axes' background by the (first) rescaled
             importance with ``cmap``, so high-importance steps stand out.
         cmap: colormap of the tint.
