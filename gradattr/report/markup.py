@@ -25,6 +25,21 @@ def metric_token(name: str) -> str:
     return name if re.fullmatch(r"[a-z][a-z0-9]*", name) else "_" + name.encode("utf-8").hex()
 
 
+def explained(target) -> str:
+    """What a run explained, in words, from its fingerprint's target (the header says it).
+
+    >>> explained(None), explained("label"), explained(3), explained([1, 2])
+    ("each sample's top class", "each sample's label", 'class 3', 'target [1, 2]')
+    """
+    if target is None:
+        return "each sample's top class"
+    if isinstance(target, str) and target == "label":
+        return "each sample's label"
+    if isinstance(target, int) and not isinstance(target, bool):
+        return f"class {target}"
+    return f"target {target}"
+
+
 def page_html(heading: str, cards: list[dict], run: dict, rank: int, metric_names: list[str]) -> str:
     e = html.escape  # quote=True: escapes & < > " ', for text and for quoted attribute values alike
     jet = jet_colors()
@@ -66,8 +81,9 @@ def page_html(heading: str, cards: list[dict], run: dict, rank: int, metric_name
                     f'<div class="pics">{pics}</div><div class="name">{e(c["name"])}</div>'
                     f'<div class="facts">{" ".join(facts)}</div></div>')
     options_text = ", ".join(f"{k}={v}" for k, v in (run.get("options") or {}).items())
-    what = f'method {e(str(run.get("method", "?")))}, target {e(str(run.get("target")))}' + (
-        f", {e(options_text)}" if options_text else "")
+    what = ", ".join([f'method {e(str(run.get("method", "?")))}']
+                     + ([f"explaining {e(explained(run['target']))}"] if "target" in run else [])
+                     + ([e(options_text)] if options_text else []))
     kind = {1: "sequences", 2: "images", 3: "volumes (slices through each map's maximum)"}[rank]
     return _PAGE.format(title=e(heading), what=what, n=len(cards), kind=kind, options=options,
                         class_options=class_options, cards="\n".join(body), gradient=gradient,
