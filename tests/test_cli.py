@@ -190,8 +190,11 @@ def test_titles_tell_the_default_and_a_label_apart(here, capsys, titles):
     assert titles[2] == "eigen_cam: no class (features only)\ncat.png (center-cropped to 16x16)"
 
 
-def test_explain_sequence_with_factory_and_weights(here, capsys):
+def test_explain_sequence_with_factory_and_weights(here, capsys, monkeypatch):
     d, nets, out = here
+    labels = []  # the importance axis names the method (it once said "Grad-CAM" for every method)
+    original = gradattr.plot.sequence
+    monkeypatch.setattr(gradattr.plot, "sequence", lambda *a, **k: labels.append(k.get("ylabel")) or original(*a, **k))
     stdout, _ = ok(["explain", "seq.npy", "--model", "tinynets:seq_net", "--weights", "seq_net.pth",
                     "--method", "grad_cam_plus_plus", "--out", out / "s.png", "--save-map", out / "s.npy"], capsys)
     x = torch.from_numpy(np.load(d / "seq.npy"))
@@ -199,6 +202,7 @@ def test_explain_sequence_with_factory_and_weights(here, capsys):
     want = gradattr.attribute(nets["seq_net"], x, top, method="grad_cam_plus_plus")
     np.testing.assert_allclose(np.load(out / "s.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
     assert (out / "s.png").stat().st_size > 1000 and f"class {top} score " in stdout
+    assert labels == ["Grad-CAM++ importance"]
     assert str(d) not in sys.path  # the working folder was searched for the factory's import only
 
 
@@ -229,16 +233,19 @@ def test_volume_and_matlab_array(here, capsys):
     np.testing.assert_allclose(np.load(out / "h.npy"), want, rtol=1e-4, atol=1e-6)
 
 
-def test_folder_outputs_keep_the_extension(here, capsys):
+def test_folder_outputs_are_named_by_stem_and_method(here, capsys):
     d, nets, out = here
     stdout, stderr = ok(["explain", "twins", "--model", "image_net.pt2", "--size", "16", "--out", out / "o",
                          "--save-map", out / "m"], capsys)
-    assert files_in(out) == ["m", "m/a.png.npy", "m/a_png.png.npy", "o", "o/a.png.png", "o/a_png.png.png"]
+    assert files_in(out) == ["m", "m/a_grad_cam.npy", "m/a_png_grad_cam.npy", "o", "o/a_grad_cam.png",
+                             "o/a_png_grad_cam.png"]
     for name in ("a.png", "a_png.png"):  # each map is its own input's
         want = gradattr.grad_cam(nets["image_net"], preprocess(d / "twins" / name, mean=0.0, std=1.0))
-        np.testing.assert_allclose(np.load(out / "m" / f"{name}.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
-    assert not np.allclose(np.load(out / "m" / "a.png.npy"), np.load(out / "m" / "a_png.png.npy"))
-    assert len(stdout.splitlines()) == 2 and f"-> {out / 'm' / 'a.png.npy'}, {out / 'o' / 'a.png.png'}" in stdout
+        got = np.load(out / "m" / f"{Path(name).stem}_grad_cam.npy")
+        np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-6)
+    assert not np.allclose(np.load(out / "m" / "a_grad_cam.npy"), np.load(out / "m" / "a_png_grad_cam.npy"))
+    assert len(stdout.splitlines()) == 2
+    assert f"-> {out / 'm' / 'a_grad_cam.npy'}, {out / 'o' / 'a_grad_cam.png'}" in stdout
     assert stderr == ""  # stderr is not a terminal: no progress unless asked
 
 
@@ -264,10 +271,10 @@ def test_save_map_paths(here, capsys):
     (out / "adir").mkdir()
     stdout, _ = ok(["explain", "cat.png", "--model", "image_net.pt2", "--size", "16", "--save-map",
                     out / "adir", "--out", out / "adir"], capsys)
-    assert files_in(out / "adir") == ["cat.png.npy", "cat.png.png"]
-    assert stdout.rstrip().endswith(f"-> {out / 'adir' / 'cat.png.npy'}, {out / 'adir' / 'cat.png.png'}")
+    assert files_in(out / "adir") == ["cat_grad_cam.npy", "cat_grad_cam.png"]
+    assert stdout.rstrip().endswith(f"-> {out / 'adir' / 'cat_grad_cam.npy'}, {out / 'adir' / 'cat_grad_cam.png'}")
     want = gradattr.grad_cam(nets["image_net"], preprocess(d / "cat.png", mean=0.0, std=1.0))
-    np.testing.assert_allclose(np.load(out / "adir" / "cat.png.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.load(out / "adir" / "cat_grad_cam.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
 
 
 def test_existing_files_need_overwrite(here, capsys):
@@ -282,11 +289,11 @@ def test_existing_files_need_overwrite(here, capsys):
     want = gradattr.grad_cam(nets["image_net"], preprocess(d / "cat.png", mean=0.0, std=1.0))
     np.testing.assert_allclose(np.load(out / "m.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
     (out / "maps").mkdir()
-    (out / "maps" / "p1.png.npy").write_bytes(b"keep me")
+    (out / "maps" / "p1_grad_cam.npy").write_bytes(b"keep me")
     err = error_of(["explain", "pics", "--model", "image_net.pt2", "--size", "16", "--save-map", out / "maps"],
                    capsys)
-    assert f"got {out / 'maps' / 'p1.png.npy'}; pass --overwrite" in err
-    assert files_in(out / "maps") == ["p1.png.npy"]
+    assert f"got {out / 'maps' / 'p1_grad_cam.npy'}; pass --overwrite" in err
+    assert files_in(out / "maps") == ["p1_grad_cam.npy"]
 
 
 def test_memory_estimate(here, capsys):

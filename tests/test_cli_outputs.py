@@ -124,7 +124,7 @@ def test_ctrl_c_keeps_the_finished_inputs_and_says_how_many(work, monkeypatch):
     assert status == 130
     assert err == ("gradattr: interrupted; kept the outputs of 1 of 3 inputs: p0.png, each written whole; "
                    "the others have none\n")
-    assert listing(out) == ["m", "m/p0.png.npy", "o", "o/p0.png.png"]
+    assert listing(out) == ["m", "m/p0_grad_cam.npy", "o", "o/p0_grad_cam.png"]
     assert stdout.startswith("p0.png: grad_cam") and stdout.count("\n") == 1
 
 
@@ -141,7 +141,25 @@ def test_a_failure_in_a_folder_run_keeps_the_finished_inputs(work, monkeypatch):
     assert status == 1
     assert err == ("gradattr: error: target: expected something, got nothing (kept the outputs of 2 of 3 inputs; "
                    "the last: p1.png, finished before the failure)\n")
-    assert listing(d / "out") == ["p0.png.npy", "p1.png.npy"]
+    assert listing(d / "out") == ["p0_grad_cam.npy", "p1_grad_cam.npy"]
+
+
+# ------------------------------------------------------------------------------ output names
+def test_outputs_are_named_by_stem_and_method_never_doubling_the_extension(work):
+    """``p0.png`` -> ``p0_<method>.png`` (once ``p0.png.png``); inputs that share a stem (``a.png``,
+    ``a.jpg``) keep their whole names, so neither overwrites the other's maps."""
+    from PIL import Image
+
+    d, _ = work
+    status, stdout, _ = run(["explain", "pics", *MODEL, "--method", "grad_cam_plus_plus", "--out", d / "o"])
+    assert status == 0 and listing(d / "o") == [f"p{k}_grad_cam_plus_plus.png" for k in range(3)]
+    (d / "same").mkdir()
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(d / "same" / "a.png")
+    Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(d / "same" / "a.bmp")
+    status, _, _ = run(["explain", "same", *MODEL, "--save-map", d / "m"])
+    assert status == 0 and listing(d / "m") == ["a.bmp_grad_cam.npy", "a.png_grad_cam.npy"]
+    assert not np.allclose(np.load(d / "m" / "a.bmp_grad_cam.npy"), np.load(d / "m" / "a.png_grad_cam.npy"))
 
 
 # ------------------------------------------------------------------------------ --crop
@@ -151,7 +169,7 @@ def test_crop_center_is_torchvisions_resize_and_center_crop(work, monkeypatch):
 
     d, net = work
     titles = []  # the pictures' titles (drawing them is test_cli's business)
-    monkeypatch.setattr(explain, "_picture", lambda xs, cam, title, image=None: titles.append(title) or b"png")
+    monkeypatch.setattr(explain, "_picture", lambda xs, cam, title, image=None, **k: titles.append(title) or b"png")
     seen = []
     real = explain._explain_one
     monkeypatch.setattr(explain, "_explain_one", lambda loaded, item, *a, **k: seen.append(item) or real(loaded, item, *a, **k))

@@ -262,8 +262,17 @@ def test_overlay_and_volume_colorbars_read_the_map_values(tmp_path):
 def test_sequence_colorbar_of_the_tint(tmp_path):
     fig = plot.sequence(np.zeros((2, 10)), np.linspace(0.5, 2.5, 10))
     assert len(fig.axes) == 3 and fig.axes[2].get_ylim() == (0.5, 2.5)
-    assert fig.axes[2].get_ylabel() == "Grad-CAM importance (tint)"
+    assert fig.axes[2].get_ylabel() == "importance (tint)"
     assert len(plot.sequence(np.zeros((2, 10)), np.ones(10), colorbar=False).axes) == 2
+
+
+def test_sequence_names_no_method_unless_told():
+    """The importance axis once said "Grad-CAM importance" for every method's map."""
+    fig = plot.sequence(np.zeros((2, 10)), np.linspace(0.5, 2.5, 10))
+    assert fig.axes[1].get_ylabel() == "importance" and fig.axes[2].get_ylabel() == "importance (tint)"
+    fig = plot.sequence(np.zeros((2, 10)), np.linspace(0.5, 2.5, 10), ylabel="Score-CAM importance")
+    assert fig.axes[1].get_ylabel() == "Score-CAM importance"
+    assert fig.axes[2].get_ylabel() == "Score-CAM importance (tint)"
 
 
 def test_gradient_rgb_normalisation_by_hand():

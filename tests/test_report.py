@@ -97,6 +97,22 @@ def test_sequence_and_volume_runs(tmp_path):
     assert full.shape[1] / full.shape[0] == pytest.approx(ref.shape[1] / ref.shape[0], rel=0.02)
 
 
+def test_the_header_says_what_was_explained(tmp_path):
+    """It once said "target None" for a run without a target (each sample's top class)."""
+    x = torch.rand(4, 3, 8, 8)
+    y = torch.tensor([0, 1, 2, 0])
+    header = {}
+    for name, target in (("top", None), ("fixed", 2), ("label", "label")):
+        gradattr.explain_dataset(conv_net(), [(x, y)], target=target, out_dir=tmp_path / name)
+        text = gradattr.report(tmp_path / name).read_text()
+        header[name] = re.search(r'<div class="run">(.*?)</div>', text).group(1)
+    assert header["top"] == ("4 images; method grad_cam, explaining each sample&#x27;s top class. "
+                             "Click a card for the full-size map.")
+    assert "method grad_cam, explaining class 2." in header["fixed"]
+    assert "method grad_cam, explaining each sample&#x27;s label." in header["label"]
+    assert "None" not in header["top"]
+
+
 def test_maps_only_and_a_samples_file_written_by_the_run(tmp_path):
     x = torch.rand(4, 3, 8, 8)
     gradattr.explain_dataset(conv_net(), [x], out_dir=tmp_path / "run")

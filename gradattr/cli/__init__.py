@@ -11,7 +11,7 @@
 
 What it loads (``--model``, by :mod:`gradattr.loading`): a ``torch.export``
 program (``.pt2``, recognised by its content whatever its suffix; checked and
-rebuilt by :mod:`gradattr.pt2` first, so its pickles are read only with
+rebuilt by :mod:`gradattr.loading.pt2_archive` first, so its pickles are read only with
 ``torch.load(weights_only=True)`` and anything else that could run code is
 refused) or a factory ``package.module:function`` with ``--weights`` (a
 state_dict read with ``torch.load(weights_only=True)``). Neither runs code from
@@ -31,9 +31,10 @@ when that input is done, all or none of them (each under a temporary name in
 its folder, all renamed once all are written; the temporaries are removed on
 failure), so a failure or Ctrl-C in a folder run keeps the outputs of the
 inputs finished before it, and the message says how many. For a folder INPUT
-each output is named after the whole input file name, extension included
-(``a.png`` -> ``a.png.npy`` and ``a.png.png``), so ``a.png`` and ``a_png.png``
-never share an output. Every path written is printed.
+each output is named after its input's stem and the method (``a.png`` ->
+``a_grad_cam.npy`` and ``a_grad_cam.png``); inputs that share a stem (``a.png``
+and ``a.jpg``) keep their whole names (``a.png_grad_cam.png``), so no two inputs
+share an output. Every path written is printed.
 
 Images reach ``--size`` as torchvision's ImageNet transforms do (``--crop
 center``, the default: scaled with the aspect kept until they cover it, then the
@@ -51,7 +52,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..loading import MEMORY_FACTOR, CliError  # noqa: F401
+from ..loading.cli_error import CliError  # noqa: F401
+from ..loading.input_files import MEMORY_FACTOR  # noqa: F401
 from .common import (DEFAULT_MAX_MEMORY, FORMAT_EXAMPLES, MODEL_HELP, PROG, UPSAMPLING_HELP,  # noqa: F401
                      model_args, Parser, package_version, drop_working_folder, reporting_errors, shared_option)
 from .explain import cmd_explain
@@ -122,9 +124,9 @@ def _add_explain(sub) -> None:
                    f"e.g. {FORMAT_EXAMPLES}; default: PyTorch's (N, C, ...) or (C, ...). Only for "
                    ".npy inputs (images are always read as H x W x C)")
     p.add_argument("--out", metavar="PNG", help="write the map drawn over the input (.png added when "
-                   "missing; a folder for a folder INPUT, outputs named INPUTNAME.png, e.g. a.jpg.png)")
+                   "missing; a folder for a folder INPUT, outputs named STEM_METHOD.png, e.g. a_grad_cam.png)")
     p.add_argument("--save-map", metavar="NPY", help="save the map as a .npy array (.npy added when "
-                   "missing; a folder for a folder INPUT, outputs named INPUTNAME.npy, e.g. a.jpg.npy)")
+                   "missing; a folder for a folder INPUT, outputs named STEM_METHOD.npy, e.g. a_grad_cam.npy)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (default: "
                    "refuse, writing nothing)")
     p.add_argument("--max-memory", default=DEFAULT_MAX_MEMORY, metavar="SIZE", help="refuse requests "

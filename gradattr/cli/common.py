@@ -9,10 +9,7 @@ import sys
 from ..errors import GradattrError
 from ..registry import SHARED, Option
 from ..resize import UPSAMPLING_MODES
-from ..loading import (
-    CliError,
-    one_line,
-)
+from ..loading.cli_error import CliError, one_line
 
 PROG = "gradattr"
 

@@ -15,17 +15,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import GradattrError
-from ..loading import (
-    CliError,
-    Item,
-    Loaded,
-    read_classes,
-    one_line,
-    check_memory,
-    load_model,
-    read_array,
-    read_image,
-)
+from ..loading.cli_error import CliError, one_line
+from ..loading.input_files import Item, check_memory, read_array, read_classes, read_image
+from ..loading.models import Loaded, load_model
 from .common import EXTRA_METHODS, PROG, check_option, parse_bytes
 
 if TYPE_CHECKING:
@@ -127,15 +119,16 @@ def _explain_one(loaded: Loaded, item: Item, args, target, classes, progress: bo
     return np.asarray(maps.detach().cpu() if hasattr(maps, "detach") else maps), feat
 
 
-def _picture(sample: np.ndarray, cam: np.ndarray, title: str, image=None) -> bytes:
-    """A PNG of ``cam`` over ``image`` (a picture file) or over ``sample (C, *s)``, by :mod:`gradattr.plot`."""
+def _picture(sample: np.ndarray, cam: np.ndarray, title: str, image=None, *, method: str = "") -> bytes:
+    """A PNG of ``cam`` over ``image`` (a picture file) or over ``sample (C, *s)``, by :mod:`gradattr.plot`;
+    ``method``: the method's title, naming a sequence's importance axis ("Grad-CAM++ importance")."""
     from .. import plot
 
     rank = sample.ndim - 1
     if image is not None:
         fig = plot.overlay(image, cam, title=title, colorbar=True)
     elif rank == 1:
-        fig = plot.sequence(sample, cam, title=title)
+        fig = plot.sequence(sample, cam, title=title, ylabel=f"{method} importance".strip())
     elif rank == 2:
         fig = plot.overlay(sample.mean(0), cam, title=title, colorbar=True)
     elif rank == 3:
@@ -202,8 +195,8 @@ def cmd_explain(args) -> int:
 
     counts = [_batch(it, loaded.net) for it in items]
     out_paths = _destinations(args.out, items, folder, "--out", ".png",
-                              [n if batched else 1 for n, batched in counts])
-    map_paths = _destinations(args.save_map, items, folder, "--save-map", ".npy", [1] * len(items))
+                              [n if batched else 1 for n, batched in counts], args.method)
+    map_paths = _destinations(args.save_map, items, folder, "--save-map", ".npy", [1] * len(items), args.method)
     _check_writable([p for ps in (out_paths or []) + (map_paths or []) for p in ps], args.overwrite)
 
     cls = args.target
@@ -311,7 +304,7 @@ def _explain_and_write(job: _Job, k: int, item: Item) -> str:
         for j, ((xs, cam), path) in enumerate(zip(samples, job.out_paths[k])):
             title = _title(item, None if len(samples) == 1 else j, args.method,
                            scores[j] if scores else None, job.classes, info.needs_target, target)
-            outputs.append(("--out", path, _picture(xs, cam, title, item.image)))
+            outputs.append(("--out", path, _picture(xs, cam, title, item.image, method=info.title)))
     written = write_together(outputs, item.path.name)
     return _report(item, maps, feat, scores, target, job.classes, written, args.method, info.needs_target)
 
@@ -390,14 +383,31 @@ def write_together(outputs: list[tuple[str, Path, bytes]], name: str) -> list[st
     return [str(p) for _, p, _ in outputs]
 
 
+def output_names(items: list[Item], method: str, suffix: str) -> list[str]:
+    """Each input's output file name in a folder: ``<stem>_<method><suffix>`` (``photo.png`` ->
+    ``photo_grad_cam.png``, never the input's own name). When two inputs share a stem (``a.png``
+    and ``a.jpg``), every input keeps its whole name instead (``a.png_grad_cam.png``), so no two
+    inputs share an output (``a.png`` and ``a_png.png`` have different stems).
+
+    >>> from types import SimpleNamespace as S
+    >>> output_names([S(path=Path("a.png")), S(path=Path("a_png.png"))], "grad_cam", ".png")
+    ['a_grad_cam.png', 'a_png_grad_cam.png']
+    >>> output_names([S(path=Path("a.png")), S(path=Path("a.jpg"))], "grad_cam", ".npy")
+    ['a.png_grad_cam.npy', 'a.jpg_grad_cam.npy']
+    """
+    stems = [it.path.stem for it in items]
+    whole = len(set(stems)) < len(stems)
+    return [f"{it.path.name if whole else it.path.stem}_{method}{suffix}" for it in items]
+
+
 def _destinations(option: str | None, items: list[Item], folder: bool, flag: str, suffix: str,
-                  counts: list[int]) -> list[list[Path]] | None:
+                  counts: list[int], method: str) -> list[list[Path]] | None:
     """Where each item's files go: ``counts[k]`` paths for item ``k`` (checked here, written later).
 
     A folder (``folder`` INPUT, or an existing folder given for one input) gets
-    ``<input file name><suffix>``, extension kept (``a.png`` -> ``a.png.npy``); a
-    file name without ``suffix`` gets it appended. Several samples of one input
-    get ``_0``, ``_1``, ... before the suffix.
+    :func:`output_names` (``a.png`` -> ``a_grad_cam.npy``); a file name without
+    ``suffix`` gets it appended. Several samples of one input get ``_0``, ``_1``,
+    ... before the suffix.
     """
     if option is None:
         return None
@@ -405,9 +415,9 @@ def _destinations(option: str | None, items: list[Item], folder: bool, flag: str
     if folder:
         if dest.exists() and not dest.is_dir():
             raise CliError(f"{flag}: expected a folder for a folder INPUT, got the file {option}")
-        bases = [dest / (it.path.name + suffix) for it in items]
+        bases = [dest / name for name in output_names(items, method, suffix)]
     elif dest.is_dir():
-        bases = [dest / (items[0].path.name + suffix)]
+        bases = [dest / output_names(items[:1], method, suffix)[0]]
     else:
         if not dest.parent.is_dir():
             raise CliError(f"{flag}: expected a path in an existing folder, got {option} (no folder "

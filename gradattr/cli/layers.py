@@ -4,12 +4,9 @@ from __future__ import annotations
 import fnmatch
 
 from ..errors import GradattrError
-from ..loading import (
-    CliError,
-    parse_ints,
-    one_line,
-    load_model,
-)
+from ..loading.cli_error import CliError, one_line
+from ..loading.input_files import parse_ints
+from ..loading.models import load_model
 
 
 # -- layers ---------------------------------------------------------------------------

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..loading import CliError, load_model
+from ..loading.cli_error import CliError
+from ..loading.models import load_model
 from ..report import report
 from .common import MODEL_HELP, PROG, Parser, reporting_errors
 
