@@ -150,7 +150,7 @@ def main(out_dir: str = OUTPUT, quick: bool = False, cache_dir: str | None = CAC
           f"most important time step {peak}")
 
     path = save_path(out_dir, "japanese_vowels.png")
-    gradattr.plot.sequence(test_sequence, score_map, path=path,
+    gradattr.plot.sequence(test_sequence, score_map, path=path, ylabel="Grad-CAM importance",
                            title=f"Test Observation 1: speaker {y_test[0]}, predicted {label} "
                                  f"(test accuracy {accuracy:.1%})")
     print(f"wrote {path}")
