@@ -20,6 +20,7 @@ from torch import nn
 
 from . import api
 from .errors import GradattrError, expected
+from .method_arg import resolve_method
 from .metrics.registry import DEFAULT_METRICS, METRICS, SHARED_CALLS, Metric, metric_for
 from .inputs import prepare_inputs
 from .targets import resolve_target
@@ -476,7 +477,8 @@ def _maps(net, x, method, label, target, options, common, gen):
         lead = int(batched) + (0 if resolve_target(target, None, common["classes"], n).scalar else 1)
         return channel_reduce(explain(net, x, method, target, **dev, **options), len(spatial), lead)
     fn = method[1] if isinstance(method, tuple) else method
-    if not callable(fn):
+    if not callable(fn) or isinstance(fn, nn.Module):
         raise expected("methods", "names, callables (net, x, target) -> maps, or (label, callable) pairs",
                        type(fn).__name__)
-    return fn(net, x, target)
+    explain_with, _ = resolve_method(fn)
+    return explain_with(net, x, target, {})

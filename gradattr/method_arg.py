@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import nn
+
 from . import api, registry
 from .errors import expected
 
@@ -15,8 +17,9 @@ from .errors import expected
 def resolve_method(method, options: dict | None = None) -> tuple[Callable, str]:
     """``(explain, name)`` for ``method``: ``explain(net, x, target, opts)`` returns its maps.
 
-    ``method`` is a callable ``method(net, x, target=..., **opts)`` (named by its
-    ``__name__``) or a registered method's name; a name that is not registered is a
+    ``method`` is a callable ``method(net, x, target, **opts)`` (``target`` passed by
+    position, so ``lambda net, x, t: ...`` and ``def f(net, x, target=None, **options)`` both
+    fit; named by its ``__name__``) or a registered method's name; a name that is not registered is a
     :class:`~gradattr.errors.GradattrError` suggesting close names, and with ``options``
     the options are checked against the method's entry too, before any work.
 
@@ -24,15 +27,16 @@ def resolve_method(method, options: dict | None = None) -> tuple[Callable, str]:
     >>> name
     'grad_cam'
     """
-    if callable(method) and not isinstance(method, str):
+    if callable(method) and not isinstance(method, (str, nn.Module)):
         fn = method
 
         def call(net, x, target, opts):
-            return fn(net, x, target=target, **opts)
+            return fn(net, x, target, **opts)
 
         return call, getattr(method, "__name__", type(method).__name__)
     if not isinstance(method, str):
-        raise expected("method", "a method name such as 'grad_cam', or a callable", type(method).__name__)
+        raise expected("method", "a method name (gradattr.list_methods()) or a callable "
+                       "(net, x, target, **options) -> maps", type(method).__name__)
     entry = registry.get(method)  # an unknown name: the registry's error, with close names
     if options is not None:
         entry.validate(options)

@@ -63,7 +63,7 @@ def sliding_window(method: str | Callable, net: torch.nn.Module, volume, roi_siz
 
     Args:
         method: a method name (see :func:`gradattr.list_methods`) or a callable
-            ``f(net, x, target=..., **options)`` returning ``(B, *roi)`` maps.
+            ``f(net, x, target, **options)`` returning ``(B, *roi)`` maps (``target`` by position).
         net: the network (patch-trained), left as found.
         volume: tensor or array ``(C, *spatial)`` or ``(N, C, *spatial)``, 1-D, 2-D or 3-D.
         roi_size: the window size, one int per spatial dim, each at most the input's

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import GradattrError, expected
+from ..method_arg import resolve_method
 from .batches import batch_rows, examine_batches, first_sample, plan_for_rank, split_batch
 from .context import RunContext
 from .distributed import join_process_group, unwrap_parallel
@@ -99,7 +100,7 @@ def explain_dataset(net: torch.nn.Module, batches: Iterable, method: str | Calla
             inputs) and whose second is the labels ``y`` (what a ``DataLoader`` over a
             labelled data set yields).
         method: a method name (``"grad_cam"``, ``"score_cam"``, ...) or a callable
-            ``f(net, x, target=..., **options)`` returning the maps.
+            ``f(net, x, target, **options)`` returning the maps (``target`` by position).
         target: ``None`` (each sample's top class), anything a method accepts as a
             fixed target for every batch (a class index, indices, a callable), or
             ``"label"`` to explain each sample's own label: ``y`` of shape ``(B,)``
@@ -249,25 +250,7 @@ def _resolve_method(method, options: dict):
         raise expected("explain", "one input's index per run (each shard holds one array of maps per "
                        "batch); run explain_dataset once per input, each into its own out_dir",
                        repr(options["explain"]))
-    from .. import api
-
-    if callable(method) and not isinstance(method, str):
-        fn = method
-
-        def explain(net, x, target, opts):
-            return fn(net, x, target=target, **opts)
-
-        return explain, getattr(method, "__name__", type(method).__name__)
-    if not isinstance(method, str):
-        raise expected("method", "a method name such as 'grad_cam', or a callable", type(method).__name__)
-    from .. import registry
-
-    registry.get(method).validate(options)  # unknown method or option: an error before any work
-
-    def explain(net, x, target, opts):
-        return api.attribute(net, x, target=target, method=method, **opts)
-
-    return explain, method
+    return resolve_method(method, options)  # unknown method or option: an error before any work
 
 
 def _check_out_dir(out_dir, ctx) -> Path | None:

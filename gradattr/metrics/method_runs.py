@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import api
 from ..errors import expected
+from ..method_arg import resolve_method
 from ..prep import Call, prepare_call
 from ..budget import FORWARD_FACTOR
 from ..targets import Target
@@ -54,22 +55,21 @@ def rows_target(target: Target, rows: torch.Tensor):
 
 def method_runner(method, method_options: dict, device) -> Callable:
     """``method`` as ``run(net, x (B, C, *S), target) -> maps``."""
+    if callable(method) and not isinstance(method, (str, nn.Module)) and method_options:
+        raise expected(next(iter(method_options)), "no method options with a callable method (bind "
+                       "them in the callable)", repr(sorted(method_options)))
+    explain, _ = resolve_method(method)  # an unknown name or another object is refused, naming `method`
+    opts = dict(method_options)
+    needs_target = True
     if isinstance(method, str):
-        info = api.method_info(method)  # an unknown name is refused here, naming `method`
-        opts = dict(method_options)
+        info = api.method_info(method)
+        needs_target = info.needs_target
         if "device" in info.options:
             opts.setdefault("device", device)
 
-        def run(net, xb, target):
-            return api.attribute(net, xb, target if info.needs_target else None, method=method, **opts)
-        return run
-    if callable(method) and not isinstance(method, nn.Module):
-        if method_options:
-            raise expected(next(iter(method_options)), "no method options with a callable method (bind "
-                           "them in the callable)", repr(sorted(method_options)))
-        return method
-    raise expected("method", "a method name (gradattr.list_methods()) or a callable (net, x, target) -> maps",
-                   type(method).__name__)
+    def run(net, xb, target):
+        return explain(net, xb, target if needs_target else None, opts)
+    return run
 
 
 def flat_maps(maps, rows: int, device) -> torch.Tensor:
