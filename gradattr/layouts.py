@@ -44,6 +44,7 @@ from torch import nn
 
 from .errors import GradattrError, expected
 from .geometry import MAX_EXTRA_TOKENS, Grid
+from .options import LAYOUT_NAMES
 from .provenance import Order
 
 #: The largest ratio between the strides of two spatial dims for a grid to follow the input.
@@ -563,9 +564,6 @@ def _bind_tracked(reading: Reading, t, name: str, geometry, rank: int) -> Readin
         + (f"they are {describe(seen)}; feature_layout='tokens' reads them as observed"
            if seen is not None else "their positions form no grid of the input")
         + "; a callable tensor -> (N, C, *S) reads them as you say")
-
-
-LAYOUT_NAMES = ("channels_first", "channels_last", "tokens", "tokens:k", "time_major", "time_first")
 
 
 def resolve_layout(spec) -> Reading | None:

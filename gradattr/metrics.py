@@ -66,9 +66,9 @@ from torch import nn
 
 from .ops import minmax
 from .prep import Call, prepare_call
-from .registry import check_explain, check_forward_kwargs
+from .options import check_explain, check_flag, check_forward_kwargs
 from .errors import GradattrError, expected
-from .inputs import check_flag, prepare
+from .inputs import prepare
 from .sanity import (infidelity, max_sensitivity, randomizable_layers, randomization_check, relevance_mass,
                      relevance_rank, sparseness)
 

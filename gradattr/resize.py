@@ -24,9 +24,6 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-#: The upsampling choices ``grad_cam`` accepts, mirroring MATLAB's ``OutputUpsampling``.
-UPSAMPLING_MODES = ("bicubic", "nearest", "none")
-
 
 def cubic(x: np.ndarray) -> np.ndarray:
     """Keys' cubic convolution kernel with ``a = -0.5`` (MATLAB's ``cubic``)."""

@@ -47,7 +47,8 @@ from torch import nn
 
 from . import api
 from .errors import GradattrWarning, expected
-from .inputs import check_flag, prepare
+from .inputs import prepare
+from .options import check_flag
 from .prep import Call, prepare_call
 from .scorer import FORWARD_FACTOR
 from .scorer import chunk_size as budget_chunk

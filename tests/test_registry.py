@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import gradattr
-from gradattr.registry import REGISTRY, SHARED
+from gradattr.options import SHARED
+from gradattr.registry import REGISTRY
 from references import (BATCH_REFERENCES, CLASS_TARGETS_ONLY, NO_REFERENCE, REFERENCES, SCALAR, SWEEP_OPTIONS,
                         TARGETS, reference_maps, resolve, toy, toy_input)
 

@@ -13,7 +13,8 @@ from ..capture import PLANS, Capture, Plan, capture, module_named
 from ..errors import GradattrError, expected
 from ..layouts import Reading
 from ..ops import gaussian_blur, minmax
-from ..registry import COMMON, LAYER, TARGET, Method, Option, flag, positive_int, register
+from ..options import COMMON, LAYER, TARGET, Option, flag, positive_int
+from ..registry import Method, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
 
 
