@@ -33,7 +33,7 @@ README_PAGES = {
 
 def _catalogue() -> str:
     import gradattr
-    from gradattr.registry import SHARED
+    from gradattr.options import SHARED
 
     shared = set(SHARED)
     out = []

@@ -2,18 +2,117 @@
 
 Each public function (``gradattr.grad_cam``, ``gradattr.score_cam``, ...) is made
 from its :class:`~gradattr.registry.Method` entry: its signature (every argument,
-shown by ``help()``) and docstring come from the entry and the shared options of
-:data:`gradattr.registry.SHARED`, and its body is :func:`gradattr.engine.explain`.
-``grad_cam`` keeps MATLAB's positional order ``(net, x, target, reduction_fn,
-feature_layer, reduction_layer, upsampling, device)``; every other option is
+shown by ``help()``), annotations and docstring are rendered here from the entry's
+fields and the shared options of :data:`gradattr.options.SHARED`, and its body is
+:func:`gradattr.engine.explain`. An entry's ``positional`` options are also taken by
+position (``grad_cam`` keeps MATLAB's order ``(net, x, target, reduction_fn,
+feature_layer, reduction_layer, upsampling, device)``); every other option is
 keyword-only.
 """
 from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
 
 from . import methods  # noqa: F401  (registers the methods)
 from . import engine, registry
 from .errors import GradattrError
 from .registry import REGISTRY
+
+#: The type of a returned map: the kind of the explained input (a tensor, or an array for numpy).
+MAP_TYPE = "torch.Tensor | np.ndarray"
+
+
+def signature(entry: registry.Method) -> inspect.Signature:
+    """The public function's signature: ``(net, x, target=None, *, options...) -> what it
+    returns``, the entry's ``positional`` options before the ``*``."""
+    P = inspect.Parameter
+    params = [P("net", P.POSITIONAL_OR_KEYWORD, annotation="nn.Module"),
+              P("x", P.POSITIONAL_OR_KEYWORD)]
+    if entry.needs_target:
+        params.append(P("target", P.POSITIONAL_OR_KEYWORD, default=None))
+    for o in entry.all_options():
+        kind = P.POSITIONAL_OR_KEYWORD if o.name in entry.positional else P.KEYWORD_ONLY
+        params.append(P(o.name, kind, default=o.default, annotation=o.annotation))
+    return inspect.Signature(params, return_annotation=return_type(entry))
+
+
+def return_type(entry: registry.Method, map_type: str = MAP_TYPE) -> str:
+    """What the public function returns: the map, or the tuple of an option's ``result_type``
+    (``return_layers=True``: ``(map, feature layer name(s), reduction layer name)``)."""
+    return " | ".join([map_type] + [o.result_type.format(map=map_type) for o in entry.all_options()
+                                    if o.result_type])
+
+
+@lru_cache(maxsize=None)
+def _evaluated(annotation: str):
+    """An annotation string of an :class:`~gradattr.options.Option` (``"str | nn.Module | None"``)
+    as the type it names, for ``__annotations__`` (``typing.get_type_hints`` needs no globals)."""
+    names = {"torch": torch, "nn": nn, "np": np, "Callable": Callable, "Sequence": Sequence}
+    return eval(annotation, {"__builtins__": {"str": str, "int": int, "float": float, "bool": bool,
+                                              "dict": dict, "list": list, "tuple": tuple}}, names)
+
+
+def type_hints(sig: inspect.Signature) -> dict[str, object]:
+    """A public function's ``__annotations__``: its signature's annotations as types."""
+    out = {name: _evaluated(p.annotation) for name, p in sig.parameters.items() if p.annotation is not p.empty}
+    out["return"] = _evaluated(sig.return_annotation)
+    return out
+
+
+def docstring(entry: registry.Method) -> str:
+    """Summary, formula, every argument, what is returned, and the example."""
+    args = ["net: any ``torch.nn.Module``; run in eval mode and left exactly as found "
+            "(training flags, device, ``requires_grad``, ``.grad``, hooks).",
+            "x: ``(N, C, T)``, ``(N, C, H, W)`` or ``(N, C, D, H, W)``, or the same without "
+            "``N``; a tensor or a numpy array (the map comes back as the same kind); or a tuple "
+            "of inputs, each with its batch dimension, run as ``net(*x)`` (see ``explain``)."]
+    if entry.needs_target:
+        args.append("target: class index (0-based), a sequence of indices (one map each), an "
+                    "``(N, K)`` integer array of per-sample classes, a label or labels looked "
+                    "up in ``classes``, a callable (used as ``reduction_fn``), or ``None`` for "
+                    "each sample's top class. On a spatial output a class scores the sum over "
+                    "space (segmentation).")
+    args += [f"{o.name}: {o.doc}" for o in entry.all_options()]
+    if entry.returns == "pixels" and any(o.name == "feature_layer" for o in entry.options):
+        ret = ("``(N, K, C, *spatial)``, one signed value per element of the explained input "
+               "(with ``feature_layer``: per element of that layer's output, ``(N, K, *layer)``), "
+               "``N`` dropped for unbatched input and ``K`` for a scalar target.")
+    elif entry.returns == "pixels":
+        ret = ("``(N, K, C, *spatial)`` at the input's resolution, ``N`` dropped for unbatched "
+               "input and ``K`` for a scalar target.")
+    else:
+        ret = ("The map ``(N, K, *spatial)``, ``N`` dropped for unbatched input and ``K`` for a "
+               "scalar target (or a method without target); with ``return_layers=True`` the "
+               "tuple ``(map, feature_layer_name, reduction_layer_name)``.")
+    indent = "\n" + " " * 12
+    text = [entry.summary, "", entry.doc.strip(), "", "Args:"]
+    text += ["    " + _wrap(a, indent) for a in args]
+    text += ["", "Returns:", "    " + ret]
+    if entry.example:
+        text += ["", "Example:", _indent(entry.example.strip("\n"), 4)]
+    return "\n".join(text)
+
+
+def _wrap(text: str, indent: str, width: int = 88) -> str:
+    words, lines, line = text.split(), [], ""
+    for w in words:
+        if line and len(line) + 1 + len(w) > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}" if line else w
+    lines.append(line)
+    return indent.join(lines)
+
+
+def _indent(text: str, n: int) -> str:
+    return "\n".join(" " * n + line if line else line for line in text.splitlines())
 
 
 # pytorch-grad-cam's and captum's spellings, answered with gradattr's (never taken silently: the
@@ -47,7 +146,7 @@ def _public(entry: registry.Method):
     once; anything unusual (a missing, repeated or unknown argument) is bound by
     ``inspect`` for a ``TypeError`` exactly like a plain ``def``'s.
     """
-    sig = entry.signature()
+    sig = signature(entry)
     positional = tuple(n for n, p in sig.parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD)
     names = frozenset(sig.parameters)
 
@@ -63,8 +162,9 @@ def _public(entry: registry.Method):
 
     method.__name__ = method.__qualname__ = entry.name
     method.__module__ = __name__
-    method.__signature__ = sig
-    method.__doc__ = entry.docstring()
+    method.__signature__ = sig  # type: ignore[attr-defined]
+    method.__annotations__ = type_hints(sig)
+    method.__doc__ = docstring(entry)
     return method
 
 

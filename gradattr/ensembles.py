@@ -12,7 +12,6 @@ import torch
 
 from . import ops, resize
 from .capture import Plan, capture
-from .errors import expected
 from .prep import Call
 
 
@@ -39,25 +38,6 @@ def augmented(run, call: Call, plan: Plan, fix_target: bool):
         maps = ops.minmax(maps.flip(-1) if flip else maps)
         acc = maps if acc is None else acc + maps
     return cast(torch.Tensor, acc) / len(AUGMENTATIONS), names, rname  # AUGMENTATIONS is not empty
-
-
-#: SESS's settings (pytorch-grad-cam's defaults); ``sess=dict(...)`` overrides any of them.
-SESS_DEFAULTS = {"num_scales": 12, "scale_step_ratio": 2 / 7, "window_size": None, "step_size": None,
-                 "pre_filter_ratio": 0.0, "theta": 0.0, "pool": "mean", "smooth": True, "batch_size": 32}
-
-
-def check_sess(name: str, value):
-    """``sess``: ``False``, ``True`` (the defaults) or a dict overriding :data:`SESS_DEFAULTS`."""
-    if isinstance(value, bool):
-        return dict(SESS_DEFAULTS) if value else False
-    if not isinstance(value, dict) or set(value) - set(SESS_DEFAULTS):
-        raise expected(name, "True, False or a dict with keys among " + ", ".join(SESS_DEFAULTS),
-                       repr(value))
-    out = {**SESS_DEFAULTS, **value}
-    if out["pool"] not in ("mean", "max") or not 0 <= out["pre_filter_ratio"] < 1 or out["num_scales"] < 1:
-        raise expected(name, "pool 'mean' or 'max', 0 <= pre_filter_ratio < 1, num_scales >= 1",
-                       repr(value))
-    return out
 
 
 def _window_starts(length: int, step: int, window: int) -> list[int]:

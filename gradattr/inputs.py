@@ -70,17 +70,6 @@ def _parse_format(fmt: object, ndim: int) -> list[int]:
     return order
 
 
-def check_flag(name: str, value) -> bool:
-    """Refuse anything but a real ``bool`` for an on/off option (``"no"`` is truthy).
-
-    >>> check_flag("normalize", True)
-    True
-    """
-    if not isinstance(value, (bool, np.bool_)):
-        raise expected(name, "True or False", repr(value))
-    return bool(value)
-
-
 def check_model(net) -> nn.Module:
     """Refuse what gradattr cannot explain: non-modules and TorchScript modules (no forward hooks).
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import expected
+from .options import LAYOUT_NAMES
 from .provenance import Order
 
 
@@ -196,9 +197,6 @@ def _spans(positions: tuple[int, ...]) -> str:
 def describe(reading: Reading) -> str:
     return reading.description or reading.kind
 
-
-
-LAYOUT_NAMES = ("channels_first", "channels_last", "tokens", "tokens:k", "time_major", "time_first")
 
 
 def resolve_layout(spec) -> Reading | None:

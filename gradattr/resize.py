@@ -32,9 +32,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-#: The upsampling choices ``grad_cam`` accepts, mirroring MATLAB's ``OutputUpsampling``.
-UPSAMPLING_MODES = ("bicubic", "nearest", "none")
-
 #: ``F.interpolate``'s multi-linear mode for 1, 2 and 3 resized dimensions.
 LINEAR_MODES = {1: "linear", 2: "bilinear", 3: "trilinear"}
 

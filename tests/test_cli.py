@@ -533,8 +533,8 @@ def test_method_options_are_checked_by_the_registry_before_the_model_loads(here,
 
 
 def test_method_option_arguments_take_the_registrys_defaults_and_modes(capsys):
-    from gradattr.registry import SHARED
-    from gradattr.resize import UPSAMPLING_MODES
+    from gradattr.options import SHARED
+    from gradattr.options import UPSAMPLING_MODES
 
     args = cli.build_parser().parse_args(["explain", "x.png", "--model", "m.pt2"])
     assert args.device == SHARED["device"].default == "auto" and args.upsampling is None

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import gradattr
-from gradattr.registry import REGISTRY, SHARED
+from gradattr.options import SHARED
+from gradattr.registry import REGISTRY
 from references import (BATCH_REFERENCES, CLASS_TARGETS_ONLY, NO_REFERENCE, REFERENCES, SCALAR, SWEEP_OPTIONS,
                         TARGETS, reference_maps, resolve, toy, toy_input)
 
@@ -60,6 +61,21 @@ def test_public_signature_and_help_show_every_option(name):
     if foreign is not None:
         with pytest.raises(TypeError, match=foreign):
             getattr(gradattr, name)(toy(2), toy_input(2), **{foreign: SHARED[foreign].default})
+
+
+def test_positional_options_come_from_the_entry():
+    """Only an entry's ``positional`` options are taken by position (grad_cam: MATLAB's order),
+    and they must be its leading options: the signature cannot put a keyword-only one first."""
+    from gradattr.options import COMMON, TARGET
+    from gradattr.registry import Method
+
+    positional = {name: [p for p, v in inspect.signature(getattr(gradattr, name)).parameters.items()
+                         if v.kind is v.POSITIONAL_OR_KEYWORD] for name in METHODS}
+    assert positional["grad_cam"] == ["net", "x", "target", "reduction_fn", "feature_layer",
+                                      "reduction_layer", "upsampling", "device"]
+    assert all(p == ["net", "x", "target"][:len(p)] for n, p in positional.items() if n != "grad_cam")
+    with pytest.raises(ValueError, match=r"positional must be the first options .*\['reduction_fn'\]"):
+        Method("m", "M", lambda v: v, "activations", shared=COMMON + TARGET, positional=("device",))
 
 
 @pytest.mark.parametrize("rank", [1, 2, 3])

@@ -7,8 +7,7 @@ import re
 import sys
 
 from ..errors import GradattrError
-from ..registry import SHARED, Option
-from ..resize import UPSAMPLING_MODES
+from ..options import SHARED, UPSAMPLING_MODES, Option
 from ..loading.cli_error import CliError, one_line
 
 PROG = "gradattr"

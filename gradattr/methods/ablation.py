@@ -18,7 +18,8 @@ from einops import rearrange
 from ..capture import PLANS, Capture, Plan, capture, module_named
 from ..errors import GradattrError
 from ..layouts import Reading
-from ..registry import COMMON, LAYER, TARGET, Method, register
+from ..options import COMMON, LAYER, TARGET
+from ..registry import Method, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
 
 

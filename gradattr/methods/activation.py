@@ -10,7 +10,8 @@ from einops import rearrange, reduce
 from torch import nn
 
 from ..errors import GradattrError, expected
-from ..registry import COMMON, LAYER, TARGET, Method, Option, positive_int, register
+from ..options import COMMON, LAYER, TARGET, Option, positive_int
+from ..registry import Method, register
 from ..targets import Target
 from ..ops import eigen_projection
 from .common import TOY as _TOY

@@ -21,7 +21,8 @@ import torch
 
 from ..errors import expected
 from ..provenance import Order
-from ..registry import COMMON, TARGET, Method, Option, register
+from ..options import COMMON, TARGET, Option
+from ..registry import Method, register
 
 
 def _readout(r: torch.Tensor, grid: tuple[int, ...], extra) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """What several methods share: the toy network of the examples and the chunking options."""
 from __future__ import annotations
 
-from ..registry import Option, flag, optional_positive_int
+from ..options import Option, flag, optional_positive_int
 
 TOY = """>>> import torch, gradattr
 >>> _ = torch.manual_seed(0)

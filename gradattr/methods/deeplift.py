@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ..errors import GradattrError, expected
-from ..registry import COMMON, TARGET, Method, Option, positive_int, register
+from ..options import COMMON, TARGET, Option, positive_int
+from ..registry import Method, register
 from ..budget import chunk_size
 from ..scorer import hooked_output
 from .common import BATCH_SIZE

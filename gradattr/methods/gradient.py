@@ -8,7 +8,8 @@ from einops import reduce
 
 from .. import resize
 from ..errors import expected
-from ..registry import COMMON, LAYER, TARGET, Method, Option, positive_int, register
+from ..options import COMMON, LAYER, TARGET, Option, positive_int
+from ..registry import Method, register
 from ..ops import eigen_projection, minmax
 from .common import TOY as _TOY
 
@@ -30,6 +31,7 @@ def grad_cam_weights(acts: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
 register(Method(
     "grad_cam", "Grad-CAM", lambda v: grad_cam_weights(v.acts, v.grads), "activations+gradients",
     family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"),
+    positional=("reduction_fn", "feature_layer", "reduction_layer", "upsampling", "device"),
     summary="Grad-CAM map of ``net`` for input ``x``, mirroring MATLAB's ``gradCAM``.",
     doc="""The map is ``ReLU(sum_k alpha_k A^k)`` where ``A`` is the feature layer's output and
 ``alpha_k`` the spatial mean of ``d score / d A^k`` (Selvaraju et al., ICCV 2017). Values

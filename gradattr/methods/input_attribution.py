@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from ..errors import expected
-from ..registry import COMMON, TARGET, Method, Option, flag, optional_positive_int, positive_int, register
+from ..options import COMMON, TARGET, Option, flag, optional_positive_int, positive_int
+from ..registry import Method, register
 from ..budget import chunk_size
 from .baseline import baseline_like, named_baseline_option
 from .common import TOY as _TOY
@@ -293,7 +294,7 @@ register(Method(
              Option("return_delta", False, "bool",
                     "also return the completeness gap ``score(x) - score(baseline) - sum(attr)`` "
                     "per sample and target (captum's convergence delta with the opposite sign).",
-                    flag),
+                    flag, result_type="tuple[{map}, {map}]"),
              BATCH, LAYER),
     summary="Integrated gradients (Sundararajan, Taly & Yan, ICML 2017): gradients integrated "
             "along the straight path from a baseline (captum ``IntegratedGradients``).",

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..errors import GradattrError, expected
-from ..registry import COMMON, TARGET, Method, Option, positive_int, register
+from ..options import COMMON, TARGET, Option, positive_int
+from ..registry import Method, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
 from .occlusion import fill_value, softmax_cause
 from .perturbation import GENERATOR, SEED, SOFTMAX, positive_float, make_generator

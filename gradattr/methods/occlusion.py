@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ..errors import GradattrError, expected
-from ..registry import COMMON, TARGET, Method, Option, flag, register
+from ..options import COMMON, TARGET, Option, flag
+from ..registry import Method, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
 from .perturbation import SOFTMAX
 

@@ -15,7 +15,8 @@ from einops import rearrange
 from .. import resize
 from ..errors import expected
 from ..ops import gaussian_blur, minmax
-from ..registry import COMMON, LAYER, TARGET, Method, Option, flag, positive_int, register
+from ..options import COMMON, LAYER, TARGET, Option, flag, positive_int
+from ..registry import Method, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
 from .score_cam import score_cam_weights
 

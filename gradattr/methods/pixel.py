@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..guided import GuidedRectifiers
-from ..registry import COMMON, TARGET, Method, register
+from ..options import COMMON, TARGET
+from ..registry import Method, register
 from .common import TOY as _TOY
 from .gradient import grad_cam_weights
 

@@ -10,7 +10,8 @@ from einops import rearrange
 
 from .. import resize
 from ..errors import expected
-from ..registry import COMMON, LAYER, TARGET, Method, register
+from ..options import COMMON, LAYER, TARGET
+from ..registry import Method, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
 
 

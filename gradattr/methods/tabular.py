@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from ..errors import expected
-from ..registry import COMMON, TARGET, Method, Option, positive_int, register
+from ..options import COMMON, TARGET, Option, positive_int
+from ..registry import Method, register
 from ..budget import chunk_size
 from .baseline import baseline_like, baseline_option
 from .common import BATCH_SIZE, PROGRESS

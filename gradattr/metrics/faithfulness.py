@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..errors import expected
-from ..inputs import check_flag, prepare
+from ..inputs import prepare
+from ..options import check_flag
 from ..ops import gaussian_blur, minmax
 from .arguments import as_numpy, check_int
 from .perturbation import element_ranks, scoring

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..inputs import check_flag
+from ..options import check_flag
 from ..prep import Call, prepare_call
-from ..registry import check_explain, check_forward_kwargs
+from ..options import check_explain, check_forward_kwargs
 from ..errors import expected
 from .arguments import as_tensor, check_int
 

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..errors import expected
-from ..inputs import check_flag, prepare
+from ..inputs import prepare
+from ..options import check_flag
 from ..prep import Call, prepare_call
 from ..budget import FORWARD_FACTOR
 from ..budget import chunk_size as budget_chunk
