@@ -176,8 +176,10 @@ def _run(bound: Bound, net, x, target, presume: bool):
         raise expected("feature_layer", "a layer (name or module) when x holds several inputs: the "
                        "automatic rule could pick a layer of another input's branch", "None")
 
+    seen: list = []  # the captured (acts, grads) of the call's own input (not of augmented copies)
+
     def one(c: Call):
-        return _maps(method, c, plan, opts, bound.own, mode)
+        return _maps(method, c, plan, opts, bound.own, mode, seen if c is call else None)
 
     with call.borrowed(), torch.enable_grad():
         try:
@@ -193,7 +195,7 @@ def _run(bound: Bound, net, x, target, presume: bool):
         extra = None
         if isinstance(maps, tuple):  # (attributions, (N, K) completeness gaps): return_delta
             maps, extra = maps
-        _check_maps(method, maps, names, call, plan, opts)
+        _check_maps(method, maps, names, call, plan, opts, seen[0] if seen else None)
     if method.returns == "map" and mode != "none" and tuple(maps.shape[2:]) != call.layout.spatial:
         maps = resize.imresize(maps, call.layout.spatial, mode)
     if opts["normalize"]:
@@ -242,13 +244,14 @@ def _not_on_ids(method: Method, call: Call) -> GradattrError:
 
 
 def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call, plan: Plan,
-                opts: dict) -> None:
+                opts: dict, seen: tuple | None = None) -> None:
     """NaN or Inf anywhere in a map is an error; an all-zero map a :class:`GradattrWarning`.
 
     One fused reduction on the maps' device (the peak of each map) and one read of its
     ``(N, K)`` result, together with the input's and the scores' deferred checks
     (:func:`gradattr.prep.read_checks`): the only host synchronisation of a call. Only when
-    something is wrong is the cause looked for (another pass).
+    something is wrong is the cause looked for (another pass, unless ``seen``, the activations
+    and gradients the call captured, tells).
     """
     if not maps.is_floating_point() or maps.numel() == 0:
         read_checks(call)
@@ -265,7 +268,7 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
     if bad is not None:
         i, k = divmod(bad, width)
         raise GradattrError(f"{method.name}: expected finite maps, but the map of sample {i}, target "
-                            f"{k} at {layer} has NaN or Inf values: {_cause(method, call, plan, opts, 'nan', i, k)}")
+                            f"{k} at {layer} has NaN or Inf values: {_cause(method, call, plan, opts, 'nan', i, k, seen)}")
     zeros = [j for j, v in enumerate(peaks) if v == 0] if method.layered else []
     if zeros:
         i, k = divmod(zeros[0], width)
@@ -276,16 +279,17 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
                                          ("relu", "relu=False (the signed map)")) if o in opts)
         hint = f"{hint}, or another feature_layer" if hint else "another feature_layer"
         warnings.warn(f"gradattr: {method.name} at {layer}: {what} all zero (first: sample {i}, target "
-                      f"{k}): {_cause(method, call, plan, opts, 'zero', i, k)}; try {hint}",
+                      f"{k}): {_cause(method, call, plan, opts, 'zero', i, k, seen)}; try {hint}",
                       GradattrWarning, stacklevel=4)
 
 
-def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int, k: int) -> str:
+def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int, k: int,
+           seen: tuple | None = None) -> str:
     """Why the map of sample ``i``, target ``k`` is NaN or all zero, found by one more forward and
     one backward of that target's score (only when a map is). An all-zero map of a method that
     captured the gradients needs no other pass: its own activations and gradients tell."""
-    if what == "zero" and call.seen is not None:
-        acts, grads = call.seen
+    if what == "zero" and seen is not None:
+        acts, grads = seen
         if any(not bool(torch.isfinite(a[i]).all()) for a in acts):
             return "the layer's activations are NaN or Inf (the network before the layer produced them)"
         if all(not bool(g[i, k].any()) for g in grads):
@@ -320,8 +324,11 @@ def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int
                 "every weighted sum <= 0 before the ReLU, or a score that does not depend on this layer")
 
 
-def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: str):
-    """``(maps (N, K, *s), feature_names, reduction_name)`` of one (possibly augmented) input."""
+def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: str,
+          seen: list | None = None):
+    """``(maps (N, K, *s), feature_names, reduction_name)`` of one (possibly augmented) input;
+    a gradient method appends the activations and gradients it captured to ``seen``, if given
+    (what an all-zero map's cause is read from: :func:`_cause`)."""
     counterfactual = opts.get("counterfactual", False)
 
     def view(a, g, cap: Capture | None, i: int, layers: int) -> LayerView:
@@ -347,8 +354,8 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
     if call.autocast is not None:  # low-precision forward passes, maps accumulated in float32
         acts = [a.float() for a in acts]
         grads = [g if g is None else g.float() for g in grads]
-    if grad:
-        call.seen = (acts, grads)  # what an all-zero map's cause is read from (_cause)
+    if grad and seen is not None:
+        seen.append((acts, grads))
     maps = []
     for i, (a, g) in enumerate(zip(acts, grads)):
         v = view(a, g, cap, i, len(acts))
@@ -362,7 +369,7 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
 
 def _gradients(call: Call, cap: Capture, counterfactual: bool) -> list[torch.Tensor]:
     """``d score_k / d A`` for every feature layer, read as ``(N, K, C, *s)``."""
-    s = call.target.scores(cap.output, call.n, checks=call.checks)
+    s = call.target.scores(cap.output, call.n, checks=call.deferred.checks)
     names = [f"feature layer {nm!r}" for nm in cap.plan.names]
     raw = per_target_grads(s, cap.raw, counterfactual, names, cap.reduction_name)
     out = []

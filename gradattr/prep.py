@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import cast
 
@@ -196,9 +196,29 @@ def borrowed(net: nn.Module, device: torch.device | None = None):
                     mb.restore()
 
 
-@dataclass
+@dataclass(slots=True)
+class Deferred:
+    """What one call settles after it started, shared by the call and its augmented copies
+    (:meth:`Call.with_input`); the only mutable part of a call.
+
+    ``checks``: the deferred NaN/Inf checks ``(sum, check)`` of the input and the scores, read
+    once at the end of the call (:func:`read_checks`, which empties the list); ``None``: every
+    check runs at once. ``pending``: a presumed input reading ``(net, key, reading)`` that the
+    call's first forward pass confirms (or raises :class:`~gradattr.reading.Unsettled`), then
+    ``None``.
+    """
+
+    checks: list | None = None
+    pending: tuple | None = None
+
+
+@dataclass(frozen=True)
 class Call:
-    """A validated, prepared call: the network, the input ``(N, C, *S)``, the target, the device."""
+    """A validated, prepared call: the network, the input ``(N, C, *S)``, the target, the device.
+
+    Frozen: what a call learns while it runs (deferred checks, a reading still to confirm)
+    is held by its :class:`Deferred`.
+    """
 
     net: nn.Module
     x: torch.Tensor
@@ -210,15 +230,7 @@ class Call:
     inputs: tuple = ()  # several inputs: all of them, None at ``explain`` (x goes there)
     explain: int = 0
     forward_kwargs: dict | None = None
-    #: deferred NaN/Inf checks ``(sum, check)``, read once at the end of the call
-    #: (:func:`read_checks`); ``None``: every check runs at once
-    checks: list | None = None
-    #: the activations and gradients of each feature layer, ``(N, C, *s)`` and ``(N, K, C, *s)``,
-    #: as the engine captured them for this input (gradient methods), or ``None``
-    seen: tuple | None = None
-    #: a presumed input reading that the call's first forward pass confirms (or raises
-    #: :class:`~gradattr.reading.Unsettled`): ``(net, key, reading)``, or ``None``
-    pending: tuple | None = None
+    deferred: Deferred = field(default_factory=Deferred)
 
     @property
     def n(self) -> int:
@@ -240,9 +252,7 @@ class Call:
 
     def with_input(self, x: torch.Tensor, target: Target | None = None) -> Call:
         """The same call on another input of the same form (augmented copies)."""
-        return Call(self.net, x, self.layout, self.target if target is None else target, self.device,
-                    self.autocast, self.output_key, self.inputs, self.explain, self.forward_kwargs,
-                    self.checks, pending=self.pending)
+        return replace(self, x=x, target=self.target if target is None else target)
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None):
         """``net(x)``, or with several inputs ``net(*inputs, **forward_kwargs)`` with ``x`` explained.
@@ -253,7 +263,7 @@ class Call:
         call of one sample needs no ``rows``.
         """
         x = self.layout.to_network(x)
-        if self.pending is not None:
+        if self.deferred.pending is not None:
             return self._confirming(x)
         if not self.inputs and not self.forward_kwargs:
             return self.net(x)
@@ -277,7 +287,8 @@ class Call:
     def _confirming(self, x: torch.Tensor):
         """The first forward pass of a call whose input reading was presumed: confirmed here
         (:func:`gradattr.reading.confirm`), or :class:`~gradattr.reading.Unsettled`."""
-        pending, self.pending = cast(tuple, self.pending), None  # called only while one is pending
+        deferred = self.deferred
+        pending, deferred.pending = cast(tuple, deferred.pending), None  # called only while one is pending
         consumer = Consumer(self.net, x)
         try:
             with consumer:
@@ -314,9 +325,9 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     sample's top class where a score is needed at all; ``needs_grad=False``
     (metrics, which run forward passes only) accepts inputs made under
     ``torch.inference_mode()``. ``defer_checks=True`` defers the NaN/Inf checks of the
-    input and the scores onto ``Call.checks``, for :func:`read_checks` to read once.
+    input and the scores onto ``Call.deferred.checks``, for :func:`read_checks` to read once.
     ``presume=True`` lets the call's first forward pass confirm the input's reading
-    (``Call.pending``; the caller reruns with ``presume=False`` on
+    (``Call.deferred.pending``; the caller reruns with ``presume=False`` on
     :class:`~gradattr.reading.Unsettled`), so that a first call costs no pass of its own.
     """
     check_model(net)
@@ -348,7 +359,7 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     if output_key is not None:
         tgt = tgt.with_output_key(output_key)
     return Call(net, xt, layout, tgt, None if auto else dev, amp, output_key, inputs,
-                explain if inputs else 0, kwargs, checks, pending=pending[0] if pending else None)
+                explain if inputs else 0, kwargs, Deferred(checks, pending[0] if pending else None))
 
 
 def _observer(net: nn.Module, device: torch.device | None, kwargs: dict | None, amp):
@@ -364,9 +375,10 @@ def _observer(net: nn.Module, device: torch.device | None, kwargs: dict | None, 
 def _read(call: Call, more: torch.Tensor | None) -> list[float] | None:
     """The deferred checks and ``more`` in one copy to the host; runs the failing checks and
     returns ``more``'s values (flattened) as Python floats."""
-    pending = list(call.checks) if call.checks else ()
+    checks = call.deferred.checks
+    pending = list(checks) if checks else ()
     if pending:
-        cast(list, call.checks).clear()  # (a list shared with the call's augmented copies)
+        cast(list, checks).clear()  # (shared with the call's augmented copies)
     # one dtype for the copy: the map's (a sum that overflows it only makes its check run)
     dtype = more.dtype if more is not None and more.is_floating_point() else torch.float32
     parts = [t if t.dtype == dtype else t.to(dtype)
@@ -407,4 +419,4 @@ def read_values(call: Call, more: torch.Tensor) -> list[float]:
     return cast(list[float], _read(call, more))  # a list whenever ``more`` is given
 
 
-__all__ = ["Call", "prepare_call", "read_checks", "read_values", "borrowed", "resolve_device", "GradattrError"]
+__all__ = ["Call", "Deferred", "prepare_call", "read_checks", "read_values", "borrowed", "resolve_device", "GradattrError"]

@@ -8,6 +8,7 @@ against its tensor form. No timing here: speed is measured in benchmarks/.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import weakref
 from collections import OrderedDict
@@ -160,10 +161,10 @@ def test_one_read_returns_what_the_tensor_form_returns():
     call = prep.prepare_call(net, x, target=1, defer_checks=True)
     peaks = torch.tensor([[0.5, 2.0], [float("inf"), 0.0]], dtype=torch.float64)
     want = peaks.clone()
-    call.checks.append((torch.tensor(3.0), lambda: None))
+    call.deferred.checks.append((torch.tensor(3.0), lambda: None))
     got = prep.read_values(call, peaks)
-    assert got == [0.5, 2.0, float("inf"), 0.0] and not call.checks
-    call.checks.append((torch.tensor(float("nan")), lambda: (_ for _ in ()).throw(ValueError("ran"))))
+    assert got == [0.5, 2.0, float("inf"), 0.0] and not call.deferred.checks
+    call.deferred.checks.append((torch.tensor(float("nan")), lambda: (_ for _ in ()).throw(ValueError("ran"))))
     with pytest.raises(ValueError, match="ran"):
         prep.read_checks(call, peaks)
     assert torch.equal(prep.read_checks(call, peaks), want)
@@ -334,3 +335,15 @@ def test_grad_cam_capture_pass_is_unchanged_by_carrying():
     finally:
         h.remove()
     assert sizes == [1]
+
+
+def test_a_prepared_call_is_frozen_and_its_copies_share_what_it_defers():
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=1, defer_checks=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        call.x = x  # type: ignore[misc]
+    copy = call.with_input(x * 2)
+    assert copy.deferred is call.deferred and copy.target is call.target and torch.equal(copy.x, x * 2)
+    assert len(call.deferred.checks) == 1  # the input's NaN/Inf check, not read yet
+    prep.read_checks(copy)
+    assert call.deferred.checks == []
