@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -28,8 +27,10 @@ import torch
 
 from . import resize
 from .ensembles import augmented, sess
-from .capture import Capture, Plan, capture, per_target_grads, plan_from_options
-from .errors import GradattrError, GradattrWarning, expected
+from torch import nn
+
+from .capture import Capture, Plan, capture, per_target_grads, plan_from_options, run_hooked, thread_guard
+from .errors import GradattrError, expected, warn
 from .inputs import check_model
 from .reading import Unsettled
 from .oracle import GradientOracle
@@ -274,13 +275,63 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
         i, k = divmod(zeros[0], width)
         what = (f"{len(zeros)} of {len(peaks)} maps are" if len(peaks) > 1 and len(zeros) < len(peaks)
                 else "the map is" if len(peaks) == 1 else "every map is")
-        hint = ", ".join(h for o, h in (("counterfactual", "counterfactual=True (the evidence against the "
-                                                          "target)"),
-                                         ("relu", "relu=False (the signed map)")) if o in opts)
-        hint = f"{hint}, or another feature_layer" if hint else "another feature_layer"
-        warnings.warn(f"gradattr: {method.name} at {layer}: {what} all zero (first: sample {i}, target "
-                      f"{k}): {_cause(method, call, plan, opts, 'zero', i, k, seen)}; try {hint}",
-                      GradattrWarning, stacklevel=4)
+        hints = [h for o, h in (("counterfactual", "counterfactual=True (the evidence against the target)"),
+                                ("relu", "relu=False (the signed map)")) if o in opts]
+        cause = _cause(method, call, plan, opts, 'zero', i, k, seen)
+        head = _flattening_head(call, names) if cause == _AGAINST and len(names) == 1 \
+            and method.family == "gradient CAM" and method.name != "hires_cam" else None
+        if head is not None:
+            hints.insert(0, f"hires_cam (the layer feeds a flattening head, {head}, which weighs every "
+                         f"position with its own weight: averaged over the positions, as {method.name} "
+                         "does, a channel's gradients can cancel; hires_cam keeps them per position)")
+        hint = ", ".join(hints) + ", or another feature_layer" if hints else "another feature_layer"
+        warn(f"gradattr: {method.name} at {layer}: {what} all zero (first: sample {i}, target {k}): "
+             f"{cause}; try {hint}")
+
+
+def _flattening_head(call: Call, names: list[str]) -> str | None:
+    """``"nn.Linear 'fc'"`` when the feature layer's output reaches an ``nn.Linear`` as
+    ``(N, features)``, every position a feature of its own (flattened by an ``nn.Flatten``, a
+    view or a reshape, through layers that keep its size, such as activations), as observed in
+    one more forward pass without gradients (only for an all-zero map whose layer the score
+    depends on); else ``None``."""
+    try:
+        layer, mine = call.net.get_submodule(names[0]), thread_guard()
+        followed: set[int] = set()  # storages of the layer's output and of what keeps its size
+        kept: list[torch.Tensor] = []  # held, so that no later tensor takes a followed storage
+        found: list[str] = []
+
+        def follow(t: torch.Tensor):
+            followed.add(t.untyped_storage().data_ptr())
+            kept.append(t)
+        leaves = [(nm, m) for nm, m in call.net.named_modules() if not m._modules]
+
+        def at_layer(m, i, out):
+            if mine() and isinstance(out, torch.Tensor) and out.ndim > 2 and not followed:
+                follow(out)
+
+        def hook_for(name):
+            def hook(m, inputs, out):
+                t = next((v for v in inputs if isinstance(v, torch.Tensor)), None)
+                if not mine() or found or t is None or t.untyped_storage().data_ptr() not in followed:
+                    return
+                if isinstance(m, nn.Linear) and t.ndim == 2:
+                    found.append(f"nn.Linear {name!r}")
+                elif isinstance(out, torch.Tensor) and out.numel() == t.numel():
+                    follow(out)
+            return hook
+
+        def install():
+            return [layer.register_forward_hook(at_layer)] + [
+                m.register_forward_hook(hook_for(nm)) for nm, m in leaves if m is not layer]
+        run_hooked(call, call.x, install, grad=False)
+        return found[0] if found else None
+    except Exception:  # noqa: BLE001 - looking for a hint must not hide the finding
+        return None
+
+
+#: The cause of an all-zero map whose layer the score depends on.
+_AGAINST = "every weighted sum was <= 0 before the ReLU (the layer's evidence is all against the target)"
 
 
 def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int, k: int,
@@ -295,7 +346,7 @@ def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int
         if all(not bool(g[i, k].any()) for g in grads):
             return ("the score does not depend on this layer (its gradient is zero everywhere: an "
                     "untrained or zero-initialised head, or a layer the score does not read)")
-        return "every weighted sum was <= 0 before the ReLU (the layer's evidence is all against the target)"
+        return _AGAINST
     try:
         cap = capture(call, plan, grad=True)
         s = call.target.scores(cap.output, call.n) if method.needs_target else None
@@ -318,7 +369,7 @@ def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int
         if all(not bool(g.any()) for g in grads):
             return ("the score does not depend on this layer (its gradient is zero everywhere: an "
                     "untrained or zero-initialised head, or a layer the score does not read)")
-        return "every weighted sum was <= 0 before the ReLU (the layer's evidence is all against the target)"
+        return _AGAINST
     except Exception:  # noqa: BLE001 - looking for the cause must not hide the finding
         return ("NaN or Inf in the score, the gradients or the weights" if what == "nan" else
                 "every weighted sum <= 0 before the ReLU, or a score that does not depend on this layer")
