@@ -425,6 +425,9 @@ def _gradients(call: Call, cap: Capture, counterfactual: bool) -> list[torch.Ten
     raw = per_target_grads(s, cap.raw, counterfactual, names, cap.reduction_name)
     out = []
     for g, lp in zip(raw, cap.plan.layers):
+        if lp.reading.kind == "channels_first":  # stored as (N, C, *s): nothing to read
+            out.append(g)
+            continue
         n, k = g.shape[:2]
         out.append(lp.reading.to_ncs(g.flatten(0, 1)).unflatten(0, (n, k)))
     return out

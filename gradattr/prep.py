@@ -16,7 +16,7 @@ in eval mode for as long as any explanation runs.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import cast
@@ -149,8 +149,7 @@ _MODULES: dict[int, _ModuleBorrow] = {}
 _BORROW_LOCK = threading.RLock()
 
 
-@contextmanager
-def borrowed(net: nn.Module, device: torch.device | None = None):
+class borrowed:
     """Eval mode (and ``device``, if given) for the duration; the model is restored exactly after.
 
     Computing in eval mode is what every CAM paper assumes (dropout off, batch
@@ -162,34 +161,46 @@ def borrowed(net: nn.Module, device: torch.device | None = None):
     (``net.eval()`` or ``net.train()`` from another thread or a callback) is
     therefore undone when the last call ends. The device is borrowed per model: a
     model already on ``device`` (or ``device=None``: leave it where it is, even
-    across several devices) is not moved.
+    across several devices) is not moved. A context manager (``with borrowed(net):``),
+    written as a class: the per-call cost of a generator-based one is paid on every call.
     """
-    modules = modules_of(net)
-    held = _MODULES
-    with _BORROW_LOCK:
-        state = _BORROWS.get(id(net))
-        if state is not None and device is not None and state.tensors and state.device != device:
-            raise expected("device", f"{state.device} while another call explains this model there",
-                           repr(device))
-        borrows = [held.get(id(m)) or held.setdefault(id(m), _ModuleBorrow(m)) for m in modules]
-        for mb in borrows:
-            mb.count += 1
-        if any(m.training for m in modules):
-            net.eval()
-        if state is None:
-            state = _Borrow(net, device)
-            state.lend(net)
-            _BORROWS[id(net)] = state
-        state.count += 1
-    try:
-        yield
-    finally:
+
+    __slots__ = ("net", "device", "modules", "borrows", "state")
+
+    def __init__(self, net: nn.Module, device: torch.device | None = None):
+        self.net, self.device = net, device
+
+    def __enter__(self):
+        net, device = self.net, self.device
+        self.modules = modules = modules_of(net)
+        held = _MODULES
+        with _BORROW_LOCK:
+            state = _BORROWS.get(id(net))
+            if state is not None and device is not None and state.tensors and state.device != device:
+                raise expected("device", f"{state.device} while another call explains this model there",
+                               repr(device))
+            self.borrows = borrows = [held.get(id(m)) or held.setdefault(id(m), _ModuleBorrow(m))
+                                      for m in modules]
+            for mb in borrows:
+                mb.count += 1
+            if any(m.training for m in modules):
+                net.eval()
+            if state is None:
+                state = _Borrow(net, device)
+                state.lend(net)
+                _BORROWS[id(net)] = state
+            state.count += 1
+            self.state = state
+        return None
+
+    def __exit__(self, *exc) -> None:
+        held, state = _MODULES, self.state
         with _BORROW_LOCK:
             state.count -= 1
             if state.count == 0:
-                del _BORROWS[id(net)]
+                del _BORROWS[id(self.net)]
                 state.restore()
-            for m, mb in zip(modules, borrows):
+            for m, mb in zip(self.modules, self.borrows):
                 mb.count -= 1
                 if mb.count == 0:
                     del held[id(m)]
@@ -305,6 +316,20 @@ class Call:
         return y
 
 
+def first_parameter(net: nn.Module) -> nn.Parameter | None:
+    """``next(net.parameters(), None)``, found without building the generator's names and
+    memo (the same module order: depth first, a module's own parameters before its children's)."""
+    for p in net._parameters.values():
+        if p is not None:
+            return p
+    for child in net._modules.values():
+        if child is not None:
+            p = first_parameter(child)
+            if p is not None:
+                return p
+    return None
+
+
 def _model_dtype(net: nn.Module) -> torch.dtype:
     first = next((p for p in net.parameters() if p.is_floating_point()), None)
     return torch.float32 if first is None else first.dtype
@@ -332,7 +357,7 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     """
     check_model(net)
     auto = isinstance(device, str) and device.lower() == "auto"
-    first = next(net.parameters(), None)  # one look at the parameters serves the device and dtype
+    first = first_parameter(net)  # one look at the parameters serves the device and dtype
     if auto and first is not None:
         dev, dtype = check_compute_device(first.device), first.dtype if first.is_floating_point() \
             else _model_dtype(net)
