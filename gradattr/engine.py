@@ -263,14 +263,16 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
     width = peak.shape[1] if peak.ndim == 2 else 1
     # with the input's and the scores' deferred checks; then the (N, K) peaks as Python floats
     peaks = read_values(call, peak)
+    bad = next((j for j, v in enumerate(peaks) if not math.isfinite(v)), None)
+    zeros = [j for j, v in enumerate(peaks) if v == 0] if method.layered and bad is None else []
+    if bad is None and not zeros:
+        return
     layer = f"feature layer {names[0]!r}" if len(names) == 1 else (
         f"feature layers {names}" if names else "the input")
-    bad = next((j for j, v in enumerate(peaks) if not math.isfinite(v)), None)
     if bad is not None:
         i, k = divmod(bad, width)
         raise GradattrError(f"{method.name}: expected finite maps, but the map of sample {i}, target "
                             f"{k} at {layer} has NaN or Inf values: {_cause(method, call, plan, opts, 'nan', i, k, seen)}")
-    zeros = [j for j, v in enumerate(peaks) if v == 0] if method.layered else []
     if zeros:
         i, k = divmod(zeros[0], width)
         what = (f"{len(zeros)} of {len(peaks)} maps are" if len(peaks) > 1 and len(zeros) < len(peaks)
