@@ -427,7 +427,7 @@ def _gradients(call: Call, cap: Capture, counterfactual: bool) -> list[torch.Ten
     raw = per_target_grads(s, cap.raw, counterfactual, names, cap.reduction_name)
     out = []
     for g, lp in zip(raw, cap.plan.layers):
-        if lp.reading.kind == "channels_first":  # stored as (N, C, *s): nothing to read
+        if lp.reading is not None and lp.reading.kind == "channels_first":  # (N, C, *s): nothing to read
             out.append(g)
             continue
         n, k = g.shape[:2]
