@@ -12,7 +12,9 @@ ratio to the hand-written call (forward hook, ``autograd.grad``, channel mean, R
 
 ``--compiled`` adds a bare forward of ``torch.compile(net)`` and gradattr's call on it.
 ``--load`` runs a second process that keeps one core busy (a one-thread matmul loop)
-while the rounds run: the case of a shared machine.
+while the rounds run: the case of a shared machine. ``--baseline DIR`` adds the calls of the
+``gradattr`` package in ``DIR`` (an earlier checkout, e.g. ``git archive <commit> | tar -x -C DIR``),
+imported under another name, so that a change's before and after share one process and its load.
 
 Usage: ``python benchmarks/bench_overhead.py [--rounds 300] [--device cpu|cuda] [--threads 1] [--load]``.
 """
@@ -73,7 +75,20 @@ def hand_written(net, layer, x, target):
     return F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False).detach()
 
 
-def contenders(net, x, layer_name, device, compiled=False):
+def load_baseline(path: str):
+    """The ``gradattr`` package under ``path``, imported as ``gradattr_baseline`` (its imports
+    are relative: a copy under another name is a package of its own)."""
+    import importlib
+    import shutil
+    import tempfile
+
+    tmp = tempfile.mkdtemp()
+    shutil.copytree(os.path.join(path, "gradattr"), os.path.join(tmp, "gradattr_baseline"))
+    sys.path.insert(0, tmp)
+    return importlib.import_module("gradattr_baseline")
+
+
+def contenders(net, x, layer_name, device, compiled=False, baseline=None):
     layer = dict(net.named_modules())[layer_name]
     out = {
         "bare forward": lambda: net(x),
@@ -102,6 +117,11 @@ def contenders(net, x, layer_name, device, compiled=False):
     if hasattr(gradattr, "explainer"):
         ex = gradattr.explainer(net, "grad_cam", feature_layer=layer_name, upsampling="nearest")
         out["gradattr.explainer"] = lambda: ex(x, 1)
+    if baseline is not None:
+        out["baseline: gradattr explicit layer"] = lambda: baseline.grad_cam(
+            net, x, 1, feature_layer=layer_name, upsampling="nearest")
+        bex = baseline.explainer(net, "grad_cam", feature_layer=layer_name, upsampling="nearest")
+        out["baseline: gradattr.explainer"] = lambda: bex(x, 1)
     if compiled:  # the same call on torch.compile(net): its hooks run eagerly (graph breaks there)
         fast = torch.compile(net)
         out["torch.compile(net): bare forward"] = lambda: fast(x)
@@ -140,6 +160,8 @@ def main(argv=None):
     p.add_argument("--load", action="store_true", help="a second process keeps one core busy")
     p.add_argument("--compiled", action="store_true", help="also the calls on torch.compile(net)")
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    p.add_argument("--baseline", metavar="DIR", help="also time the gradattr package in DIR (an "
+                   "earlier checkout), in the same process")
     args = p.parse_args(argv)
     busy = None
     if args.load:
@@ -160,12 +182,13 @@ def main(argv=None):
 
 
 def run_cases(args, device):
+    base = load_baseline(args.baseline) if args.baseline else None
     for case in args.cases:
         make, shape, layer = CASES[case]
         torch.manual_seed(0)
         net = make().eval().to(device)
         x = torch.randn(shape, device=device)
-        med = measure(contenders(net, x, layer, device, args.compiled), args.rounds, device)
+        med = measure(contenders(net, x, layer, device, args.compiled, base), args.rounds, device)
         ref = med["hand-written Grad-CAM"]
         print(f"\n{case}\n| call | median (ms) | vs hand-written |\n|---|---:|---:|")
         for k, v in med.items():

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 import weakref
 from dataclasses import dataclass
 
@@ -28,8 +27,10 @@ import torch
 
 from . import resize
 from .ensembles import augmented, sess
-from .capture import Capture, Plan, capture, per_target_grads, plan_from_options
-from .errors import GradattrError, GradattrWarning, expected
+from torch import nn
+
+from .capture import Capture, Plan, capture, per_target_grads, plan_from_options, run_hooked, thread_guard
+from .errors import GradattrError, expected, warn
 from .inputs import check_model
 from .reading import Unsettled
 from .score_gradients import ScoreGradients
@@ -177,8 +178,10 @@ def _run(bound: Bound, net, x, target, presume: bool):
         raise expected("feature_layer", "a layer (name or module) when x holds several inputs: the "
                        "automatic rule could pick a layer of another input's branch", "None")
 
+    seen: list = []  # the captured (acts, grads) of the call's own input (not of augmented copies)
+
     def one(c: Call):
-        return _maps(method, c, plan, opts, bound.own, mode)
+        return _maps(method, c, plan, opts, bound.own, mode, seen if c is call else None)
 
     with call.borrowed(), torch.enable_grad():
         try:
@@ -194,7 +197,7 @@ def _run(bound: Bound, net, x, target, presume: bool):
         extra = None
         if isinstance(maps, tuple):  # (attributions, (N, K) completeness gaps): return_delta
             maps, extra = maps
-        _check_maps(method, maps, names, call, plan, opts)
+        _check_maps(method, maps, names, call, plan, opts, seen[0] if seen else None)
     if method.returns == "map" and mode != "none" and tuple(maps.shape[2:]) != call.layout.spatial:
         maps = resize.imresize(maps, call.layout.spatial, mode)
     if opts["normalize"]:
@@ -243,13 +246,14 @@ def _not_on_ids(method: Method, call: Call) -> GradattrError:
 
 
 def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call, plan: Plan,
-                opts: dict) -> None:
+                opts: dict, seen: tuple | None = None) -> None:
     """NaN or Inf anywhere in a map is an error; an all-zero map a :class:`GradattrWarning`.
 
     One fused reduction on the maps' device (the peak of each map) and one read of its
     ``(N, K)`` result, together with the input's and the scores' deferred checks
     (:func:`gradattr.prep.read_checks`): the only host synchronisation of a call. Only when
-    something is wrong is the cause looked for (another pass).
+    something is wrong is the cause looked for (another pass, unless ``seen``, the activations
+    and gradients the call captured, tells).
     """
     if not maps.is_floating_point() or maps.numel() == 0:
         read_checks(call)
@@ -260,39 +264,92 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
     width = peak.shape[1] if peak.ndim == 2 else 1
     # with the input's and the scores' deferred checks; then the (N, K) peaks as Python floats
     peaks = read_values(call, peak)
+    bad = next((j for j, v in enumerate(peaks) if not math.isfinite(v)), None)
+    zeros = [j for j, v in enumerate(peaks) if v == 0] if method.layered and bad is None else []
+    if bad is None and not zeros:
+        return
     layer = f"feature layer {names[0]!r}" if len(names) == 1 else (
         f"feature layers {names}" if names else "the input")
-    bad = next((j for j, v in enumerate(peaks) if not math.isfinite(v)), None)
     if bad is not None:
         i, k = divmod(bad, width)
         raise GradattrError(f"{method.name}: expected finite maps, but the map of sample {i}, target "
-                            f"{k} at {layer} has NaN or Inf values: {_cause(method, call, plan, opts, 'nan', i, k)}")
-    zeros = [j for j, v in enumerate(peaks) if v == 0] if method.layered else []
+                            f"{k} at {layer} has NaN or Inf values: {_cause(method, call, plan, opts, 'nan', i, k, seen)}")
     if zeros:
         i, k = divmod(zeros[0], width)
         what = (f"{len(zeros)} of {len(peaks)} maps are" if len(peaks) > 1 and len(zeros) < len(peaks)
                 else "the map is" if len(peaks) == 1 else "every map is")
-        hint = ", ".join(h for o, h in (("counterfactual", "counterfactual=True (the evidence against the "
-                                                          "target)"),
-                                         ("relu", "relu=False (the signed map)")) if o in opts)
-        hint = f"{hint}, or another feature_layer" if hint else "another feature_layer"
-        warnings.warn(f"gradattr: {method.name} at {layer}: {what} all zero (first: sample {i}, target "
-                      f"{k}): {_cause(method, call, plan, opts, 'zero', i, k)}; try {hint}",
-                      GradattrWarning, stacklevel=4)
+        hints = [h for o, h in (("counterfactual", "counterfactual=True (the evidence against the target)"),
+                                ("relu", "relu=False (the signed map)")) if o in opts]
+        cause = _cause(method, call, plan, opts, 'zero', i, k, seen)
+        head = _flattening_head(call, names) if cause == _AGAINST and len(names) == 1 \
+            and method.family == "gradient CAM" and method.name != "hires_cam" else None
+        if head is not None:
+            hints.insert(0, f"hires_cam (the layer feeds a flattening head, {head}, which weighs every "
+                         f"position with its own weight: averaged over the positions, as {method.name} "
+                         "does, a channel's gradients can cancel; hires_cam keeps them per position)")
+        hint = ", ".join(hints) + ", or another feature_layer" if hints else "another feature_layer"
+        warn(f"gradattr: {method.name} at {layer}: {what} all zero (first: sample {i}, target {k}): "
+             f"{cause}; try {hint}")
 
 
-def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int, k: int) -> str:
+def _flattening_head(call: Call, names: list[str]) -> str | None:
+    """``"nn.Linear 'fc'"`` when the feature layer's output reaches an ``nn.Linear`` as
+    ``(N, features)``, every position a feature of its own (flattened by an ``nn.Flatten``, a
+    view or a reshape, through layers that keep its size, such as activations), as observed in
+    one more forward pass without gradients (only for an all-zero map whose layer the score
+    depends on); else ``None``."""
+    try:
+        layer, mine = call.net.get_submodule(names[0]), thread_guard()
+        followed: set[int] = set()  # storages of the layer's output and of what keeps its size
+        kept: list[torch.Tensor] = []  # held, so that no later tensor takes a followed storage
+        found: list[str] = []
+
+        def follow(t: torch.Tensor):
+            followed.add(t.untyped_storage().data_ptr())
+            kept.append(t)
+        leaves = [(nm, m) for nm, m in call.net.named_modules() if not m._modules]
+
+        def at_layer(m, i, out):
+            if mine() and isinstance(out, torch.Tensor) and out.ndim > 2 and not followed:
+                follow(out)
+
+        def hook_for(name):
+            def hook(m, inputs, out):
+                t = next((v for v in inputs if isinstance(v, torch.Tensor)), None)
+                if not mine() or found or t is None or t.untyped_storage().data_ptr() not in followed:
+                    return
+                if isinstance(m, nn.Linear) and t.ndim == 2:
+                    found.append(f"nn.Linear {name!r}")
+                elif isinstance(out, torch.Tensor) and out.numel() == t.numel():
+                    follow(out)
+            return hook
+
+        def install():
+            return [layer.register_forward_hook(at_layer)] + [
+                m.register_forward_hook(hook_for(nm)) for nm, m in leaves if m is not layer]
+        run_hooked(call, call.x, install, grad=False)
+        return found[0] if found else None
+    except Exception:  # noqa: BLE001 - looking for a hint must not hide the finding
+        return None
+
+
+#: The cause of an all-zero map whose layer the score depends on.
+_AGAINST = "every weighted sum was <= 0 before the ReLU (the layer's evidence is all against the target)"
+
+
+def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int, k: int,
+           seen: tuple | None = None) -> str:
     """Why the map of sample ``i``, target ``k`` is NaN or all zero, found by one more forward and
     one backward of that target's score (only when a map is). An all-zero map of a method that
     captured the gradients needs no other pass: its own activations and gradients tell."""
-    if what == "zero" and call.seen is not None:
-        acts, grads = call.seen
+    if what == "zero" and seen is not None:
+        acts, grads = seen
         if any(not bool(torch.isfinite(a[i]).all()) for a in acts):
             return "the layer's activations are NaN or Inf (the network before the layer produced them)"
         if all(not bool(g[i, k].any()) for g in grads):
             return ("the score does not depend on this layer (its gradient is zero everywhere: an "
                     "untrained or zero-initialised head, or a layer the score does not read)")
-        return "every weighted sum was <= 0 before the ReLU (the layer's evidence is all against the target)"
+        return _AGAINST
     try:
         cap = capture(call, plan, grad=True)
         s = call.target.scores(cap.output, call.n) if method.needs_target else None
@@ -315,14 +372,17 @@ def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int
         if all(not bool(g.any()) for g in grads):
             return ("the score does not depend on this layer (its gradient is zero everywhere: an "
                     "untrained or zero-initialised head, or a layer the score does not read)")
-        return "every weighted sum was <= 0 before the ReLU (the layer's evidence is all against the target)"
+        return _AGAINST
     except Exception:  # noqa: BLE001 - looking for the cause must not hide the finding
         return ("NaN or Inf in the score, the gradients or the weights" if what == "nan" else
                 "every weighted sum <= 0 before the ReLU, or a score that does not depend on this layer")
 
 
-def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: str):
-    """``(maps (N, K, *s), feature_names, reduction_name)`` of one (possibly augmented) input."""
+def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: str,
+          seen: list | None = None):
+    """``(maps (N, K, *s), feature_names, reduction_name)`` of one (possibly augmented) input;
+    a gradient method appends the activations and gradients it captured to ``seen``, if given
+    (what an all-zero map's cause is read from: :func:`_cause`)."""
     counterfactual = opts.get("counterfactual", False)
 
     def view(a, g, cap: Capture | None, i: int, layers: int) -> LayerView:
@@ -348,8 +408,8 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
     if call.autocast is not None:  # low-precision forward passes, maps accumulated in float32
         acts = [a.float() for a in acts]
         grads = [g if g is None else g.float() for g in grads]
-    if grad:
-        call.seen = (acts, grads)  # what an all-zero map's cause is read from (_cause)
+    if grad and seen is not None:
+        seen.append((acts, grads))
     maps = []
     for i, (a, g) in enumerate(zip(acts, grads)):
         v = view(a, g, cap, i, len(acts))
@@ -363,11 +423,14 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
 
 def _gradients(call: Call, cap: Capture, counterfactual: bool) -> list[torch.Tensor]:
     """``d score_k / d A`` for every feature layer, read as ``(N, K, C, *s)``."""
-    s = call.target.scores(cap.output, call.n, checks=call.checks)
+    s = call.target.scores(cap.output, call.n, checks=call.deferred.checks)
     names = [f"feature layer {nm!r}" for nm in cap.plan.names]
     raw = per_target_grads(s, cap.raw, counterfactual, names, cap.reduction_name)
     out = []
     for g, lp in zip(raw, cap.plan.layers):
+        if lp.reading is not None and lp.reading.kind == "channels_first":  # (N, C, *s): nothing to read
+            out.append(g)
+            continue
         n, k = g.shape[:2]
         out.append(lp.reading.to_ncs(g.flatten(0, 1)).unflatten(0, (n, k)))
     return out

@@ -1,5 +1,10 @@
-"""The one exception type gradattr raises for bad input."""
+"""The one exception type gradattr raises for bad input, and its one warning."""
 from __future__ import annotations
+
+import os
+import sys
+import warnings
+from types import FrameType
 
 
 class GradattrError(ValueError):
@@ -17,3 +22,16 @@ def expected(argument: str, what: str, given: object) -> GradattrError:
 
 class GradattrWarning(UserWarning):
     """A map that was computed but says nothing (all zero): why, and what to try."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning] = GradattrWarning) -> None:
+    """``warnings.warn(message, category)`` attributed to the caller's line: the first frame
+    outside the gradattr package (however deep inside it the warning is raised)."""
+    frame: FrameType | None = sys._getframe(1)
+    level = 2  # stacklevel 2: the frame that called warn
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

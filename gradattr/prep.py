@@ -16,8 +16,8 @@ in eval mode for as long as any explanation runs.
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
 from itertools import chain
 from typing import cast
 
@@ -149,8 +149,7 @@ _MODULES: dict[int, _ModuleBorrow] = {}
 _BORROW_LOCK = threading.RLock()
 
 
-@contextmanager
-def borrowed(net: nn.Module, device: torch.device | None = None):
+class borrowed:
     """Eval mode (and ``device``, if given) for the duration; the model is restored exactly after.
 
     Computing in eval mode is what every CAM paper assumes (dropout off, batch
@@ -162,43 +161,75 @@ def borrowed(net: nn.Module, device: torch.device | None = None):
     (``net.eval()`` or ``net.train()`` from another thread or a callback) is
     therefore undone when the last call ends. The device is borrowed per model: a
     model already on ``device`` (or ``device=None``: leave it where it is, even
-    across several devices) is not moved.
+    across several devices) is not moved. A context manager (``with borrowed(net):``),
+    written as a class: the per-call cost of a generator-based one is paid on every call.
     """
-    modules = modules_of(net)
-    held = _MODULES
-    with _BORROW_LOCK:
-        state = _BORROWS.get(id(net))
-        if state is not None and device is not None and state.tensors and state.device != device:
-            raise expected("device", f"{state.device} while another call explains this model there",
-                           repr(device))
-        borrows = [held.get(id(m)) or held.setdefault(id(m), _ModuleBorrow(m)) for m in modules]
-        for mb in borrows:
-            mb.count += 1
-        if any(m.training for m in modules):
-            net.eval()
-        if state is None:
-            state = _Borrow(net, device)
-            state.lend(net)
-            _BORROWS[id(net)] = state
-        state.count += 1
-    try:
-        yield
-    finally:
+
+    __slots__ = ("net", "device", "modules", "borrows", "state")
+
+    def __init__(self, net: nn.Module, device: torch.device | None = None):
+        self.net, self.device = net, device
+
+    def __enter__(self):
+        net, device = self.net, self.device
+        self.modules = modules = modules_of(net)
+        held = _MODULES
+        with _BORROW_LOCK:
+            state = _BORROWS.get(id(net))
+            if state is not None and device is not None and state.tensors and state.device != device:
+                raise expected("device", f"{state.device} while another call explains this model there",
+                               repr(device))
+            self.borrows = borrows = [held.get(id(m)) or held.setdefault(id(m), _ModuleBorrow(m))
+                                      for m in modules]
+            for mb in borrows:
+                mb.count += 1
+            if any(m.training for m in modules):
+                net.eval()
+            if state is None:
+                state = _Borrow(net, device)
+                state.lend(net)
+                _BORROWS[id(net)] = state
+            state.count += 1
+            self.state = state
+        return None
+
+    def __exit__(self, *exc) -> None:
+        held, state = _MODULES, self.state
         with _BORROW_LOCK:
             state.count -= 1
             if state.count == 0:
-                del _BORROWS[id(net)]
+                del _BORROWS[id(self.net)]
                 state.restore()
-            for m, mb in zip(modules, borrows):
+            for m, mb in zip(self.modules, self.borrows):
                 mb.count -= 1
                 if mb.count == 0:
                     del held[id(m)]
                     mb.restore()
 
 
-@dataclass
+@dataclass(slots=True)
+class Deferred:
+    """What one call settles after it started, shared by the call and its augmented copies
+    (:meth:`Call.with_input`); the only mutable part of a call.
+
+    ``checks``: the deferred NaN/Inf checks ``(sum, check)`` of the input and the scores, read
+    once at the end of the call (:func:`read_checks`, which empties the list); ``None``: every
+    check runs at once. ``pending``: a presumed input reading ``(net, key, reading)`` that the
+    call's first forward pass confirms (or raises :class:`~gradattr.reading.Unsettled`), then
+    ``None``.
+    """
+
+    checks: list | None = None
+    pending: tuple | None = None
+
+
+@dataclass(frozen=True)
 class Call:
-    """A validated, prepared call: the network, the input ``(N, C, *S)``, the target, the device."""
+    """A validated, prepared call: the network, the input ``(N, C, *S)``, the target, the device.
+
+    Frozen: what a call learns while it runs (deferred checks, a reading still to confirm)
+    is held by its :class:`Deferred`.
+    """
 
     net: nn.Module
     x: torch.Tensor
@@ -210,15 +241,7 @@ class Call:
     inputs: tuple = ()  # several inputs: all of them, None at ``explain`` (x goes there)
     explain: int = 0
     forward_kwargs: dict | None = None
-    #: deferred NaN/Inf checks ``(sum, check)``, read once at the end of the call
-    #: (:func:`read_checks`); ``None``: every check runs at once
-    checks: list | None = None
-    #: the activations and gradients of each feature layer, ``(N, C, *s)`` and ``(N, K, C, *s)``,
-    #: as the engine captured them for this input (gradient methods), or ``None``
-    seen: tuple | None = None
-    #: a presumed input reading that the call's first forward pass confirms (or raises
-    #: :class:`~gradattr.reading.Unsettled`): ``(net, key, reading)``, or ``None``
-    pending: tuple | None = None
+    deferred: Deferred = field(default_factory=Deferred)
 
     @property
     def n(self) -> int:
@@ -240,9 +263,7 @@ class Call:
 
     def with_input(self, x: torch.Tensor, target: Target | None = None) -> Call:
         """The same call on another input of the same form (augmented copies)."""
-        return Call(self.net, x, self.layout, self.target if target is None else target, self.device,
-                    self.autocast, self.output_key, self.inputs, self.explain, self.forward_kwargs,
-                    self.checks, pending=self.pending)
+        return replace(self, x=x, target=self.target if target is None else target)
 
     def forward(self, x: torch.Tensor, rows: torch.Tensor | None = None):
         """``net(x)``, or with several inputs ``net(*inputs, **forward_kwargs)`` with ``x`` explained.
@@ -253,7 +274,7 @@ class Call:
         call of one sample needs no ``rows``.
         """
         x = self.layout.to_network(x)
-        if self.pending is not None:
+        if self.deferred.pending is not None:
             return self._confirming(x)
         if not self.inputs and not self.forward_kwargs:
             return self.net(x)
@@ -277,7 +298,8 @@ class Call:
     def _confirming(self, x: torch.Tensor):
         """The first forward pass of a call whose input reading was presumed: confirmed here
         (:func:`gradattr.reading.confirm`), or :class:`~gradattr.reading.Unsettled`."""
-        pending, self.pending = cast(tuple, self.pending), None  # called only while one is pending
+        deferred = self.deferred
+        pending, deferred.pending = cast(tuple, deferred.pending), None  # called only while one is pending
         consumer = Consumer(self.net, x)
         try:
             with consumer:
@@ -292,6 +314,20 @@ class Call:
         if not confirm(pending, x, consumer, y):
             raise Unsettled
         return y
+
+
+def first_parameter(net: nn.Module) -> nn.Parameter | None:
+    """``next(net.parameters(), None)``, found without building the generator's names and
+    memo (the same module order: depth first, a module's own parameters before its children's)."""
+    for p in net._parameters.values():
+        if p is not None:
+            return p
+    for child in net._modules.values():
+        if child is not None:
+            p = first_parameter(child)
+            if p is not None:
+                return p
+    return None
 
 
 def _model_dtype(net: nn.Module) -> torch.dtype:
@@ -314,14 +350,14 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     sample's top class where a score is needed at all; ``needs_grad=False``
     (metrics, which run forward passes only) accepts inputs made under
     ``torch.inference_mode()``. ``defer_checks=True`` defers the NaN/Inf checks of the
-    input and the scores onto ``Call.checks``, for :func:`read_checks` to read once.
+    input and the scores onto ``Call.deferred.checks``, for :func:`read_checks` to read once.
     ``presume=True`` lets the call's first forward pass confirm the input's reading
-    (``Call.pending``; the caller reruns with ``presume=False`` on
+    (``Call.deferred.pending``; the caller reruns with ``presume=False`` on
     :class:`~gradattr.reading.Unsettled`), so that a first call costs no pass of its own.
     """
     check_model(net)
     auto = isinstance(device, str) and device.lower() == "auto"
-    first = next(net.parameters(), None)  # one look at the parameters serves the device and dtype
+    first = first_parameter(net)  # one look at the parameters serves the device and dtype
     if auto and first is not None:
         dev, dtype = check_compute_device(first.device), first.dtype if first.is_floating_point() \
             else _model_dtype(net)
@@ -348,7 +384,7 @@ def prepare_call(net, x, *, target=None, reduction_fn=None, classes=None, input_
     if output_key is not None:
         tgt = tgt.with_output_key(output_key)
     return Call(net, xt, layout, tgt, None if auto else dev, amp, output_key, inputs,
-                explain if inputs else 0, kwargs, checks, pending=pending[0] if pending else None)
+                explain if inputs else 0, kwargs, Deferred(checks, pending[0] if pending else None))
 
 
 def _observer(net: nn.Module, device: torch.device | None, kwargs: dict | None, amp):
@@ -364,9 +400,10 @@ def _observer(net: nn.Module, device: torch.device | None, kwargs: dict | None, 
 def _read(call: Call, more: torch.Tensor | None) -> list[float] | None:
     """The deferred checks and ``more`` in one copy to the host; runs the failing checks and
     returns ``more``'s values (flattened) as Python floats."""
-    pending = list(call.checks) if call.checks else ()
+    checks = call.deferred.checks
+    pending = list(checks) if checks else ()
     if pending:
-        cast(list, call.checks).clear()  # (a list shared with the call's augmented copies)
+        cast(list, checks).clear()  # (shared with the call's augmented copies)
     # one dtype for the copy: the map's (a sum that overflows it only makes its check run)
     dtype = more.dtype if more is not None and more.is_floating_point() else torch.float32
     parts = [t if t.dtype == dtype else t.to(dtype)
@@ -407,4 +444,4 @@ def read_values(call: Call, more: torch.Tensor) -> list[float]:
     return cast(list[float], _read(call, more))  # a list whenever ``more`` is given
 
 
-__all__ = ["Call", "prepare_call", "read_checks", "read_values", "borrowed", "resolve_device", "GradattrError"]
+__all__ = ["Call", "Deferred", "prepare_call", "read_checks", "read_values", "borrowed", "resolve_device", "GradattrError"]

@@ -8,6 +8,7 @@ against its tensor form. No timing here: speed is measured in benchmarks/.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import weakref
 from collections import OrderedDict
@@ -160,10 +161,10 @@ def test_one_read_returns_what_the_tensor_form_returns():
     call = prep.prepare_call(net, x, target=1, defer_checks=True)
     peaks = torch.tensor([[0.5, 2.0], [float("inf"), 0.0]], dtype=torch.float64)
     want = peaks.clone()
-    call.checks.append((torch.tensor(3.0), lambda: None))
+    call.deferred.checks.append((torch.tensor(3.0), lambda: None))
     got = prep.read_values(call, peaks)
-    assert got == [0.5, 2.0, float("inf"), 0.0] and not call.checks
-    call.checks.append((torch.tensor(float("nan")), lambda: (_ for _ in ()).throw(ValueError("ran"))))
+    assert got == [0.5, 2.0, float("inf"), 0.0] and not call.deferred.checks
+    call.deferred.checks.append((torch.tensor(float("nan")), lambda: (_ for _ in ()).throw(ValueError("ran"))))
     with pytest.raises(ValueError, match="ran"):
         prep.read_checks(call, peaks)
     assert torch.equal(prep.read_checks(call, peaks), want)
@@ -334,3 +335,59 @@ def test_grad_cam_capture_pass_is_unchanged_by_carrying():
     finally:
         h.remove()
     assert sizes == [1]
+
+
+def test_a_prepared_call_is_frozen_and_its_copies_share_what_it_defers():
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=1, defer_checks=True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        call.x = x  # type: ignore[misc]
+    copy = call.with_input(x * 2)
+    assert copy.deferred is call.deferred and copy.target is call.target and torch.equal(copy.x, x * 2)
+    assert len(call.deferred.checks) == 1  # the input's NaN/Inf check, not read yet
+    prep.read_checks(copy)
+    assert call.deferred.checks == []
+
+
+@pytest.mark.parametrize("make", [lambda: toy(2), lambda: nn.Sequential(nn.ReLU(), nn.Sequential(), nn.Linear(2, 3)),
+                                  lambda: nn.Sequential(nn.ReLU()), lambda: nn.Linear(2, 2)],
+                         ids=["toy", "nested", "none", "own"])
+def test_the_first_parameter_is_the_one_parameters_gives(make):
+    net = make()
+    assert prep.first_parameter(net) is next(net.parameters(), None)
+    shared = nn.Sequential(net, net)  # a module twice: still the first one
+    assert prep.first_parameter(shared) is next(shared.parameters(), None)
+
+
+def test_a_model_changed_between_calls_is_seen_by_the_next_call():
+    """Nothing of the model is remembered between calls but the plan and the options: a mode,
+    a dtype or a hook changed between two calls is what the second call sees and restores."""
+    net, x = toy(2), toy_input(2)
+    first = gradattr.grad_cam(net, x, 1, feature_layer="3")
+    net.train()  # flipped between calls: the call runs in eval mode and puts it back
+    assert torch.equal(gradattr.grad_cam(net, x, 1, feature_layer="3"), first)
+    assert all(m.training for m in net.modules())
+    net.eval()
+    seen = []
+    handle = net[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))  # a hook added
+    net.double()  # parameters changed dtype: the input is copied in the new one
+    got = gradattr.grad_cam(net, x, 1, feature_layer="3")
+    handle.remove()
+    assert seen == [torch.float64] and got.dtype == first.dtype
+    torch.testing.assert_close(got, first, rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_of_a_channels_first_layer_are_the_read_ones():
+    """``_gradients`` hands a channels-first layer's gradients on as autograd gave them: the
+    same values as reading them through the layer's reading."""
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=[0, 1], defer_checks=True)
+    plan = capture.plan_from_options(net, "3", None, None, None)
+    with call.borrowed(), torch.enable_grad():
+        cap = capture.capture(call, plan, grad=True)
+        (fast,) = engine._gradients(call, cap, False)
+        s = call.target.scores(cap.output, call.n)
+        (raw,) = capture.per_target_grads(s, cap.raw, False, ["3"], "output")
+    lp = cap.plan.layers[0]
+    assert lp.reading.kind == "channels_first"
+    assert torch.equal(fast, lp.reading.to_ncs(raw.flatten(0, 1)).unflatten(0, raw.shape[:2]))
