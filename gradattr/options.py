@@ -49,6 +49,30 @@ def check_flag(name: str, value) -> bool:
 flag = check_flag
 
 
+def check_seed(name: str, value) -> int | None:
+    """The one rule for a ``seed``, of every method and metric: ``None`` (draw from torch's global
+    random state) or an integer >= 0 (a numpy integer too), returned as an ``int``.
+
+    >>> check_seed("seed", 3), check_seed("seed", None)
+    (3, None)
+    """
+    import numbers
+
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0):
+        raise expected(name, "None (torch's global random state) or an int >= 0", repr(value))
+    return None if value is None else int(value)
+
+
+def check_generator(name: str, value):
+    """``None`` or a ``torch.Generator`` (what a method draws from instead of seeding its own)."""
+    import torch
+
+    if value is not None and not isinstance(value, torch.Generator):
+        raise expected(name, "None or a torch.Generator", repr(value))
+    return value
+
+
+
 def optional_positive_int(name: str, value):
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise expected(name, "None (sized from a 512 MB budget) or a positive int", repr(value))
@@ -169,12 +193,27 @@ class Option:
     result_type: str = ""
 
 
+def seed_option(default: int | None, doc: str) -> Option:
+    """A method's ``seed`` option: its default and its text are the method's, the rule is :func:`check_seed`."""
+    return Option("seed", default, "int | None", doc, check_seed)
+
+
+#: The ``generator`` option of the methods that draw random numbers.
+GENERATOR = Option("generator", None, "torch.Generator | None",
+                   "a ``torch.Generator`` to draw from (overrides ``seed``; advanced by the call).",
+                   check_generator)
+
+
 #: Options every method may share, in signature order. Each entry lists the ones it takes
 #: (``Method.shared``).
 SHARED: dict[str, Option] = {o.name: o for o in (
     Option("reduction_fn", None, "Callable | None",
            "``y -> (N,)`` (or ``(N, K)``) scores from the reduction layer's output ``y`` "
-           "(e.g. ``lambda y: y[:, 0]`` for a regressor)."),
+           "(e.g. ``lambda y: y[:, 0]`` for a regressor). ``y`` is that output as the layer "
+           "returns it (a dict, tuple or ``ModelOutput`` stays whole: a torchvision segmenter's "
+           "``{\"out\": ..., \"aux\": ...}``), or the entry ``output_key`` names when it is given; "
+           "class targets instead score ``output_key``'s entry or, without it, ``\"logits\"``, "
+           "``\"out\"`` or the only tensor."),
     Option("feature_layer", None, "str | nn.Module | Sequence | None",
            "name (from ``net.named_modules()``) or module; ``None`` picks the last layer whose "
            "output has the input's layout with a spatial/time dimension > 1 (MATLAB's rule); "

@@ -10,7 +10,7 @@ from einops import rearrange, reduce
 from torch import nn
 
 from ..errors import GradattrError, expected
-from ..options import COMMON, LAYER, TARGET, Option, positive_int
+from ..options import COMMON, LAYER, TARGET, Option, positive_int, seed_option, check_seed
 from ..registry import Method, register
 from ..targets import Target
 from ..ops import eigen_projection
@@ -289,20 +289,14 @@ def dff_maps(view, n_components: int = 5, seed: int = 0) -> torch.Tensor:
         return dff(view.acts, n_components, seed)[1]
 
 
-def _seed0(name, value):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise expected(name, "an int", repr(value))
-    return value
-
-
 register(Method(
     "deep_feature_factorization", "Deep Feature Factorization", dff_maps, "activations",
     family="activation CAM", shared=COMMON + LAYER,
     combine="map", needs_target=False, stop_early=True,
     options=(Option("n_components", 5, "int", "concepts (the NMF's rank): the map's K axis.",
                      positive_int),
-             Option("seed", 0, "int", "the NMF's ``random_state`` (its random initialisation).",
-                    _seed0)),
+             seed_option(0, "the NMF's ``random_state`` (its random initialisation; ``None``: "
+                            "numpy's global random state).")),
     summary="Deep Feature Factorization (Collins et al., ECCV 2018): NMF of the activations into "
             "``n_components`` concept maps.",
     doc="""Returns ``(N, n_components, *spatial)``: one map per concept (the ``K`` axis holds
@@ -333,6 +327,7 @@ def dff_concepts(net, x, n_components: int = 5, *, feature_layer=None, head="aut
     from ..capture import capture, plan_from_options
     from ..prep import prepare_call
 
+    seed = check_seed("seed", seed)
     call = prepare_call(net, x, target=None, input_format=input_format, device=device,
                         needs_target=False)
     plan = plan_from_options(net, feature_layer, None, None, None)

@@ -1,5 +1,8 @@
-"""What several methods share: the toy network of the examples and the chunking options."""
+"""What several methods share: the toy network of the examples, the chunking options and the
+generator a method draws its random numbers from."""
 from __future__ import annotations
+
+import torch
 
 from ..options import Option, flag, optional_positive_int
 
@@ -15,3 +18,13 @@ BATCH_SIZE = Option("batch_size", None, "int | None",
                     "perturbed copies per forward pass; ``None`` sizes chunks from a 512 MB budget.",
                     optional_positive_int)
 PROGRESS = Option("progress", False, "bool", "show a progress bar (tqdm).", flag)
+
+
+def make_generator(seed: int | None, generator, device) -> torch.Generator | None:
+    """The generator a call draws from: ``generator`` as given, a fresh one on ``device`` seeded
+    ``seed``, or ``None`` (torch's global random state)."""
+    if generator is not None:
+        return generator
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)

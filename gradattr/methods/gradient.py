@@ -8,10 +8,10 @@ from einops import reduce
 
 from .. import resize
 from ..errors import expected
-from ..options import COMMON, LAYER, TARGET, Option, positive_int
+from ..options import COMMON, GENERATOR, LAYER, TARGET, Option, positive_int, seed_option
 from ..registry import Method, register
 from ..ops import eigen_projection, minmax
-from .common import TOY as _TOY
+from .common import TOY as _TOY, make_generator
 
 #: pytorch-grad-cam's stabilisers, kept so that the maps agree with it.
 GRAD_CAM_PP_EPS = 1e-6
@@ -320,16 +320,6 @@ torch.Size([16])
 SMOOTH_GRAD_CAM_PP_EPS = 1e-8
 
 
-def noise_generator(seed, generator, device) -> torch.Generator | None:
-    """The generator for a method's noise: ``generator`` as given, a fresh one seeded with
-    ``seed``, or ``None`` (torch's global generator)."""
-    if generator is not None:
-        return generator
-    if seed is None:
-        return None
-    return torch.Generator(device=device).manual_seed(int(seed))
-
-
 def smooth_grad_cam_plus_plus_weights(view, num_samples: int = 4, std: float = 0.3, seed=None,
                                       generator=None) -> torch.Tensor:
     """Smooth Grad-CAM++ (Omeiza et al., 2019): Grad-CAM++ with derivatives averaged over noisy inputs.
@@ -341,7 +331,7 @@ def smooth_grad_cam_plus_plus_weights(view, num_samples: int = 4, std: float = 0
     exponential-score closed forms of Grad-CAM++).
     """
     x, a = view.scorer.x, view.acts
-    gen = noise_generator(seed, generator, x.device)
+    gen = make_generator(seed, generator, x.device)
     d1 = d2 = d3 = None
     for _ in range(num_samples):
         noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
@@ -363,23 +353,8 @@ def _nonneg_real(name, value):
     return float(value)
 
 
-def _seed(name, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise expected(name, "None (torch's global generator) or an int", repr(value))
-    return value
-
-
-def _generator(name, value):
-    if value is not None and not isinstance(value, torch.Generator):
-        raise expected(name, "None or a torch.Generator", repr(value))
-    return value
-
-
-SEED = Option("seed", None, "int | None",
-              "seed of the noise; the same seed gives the same map. ``None``: torch's global "
-              "generator.", _seed)
-GENERATOR = Option("generator", None, "torch.Generator | None",
-                   "a ``torch.Generator`` for the noise (overrides ``seed``).", _generator)
+SEED = seed_option(None, "seed of the noise; the same seed gives the same map. ``None``: torch's global "
+                          "generator.")
 
 
 register(Method(

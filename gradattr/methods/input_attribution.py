@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from ..errors import expected
-from ..options import COMMON, TARGET, Option, flag, optional_positive_int, positive_int
+from ..options import COMMON, TARGET, Option, flag, optional_positive_int, positive_int, seed_option
 from ..registry import Method, register
 from ..budget import chunk_size
 from .baseline import baseline_like, named_baseline_option
-from .common import TOY as _TOY
+from .common import TOY as _TOY, make_generator
 from .quadrature import QUADRATURES, quadrature
 
 
@@ -179,8 +179,6 @@ def smooth_grad_map(view, base: str = "saliency", samples: int = 50, noise: floa
     sample; the mean of ``base``'s attributions (VarGrad: their variance,
     ``E[a^2] - E[a]^2``). At a layer the noise is added to the layer's output.
     """
-    from .gradient import noise_generator
-
     if base not in BASES:
         raise expected("base", "one of " + ", ".join(map(repr, BASES)), repr(base))
     space = _Space(view, feature_layer)
@@ -188,7 +186,7 @@ def smooth_grad_map(view, base: str = "saliency", samples: int = 50, noise: floa
     n = origin.shape[0]
     flat = origin.flatten(1)
     sigma = (noise * (flat.amax(1) - flat.amin(1))).view((-1,) + (1,) * (origin.ndim - 1))
-    gen = noise_generator(seed, None, origin.device)
+    gen = make_generator(seed, None, origin.device)
     draws = [torch.randn(origin.shape, generator=gen, device=origin.device, dtype=origin.dtype)
              for _ in range(samples)]
     rows_n = torch.arange(n)
@@ -219,12 +217,6 @@ def _real_nonneg(name, value):
             or not np.isfinite(value):
         raise expected(name, "a finite real number >= 0", repr(value))
     return float(value)
-
-
-def _seed(name, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise expected(name, "None (torch's global generator) or an int", repr(value))
-    return value
 
 
 def _one_of(choices):
@@ -326,9 +318,8 @@ register(Method(
                     "``max - min`` (Smilkov et al.'s noise level); 0 gives ``base`` exactly.",
                     _real_nonneg),
              Option("var", False, "bool", "VarGrad: the variance over the copies instead of the mean.", flag),
-             Option("seed", None, "int | None",
-                    "seed of the noise (a ``torch.Generator`` on the input's device); the same "
-                    "seed gives the same result. ``None``: torch's global generator.", _seed),
+             seed_option(None, "seed of the noise (a ``torch.Generator`` on the input's device); the "
+                               "same seed gives the same result. ``None``: torch's global generator."),
              BATCH, LAYER),
     summary="SmoothGrad (Smilkov et al., 2017) and VarGrad: an input-level attribution averaged "
             "over noisy copies of the input (captum ``NoiseTunnel``).",

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from ..errors import GradattrError, expected
-from ..options import COMMON, TARGET, Option, positive_int
+from ..options import COMMON, GENERATOR, TARGET, Option, positive_int
 from ..registry import Method, register
-from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
+from .common import BATCH_SIZE, PROGRESS, TOY as _TOY, make_generator
 from .occlusion import fill_value, softmax_cause
-from .perturbation import GENERATOR, SEED, SOFTMAX, positive_float, make_generator
+from .perturbation import SEED, SOFTMAX, positive_float
 
 
 def grid_segments(spatial: tuple[int, ...], num_features: int) -> torch.Tensor:

@@ -15,25 +15,13 @@ from einops import rearrange
 from .. import resize
 from ..errors import expected
 from ..ops import gaussian_blur, minmax
-from ..options import COMMON, LAYER, TARGET, Option, flag, positive_int
+from ..options import COMMON, GENERATOR, LAYER, TARGET, Option, flag, positive_int, seed_option
 from ..registry import Method, register
-from .common import BATCH_SIZE, PROGRESS, TOY as _TOY
+from .common import BATCH_SIZE, PROGRESS, TOY as _TOY, make_generator
 from .score_cam import score_cam_weights
 
 
 # -- randomness -----------------------------------------------------------------------------
-def _seed(name, value):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise expected(name, "None (torch's global random state) or an int >= 0", repr(value))
-    return value
-
-
-def _generator(name, value):
-    if value is not None and not isinstance(value, torch.Generator):
-        raise expected(name, "None or a torch.Generator", repr(value))
-    return value
-
-
 def positive_float(name, value):
     """Validator of an option that is a positive real number (shared with LIME)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -53,24 +41,11 @@ def _percentile(name, value):
     return float(value)
 
 
-SEED = Option("seed", 0, "int | None",
-              "seed of the random draws: the same seed gives the same map on a CPU; ``None`` "
-              "draws from torch's global random state (``torch.manual_seed``).", _seed)
-GENERATOR = Option("generator", None, "torch.Generator | None",
-                   "a ``torch.Generator`` to draw from (overrides ``seed``; advanced by the call).",
-                   _generator)
+SEED = seed_option(0, "seed of the random draws: the same seed gives the same map on a CPU; ``None`` "
+                       "draws from torch's global random state (``torch.manual_seed``).")
 SOFTMAX = Option("softmax", True, "bool",
                  "score the softmax probabilities of the output (the paper's choice); ``False``: the "
                  "raw output (use it for a regression or a ``reduction_fn`` on raw scores).", flag)
-
-
-def make_generator(seed, generator, device) -> torch.Generator | None:
-    """The generator a call draws from: ``generator``, a fresh one seeded ``seed``, or ``None`` (global)."""
-    if generator is not None:
-        return generator
-    if seed is None:
-        return None
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def _randn(shape, gen, device):

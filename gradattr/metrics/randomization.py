@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import GradattrWarning, expected
 from ..prep import Call
+from ..options import check_seed
 from .arguments import check_choice, check_int
 from .method_runs import flat_maps, method_runner, per_sample, prepared_call, rows_target
 
@@ -91,7 +92,7 @@ def randomization_check(net: nn.Module, x, target=None, *, method="grad_cam", mo
         mode: ``"cascade"`` or ``"independent"``.
         similarity: ``"spearman"`` (rank correlation, ties averaged) or ``"pearson"``; a
             constant map gives NaN (as scipy does).
-        seed: the seed of layer ``j`` is ``seed + j``.
+        seed: the seed of layer ``j`` is ``seed + j`` (``None``: torch's global random state).
         reduction_fn, classes, input_format, device: as for :func:`gradattr.grad_cam`.
         **method_options: options of the method (e.g. ``feature_layer="layer4"``; a module of
             ``net`` given as an option is replaced by the copy's module).
@@ -109,7 +110,7 @@ def randomization_check(net: nn.Module, x, target=None, *, method="grad_cam", mo
     """
     mode = check_choice(mode, "mode", ("cascade", "independent"))
     kind = check_choice(similarity, "similarity", ("spearman", "pearson"))
-    seed = check_int(seed, "seed", 0)
+    seed = check_seed("seed", seed)
     layers = randomizable_layers(net)
     if not layers:
         raise expected("net", "a network with layers to randomise (modules that own parameters and have "
@@ -137,7 +138,9 @@ def _randomised_maps(net, layers, mode, seed, call: Call, tgt, method, method_op
             if net_copy is None or mode == "independent":
                 net_copy = _deep_copy(net)
             modules = dict(net_copy.named_modules())
-            if cuda:
+            if seed is None:
+                pass  # torch's global random state, restored afterwards by fork_rng
+            elif cuda:
                 torch.manual_seed(seed + j)
             else:
                 torch.default_generator.manual_seed(seed + j)  # what torch.manual_seed does on a CPU

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..options import check_seed
 from ..errors import GradattrError, expected
 from .perturbation import element_ranks, scoring
 
@@ -170,6 +171,7 @@ def road(net: nn.Module, x, maps, target=None, *, order: str = "both",
     (scipy); the network runs on the compute device.
     """
     order, fr = _road_options(order, fractions, noise)
+    seed = check_seed("seed", seed)
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     with scoring(net, x, maps, target, reduction_fn, classes, input_format, device, softmax,
                   batch_size, explain, forward_kwargs) as (sc, form, _):

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..errors import expected
 from ..inputs import prepare
-from ..options import check_flag
+from ..options import check_flag, check_seed
 from ..prep import Call, prepare_call
 from ..budget import FORWARD_FACTOR
 from ..budget import chunk_size as budget_chunk
@@ -41,7 +41,7 @@ def max_sensitivity(net: nn.Module, x, target=None, *, method="grad_cam", radius
         method: a method name or a callable ``(net, x, target) -> maps``.
         radius: the half-width of the uniform noise (in input units), > 0.
         samples: perturbations per sample, >= 1.
-        seed: the seed of the noise.
+        seed: the seed of the noise (``None``: torch's global random state).
         chunk_size: perturbed copies explained per method call (``None``: what fits the
             memory budget of :mod:`gradattr.scorer`).
         **method_options: options of the method.
@@ -57,13 +57,13 @@ def max_sensitivity(net: nn.Module, x, target=None, *, method="grad_cam", radius
     """
     radius = check_positive(radius, "radius")
     samples = check_int(samples, "samples", 1)
-    seed = check_int(seed, "seed", 0)
+    seed = check_seed("seed", seed)
     if chunk_size is not None:
         check_int(chunk_size, "chunk_size", 1)
     call, fixed = prepared_call(net, x, target, reduction_fn, classes, input_format, device)
     run = method_runner(method, method_options, device)
     xs, n = call.x, call.n
-    u = torch.rand((samples, *xs.shape), generator=torch.Generator().manual_seed(seed))
+    u = torch.rand((samples, *xs.shape), generator=_generator(seed))
     d = ((2 * u - 1) * radius).to(device=xs.device, dtype=xs.dtype)
     base = flat_maps(run(net, xs, rows_target(fixed, torch.arange(n))), n, xs.device)
     norm = base.norm(dim=1)
@@ -124,7 +124,7 @@ def infidelity(net: nn.Module, x, maps, target=None, *, samples: int = 50, std: 
             unbatched ``x``): a map of positions, repeated over the channels.
         samples: perturbations per sample, >= 1.
         std: standard deviation of the perturbations, > 0.
-        seed: the seed of the perturbations.
+        seed: the seed of the perturbations (``None``: torch's global random state).
         normalize: scale the map by ``beta`` first (captum's ``normalize``).
         batch_size: perturbed inputs per forward pass (``None``: what fits the memory budget).
 
@@ -141,7 +141,7 @@ def infidelity(net: nn.Module, x, maps, target=None, *, samples: int = 50, std: 
     """
     samples = check_int(samples, "samples", 1)
     std = check_positive(std, "std")
-    seed = check_int(seed, "seed", 0)
+    seed = check_seed("seed", seed)
     check_flag("normalize", normalize)
     if batch_size is not None:
         check_int(batch_size, "batch_size", 1)
@@ -149,7 +149,7 @@ def infidelity(net: nn.Module, x, maps, target=None, *, samples: int = 50, std: 
                         input_format=input_format, device=device, needs_grad=False)
     xs, n = call.x, call.n
     a = _infidelity_maps(maps, call, x, input_format)
-    pert = (std * torch.randn((samples, *xs.shape), generator=torch.Generator().manual_seed(seed))).to(
+    pert = (std * torch.randn((samples, *xs.shape), generator=_generator(seed))).to(
         device=xs.device, dtype=xs.dtype)
     with call.borrowed(), torch.no_grad():
         dots, drops = _infidelity_terms(call, a, pert, batch_size)
@@ -185,3 +185,8 @@ def _one_score(target: Target, y, n: int, rows: torch.Tensor | None = None) -> t
         raise expected("target", "one score per sample (infidelity compares one map with one score)",
                        f"{s.shape[1]} scores per sample")
     return s[:, 0]
+
+
+def _generator(seed: int | None) -> torch.Generator | None:
+    """A CPU generator seeded ``seed`` (the draws are the same on every device), or ``None``."""
+    return None if seed is None else torch.Generator().manual_seed(seed)
