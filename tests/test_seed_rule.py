@@ -26,7 +26,7 @@ def test_the_seeded_methods_are_the_expected_ones():
 
 
 @pytest.mark.parametrize("name", SEEDED)
-@pytest.mark.parametrize("bad", [-1, True, 1.5, "0"])
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "0", 2**64])
 def test_every_seeded_method_refuses_the_same_values(name, bad):
     entry = gradattr.registry.get(name)
     with pytest.raises(GradattrError, match=r"seed: expected None \(torch's global random state\) or an int >= 0"):
