@@ -49,9 +49,9 @@ def test_seeded_methods_share_one_validator():
 
 @pytest.mark.parametrize("metric, call", [
     ("road", lambda net, x, m, **kw: metrics.road(net, x, m, 0, **kw)),
-    ("max_sensitivity", lambda net, x, m, **kw: metrics.max_sensitivity(net, x, 0, samples=2, **kw)),
+    ("max_sensitivity", lambda net, x, m, **kw: metrics.max_sensitivity(net, x, 0, samples=2, method="saliency", **kw)),
     ("infidelity", lambda net, x, m, **kw: metrics.infidelity(net, x, m, 0, samples=2, **kw)),
-    ("randomization_check", lambda net, x, m, **kw: metrics.randomization_check(net, x, 0, **kw)),
+    ("randomization_check", lambda net, x, m, **kw: metrics.randomization_check(net, x, 0, method="saliency", **kw)),
 ])
 def test_the_metrics_follow_the_same_rule(metric, call):
     net, x = _net(), torch.randn(2, 2, 16, generator=torch.Generator().manual_seed(1))
