@@ -48,7 +48,7 @@ class LayerView:
     acts: torch.Tensor | None  # (N, C, *s), detached
     grads: torch.Tensor | None  # (N, K, C, *s) for gradient methods
     scorer: Scorer  # forward passes without gradients: inputs, masked inputs, modified activations
-    oracle: ScoreGradients  # gradients of the score: input, layers, biases, attention, HVPs
+    score_gradients: ScoreGradients  # gradients of the score: input, layers, biases, attention, HVPs
     layers: int = 1  # how many feature layers this call explains
 
 

@@ -22,13 +22,13 @@ from .errors import GradattrError, expected
 from .options import COMMON, SHARED, Option
 
 #: What the engine captures before it calls a method (``Method.captures``):
-#: ``nothing``: no feature layer; the method works through the scorer or the gradient oracle
+#: ``nothing``: no feature layer; the method works through the scorer or the score gradients
 #: alone (RISE, FullGrad);
 #: ``activations``: each feature layer's output (no backward; perturbation CAMs also score
 #: masked inputs or modified activations through the scorer);
 #: ``activations+gradients``: the outputs and ``d score / d A`` of each feature layer;
 #: ``input_gradients``: gradients with respect to the input (guided backpropagation and the
-#: input-level attributions, which run their own gradient passes through the gradient oracle);
+#: input-level attributions, which run their own gradient passes through the score gradients (:mod:`gradattr.score_gradients`));
 #: ``attention``: every attention block's probabilities and their gradients, observed for the
 #: call that asks (:mod:`gradattr.attention`), with the token grid of the patch embedding.
 CAPTURES = ("nothing", "activations", "activations+gradients", "input_gradients", "attention")

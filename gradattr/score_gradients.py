@@ -1,6 +1,6 @@
 """The gradient interface a method gets: gradients of the score, and Hessian-vector products.
 
-A :class:`ScoreGradients` is handed to a method (``view.oracle``) beside its
+A :class:`ScoreGradients` is handed to a method (``view.score_gradients``) beside its
 :class:`~gradattr.scorer.Scorer`. Every gradient is ``d score_k / d ...`` for all ``K``
 targets (negated for ``counterfactual`` calls), from ``torch.autograd.grad`` on tensors of
 one forward pass run for the purpose; no parameter ``.grad`` is written:

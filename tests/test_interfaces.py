@@ -50,7 +50,7 @@ def by_hand(net, x, classes, layer=1):
     return a.detach(), torch.stack(ga, 1), torch.stack(gx, 1)
 
 
-def test_the_oracle_gives_the_gradients_autograd_gives_by_hand():
+def test_score_gradients_give_the_gradients_autograd_gives_by_hand():
     net, x = tiny(), torch.randn(3, 2, 7, dtype=torch.float64)
     classes = torch.tensor([[1, 4], [0, 2], [3, 3]])
     with torch.no_grad():

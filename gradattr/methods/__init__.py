@@ -17,7 +17,7 @@ Shapes: ``acts (N, C, *s)``, ``grads (N, K, C, *s)``, weights ``(N, K, C)``,
 maps ``(N, K, *s)``, for any number of spatial/time dims ``s``. Extra passes go
 through the view's two interfaces: ``view.scorer`` (:class:`~gradattr.scorer.Scorer`,
 forward only: masked inputs, modified activations, attention probabilities) and
-``view.oracle`` (:class:`~gradattr.score_gradients.ScoreGradients`: gradients with respect to
+``view.score_gradients`` (:class:`~gradattr.score_gradients.ScoreGradients`: gradients with respect to
 the input, points, the feature layer, biases and attention, Hessian-vector products).
 
 The methods live by kind, each module holding the pure functions and their

@@ -2,7 +2,7 @@
 
 Both read the attention probabilities ``A_b (N, H, L, L)`` of every block ``b``,
 observed by :func:`gradattr.capture.attention_blocks.observe` (through ``view.scorer.attention`` and
-``view.oracle.attention_gradients``) (fused ``scaled_dot_product_attention``
+``view.score_gradients.attention_gradients``) (fused ``scaled_dot_product_attention``
 and ``nn.MultiheadAttention`` included: nothing for the user to un-fuse), and
 return a map over the token grid observed at the patch embedding, ``(N, K, *grid)``,
 which the engine upsamples to the input like any CAM. Which token holds which cell is read
@@ -94,7 +94,7 @@ def chefer_relevance(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> to
 
 def transformer_attribution_map(view) -> torch.Tensor:
     """``(N, K, *grid)``: Chefer et al.'s relevance, class-token row (mean row without one)."""
-    probs, grads, grid, extra = view.oracle.attention_gradients()
+    probs, grads, grid, extra = view.score_gradients.attention_gradients()
     return _readout(chefer_relevance(probs, grads), grid, extra)
 
 

@@ -262,7 +262,7 @@ def gradient_shap_map(view, background=None, samples=50, stdevs=0.0, seed=0, bat
         b = bg[pick[i, j]]
         shape = (-1,) + (1,) * len(element)
         p = b + alpha[i, j].to(x.dtype).view(shape) * (xi - b)
-        g = view.oracle.point_gradients(p, i) * (xi - b)[:, None]
+        g = view.score_gradients.point_gradients(p, i) * (xi - b)[:, None]
         if total is None:
             total = g.new_zeros((n,) + tuple(g.shape[1:]))
         total.index_add_(0, i, g)

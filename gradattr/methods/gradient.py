@@ -242,7 +242,7 @@ def finer_cam_weights(view, alpha: float = 1.0, comparison_ranks=(1, 2, 3)) -> t
     if comparison.shape[-1] == 0:
         raise expected("comparison_ranks", "at least one rank below the number of classes",
                        repr(comparison_ranks))
-    _, g, _ = view.oracle.layer_gradients(score=lambda out: finer_score(out, main, comparison, alpha))
+    _, g, _ = view.score_gradients.layer_gradients(score=lambda out: finer_score(out, main, comparison, alpha))
     return grad_cam_weights(view.acts, g)
 
 
@@ -293,7 +293,7 @@ def shapley_cam_weights(view) -> torch.Tensor:
     that is piecewise linear after the feature layer (ReLU, max pooling, linear
     head) with the logit as score, ``H = 0`` and this is Grad-CAM.
     """
-    a, g, hv = view.oracle.layer_gradients(hvp=True)
+    a, g, hv = view.score_gradients.layer_gradients(hvp=True)
     return reduce(g - 0.5 * hv, "n k c ... -> n k c", "mean")
 
 
@@ -335,7 +335,7 @@ def smooth_grad_cam_plus_plus_weights(view, num_samples: int = 4, std: float = 0
     d1 = d2 = d3 = None
     for _ in range(num_samples):
         noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        _, g, _ = view.oracle.layer_gradients(x + std * noise)
+        _, g, _ = view.score_gradients.layer_gradients(x + std * noise)
         g = g.to(torch.float64) if a.dtype == torch.float64 else g
         d1 = g if d1 is None else d1 + g
         d2 = g**2 if d2 is None else d2 + g**2
@@ -403,7 +403,7 @@ def full_grad_map(view) -> torch.Tensor:
     Returns ``(N, K, *S)``.
     """
     x = view.scorer.x
-    gx, layers = view.oracle.bias_gradients()
+    gx, layers = view.score_gradients.bias_gradients()
     size = tuple(x.shape[2:])
     total = channel_scaled(gx * x[:, None]).sum(2)
     for b, g in layers:

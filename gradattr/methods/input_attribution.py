@@ -5,7 +5,7 @@ Saliency, input x gradient, integrated gradients and SmoothGrad/VarGrad (captum'
 ``feature_layer``, ``LayerIntegratedGradients``-style). They have no feature map
 to combine: each returns ``(N, K, *element)`` where an element is one entry of the
 explained input ``(C, *S)`` (or of the layer's output). Every gradient comes from
-one primitive, the gradient oracle's
+one primitive, the score gradients'
 :meth:`~gradattr.score_gradients.ScoreGradients.point_gradients` (through :meth:`_Space.grads`): a
 batch of points (the input, interpolated or noisy copies of it, or replacements of the
 layer's output) and ``d score_k / d point`` for all ``K`` targets from one forward pass.
@@ -33,12 +33,12 @@ class _Space:
     ``p (B, *element)`` with ``rows (B,)`` (whose sample each row is) is scored with the
     classes fixed on the unperturbed input; at a layer, the network runs on the rows'
     own inputs and the layer's output is replaced by ``p``. Scores come from the view's
-    scorer (:meth:`~gradattr.scorer.Scorer.score_points`), gradients from its oracle
+    scorer (:meth:`~gradattr.scorer.Scorer.score_points`), gradients from its ScoreGradients
     (:meth:`~gradattr.score_gradients.ScoreGradients.point_gradients`).
     """
 
     def __init__(self, view, feature_layer=None, fix: bool = True):
-        self.scorer, self.oracle = view.scorer, view.oracle
+        self.scorer, self.score_gradients = view.scorer, view.score_gradients
         self.layer = None
         if isinstance(feature_layer, (list, tuple)):
             raise expected("feature_layer", "one layer (a name or a module) or None (the input)",
@@ -76,11 +76,11 @@ class _Space:
     def scores(self, p: torch.Tensor, rows=None) -> torch.Tensor:
         """Target scores ``(B, K)`` of the points ``p`` (no gradients; counterfactual: negated)."""
         s = self.scorer.score_points(p, rows, self.layer, self.target)
-        return -s if self.oracle.counterfactual else s
+        return -s if self.score_gradients.counterfactual else s
 
     def grads(self, p: torch.Tensor, rows=None) -> torch.Tensor:
         """``d score_k / d p`` for every target: ``(B, K, *element)``, one forward pass."""
-        return self.oracle.point_gradients(p, rows, self.layer, self.target, self.name)
+        return self.score_gradients.point_gradients(p, rows, self.layer, self.target, self.name)
 
     def chunk(self, batch_size) -> int:
         """Points per forward + backward pass: ``batch_size``, or what fits the memory budget

@@ -12,7 +12,7 @@ from .gradient import grad_cam_weights
 
 register(Method(
     "guided_backprop", "Guided backpropagation",
-    lambda v: v.oracle.input_gradients(GuidedRectifiers()), "input_gradients",
+    lambda v: v.score_gradients.input_gradients(GuidedRectifiers()), "input_gradients",
     family="input attribution", shared=COMMON + TARGET + ("counterfactual",), combine="map", returns="pixels",
     summary="Guided backpropagation (Springenberg et al., ICLR-W 2015): input gradients through "
             "guided rectifiers.",
@@ -39,7 +39,7 @@ def guided_grad_cam_pixels(view, cam: torch.Tensor) -> torch.Tensor:
     every input channel: ``(N, K, C, *S)``.
     """
     up = torch.relu(view.scorer.to_input(cam))
-    return view.oracle.input_gradients(GuidedRectifiers()) * up[:, :, None]
+    return view.score_gradients.input_gradients(GuidedRectifiers()) * up[:, :, None]
 
 
 register(Method(
