@@ -172,7 +172,7 @@ def _run(bound: Bound, net, x, target, presume: bool):
     if (call.layout.rank == 0 and call.x.is_floating_point()  # token ids (N, L) are sequences
             and (method.returns == "map" or method.finish is not None)):
         raise _no_grid(method, call)
-    if not call.x.is_floating_point() and method.name in CHANGES_INPUT_VALUES:
+    if not call.x.is_floating_point() and method.changes_input:
         raise _not_on_ids(method, call)
     if call.inputs and method.layered and not plan.layers:
         raise expected("feature_layer", "a layer (name or module) when x holds several inputs: the "
@@ -224,18 +224,11 @@ def _no_grid(method: Method, call: Call) -> GradattrError:
                     f"no grid; per-feature methods work on vectors: {', '.join(fits)}")
 
 
-#: Methods that scale, blur, add noise to or differentiate the input itself: on integer ids
-#: (token ids) they would compute with other ids, or fail inside the model.
-CHANGES_INPUT_VALUES = frozenset({"score_cam", "ss_cam", "is_cam", "group_cam", "rise", "image_lime",
-                                  "smooth_grad_cam_plus_plus", "full_grad", "guided_backprop",
-                                  "guided_grad_cam"})
-
-
 def _not_on_ids(method: Method, call: Call) -> GradattrError:
     """A method that changes the input's values, on integer ids: name what works on them."""
     from .registry import REGISTRY
 
-    fits = [m.name for m in REGISTRY.values() if m.name not in CHANGES_INPUT_VALUES
+    fits = [m.name for m in REGISTRY.values() if not m.changes_input
             and m.family not in ("input attribution", "attention")]
     what = "x" if not call.inputs else f"x[{call.explain}]"
     return expected(what, f"a floating-point input for {method.name}, which scales, blurs or "

@@ -65,6 +65,9 @@ class Method:
     doc: str = ""
     example: str = ""
     use_when: str = ""
+    # the method scales, blurs, adds noise to or differentiates the input's values: refused on
+    # integer inputs (token ids), where a changed id is another token or no id at all
+    changes_input: bool = False
     stop_early: bool = False  # the forward pass may end at the feature layer (no score needed)
     finish: Callable | None = None  # (last layer's view, fused maps (N, K, *s)) -> the result (Guided Grad-CAM)
     # (call, plan, options) -> a Capture whose pass also carried the method's work past the feature

@@ -359,7 +359,7 @@ SEED = seed_option(None, "seed of the noise; the same seed gives the same map. `
 
 register(Method(
     "smooth_grad_cam_plus_plus", "Smooth Grad-CAM++", smooth_grad_cam_plus_plus_weights, "activations",
-    family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"),
+    changes_input=True, family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"),
     options=(Option("num_samples", 4, "int", "noisy copies of the input.", positive_int),
              Option("std", 0.3, "float", "standard deviation of the Gaussian noise added to the "
                     "input (in the input's units, as torch-cam).", _nonneg_real),
@@ -417,7 +417,7 @@ def full_grad_map(view) -> torch.Tensor:
 
 register(Method(
     "full_grad", "FullGrad", full_grad_map, "nothing",
-    family="gradient CAM", shared=COMMON + TARGET + ("counterfactual",), combine="map",
+    changes_input=True, family="gradient CAM", shared=COMMON + TARGET + ("counterfactual",), combine="map",
     summary="FullGrad (Srinivas & Fleuret, NeurIPS 2019): input-gradient x input plus the "
             "bias-gradients of every convolution and batch norm.",
     doc="""``psi(|x d score / d x|)`` summed over input channels plus, for every convolution and

@@ -146,7 +146,7 @@ def _model(name, value):
 
 
 register(Method(
-    "image_lime", "LIME", image_lime_map, "nothing", family="perturbation",
+    "image_lime", "LIME", image_lime_map, "nothing", changes_input=True, family="perturbation",
     shared=COMMON + TARGET, combine="map",
     options=(Option("num_features", 49, "int", "segments to cut the input into (MATLAB's "
                     "``NumFeatures``; SLIC may return a few more or fewer).", positive_int),

@@ -145,7 +145,7 @@ register(Method(
     lambda v, samples, std, seed, generator, batch_size, progress: score_cam_weights(
         ss_cam_scores(v, samples, std, seed, generator, batch_size, progress)),
     "activations",
-    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(SAMPLES_SS, STD, SEED, GENERATOR, BATCH_SIZE, PROGRESS),
+    changes_input=True, family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(SAMPLES_SS, STD, SEED, GENERATOR, BATCH_SIZE, PROGRESS),
     summary="Smoothed Score-CAM map (Wang, Naidu et al. 2020): Score-CAM with each channel's "
             "score averaged over noisy masks.",
     doc="""``w_k = softmax_k(mean_i f(x * (H^k + d_i)))``, ``d_i ~ N(0, std^2)`` drawn at the
@@ -164,7 +164,7 @@ register(Method(
     lambda v, samples, batch_size, progress: score_cam_weights(
         is_cam_scores(v, samples, batch_size, progress)),
     "activations",
-    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(SAMPLES_IS, BATCH_SIZE, PROGRESS),
+    changes_input=True, family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(SAMPLES_IS, BATCH_SIZE, PROGRESS),
     summary="Integrated Score-CAM map (Naidu et al. 2020): Score-CAM with each channel's score "
             "integrated over scaled masks.",
     doc="""``w_k = softmax_k(mean_i f(x * c_i H^k))`` with ``c_i = sum_{j=1..i} j / N``
@@ -238,7 +238,7 @@ def group_cam_map(view, groups: int = 32, threshold: float = 70.0, softmax: bool
 
 register(Method(
     "group_cam", "Group-CAM", group_cam_map, "activations+gradients",
-    family="perturbation CAM", shared=COMMON + TARGET + LAYER, combine="map",
+    changes_input=True, family="perturbation CAM", shared=COMMON + TARGET + LAYER, combine="map",
     options=(Option("groups", 32, "int", "channel groups ``G`` (one masked pass each).", positive_int),
              Option("threshold", 70.0, "float", "percentile below which each group map is zeroed "
                     "(the paper's denoising; 0 turns it off).", _percentile),
@@ -325,7 +325,7 @@ def rise_map(view, masks: int = 4000, cells: int = 7, p: float = 0.5, softmax: b
 
 register(Method(
     "rise", "RISE", rise_map, "nothing",
-    family="perturbation", shared=COMMON + TARGET, combine="map",
+    changes_input=True, family="perturbation", shared=COMMON + TARGET, combine="map",
     options=(Option("masks", 4000, "int", "random masks (the paper uses 4000 to 8000).", positive_int),
              Option("cells", 7, "int", "grid cells per axis of each mask before upsampling.",
                     positive_int),

@@ -13,7 +13,7 @@ from .gradient import grad_cam_weights
 register(Method(
     "guided_backprop", "Guided backpropagation",
     lambda v: v.score_gradients.input_gradients(GuidedRectifiers()), "input_gradients",
-    family="input attribution", shared=COMMON + TARGET + ("counterfactual",), combine="map", returns="pixels",
+    changes_input=True, family="input attribution", shared=COMMON + TARGET + ("counterfactual",), combine="map", returns="pixels",
     summary="Guided backpropagation (Springenberg et al., ICLR-W 2015): input gradients through "
             "guided rectifiers.",
     doc="""Every rectifier (``nn.ReLU``/``nn.ReLU6`` modules and functional ``relu``, ``relu6``,
@@ -44,7 +44,7 @@ def guided_grad_cam_pixels(view, cam: torch.Tensor) -> torch.Tensor:
 
 register(Method(
     "guided_grad_cam", "Guided Grad-CAM", lambda v: grad_cam_weights(v.acts, v.grads), "activations+gradients",
-    family="input attribution", shared=COMMON + TARGET + ("feature_layer", "upsampling", "feature_layout", "feature_call", "return_layers", "counterfactual"),
+    changes_input=True, family="input attribution", shared=COMMON + TARGET + ("feature_layer", "upsampling", "feature_layout", "feature_call", "return_layers", "counterfactual"),
     returns="pixels", finish=guided_grad_cam_pixels, summary="Guided Grad-CAM (Selvaraju et al., ICCV 2017): guided backprop times the upsampled Grad-CAM.",
     doc="""``G(x)[c] * up(GradCAM)`` for every input channel ``c``; the Grad-CAM map is resized
 to the input with ``upsampling`` (``"bicubic"`` or ``"nearest"``; captum's ``GuidedGradCam``

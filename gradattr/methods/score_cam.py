@@ -93,7 +93,7 @@ register(Method(
     "score_cam", "Score-CAM",
     lambda v, batch_size, progress: score_cam_weights(score_cam_scores(v, batch_size, progress)),
     "activations",
-    family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(BATCH_SIZE, PROGRESS),
+    changes_input=True, family="perturbation CAM", shared=COMMON + TARGET + LAYER + ("eigen_smooth", "relu"), options=(BATCH_SIZE, PROGRESS),
     summary="Score-CAM map (Wang et al., CVPR-W 2020): ``ReLU(sum_k softmax_k(f(x * H^k)) A^k)``.",
     doc="""``H^k`` is channel ``k`` upsampled to the input (multi-linear, ``align_corners=True``,
 as pytorch-grad-cam) and min-max scaled; ``f`` the target score. One forward pass per
