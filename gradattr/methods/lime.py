@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import GradattrError, expected
+from ..ops import minmax
 from ..options import COMMON, GENERATOR, TARGET, Option, positive_int
 from ..registry import Method, register
 from .common import BATCH_SIZE, PROGRESS, TOY as _TOY, make_generator
@@ -44,8 +45,7 @@ def superpixel_segments(image: torch.Tensor, num_features: int) -> torch.Tensor 
         from skimage.segmentation import slic
     except ImportError:
         return None
-    img = image.detach().double().cpu()
-    img = (img - img.min()) / (img.max() - img.min()).clamp(min=1e-12)
+    img = minmax(image.detach().double().cpu(), 0)  # one scaling over the whole image
     arr = img.permute(1, 2, 0).numpy()
     labels = slic(arr, n_segments=num_features, channel_axis=-1, convert2lab=False, start_label=0)
     _, labels = np.unique(labels, return_inverse=True)
