@@ -32,7 +32,7 @@ NeurIPS 2018), :func:`max_sensitivity` and :func:`infidelity` (Yeh et al., NeurI
 Where the code lives: ``faithfulness`` (deletion, insertion, the confidence metrics),
 ``road_metric`` (ROAD and its imputation), ``localisation`` (pointing games, CAM boxes, relevance
 mass and rank), ``randomization``, ``robustness`` (max-sensitivity, infidelity),
-``complexity`` (sparseness); ``perturbation`` and ``method_runs`` hold what the network metrics
+``complexity`` (sparseness); ``scoring`` and ``method_runs`` hold what the network metrics
 and the method-running checks share; ``registry`` has one :class:`~.registry.Metric` entry per
 metric, which :func:`gradattr.compare` reads.
 

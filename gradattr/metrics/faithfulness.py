@@ -16,7 +16,7 @@ from ..inputs import prepare
 from ..options import check_flag
 from ..ops import gaussian_blur, minmax
 from .arguments import as_numpy, check_int
-from .perturbation import element_ranks, scoring
+from .scoring import element_ranks, scoring
 
 
 @dataclass

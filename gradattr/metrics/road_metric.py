@@ -13,7 +13,7 @@ from torch import nn
 
 from ..options import check_seed
 from ..errors import GradattrError, expected
-from .perturbation import element_ranks, scoring
+from .scoring import element_ranks, scoring
 
 
 def _neighbour_weights(rank: int) -> list[tuple[tuple[int, ...], float]]:
