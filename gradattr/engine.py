@@ -2,16 +2,17 @@
 
 The flow of one call (see ``docs/ARCHITECTURE.md``)::
 
-    options --validate--> prepare_call (input, device, target)   [prep.py]
-            --> plan (feature layers, reduction layer)           [capture.py]
-            --> borrow the model (eval mode, device)             [prep.py]
-            --> capture: one forward pass (+ the tail's backward) [capture.py]
-            --> method: per layer, LayerView -> maps              [methods.py]
-            --> fusion of several layers, aug_smooth              [here]
-            --> upsampling (one place), normalize, output form    [here]
+    options --validate, plan the layers--> Bound          [registry.Method.validate, capture.plans]
+            --> prepare_call (input, device, target)     [prep.py, inputs.py, reading.py, targets.py]
+            --> borrow the model (eval mode, device)     [prep.py]
+            --> capture: one forward pass (+ backward)   [capture/passes.py]
+            --> method: per layer, LayerView -> maps     [methods/<family>.py]
+            --> combine, fuse layers, ensembles, check   [here, ensembles.py]
+            --> upsampling, normalize, output form       [resize.py, here, inputs.Layout.output]
 
-Methods never touch hooks, models or devices: they get a :class:`LayerView`
-(activations ``(N, C, *s)``, gradients ``(N, K, C, *s)``, a forward-only
+Methods do not touch hooks, models or devices (three named exceptions: ARCHITECTURE's
+"Rules"): they get a :class:`LayerView` (activations ``(N, C, *s)``, gradients
+``(N, K, C, *s)``, a forward-only
 :class:`~gradattr.scorer.Scorer` and a :class:`~gradattr.score_gradients.ScoreGradients`
 for extra passes) and return weights, channel terms or maps, which :func:`combine`
 turns into ``(N, K, *s)`` maps.

@@ -47,7 +47,7 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
     (:class:`gradattr.budget.MemoryWatch`); the first pass of an automatic layer runs
     without them. ``swap(reading, stored, out)``, if given (a known plan only), returns
     what the network continues with after the feature layer instead of its own output
-    (the copies of Ablation-CAM, :func:`gradattr.methods.perturbation.ablation_capture`).
+    (the copies of Ablation-CAM, :func:`gradattr.methods.ablation.ablation_capture`).
     """
     x = call.x if x is None else x
     asked, remembered = plan, False
