@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     except DemoError as err:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    for p in paths:
-        print(p)
+    for path in paths:
+        print(path)
     d = Path(args.folder)
     print(f"next: gradattr explain {d / 'chelsea.png'} --model {d / 'effnet.pt2'} --size 224 --mean 0.5 "
           f"--std 0.5 --classes {d / 'imagenet.txt'} --out cat.png --save-map cat.npy")

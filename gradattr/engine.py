@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -33,6 +35,7 @@ from torch import nn
 from .capture import Capture, Plan, capture, per_target_grads, plan_from_options, run_hooked, thread_guard
 from .errors import GradattrError, expected, warn
 from .inputs import check_model
+from .layouts import Reading
 from .reading import Unsettled
 from .score_gradients import ScoreGradients
 from .prep import Call, prepare_call, read_checks, read_values
@@ -357,7 +360,7 @@ def _cause(method: Method, call: Call, plan: Plan, opts: dict, what: str, i: int
             return ("produced by the method from finite activations" if what == "nan" else
                     "every weighted sum was <= 0 before the ReLU")
         raw = torch.autograd.grad(s.sum(), cap.raw, allow_unused=True)
-        grads = [lp.reading.to_ncs(g)[i] for g, lp in zip(raw, cap.plan.layers) if g is not None]
+        grads = [cast(Reading, lp.reading).to_ncs(g)[i] for g, lp in zip(raw, cap.plan.layers) if g is not None]
         if what == "nan":
             if any(not bool(torch.isfinite(g).all()) for g in grads):
                 return ("the gradients of the score at this layer are NaN or Inf although the score is "
@@ -398,7 +401,7 @@ def _maps(method: Method, call: Call, plan: Plan, opts: dict, own: dict, mode: s
         cap = capture(call, plan, grad=grad, stop=method.stop_early,
                       name_output=bool(opts.get("return_layers")), watch=watch)
     acts = cap.acts
-    grads = _gradients(call, cap, counterfactual) if grad else [None] * len(acts)
+    grads: Sequence[torch.Tensor | None] = _gradients(call, cap, counterfactual) if grad else [None] * len(acts)
     if call.autocast is not None:  # low-precision forward passes, maps accumulated in float32
         acts = [a.float() for a in acts]
         grads = [g if g is None else g.float() for g in grads]
@@ -426,7 +429,7 @@ def _gradients(call: Call, cap: Capture, counterfactual: bool) -> list[torch.Ten
             out.append(g)
             continue
         n, k = g.shape[:2]
-        out.append(lp.reading.to_ncs(g.flatten(0, 1)).unflatten(0, (n, k)))
+        out.append(cast(Reading, lp.reading).to_ncs(g.flatten(0, 1)).unflatten(0, (n, k)))
     return out
 
 

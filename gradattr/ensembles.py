@@ -126,12 +126,12 @@ def _sess_patch_maps(run, call: Call, plan: Plan, target, i: int, patches: list,
                                                   classes=rows_t.expand(b, -1))
         sub = call.with_input(batch, t_b)
         with torch.no_grad():
-            y = capture(sub, plan, grad=False).output
+            y = cast(torch.Tensor, capture(sub, plan, grad=False).output)  # (N, K) for class targets
         if target.kind == "fn":
             sc = torch.relu(t_b.scores(y, b))
         else:
             per_class = y.flatten(2).sum(-1) if y.ndim > 2 else y
-            sc = torch.softmax(per_class.float(), 1).gather(1, rows_t.expand(b, -1).to(y.device))
+            sc = torch.softmax(per_class.float(), 1).gather(1, cast(torch.Tensor, rows_t).expand(b, -1).to(y.device))
         scores.append(sc.detach())
         m, names, rname = run(sub)
         m = ops.minmax(_linear(ops.minmax(torch.relu(m.float()), eps=1e-7), (window,) * (batch.ndim - 2)),

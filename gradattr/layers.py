@@ -58,7 +58,7 @@ def resolve_layers(net: nn.Module, spec, argument: str) -> list[tuple[nn.Module,
     if isinstance(spec, (list, tuple)):
         if not spec:
             raise GradattrError(f"{argument}: expected at least one layer, got an empty list")
-        return [resolve_layer(net, s, argument) for s in spec]
+        return [resolve_layer(net, s, argument) for s in spec]  # type: ignore[misc]  # None items: not refused
     one = resolve_layer(net, spec, argument)
     return None if one is None else [one]
 

@@ -10,7 +10,9 @@ the pass (never a grid computed from the input's size). The readings themselves 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
+from typing import cast
 
 import torch
 from torch import nn
@@ -301,7 +303,7 @@ def _check_callable(reading: Reading, t: torch.Tensor, name: str, rank: int) -> 
     """A ``feature_layout`` callable turns ``t`` into ``(N, C, *S)``, or an error says where it did not."""
     shape = tuple(t.shape)
     try:
-        a = reading.fn(t)
+        a = cast(Callable, reading.fn)(t)  # a callable reading has its fn
     except Exception as e:  # noqa: BLE001 - the user's function: say where it failed
         raise GradattrError(f"feature_layout: expected a callable tensor -> (N, C, *S), but it "
                             f"raised {type(e).__name__}: {e} on {name!r}'s output of shape {shape}") from None

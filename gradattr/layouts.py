@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 
@@ -103,12 +104,12 @@ class Reading:
             return t.movedim(-1, 1)
         if k in ("tokens", "time_first"):
             patches = t[:, self.positions(t.device)] if self.index is not None else t[:, self.extra or 0:]
-            return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], *self.grid)
+            return patches.transpose(1, 2).reshape(t.shape[0], t.shape[2], *cast(tuple[int, ...], self.grid))
         if k == "callable":
-            return self.fn(t)
+            return cast(Callable, self.fn)(t)
         raise AssertionError(k)
 
-    def from_ncs(self, a: torch.Tensor, like) -> torch.Tensor:
+    def from_ncs(self, a: torch.Tensor, like) -> torch.Tensor | tuple | list:
         """``a (B, C, *S)`` in the network's layout of ``like`` (``(B, ...)`` or the module's
         output), which supplies anything the reading dropped (class tokens, tuple elements)."""
         core = like[self.item] if self.item is not None and isinstance(like, (tuple, list)) else like

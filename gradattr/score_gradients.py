@@ -21,11 +21,12 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
-from .capture import Output, capture, per_target_grads, run_hooked, thread_guard
+from .capture import Capture, Output, capture, per_target_grads, run_hooked, thread_guard
 from .errors import GradattrError
 from .scorer import Scorer, Site, hooked_output
 from .targets import Target
@@ -108,7 +109,7 @@ class ScoreGradients:
         """
         sc = self.scorer
         call = sc.call.with_input(sc.x if x is None else x, sc.target)
-        cap = capture(call, sc.cap.plan, grad=True)
+        cap = capture(call, cast(Capture, sc.cap).plan, grad=True)  # a feature layer was captured
         lp = cap.plan.layers[sc.index]
         leaf = cap.raw[sc.index]
         s = call.target.scores(cap.output, call.n) if score is None else score(cap.output)
@@ -193,7 +194,7 @@ def _bias_layers(net: nn.Module, types: tuple) -> list:
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 if m.running_mean is None:
                     continue  # batch statistics at eval time: no fixed bias
-                b = m.bias - m.running_mean * m.weight / torch.sqrt(m.running_var + m.eps)
+                b = m.bias - m.running_mean * m.weight / torch.sqrt(cast(torch.Tensor, m.running_var) + m.eps)
             else:
                 b = m.bias
             layers.append((m, b.detach()))

@@ -166,7 +166,7 @@ def _explained_windows(net, x, roi, starts, weight, explain, target, targets, sw
             if single:
                 out[i] = m
             else:
-                out[i][(Ellipsis, *where)] += m * weight
+                out[i][(Ellipsis,) + where] += m * weight
                 if i == 0:
                     cast(torch.Tensor, norm)[where] += weight
     result = cast(torch.Tensor, out)  # made by the first chunk

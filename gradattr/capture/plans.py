@@ -12,6 +12,7 @@ import threading
 import warnings
 import weakref
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -61,7 +62,7 @@ class Capture:
     @property
     def acts(self) -> list[torch.Tensor]:
         """Every feature layer as ``(N, C, *S)``, detached."""
-        return [lp.reading.to_ncs(r.detach()) for r, lp in zip(self.raw, self.plan.layers)]
+        return [cast(Reading, lp.reading).to_ncs(r.detach()) for r, lp in zip(self.raw, self.plan.layers)]
 
 
 def warn_guess(lp: LayerPlan) -> None:

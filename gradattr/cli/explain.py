@@ -150,7 +150,7 @@ def _batch(item: Item, net) -> tuple[int, bool]:
     return int(xt.shape[0]), bool(layout.batched)
 
 
-def _samples(item: Item, maps: np.ndarray, net) -> list[tuple[np.ndarray, np.ndarray | None]]:
+def _samples(item: Item, maps: np.ndarray, net) -> list[tuple[np.ndarray, np.ndarray]]:
     """Split a batched item into (x of one sample (C, *s), map) pairs."""
     import torch
 

@@ -139,6 +139,7 @@ def plan_for_rank(source: _Source, rank: int, world: int, shards) -> _Plan:
 
 def split_batch(batch, index: int):
     """A batch -> ``(x, y or None)``; ``x`` a tensor/array, or a tuple of inputs for ``net(*x)``."""
+    x: torch.Tensor | np.ndarray | tuple[Any, ...]
     if isinstance(batch, (torch.Tensor, np.ndarray)):
         x, y = batch, None
     elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (torch.Tensor, np.ndarray)):

@@ -8,7 +8,7 @@ class CliError(Exception):
     """A user error reported as one line."""
 
 
-def one_line(err: BaseException) -> str:
+def one_line(err: BaseException | str) -> str:
     """An exception's message on one line (its type's name when it has none)."""
     text = " ".join(str(err).split())
     return text if text else type(err).__name__

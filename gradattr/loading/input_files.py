@@ -5,6 +5,7 @@ and the ``--max-memory`` estimate checked before any large array is made.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -132,9 +133,10 @@ def read_image(path: Path, args, data: bytes | None = None) -> Item:
     except ImportError:
         raise CliError(f"INPUT: reading the image {path} needs Pillow (pip install pillow)") from None
 
+    img: Image.Image  # an ImageFile when opened; convert, copy, resize and crop give plain Images
     try:
         with Image.open(path if data is None else io.BytesIO(data)) as img:
-            size = (img.height, img.width)
+            size: tuple[int, ...] | list[int] = (img.height, img.width)
             if args.size is not None:
                 size = parse_ints(args.size, "--size")
                 if len(size) not in (1, 2):
@@ -170,7 +172,7 @@ def read_image(path: Path, args, data: bytes | None = None) -> Item:
     return Item(path, x.astype(np.float32), "CSS" if x.ndim == 3 else "CS", picture, prep)
 
 
-def _center_crop(img, size: tuple[int, int], resample):
+def _center_crop(img, size: Sequence[int], resample):
     """torchvision's ``Resize`` + ``CenterCrop`` for ``size = (H, W)``: scale the picture (bilinear) so that
     it covers H x W with its aspect kept (for a square size: its shorter side becomes H, the longer
     ``int(H * long / short)``), then cut the middle H x W (offsets ``round((h - H) / 2)``)."""

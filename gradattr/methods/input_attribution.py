@@ -46,7 +46,8 @@ class _Space:
         if feature_layer is not None:
             from ..layers import resolve_layer
 
-            module, name = resolve_layer(self.scorer.net, feature_layer, "feature_layer")
+            module, name = cast(tuple[torch.nn.Module, str],  # not None: feature_layer is not None
+                                resolve_layer(self.scorer.net, feature_layer, "feature_layer"))
             self.layer = (name, module)
         # Points other than the input itself explain the classes fixed on the input (one more
         # forward pass for a top-class target); at the input itself the target is as given.

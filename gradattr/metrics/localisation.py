@@ -61,7 +61,7 @@ def _region(m: torch.Tensor, mask, box) -> np.ndarray:
         b = _boxes(box, n, tuple(s))
         r = np.zeros((n, *s), dtype=bool)
         for i in range(n):
-            r[(i, *[slice(lo, hi) for lo, hi in b[i]])] = True
+            r[(i,) + tuple(slice(lo, hi) for lo, hi in b[i])] = True
     empty = ~r.reshape(n, -1).any(1)
     if empty.any():
         raise expected("mask", "a reference region with at least one element per sample",

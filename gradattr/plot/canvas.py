@@ -39,7 +39,7 @@ def _pyplot():
     return sys.modules.get("matplotlib.pyplot")
 
 
-def new_figure(nrows: int, ncols: int, figsize, **kw):
+def new_figure(nrows: int | np.integer, ncols: int | np.integer, figsize, **kw):
     Figure, FigureCanvasAgg = _mpl()
     plt = _pyplot()
     if plt is not None:  # a pyplot figure: plt.savefig/plt.show/plt.gcf see it, as after plt.figure()

@@ -62,7 +62,7 @@ def _svg(x: np.ndarray | None, cam: np.ndarray, width: int, height: int) -> str:
     return "".join(parts)
 
 
-def jet_colors() -> list[tuple[int, int, int]]:
+def jet_colors() -> list[tuple[int, ...]]:
     import matplotlib
 
     lut = matplotlib.colormaps["jet"](np.linspace(0, 1, 256))[:, :3]

@@ -52,7 +52,7 @@ class Inputs:
         else:
             x, y = self._file(cast(list, self.files)[i], self.reading), None  # kind "files"
         x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-        if hasattr(y, "item"):
+        if y is not None and hasattr(y, "item"):
             y = y.item()
         return x.astype(np.float32), y
 
