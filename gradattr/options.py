@@ -59,7 +59,7 @@ def check_seed(name: str, value) -> int | None:
     import numbers
 
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-                              or not 0 <= value < 2**64):
+                              or not 0 <= int(value) < 2**64):
         raise expected(name, "None (torch's global random state) or an int >= 0 (below 2**64, torch's "
                        "range)", repr(value))
     return None if value is None else int(value)

@@ -252,7 +252,7 @@ torch.Size([2, 16])
 
 
 # -- Deep Feature Factorization ----------------------------------------------------------
-def dff(acts: torch.Tensor, n_components: int = 5, seed: int = 0):
+def dff(acts: torch.Tensor, n_components: int = 5, seed: int | None = 0):
     """Deep Feature Factorization (Collins et al., ECCV 2018): NMF of the activations of a batch.
 
     ``acts (N, C, *s)`` as a ``C x (N P)`` matrix, each channel shifted by its minimum
@@ -280,7 +280,7 @@ def dff(acts: torch.Tensor, n_components: int = 5, seed: int = 0):
     return concepts, maps
 
 
-def dff_maps(view, n_components: int = 5, seed: int = 0) -> torch.Tensor:
+def dff_maps(view, n_components: int = 5, seed: int | None = 0) -> torch.Tensor:
     if view.layers > 1:
         raise expected("feature_layer", "one layer for deep_feature_factorization (concepts of "
                        "different layers do not correspond)", f"{view.layers} layers")
@@ -311,7 +311,7 @@ torch.Size([2, 3, 16])
     use_when="unsupervised parts: which regions share features, and what class each part looks like"))
 
 
-def dff_concepts(net, x, n_components: int = 5, *, feature_layer=None, head="auto", seed: int = 0,
+def dff_concepts(net, x, n_components: int = 5, *, feature_layer=None, head="auto", seed: int | None = 0,
                  input_format=None, device="auto"):
     """Deep Feature Factorization with its concepts: ``(concepts, scores)``.
 

@@ -68,7 +68,7 @@ def _average_ranks(v: torch.Tensor) -> torch.Tensor:
 
 
 def randomization_check(net: nn.Module, x, target=None, *, method="grad_cam", mode: str = "cascade",
-                        similarity: str = "spearman", seed: int = 0, reduction_fn: Callable | None = None,
+                        similarity: str = "spearman", seed: int | None = 0, reduction_fn: Callable | None = None,
                         classes: Sequence | None = None, input_format: str | None = None,
                         device="auto", **method_options) -> dict:
     """Model parameter randomisation test (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018).

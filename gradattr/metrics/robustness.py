@@ -23,7 +23,7 @@ from .method_runs import EXPLAIN_FACTOR, flat_maps, method_runner, per_sample, p
 
 
 def max_sensitivity(net: nn.Module, x, target=None, *, method="grad_cam", radius: float = 0.02,
-                    samples: int = 10, seed: int = 0, chunk_size: int | None = None,
+                    samples: int = 10, seed: int | None = 0, chunk_size: int | None = None,
                     reduction_fn: Callable | None = None, classes: Sequence | None = None,
                     input_format: str | None = None, device="auto", **method_options):
     """Max-sensitivity (Yeh et al., "On the (in)fidelity and sensitivity of explanations",
@@ -103,7 +103,7 @@ def _infidelity_maps(maps, call: Call, x, input_format) -> torch.Tensor:
     return m
 
 
-def infidelity(net: nn.Module, x, maps, target=None, *, samples: int = 50, std: float = 0.1, seed: int = 0,
+def infidelity(net: nn.Module, x, maps, target=None, *, samples: int = 50, std: float = 0.1, seed: int | None = 0,
                normalize: bool = True, batch_size: int | None = None, reduction_fn: Callable | None = None,
                classes: Sequence | None = None, input_format: str | None = None, device="auto"):
     """Infidelity (Yeh et al., "On the (in)fidelity and sensitivity of explanations", NeurIPS 2019).

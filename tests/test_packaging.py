@@ -1,0 +1,25 @@
+"""The built wheel holds the whole package: every module, the stub and the py.typed marker
+(an editable install hides a package left out of the wheel)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow  # builds a wheel (about 10 s)
+def test_the_wheel_holds_every_module(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    wheel = next(tmp_path.glob("gradattr-*.whl"))
+    names = set(zipfile.ZipFile(wheel).namelist())
+    wanted = {p.relative_to(ROOT).as_posix() for p in (ROOT / "gradattr").rglob("*.py")}
+    assert len(wanted) > 90
+    assert wanted - names == set()
+    assert {"gradattr/api.pyi", "gradattr/py.typed"} <= names
