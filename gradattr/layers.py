@@ -2,7 +2,7 @@
 
 The automatic feature layer is, among the module outputs produced before the
 reduction layer's output that read as a feature map on a grid observed in the
-same forward pass (:mod:`gradattr.geometry`, :func:`gradattr.layout_inference.read`) and
+same forward pass (:mod:`gradattr.geometry`, :func:`gradattr.layout_inference.infer_reading`) and
 lie outside attention modules, the last one on which the target score depends
 spatially: its gradient, from the graph that pass recorded, is non-zero at more
 than one grid position. For CNNs that is MATLAB's rule, the last tensor with the

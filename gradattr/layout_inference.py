@@ -180,7 +180,7 @@ def candidates(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
     return out
 
 
-def read(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
+def infer_reading(t, n: int, spatial: tuple[int, ...], module=None, geometry=None,
          order: int | None = None) -> Reading | None:
     """The reading of a module output ``t`` for a batch of ``n`` inputs of size ``spatial``.
 
@@ -226,7 +226,7 @@ def check_reading(t, reading: Reading | None, name: str, n: int, spatial: tuple[
         geometry = _input_only(spatial)
     if reading is not None:
         return bind(reading, t, name, n, spatial, module, geometry, order)
-    found = read(t, n, spatial, module, geometry, order)
+    found = infer_reading(t, n, spatial, module, geometry, order)
     if found is None:
         _refuse_no_grid(t, name, geometry)
     if (found is None and isinstance(t, torch.Tensor) and t.ndim == len(spatial) + 2 and t.shape[0] == n

@@ -30,7 +30,7 @@ through its first element.
 
 :func:`resolve_layout` turns the ``feature_layout`` option into a reading that
 :func:`gradattr.layout_inference.check_reading` binds to the tensor; the automatic reading of
-a module's output is :func:`gradattr.layout_inference.read`.
+a module's output is :func:`gradattr.layout_inference.infer_reading`.
 """
 from __future__ import annotations
 

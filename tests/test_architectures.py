@@ -48,11 +48,11 @@ def vit_tiny(**kw):
 # ------------------------------------------------------------------ the readings themselves
 def test_readings_round_trip_and_keep_extra_tokens():
     t = torch.randn(2, 3 + 12, 5)  # 3 extra tokens + a 3 x 4 grid (input 48 x 64)
-    assert layout_inference.read(t, 2, (48, 64)) is None  # no grid observed: tokens are not read at all
+    assert layout_inference.infer_reading(t, 2, (48, 64)) is None  # no grid observed: tokens are not read at all
     from gradattr.geometry import Observer
     seen = Observer(nn.Identity(), 2, (48, 64), lambda: True)
     seen.add((3, 4), "a patch embedding's output")
-    r = layout_inference.read(t, 2, (48, 64), geometry=seen)
+    r = layout_inference.infer_reading(t, 2, (48, 64), geometry=seen)
     assert (r.kind, r.extra, r.grid) == ("tokens", 3, (3, 4))
     a = r.to_ncs(t)
     assert a.shape == (2, 5, 3, 4)
@@ -60,7 +60,7 @@ def test_readings_round_trip_and_keep_extra_tokens():
     back = r.from_ncs(a * 0 + 7, t)
     assert torch.equal(back[:, :3], t[:, :3]) and torch.all(back[:, 3:] == 7)
     cl = torch.randn(2, 4, 4, 96)  # Swin's (N, H, W, C) on a 64 x 64 input
-    r = layout_inference.read(cl, 2, (64, 64))
+    r = layout_inference.infer_reading(cl, 2, (64, 64))
     assert r.kind == "channels_last" and torch.equal(r.to_ncs(cl)[:, 5, 1, 2], cl[:, 1, 2, 5])
     assert torch.equal(r.from_ncs(r.to_ncs(cl), cl), cl)
 
@@ -340,8 +340,8 @@ def test_a_layer_norm_wrapped_to_work_on_channels_is_read_channels_first():
     assert layer == "2" and cam.shape == (2, 19)
     ref = gradattr.grad_cam(net, x, 1, feature_layer="2", feature_layout="channels_first", upsampling="none")
     assert torch.equal(cam, ref)
-    assert layout_inference.read(torch.zeros(2, 8, 19), 2, (19,), net[2]) == layouts.CHANNELS_FIRST
-    assert layout_inference.read(torch.zeros(2, 19, 8), 2, (19,), nn.LayerNorm(8)).kind == "tokens"
+    assert layout_inference.infer_reading(torch.zeros(2, 8, 19), 2, (19,), net[2]) == layouts.CHANNELS_FIRST
+    assert layout_inference.infer_reading(torch.zeros(2, 19, 8), 2, (19,), nn.LayerNorm(8)).kind == "tokens"
 
 
 # ------------------------------------------------------------------ options and special nets

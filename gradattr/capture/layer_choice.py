@@ -2,7 +2,7 @@
 chooses among the module outputs (see :mod:`gradattr.layers`).
 
 Without a known plan (the automatic layer, first call), every module is hooked to find
-the last tensor with a feature reading (see :func:`gradattr.layout_inference.read`) on
+the last tensor with a feature reading (see :func:`gradattr.layout_inference.infer_reading`) on
 which the score depends, while a :class:`gradattr.geometry.Observer` records the
 grids and attention modules of the same pass; the graph is recorded from the
 start because the layer is known only at the end, and the gradient is still
@@ -144,7 +144,7 @@ def _readable(entries: list, call: Call, y, obs: Observer, x: torch.Tensor, reje
     for name, t, version, k, order, module, item in entries:
         if id(t) in outs or obs.inside_attention(name) or (scope and not name.startswith(scope)):
             continue
-        reading = layout_inference.read(t, n, spatial, module, obs, order)
+        reading = layout_inference.infer_reading(t, n, spatial, module, obs, order)
         if reading is not None:
             reading = replace(reading, item=item)
             candidates.append([name, t, version, k, reading])

@@ -60,7 +60,7 @@ def _outputs(loaded, x) -> dict[str, tuple]:
     import torch
 
     from ..geometry import Observer
-    from ..layout_inference import read
+    from ..layout_inference import infer_reading
     from ..prep import borrowed
 
     net = loaded.net
@@ -73,7 +73,7 @@ def _outputs(loaded, x) -> dict[str, tuple]:
         def hook(module, inputs, out):
             calls[0] += 1
             if isinstance(out, torch.Tensor):
-                reading = read(out, n, spatial, None, observer, observer.tick())
+                reading = infer_reading(out, n, spatial, None, observer, observer.tick())
                 seen[name] = (calls[0], loaded.types.get(name, type(module).__name__), tuple(out.shape),
                               None if reading is None else (reading.description or reading.kind))
         return hook
