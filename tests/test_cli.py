@@ -18,6 +18,7 @@ from torch import nn
 
 import gradattr
 from gradattr import cli
+from expected_warnings import ZERO_MAPS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -296,6 +297,7 @@ def test_existing_files_need_overwrite(here, capsys):
     assert files_in(out / "maps") == ["p1_grad_cam.npy"]
 
 
+@ZERO_MAPS
 def test_memory_estimate(here, capsys):
     d, _, out = here
     err = error_of(["explain", "cat.png", "--model", "tinynets:image_net", "--random-weights", "--size", "64",
@@ -315,6 +317,7 @@ def test_memory_estimate(here, capsys):
         ["explain", "cat.png", "--model", "image_net.pt2", "--max-memory", "lots"], capsys)
 
 
+@ZERO_MAPS
 def test_factory_needs_weights_or_random_weights(here, capsys):
     d, nets, out = here
     err = error_of(["explain", "cat.png", "--model", "tinynets:image_net", "--size", "16", "--save-map",
@@ -327,6 +330,7 @@ def test_factory_needs_weights_or_random_weights(here, capsys):
     np.testing.assert_allclose(np.load(out / "m.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
 
 
+@ZERO_MAPS
 def test_factory_module_found_in_the_working_folder_for_its_import_only(work, tmp_path, monkeypatch, capsys):
     import importlib.util
 
