@@ -317,16 +317,16 @@ def test_memory_estimate(here, capsys):
         ["explain", "cat.png", "--model", "image_net.pt2", "--max-memory", "lots"], capsys)
 
 
-@ZERO_MAPS
 def test_factory_needs_weights_or_random_weights(here, capsys):
     d, nets, out = here
     err = error_of(["explain", "cat.png", "--model", "tinynets:image_net", "--size", "16", "--save-map",
                     out / "m.npy"], capsys)
     assert "--weights: expected a state_dict FILE for the factory 'tinynets:image_net' (or --random-weights" in err
     assert files_in(out) == []
+    # class 0: the top class's map is empty for this image
     ok(["explain", "cat.png", "--model", "tinynets:image_net", "--random-weights", "--size", "16",
-        "--save-map", out / "m.npy"], capsys)
-    want = gradattr.grad_cam(nets["image_net_factory"], preprocess(d / "cat.png", mean=0.0, std=1.0))
+        "--target", "0", "--save-map", out / "m.npy"], capsys)
+    want = gradattr.grad_cam(nets["image_net_factory"], preprocess(d / "cat.png", mean=0.0, std=1.0), 0)
     np.testing.assert_allclose(np.load(out / "m.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
 
 
