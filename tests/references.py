@@ -9,6 +9,7 @@ float32 maps). ``REFERENCES`` maps a method name to its reference; the sweep in
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -326,12 +327,15 @@ def naive_kpca_cam(net, x1, layer, kernel="sigmoid", gamma=None):
 def naive_deep_feature_factorization(net, x, layer, n_components=3, seed=0):
     """The whole batch at once (the factorisation is joint), ``(N, n_components, *s)``."""
     from sklearn.decomposition import NMF
+    from sklearn.exceptions import ConvergenceWarning
 
     acts = [activation(net, x[i:i + 1], layer)[0][0].detach().numpy() for i in range(x.shape[0])]
     c = acts[0].shape[0]
     rows = np.array([np.concatenate([a[ch].ravel() for a in acts]) for ch in range(c)])
     rows = rows - rows.min(1, keepdims=True)
-    h = NMF(n_components=n_components, init="random", random_state=seed).fit(rows).components_
+    with warnings.catch_warnings():  # as gradattr's dff_maps: NMF's "maximum number of iterations" note
+        warnings.filterwarnings("ignore", "Maximum number of iterations", ConvergenceWarning)
+        h = NMF(n_components=n_components, init="random", random_state=seed).fit(rows).components_
     p = acts[0][0].size
     return torch.from_numpy(np.stack([[h[j, i * p:(i + 1) * p].reshape(acts[0].shape[1:])
                                        for j in range(n_components)] for i in range(len(acts))]))

@@ -329,7 +329,6 @@ def test_the_table_is_wide():
         assert sum(c[0].startswith(prefix) for c in CASES) >= 3, prefix
 
 
-@pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("call, pattern, make_x, make_model", [_param(c) for c in CASES])
 def test_bad_input(call, pattern, make_x, make_model, tmp_path):
     net, x = make_model(), make_x()

@@ -18,6 +18,7 @@ from torch import nn
 
 import gradattr
 from gradattr import cli
+from expected_warnings import ZERO_MAPS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -296,6 +297,7 @@ def test_existing_files_need_overwrite(here, capsys):
     assert files_in(out / "maps") == ["p1_grad_cam.npy"]
 
 
+@ZERO_MAPS
 def test_memory_estimate(here, capsys):
     d, _, out = here
     err = error_of(["explain", "cat.png", "--model", "tinynets:image_net", "--random-weights", "--size", "64",
@@ -321,12 +323,14 @@ def test_factory_needs_weights_or_random_weights(here, capsys):
                     out / "m.npy"], capsys)
     assert "--weights: expected a state_dict FILE for the factory 'tinynets:image_net' (or --random-weights" in err
     assert files_in(out) == []
+    # class 0: the top class's map is empty for this image
     ok(["explain", "cat.png", "--model", "tinynets:image_net", "--random-weights", "--size", "16",
-        "--save-map", out / "m.npy"], capsys)
-    want = gradattr.grad_cam(nets["image_net_factory"], preprocess(d / "cat.png", mean=0.0, std=1.0))
+        "--target", "0", "--save-map", out / "m.npy"], capsys)
+    want = gradattr.grad_cam(nets["image_net_factory"], preprocess(d / "cat.png", mean=0.0, std=1.0), 0)
     np.testing.assert_allclose(np.load(out / "m.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
 
 
+@ZERO_MAPS
 def test_factory_module_found_in_the_working_folder_for_its_import_only(work, tmp_path, monkeypatch, capsys):
     import importlib.util
 

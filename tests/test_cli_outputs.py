@@ -12,6 +12,7 @@ import torch
 import gradattr
 from gradattr import cli
 from gradattr.cli import explain
+from expected_warnings import ZERO_MAPS
 
 TINY = textwrap.dedent('''
     import torch
@@ -163,6 +164,7 @@ def test_outputs_are_named_by_stem_and_method_never_doubling_the_extension(work)
 
 
 # ------------------------------------------------------------------------------ --crop
+@ZERO_MAPS
 def test_crop_center_is_torchvisions_resize_and_center_crop(work, monkeypatch):
     tvt = pytest.importorskip("torchvision.transforms")
     from PIL import Image
@@ -192,6 +194,7 @@ def test_crop_center_is_torchvisions_resize_and_center_crop(work, monkeypatch):
     np.testing.assert_allclose(np.load(d / "out" / "c.npy"), want.numpy(), rtol=1e-4, atol=1e-6)
 
 
+@ZERO_MAPS
 def test_crop_center_for_a_rectangular_size(work, monkeypatch):
     """--size 10,20 on a 30 x 45 picture: scaled to 13 x 20 (covers 10 x 20), rows 2..11 kept."""
     from PIL import Image

@@ -11,6 +11,7 @@ from torch import nn
 import gradattr
 from gradattr import GradattrError, metrics
 from gradattr.comparison import Table, available_methods, channel_reduce, compare, explain
+from expected_warnings import ZERO_MAPS
 
 
 def cnn(rank: int = 2) -> nn.Module:
@@ -78,6 +79,7 @@ def test_known_good_map_ranks_first_and_localisation():
     assert tb["oracle"]["localization"] == 1.0
 
 
+@ZERO_MAPS
 def test_iterable_of_batches_weights_by_samples():
     net = cnn(1)
     x = torch.randn(5, 2, 16)

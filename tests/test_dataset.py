@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import gradattr
 from gradattr import GradattrError
 from gradattr.dataset import BatchMaps, explain_dataset
+from expected_warnings import ZERO_MAPS
 
 
 def tiny_net(rank: int = 2, classes: int = 4) -> nn.Sequential:
@@ -46,6 +47,7 @@ def data():
     return xs, ys
 
 
+@ZERO_MAPS
 def test_shards_equal_per_batch_grad_cam(tmp_path, data):
     net = tiny_net()
     xs, _ = data
@@ -67,6 +69,7 @@ def test_shards_equal_per_batch_grad_cam(tmp_path, data):
     np.testing.assert_array_equal(whole, np.concatenate([np.load(p) for p in shards]))
 
 
+@ZERO_MAPS
 def test_labels_from_dataloader_match_naive_loop(data):
     net = tiny_net()
     x = torch.cat(data[0])
@@ -86,6 +89,7 @@ def test_labels_from_dataloader_match_naive_loop(data):
             np.testing.assert_allclose(b.maps[j], want, rtol=1e-4, atol=1e-6)
 
 
+@ZERO_MAPS
 def test_several_labels_per_sample_keep_k_axis():
     net = tiny_net()
     x = torch.randn(3, 2, 8, 8)
@@ -98,6 +102,7 @@ def test_several_labels_per_sample_keep_k_axis():
     np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
 
 
+@ZERO_MAPS
 def test_callback_sees_every_batch_in_order_and_1d_numpy_batches():
     net = tiny_net(rank=1)
     xs = [np.random.randn(b, 2, 16).astype(np.float32) for b in (2, 5, 1, 3)]
@@ -209,6 +214,7 @@ def test_error_bad_batches_and_arguments(tmp_path):
         explain_dataset(net, [torch.randn(1, 2, 8, 8)], out_dir=afile)
 
 
+@ZERO_MAPS
 def test_rerun_resumes_and_a_different_run_is_refused_unless_overwrite(tmp_path):
     net = tiny_net()
     x = torch.randn(2, 2, 8, 8)

@@ -14,6 +14,7 @@ from torch import nn
 import gradattr
 from references import VQA  # the shared two-input toy model
 from gradattr.errors import GradattrError
+from expected_warnings import ZERO_MAPS
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -248,6 +249,7 @@ def test_relu_false_gives_the_signed_map_of_captum_layer_grad_cam():
 
 
 # ---------------------------------------------------------------- several inputs
+@ZERO_MAPS
 def test_grad_cam_and_score_cam_on_a_tuple_input_equal_the_single_input_model():
     vqa, image, ids = vqa_data()
     for method in ("grad_cam", "score_cam", "hires_cam", "ablation_cam"):

@@ -19,6 +19,7 @@ from gradattr import GradattrError
 
 from references import CLASSES, SIZE, toy, toy_input  # noqa: F401  (the shared toy networks)
 from references import NAIVE_PERTURBATION as NAIVE
+from expected_warnings import ZERO_MAPS
 
 
 def linear_target(y):
@@ -55,6 +56,7 @@ def run(method, net, x, target, **kw):
 
 
 # ---------------------------------------------------------------- the sweep: method x rank x batch x target
+@ZERO_MAPS
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("method", list(NAIVE))
 def test_matches_naive_reference_for_every_target_kind(method, rank):
@@ -81,6 +83,7 @@ def test_matches_naive_reference_for_every_target_kind(method, rank):
     assert nonzero >= 4
 
 
+@ZERO_MAPS
 @pytest.mark.parametrize("method", list(NAIVE))
 def test_numpy_in_numpy_out(method):
     net, x = toy(2), toy_input(2)
@@ -104,6 +107,7 @@ def test_same_seed_same_map_other_seed_other_map_generator_and_global_state(meth
     assert torch.equal(a, c)  # seed=None: torch's global state, here seeded with 3
 
 
+@ZERO_MAPS
 @pytest.mark.parametrize("batch_size", [1, 3, None])
 def test_results_do_not_depend_on_the_chunk_size(batch_size):
     net, x = toy(2), toy_input(2)
@@ -159,6 +163,7 @@ def test_group_cam_blur_matches_torchvision_in_2d():
                                rtol=1e-5, atol=1e-5)
 
 
+@ZERO_MAPS
 def test_model_and_input_left_as_found():
     net = toy(2)
     net.train()

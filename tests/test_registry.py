@@ -18,6 +18,7 @@ from gradattr.options import SHARED
 from gradattr.registry import REGISTRY
 from references import (BATCH_REFERENCES, CLASS_TARGETS_ONLY, NO_REFERENCE, REFERENCES, SCALAR, SWEEP_OPTIONS,
                         TARGETS, reference_maps, resolve, toy, toy_input)
+from expected_warnings import ZERO_MAPS
 
 METHODS = gradattr.list_methods()
 SWEPT = [m for m in METHODS if m not in NO_REFERENCE]
@@ -78,6 +79,7 @@ def test_positional_options_come_from_the_entry():
         Method("m", "M", lambda v: v, "activations", shared=COMMON + TARGET, positional=("device",))
 
 
+@ZERO_MAPS
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("name", SWEPT)
 def test_every_method_matches_its_naive_reference(name, rank):

@@ -11,6 +11,7 @@ from torch import nn
 import gradattr
 from gradattr import GradattrError
 from gradattr.sliding import importance_map, window_starts
+from expected_warnings import ZERO_MAPS
 
 
 def fcn(rank: int = 2, classes: int = 3) -> nn.Sequential:
@@ -22,6 +23,7 @@ def fcn(rank: int = 2, classes: int = 3) -> nn.Sequential:
                          conv(6, classes, 1), pool(1), nn.Flatten())
 
 
+@ZERO_MAPS
 def test_blend_equals_naive_window_loop_2d():
     net = fcn()
     torch.manual_seed(1)
@@ -50,6 +52,7 @@ def test_blend_equals_naive_window_loop_2d():
     np.testing.assert_allclose(got.numpy(), num / den, rtol=1e-5, atol=1e-7)
 
 
+@ZERO_MAPS
 def test_one_window_is_exactly_the_method():
     net = fcn(rank=3)
     x = torch.randn(2, 1, 6, 7, 5)
@@ -61,6 +64,7 @@ def test_one_window_is_exactly_the_method():
     np.testing.assert_array_equal(got.numpy(), gradattr.layer_cam(net, x[0], 1, normalize=True).numpy())
 
 
+@ZERO_MAPS
 def test_window_batch_size_and_batched_volumes_do_not_change_the_map():
     net = fcn(rank=1)
     x = torch.randn(3, 1, 50)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import gradattr
+from expected_warnings import ZERO_MAPS
 
 
 def bn_net() -> nn.Module:
@@ -117,6 +118,7 @@ class _Interrupt(nn.Module):
         return x
 
 
+@ZERO_MAPS
 @pytest.mark.parametrize("method", ["grad_cam", "score_cam"])
 def test_ctrl_c_mid_forward_leaves_train_mode_hooks_and_statistics_as_found(method):
     net = bn_net()

@@ -1,6 +1,7 @@
 """gradattr's warnings: where they point, and what an all-zero map's warning suggests."""
 from __future__ import annotations
 
+import inspect
 import warnings
 
 import pytest
@@ -66,3 +67,38 @@ def test_a_pooled_head_is_not_told_to_try_hires_cam():
     assert "hires_cam" not in str(record[0].message)
     with pytest.warns(GradattrWarning, match="hires_cam at feature layer '1': the map is all zero"):
         assert float(gradattr.hires_cam(net, x, 1, feature_layer="1").abs().max()) == 0  # nor would it help
+
+
+@pytest.mark.parametrize("layer", [None, "3"])
+def test_a_guessed_reading_warns_a_gradattr_warning_at_the_callers_line(monkeypatch, layer):
+    """The automatic layer (layer_choice) and an explicit one (passes) each warn a guessed reading
+    once, as a GradattrWarning (a UserWarning, so filters on UserWarning still match) pointing at
+    the line that called gradattr. No network is read ambiguously today (readings are observed), so
+    the inference is made to say that another reading fits as well."""
+    from dataclasses import replace
+
+    from gradattr import layout_inference
+
+    def guessed(fn):
+        def read(*a, **k):
+            r = fn(*a, **k)
+            return r and replace(r, guessed=True, alternatives="channels last (N, *S, C)")
+        return read
+
+    monkeypatch.setattr(layout_inference, "read", guessed(layout_inference.read))
+    monkeypatch.setattr(layout_inference, "check_reading", guessed(layout_inference.check_reading))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv1d(2, 2, 3, padding=1), nn.ReLU(),
+                        nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(2, 2)).eval()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        line = inspect.currentframe().f_lineno + 1  # the call below
+        gradattr.grad_cam(net, series(), 1, feature_layer=layer, relu=False)
+    guesses = [w for w in record if "a guess" in str(w.message)]
+    assert len(guesses) == 1, [str(w.message) for w in record]
+    w = guesses[0]
+    assert w.category is GradattrWarning and issubclass(w.category, UserWarning)
+    assert (w.filename, w.lineno) == (__file__, line)
+    assert str(w.message) == ("gradattr: feature layer '3' read as channels first (N, C, *S), a guess (another "
+                              "reading fits its shape too (channels last (N, *S, C))); pass feature_layout= "
+                              "to say how to read it")

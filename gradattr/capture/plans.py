@@ -9,7 +9,6 @@ layer options), weakly: the cache never keeps a model alive.
 from __future__ import annotations
 
 import threading
-import warnings
 import weakref
 from dataclasses import dataclass
 from typing import cast
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from .. import layouts
+from ..errors import warn
 from ..layouts import Reading
 from ..prep import Call
 from .hooks import lookup
@@ -70,9 +70,8 @@ def warn_guess(lp: LayerPlan) -> None:
     r = lp.reading
     if r is not None and r.guessed:
         other = f" ({r.alternatives})" if r.alternatives else ""
-        warnings.warn(f"gradattr: feature layer {lp.name!r} read as {layouts.describe(r)}, a guess "
-                      f"(another reading fits its shape too{other}); pass feature_layout= to say how "
-                      "to read it", stacklevel=4)
+        warn(f"gradattr: feature layer {lp.name!r} read as {layouts.describe(r)}, a guess (another "
+             f"reading fits its shape too{other}); pass feature_layout= to say how to read it")
 
 
 def plan_from_options(net: nn.Module, feature_layer, reduction_layer, feature_layout,
