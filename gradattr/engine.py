@@ -278,6 +278,8 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
         hints = [h for o, h in (("counterfactual", "counterfactual=True (the evidence against the target)"),
                                 ("relu", "relu=False (the signed map)")) if o in opts]
         cause = _cause(method, call, plan, opts, 'zero', i, k, seen)
+        if "before the ReLU" not in cause:
+            hints = []  # a score that does not read the layer, or NaN activations: no sign or ReLU helps
         head = _flattening_head(call, names) if cause == _AGAINST and len(names) == 1 \
             and method.family == "gradient CAM" and method.name != "hires_cam" else None
         if head is not None:

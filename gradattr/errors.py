@@ -21,7 +21,8 @@ def expected(argument: str, what: str, given: object) -> GradattrError:
 
 
 class GradattrWarning(UserWarning):
-    """A map that was computed but says nothing (all zero): why, and what to try."""
+    """A result to look at before trusting: a map that was computed but says nothing (all zero:
+    why, and what to try), or a feature reading that was guessed rather than observed."""
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -346,8 +346,8 @@ def test_a_zero_initialised_head_warns_why_and_what_to_try():
     torch.manual_seed(0)
     net = timm.create_model("hiera_tiny_224", pretrained=False, img_size=64).eval()  # head.fc is zeros
     with pytest.warns(GradattrWarning, match=r"grad_cam at feature layer 'patch_embed.proj': the map is all "
-                                             r"zero.*the score does not depend on this layer.*try "
-                                             r"counterfactual=True"):
+                                             r"zero.*the score does not depend on this layer.*; try "
+                                             r"another feature_layer$"):
         cam = gradattr.grad_cam(net, torch.randn(1, 3, 64, 64), 0, feature_layer="patch_embed.proj")
     assert float(cam.abs().max()) == 0
 
@@ -375,8 +375,10 @@ def test_a_head_that_reads_nothing_warns_that_the_score_does_not_depend_on_the_l
     with torch.no_grad():
         net[4].weight.zero_()  # a zero-initialised head, as timm's Hiera is created
     with pytest.warns(GradattrWarning, match=r"grad_cam at feature layer '1': the map is all zero \(first: "
-                                             r"sample 0, target 0\): the score does not depend on this layer"):
+                                             r"sample 0, target 0\): the score does not depend on this layer") as w:
         assert float(gradattr.grad_cam(net, torch.randn(1, 3, 8, 8), 0).abs().max()) == 0
+    # no sign or ReLU can help a score that does not read the layer: only another layer is suggested
+    assert str(w[0].message).endswith("; try another feature_layer"), str(w[0].message)
 
 
 def test_nan_in_another_class_weight_row_is_an_error_naming_method_layer_and_cause():

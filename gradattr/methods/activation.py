@@ -115,7 +115,7 @@ output), and a :class:`~gradattr.GradattrError` says so when the network has no 
 head. On such a network CAM is Grad-CAM times the number of feature-map positions. No
 gradients are computed.""",
     example=_TOY + """>>> x = torch.randn(2, 16)
->>> torch.allclose(gradattr.cam(net, x, 1), 16 * gradattr.grad_cam(net, x, 1), atol=1e-5)
+>>> torch.allclose(gradattr.cam(net, x, 2), 16 * gradattr.grad_cam(net, x, 2), atol=1e-5)
 True
 """,
     use_when="the network ends in global average pooling + one linear layer: exact, no gradients"))

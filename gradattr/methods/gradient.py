@@ -100,7 +100,7 @@ register(Method(
     "xgrad_cam", "XGrad-CAM", lambda v: xgrad_cam_weights(v.acts, v.grads), "activations+gradients",
     family="gradient CAM", shared=COMMON + TARGET + LAYER + ("counterfactual", "eigen_smooth", "relu"),
     summary="XGrad-CAM map (Fu et al., BMVC 2020): ``w_k = sum_ij (A_ij / sum_ab A_ab) d score / d A_ij``.",
-    example=_TOY + """>>> gradattr.xgrad_cam(net, torch.randn(2, 16), 1, upsampling="none").shape
+    example=_TOY + """>>> gradattr.xgrad_cam(net, torch.randn(2, 16), 2, upsampling="none").shape
 torch.Size([16])
 """,
     use_when="you want Grad-CAM with weights that satisfy its sensitivity/conservation axioms"))
@@ -189,7 +189,7 @@ register(Method(
     doc="""HiResCAM with the ReLU moved inside the channel sum: only the positive evidence of
 each channel at each position is kept. With ``eigen_smooth`` the principal component of
 these rectified terms replaces their sum (as pytorch-grad-cam does).""",
-    example=_TOY + """>>> gradattr.grad_cam_elementwise(net, torch.randn(2, 16), 1).shape
+    example=_TOY + """>>> gradattr.grad_cam_elementwise(net, torch.randn(2, 16), 2).shape
 torch.Size([16])
 """,
     use_when="HiResCAM-like maps where negative channel terms should not cancel positive ones"))
@@ -278,7 +278,7 @@ softmax of the output, and the map is Grad-CAM's on that score (pytorch-grad-cam
 ``FinerCAM`` with its default ``GradCAM`` base): what separates the class from its
 look-alikes. Needs class targets on an ``(N, classes)`` output. It runs its own backward
 pass (the engine captures the activations only).""",
-    example=_TOY + """>>> gradattr.finer_cam(net, torch.randn(2, 16), 1, comparison_ranks=(1,)).shape
+    example=_TOY + """>>> gradattr.finer_cam(net, torch.randn(2, 16), 2, comparison_ranks=(1,)).shape
 torch.Size([16])
 """,
     use_when="fine-grained classes: what tells the class apart from its most similar classes"))
@@ -309,7 +309,7 @@ piecewise linear in ``A`` and the score is a logit; the paper pairs it with a sc
 not: pytorch-grad-cam's ``ClassifierOutputReST``, the logit plus the log-softmax, is
 ``reduction_fn=lambda y: 2 * y[:, c] - torch.logsumexp(y, 1)`` here (the parity test uses it). One forward and two backward
 passes (the second through the first's graph).""",
-    example=_TOY + """>>> gradattr.shapley_cam(net, torch.randn(2, 16), 1).shape
+    example=_TOY + """>>> gradattr.shapley_cam(net, torch.randn(2, 16), 2).shape
 torch.Size([16])
 """,
     use_when="Grad-CAM with a second-order correction, for scores that are not linear in the "
@@ -375,7 +375,7 @@ of the clean input's, multiplies ``alpha`` by the ReLU of the last noisy gradien
 the mean one, and sums ``A_ab D3_ab`` over positions instead of ``sum_ab A_ab`` times
 ``D3_ij``. Without noise and where the gradient is constant over positions (the layer
 before global average pooling) the two agree exactly (tested).""",
-    example=_TOY + """>>> gradattr.smooth_grad_cam_plus_plus(net, torch.randn(2, 16), 1, seed=0).shape
+    example=_TOY + """>>> gradattr.smooth_grad_cam_plus_plus(net, torch.randn(2, 16), 2, seed=0).shape
 torch.Size([16])
 """,
     use_when="Grad-CAM++ with less gradient noise; several instances of the class"))

@@ -252,7 +252,7 @@ register(Method(
 the map is ``ReLU(sum_g w_g M_g)``. One backward pass and ``G + 1`` forward passes per
 target, in one batched stream. The blur is deterministic (Gaussian, kernel 51, sigma 50,
 reflected borders), so no seed. See :func:`gradattr.methods.perturbation.group_cam_map`.""",
-    example=_TOY + """>>> gradattr.group_cam(net, torch.randn(2, 16), 1, groups=2).shape
+    example=_TOY + """>>> gradattr.group_cam(net, torch.randn(2, 16), 2, groups=2).shape
 torch.Size([16])
 """,
     use_when="you want Score-CAM-like, perturbation-checked maps at a fraction of its cost "

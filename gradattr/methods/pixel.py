@@ -49,7 +49,7 @@ register(Method(
     doc="""``G(x)[c] * up(GradCAM)`` for every input channel ``c``; the Grad-CAM map is resized
 to the input with ``upsampling`` (``"bicubic"`` or ``"nearest"``; captum's ``GuidedGradCam``
 uses nearest) and clamped at 0. One feature layer.""",
-    example=_TOY + """>>> gradattr.guided_grad_cam(net, torch.randn(2, 16), 1, upsampling="nearest").shape
+    example=_TOY + """>>> gradattr.guided_grad_cam(net, torch.randn(2, 16), 2, upsampling="nearest").shape
 torch.Size([2, 16])
 """,
     use_when="high-resolution and class-discriminative: guided backprop x Grad-CAM"))
