@@ -130,7 +130,7 @@ def test_score_masked_streams_chunks_of_the_budget_and_shows_progress(capsys):
 
 def test_options_are_checked():
     net, x = toy(2), toy_input(2)
-    with pytest.raises(GradattrError, match=r"seed: expected None .* or an int >= 0, got -1"):
+    with pytest.raises(GradattrError, match=r"seed: expected None .* or an int >= 0 .*, got -1"):
         gradattr.rise(net, x, 1, seed=-1)
     with pytest.raises(GradattrError, match=r"generator: expected None or a torch.Generator, got 3"):
         gradattr.ss_cam(net, x, 1, generator=3)

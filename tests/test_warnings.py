@@ -85,7 +85,7 @@ def test_a_guessed_reading_warns_a_gradattr_warning_at_the_callers_line(monkeypa
             return r and replace(r, guessed=True, alternatives="channels last (N, *S, C)")
         return read
 
-    monkeypatch.setattr(layout_inference, "read", guessed(layout_inference.read))
+    monkeypatch.setattr(layout_inference, "infer_reading", guessed(layout_inference.infer_reading))
     monkeypatch.setattr(layout_inference, "check_reading", guessed(layout_inference.check_reading))
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv1d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv1d(2, 2, 3, padding=1), nn.ReLU(),
