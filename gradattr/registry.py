@@ -30,7 +30,7 @@ from .options import COMMON, SHARED, Option
 #: ``input_gradients``: gradients with respect to the input (guided backpropagation and the
 #: input-level attributions, which run their own gradient passes through the score gradients (:mod:`gradattr.score_gradients`));
 #: ``attention``: every attention block's probabilities and their gradients, observed for the
-#: call that asks (:mod:`gradattr.attention`), with the token grid of the patch embedding.
+#: call that asks (:mod:`gradattr.capture.attention_blocks`), with the token grid of the patch embedding.
 CAPTURES = ("nothing", "activations", "activations+gradients", "input_gradients", "attention")
 
 #: Which family a method belongs to (``Method.family``): for the docs and ``method_info``.

@@ -517,7 +517,7 @@ def test_error_messages(here, capsys):
 
 # ------------------------------------------------------------------------------ python -m gradattr.demo
 def test_method_options_are_checked_by_the_registry_before_the_model_loads(here, capsys):
-    """--upsampling and --device go through the registry's own validators (gradattr.registry.SHARED),
+    """--upsampling and --device go through the registry's own validators (gradattr.options.SHARED),
     named as the command spells them, before the model is read: a missing model file is not reached."""
     _, _, out = here
     base = ["explain", "cat.png", "--model", "missing.pt2", "--save-map", out / "m.npy"]

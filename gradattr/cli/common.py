@@ -72,7 +72,7 @@ def parse_bytes(text: str, argument: str) -> float:
 
 # -- method options -------------------------------------------------------------------
 def shared_option(name: str) -> Option:
-    """The registry's :class:`~gradattr.registry.Option` ``name`` (:data:`gradattr.registry.SHARED`):
+    """The shared :class:`~gradattr.options.Option` ``name`` (:data:`gradattr.options.SHARED`):
     its default and validator are the ones a command's argument uses."""
     return SHARED[name]
 
