@@ -391,3 +391,57 @@ def test_gradients_of_a_channels_first_layer_are_the_read_ones():
     lp = cap.plan.layers[0]
     assert lp.reading.kind == "channels_first"
     assert torch.equal(fast, lp.reading.to_ncs(raw.flatten(0, 1)).unflatten(0, raw.shape[:2]))
+
+
+def test_a_layer_looked_up_by_its_path_is_the_one_get_submodule_gives():
+    """``module_named`` walks ``_modules`` (the hot path looks its layers up on every call):
+    every name of a ResNet, a replaced module and a missing one as ``get_submodule`` says."""
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=3)
+    for name, _ in net.named_modules():
+        assert capture.module_named(net, name) is net.get_submodule(name), name
+    net.layer1[0].conv1 = nn.Conv2d(64, 64, 3, padding=1, bias=False)  # replaced: the new one
+    assert capture.module_named(net, "layer1.0.conv1") is net.layer1[0].conv1
+    for missing in ("layer9", "layer1.7", "layer1.0.conv1.weight", "fc.nothing"):
+        with pytest.raises(AttributeError):
+            net.get_submodule(missing)
+        with pytest.raises(AttributeError):
+            capture.module_named(net, missing)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("scalar", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_the_output_form_equals_the_full_conversion(batched, scalar, dtype, as_numpy):
+    """``Layout.output`` drops N and K in one indexing op and skips a detach, a cast and a move
+    that would change nothing: the same values, dtype, shape and device as the full conversion."""
+    from gradattr.inputs import Layout
+
+    torch.manual_seed(0)
+    maps = torch.rand(1 if not batched else 3, 1 if scalar else 2, 5, 4, dtype=dtype, requires_grad=dtype == torch.float64)
+    layout = Layout(batched, as_numpy, torch.device("cpu"), (5, 4))
+    full = maps[:, 0] if scalar else maps
+    full = (full if batched else full[0]).detach().float()
+    got = layout.output(maps, scalar)
+    if as_numpy:
+        assert got.dtype == full.numpy().dtype and (got == full.numpy()).all()
+    else:
+        assert not got.requires_grad and got.dtype == torch.float32 and torch.equal(got, full)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 7), (2, 1, 5, 6), (1, 2, 3, 4, 5)])
+def test_the_maps_peaks_are_the_inf_norms(shape):
+    """The peaks read with the checks (``abs().amax``) equal ``vector_norm(ord=inf)``'s, NaN and
+    Inf included."""
+    torch.manual_seed(0)
+    maps = torch.randn(shape)
+    flat = maps.view(-1)
+    flat[0], flat[-1], flat[len(flat) // 2] = float("nan"), float("-inf"), 0.0
+    if maps.ndim > 2:
+        maps[-1, -1] = 0  # an all-zero map
+        want = torch.linalg.vector_norm(maps.flatten(2), float("inf"), -1)
+    else:
+        want = maps.abs()
+    torch.testing.assert_close(engine.map_peaks(maps), want, rtol=0, atol=0, equal_nan=True)

@@ -51,14 +51,22 @@ def thread_guard():
 
 
 def module_named(net: nn.Module, name: str) -> nn.Module:
-    """The submodule of ``net`` called ``name``."""
-    return net.get_submodule(name)
+    """The submodule of ``net`` called ``name``: ``net.get_submodule(name)``, its path walked
+    through ``_modules`` (a dict look-up per part, about ten times cheaper: the hot path looks
+    up its layers on every call); a part not found there goes to ``get_submodule``, which
+    finds it otherwise or raises its error."""
+    m: nn.Module | None = net
+    for part in name.split(".") if name else ():
+        m = m._modules.get(part)  # type: ignore[union-attr]  # (None ends the walk)
+        if m is None:
+            return net.get_submodule(name)
+    return m  # type: ignore[return-value]  # (net or a module found in _modules)
 
 
 def lookup(net: nn.Module, name: str) -> nn.Module | None:
     """The submodule called ``name`` (its path walked), or ``None`` when there is none now."""
     try:
-        return net.get_submodule(name)
+        return module_named(net, name)
     except AttributeError:
         return None
 
