@@ -445,3 +445,28 @@ def test_the_maps_peaks_are_the_inf_norms(shape):
     else:
         want = maps.abs()
     torch.testing.assert_close(engine.map_peaks(maps), want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.slow  # Dynamo traces the model (seconds)
+def test_hooks_run_eagerly_in_a_compiled_model_and_the_maps_are_the_eager_ones():
+    """``eager`` and the thread guard call no disabled function outside ``torch.compile``; in a
+    compiled model Dynamo sees ``is_compiling()`` and runs them eagerly at a graph break: every
+    forward pass calls the hook, outside Dynamo, in the thread that installed it."""
+    import torch._dynamo
+
+    net, x = toy(2), toy_input(2)
+    want = gradattr.grad_cam(net, x, 1, feature_layer="3")
+    seen, mine = [], capture.thread_guard()
+    hook = capture.eager(lambda m, i, o: seen.append((torch.compiler.is_compiling(), mine())))
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="eager")
+    try:
+        handle = net[3].register_forward_hook(hook)
+        for _ in range(2):
+            compiled(x)
+        handle.remove()
+        got = gradattr.grad_cam(compiled, x, 1, feature_layer="_orig_mod.3")
+    finally:
+        torch._dynamo.reset()
+    assert seen == [(False, True), (False, True)]
+    assert torch.equal(got, want)
