@@ -295,7 +295,7 @@ def map_peaks(maps: torch.Tensor) -> torch.Tensor:
     """``max |map|`` of each map of ``maps (N, K, *s)`` as ``(N, K)`` (``|maps|`` when there is no
     ``s``), NaN and Inf kept: the values of ``vector_norm(ord=inf)`` over ``s``, which costs the
     same on a small map and ten times more on a large one (its CPU kernel is not vectorised)."""
-    peak = maps.detach().abs()
+    peak = (maps.detach() if maps.requires_grad else maps).abs()
     return peak.amax(tuple(range(2, peak.ndim))) if peak.ndim > 2 else peak
 
 
