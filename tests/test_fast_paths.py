@@ -4,7 +4,9 @@ Ablation-CAM's tail-only path (the layers after the feature layer run on a buffe
 ablated copies, the memory learnt in the capture pass) against the whole-pass fallback;
 the options bound once per network against a fresh bind; the memory observed in the
 capture pass against the scorer's own observing pass; the one read of the checks
-against its tensor form. No timing here: speed is measured in benchmarks/.
+against its tensor form; the layer look-ups through ``_modules``, the output form and the maps'
+peaks against ``get_submodule``, the full conversion and ``vector_norm``; the hooks' guard under
+``torch.compile``. No timing here: speed is measured in benchmarks/.
 """
 from __future__ import annotations
 
