@@ -13,8 +13,17 @@ chunk), as a multiple of one forward pass. Ablation-CAM is called once before it
 and timed: a first call per network runs the two-pass path (its check learns whether the
 capture pass may carry the copies); its time is printed on its own line.
 
+``--tail-chunks 2049 257 65 ...`` times, instead, only what Ablation-CAM's copies cost after
+the capture: per chunk of at most that many rows (the unmodified map and the copies with one
+channel zeroed) the buffer filled and the layers after ``layer4`` (average pool, fc) run on it,
+over all C channels, as a multiple of one forward pass; and says whether every copy's score is
+bit-identical to the one-chunk scores (a chunk's size can change a matrix product's rounding).
+It runs the tail as a function of its own, which a hooked pass of a general network cannot do:
+there each chunk after the one the capture pass carries costs a pass of the layers before the
+feature layer.
+
 Usage: ``python benchmarks/bench_floor.py [--sizes 112 224] [--repeats 3] [--threads 2]
-[--device cpu|cuda] [--methods score_cam ...] [--model resnet18|resnet50]``.
+[--device cpu|cuda] [--methods score_cam ...] [--model resnet18|resnet50] [--tail-chunks N ...]``.
 """
 from __future__ import annotations
 
@@ -88,6 +97,57 @@ def pass_floor(net, x, chunks, capture=True):
     return run
 
 
+def tail_chunks(net, x, sizes, repeats, device):
+    """The copies' tail of Ablation-CAM (fill, average pool, fc) in chunks of each of ``sizes``
+    rows, against one forward pass; whether each copy's score is the one-chunk score bit for bit."""
+    store = {}
+    h = net.layer4.register_forward_hook(lambda m, i, o: store.__setitem__("a", o))
+    with torch.inference_mode():
+        net(x)
+    h.remove()
+    a = store["a"]
+    c = a.shape[1]
+    head = torch.nn.Sequential(net.avgpool, torch.nn.Flatten(1), net.fc)
+
+    def run(size):
+        out = torch.empty(c, 1000, device=device)
+        with torch.inference_mode():
+            buf, start = None, 0
+            while start < c:
+                b = min(c - start, size - 1)
+                if buf is None or buf.shape[0] < 1 + b:
+                    buf = a.new_empty(1 + b, *a.shape[1:])  # fresh per call, as Ablation-CAM's
+                copies = buf[:1 + b]
+                copies.copy_(a.expand_as(copies))
+                rows = torch.arange(1, 1 + b, device=device)
+                copies[rows, rows + (start - 1)] = 0
+                out[start:start + b] = head(copies)[1:]
+                start += b
+        return out
+    ref = run(c + 1)
+    same = {n: torch.equal(run(n), ref) for n in sizes}
+    times = {n: [] for n in sizes}
+    fw = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            net(x)
+        sync(device)
+        fw.append(time.perf_counter() - t0)
+        for n in sizes:
+            t0 = time.perf_counter()
+            run(n)
+            sync(device)
+            times[n].append(time.perf_counter() - t0)
+    f = statistics.median(fw)
+    print(f"forward pass: {f * 1e3:.1f} ms\n\n| rows per chunk | chunks | copies' tail (s) | x forward | "
+          "scores bit-identical to one chunk |\n|---:|---:|---:|---:|---|")
+    for n in sizes:
+        m = statistics.median(times[n])
+        print(f"| {n} | {-(-c // (n - 1))} | {m:.3f} | {m / f:.2f} | {'yes' if same[n] else 'no'} |", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[112, 224])
@@ -96,10 +156,20 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--methods", nargs="+", default=list(METHODS))
     p.add_argument("--model", default="resnet18", choices=["resnet18", "resnet50"])
+    p.add_argument("--tail-chunks", type=int, nargs="+", metavar="ROWS",
+                   help="time Ablation-CAM's copies' tail in chunks of these many rows instead")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     net = resnet(args.model, device)
+    if args.tail_chunks:
+        print(f"load average at start: {os.getloadavg()}; torch {torch.__version__}, {device}, "
+              f"{args.threads} thread(s), {args.model} layer4, {args.sizes[0]} px, median of {args.repeats}")
+        torch.manual_seed(1)
+        tail_chunks(net, torch.randn(1, 3, args.sizes[0], args.sizes[0], device=device),
+                    args.tail_chunks, args.repeats, device)
+        print(f"\nload average at end: {os.getloadavg()}")
+        return
     print(f"load average at start: {os.getloadavg()}; torch {torch.__version__}, {device}, "
           f"{args.threads} thread(s), {args.model} layer4, median of {args.repeats}; 'x forward': "
           "the method's time over one forward pass of the input")

@@ -3,7 +3,7 @@
 Where the network's arithmetic is small (a tiny conv net, a 1-D CNN, ResNet-18 at 64 px)
 the fixed cost of a call shows. Every contender computes the same map (the feature
 layer given explicitly, the map upsampled to the input); they run in alternation,
-round after round (the order rotating from round to round), in one process (after the warm-up the heap is frozen, ``gc.freeze``, and a
+round after round (in a new random order each round, the same for every run), in one process (after the warm-up the heap is frozen, ``gc.freeze``, and a
 garbage collection runs before each call, outside the timing: a library's leftover cycles are
 not collected in the next contender's call), and the
 table gives each one's median time and its
@@ -15,6 +15,8 @@ ratio to the hand-written call (forward hook, ``autograd.grad``, channel mean, R
 while the rounds run: the case of a shared machine. ``--baseline DIR`` adds the calls of the
 ``gradattr`` package in ``DIR`` (an earlier checkout, e.g. ``git archive <commit> | tar -x -C DIR``),
 imported under another name, so that a change's before and after share one process and its load.
+``--cpu-time`` times each call by its thread's CPU time (a shared machine's other processes do not
+count).
 
 Usage: ``python benchmarks/bench_overhead.py [--rounds 300] [--device cpu|cuda] [--threads 1] [--load]``.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -130,25 +133,26 @@ def contenders(net, x, layer_name, device, compiled=False, baseline=None):
     return out
 
 
-def measure(fns: dict, rounds: int, device) -> dict:
+def measure(fns: dict, rounds: int, device, clock=time.perf_counter) -> dict:
     times = {k: [] for k in fns}
     for f in fns.values():  # warm-up (plans, caches, allocator)
         for _ in range(5):
             f()
     gc.collect()
     gc.freeze()  # what exists now is never collected again: the collections below stay cheap
-    names = list(fns)
+    names, shuffle = list(fns), random.Random(0).shuffle
     for r in range(rounds):
-        for k in names[r % len(names):] + names[:r % len(names)]:  # the order rotates each round
+        shuffle(names)  # a new order each round: no contender always follows the same neighbour
+        for k in names:
             f = fns[k]
             gc.collect()  # each call pays for its own garbage, not for another library's
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0 = clock()
             f()
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(clock() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
@@ -162,6 +166,9 @@ def main(argv=None):
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--baseline", metavar="DIR", help="also time the gradattr package in DIR (an "
                    "earlier checkout), in the same process")
+    p.add_argument("--cpu-time", action="store_true", help="time each call by its thread's CPU time "
+                   "(time.thread_time) instead of the wall clock: what other processes take of the "
+                   "core does not count (CPU only)")
     args = p.parse_args(argv)
     busy = None
     if args.load:
@@ -172,6 +179,7 @@ def main(argv=None):
     device = torch.device(args.device)
     print(f"load average at start: {os.getloadavg()}; torch {torch.__version__}, device {device}, "
           f"{args.threads} thread(s), {args.rounds} rounds, median per call"
+          f"{' (thread CPU time)' if args.cpu_time else ''}"
           f"{', a second process busy on one core' if busy else ''}")
     try:
         run_cases(args, device)
@@ -188,7 +196,8 @@ def run_cases(args, device):
         torch.manual_seed(0)
         net = make().eval().to(device)
         x = torch.randn(shape, device=device)
-        med = measure(contenders(net, x, layer, device, args.compiled, base), args.rounds, device)
+        med = measure(contenders(net, x, layer, device, args.compiled, base), args.rounds, device,
+                      time.thread_time if args.cpu_time else time.perf_counter)
         ref = med["hand-written Grad-CAM"]
         print(f"\n{case}\n| call | median (ms) | vs hand-written |\n|---|---:|---:|")
         for k, v in med.items():

@@ -32,7 +32,8 @@ from . import resize
 from .ensembles import augmented, sess
 from torch import nn
 
-from .capture import Capture, Plan, capture, per_target_grads, plan_from_options, run_hooked, thread_guard
+from .capture import (Capture, Plan, capture, module_named, per_target_grads, plan_from_options, run_hooked,
+                      thread_guard)
 from .errors import GradattrError, expected, warn
 from .inputs import check_model
 from .layouts import Reading
@@ -117,7 +118,7 @@ class _BoundCache:
         bound, refs = entry
         for name, ref in refs:
             try:
-                if net.get_submodule(name) is not ref():
+                if module_named(net, name) is not ref():
                     return None
             except AttributeError:
                 return None
@@ -255,9 +256,7 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
     if not maps.is_floating_point() or maps.numel() == 0:
         read_checks(call)
         return
-    # max |map| per map, NaN and Inf kept (one fused reduction)
-    peak = torch.linalg.vector_norm(maps.detach().flatten(2), math.inf, -1) if maps.ndim > 2 \
-        else maps.detach().abs()
+    peak = map_peaks(maps)
     width = peak.shape[1] if peak.ndim == 2 else 1
     # with the input's and the scores' deferred checks; then the (N, K) peaks as Python floats
     peaks = read_values(call, peak)
@@ -289,6 +288,14 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
         hint = ", ".join(hints) + ", or another feature_layer" if hints else "another feature_layer"
         warn(f"gradattr: {method.name} at {layer}: {what} all zero (first: sample {i}, target {k}): "
              f"{cause}; try {hint}")
+
+
+def map_peaks(maps: torch.Tensor) -> torch.Tensor:
+    """``max |map|`` of each map of ``maps (N, K, *s)`` as ``(N, K)`` (``|maps|`` when there is no
+    ``s``), NaN and Inf kept: the values of ``vector_norm(ord=inf)`` over ``s``, which costs the
+    same on a small map and ten times more on a large one (its CPU kernel is not vectorised)."""
+    peak = (maps.detach() if maps.requires_grad else maps).abs()
+    return peak.amax(tuple(range(2, peak.ndim))) if peak.ndim > 2 else peak
 
 
 def _flattening_head(call: Call, names: list[str]) -> str | None:
@@ -451,7 +458,8 @@ def combine(how: str, out: torch.Tensor, acts: torch.Tensor, eigen_smooth: bool,
             return rectify(eigen_projection(out[(...,) + (None,) * (acts.ndim - 2)] * acts[:, None]))
         # sum_c w[n, k, c] A[n, c, ...]: one batched matmul (what einsum runs, without its
         # permutes; the same numbers)
-        return rectify(torch.matmul(out.to(acts.dtype), acts.flatten(2)).view(*out.shape[:2], *acts.shape[2:]))
+        w = out if out.dtype == acts.dtype else out.to(acts.dtype)
+        return rectify(torch.matmul(w, acts.flatten(2)).view(*out.shape[:2], *acts.shape[2:]))
     return rectify(eigen_projection(out) if eigen_smooth else out.sum(2))
 
 

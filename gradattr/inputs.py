@@ -42,14 +42,18 @@ class Layout:
         if (not self.channel and maps.ndim == 3 + self.rank and maps.shape[2] == 1
                 and tuple(maps.shape[3:]) == self.spatial):
             maps = maps[:, :, 0]
+        # one indexing op for the dims dropped; the dtype and the device changed only when they differ
         if scalar_target:
-            maps = maps[:, 0]
-        if not self.batched:
+            maps = maps[:, 0] if self.batched else maps[0, 0]
+        elif not self.batched:
             maps = maps[0]
-        maps = maps.detach().float()
+        if maps.requires_grad:
+            maps = maps.detach()
+        if maps.dtype != torch.float32:
+            maps = maps.float()
         if self.numpy:
             return maps.cpu().numpy()
-        return maps.to(self.device)
+        return maps if maps.device == self.device else maps.to(self.device)
 
 
 def _parse_format(fmt: object, ndim: int) -> list[int]:

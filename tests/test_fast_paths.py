@@ -4,7 +4,9 @@ Ablation-CAM's tail-only path (the layers after the feature layer run on a buffe
 ablated copies, the memory learnt in the capture pass) against the whole-pass fallback;
 the options bound once per network against a fresh bind; the memory observed in the
 capture pass against the scorer's own observing pass; the one read of the checks
-against its tensor form. No timing here: speed is measured in benchmarks/.
+against its tensor form; the layer look-ups through ``_modules``, the output form and the maps'
+peaks against ``get_submodule``, the full conversion and ``vector_norm``; the hooks' guard under
+``torch.compile``. No timing here: speed is measured in benchmarks/.
 """
 from __future__ import annotations
 
@@ -391,3 +393,82 @@ def test_gradients_of_a_channels_first_layer_are_the_read_ones():
     lp = cap.plan.layers[0]
     assert lp.reading.kind == "channels_first"
     assert torch.equal(fast, lp.reading.to_ncs(raw.flatten(0, 1)).unflatten(0, raw.shape[:2]))
+
+
+def test_a_layer_looked_up_by_its_path_is_the_one_get_submodule_gives():
+    """``module_named`` walks ``_modules`` (the hot path looks its layers up on every call):
+    every name of a ResNet, a replaced module and a missing one as ``get_submodule`` says."""
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=3)
+    for name, _ in net.named_modules():
+        assert capture.module_named(net, name) is net.get_submodule(name), name
+    net.layer1[0].conv1 = nn.Conv2d(64, 64, 3, padding=1, bias=False)  # replaced: the new one
+    assert capture.module_named(net, "layer1.0.conv1") is net.layer1[0].conv1
+    for missing in ("layer9", "layer1.7", "layer1.0.conv1.weight", "fc.nothing"):
+        with pytest.raises(AttributeError):
+            net.get_submodule(missing)
+        with pytest.raises(AttributeError):
+            capture.module_named(net, missing)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("scalar", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("as_numpy", [False, True])
+def test_the_output_form_equals_the_full_conversion(batched, scalar, dtype, as_numpy):
+    """``Layout.output`` drops N and K in one indexing op and skips a detach, a cast and a move
+    that would change nothing: the same values, dtype, shape and device as the full conversion."""
+    from gradattr.inputs import Layout
+
+    torch.manual_seed(0)
+    maps = torch.rand(1 if not batched else 3, 1 if scalar else 2, 5, 4, dtype=dtype, requires_grad=dtype == torch.float64)
+    layout = Layout(batched, as_numpy, torch.device("cpu"), (5, 4))
+    full = maps[:, 0] if scalar else maps
+    full = (full if batched else full[0]).detach().float()
+    got = layout.output(maps, scalar)
+    if as_numpy:
+        assert got.dtype == full.numpy().dtype and (got == full.numpy()).all()
+    else:
+        assert not got.requires_grad and got.dtype == torch.float32 and torch.equal(got, full)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 7), (2, 1, 5, 6), (1, 2, 3, 4, 5)])
+def test_the_maps_peaks_are_the_inf_norms(shape):
+    """The peaks read with the checks (``abs().amax``) equal ``vector_norm(ord=inf)``'s, NaN and
+    Inf included."""
+    torch.manual_seed(0)
+    maps = torch.randn(shape)
+    flat = maps.view(-1)
+    flat[0], flat[-1], flat[len(flat) // 2] = float("nan"), float("-inf"), 0.0
+    if maps.ndim > 2:
+        maps[-1, -1] = 0  # an all-zero map
+        want = torch.linalg.vector_norm(maps.flatten(2), float("inf"), -1)
+    else:
+        want = maps.abs()
+    torch.testing.assert_close(engine.map_peaks(maps), want, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.slow  # Dynamo traces the model (seconds)
+def test_hooks_run_eagerly_in_a_compiled_model_and_the_maps_are_the_eager_ones():
+    """``eager`` and the thread guard call no disabled function outside ``torch.compile``; in a
+    compiled model Dynamo sees ``is_compiling()`` and runs them eagerly at a graph break: every
+    forward pass calls the hook, outside Dynamo, in the thread that installed it."""
+    import torch._dynamo
+
+    net, x = toy(2), toy_input(2)
+    want = gradattr.grad_cam(net, x, 1, feature_layer="3")
+    seen, mine = [], capture.thread_guard()
+    hook = capture.eager(lambda m, i, o: seen.append((torch.compiler.is_compiling(), mine())))
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="eager")
+    try:
+        handle = net[3].register_forward_hook(hook)
+        for _ in range(2):
+            compiled(x)
+        handle.remove()
+        got = gradattr.grad_cam(compiled, x, 1, feature_layer="_orig_mod.3")
+    finally:
+        torch._dynamo.reset()
+    assert seen == [(False, True), (False, True)]
+    assert torch.equal(got, want)

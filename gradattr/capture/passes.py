@@ -22,7 +22,7 @@ from ..errors import GradattrError
 from ..geometry import Observer
 from ..prep import Call
 from ..targets import tensors_of
-from .hooks import Output, eager, run_hooked, thread_guard
+from .hooks import Output, eager, module_named, run_hooked, thread_guard
 from .layer_choice import capture_auto
 from .plans import PLANS, Capture, LayerPlan, Plan, warn_guess
 
@@ -117,7 +117,7 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
 
     def install():
         extra = (watch(plan, mine) if watch is not None else []) + (obs.handles() if obs is not None else [])
-        return extra + out.handles + [call.net.get_submodule(lp.name).register_forward_hook(feature_hook(i, lp))
+        return extra + out.handles + [module_named(call.net, lp.name).register_forward_hook(feature_hook(i, lp))
                                       for i, lp in enumerate(plan.layers)]
 
     output = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
+from functools import cached_property
 from typing import cast
 
 import torch
@@ -37,8 +38,9 @@ class Plan:
     layers: tuple[LayerPlan, ...]
     reduction: str | None
 
-    @property
+    @cached_property  # (in the instance's __dict__: no field, so equality and hashing ignore it)
     def known(self) -> bool:
+        """Every layer's call and reading resolved (asked on every call: computed once)."""
         return bool(self.layers) and all(lp.call is not None and lp.reading is not None
                                          for lp in self.layers)
 
