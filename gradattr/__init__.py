@@ -16,4 +16,4 @@ from .sliding import sliding_window
 
 __all__ = [*_api.__all__, "compare", "Table", "explain_dataset", "load_maps", "sliding_window",
            "metrics", "plot", "detection", "GradattrError", "GradattrWarning", "imresize", "report"]
-__version__ = "0.4.0"
+__version__ = "0.5.0"
