@@ -18,11 +18,12 @@ costs no extra pass.
 from __future__ import annotations
 
 import difflib
+from typing import cast
 
 import torch
 from torch import nn
 
-from .errors import GradattrError
+from .errors import GradattrError, expected
 
 
 def resolve_layer(net: nn.Module, spec, argument: str) -> tuple[nn.Module, str] | None:
@@ -58,7 +59,10 @@ def resolve_layers(net: nn.Module, spec, argument: str) -> list[tuple[nn.Module,
     if isinstance(spec, (list, tuple)):
         if not spec:
             raise GradattrError(f"{argument}: expected at least one layer, got an empty list")
-        return [resolve_layer(net, s, argument) for s in spec]  # type: ignore[misc]  # None items: not refused
+        if any(s is None for s in spec):
+            raise expected(argument, "a list of layers (names from net.named_modules() or modules), "
+                           "each given", f"{list(spec)!r} (None picks the layer automatically, alone)")
+        return [cast(tuple, resolve_layer(net, s, argument)) for s in spec]
     one = resolve_layer(net, spec, argument)
     return None if one is None else [one]
 

@@ -212,6 +212,8 @@ CASES = [
     ("net-torchscript", gc(), r"net: expected an eager torch.nn.Module .* got a TorchScript "
      r"RecursiveScriptModule", None, _scripted),
     ("feature_layer-unknown", gc(feature_layer="layer4"), r"feature_layer: .*'layer4'"),
+    ("feature_layer-none-in-list", gc(feature_layer=["0", None]), r"feature_layer: expected a list of layers "
+     r".*each given, got \['0', None\] \(None picks the layer automatically, alone\)"),
     ("reduction_layer-unknown", gc(reduction_layer="fc"), r"reduction_layer: .*'fc'"),
     ("aug_smooth-int", gc(aug_smooth=1), r"aug_smooth: expected True or False, got 1"),
     ("counterfactual-str", gc(counterfactual="yes"), r"counterfactual: expected True or False, got 'yes'"),
