@@ -43,6 +43,20 @@ FORWARD_FACTOR = 16
 #: budget still applies). Score-CAM on ResNet-18 (112 px, one loaded 2-core run): 64 copies
 #: per pass took 0.73 of the time of 16 (benchmarks/bench_perturbation.py).
 CPU_CHUNK = 64
+#: On a CPU, the copies of a pass that replays the layers before the feature layer (Ablation-CAM's
+#: later chunks, :mod:`gradattr.capture.replay`) come in chunks of about this many bytes, and at
+#: least :data:`SMALL_ROWS` rows: a chunk the caches hold is filled and read by the layers after
+#: the feature layer 2-2.5x faster than one of hundreds of MB of fresh pages (ResNet-50's
+#: ``layer4`` at 224 px; benchmarks/RESULTS.md, "chunking the copies").
+SMALL_CHUNK, SMALL_ROWS = 16 * 2**20, 64
+
+
+def small_chunk(row: torch.Tensor) -> int | None:
+    """Rows per chunk of copies of ``row`` for passes that replay the layers before the feature
+    layer: about :data:`SMALL_CHUNK` bytes on a CPU; ``None`` (the budget's chunk) elsewhere."""
+    if row.device.type != "cpu":
+        return None
+    return max(SMALL_ROWS, SMALL_CHUNK // max(nbytes(row), 1))
 
 
 def chunk_size(batch_size: int | None, per_copy, device: torch.device, cpu_cap: bool = True) -> int:

@@ -28,6 +28,7 @@ from torch import nn
 from . import resize
 from .budget import Budget, MemoryWatch, chunk_size
 from .capture import Capture, Output, Plan, module_named, run_hooked, thread_guard
+from .capture.replay import Replay, replay_for
 from .errors import GradattrError, expected
 from .layouts import Reading
 from .prep import Call
@@ -175,10 +176,12 @@ class Scorer:
         return self.call.target.scores(y, self.n).detach()
 
     # -- forward passes -------------------------------------------------------------------
-    def output_of(self, x: torch.Tensor, replace=None, rows: torch.Tensor | None = None):
+    def output_of(self, x: torch.Tensor, replace=None, rows: torch.Tensor | None = None,
+                  replay: Replay | None = None):
         """The scored output of a no-grad forward pass of ``x``.
 
-        ``replace(o)`` substitutes the captured call of this scorer's feature layer.
+        ``replace(o)`` substitutes the captured call of this scorer's feature layer; ``replay``
+        records or replays the modules before it (:mod:`gradattr.capture.replay`).
         """
         mine = thread_guard()
         out = Output(self.net, self.reduction, False, mine)
@@ -195,7 +198,8 @@ class Scorer:
                 k = count[0]
                 count[0] += 1
                 return replace(o) if k == lp.call else None
-            return out.handles + [module_named(self.net, lp.name).register_forward_hook(swap)]
+            more = [] if replay is None else [replay.install()]
+            return more + out.handles + [module_named(self.net, lp.name).register_forward_hook(swap)]
 
         return out.finish(run_hooked(self.call, x, install, grad=False, rows=rows))[0]
 
@@ -316,17 +320,29 @@ class Scorer:
         the original score (memoised). Otherwise each copy runs the whole network, in
         chunks of ``batch_size`` (or what fits the budget).
 
+        On the fast path the first pass of sample ``i`` records the modules before the
+        feature layer and the later ones replay them (:meth:`replay`); every replayed pass
+        carries the unchanged copy and is checked in the same way (a pass that fails its
+        check runs again without replaying, and sample ``i`` is not replayed again).
+
         ``unmodified_first=True``: row 0 of ``copies`` is sample ``i``'s own feature map
         (the caller built it in the same tensor, so no copy is concatenated for the
         check); it serves the check and its score is not returned (``(B - 1, K)``).
         """
         fast = self._memo.get("fast")
         if fast is not False:
-            if fast is None and not unmodified_first:
+            rep = self.replay(i)
+            rep = None if rep is None or rep.mode == "off" else rep
+            replaying = rep is not None and rep.mode == "replay"
+            check = fast is None or replaying
+            if check and not unmodified_first:
                 own = cast(Capture, self.cap).acts[self.index][i:i + 1]  # feature maps: captured
                 copies, unmodified_first = torch.cat([own, copies]), True
-            run = copies if fast is None else copies[1:] if unmodified_first else copies
-            s, ok = self._tail_scores(run, i, fast is None)
+            run = copies if check else copies[1:] if unmodified_first else copies
+            s, ok = self._tail_scores(run, i, check, rep)
+            if replaying and not ok:  # the replayed pass failed its check: without replaying
+                cast(Replay, rep).mode = "off"
+                s, ok = self._tail_scores(copies, i, True, None)
             if fast is None:
                 self._memo["fast"] = ok
             if ok:
@@ -336,11 +352,31 @@ class Scorer:
         step = chunk_size(batch_size, lambda: self.budget.copy_bytes(tail=False), self.x.device)
         return torch.cat([self._full_scores(copies[j:j + step], i) for j in range(0, len(copies), step)])
 
+    def replay(self, i: int) -> Replay | None:
+        """The modules before the feature layer recorded for sample ``i``'s passes that run only
+        the layers after it (the capture pass's own recording for N = 1, else made on the first
+        such pass; memoised), or ``None`` where they cannot be replayed."""
+        key = ("replay", i)
+        if key not in self._memo:
+            cap = cast(Capture, self.cap)
+            rep = cap.replay if self.n == 1 else None
+            if rep is None:
+                rep = replay_for(self.net, cap.plan.layers[self.index].name, thread_guard())
+            self._memo[key] = rep
+        return self._memo[key]
+
+    def replays(self, i: int) -> bool:
+        """Whether sample ``i``'s passes replay the modules before the feature layer (its last
+        pass skipped 90 % of their parameters' worth): then a pass costs little more than the
+        layers after the feature layer, and the copies may come in small chunks."""
+        rep = self.replay(i)
+        return rep is not None and rep.works
+
     def _layer_raw(self, i: int, b: int) -> torch.Tensor:
         raw = cast(Capture, self.cap).raw[self.index].detach()
         return raw[i:i + 1].expand(b, *raw.shape[1:])
 
-    def _tail_scores(self, copies: torch.Tensor, i: int, check: bool):
+    def _tail_scores(self, copies: torch.Tensor, i: int, check: bool, replay: Replay | None = None):
         """Scores of ``copies`` through the layers after the feature layer; with ``check`` row 0
         is the sample's own map, compared with its captured score and dropped: ``(s, ok)``."""
         reading = cast(Reading, cast(Capture, self.cap).plan.layers[self.index].reading)
@@ -348,7 +384,9 @@ class Scorer:
         rows = torch.full((b,), i, device=copies.device)
         raw = reading.from_ncs(copies, self._layer_raw(i, b))
         try:
-            y = self.output_of(self.x[i:i + 1], replace=lambda o: raw, rows=rows[:1])
+            y = self.output_of(self.x[i:i + 1], replace=lambda o: raw, rows=rows[:1], replay=replay)
+            if replay is not None and replay.mode == "record":
+                replay.settle()
             if isinstance(y, torch.Tensor) and y.shape[0] != b:
                 raise GradattrError(f"net: expected an output with one row per copy ({b}) when only "
                                     f"the layers after the feature layer run on the copies, got "

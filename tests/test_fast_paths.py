@@ -62,7 +62,7 @@ def passes(net, module):
 def slow(fn):
     """``fn()`` with Ablation-CAM's tail-only path refused: every copy runs the whole network."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(Scorer, "_tail_scores", lambda self, copies, i, check: (None, False))
+        mp.setattr(Scorer, "_tail_scores", lambda self, copies, i, check, replay=None: (None, False))
         return fn()
 
 

@@ -259,7 +259,7 @@ def test_ablation_fast_path_runs_the_prefix_at_batch_one():
     ref = naive_maps("ablation_cam", net, x, [1, 2]).float()
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
     with pytest.MonkeyPatch.context() as mp:  # the whole network on every copy instead
-        mp.setattr(Scorer, "_tail_scores", lambda self, copies, i, check: (None, False))
+        mp.setattr(Scorer, "_tail_scores", lambda self, copies, i, check, replay=None: (None, False))
         slow = gradattr.ablation_cam(net, x, [1, 2], feature_layer="3", upsampling="none", batch_size=2)
     torch.testing.assert_close(slow, ref, rtol=1e-5, atol=1e-7)
 
@@ -303,7 +303,7 @@ def force_fast(net, x):
     with pytest.MonkeyPatch.context() as mp:
         # (on the first chunk row 0 is the sample's own map, the check's: dropped with the check)
         mp.setattr(Scorer, "_tail_scores",
-                   lambda self, copies, i, check: real(self, copies[1:] if check else copies, i, False))
+                   lambda self, copies, i, check, replay=None: real(self, copies[1:] if check else copies, i, False))
         gradattr.ablation_cam(net, x, 1, feature_layer="body.3")
 
 

@@ -22,6 +22,7 @@ from ..errors import warn
 from ..layouts import Reading
 from ..prep import Call
 from .hooks import lookup
+from .replay import Replay
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,9 @@ class Capture:
     #: what a pass that carried a method's copies past the feature layer gave besides (``swap=``
     #: of :func:`gradattr.capture.capture`; Ablation-CAM's scores of its first chunk), else ``None``
     carried: object = None
+    #: the modules before the feature layer as this pass recorded them, for the call's later
+    #: passes of the same sample (:class:`gradattr.capture.replay.Replay`; N = 1), else ``None``
+    replay: Replay | None = None
 
     @property
     def acts(self) -> list[torch.Tensor]:

@@ -15,7 +15,9 @@ from typing import cast
 import torch
 from einops import rearrange
 
-from ..capture import PLANS, Capture, Plan, capture, module_named
+from ..budget import small_chunk
+from ..capture import PLANS, Capture, Plan, capture, module_named, thread_guard
+from ..capture.replay import Replay, replay_for
 from ..errors import GradattrError
 from ..layouts import Reading
 from ..options import COMMON, LAYER, TARGET
@@ -69,7 +71,9 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
         for i in range(n):
             start = first
             while start < c:
-                b = min(c - start, chunk or scorer.activation_chunk(batch_size))
+                size = chunk or scorer.activation_chunk(batch_size)
+                small = small_chunk(a[0]) if batch_size is None and scorer.replays(i) else None
+                b = min(c - start, size if small is None else min(size, small))
                 if buf.shape[0] < 1 + b:
                     buf = a.new_empty(1 + b, *a.shape[1:])
                 copies = buf[:1 + b]
@@ -85,6 +89,8 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
     if not first and scorer.tail_only and scorer.cap is not None and len(scorer.cap.plan.layers) == 1:
         # the budget's chunk when it was computed for this call (else no pass only to size it)
         _remember(scorer.call, scorer.cap.plan, scorer.activation_chunk(None) if batch_size is None else None)
+    if scorer.cap is not None and n == 1 and batch_size is None and scorer.replay(0) is not None:
+        _remember_small(scorer.call, scorer.cap.plan, scorer.replays(0))
     return rearrange(out, "n c k -> n k c")
 
 
@@ -111,6 +117,9 @@ def _carried(scorer, out: torch.Tensor) -> tuple:
 #: replaced module is not trusted); ``None`` once a carrying pass failed its check.
 _TAILS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TAILS_LOCK = threading.Lock()
+#: Networks (weakly) whose later passes replayed the layers before the feature layer on the last
+#: call, per (input signature, plan): their copies come in small chunks from the first one on.
+_SMALL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: Let the capture pass carry Ablation-CAM's first chunk of copies (:func:`ablation_capture`);
 #: off: the capture pass and the two-pass path of :meth:`~gradattr.scorer.Scorer.score_activations`.
 CARRY = True
@@ -127,6 +136,14 @@ def _remember(call, plan: Plan, chunk: int | None) -> None:
         old = entries.get(_tail_key(call, plan), (None,))
         if old is not None and old[0] is None:
             entries[_tail_key(call, plan)] = (chunk, weakref.ref(module_named(call.net, plan.layers[0].name)))
+
+
+def _remember_small(call, plan: Plan, replays: bool) -> None:
+    """Whether this input signature's later passes replayed the layers before the feature layer
+    (then the capture pass carries a small first chunk: :func:`ablation_capture`)."""
+    with _TAILS_LOCK:
+        small = _SMALL.setdefault(call.net, set())
+        (small.add if replays else small.discard)(_tail_key(call, plan))
 
 
 def _refuse(call, plan: Plan) -> None:
@@ -157,11 +174,15 @@ def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
     size = batch if batch is not None else chunk
     if size is None or size < 2:  # no chunk known without a pass to size it; too small to carry
         return None
+    lp = known.layers[0]
+    rep = replay_for(call.net, lp.name, thread_guard())
+    small = batch is None and rep is not None and _tail_key(call, known) in _SMALL.get(call.net, ())
     made: list = []
 
     def swap(r, s, t):
         a = r.to_ncs(s.detach())
-        b = min(a.shape[1], size - 1)  # b + 2 rows: the two-pass path's 1 + size, at most
+        rows = min(size, max(2, small_chunk(a[0]) or size)) if small else size
+        b = min(a.shape[1], rows - 1)  # b + 2 rows: the two-pass path's 1 + size, at most
         buf = a.new_empty(b + 2, *a.shape[1:])
         buf.copy_(a.expand_as(buf))
         j = torch.arange(b, device=a.device)
@@ -170,7 +191,8 @@ def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
         return r.network(r.from_ncs(buf, t), t)
 
     try:
-        cap = capture(call, known, grad=False, swap=swap)
+        cap = capture(call, known, grad=False, swap=swap,
+                      watch=None if rep is None else lambda plan, mine: [cast(Replay, rep).install()])
     except (RuntimeError, GradattrError):
         cap = None
     y = None if cap is None else cap.output
@@ -180,8 +202,10 @@ def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
         return None
     b, buf = made[0]
     cap = cast(Capture, cap)  # its output y was checked above
+    if rep is not None:
+        rep.settle()
     return Capture(cap.raw, cap.plan, y[:1].detach(), cap.reduction_name,
-                   carried=(y.detach(), b, None if batch is not None else chunk, buf))
+                   carried=(y.detach(), b, None if batch is not None else chunk, buf), replay=rep)
 
 
 def _carriable(call, plan: Plan):

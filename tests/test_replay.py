@@ -1,0 +1,209 @@
+"""Replaying the modules before the feature layer in Ablation-CAM's later passes (issue 27, goal 1).
+
+Each case runs Ablation-CAM with replaying on and off (``replay.ENABLED``) on the same chunks
+(``batch_size``) and asks for the same map bit for bit, and for the naive reference's (every
+channel zeroed in a whole pass of its own, tests/references.py); and it counts how often the
+module before the feature layer really ran (its own counter), which says whether the later
+passes replayed it. No timing here: benchmarks/bench_floor.py measures the speed.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import gradattr
+from gradattr import budget
+from gradattr.capture import replay
+
+from references import naive_maps
+
+
+class Stem(nn.Module):
+    """A convolution that counts how often its forward really runs."""
+
+    def __init__(self, c_in=2, c_out=6):
+        super().__init__()
+        self.conv, self.runs = nn.Conv2d(c_in, c_out, 3, padding=1), 0
+
+    def forward(self, x):
+        self.runs += 1
+        return self.conv(x)
+
+
+class Skip(nn.Module):
+    """Stem -> in-place ReLU -> ``block`` (the feature layer) -> head that also reads the stem's
+    output (a skip connection from before the feature layer into the layers after it), with
+    functional ops on the input in ``forward`` (each pass makes a new tensor there)."""
+
+    def __init__(self, c=12):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem, self.act = Stem(2, 6), nn.ReLU(inplace=True)
+        self.block = nn.Sequential(nn.Conv2d(6, c, 3, padding=1, stride=2), nn.ReLU())
+        self.skip = nn.Linear(6, 4)
+        self.fc = nn.Linear(c, 4)
+
+    def forward(self, x):
+        s = self.act(self.stem(x * 2 - 1))
+        f = self.block(s)
+        return self.fc(f.mean((2, 3))) + self.skip(s.mean((2, 3)))
+
+
+class Counter(Stem):
+    """A stem that writes a buffer in eval mode (a step counter): never replayed."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        self.steps += 1
+        return super().forward(x)
+
+
+def x_of(n=1, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, 10, 10, generator=g, dtype=torch.float64)
+
+
+def ablation(net, x, batch_size=3, enabled=True):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(replay, "ENABLED", enabled)
+        return gradattr.ablation_cam(net, x, [1, 3], feature_layer="block", upsampling="none",
+                                     batch_size=batch_size, relu=False)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_replayed_passes_give_the_map_of_passes_that_run_everything(n):
+    net, x = Skip().double().eval(), x_of(n)
+    first = ablation(net, x)  # (a first call also observes the input's reading: more passes)
+    assert torch.equal(first, ablation(net, x, enabled=False))
+    net.stem.runs = 0
+    got = ablation(net, x)
+    replayed_runs, net.stem.runs = net.stem.runs, 0
+    want = ablation(net, x, enabled=False)
+    assert torch.equal(got, want)
+    # 12 channels, chunks of 3 copies. Without replaying the stem runs in every pass: for
+    # N = 1 the capture pass carrying 2 copies, then 4 passes; for N = 2 the capture pass and
+    # 4 passes per sample. Replaying: the capture pass, plus a recording pass per sample for N = 2
+    assert (replayed_runs, net.stem.runs) == ((1, 5) if n == 1 else (3, 9))
+    ref = naive_maps("ablation_cam", net, x, [1, 3], layer="block").float()
+    torch.testing.assert_close(got.clamp(min=0).float(), ref, rtol=1e-5, atol=1e-6)  # (ReLU)
+
+
+def test_a_module_that_writes_a_buffer_is_not_replayed():
+    net, x = Skip().double().eval(), x_of()
+    net.stem = Counter().double()
+    torch.manual_seed(0)
+    ablation(net, x)
+    net.stem.runs = 0
+    got = ablation(net, x)
+    assert net.stem.runs == 5  # the carrying capture pass and 4 more chunks: it ran every time
+    assert int(net.stem.steps) == 0  # (its buffer put back by the call, as before)
+    assert torch.equal(got, ablation(net, x, enabled=False))
+
+
+def test_a_module_called_after_the_feature_layer_runs_there():
+    """One ReLU module before and after the feature layer: its later call is not replayed."""
+
+    class Shared(Skip):
+        def forward(self, x):
+            s = self.act(self.stem(x))
+            return self.fc(self.act(self.block(s)).mean((2, 3)))
+
+    net, x = Shared().double().eval(), x_of()
+    for _ in range(2):
+        got = ablation(net, x)
+        assert torch.equal(got, ablation(net, x, enabled=False))
+    ref = naive_maps("ablation_cam", net, x, [1, 3], layer="block").float()
+    torch.testing.assert_close(got.clamp(min=0).float(), ref, rtol=1e-5, atol=1e-6)  # (ReLU)
+
+
+def test_a_replayed_pass_that_fails_its_check_runs_again_without_replaying(monkeypatch):
+    """The recorded output of the stem corrupted behind its version counter (``.data``): the
+    skip connection then feeds the head wrong values, the unmodified copy's score differs from
+    the captured one, and the chunk runs again with the stem."""
+    net, x = Skip().double().eval(), x_of()
+    want = ablation(net, x, enabled=False)
+    settle = replay.Replay.settle
+
+    def corrupt(self):
+        settle(self)
+        for calls in self.calls.values():
+            for c in calls:
+                if c.give is not None and c.out is not None and c.out.shape[1] == 6:  # the stem's
+                    (c.kept if c.give == "copy" else c.out).data.mul_(3)
+    monkeypatch.setattr(replay.Replay, "settle", corrupt)
+    net.stem.runs = 0
+    got = ablation(net, x)
+    assert torch.equal(got, want)
+    # the carrying capture pass (it records), the failed replayed pass's rerun and 3 more passes
+    assert net.stem.runs == 5
+
+
+def test_another_threads_pass_runs_the_modules_own_forward():
+    """While a pass replays, another thread's forward pass of the same model computes (and
+    does not count as one of the replaying thread's calls: that one still replays)."""
+    net, x, other = Skip().double().eval(), x_of(), x_of(seed=5)
+    with torch.no_grad():
+        expected = net(other)
+    ablation(net, x)
+    seen, threads = [], []
+
+    def in_another_thread(m, i):  # (before the stem's forward, replayed or not, in the main thread)
+        threads.append(threading.current_thread() is threading.main_thread())
+        if threads[-1]:
+            t = threading.Thread(target=lambda: seen.append(net(other).detach()))
+            t.start()
+            t.join()
+    h = net.stem.register_forward_pre_hook(in_another_thread)
+    net.stem.runs = 0
+    try:
+        with torch.no_grad():
+            ablation(net, x)
+    finally:
+        h.remove()
+    # 5 passes in the main thread (the carrying capture pass and 4 replayed), each with one
+    # other thread's pass beside it; the stem really ran once in the main thread and 5 times
+    # in the others
+    assert threads == [True, False] * 5 and net.stem.runs == 1 + 5
+    assert len(seen) == 5 and all(torch.equal(s, expected) for s in seen)
+
+
+def test_the_model_keeps_its_forward_methods():
+    net, x = Skip().double().eval(), x_of()
+    own = net.block.forward  # a bound method put on the instance by the user
+
+    def instance_forward(t):
+        instance_forward.calls += 1
+        return own(t)
+    instance_forward.calls = 0
+    net.block.forward = instance_forward
+    for _ in range(2):
+        got = ablation(net, x)
+    assert net.block.__dict__["forward"] is instance_forward
+    assert all("forward" not in m.__dict__ for m in net.modules() if m is not net.block)
+    del net.block.forward
+    assert torch.equal(got, ablation(net, x, enabled=False))
+    assert instance_forward.calls >= 2  # the user's forward is what ran where it was not replayed
+
+
+def test_large_copies_come_in_small_chunks_once_replaying():
+    """Rows of 1 MiB: from the second call on the capture pass carries SMALL_ROWS - 1 copies and
+    the others come in chunks of SMALL_ROWS (a fresh buffer of hundreds of MB is slow to fill)."""
+    assert budget.small_chunk(torch.empty(2**17, dtype=torch.float64)) == budget.SMALL_ROWS
+    net, x = Skip(c=150).double().eval(), torch.randn(1, 2, 64, 64, dtype=torch.float64)
+    rows = []
+    h = net.fc.register_forward_pre_hook(lambda m, i: rows.append(i[0].shape[0]))
+    try:
+        ablation(net, x, batch_size=None)
+        rows.clear()
+        got = ablation(net, x, batch_size=None)
+    finally:
+        h.remove()
+    assert rows == [budget.SMALL_ROWS + 1, budget.SMALL_ROWS + 1, 150 - 2 * budget.SMALL_ROWS + 2]
+    want = ablation(net, x, batch_size=None, enabled=False)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
