@@ -5,11 +5,15 @@ recorded (their inputs, copied by a pre-hook on the model); the floor replays th
 passes on the same inputs, under ``torch.inference_mode``: what the method cannot avoid. The method and its
 floor run in alternation in one process, ``--repeats`` times each; the table gives the
 medians and their ratio (goal: <= 1.1). Ablation-CAM runs the network's tail after the
-feature layer, not whole passes: its floor replays the tail passes (recorded at the
-layer after ``layer4``: ``avgpool``) on the same feature maps; the last column gives its floor
-as whole passes (per chunk of copies one pass whose ``layer4`` output is the chunk, plus one
-forward pass of the input for the capture when the capture pass did not carry the first
-chunk), as a multiple of one forward pass. Ablation-CAM is called once before it is recorded
+feature layer, not whole passes: its floor replays the tail passes (recorded at the layer after
+``layer4``: ``avgpool``) on the same feature maps. Three more columns for it, as multiples of one
+forward pass: ``capture + tail`` (one forward pass plus that floor: issue 27's floor, a capture
+pass and the layers after the feature layer on the 1 + C copies, made beforehand), the same
+chunks as whole passes (per chunk one pass whose ``layer4`` output is the chunk, plus one
+forward pass for the capture when the capture pass did not carry the first chunk: what each
+chunk would cost if the layers before ``layer4`` ran in every pass), and gradattr with the
+replaying of the layers before the feature layer off (``gradattr.capture.replay.ENABLED``), in
+the same rounds. Ablation-CAM is called once before it is recorded
 and timed: a first call per network runs the two-pass path (its check learns whether the
 capture pass may carry the copies); its time is printed on its own line.
 
@@ -97,6 +101,20 @@ def pass_floor(net, x, chunks, capture=True):
     return run
 
 
+def without_replay(call):
+    """``call()`` with the replaying of the layers before the feature layer off
+    (``gradattr.capture.replay.ENABLED``): every pass runs them, as before it existed."""
+    from gradattr.capture import replay
+
+    def run():
+        replay.ENABLED = False
+        try:
+            call()
+        finally:
+            replay.ENABLED = True
+    return run
+
+
 def tail_chunks(net, x, sizes, repeats, device):
     """The copies' tail of Ablation-CAM (fill, average pool, fc) in chunks of each of ``sizes``
     rows, against one forward pass; whether each copy's score is the one-chunk score bit for bit."""
@@ -174,7 +192,8 @@ def main(argv=None):
           f"{args.threads} thread(s), {args.model} layer4, median of {args.repeats}; 'x forward': "
           "the method's time over one forward pass of the input")
     print("\n| size | method | forward passes (images) | gradattr (s) | floor (s) | ratio | x forward | "
-          "floor as passes, x forward |\n|---|---|---:|---:|---:|---:|---:|---:|")
+          "capture + tail, x forward | floor as passes, x forward | without replaying, x forward |"
+          "\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in args.sizes:
         torch.manual_seed(1)
         x = torch.randn(1, 3, size, size, device=device)
@@ -193,10 +212,11 @@ def main(argv=None):
                 base = floor(torch.nn.Sequential(net.avgpool, torch.nn.Flatten(1), net.fc), shapes)
                 fns["passes"] = pass_floor(net, x, [t for t in shapes if t.shape[0] > x.shape[0]],
                                            capture=shapes[0].shape[0] == x.shape[0])
+                fns["no replay"] = without_replay(call)
             else:
                 shapes = record(net, call)
                 base = floor(net, shapes)
-            times = {"gradattr": [], "floor": [], "forward": [], "passes": []}
+            times = {"gradattr": [], "floor": [], "forward": [], "passes": [], "no replay": []}
             one = floor(net, [x])
             fns.update(gradattr=call, floor=base, forward=one)
             for _ in range(args.repeats):
@@ -210,8 +230,10 @@ def main(argv=None):
             fw = statistics.median(times["forward"])
             images = sum(s.shape[0] for s in shapes)
             passes = f"{statistics.median(times['passes']) / fw:.2f}" if times["passes"] else "-"
+            issue = f"{(fw + fl) / fw:.2f}" if name == "ablation_cam" else "-"
+            off = f"{statistics.median(times['no replay']) / fw:.2f}" if times["no replay"] else "-"
             print(f"| {size} | {name} | {len(shapes)} ({images}) | {g:.2f} | {fl:.2f} | {g / fl:.2f} | "
-                  f"{g / fw:.2f} | {passes} |", flush=True)
+                  f"{g / fw:.2f} | {issue} | {passes} | {off} |", flush=True)
     print(f"\nload average at end: {os.getloadavg()}")
 
 
