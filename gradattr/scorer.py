@@ -366,11 +366,13 @@ class Scorer:
         return self._memo[key]
 
     def replays(self, i: int) -> bool:
-        """Whether sample ``i``'s passes replay the modules before the feature layer (its last
-        pass skipped 90 % of their parameters' worth): then a pass costs little more than the
-        layers after the feature layer, and the copies may come in small chunks."""
+        """Whether sample ``i``'s next pass that runs only the layers after the feature layer
+        replays the modules before it, or records them: the tail-only path is not refused, and
+        the last replayed pass skipped 90 % of their parameters' worth. Then a pass costs little
+        more than the layers after the feature layer, and the copies may come in small chunks."""
         rep = self.replay(i)
-        return rep is not None and rep.works
+        return rep is not None and self._memo.get("fast") is not False \
+            and (rep.mode == "record" or rep.works)
 
     def _layer_raw(self, i: int, b: int) -> torch.Tensor:
         raw = cast(Capture, self.cap).raw[self.index].detach()

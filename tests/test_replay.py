@@ -191,19 +191,41 @@ def test_the_model_keeps_its_forward_methods():
     assert instance_forward.calls >= 2  # the user's forward is what ran where it was not replayed
 
 
-def test_large_copies_come_in_small_chunks_once_replaying():
-    """Rows of 1 MiB: from the second call on the capture pass carries SMALL_ROWS - 1 copies and
-    the others come in chunks of SMALL_ROWS (a fresh buffer of hundreds of MB is slow to fill)."""
-    assert budget.small_chunk(torch.empty(2**17, dtype=torch.float64)) == budget.SMALL_ROWS
-    net, x = Skip(c=150).double().eval(), torch.randn(1, 2, 64, 64, dtype=torch.float64)
-    rows = []
+def fc_rows(net, fn):
+    """The rows of every pass through ``net.fc`` while ``fn()`` runs."""
+    rows: list = []
     h = net.fc.register_forward_pre_hook(lambda m, i: rows.append(i[0].shape[0]))
     try:
-        ablation(net, x, batch_size=None)
-        rows.clear()
-        got = ablation(net, x, batch_size=None)
+        fn()
     finally:
         h.remove()
-    assert rows == [budget.SMALL_ROWS + 1, budget.SMALL_ROWS + 1, 150 - 2 * budget.SMALL_ROWS + 2]
+    return rows
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_large_copies_come_in_small_chunks_when_replaying(n):
+    """Rows of 1.2 MiB, 150 channels: where a sample's passes replay (or record) the stem, its
+    copies come in chunks of SMALL_ROWS; N = 1 from the second call on the capture pass carries
+    SMALL_ROWS - 1 copies (a fresh buffer of hundreds of MB is slow to fill)."""
+    assert budget.small_chunk(torch.empty(2**17, dtype=torch.float64)) == budget.SMALL_ROWS
+    net, x = Skip(c=150).double().eval(), torch.randn(n, 2, 64, 64, dtype=torch.float64)
+    ablation(net, x, batch_size=None)
+    got = []
+    rows = fc_rows(net, lambda: got.append(ablation(net, x, batch_size=None)))
+    s = budget.SMALL_ROWS
+    # (a pass that neither replays nor checks the tail-only path leaves out the unmodified copy:
+    # N = 2, sample 1's recording pass)
+    assert rows == ([s + 1, s + 1, 150 - 2 * s + 2] if n == 1 else
+                    [2, s + 1, s + 1, 150 - 2 * s + 1, s, s + 1, 150 - 2 * s + 1])
     want = ablation(net, x, batch_size=None, enabled=False)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got[0], want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_network_that_does_not_replay_keeps_the_budgets_chunks():
+    """The stem writes a buffer: the first call's recording pass (small) finds nothing to replay,
+    its other copies come in one chunk, and the next call's capture pass carries them all."""
+    net, x = Skip(c=150).double().eval(), torch.randn(1, 2, 64, 64, dtype=torch.float64)
+    net.stem = Counter().double()
+    first = fc_rows(net, lambda: ablation(net, x, batch_size=None))
+    assert first[-2:] == [budget.SMALL_ROWS + 1, 150 - budget.SMALL_ROWS]  # (the second: no check)
+    assert fc_rows(net, lambda: ablation(net, x, batch_size=None)) == [152]

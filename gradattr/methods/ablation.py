@@ -66,14 +66,13 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
     bar = scorer.progress(n * c, progress, "Ablation-CAM")
     first, chunk, buf = _carried(scorer, out)
     buf = a.new_empty(0) if buf is None else buf
+    replayed = _replayed(scorer.call, scorer.cap.plan) if scorer.cap is not None else None
     try:
         bar.update(n * first)
         for i in range(n):
             start = first
             while start < c:
-                size = chunk or scorer.activation_chunk(batch_size)
-                small = small_chunk(a[0]) if batch_size is None and scorer.replays(i) else None
-                b = min(c - start, size if small is None else min(size, small))
+                b = min(c - start, _chunk(scorer, i, batch_size, chunk, a[0], replayed))
                 if buf.shape[0] < 1 + b:
                     buf = a.new_empty(1 + b, *a.shape[1:])
                 copies = buf[:1 + b]
@@ -89,9 +88,22 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
     if not first and scorer.tail_only and scorer.cap is not None and len(scorer.cap.plan.layers) == 1:
         # the budget's chunk when it was computed for this call (else no pass only to size it)
         _remember(scorer.call, scorer.cap.plan, scorer.activation_chunk(None) if batch_size is None else None)
-    if scorer.cap is not None and n == 1 and batch_size is None and scorer.replay(0) is not None:
-        _remember_small(scorer.call, scorer.cap.plan, scorer.replays(0))
+    if scorer.cap is not None and batch_size is None and scorer.replay(0) is not None:
+        _remember_replayed(scorer.call, scorer.cap.plan, all(scorer.replays(i) for i in range(n)))
     return rearrange(out, "n c k -> n k c")
+
+
+def _chunk(scorer, i: int, batch_size: int | None, chunk: int | None, row: torch.Tensor,
+           replayed: bool | None) -> int:
+    """Copies in sample ``i``'s next pass: ``batch_size``, the remembered or the budget's chunk,
+    or fewer (:func:`~gradattr.budget.small_chunk`) where the pass replays the modules before the
+    feature layer or records them (unless this network's replaying failed on the last call)."""
+    size = chunk or scorer.activation_chunk(batch_size)
+    if batch_size is not None or not scorer.replays(i) \
+            or replayed is False and scorer.replay(i).mode == "record":
+        return size
+    small = small_chunk(row)
+    return size if small is None else min(size, small)
 
 
 def _carried(scorer, out: torch.Tensor) -> tuple:
@@ -117,9 +129,10 @@ def _carried(scorer, out: torch.Tensor) -> tuple:
 #: replaced module is not trusted); ``None`` once a carrying pass failed its check.
 _TAILS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _TAILS_LOCK = threading.Lock()
-#: Networks (weakly) whose later passes replayed the layers before the feature layer on the last
-#: call, per (input signature, plan): their copies come in small chunks from the first one on.
-_SMALL: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Networks (weakly), per (input signature, plan): whether their later passes replayed the modules
+#: before the feature layer on the last call (then the copies come in small chunks from the
+#: capture pass's on; not: the pass that records them takes the usual chunk).
+_REPLAYED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 #: Let the capture pass carry Ablation-CAM's first chunk of copies (:func:`ablation_capture`);
 #: off: the capture pass and the two-pass path of :meth:`~gradattr.scorer.Scorer.score_activations`.
 CARRY = True
@@ -138,12 +151,15 @@ def _remember(call, plan: Plan, chunk: int | None) -> None:
             entries[_tail_key(call, plan)] = (chunk, weakref.ref(module_named(call.net, plan.layers[0].name)))
 
 
-def _remember_small(call, plan: Plan, replays: bool) -> None:
-    """Whether this input signature's later passes replayed the layers before the feature layer
-    (then the capture pass carries a small first chunk: :func:`ablation_capture`)."""
+def _replayed(call, plan: Plan) -> bool | None:
+    """Whether this input signature's passes replayed the modules before the feature layer on
+    the last call (``None``: unknown)."""
+    return _REPLAYED.get(call.net, {}).get(_tail_key(call, plan))
+
+
+def _remember_replayed(call, plan: Plan, replays: bool) -> None:
     with _TAILS_LOCK:
-        small = _SMALL.setdefault(call.net, set())
-        (small.add if replays else small.discard)(_tail_key(call, plan))
+        _REPLAYED.setdefault(call.net, {})[_tail_key(call, plan)] = replays
 
 
 def _refuse(call, plan: Plan) -> None:
@@ -176,7 +192,7 @@ def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
         return None
     lp = known.layers[0]
     rep = replay_for(call.net, lp.name, thread_guard())
-    small = batch is None and rep is not None and _tail_key(call, known) in _SMALL.get(call.net, ())
+    small = batch is None and rep is not None and _replayed(call, known) is True
     made: list = []
 
     def swap(r, s, t):
