@@ -229,3 +229,71 @@ def test_a_network_that_does_not_replay_keeps_the_budgets_chunks():
     first = fc_rows(net, lambda: ablation(net, x, batch_size=None))
     assert first[-2:] == [budget.SMALL_ROWS + 1, 150 - budget.SMALL_ROWS]  # (the second: no check)
     assert fc_rows(net, lambda: ablation(net, x, batch_size=None)) == [152]
+
+
+class Shift(nn.Module):
+    """``x += 0.5`` in place (not idempotent, unlike an in-place ReLU: a chunk written by it
+    and handed over again would score otherwise)."""
+
+    def forward(self, x):
+        return x.add_(0.5)
+
+
+class InPlaceTail(nn.Module):
+    """The layers after the feature layer start with an in-place op: they write the chunk of
+    copies they are handed."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.stem = Stem(2, 6)
+        self.block = nn.Conv2d(6, 12, 3, padding=1)
+        self.tail = nn.Sequential(Shift(), nn.ReLU(), nn.Conv2d(12, 4, 1), nn.AdaptiveMaxPool2d(1),
+                                  nn.Flatten(), nn.Linear(4, 5))
+
+    def forward(self, x):
+        return self.tail(self.block(torch.relu(self.stem(x))))
+
+
+@pytest.mark.parametrize("make", [Skip, InPlaceTail], ids=["Skip", "InPlaceTail"])
+@pytest.mark.parametrize("n", [1, 2])
+def test_later_chunks_put_back_the_last_chunks_channels(make, n):
+    """A later chunk of copies is the last one with its zeroed channels put back and its own
+    zeroed, unless the layers after the feature layer wrote it: the map of chunks filled whole,
+    bit for bit, and the naive reference's."""
+    from gradattr.methods import ablation as module
+    net, x = make().double().eval(), x_of(n)
+    for _ in range(2):  # (the second call: N = 1's capture pass carries the first chunk)
+        got = ablation(net, x)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(module, "PATCH", False)
+            assert torch.equal(got, ablation(net, x))
+    torch.testing.assert_close(got.double(), naive_ablation(net, x, [1, 3]), rtol=1e-5, atol=1e-6)  # (float32 maps)
+
+
+def naive_ablation(net, x, targets):
+    """Ablation-CAM without ReLU, channel by channel in whole passes, each with its own copy of
+    the feature map (``net.block``'s output; tests/references.py's records the map the network
+    continues with, which an in-place op after the layer writes)."""
+    def run(k=None):
+        seen = []
+
+        def hook(m, i, o):
+            seen.append(o.clone())
+            if k is not None:
+                o = o.clone()
+                o[:, k] = 0
+                return o
+            return o.clone()
+        h = net.block.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                return net(x)[:, targets], seen[0]
+        finally:
+            h.remove()
+    y, a = run()
+    maps = []
+    for k in range(a.shape[1]):
+        w = (y - run(k)[0]) / y  # (N, K)
+        maps.append(w[:, :, None, None] * a[:, None, k])
+    return torch.stack(maps).sum(0)

@@ -38,8 +38,12 @@ _SIMPLE = (type(None), bool, int, float, complex, str, torch.dtype, torch.device
            torch.memory_format)
 
 
-def _version(t: torch.Tensor) -> int | None:
+def version_of(t: torch.Tensor) -> int | None:
+    """``t``'s version counter (bumped by every in-place write), ``None`` for an inference tensor."""
     return None if t.is_inference() else t._version
+
+
+_version = version_of
 
 
 def _leaves(value, out: list) -> None:

@@ -17,7 +17,7 @@ from einops import rearrange
 
 from ..budget import small_chunk
 from ..capture import PLANS, Capture, Plan, capture, module_named, thread_guard
-from ..capture.replay import Replay, replay_for
+from ..capture.replay import Replay, replay_for, version_of
 from ..errors import GradattrError
 from ..layouts import Reading
 from ..options import COMMON, LAYER, TARGET
@@ -64,8 +64,7 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
     y = scorer.scores
     out = y.new_zeros(n, c, y.shape[1])
     bar = scorer.progress(n * c, progress, "Ablation-CAM")
-    first, chunk, buf = _carried(scorer, out)
-    buf = a.new_empty(0) if buf is None else buf
+    first, chunk, copies = _carried(scorer, out, a)
     replayed = _replayed(scorer.call, scorer.cap.plan) if scorer.cap is not None else None
     try:
         bar.update(n * first)
@@ -73,13 +72,7 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
             start = first
             while start < c:
                 b = min(c - start, _chunk(scorer, i, batch_size, chunk, a[0], replayed))
-                if buf.shape[0] < 1 + b:
-                    buf = a.new_empty(1 + b, *a.shape[1:])
-                copies = buf[:1 + b]
-                copies.copy_(a[i:i + 1].expand_as(copies))
-                rows = torch.arange(1, 1 + b, device=a.device)
-                copies[rows, rows + (start - 1)] = 0  # row 1 + j: channel start + j
-                out[i, start:start + b] = scorer.score_activations(copies, i, batch_size,
+                out[i, start:start + b] = scorer.score_activations(copies.chunk(i, start, b), i, batch_size,
                                                                    unmodified_first=True)
                 start += b
                 bar.update(b)
@@ -106,20 +99,59 @@ def _chunk(scorer, i: int, batch_size: int | None, chunk: int | None, row: torch
     return size if small is None else min(size, small)
 
 
-def _carried(scorer, out: torch.Tensor) -> tuple:
+class Copies:
+    """The buffer of a sample's ablated copies, reused from chunk to chunk: row 0 is the sample's
+    own feature map, row ``1 + j`` the map with channel ``start + j`` zeroed.
+
+    A sample's first chunk is filled whole (a copy of its map per row); a later one only puts
+    back the channels the last one zeroed and zeroes its own, where the buffer's version counter
+    says nothing wrote it since (the layers after the feature layer read the chunk: an in-place
+    op there writes it, and the next chunk is filled whole again). ``state``: ``(sample, start,
+    b, rows, version)``: rows ``0 .. rows - 1`` hold the sample's map, rows ``1 .. b`` with
+    channels ``start .. start + b - 1`` zeroed, as the buffer was at ``version``.
+    """
+
+    def __init__(self, a: torch.Tensor, buf: torch.Tensor | None = None, state: tuple | None = None):
+        self.a, self.buf, self.state = a, a.new_empty(0) if buf is None else buf, state
+
+    def chunk(self, i: int, start: int, b: int) -> torch.Tensor:
+        """Rows ``0 .. b`` for sample ``i``: its map, then channels ``start .. start + b - 1`` zeroed."""
+        a, buf, state = self.a, self.buf, self.state
+        if buf.shape[0] < 1 + b:
+            buf, state = a.new_empty(1 + b, *a.shape[1:]), None
+        if PATCH and state is not None and state[0] == i and state[3] >= 1 + b \
+                and state[4] is not None and version_of(buf) == state[4]:
+            _, s0, k, rows, _ = state
+            r = torch.arange(1, 1 + k, device=a.device)
+            buf[r, r + (s0 - 1)] = a[i, s0:s0 + k]  # the last chunk's channels put back
+        else:
+            buf[:1 + b].copy_(a[i:i + 1].expand(1 + b, *a.shape[1:]))
+            rows = 1 + b
+        r = torch.arange(1, 1 + b, device=a.device)
+        buf[r, r + (start - 1)] = 0  # row 1 + j: channel start + j
+        self.buf, self.state = buf, (i, start, b, rows, version_of(buf))
+        return buf[:1 + b]
+
+
+#: Fill a later chunk of copies by putting back the last chunk's channels (:class:`Copies`);
+#: off: every chunk is filled whole.
+PATCH = True
+
+
+def _carried(scorer, out: torch.Tensor, a: torch.Tensor) -> tuple:
     """The scores of the copies the capture pass carried, written into ``out``: ``(channels
-    done per sample, copies per later chunk, the buffer to reuse)``; ``(0, None, None)`` when
-    it carried none. The carrying pass's buffer is reused for the later chunks (its pages are
-    already touched: filling a fresh buffer of hundreds of MB is mostly page faults)."""
+    done per sample, copies per later chunk, the Copies to fill)``; ``(0, None, empty Copies)``
+    when it carried none. The carrying pass's buffer is reused for the later chunks (its pages
+    are already touched: filling a fresh buffer of hundreds of MB is mostly page faults)."""
     carried = scorer.cap.carried if scorer.cap is not None else None
     if carried is None:
-        return 0, None, None
-    y, b, chunk, buf = carried
+        return 0, None, Copies(a)
+    y, b, chunk, buf, version = carried
     n, m = out.shape[0], b + 2
     rows = torch.arange(n, device=out.device).repeat_interleave(m)
     s = scorer.target.scores(y, n * m, rows).detach().view(n, m, -1)
     out[:, :b] = s[:, 1:1 + b].to(out.dtype)
-    return b, chunk, buf
+    return b, chunk, Copies(a, buf, (0, 0, b, b + 2, version))
 
 
 #: Networks (weakly) whose layers after the feature layer were found to score copies of a
@@ -203,7 +235,7 @@ def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
         buf.copy_(a.expand_as(buf))
         j = torch.arange(b, device=a.device)
         buf[j + 1, j] = 0  # row 1 + j: channel j zeroed
-        made.append((b, buf))
+        made.append((b, buf, version_of(buf)))
         return r.network(r.from_ncs(buf, t), t)
 
     try:
@@ -216,12 +248,12 @@ def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
             or not torch.equal(y[0], y[-1]):
         _refuse(call, known)
         return None
-    b, buf = made[0]
+    b, buf, version = made[0]
     cap = cast(Capture, cap)  # its output y was checked above
     if rep is not None:
         rep.settle()
     return Capture(cap.raw, cap.plan, y[:1].detach(), cap.reduction_name,
-                   carried=(y.detach(), b, None if batch is not None else chunk, buf), replay=rep)
+                   carried=(y.detach(), b, None if batch is not None else chunk, buf, version), replay=rep)
 
 
 def _carriable(call, plan: Plan):
