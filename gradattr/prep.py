@@ -15,6 +15,7 @@ in eval mode for as long as any explanation runs.
 """
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -294,7 +295,6 @@ class Call:
         kwargs = {k: follow(v) for k, v in (self.forward_kwargs or {}).items()}
         return self.net(*args, **kwargs)
 
-
     def _confirming(self, x: torch.Tensor):
         """The first forward pass of a call whose input reading was presumed: confirmed here
         (:func:`gradattr.reading.confirm`), or :class:`~gradattr.reading.Unsettled`."""
@@ -398,12 +398,37 @@ def _observer(net: nn.Module, device: torch.device | None, kwargs: dict | None, 
 
 
 def _read(call: Call, more: torch.Tensor | None) -> list[float] | None:
-    """The deferred checks and ``more`` in one copy to the host; runs the failing checks and
-    returns ``more``'s values (flattened) as Python floats."""
+    """The deferred checks and ``more`` in one copy to the host (:func:`_read_once`; on the CPU,
+    with no synchronisation to save, one by one: :func:`_read_on_cpu`); runs the failing checks
+    and returns ``more``'s values (flattened) as Python floats."""
     checks = call.deferred.checks
     pending = list(checks) if checks else ()
     if pending:
         cast(list, checks).clear()  # (shared with the call's augmented copies)
+    cpu = (more is None or more.device.type == "cpu") and all(sm.device.type == "cpu" for sm, _ in pending)
+    values = _read_on_cpu(pending, more) if cpu else _read_once(pending, more)
+    if values is None:
+        return None
+    for (_, check), v in zip(pending, values):
+        if not math.isfinite(v):
+            check()
+    return values[len(pending):]
+
+
+def _read_on_cpu(pending, more: torch.Tensor | None) -> list[float] | None:
+    """:func:`_read`'s values on the CPU: each sum by ``float`` (finite or not in its own dtype;
+    one that only overflows the map's dtype made the copy's check run, which passes), ``more`` by
+    ``tolist``: the same floats, without the reshapes and the concatenation of the one copy."""
+    if not pending and more is None:
+        return None
+    values = [float(sm) for sm, _ in pending]
+    if more is not None:
+        values += (more if more.is_floating_point() else more.float()).reshape(-1).tolist()
+    return values
+
+
+def _read_once(pending, more: torch.Tensor | None) -> list[float] | None:
+    """:func:`_read`'s values in one device-to-host copy: the call's one host synchronisation."""
     # one dtype for the copy: the map's (a sum that overflows it only makes its check run)
     dtype = more.dtype if more is not None and more.is_floating_point() else torch.float32
     parts = [t if t.dtype == dtype else t.to(dtype)
@@ -415,14 +440,10 @@ def _read(call: Call, more: torch.Tensor | None) -> list[float] | None:
     if mode:  # the call's one host synchronisation, allowed under set_sync_debug_mode
         torch.cuda.set_sync_debug_mode(0)  # (which a test sets to "error" to prove there is no other)
     try:
-        values = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().tolist()
+        return (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().tolist()
     finally:
         if mode:
             torch.cuda.set_sync_debug_mode(mode)
-    for (_, check), v in zip(pending, values):
-        if v != v or v in (float("inf"), float("-inf")):
-            check()
-    return values[len(pending):]
 
 
 def read_checks(call: Call, more: torch.Tensor | None = None) -> torch.Tensor | None:

@@ -472,3 +472,51 @@ def test_hooks_run_eagerly_in_a_compiled_model_and_the_maps_are_the_eager_ones()
         torch._dynamo.reset()
     assert seen == [(False, True), (False, True)]
     assert torch.equal(got, want)
+
+
+# -- the fourth pass: the read on the CPU, the lone borrow, the input's copy, the target ------------
+def _pending(sums):
+    """Deferred checks of ``sums``, each check raising when its own sum is not finite (what the
+    real checks find: NaN or Inf in the data) and recording that it ran."""
+    ran: list = []
+
+    def check(i, t):
+        def run():
+            ran.append(i)
+            if not torch.isfinite(t).all():
+                raise ValueError(f"check {i}")
+        return run
+    return [(t, check(i, t)) for i, t in enumerate(sums)], ran
+
+
+@pytest.mark.parametrize("more_dtype", [torch.float32, torch.float64, torch.float16, torch.int64, None])
+def test_the_read_on_the_cpu_equals_the_one_copy(more_dtype):
+    """``_read`` on the CPU reads each sum by ``float`` and the peaks by ``tolist``: the same
+    values as the one copy, and the same checks raise (a finite sum that only overflows the
+    copy's dtype made its check run there, which passes)."""
+    sums = [torch.tensor(3.5), torch.tensor(1e300, dtype=torch.float64), torch.tensor(7),
+            torch.tensor(-2.0, dtype=torch.float16), torch.tensor(float("nan"))]
+    more = None if more_dtype is None else torch.tensor([[0.5, 2.0], [0.0, 1000.0]]).to(more_dtype)
+    for bad in (False, True):
+        use = sums if bad else sums[:-1]
+        outcomes = []
+        for path in (prep._read_on_cpu, prep._read_once):
+            pending, ran = _pending(use)
+            call = prep.prepare_call(toy(2), toy_input(2), target=1, defer_checks=True)
+            call.deferred.checks[:] = pending
+            original = prep._read_on_cpu
+            prep._read_on_cpu = path
+            try:
+                got = prep._read(call, more)
+                raised = None
+            except ValueError as e:
+                got, raised = None, str(e)
+            finally:
+                prep._read_on_cpu = original
+            outcomes.append((got, raised, [i for i in ran if i != 1]))  # (1: the overflow's check)
+        assert outcomes[0] == outcomes[1]
+        assert (outcomes[0][1] == "check 4") == bad
+    if more is not None:
+        pending, _ = _pending(sums[:1])
+        want = more.double().reshape(-1).tolist()
+        assert prep._read_on_cpu(pending, more) == [3.5] + want == prep._read_once(pending, more)
