@@ -520,3 +520,89 @@ def test_the_read_on_the_cpu_equals_the_one_copy(more_dtype):
         pending, _ = _pending(sums[:1])
         want = more.double().reshape(-1).tolist()
         assert prep._read_on_cpu(pending, more) == [3.5] + want == prep._read_once(pending, more)
+
+
+def _state(net):
+    return ([m.training for m in net.modules()],
+            [(k, id(b), b._version, b.clone()) for k, b in net.named_buffers()])
+
+
+def _same_state(a, b):
+    """The same modes, and the same buffers (names, identities, values)."""
+    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(
+        x[:2] == y[:2] and torch.equal(x[3], y[3]) for x, y in zip(a[1], b[1]))
+
+
+class _Counts(nn.Module):
+    """Writes its buffer in every pass, even in eval mode, and replaces another."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("last", torch.zeros(2))
+
+    def forward(self, t):
+        self.calls += 1
+        self.last = t.detach().flatten()[:2].clone()
+        return t
+
+
+def _borrow_scenario(other_borrow):
+    """One borrow of a model whose modules write and replace buffers in eval mode, with a mode
+    flipped and a module added while it runs; ``other_borrow`` held meanwhile (forcing the
+    per-module records) or not (the lone borrow's two lists)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), _Counts(), nn.Dropout(0.5),
+                        nn.Sequential(nn.ReLU(), _Counts()), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    net.train()
+    net[4].eval()  # mixed modes
+    before = _state(net)
+    other = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+    held = prep.borrowed(other) if other_borrow else None
+    if held is not None:
+        held.__enter__()
+    with prep.borrowed(net):
+        assert not any(m.training for m in net.modules())
+        net(torch.randn(2, 3, 6, 6))
+        net[3].train()  # a mode flipped during the call
+        net.add_module("late", nn.Dropout())  # a module added during the call
+    after_inner = _state(net)
+    if held is not None:
+        held.__exit__(None, None, None)
+        assert all(m.training for m in other.modules())
+    del net.late
+    return before, _state(net), after_inner
+
+
+def test_a_lone_borrow_restores_what_per_module_records_restore():
+    """The lone borrow (flags and buffers in two lists) leaves the model as the per-module
+    records do: modes, buffers' values and identities as they were (the same writes: the same
+    version counters); and with nothing left borrowed."""
+    alone_before, alone_after, alone_inner = _borrow_scenario(False)
+    held_before, held_after, held_inner = _borrow_scenario(True)
+    assert _same_state(alone_before, alone_after) and _same_state(held_before, held_after)
+    assert [b[2] for b in alone_after[1]] == [b[2] for b in held_after[1]]
+    assert alone_inner[0] == held_inner[0] and len(alone_inner[0]) == len(alone_after[0]) + 1
+    assert prep._SOLO == [None] and prep._MODULES == {} and prep._BORROWS == {}
+
+
+def test_a_lone_borrow_joined_by_a_second_one_is_counted_per_module():
+    """A second borrow (nested, or of a model sharing a submodule) turns the lone borrow into
+    per-module records: the shared modules stay in eval mode until the last borrow ends."""
+    torch.manual_seed(0)
+    shared = nn.Sequential(nn.Linear(3, 3), nn.Dropout())
+    a, b = nn.Sequential(shared, nn.Dropout()).train(), nn.Sequential(shared, nn.BatchNorm1d(3)).train()
+    first = prep.borrowed(a)
+    first.__enter__()
+    assert first.borrows is None  # alone: no records
+    with prep.borrowed(a):  # nested: the same model again
+        assert first.borrows is not None
+    assert not any(m.training for m in a.modules())  # the outer borrow still runs
+    second = prep.borrowed(b)
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert a[1].training and not shared.training and not shared[1].training and not b[1].training
+    second.__exit__(None, None, None)
+    assert all(m.training for m in a.modules()) and all(m.training for m in b.modules())
+    assert prep._SOLO == [None] and prep._MODULES == {}
