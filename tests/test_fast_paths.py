@@ -606,3 +606,27 @@ def test_a_lone_borrow_joined_by_a_second_one_is_counted_per_module():
     second.__exit__(None, None, None)
     assert all(m.training for m in a.modules()) and all(m.training for m in b.modules())
     assert prep._SOLO == [None] and prep._MODULES == {}
+
+
+@pytest.mark.parametrize("form", ["contiguous", "transposed", "expanded", "channels_last", "grad",
+                                  "double", "half", "numpy"])
+def test_the_private_copy_is_what_to_copy_makes(form):
+    """The input's private copy by ``clone`` (same dtype and device) is what
+    ``to(copy=True)`` makes: values, dtype, strides; never the user's storage; its deferred
+    NaN/Inf sum is the sum of the copy."""
+    from gradattr import inputs
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 4)
+    given = {"contiguous": x, "transposed": x.transpose(2, 3), "expanded": x[:1].expand(2, 3, 5, 4),
+             "channels_last": x.contiguous(memory_format=torch.channels_last),
+             "grad": x.clone().requires_grad_(True), "double": x.double(), "half": x.half(),
+             "numpy": x.numpy()}[form]
+    net = nn.Sequential(nn.Conv2d(3, 2, 1))
+    checks: list = []
+    t, layout = inputs.prepare(given, net, None, torch.device("cpu"), torch.float32, checks=checks)
+    ref = torch.as_tensor(given).detach().to(device="cpu", dtype=torch.float32, copy=True)
+    assert torch.equal(t, ref) and t.dtype == ref.dtype and t.stride() == ref.stride()
+    assert not t.requires_grad and t.untyped_storage().data_ptr() != torch.as_tensor(given).untyped_storage().data_ptr()
+    assert torch.equal(checks[0][0], t.sum(dtype=torch.float32))
+    assert layout == inputs.Layout(True, form == "numpy", torch.device("cpu"), (5, 4) if form != "transposed" else (4, 5))
