@@ -81,21 +81,26 @@ def bind(method: Method, net, options: dict) -> Bound:
                  opts.get("upsampling", "bicubic"), plan)
 
 
-_SIMPLE = (str, int, float, bool, type(None))
+_SIMPLE = frozenset((str, int, float, bool, type(None)))
+
+
+def _canon(v):
+    """``v`` with its type (so that ``1``, ``1.0`` and ``True`` differ); ``TypeError`` for a value
+    that is not plain."""
+    if isinstance(v, tuple):
+        return (tuple, tuple(_canon(i) for i in v))
+    t = type(v)
+    if t not in _SIMPLE:
+        raise TypeError
+    return (t, v)
 
 
 def _options_key(method: Method, options: dict):
     """A key for ``options`` when every value is a plain immutable value (types included, so
     that ``1``, ``1.0`` and ``True`` differ), else ``None``: such options bind the same way on
     the same network every time."""
-    def canon(v):
-        if isinstance(v, tuple):
-            return (tuple, tuple(canon(i) for i in v))
-        if type(v) not in _SIMPLE:
-            raise TypeError
-        return (type(v), v)
     try:
-        return method.name, tuple(sorted((k, canon(v)) for k, v in options.items()))
+        return method.name, tuple(sorted([(k, _canon(v)) for k, v in options.items()]))
     except TypeError:
         return None
 

@@ -630,3 +630,21 @@ def test_the_private_copy_is_what_to_copy_makes(form):
     assert not t.requires_grad and t.untyped_storage().data_ptr() != torch.as_tensor(given).untyped_storage().data_ptr()
     assert torch.equal(checks[0][0], t.sum(dtype=torch.float32))
     assert layout == inputs.Layout(True, form == "numpy", torch.device("cpu"), (5, 4) if form != "transposed" else (4, 5))
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_a_class_targets_score_is_the_slice_of_its_class(k):
+    """One class index: the remembered ``Target``, its class read without the device, and its
+    score the view ``y[:, k:k + 1]`` (``narrow``), with the same gradient."""
+    from gradattr import targets
+
+    t = targets.resolve_target(k, None, None, 2)
+    assert t is targets.resolve_target(k, None, None, 2) and t.kind == "index" and t.scalar
+    assert t.top_class == k and torch.equal(t.classes, torch.tensor([k]))
+    y = torch.randn(2, 4, requires_grad=True)
+    checks: list = []
+    s = t.scores(y, 2, checks=checks)
+    want = y[:, k:k + 1]
+    assert torch.equal(s, want) and type(s.grad_fn) is type(want.grad_fn)
+    assert torch.equal(torch.autograd.grad(s.sum(), y)[0], torch.autograd.grad(want.sum(), y)[0])
+    assert torch.equal(checks[0][0], want.detach().sum())
