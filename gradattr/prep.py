@@ -437,36 +437,36 @@ def _read(call: Call, more: torch.Tensor | None) -> list[float] | None:
     pending = list(checks) if checks else ()
     if pending:
         cast(list, checks).clear()  # (shared with the call's augmented copies)
-    cpu = (more is None or more.device.type == "cpu") and all(sm.device.type == "cpu" for sm, _ in pending)
-    values = _read_on_cpu(pending, more) if cpu else _read_once(pending, more)
-    if values is None:
+    if not pending and more is None:
         return None
+    cpu = (more is None or more.is_cpu) and all(sm.is_cpu for sm, _ in pending)
+    values = _read_on_cpu(pending, more) if cpu else _read_once(pending, more)
     for (_, check), v in zip(pending, values):
         if not math.isfinite(v):
             check()
     return values[len(pending):]
 
 
-def _read_on_cpu(pending, more: torch.Tensor | None) -> list[float] | None:
+def _read_on_cpu(pending, more: torch.Tensor | None) -> list[float]:
     """:func:`_read`'s values on the CPU: each sum by ``float`` (finite or not in its own dtype;
     one that only overflows the map's dtype made the copy's check run, which passes), ``more`` by
     ``tolist``: the same floats, without the reshapes and the concatenation of the one copy."""
-    if not pending and more is None:
-        return None
     values = [float(sm) for sm, _ in pending]
     if more is not None:
-        values += (more if more.is_floating_point() else more.float()).reshape(-1).tolist()
+        more = more if more.is_floating_point() else more.float()
+        if more.ndim == 2:  # the (N, K) peaks, flattened here (a reshape costs more than the read)
+            values += [v for row in more.tolist() for v in row]
+        else:
+            values += more.reshape(-1).tolist()
     return values
 
 
-def _read_once(pending, more: torch.Tensor | None) -> list[float] | None:
+def _read_once(pending, more: torch.Tensor | None) -> list[float]:
     """:func:`_read`'s values in one device-to-host copy: the call's one host synchronisation."""
     # one dtype for the copy: the map's (a sum that overflows it only makes its check run)
     dtype = more.dtype if more is not None and more.is_floating_point() else torch.float32
     parts = [t if t.dtype == dtype else t.to(dtype)
              for t in [sm.reshape(1) for sm, _ in pending] + ([] if more is None else [more.reshape(-1)])]
-    if not parts:
-        return None
     cuda = parts[0].device.type == "cuda"
     mode = torch.cuda.get_sync_debug_mode() if cuda else 0
     if mode:  # the call's one host synchronisation, allowed under set_sync_debug_mode

@@ -489,14 +489,15 @@ def _pending(sums):
     return [(t, check(i, t)) for i, t in enumerate(sums)], ran
 
 
+@pytest.mark.parametrize("shape", [(4,), (2, 2), (1, 2, 2)])
 @pytest.mark.parametrize("more_dtype", [torch.float32, torch.float64, torch.float16, torch.int64, None])
-def test_the_read_on_the_cpu_equals_the_one_copy(more_dtype):
+def test_the_read_on_the_cpu_equals_the_one_copy(more_dtype, shape):
     """``_read`` on the CPU reads each sum by ``float`` and the peaks by ``tolist``: the same
     values as the one copy, and the same checks raise (a finite sum that only overflows the
     copy's dtype made its check run there, which passes)."""
     sums = [torch.tensor(3.5), torch.tensor(1e300, dtype=torch.float64), torch.tensor(7),
             torch.tensor(-2.0, dtype=torch.float16), torch.tensor(float("nan"))]
-    more = None if more_dtype is None else torch.tensor([[0.5, 2.0], [0.0, 1000.0]]).to(more_dtype)
+    more = None if more_dtype is None else torch.tensor([[0.5, 2.0], [0.0, 1000.0]]).to(more_dtype).reshape(shape)
     for bad in (False, True):
         use = sums if bad else sums[:-1]
         outcomes = []
