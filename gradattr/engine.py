@@ -262,9 +262,11 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
         read_checks(call)
         return
     peak = map_peaks(maps)
-    width = peak.shape[1] if peak.ndim == 2 else 1
     # with the input's and the scores' deferred checks; then the (N, K) peaks as Python floats
     peaks = read_values(call, peak)
+    if all(map(math.isfinite, peaks)) and not (method.layered and 0.0 in peaks):
+        return  # (what the search below finds for maps that are fine, without its generators)
+    width = peak.shape[1] if peak.ndim == 2 else 1
     bad = next((j for j, v in enumerate(peaks) if not math.isfinite(v)), None)
     zeros = [j for j, v in enumerate(peaks) if v == 0] if method.layered and bad is None else []
     if bad is None and not zeros:

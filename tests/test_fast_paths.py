@@ -649,3 +649,30 @@ def test_a_class_targets_score_is_the_slice_of_its_class(k):
     assert torch.equal(s, want) and type(s.grad_fn) is type(want.grad_fn)
     assert torch.equal(torch.autograd.grad(s.sum(), y)[0], torch.autograd.grad(want.sum(), y)[0])
     assert torch.equal(checks[0][0], want.detach().sum())
+
+
+@pytest.mark.parametrize("fill,expect", [(0.5, None), (-0.0, "warn"), (float("inf"), "raise"),
+                                         (float("nan"), "raise")])
+def test_maps_that_are_fine_return_before_the_search_for_what_is_wrong(fill, expect):
+    """``_check_maps`` returns at once when every peak is finite and none is zero (-0.0 counts
+    as zero, NaN and Inf as not finite): what the search for the bad and the zero maps says."""
+    import warnings
+
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=[0, 1], defer_checks=True)
+    plan = capture.plan_from_options(net, "3", None, None, None)
+    maps = torch.rand(2, 2, 4, 4) + 0.1
+    maps[1, 0] = fill
+    acts, grads = [torch.ones(2, 3, 4, 4)], [torch.zeros(2, 2, 3, 4, 4)]
+    opts = registry.get("grad_cam").validate({})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if expect == "raise":
+            with pytest.raises(gradattr.GradattrError, match="sample 1, target 0 .* NaN or Inf"):
+                engine._check_maps(registry.get("grad_cam"), maps, ["3"], call, plan, opts, (acts, grads))
+        else:
+            engine._check_maps(registry.get("grad_cam"), maps, ["3"], call, plan, opts, (acts, grads))
+    said = [str(w.message) for w in caught]
+    assert (said == []) == (expect != "warn")
+    if expect == "warn":
+        assert "1 of 4 maps are all zero (first: sample 1, target 0)" in said[0]
