@@ -81,21 +81,26 @@ def bind(method: Method, net, options: dict) -> Bound:
                  opts.get("upsampling", "bicubic"), plan)
 
 
-_SIMPLE = (str, int, float, bool, type(None))
+_SIMPLE = frozenset((str, int, float, bool, type(None)))
+
+
+def _canon(v):
+    """``v`` with its type (so that ``1``, ``1.0`` and ``True`` differ); ``TypeError`` for a value
+    that is not plain."""
+    if isinstance(v, tuple):
+        return (tuple, tuple(_canon(i) for i in v))
+    t = type(v)
+    if t not in _SIMPLE:
+        raise TypeError
+    return (t, v)
 
 
 def _options_key(method: Method, options: dict):
     """A key for ``options`` when every value is a plain immutable value (types included, so
     that ``1``, ``1.0`` and ``True`` differ), else ``None``: such options bind the same way on
     the same network every time."""
-    def canon(v):
-        if isinstance(v, tuple):
-            return (tuple, tuple(canon(i) for i in v))
-        if type(v) not in _SIMPLE:
-            raise TypeError
-        return (type(v), v)
     try:
-        return method.name, tuple(sorted((k, canon(v)) for k, v in options.items()))
+        return method.name, tuple(sorted([(k, _canon(v)) for k, v in options.items()]))
     except TypeError:
         return None
 
@@ -257,9 +262,11 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
         read_checks(call)
         return
     peak = map_peaks(maps)
-    width = peak.shape[1] if peak.ndim == 2 else 1
     # with the input's and the scores' deferred checks; then the (N, K) peaks as Python floats
     peaks = read_values(call, peak)
+    if all(map(math.isfinite, peaks)) and not (method.layered and 0.0 in peaks):
+        return  # (what the search below finds for maps that are fine, without its generators)
+    width = peak.shape[1] if peak.ndim == 2 else 1
     bad = next((j for j, v in enumerate(peaks) if not math.isfinite(v)), None)
     zeros = [j for j, v in enumerate(peaks) if v == 0] if method.layered and bad is None else []
     if bad is None and not zeros:

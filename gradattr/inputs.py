@@ -7,6 +7,7 @@ maps back in the user's form (same kind, same device, unbatched or not).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -43,8 +44,8 @@ class Layout:
                 and tuple(maps.shape[3:]) == self.spatial):
             maps = maps[:, :, 0]
         # one indexing op for the dims dropped; the dtype and the device changed only when they differ
-        if scalar_target:
-            maps = maps[:, 0] if self.batched else maps[0, 0]
+        if scalar_target:  # (``select``: the view ``maps[:, 0]`` makes, without its indexing)
+            maps = maps.select(1, 0) if self.batched else maps[0, 0]
         elif not self.batched:
             maps = maps[0]
         if maps.requires_grad:
@@ -145,11 +146,20 @@ def prepare(x, net: nn.Module, input_format, device: torch.device, dtype: torch.
         given = t if reading.batched else t.unsqueeze(0)
         given = given.unsqueeze(1) if not reading.channel else given
     # A private copy: the network may modify its input in place, and x must stay as given.
-    t = given.detach().to(device=device, dtype=given.dtype if reading.ids else dtype, copy=True)
+    want = given.dtype if reading.ids else dtype
+    if given.dtype == want and given.device == device:  # what ``to(copy=True)`` makes, in one op
+        t = given.detach().clone()
+    else:
+        t = given.detach().to(device=device, dtype=want, copy=True)
     _check_finite(given, t, name, shape, checks)
-    layout = Layout(batched=reading.batched, numpy=as_numpy, device=out_device,
-                    spatial=tuple(t.shape[2:]), channel=reading.channel)
-    return t, layout
+    return t, layout_of(reading.batched, as_numpy, out_device, tuple(t.shape[2:]), reading.channel)
+
+
+@lru_cache(maxsize=256)
+def layout_of(batched: bool, numpy: bool, device: torch.device, spatial: tuple, channel: bool) -> Layout:
+    """The :class:`Layout` of these values, made once (a frozen value, shared by the calls that
+    give their inputs the same way)."""
+    return Layout(batched=batched, numpy=numpy, device=device, spatial=spatial, channel=channel)
 
 
 def _as_tensor(x, name: str, needs_grad: bool) -> tuple[torch.Tensor, bool, torch.device]:
@@ -220,7 +230,9 @@ def _check_finite(given: torch.Tensor, t: torch.Tensor, name: str, shape: tuple,
     if checks is None:
         check()
     else:  # NaN or Inf as given or after the cast makes the sum NaN or Inf
-        checks.append((t.sum(dtype=torch.float32 if t.element_size() < 4 else None), check))
+        # (``sum()`` without a dtype argument where none is needed: parsing ``dtype=None`` costs
+        # as much as the sum of a small input)
+        checks.append((t.sum(dtype=torch.float32) if t.element_size() < 4 else t.sum(), check))
 
 
 def prepare_inputs(x, net: nn.Module, explain, input_format, device: torch.device, dtype: torch.dtype,

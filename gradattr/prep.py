@@ -6,15 +6,14 @@ prepares the input (:func:`gradattr.inputs.prepare`) and resolves the target
 :meth:`Call.borrowed` then lends the network for the call: eval mode and the
 compute device, restored exactly afterwards.
 
-Borrowing is counted per module and guarded by a lock, so several threads can
-explain one shared model (or several models sharing a submodule) at once: the
-first borrower of a module switches it to eval mode and snapshots its buffers,
-the last one restores both; the device is borrowed per model. Training the same
-model in another thread while it is being explained remains unsafe: the model is
-in eval mode for as long as any explanation runs.
+Borrowing is counted per module and guarded by a lock, so several threads can explain one
+shared model (or models sharing a submodule) at once: the first borrower of a module switches
+it to eval mode and snapshots its buffers, the last one restores both; the device is borrowed
+per model. Training the model in another thread while it is explained remains unsafe.
 """
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -78,54 +77,57 @@ class _Borrow:
                 store[k] = t.to(dev)
 
 
-#: Modules of these exact types write no buffer in eval mode (their running statistics are
-#: read, not updated): their buffers need no snapshot. Subclasses may override ``forward``
-#: and are snapshot like any other module.
+#: Modules of these exact types write no buffer in eval mode (their running statistics are read,
+#: not updated): no snapshot. Subclasses may override ``forward`` and are snapshot like any other.
 _READ_ONLY_IN_EVAL = frozenset({nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                                 nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d})
+
+
+def buffer_snapshot(module: nn.Module) -> list:
+    """``(name, tensor, version, copy)`` per buffer of ``module`` (an inference tensor has no
+    version: only its replacement is undone); none for :data:`_READ_ONLY_IN_EVAL`'s types."""
+    if not module._buffers or type(module) in _READ_ONLY_IN_EVAL:
+        return []
+    with torch.no_grad():
+        return [(k, t, None, None) if t.is_inference() else (k, t, t._version, t.clone())
+                for k, t in module._buffers.items() if t is not None]
+
+
+def put_back(module: nn.Module, training: bool, buffers: list) -> None:
+    """``module``'s buffers as :func:`buffer_snapshot` saw them, and its ``training`` flag."""
+    if buffers:
+        with torch.no_grad():
+            for k, t, version, copy in buffers:
+                if version is not None and t._version != version:  # written in place
+                    t.copy_(copy)
+                if module._buffers.get(k) is not t:  # replaced (or moved back to its device)
+                    module._buffers[k] = t
+    if module.training != training:
+        module.training = training
 
 
 class _ModuleBorrow:
     """One module's training flag and buffers, shared by every call that borrows it at once.
 
-    Counted per module, not per model: a submodule shared by two models (one backbone,
-    two heads) stays in eval mode until the last call through either model ends. The
-    buffers are snapshot when the first call borrows the module (a reference, its version
-    counter and a copy) and put back when the last one returns it: a forward pass that
-    writes a buffer even in eval mode (a step counter, an EMA of its inputs) changes it
-    only for the duration of the calls. Modules of :data:`_READ_ONLY_IN_EVAL`'s exact
-    types write none in eval mode and are not copied.
+    Counted per module, not per model: a submodule shared by two models (one backbone, two
+    heads) stays in eval mode until the last call through either model ends. The buffers
+    are snapshot when the first call borrows the module (:func:`buffer_snapshot`) and put
+    back when the last one returns it: a forward pass that writes a buffer even in eval mode
+    (a step counter, an EMA) changes it only for the duration of the calls. ``training`` and
+    ``buffers``, when given, are what an earlier borrow saw (:func:`_spill`).
     """
 
     __slots__ = ("count", "module", "training", "buffers")
 
-    def __init__(self, module: nn.Module):
-        self.count = 0
+    def __init__(self, module: nn.Module, training: bool | None = None, buffers: list | None = None,
+                 count: int = 0):
+        self.count = count
         self.module = module
-        self.training = module.training
-        self.buffers: list[tuple[str, torch.Tensor, int | None, torch.Tensor | None]] = []
-        if not module._buffers or type(module) in _READ_ONLY_IN_EVAL:
-            return
-        with torch.no_grad():
-            for k, t in module._buffers.items():
-                if t is None:
-                    continue
-                if t.is_inference():  # no version counter; only a replacement can be undone
-                    self.buffers.append((k, t, None, None))
-                else:
-                    self.buffers.append((k, t, t._version, t.clone()))
+        self.training = module.training if training is None else training
+        self.buffers = buffer_snapshot(module) if buffers is None else buffers
 
     def restore(self):
-        m = self.module
-        if self.buffers:
-            with torch.no_grad():
-                for k, t, version, copy in self.buffers:
-                    if version is not None and t._version != version:  # written in place
-                        t.copy_(copy)
-                    if m._buffers.get(k) is not t:  # replaced (or moved back to its device)
-                        m._buffers[k] = t
-        if m.training != self.training:
-            m.training = self.training
+        put_back(self.module, self.training, self.buffers)
 
 
 def modules_of(net: nn.Module) -> list[nn.Module]:
@@ -145,27 +147,39 @@ def modules_of(net: nn.Module) -> list[nn.Module]:
 
 
 _BORROWS: dict[int, _Borrow] = {}
-_MODULES: dict[int, _ModuleBorrow] = {}
+_MODULES: dict[int, _ModuleBorrow] = {}  # the per-module records, once two borrows overlap
+_SOLO: list = [None]  # the one borrow in progress while no other is (its state in two lists)
 _BORROW_LOCK = threading.RLock()
+
+
+def _spill() -> None:
+    """The lone borrow in progress, if any, turned into per-module records (counted once each),
+    as if it had made them when it began: a second borrow is starting (called under the lock)."""
+    solo = _SOLO[0]
+    if solo is None:
+        return
+    _SOLO[0] = None
+    saved = dict(solo.buffers)
+    solo.borrows = [_ModuleBorrow(m, flag, saved.get(i, []), count=1)
+                    for i, (m, flag) in enumerate(zip(solo.modules, solo.flags))]
+    _MODULES.update((id(m), mb) for m, mb in zip(solo.modules, solo.borrows))
 
 
 class borrowed:
     """Eval mode (and ``device``, if given) for the duration; the model is restored exactly after.
 
-    Computing in eval mode is what every CAM paper assumes (dropout off, batch
-    norm on running statistics, samples independent of each other). Eval mode and
-    the buffers are borrowed per module (see :class:`_ModuleBorrow`): each module's
-    ``training`` flag and buffers are put back as they were when the first concurrent
-    call borrowed it, once the last such call (through this model or another that
-    shares the module) returns it. A mode change made while a call runs
-    (``net.eval()`` or ``net.train()`` from another thread or a callback) is
-    therefore undone when the last call ends. The device is borrowed per model: a
-    model already on ``device`` (or ``device=None``: leave it where it is, even
-    across several devices) is not moved. A context manager (``with borrowed(net):``),
-    written as a class: the per-call cost of a generator-based one is paid on every call.
+    Eval mode (what every CAM paper assumes: dropout off, batch norm on running statistics)
+    and the buffers are borrowed per module (:class:`_ModuleBorrow`): each module's flag and
+    buffers are put back as the first concurrent call found them once the last such call
+    (through this model or another sharing the module) returns it, so a mode changed while a
+    call runs is undone. The device is borrowed per model; a model already on ``device`` (or
+    ``device=None``: leave it where it is) is not moved. A class, not a generator: its
+    per-call cost is paid on every call. A borrow that starts while no other runs (the common
+    case) keeps the flags and buffers in two lists, no record per module; a second borrow
+    starting meanwhile turns them into the records (:func:`_spill`): the same counting.
     """
 
-    __slots__ = ("net", "device", "modules", "borrows", "state")
+    __slots__ = ("net", "device", "modules", "borrows", "state", "flags", "buffers")
 
     def __init__(self, net: nn.Module, device: torch.device | None = None):
         self.net, self.device = net, device
@@ -173,17 +187,27 @@ class borrowed:
     def __enter__(self):
         net, device = self.net, self.device
         self.modules = modules = modules_of(net)
-        held = _MODULES
         with _BORROW_LOCK:
             state = _BORROWS.get(id(net))
             if state is not None and device is not None and state.tensors and state.device != device:
                 raise expected("device", f"{state.device} while another call explains this model there",
                                repr(device))
-            self.borrows = borrows = [held.get(id(m)) or held.setdefault(id(m), _ModuleBorrow(m))
-                                      for m in modules]
-            for mb in borrows:
-                mb.count += 1
-            if any(m.training for m in modules):
+            if _SOLO[0] is None and not _MODULES:  # alone: the state in two lists
+                self.flags = flags = [m.training for m in modules]
+                self.buffers = [(i, b) for i, m in enumerate(modules) if m._buffers
+                                for b in (buffer_snapshot(m),) if b]
+                self.borrows = None
+                _SOLO[0] = self
+                training = True in flags
+            else:
+                _spill()
+                held = _MODULES
+                self.borrows = borrows = [held.get(id(m)) or held.setdefault(id(m), _ModuleBorrow(m))
+                                          for m in modules]
+                for mb in borrows:
+                    mb.count += 1
+                training = any(m.training for m in modules)
+            if training:
                 net.eval()
             if state is None:
                 state = _Borrow(net, device)
@@ -200,6 +224,15 @@ class borrowed:
             if state.count == 0:
                 del _BORROWS[id(self.net)]
                 state.restore()
+            if self.borrows is None:  # alone from start to end
+                _SOLO[0] = None
+                modules = self.modules
+                for i, buffers in self.buffers:
+                    put_back(modules[i], self.flags[i], buffers)
+                for m, flag in zip(modules, self.flags):
+                    if m.training != flag:
+                        m.training = flag
+                return
             for m, mb in zip(self.modules, self.borrows):
                 mb.count -= 1
                 if mb.count == 0:
@@ -293,7 +326,6 @@ class Call:
         args = [x if i == self.explain else follow(v) for i, v in enumerate(self.inputs)] or [x]
         kwargs = {k: follow(v) for k, v in (self.forward_kwargs or {}).items()}
         return self.net(*args, **kwargs)
-
 
     def _confirming(self, x: torch.Tensor):
         """The first forward pass of a call whose input reading was presumed: confirmed here
@@ -398,31 +430,52 @@ def _observer(net: nn.Module, device: torch.device | None, kwargs: dict | None, 
 
 
 def _read(call: Call, more: torch.Tensor | None) -> list[float] | None:
-    """The deferred checks and ``more`` in one copy to the host; runs the failing checks and
-    returns ``more``'s values (flattened) as Python floats."""
+    """The deferred checks and ``more`` in one copy to the host (:func:`_read_once`; on the CPU,
+    with no synchronisation to save, one by one: :func:`_read_on_cpu`); runs the failing checks
+    and returns ``more``'s values (flattened) as Python floats."""
     checks = call.deferred.checks
     pending = list(checks) if checks else ()
     if pending:
         cast(list, checks).clear()  # (shared with the call's augmented copies)
+    if not pending and more is None:
+        return None
+    cpu = (more is None or more.is_cpu) and all(sm.is_cpu for sm, _ in pending)
+    values = _read_on_cpu(pending, more) if cpu else _read_once(pending, more)
+    for (_, check), v in zip(pending, values):
+        if not math.isfinite(v):
+            check()
+    return values[len(pending):]
+
+
+def _read_on_cpu(pending, more: torch.Tensor | None) -> list[float]:
+    """:func:`_read`'s values on the CPU: each sum by ``float`` (finite or not in its own dtype;
+    one that only overflows the map's dtype made the copy's check run, which passes), ``more`` by
+    ``tolist``: the same floats, without the reshapes and the concatenation of the one copy."""
+    values = [float(sm) for sm, _ in pending]
+    if more is not None:
+        more = more if more.is_floating_point() else more.float()
+        if more.ndim == 2:  # the (N, K) peaks, flattened here (a reshape costs more than the read)
+            values += [v for row in more.tolist() for v in row]
+        else:
+            values += more.reshape(-1).tolist()
+    return values
+
+
+def _read_once(pending, more: torch.Tensor | None) -> list[float]:
+    """:func:`_read`'s values in one device-to-host copy: the call's one host synchronisation."""
     # one dtype for the copy: the map's (a sum that overflows it only makes its check run)
     dtype = more.dtype if more is not None and more.is_floating_point() else torch.float32
     parts = [t if t.dtype == dtype else t.to(dtype)
              for t in [sm.reshape(1) for sm, _ in pending] + ([] if more is None else [more.reshape(-1)])]
-    if not parts:
-        return None
     cuda = parts[0].device.type == "cuda"
     mode = torch.cuda.get_sync_debug_mode() if cuda else 0
     if mode:  # the call's one host synchronisation, allowed under set_sync_debug_mode
         torch.cuda.set_sync_debug_mode(0)  # (which a test sets to "error" to prove there is no other)
     try:
-        values = (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().tolist()
+        return (torch.cat(parts) if len(parts) > 1 else parts[0]).cpu().tolist()
     finally:
         if mode:
             torch.cuda.set_sync_debug_mode(mode)
-    for (_, check), v in zip(pending, values):
-        if v != v or v in (float("inf"), float("-inf")):
-            check()
-    return values[len(pending):]
 
 
 def read_checks(call: Call, more: torch.Tensor | None = None) -> torch.Tensor | None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .errors import GradattrError, expected
+from .outputs import select
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,6 @@ class Target:
         """
         if self.kind == "fn":
             return self
-        from .outputs import select
-
         y = select(y, self.output_key)
         per_class = y.flatten(2).sum(-1) if y.ndim > 2 else y
         if self.kind == "top":
@@ -69,8 +68,6 @@ class Target:
         """
         if self.kind == "fn":
             if self.output_key is not None:
-                from .outputs import select
-
                 y = select(y, self.output_key)
             s = cast(Callable, self.fn)(y)  # set for kind "fn"
             if not isinstance(s, torch.Tensor):
@@ -84,9 +81,8 @@ class Target:
                 raise expected("reduction_fn", f"one score per sample: shape ({n},) (or ({n}, K) for K "
                                "maps, or a scalar when N == 1)", f"shape {tuple(s.shape)}")
             return check_scores(s, y, "reduction_fn", checks)
-        from .outputs import select
-
-        y = select(y, self.output_key)
+        if self.output_key is not None or not isinstance(y, torch.Tensor):
+            y = select(y, self.output_key)
         if not isinstance(y, torch.Tensor) or y.ndim < 2 or y.shape[0] != n:
             got = f"shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
             raise expected("target", f"a reduction layer output of shape ({n}, classes, ...) to pick "
@@ -102,8 +98,8 @@ class Target:
                 raise expected("target", f"class indices in 0..{c - 1} (0-based; MATLAB's classIdx "
                                "is 1-based, so subtract 1)", f"{top}")
             classes = cast(torch.Tensor, self.classes)  # set for kinds "index", "per_sample"
-            if self.kind == "index" and classes.numel() == 1:  # one class: a slice, no index copy
-                return check_finite(per_class[:, top:top + 1], "net", "finite outputs for the target "
+            if self.kind == "index" and classes.numel() == 1:  # one class: a view, no index copy
+                return check_finite(per_class.narrow(1, top, 1), "net", "finite outputs for the target "
                                     "classes", checks)
             idx = classes.to(y.device)
             idx = idx.expand(n, -1) if idx.ndim == 1 else idx[rows] if rows is not None else idx
@@ -112,7 +108,8 @@ class Target:
     @property
     def top_class(self) -> int:
         """The largest class index (``classes`` live on the CPU: no device read)."""
-        return _TOP.get(id(self.classes)) or int(cast(torch.Tensor, self.classes).max())
+        top = _TOP.get(id(self.classes))
+        return int(cast(torch.Tensor, self.classes).max()) if top is None else top
 
 
 def tensors_of(y) -> list[torch.Tensor]:
@@ -269,6 +266,12 @@ def _index(k: int) -> torch.Tensor:
     return t
 
 
+@lru_cache(maxsize=1024)
+def _class_target(k: int) -> Target:
+    """``Target("index", scalar=True)`` of class ``k``, made once per class (frozen: shared)."""
+    return Target("index", scalar=True, classes=_index(k))
+
+
 def resolve_target(target, reduction_fn, classes, n: int) -> Target:
     """Resolve ``target``/``reduction_fn``/``classes`` into a :class:`Target` for ``n`` samples."""
     if callable(target) and not isinstance(target, (torch.Tensor, np.ndarray)):
@@ -285,7 +288,7 @@ def resolve_target(target, reduction_fn, classes, n: int) -> Target:
     if target is None:
         return Target("top", scalar=True)
     if type(target) is int and 0 <= target < 2**63:  # the common case, without numpy
-        return Target("index", scalar=True, classes=_index(target))
+        return _class_target(target)
     categories = _pgc_targets(target)
     if categories is not None:  # pytorch-grad-cam's targets: one ClassifierOutputTarget per sample
         if len(categories) != n:

@@ -472,3 +472,207 @@ def test_hooks_run_eagerly_in_a_compiled_model_and_the_maps_are_the_eager_ones()
         torch._dynamo.reset()
     assert seen == [(False, True), (False, True)]
     assert torch.equal(got, want)
+
+
+# -- the fourth pass: the read on the CPU, the lone borrow, the input's copy, the target ------------
+def _pending(sums):
+    """Deferred checks of ``sums``, each check raising when its own sum is not finite (what the
+    real checks find: NaN or Inf in the data) and recording that it ran."""
+    ran: list = []
+
+    def check(i, t):
+        def run():
+            ran.append(i)
+            if not torch.isfinite(t).all():
+                raise ValueError(f"check {i}")
+        return run
+    return [(t, check(i, t)) for i, t in enumerate(sums)], ran
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 2), (1, 2, 2)])
+@pytest.mark.parametrize("more_dtype", [torch.float32, torch.float64, torch.float16, torch.int64, None])
+def test_the_read_on_the_cpu_equals_the_one_copy(more_dtype, shape):
+    """``_read`` on the CPU reads each sum by ``float`` and the peaks by ``tolist``: the same
+    values as the one copy, and the same checks raise (a finite sum that only overflows the
+    copy's dtype made its check run there, which passes)."""
+    sums = [torch.tensor(3.5), torch.tensor(1e300, dtype=torch.float64), torch.tensor(7),
+            torch.tensor(-2.0, dtype=torch.float16), torch.tensor(float("nan"))]
+    more = None if more_dtype is None else torch.tensor([[0.5, 2.0], [0.0, 1000.0]]).to(more_dtype).reshape(shape)
+    for bad in (False, True):
+        use = sums if bad else sums[:-1]
+        outcomes = []
+        for path in (prep._read_on_cpu, prep._read_once):
+            pending, ran = _pending(use)
+            call = prep.prepare_call(toy(2), toy_input(2), target=1, defer_checks=True)
+            call.deferred.checks[:] = pending
+            original = prep._read_on_cpu
+            prep._read_on_cpu = path
+            try:
+                got = prep._read(call, more)
+                raised = None
+            except ValueError as e:
+                got, raised = None, str(e)
+            finally:
+                prep._read_on_cpu = original
+            outcomes.append((got, raised, [i for i in ran if i != 1]))  # (1: the overflow's check)
+        assert outcomes[0] == outcomes[1]
+        assert (outcomes[0][1] == "check 4") == bad
+    if more is not None:
+        pending, _ = _pending(sums[:1])
+        want = more.double().reshape(-1).tolist()
+        assert prep._read_on_cpu(pending, more) == [3.5] + want == prep._read_once(pending, more)
+
+
+def _state(net):
+    return ([m.training for m in net.modules()],
+            [(k, id(b), b._version, b.clone()) for k, b in net.named_buffers()])
+
+
+def _same_state(a, b):
+    """The same modes, and the same buffers (names, identities, values)."""
+    return a[0] == b[0] and len(a[1]) == len(b[1]) and all(
+        x[:2] == y[:2] and torch.equal(x[3], y[3]) for x, y in zip(a[1], b[1]))
+
+
+class _Counts(nn.Module):
+    """Writes its buffer in every pass, even in eval mode, and replaces another."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("last", torch.zeros(2))
+
+    def forward(self, t):
+        self.calls += 1
+        self.last = t.detach().flatten()[:2].clone()
+        return t
+
+
+def _borrow_scenario(other_borrow):
+    """One borrow of a model whose modules write and replace buffers in eval mode, with a mode
+    flipped and a module added while it runs; ``other_borrow`` held meanwhile (forcing the
+    per-module records) or not (the lone borrow's two lists)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), _Counts(), nn.Dropout(0.5),
+                        nn.Sequential(nn.ReLU(), _Counts()), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 2))
+    net.train()
+    net[4].eval()  # mixed modes
+    before = _state(net)
+    other = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
+    held = prep.borrowed(other) if other_borrow else None
+    if held is not None:
+        held.__enter__()
+    with prep.borrowed(net):
+        assert not any(m.training for m in net.modules())
+        net(torch.randn(2, 3, 6, 6))
+        net[3].train()  # a mode flipped during the call
+        net.add_module("late", nn.Dropout())  # a module added during the call
+    after_inner = _state(net)
+    if held is not None:
+        held.__exit__(None, None, None)
+        assert all(m.training for m in other.modules())
+    del net.late
+    return before, _state(net), after_inner
+
+
+def test_a_lone_borrow_restores_what_per_module_records_restore():
+    """The lone borrow (flags and buffers in two lists) leaves the model as the per-module
+    records do: modes, buffers' values and identities as they were (the same writes: the same
+    version counters); and with nothing left borrowed."""
+    alone_before, alone_after, alone_inner = _borrow_scenario(False)
+    held_before, held_after, held_inner = _borrow_scenario(True)
+    assert _same_state(alone_before, alone_after) and _same_state(held_before, held_after)
+    assert [b[2] for b in alone_after[1]] == [b[2] for b in held_after[1]]
+    assert alone_inner[0] == held_inner[0] and len(alone_inner[0]) == len(alone_after[0]) + 1
+    assert prep._SOLO == [None] and prep._MODULES == {} and prep._BORROWS == {}
+
+
+def test_a_lone_borrow_joined_by_a_second_one_is_counted_per_module():
+    """A second borrow (nested, or of a model sharing a submodule) turns the lone borrow into
+    per-module records: the shared modules stay in eval mode until the last borrow ends."""
+    torch.manual_seed(0)
+    shared = nn.Sequential(nn.Linear(3, 3), nn.Dropout())
+    a, b = nn.Sequential(shared, nn.Dropout()).train(), nn.Sequential(shared, nn.BatchNorm1d(3)).train()
+    first = prep.borrowed(a)
+    first.__enter__()
+    assert first.borrows is None  # alone: no records
+    with prep.borrowed(a):  # nested: the same model again
+        assert first.borrows is not None
+    assert not any(m.training for m in a.modules())  # the outer borrow still runs
+    second = prep.borrowed(b)
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert a[1].training and not shared.training and not shared[1].training and not b[1].training
+    second.__exit__(None, None, None)
+    assert all(m.training for m in a.modules()) and all(m.training for m in b.modules())
+    assert prep._SOLO == [None] and prep._MODULES == {}
+
+
+@pytest.mark.parametrize("form", ["contiguous", "transposed", "expanded", "channels_last", "grad",
+                                  "double", "half", "numpy"])
+def test_the_private_copy_is_what_to_copy_makes(form):
+    """The input's private copy by ``clone`` (same dtype and device) is what
+    ``to(copy=True)`` makes: values, dtype, strides; never the user's storage; its deferred
+    NaN/Inf sum is the sum of the copy."""
+    from gradattr import inputs
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 4)
+    given = {"contiguous": x, "transposed": x.transpose(2, 3), "expanded": x[:1].expand(2, 3, 5, 4),
+             "channels_last": x.contiguous(memory_format=torch.channels_last),
+             "grad": x.clone().requires_grad_(True), "double": x.double(), "half": x.half(),
+             "numpy": x.numpy()}[form]
+    net = nn.Sequential(nn.Conv2d(3, 2, 1))
+    checks: list = []
+    t, layout = inputs.prepare(given, net, None, torch.device("cpu"), torch.float32, checks=checks)
+    ref = torch.as_tensor(given).detach().to(device="cpu", dtype=torch.float32, copy=True)
+    assert torch.equal(t, ref) and t.dtype == ref.dtype and t.stride() == ref.stride()
+    assert not t.requires_grad and t.untyped_storage().data_ptr() != torch.as_tensor(given).untyped_storage().data_ptr()
+    assert torch.equal(checks[0][0], t.sum(dtype=torch.float32))
+    assert layout == inputs.Layout(True, form == "numpy", torch.device("cpu"), (5, 4) if form != "transposed" else (4, 5))
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_a_class_targets_score_is_the_slice_of_its_class(k):
+    """One class index: the remembered ``Target``, its class read without the device, and its
+    score the view ``y[:, k:k + 1]`` (``narrow``), with the same gradient."""
+    from gradattr import targets
+
+    t = targets.resolve_target(k, None, None, 2)
+    assert t is targets.resolve_target(k, None, None, 2) and t.kind == "index" and t.scalar
+    assert t.top_class == k and torch.equal(t.classes, torch.tensor([k]))
+    y = torch.randn(2, 4, requires_grad=True)
+    checks: list = []
+    s = t.scores(y, 2, checks=checks)
+    want = y[:, k:k + 1]
+    assert torch.equal(s, want) and type(s.grad_fn) is type(want.grad_fn)
+    assert torch.equal(torch.autograd.grad(s.sum(), y)[0], torch.autograd.grad(want.sum(), y)[0])
+    assert torch.equal(checks[0][0], want.detach().sum())
+
+
+@pytest.mark.parametrize("fill,expect", [(0.5, None), (-0.0, "warn"), (float("inf"), "raise"),
+                                         (float("nan"), "raise")])
+def test_maps_that_are_fine_return_before_the_search_for_what_is_wrong(fill, expect):
+    """``_check_maps`` returns at once when every peak is finite and none is zero (-0.0 counts
+    as zero, NaN and Inf as not finite): what the search for the bad and the zero maps says."""
+    import warnings
+
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=[0, 1], defer_checks=True)
+    plan = capture.plan_from_options(net, "3", None, None, None)
+    maps = torch.rand(2, 2, 4, 4) + 0.1
+    maps[1, 0] = fill
+    acts, grads = [torch.ones(2, 3, 4, 4)], [torch.zeros(2, 2, 3, 4, 4)]
+    opts = registry.get("grad_cam").validate({})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if expect == "raise":
+            with pytest.raises(gradattr.GradattrError, match="sample 1, target 0 .* NaN or Inf"):
+                engine._check_maps(registry.get("grad_cam"), maps, ["3"], call, plan, opts, (acts, grads))
+        else:
+            engine._check_maps(registry.get("grad_cam"), maps, ["3"], call, plan, opts, (acts, grads))
+    said = [str(w.message) for w in caught]
+    assert (said == []) == (expect != "warn")
+    if expect == "warn":
+        assert "1 of 4 maps are all zero (first: sample 1, target 0)" in said[0]

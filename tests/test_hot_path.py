@@ -40,9 +40,12 @@ def record_reads(monkeypatch) -> list:
                          ids=["explicit", "nearest", "automatic"])
 def test_one_host_read_per_call(monkeypatch, kw):
     """The NaN/Inf checks of the input and the scores and the maps' own check are read
-    together, once: every other read of a tensor's values is of that one copy."""
+    together, once: every other read of a tensor's values is of that one copy. (The read off
+    the CPU, forced here: on the CPU, where there is no synchronisation to save, the same
+    values are read one by one, next test.)"""
     net, x = tiny(), torch.randn(2, 3, 16, 16)
     gradattr.grad_cam(net, x, 1, **kw)  # the automatic layer is chosen (and remembered) here
+    monkeypatch.setattr(gradattr.prep, "_read_on_cpu", gradattr.prep._read_once)
     log = record_reads(monkeypatch)
     gradattr.grad_cam(net, x, 1, **kw)
     monkeypatch.undo()
@@ -50,6 +53,19 @@ def test_one_host_read_per_call(monkeypatch, kw):
     assert len(copies) == 1, log
     read = copies[0][2]
     assert all(ptr == read for _, ptr, _ in log), log
+
+
+@pytest.mark.parametrize("kw", [dict(feature_layer="3"), {}], ids=["explicit", "automatic"])
+def test_on_the_cpu_only_the_checks_and_the_peaks_are_read(monkeypatch, kw):
+    """On the CPU the deferred sums (the input's, the score's) are read by ``float`` and the
+    maps' peaks by one ``tolist``: nothing else of the call is read, and nothing is copied."""
+    net, x = tiny(), torch.randn(2, 3, 16, 16)
+    gradattr.grad_cam(net, x, 1, **kw)
+    log = record_reads(monkeypatch)
+    gradattr.grad_cam(net, x, 1, **kw)
+    monkeypatch.undo()
+    assert [name for name, _, _ in log] == ["__float__", "__float__", "tolist"], log
+    assert len({ptr for _, ptr, _ in log}) == 3
 
 
 def test_deferred_checks_keep_their_errors():
