@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import gradattr
-from gradattr import budget, capture, engine, prep, registry
+from gradattr import borrow, budget, capture, engine, prep, registry
 from gradattr.scorer import Scorer
 
 from references import toy, toy_input
@@ -560,10 +560,10 @@ def _borrow_scenario(other_borrow):
     net[4].eval()  # mixed modes
     before = _state(net)
     other = nn.Sequential(nn.Linear(2, 2), nn.Dropout()).train()
-    held = prep.borrowed(other) if other_borrow else None
+    held = borrow.borrowed(other) if other_borrow else None
     if held is not None:
         held.__enter__()
-    with prep.borrowed(net):
+    with borrow.borrowed(net):
         assert not any(m.training for m in net.modules())
         net(torch.randn(2, 3, 6, 6))
         net[3].train()  # a mode flipped during the call
@@ -585,7 +585,7 @@ def test_a_lone_borrow_restores_what_per_module_records_restore():
     assert _same_state(alone_before, alone_after) and _same_state(held_before, held_after)
     assert [b[2] for b in alone_after[1]] == [b[2] for b in held_after[1]]
     assert alone_inner[0] == held_inner[0] and len(alone_inner[0]) == len(alone_after[0]) + 1
-    assert prep._SOLO == [None] and prep._MODULES == {} and prep._BORROWS == {}
+    assert borrow._SOLO == [None] and borrow._MODULES == {} and borrow._BORROWS == {}
 
 
 def test_a_lone_borrow_joined_by_a_second_one_is_counted_per_module():
@@ -594,19 +594,19 @@ def test_a_lone_borrow_joined_by_a_second_one_is_counted_per_module():
     torch.manual_seed(0)
     shared = nn.Sequential(nn.Linear(3, 3), nn.Dropout())
     a, b = nn.Sequential(shared, nn.Dropout()).train(), nn.Sequential(shared, nn.BatchNorm1d(3)).train()
-    first = prep.borrowed(a)
+    first = borrow.borrowed(a)
     first.__enter__()
     assert first.borrows is None  # alone: no records
-    with prep.borrowed(a):  # nested: the same model again
+    with borrow.borrowed(a):  # nested: the same model again
         assert first.borrows is not None
     assert not any(m.training for m in a.modules())  # the outer borrow still runs
-    second = prep.borrowed(b)
+    second = borrow.borrowed(b)
     second.__enter__()
     first.__exit__(None, None, None)
     assert a[1].training and not shared.training and not shared[1].training and not b[1].training
     second.__exit__(None, None, None)
     assert all(m.training for m in a.modules()) and all(m.training for m in b.modules())
-    assert prep._SOLO == [None] and prep._MODULES == {}
+    assert borrow._SOLO == [None] and borrow._MODULES == {}
 
 
 @pytest.mark.parametrize("form", ["contiguous", "transposed", "expanded", "channels_last", "grad",

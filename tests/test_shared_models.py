@@ -1,6 +1,6 @@
 """Models that share a submodule, route inputs, write buffers in every pass, or change mode mid-call.
 
-Eval mode and buffers are borrowed per module (gradattr.prep.borrowed): a backbone shared by
+Eval mode and buffers are borrowed per module (gradattr.borrow.borrowed): a backbone shared by
 two models stays in eval mode until the last call through either ends, and its buffers come
 back as they were. A remembered automatic layer that an input does not reach is chosen again.
 """
@@ -100,7 +100,7 @@ def test_borrowing_is_counted_per_submodule():
     backbone, first, second = two_models_one_backbone()
     first.train()
     second.train()
-    a, b = gradattr.prep.borrowed(first), gradattr.prep.borrowed(second)
+    a, b = gradattr.borrow.borrowed(first), gradattr.borrow.borrowed(second)
     a.__enter__()
     b.__enter__()
     a.__exit__(None, None, None)  # the first call ends while the second runs

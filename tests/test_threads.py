@@ -3,7 +3,7 @@
 Serving code explains predictions from a thread pool with one model. Hooks act
 only for the call (thread) that installed them, and eval-mode borrowing is
 counted per model, so the model returns to train mode only when the last call
-ends (see gradattr.prep.borrowed).
+ends (see gradattr.borrow.borrowed).
 """
 from __future__ import annotations
 
