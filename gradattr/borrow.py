@@ -173,12 +173,21 @@ class borrowed:
                 for mb in borrows:
                     mb.count += 1
                 training = any(m.training for m in modules)
-            if training:
-                net.eval()
-            if state is None:
-                state = _Borrow(net, device)
-                state.lend(net)
-                _BORROWS[id(net)] = state
+            self.state = None
+            try:
+                if training:
+                    net.eval()
+                if state is None:
+                    fresh = _Borrow(net, device)
+                    try:
+                        fresh.lend(net)
+                    except BaseException:
+                        fresh.restore()  # (a move that failed part way)
+                        raise
+                    state = _BORROWS[id(net)] = fresh
+            except BaseException:  # nothing of this borrow stays counted: the next call's is whole
+                self.__exit__()
+                raise
             state.count += 1
             self.state = state
         return None
@@ -186,10 +195,11 @@ class borrowed:
     def __exit__(self, *exc) -> None:
         held, state = _MODULES, self.state
         with _BORROW_LOCK:
-            state.count -= 1
-            if state.count == 0:
-                del _BORROWS[id(self.net)]
-                state.restore()
+            if state is not None:  # (None: __enter__ failed before the device was borrowed)
+                state.count -= 1
+                if state.count == 0:
+                    del _BORROWS[id(self.net)]
+                    state.restore()
             if self.borrows is None:  # alone from start to end
                 _SOLO[0] = None
                 modules = self.modules

@@ -220,3 +220,40 @@ def test_a_mode_change_during_a_call_is_undone_when_it_ends():
         return y[:, 1]
     gradattr.grad_cam(net, torch.randn(2, 3, 8, 8), reduction_fn=to_train, feature_layer="4")
     assert not any(m.training for m in net.modules())
+
+
+class RefusesEval(nn.Sequential):
+    """``eval()`` raises (a model that refuses to leave training mode) until ``allow`` is set."""
+
+    allow = False
+
+    def train(self, mode: bool = True):
+        if not mode and not self.allow:
+            raise RuntimeError("this model stays in training mode")
+        return super().train(mode)
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["alone", "another borrow running"])
+def test_a_borrow_that_fails_to_begin_leaves_nothing_behind(shared):
+    """``net.eval()`` raising inside the borrow: the error reaches the caller, the model keeps
+    its mode, and the next call borrows and restores the model as usual (a borrow left counted
+    would keep its modules in eval mode after every later call)."""
+    from gradattr import borrow
+    net = RefusesEval(nn.Conv2d(2, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    other = nn.Sequential(nn.Linear(2, 2)).train()
+    held = borrow.borrowed(other)
+    if shared:
+        held.__enter__()
+    try:
+        with pytest.raises(RuntimeError, match="stays in training mode"):
+            gradattr.grad_cam(net, torch.randn(1, 2, 8, 8), 1)
+        assert net.training and all(m.training for m in net.modules())
+        assert all(id(m) not in borrow._MODULES for m in net.modules()) and id(net) not in borrow._BORROWS
+        RefusesEval.allow = True
+        gradattr.grad_cam(net, torch.randn(1, 2, 8, 8), 1)
+        assert net.training and all(m.training for m in net.modules())  # (put back in training mode)
+    finally:
+        RefusesEval.allow = False
+        if shared:
+            held.__exit__(None, None, None)
+    assert borrow._SOLO == [None] and borrow._MODULES == {} and borrow._BORROWS == {}
