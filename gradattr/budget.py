@@ -51,12 +51,12 @@ CPU_CHUNK = 64
 SMALL_CHUNK, SMALL_ROWS = 16 * 2**20, 64
 
 
-def small_chunk(row: torch.Tensor) -> int | None:
-    """Rows per chunk of copies of ``row`` for passes that replay the layers before the feature
-    layer: about :data:`SMALL_CHUNK` bytes on a CPU; ``None`` (the budget's chunk) elsewhere."""
-    if row.device.type != "cpu":
+def small_chunk(row_bytes: int, device: torch.device) -> int | None:
+    """Rows per chunk of copies of ``row_bytes`` each for passes that replay the layers before the
+    feature layer: about :data:`SMALL_CHUNK` bytes on a CPU; ``None`` (the budget's chunk) elsewhere."""
+    if device.type != "cpu":
         return None
-    return max(SMALL_ROWS, SMALL_CHUNK // max(nbytes(row), 1))
+    return max(SMALL_ROWS, SMALL_CHUNK // max(row_bytes, 1))
 
 
 def chunk_size(batch_size: int | None, per_copy, device: torch.device, cpu_cap: bool = True) -> int:

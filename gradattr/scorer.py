@@ -308,7 +308,7 @@ class Scorer:
         return self._memo.get("fast") is True
 
     def score_activations(self, copies: torch.Tensor, i: int, batch_size: int | None = None, *,
-                          unmodified_first: bool = False) -> torch.Tensor:
+                          unmodified_first: bool = False, more: bool = True) -> torch.Tensor:
         """Scores ``(B, K)`` of sample ``i`` with its feature map replaced by ``copies (B, C, *s)``.
 
         Fast path (used when the network allows it): the network runs on sample
@@ -328,10 +328,11 @@ class Scorer:
         ``unmodified_first=True``: row 0 of ``copies`` is sample ``i``'s own feature map
         (the caller built it in the same tensor, so no copy is concatenated for the
         check); it serves the check and its score is not returned (``(B - 1, K)``).
+        ``more=False``: no pass of sample ``i`` follows (nothing is recorded for one).
         """
         fast = self._memo.get("fast")
         if fast is not False:
-            rep = self.replay(i)
+            rep = self.replay(i, create=more)
             rep = None if rep is None or rep.mode == "off" else rep
             replaying = rep is not None and rep.mode == "replay"
             check = fast is None or replaying
@@ -352,14 +353,17 @@ class Scorer:
         step = chunk_size(batch_size, lambda: self.budget.copy_bytes(tail=False), self.x.device)
         return torch.cat([self._full_scores(copies[j:j + step], i) for j in range(0, len(copies), step)])
 
-    def replay(self, i: int) -> Replay | None:
+    def replay(self, i: int, create: bool = True) -> Replay | None:
         """The modules before the feature layer recorded for sample ``i``'s passes that run only
-        the layers after it (the capture pass's own recording for N = 1, else made on the first
-        such pass; memoised), or ``None`` where they cannot be replayed."""
+        the layers after it (the capture pass's own recording for N = 1, else made, with
+        ``create``, for the first such pass; memoised), or ``None`` where there is none or they
+        cannot be replayed."""
         key = ("replay", i)
         if key not in self._memo:
             cap = cast(Capture, self.cap)
             rep = cap.replay if self.n == 1 else None
+            if rep is None and not create:
+                return None
             if rep is None:
                 rep = replay_for(self.net, cap.plan.layers[self.index].name, thread_guard())
             self._memo[key] = rep
@@ -370,7 +374,7 @@ class Scorer:
         replays the modules before it, or records them: the tail-only path is not refused, and
         the last replayed pass skipped 90 % of their parameters' worth. Then a pass costs little
         more than the layers after the feature layer, and the copies may come in small chunks."""
-        rep = self.replay(i)
+        rep = self.replay(i, create=False)
         return rep is not None and self._memo.get("fast") is not False \
             and (rep.mode == "record" or rep.works)
 

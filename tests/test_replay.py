@@ -207,7 +207,7 @@ def test_large_copies_come_in_small_chunks_when_replaying(n):
     """Rows of 1.2 MiB, 150 channels: where a sample's passes replay (or record) the stem, its
     copies come in chunks of SMALL_ROWS; N = 1 from the second call on the capture pass carries
     SMALL_ROWS - 1 copies (a fresh buffer of hundreds of MB is slow to fill)."""
-    assert budget.small_chunk(torch.empty(2**17, dtype=torch.float64)) == budget.SMALL_ROWS
+    assert budget.small_chunk(2**20, torch.device("cpu")) == budget.SMALL_ROWS
     net, x = Skip(c=150).double().eval(), torch.randn(n, 2, 64, 64, dtype=torch.float64)
     ablation(net, x, batch_size=None)
     got = []
@@ -297,3 +297,22 @@ def naive_ablation(net, x, targets):
         w = (y - run(k)[0]) / y  # (N, K)
         maps.append(w[:, :, None, None] * a[:, None, k])
     return torch.stack(maps).sum(0)
+
+
+def test_nothing_is_recorded_when_one_pass_takes_every_copy(monkeypatch):
+    """12 channels and the budget's chunk: the first call's one tail-only pass and the later
+    calls' carrying capture pass take every copy, so no Replay is made (recording costs a copy
+    of each output before the feature layer)."""
+    made = []
+    init = replay.Replay.__init__
+
+    def counting(self, *args):
+        made.append(self)
+        init(self, *args)
+    monkeypatch.setattr(replay.Replay, "__init__", counting)
+    net, x = Skip().double().eval(), x_of()
+    for _ in range(3):
+        ablation(net, x, batch_size=None)
+    assert made == []
+    ablation(net, x, batch_size=3)  # (4 passes: the first records)
+    assert len(made) == 1

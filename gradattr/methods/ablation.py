@@ -15,7 +15,7 @@ from typing import cast
 import torch
 from einops import rearrange
 
-from ..budget import small_chunk
+from ..budget import nbytes, small_chunk
 from ..capture import PLANS, Capture, Plan, capture, module_named, thread_guard
 from ..capture.replay import Replay, replay_for, version_of
 from ..errors import GradattrError
@@ -65,15 +65,15 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
     out = y.new_zeros(n, c, y.shape[1])
     bar = scorer.progress(n * c, progress, "Ablation-CAM")
     first, chunk, copies = _carried(scorer, out, a)
-    replayed = _replayed(scorer.call, scorer.cap.plan) if scorer.cap is not None else None
+    replayed = _replayed(scorer.call, scorer.cap.plan)[0] if scorer.cap is not None else None
     try:
         bar.update(n * first)
         for i in range(n):
             start = first
             while start < c:
-                b = min(c - start, _chunk(scorer, i, batch_size, chunk, a[0], replayed))
-                out[i, start:start + b] = scorer.score_activations(copies.chunk(i, start, b), i, batch_size,
-                                                                   unmodified_first=True)
+                b = min(c - start, _chunk(scorer, i, batch_size, chunk, c - start, a[0], replayed))
+                out[i, start:start + b] = scorer.score_activations(
+                    copies.chunk(i, start, b), i, batch_size, unmodified_first=True, more=start + b < c)
                 start += b
                 bar.update(b)
     finally:
@@ -81,22 +81,28 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
     if not first and scorer.tail_only and scorer.cap is not None and len(scorer.cap.plan.layers) == 1:
         # the budget's chunk when it was computed for this call (else no pass only to size it)
         _remember(scorer.call, scorer.cap.plan, scorer.activation_chunk(None) if batch_size is None else None)
-    if scorer.cap is not None and batch_size is None and scorer.replay(0) is not None:
-        _remember_replayed(scorer.call, scorer.cap.plan, all(scorer.replays(i) for i in range(n)))
+    if scorer.cap is not None:
+        made = [scorer.replay(i, create=False) for i in range(n)]
+        replays = all(scorer.replays(i) for i in range(n)) \
+            if batch_size is None and any(made) else None  # (None: nothing learnt)
+        _remember_replayed(scorer.call, scorer.cap.plan, replays, c, nbytes(a[0]))
     return rearrange(out, "n c k -> n k c")
 
 
-def _chunk(scorer, i: int, batch_size: int | None, chunk: int | None, row: torch.Tensor,
+def _chunk(scorer, i: int, batch_size: int | None, chunk: int | None, left: int, row: torch.Tensor,
            replayed: bool | None) -> int:
-    """Copies in sample ``i``'s next pass: ``batch_size``, the remembered or the budget's chunk,
-    or fewer (:func:`~gradattr.budget.small_chunk`) where the pass replays the modules before the
-    feature layer or records them (unless this network's replaying failed on the last call)."""
+    """Copies in sample ``i``'s next pass (``left`` to do): ``batch_size``, the remembered or the
+    budget's chunk, or fewer (:func:`~gradattr.budget.small_chunk`) where the pass replays the
+    modules before the feature layer or records them (unless this network's replaying failed on
+    its last call). Nothing is recorded for a pass that takes all that is left."""
     size = chunk or scorer.activation_chunk(batch_size)
-    if batch_size is not None or not scorer.replays(i) \
-            or replayed is False and scorer.replay(i).mode == "record":
+    small = None if batch_size is not None else small_chunk(nbytes(row), row.device)
+    if small is None or left <= min(size, small):
         return size
-    small = small_chunk(row)
-    return size if small is None else min(size, small)
+    rep = scorer.replay(i)
+    if not scorer.replays(i) or replayed is False and rep is not None and rep.mode == "record":
+        return size
+    return min(size, small)
 
 
 class Copies:
@@ -183,15 +189,19 @@ def _remember(call, plan: Plan, chunk: int | None) -> None:
             entries[_tail_key(call, plan)] = (chunk, weakref.ref(module_named(call.net, plan.layers[0].name)))
 
 
-def _replayed(call, plan: Plan) -> bool | None:
-    """Whether this input signature's passes replayed the modules before the feature layer on
-    the last call (``None``: unknown)."""
-    return _REPLAYED.get(call.net, {}).get(_tail_key(call, plan))
+def _replayed(call, plan: Plan) -> tuple:
+    """What this input signature's last call learnt: ``(whether its passes replayed the modules
+    before the feature layer or None, the feature map's channels, one copy's bytes)``; all
+    ``None`` before a first call."""
+    return _REPLAYED.get(call.net, {}).get(_tail_key(call, plan), (None, None, None))
 
 
-def _remember_replayed(call, plan: Plan, replays: bool) -> None:
+def _remember_replayed(call, plan: Plan, replays: bool | None, channels: int, row: int) -> None:
     with _TAILS_LOCK:
-        _REPLAYED.setdefault(call.net, {})[_tail_key(call, plan)] = replays
+        entries = _REPLAYED.setdefault(call.net, {})
+        key = _tail_key(call, plan)
+        old = entries.get(key, (None,))[0]
+        entries[key] = (old if replays is None else replays, channels, row)
 
 
 def _refuse(call, plan: Plan) -> None:
@@ -222,14 +232,11 @@ def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
     size = batch if batch is not None else chunk
     if size is None or size < 2:  # no chunk known without a pass to size it; too small to carry
         return None
-    lp = known.layers[0]
-    rep = replay_for(call.net, lp.name, thread_guard())
-    small = batch is None and rep is not None and _replayed(call, known) is True
+    rows, rep = _carried_rows(call, known, size, batch)
     made: list = []
 
     def swap(r, s, t):
         a = r.to_ncs(s.detach())
-        rows = min(size, max(2, small_chunk(a[0]) or size)) if small else size
         b = min(a.shape[1], rows - 1)  # b + 2 rows: the two-pass path's 1 + size, at most
         buf = a.new_empty(b + 2, *a.shape[1:])
         buf.copy_(a.expand_as(buf))
@@ -254,6 +261,20 @@ def ablation_capture(call, plan: Plan, options: dict) -> Capture | None:
         rep.settle()
     return Capture(cap.raw, cap.plan, y[:1].detach(), cap.reduction_name,
                    carried=(y.detach(), b, None if batch is not None else chunk, buf, version), replay=rep)
+
+
+def _carried_rows(call, known: Plan, size: int, batch: int | None) -> tuple:
+    """``(rows the capture pass carries, a Replay recording that pass or None)``: a small chunk
+    where this network's passes replayed on its last call (with ``batch_size`` None), else
+    ``size``; a recording only where copies will be left for later passes (or their number is
+    not known yet)."""
+    replays, channels, row = _replayed(call, known)
+    small = small_chunk(row, call.x.device) if batch is None and replays is True and row else None
+    rows = size if small is None else min(size, max(2, small))
+    if channels is not None and channels <= rows - 1:
+        return rows, None
+    rep = replay_for(call.net, known.layers[0].name, thread_guard())
+    return (rows if rep is not None else size), rep
 
 
 def _carriable(call, plan: Plan):
