@@ -308,7 +308,7 @@ class Scorer:
         return self._memo.get("fast") is True
 
     def score_activations(self, copies: torch.Tensor, i: int, batch_size: int | None = None, *,
-                          unmodified_first: bool = False, more: bool = True) -> torch.Tensor:
+                          unmodified_first: bool = False, left: int | None = None) -> torch.Tensor:
         """Scores ``(B, K)`` of sample ``i`` with its feature map replaced by ``copies (B, C, *s)``.
 
         Fast path (used when the network allows it): the network runs on sample
@@ -328,11 +328,12 @@ class Scorer:
         ``unmodified_first=True``: row 0 of ``copies`` is sample ``i``'s own feature map
         (the caller built it in the same tensor, so no copy is concatenated for the
         check); it serves the check and its score is not returned (``(B - 1, K)``).
-        ``more=False``: no pass of sample ``i`` follows (nothing is recorded for one).
+        ``left``: how many of sample ``i``'s copies later calls will score (``None``: not known);
+        nothing is recorded for passes that will not come.
         """
         fast = self._memo.get("fast")
         if fast is not False:
-            rep = self.replay(i, create=more)
+            rep = self.replay(i, create=left is None or left > 0)
             rep = None if rep is None or rep.mode == "off" else rep
             replaying = rep is not None and rep.mode == "replay"
             check = fast is None or replaying
@@ -348,10 +349,12 @@ class Scorer:
                 self._memo["fast"] = ok
             if ok:
                 return s
-        if unmodified_first:
-            copies = copies[1:]
+        own = copies[:1] if unmodified_first else cast(Capture, self.cap).acts[self.index][i:i + 1]
+        rest = copies[1:] if unmodified_first else copies
         step = chunk_size(batch_size, lambda: self.budget.copy_bytes(tail=False), self.x.device)
-        return torch.cat([self._full_scores(copies[j:j + step], i) for j in range(0, len(copies), step)])
+        return torch.cat([self._whole_scores(own, rest[j:j + step], i,
+                                             None if left is None else left + max(len(rest) - j - step, 0))
+                          for j in range(0, len(rest), step)])
 
     def replay(self, i: int, create: bool = True) -> Replay | None:
         """The modules before the feature layer recorded for sample ``i``'s passes that run only
@@ -365,7 +368,8 @@ class Scorer:
             if rep is None and not create:
                 return None
             if rep is None:
-                rep = replay_for(self.net, cap.plan.layers[self.index].name, thread_guard())
+                lp = cap.plan.layers[self.index]
+                rep = replay_for(self.net, lp.name, lp.call, thread_guard())
             self._memo[key] = rep
         return self._memo[key]
 
@@ -403,20 +407,51 @@ class Scorer:
                 return None, False
             raise
         if check:
-            y_i = self.scores[i]
-            scale = float(y_i.abs().max().clamp(min=1))
-            if not torch.allclose(s[0], y_i.to(s.dtype), rtol=1e-4, atol=1e-4 * scale):
+            if not self._reproduces(s[0], i):
                 return None, False
             s = s[1:]
         return s, True
 
-    def _full_scores(self, copies: torch.Tensor, i: int) -> torch.Tensor:
+    def _whole_scores(self, own: torch.Tensor, copies: torch.Tensor, i: int, left: int | None) -> torch.Tensor:
+        """Scores of ``copies`` in one whole pass of sample ``i`` repeated. Where the modules before
+        the feature layer can be replayed, the first pass of each size records them (when ``left``
+        copies still make a pass of this size) and the later ones replay them; these carry the unmodified
+        map ``own`` as row 0, and a replayed pass whose row 0 does not reproduce the captured
+        score runs again without replaying (and that size is not replayed again)."""
+        key = ("whole", i, copies.shape[0] + 1)
+        if key not in self._memo and (left is None or left >= copies.shape[0]):
+            lp = cast(Capture, self.cap).plan.layers[self.index]
+            self._memo[key] = replay_for(self.net, lp.name, lp.call, thread_guard())
+        rep = self._memo.get(key)
+        if rep is None or rep.mode == "off":
+            return self._full_scores(copies, i)
+        s = self._full_scores(torch.cat([own, copies]), i, rep)
+        if rep.mode == "record":
+            rep.settle()
+        elif not self._reproduces(s[0], i):
+            rep.mode = "off"
+            return self._full_scores(copies, i)
+        return s[1:]
+
+    def _full_scores(self, copies: torch.Tensor, i: int, replay: Replay | None = None) -> torch.Tensor:
         b = copies.shape[0]
         reading = cast(Reading, cast(Capture, self.cap).plan.layers[self.index].reading)
         rows = torch.full((b,), i, device=copies.device)
-        x = self.x[i:i + 1].expand(b, *self.x.shape[1:]).contiguous()
-        y = self.output_of(x, replace=lambda o: reading.from_ncs(copies.to(o.dtype), o), rows=rows)
+        x = self._memo.get(("x", i, b)) if replay is not None else None
+        if x is None:
+            x = self.x[i:i + 1].expand(b, *self.x.shape[1:]).contiguous()
+            if replay is not None:  # (the same tensor in every pass: its arguments compare by identity)
+                self._memo[("x", i, b)] = x
+        y = self.output_of(x, replace=lambda o: reading.from_ncs(copies.to(o.dtype), o), rows=rows,
+                           replay=replay)
         return self.target.scores(y, b, rows).detach()
+
+    def _reproduces(self, s0: torch.Tensor, i: int) -> bool:
+        """Whether ``s0``, the score of sample ``i``'s unmodified map in a later pass, is its
+        captured score (rtol 1e-4: a pass over more rows may round otherwise)."""
+        y_i = self.scores[i]
+        scale = float(y_i.abs().max().clamp(min=1))
+        return torch.allclose(s0, y_i.to(s0.dtype), rtol=1e-4, atol=1e-4 * scale)
 
     # -- resizing and progress ----------------------------------------------------------------
     def to_input(self, maps: torch.Tensor) -> torch.Tensor:

@@ -271,21 +271,24 @@ def test_later_chunks_put_back_the_last_chunks_channels(make, n):
     torch.testing.assert_close(got.double(), naive_ablation(net, x, [1, 3]), rtol=1e-5, atol=1e-6)  # (float32 maps)
 
 
-def naive_ablation(net, x, targets):
+def naive_ablation(net, x, targets, layer=None, at=0):
     """Ablation-CAM without ReLU, channel by channel in whole passes, each with its own copy of
-    the feature map (``net.block``'s output; tests/references.py's records the map the network
-    continues with, which an in-place op after the layer writes)."""
+    the feature map (call ``at`` of ``layer``, default ``net.block``; tests/references.py's
+    records the map the network continues with, which an in-place op after the layer writes)."""
     def run(k=None):
-        seen = []
+        seen, calls = [], []
 
         def hook(m, i, o):
+            calls.append(1)
+            if len(calls) != at + 1:
+                return None
             seen.append(o.clone())
             if k is not None:
                 o = o.clone()
                 o[:, k] = 0
                 return o
             return o.clone()
-        h = net.block.register_forward_hook(hook)
+        h = (net.block if layer is None else layer).register_forward_hook(hook)
         try:
             with torch.no_grad():
                 return net(x)[:, targets], seen[0]
@@ -316,3 +319,54 @@ def test_nothing_is_recorded_when_one_pass_takes_every_copy(monkeypatch):
     assert made == []
     ablation(net, x, batch_size=3)  # (4 passes: the first records)
     assert len(made) == 1
+
+
+class ListNet(nn.Module):
+    """Blocks in a ``ModuleList`` called in a loop with a keyword (as EfficientNet's), a shared
+    activation whose second call is the feature layer, and a head that reads the batch size
+    from the input (``view(bs, -1)``): Ablation-CAM falls back to whole passes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.stem, self.act = Stem(2, 6), nn.SiLU()
+        self.blocks = nn.ModuleList([Scaled(6, 6), Scaled(6, 12)])
+        self.fc = nn.Linear(12, 4)
+
+    def forward(self, x):
+        bs = x.size(0)
+        h = self.act(self.stem(x))
+        for j, block in enumerate(self.blocks):
+            h = block(h, scale=1.0 + j)
+        return self.fc(self.act(h).mean((2, 3)).view(bs, -1))
+
+
+class Scaled(nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.conv, self.runs = nn.Conv2d(c_in, c_out, 3, padding=1), 0
+
+    def forward(self, x, scale=1.0):
+        self.runs += 1
+        return self.conv(x) * scale
+
+
+def test_whole_passes_replay_the_layers_before_the_feature_layer():
+    """The tail-only path refused, whole passes of the same size replay the modules before the
+    feature layer (call 1 of ``act``; the ``ModuleList``'s members): the map of passes that run
+    everything, bit for bit, and the naive reference's."""
+    net, x = ListNet().double().eval(), x_of()
+    opts = dict(feature_layer="act", feature_call=1, upsampling="none", relu=False, batch_size=3)
+    gradattr.ablation_cam(net, x, [1, 3], **opts)
+    net.blocks[1].runs = 0
+    got = gradattr.ablation_cam(net, x, [1, 3], **opts)
+    runs, net.blocks[1].runs = net.blocks[1].runs, 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(replay, "ENABLED", False)
+        want = gradattr.ablation_cam(net, x, [1, 3], **opts)
+    assert torch.equal(got, want)
+    # the capture pass, the failed check of the tail-only path, then 4 whole passes of 3 copies:
+    # the first records (it carries the unmodified map too), the other 3 replay
+    assert (runs, net.blocks[1].runs) == (3, 6)
+    torch.testing.assert_close(got.double(), naive_ablation(net, x, [1, 3], net.act, at=1),
+                               rtol=1e-5, atol=1e-6)

@@ -89,15 +89,16 @@ def _weight(m: nn.Module) -> int:
 
 
 class Replay:
-    """The recorded calls of the modules before the feature layer ``name`` of ``net``, for the
-    later passes of one call (see the module's docstring).
+    """The recorded calls of the modules before the feature layer ``name`` of ``net`` (its call
+    ``at``, 0-based; its earlier calls are replayed like the other modules'), for the later
+    passes of one call (see the module's docstring).
 
     ``install()`` patches the modules' ``forward`` for one pass (a handle whose ``remove()``
     puts them back); the first pass records, :meth:`settle` then decides what may be replayed,
     and the passes after it replay. ``mine()`` is the calling thread's guard."""
 
-    def __init__(self, net: nn.Module, name: str, mine):
-        self.mine, self.mode, self.seq = mine, "record", 0
+    def __init__(self, net: nn.Module, name: str, at: int, mine):
+        self.mine, self.mode, self.seq, self.at = mine, "record", 0, at
         self.modules = _before(net, name)
         self.feature = self.modules[-1]
         self.calls: dict[int, list[_Call]] = {}
@@ -123,13 +124,13 @@ class Replay:
 
     def settle(self) -> None:
         """After the recording pass: how each call is replayed (a module called after the feature
-        layer began is left to run, uncounted); off when the feature layer did not run exactly
-        once or the pass wrote a buffer of these modules."""
+        layer began is left to run, uncounted); off when the feature layer's call was not reached
+        or the pass wrote a buffer of these modules."""
         feature = self.calls.get(id(self.feature), [])
-        if self.mode != "record" or len(feature) != 1 or _buffer_versions(self.modules) != self.buffers:
+        if self.mode != "record" or len(feature) != self.at + 1 or _buffer_versions(self.modules) != self.buffers:
             self.mode, self.calls = "off", {}
             return
-        begin = feature[0].start
+        begin = feature[self.at].start
         for m in self.modules:
             calls = self.calls.get(id(m), [])
             if m is not self.feature and (id(m) in self.after or not all(c.end <= begin for c in calls)):
@@ -149,10 +150,12 @@ class Replay:
         k = self.counts.get(id(m), 0)
         self.counts[id(m)] = k + 1
         if self.mode == "record":
-            if self.begun and m is not self.feature:  # (after the feature layer: not replayed)
-                self.after.add(id(m))
+            feature = m is self.feature and k == self.at
+            if self.begun or m is self.feature and k > self.at:  # (after the feature layer began)
+                if m is not self.feature:
+                    self.after.add(id(m))
                 return forward(*args, **kwargs)
-            self.begun = self.begun or m is self.feature
+            self.begun = feature
             leaves: list = []
             _leaves((args, kwargs), leaves)
             start = self.seq
@@ -161,7 +164,7 @@ class Replay:
             tensor = isinstance(out, torch.Tensor)
             self.calls.setdefault(id(m), []).append(_Call(
                 leaves, out, _version(out) if tensor else None, start, self.seq,
-                out.clone() if tensor and m is not self.feature else None))
+                out.clone() if tensor and not feature else None))
             self.seq += 1
             return out
         calls = self.calls.get(id(m)) if self.mode == "replay" else None
@@ -261,7 +264,8 @@ def _forward(replay: Replay, m: nn.Module, forward):
 
 
 def _before(net: nn.Module, name: str) -> list[nn.Module]:
-    """The other children of every module containing the feature layer ``name``, then the layer."""
+    """The other children of every module containing the feature layer ``name`` (the members of
+    a ``ModuleList`` or ``ModuleDict`` among them), then the layer."""
     chain, m = [net], net
     for part in name.split(".") if name else ():
         m = m._modules.get(part)  # type: ignore[assignment]
@@ -270,20 +274,31 @@ def _before(net: nn.Module, name: str) -> list[nn.Module]:
         chain.append(m)
     out: list[nn.Module] = []
     seen = {id(c) for c in chain}
-    for parent in chain[:-1]:
+
+    def add(parent: nn.Module) -> None:
         for child in parent._modules.values():
             if child is not None and id(child) not in seen:
                 seen.add(id(child))
-                out.append(child)
+                if isinstance(child, _LISTS):  # (never called itself: its members are)
+                    add(child)
+                else:
+                    out.append(child)
+    for parent in chain[:-1]:
+        add(parent)
     return out + [chain[-1]]
+
+
+#: Containers that hold modules without being called: their members are the candidates.
+_LISTS = (nn.ModuleList, nn.ModuleDict)
 
 
 def _buffer_versions(modules: list[nn.Module]) -> list:
     return [(id(b), _version(b)) for m in modules for b in m.buffers()]
 
 
-def replay_for(net: nn.Module, name: str, mine) -> Replay | None:
-    """A :class:`Replay` of the modules before the feature layer ``name``, or ``None`` where a
+def replay_for(net: nn.Module, name: str, at: int | None, mine) -> Replay | None:
+    """A :class:`Replay` of the modules before call ``at`` of the feature layer ``name``, or
+    ``None`` where that call is not known or a
     module's ``forward`` cannot be replaced: a scripted or ``torch.compile``d network or part
     (whose graph would not call it), one holding an ``nn.DataParallel`` (whose replicas would
     carry the patched ``forward`` to other devices), or a layer not reached through ``_modules``."""
@@ -291,4 +306,4 @@ def replay_for(net: nn.Module, name: str, mine) -> Replay | None:
             or any(isinstance(m, (torch.jit.ScriptModule, nn.DataParallel)) or hasattr(m, "_orig_mod")
                    for m in net.modules()):
         return None
-    return Replay(net, name, mine)
+    return None if at is None else Replay(net, name, at, mine)

@@ -73,7 +73,7 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
             while start < c:
                 b = min(c - start, _chunk(scorer, i, batch_size, chunk, c - start, a[0], replayed))
                 out[i, start:start + b] = scorer.score_activations(
-                    copies.chunk(i, start, b), i, batch_size, unmodified_first=True, more=start + b < c)
+                    copies.chunk(i, start, b), i, batch_size, unmodified_first=True, left=c - start - b)
                 start += b
                 bar.update(b)
     finally:
@@ -273,7 +273,7 @@ def _carried_rows(call, known: Plan, size: int, batch: int | None) -> tuple:
     rows = size if small is None else min(size, max(2, small))
     if channels is not None and channels <= rows - 1:
         return rows, None
-    rep = replay_for(call.net, known.layers[0].name, thread_guard())
+    rep = replay_for(call.net, known.layers[0].name, known.layers[0].call, thread_guard())
     return (rows if rep is not None else size), rep
 
 
