@@ -8,7 +8,10 @@ map's peak: with ``batch_size`` given both score the same copies per pass, but a
 also carries the unmodified copy for its check, and a matrix product over one more row can
 round otherwise). Networks: timm's (random weights, built offline)
 at 96 px with ``batch_size=32`` (many chunks), and torchvision's ResNet-50 at 224 px with the
-default chunks (there replaying also lets the copies come in small chunks).
+default chunks (there replaying also lets the copies come in small chunks), and
+EfficientNet-Lite0 at 224 px (its head reads the batch size from the input: whole passes; one
+round, a call takes about a minute without replaying). Maps without the ReLU (``relu=False``:
+random weights often give an all-zero map after it).
 
 Usage: ``python benchmarks/bench_replay.py [--rounds 5] [--threads 1]``.
 """
@@ -35,7 +38,14 @@ CASES = [  # (name, builder, input shape, options)
     ("timm convnext_atto, 96 px", lambda: _timm("convnext_atto"), (1, 3, 96, 96), dict(batch_size=32)),
     ("torchvision resnet50, 224 px, default chunks", lambda: _resnet50(), (1, 3, 224, 224),
      dict(feature_layer="layer4")),
+    ("efficientnet-lite0, 224 px, default chunks (whole passes: its head reads the batch size)",
+     lambda: _lite0(), (1, 3, 224, 224), dict(rounds=1)),
 ]
+
+
+def _lite0():
+    from efficientnet_lite_pytorch import EfficientNet
+    return EfficientNet.from_name("efficientnet-lite0")
 
 
 def _timm(name, **kw):
@@ -62,13 +72,15 @@ def main(argv=None):
         torch.manual_seed(0)
         net = build().eval()
         x = torch.randn(shape)
-        call = lambda: gradattr.ablation_cam(net, x, 1, upsampling="none", **opts)  # noqa: E731
+        opts = dict(opts)
+        rounds = min(args.rounds, opts.pop("rounds", args.rounds))  # (a case of a minute per call: fewer)
+        call = lambda: gradattr.ablation_cam(net, x, 1, upsampling="none", relu=False, **opts)  # noqa: E731
         times: dict = {True: [], False: [], "forward": []}
         maps = {}
         for enabled in (True, False):  # first calls (the two-pass path's check, the reading)
             replay.ENABLED = enabled
             call()
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for enabled in (True, False):
                 replay.ENABLED = enabled
                 t0 = time.perf_counter()
