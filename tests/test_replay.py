@@ -370,3 +370,30 @@ def test_whole_passes_replay_the_layers_before_the_feature_layer():
     assert (runs, net.blocks[1].runs) == (3, 6)
     torch.testing.assert_close(got.double(), naive_ablation(net, x, [1, 3], net.act, at=1),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_two_threads_replaying_one_model_leave_its_forward_methods_alone():
+    """Two calls replaying the same model at once (their passes overlap: the first pass of each
+    waits for the other's at the head) get the single-threaded map, and afterwards no module
+    keeps a patched ``forward`` (one pass putting back what the other had patched in would
+    leave it there for good)."""
+    net, x = Skip().double().eval(), x_of()
+    want = ablation(net, x)
+    barrier, waited, got = threading.Barrier(2, timeout=20), set(), {}
+
+    def meet(m, i):
+        me = threading.get_ident()
+        if me not in waited and threading.current_thread() is not threading.main_thread():
+            waited.add(me)
+            barrier.wait()
+    h = net.fc.register_forward_pre_hook(meet)
+    try:
+        threads = [threading.Thread(target=lambda k=k: got.__setitem__(k, ablation(net, x))) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        h.remove()
+    assert len(got) == 2 and all(torch.equal(g, want) for g in got.values())
+    assert all("forward" not in m.__dict__ for m in net.modules())

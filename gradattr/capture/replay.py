@@ -25,6 +25,7 @@ reproduce the captured one) and stops replaying when it does not.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import cast
 
@@ -236,30 +237,49 @@ def _how(c: _Call) -> str | None:
 
 
 class _Patch:
-    """Each module's ``forward`` replaced by the replay's for one pass; ``remove()`` restores it."""
+    """The replay's modules' ``forward`` dispatching to it in this thread for one pass;
+    ``remove()`` ends that. A module's ``forward`` is replaced once, by a dispatcher, while any
+    thread replays it (each thread's passes go to its own replay, other calls to the module's
+    own ``forward``), and put back as it was when the last such pass ends."""
 
     def __init__(self, replay: Replay):
-        self.saved = []
-        for m in replay.modules:
-            own = m.__dict__.get("forward", _MISSING)
-            m.__dict__["forward"] = _forward(replay, m, m.forward)
-            self.saved.append((m, own))
+        self.modules, me = replay.modules, threading.get_ident()
+        with _PATCH_LOCK:
+            for m in self.modules:
+                entry = _PATCHED.get(id(m))
+                if entry is None:
+                    own, forward, active = m.__dict__.get("forward", _MISSING), m.forward, {}
+                    entry = _PATCHED[id(m)] = (own, active)
+                    m.__dict__["forward"] = _dispatcher(m, forward, active)
+                entry[1][me] = replay
 
     def remove(self) -> None:
-        for m, own in self.saved:
-            if own is _MISSING:
-                m.__dict__.pop("forward", None)
-            else:
-                m.__dict__["forward"] = own
-        self.saved = []
+        me = threading.get_ident()
+        with _PATCH_LOCK:
+            for m in self.modules:
+                entry = _PATCHED.get(id(m))
+                if entry is None:
+                    continue
+                entry[1].pop(me, None)
+                if not entry[1]:
+                    del _PATCHED[id(m)]
+                    if entry[0] is _MISSING:
+                        m.__dict__.pop("forward", None)
+                    else:
+                        m.__dict__["forward"] = entry[0]
+        self.modules = []
 
 
 _MISSING = object()
+#: Per patched module (by id): (its own ``forward`` attribute or _MISSING, {thread: replay}).
+_PATCHED: dict[int, tuple[object, dict[int, Replay]]] = {}
+_PATCH_LOCK = threading.Lock()
 
 
-def _forward(replay: Replay, m: nn.Module, forward):
+def _dispatcher(m: nn.Module, forward, active: dict[int, Replay]):
     def patched(*args, **kwargs):
-        return replay.call(m, forward, args, kwargs)
+        replay = active.get(threading.get_ident())
+        return forward(*args, **kwargs) if replay is None else replay.call(m, forward, args, kwargs)
     return patched
 
 
