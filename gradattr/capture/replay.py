@@ -248,7 +248,7 @@ class _Patch:
             for m in self.modules:
                 entry = _PATCHED.get(id(m))
                 if entry is None:
-                    own, forward, active = m.__dict__.get("forward", _MISSING), m.forward, {}
+                    own, forward, active = m.__dict__.get("forward", _MISSING), m.forward, dict[int, Replay]()
                     entry = _PATCHED[id(m)] = (own, active)
                     m.__dict__["forward"] = _dispatcher(m, forward, active)
                 entry[1][me] = replay
