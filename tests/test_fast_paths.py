@@ -6,7 +6,7 @@ the options bound once per network against a fresh bind; the memory observed in 
 capture pass against the scorer's own observing pass; the one read of the checks
 against its tensor form; the layer look-ups through ``_modules``, the output form and the maps'
 peaks against ``get_submodule``, the full conversion and ``vector_norm``; the hooks' guard under
-``torch.compile``. No timing here: speed is measured in benchmarks/.
+``torch.compile``; the one-layer capture pass against the general one. No timing here: speed is measured in benchmarks/.
 """
 from __future__ import annotations
 
@@ -676,3 +676,94 @@ def test_maps_that_are_fine_return_before_the_search_for_what_is_wrong(fill, exp
     assert (said == []) == (expect != "warn")
     if expect == "warn":
         assert "1 of 4 maps are all zero (first: sample 1, target 0)" in said[0]
+
+
+# -- the fifth pass: the one-layer capture pass -----------------------------------------------
+def _one_layer_nets():
+    """(name, network, input, feature layer, feature_call): a layer followed by an in-place
+    ReLU (the clone protects the capture), a module called twice (its first or second call),
+    a reentrant checkpoint in the tail (the pass falls back to recording it all)."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    inplace = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(inplace=True),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    relu = nn.ReLU()
+    twice = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), relu, nn.Conv1d(4, 4, 3, padding=1), relu,
+                          nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    class Reentrant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = toy(2)[:4], toy(2)[4:]
+
+        def forward(self, x):
+            return checkpoint(self.head, self.body(x), use_reentrant=True)
+
+    return [("in-place ReLU after the layer", inplace, torch.randn(2, 2, 6, 6), "0", None),
+            ("a module's first call", twice, torch.randn(2, 2, 9), "1", 0),
+            ("a module's second call", twice, torch.randn(2, 2, 9), "1", 1),
+            ("reentrant checkpoint in the tail", Reentrant(), toy_input(2), "body.3", None)]
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")  # (the reentrant net)
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("name,net,x,layer,call_index", _one_layer_nets(), ids=[c[0] for c in _one_layer_nets()])
+def test_the_one_layer_pass_equals_the_general_pass(name, net, x, layer, call_index, grad):
+    """A known plan of one layer, the output scored: ``capture_one`` (taken: counted) captures
+    the same tensor, leaf or not, and the same output as the general pass, and the gradients
+    through it are the same, bit for bit (through a reentrant segment, the same refusal)."""
+    import gradattr.capture.passes as capture_passes
+
+    net.eval()
+    call = prep.prepare_call(net, x, target=1)
+    asked = capture.plan_from_options(net, layer, None, None, call_index)
+    taken: list = []
+    fast = capture_passes.capture_one
+
+    def counted(*a):
+        taken.append(1)
+        return fast(*a)
+
+    def general(c, plan, g, xx):
+        return capture_passes._capture_planned(c, plan, g, False, False, xx)
+
+    def run(one):
+        with call.borrowed(), torch.enable_grad(), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(capture_passes, "capture_one", one)
+            cap = capture.capture(call, plan, grad=grad)
+            try:
+                g = engine._gradients(call, cap, False)[0] if grad else None
+            except gradattr.GradattrError as e:  # (autograd.grad through a reentrant segment)
+                g = str(e)
+        return cap, g
+
+    with call.borrowed(), torch.enable_grad():
+        plan = capture.capture(call, asked, grad=grad).plan  # the first pass resolves the plan
+    assert plan.known
+    (got, g_got), (want, g_want) = run(counted), run(general)
+    assert taken == [1]
+    assert got.plan is want.plan and got.reduction_name == want.reduction_name == "output"
+    assert got.raw[0].requires_grad == want.raw[0].requires_grad == grad
+    assert torch.equal(got.raw[0], want.raw[0]) and torch.equal(got.output, want.output)
+    assert (got.raw[0] < 0).any() == (want.raw[0] < 0).any()
+    if isinstance(g_want, str):
+        assert g_got == g_want and "reentrant" in g_want
+    elif grad:
+        assert torch.equal(g_got, g_want)
+
+
+def test_the_one_layer_pass_refuses_a_layer_that_did_not_run():
+    """A remembered layer that this input does not reach: the same error as the general pass."""
+    import gradattr.capture.passes as capture_passes
+
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=1)
+    with call.borrowed(), torch.enable_grad():
+        plan = capture.capture(call, capture.plan_from_options(net, "3", None, None, None), grad=True).plan
+    skip = capture.Plan((dataclasses.replace(plan.layers[0], call=1),), None)  # "3" runs once
+    with call.borrowed(), torch.enable_grad():
+        with pytest.raises(gradattr.GradattrError, match="ran 1 times"):
+            capture_passes.capture_one(call, skip, True, call.x)
+        with pytest.raises(gradattr.GradattrError, match="ran 1 times"):
+            capture_passes._capture_planned(call, skip, True, False, False, call.x)

@@ -20,6 +20,7 @@ import torch
 from .. import layout_inference
 from ..errors import GradattrError
 from ..geometry import Observer
+from ..layouts import Reading
 from ..prep import Call
 from ..targets import tensors_of
 from .hooks import Output, eager, module_named, run_hooked, thread_guard
@@ -66,6 +67,9 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
     elif not plan.known:
         plan = PLANS.get(call, plan) or plan
     try:
+        if plan.known and len(plan.layers) == 1 and not (stop or name_output) and watch is None \
+                and swap is None and plan.reduction is None and _bound(plan.layers[0].reading):
+            return capture_one(call, plan, grad, x)
         return _capture_planned(call, plan, grad, stop and plan.known, name_output, x, watch=watch,
                                 swap=swap)
     except _NotCalled:
@@ -138,6 +142,48 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
         return _capture_planned(call, done, grad, stop, name_output, x, record=True)
     _check_recorded(done, slots, grad and record)
     return Capture(slots, done, y, rname)
+
+
+def capture_one(call: Call, plan: Plan, grad: bool, x: torch.Tensor) -> Capture:
+    """:func:`_capture_planned` for the common call: one known layer whose reading is bound,
+    the network's output scored, nothing else observed or carried (the same pass and the
+    same guarantees: the hook acts in its own thread only and eagerly under ``torch.compile``,
+    the tail is recorded from a fresh leaf, the network continues from a clone; without
+    the per-pass lists, observer, output hooks and resolving that the general pass builds)."""
+    lp = plan.layers[0]
+    r, want, mine = lp.reading, lp.call, thread_guard()
+    box: list = [None, 0]  # the captured tensor, the layer's calls so far
+
+    def hook(module, inputs, t):
+        if not mine():
+            return None
+        k = box[1]
+        box[1] = k + 1
+        if k != want:
+            return None  # another call of a shared module: leave it alone
+        if not isinstance(t, torch.Tensor):  # (a bound reading of an item: or its error)
+            layout_inference.check_reading(t, r, lp.name, x.shape[0], tuple(x.shape[2:]), module)
+        s = r.stored(t)
+        if grad and not s.requires_grad:
+            s = s.detach().requires_grad_(True)
+            torch.set_grad_enabled(True)  # record the tail from here on
+        box[0] = s
+        return r.network(s.clone(), t)
+
+    output = run_hooked(call, x, lambda: [module_named(call.net, lp.name).register_forward_hook(eager(hook))],
+                        grad=False)
+    s = box[0]
+    if s is None:
+        _check_called(plan, [s], [box[1]])
+    if grad and s.requires_grad and not (output.requires_grad if isinstance(output, torch.Tensor) else
+                                         any(t.requires_grad for t in tensors_of(output))):
+        # The tail ran without grad (reentrant checkpointing turns it off again): record it all.
+        return _capture_planned(call, plan, grad, False, False, x, record=True)
+    return Capture([s], plan, output, "output")
+
+
+def _bound(r: Reading | None) -> bool:
+    return r is not None and r.bound
 
 
 def _resolved(call: Call, plan: Plan, slots: list, counts: list[int], readings: list) -> Plan:
