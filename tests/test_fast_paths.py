@@ -767,3 +767,75 @@ def test_the_one_layer_pass_refuses_a_layer_that_did_not_run():
             capture_passes.capture_one(call, skip, True, call.x)
         with pytest.raises(gradattr.GradattrError, match="ran 1 times"):
             capture_passes._capture_planned(call, skip, True, False, False, call.x)
+
+
+class _WritesUnderNoGrad(nn.Module):
+    """Doubles its input in place where autograd does not see it (the version counter does)."""
+
+    def forward(self, t):
+        with torch.no_grad():
+            t.mul_(2)
+        return t
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("writer", ["in-place ReLU", "in-place under no_grad"])
+def test_a_tail_that_writes_the_captured_tensor_gets_a_clone_from_then_on(writer, grad):
+    """The one-layer pass gives the network the captured tensor itself; a tail that writes it
+    (refused by autograd on the leaf, or seen by its version counter) makes the pass run again
+    as the general one, which clones, and the plan is remembered: the next call clones at once.
+    Captures, outputs and gradients equal the general pass's, and the captured tensor is the
+    layer's output, not what the tail wrote."""
+    import gradattr.capture.passes as capture_passes
+
+    torch.manual_seed(0)
+    tail = nn.ReLU(inplace=True) if writer == "in-place ReLU" else _WritesUnderNoGrad()
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), tail, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3)).eval()
+    x = torch.randn(2, 2, 6, 6)
+    call = prep.prepare_call(net, x, target=1)
+    want_acts = net[0](x).detach()
+    with call.borrowed(), torch.enable_grad():
+        plan = capture.capture(call, capture.plan_from_options(net, "0", None, None, None), grad=grad).plan
+        general = capture_passes._capture_planned(call, plan, grad, False, False, call.x)
+        g_want = engine._gradients(call, general, False)[0] if grad else None
+        assert net not in capture_passes.TAIL_WRITES
+        passes_run: list = []
+        with pytest.MonkeyPatch.context() as mp:
+            real = capture_passes._capture_planned
+            mp.setattr(capture_passes, "_capture_planned", lambda *a, **k: passes_run.append(1) or real(*a, **k))
+            caps = [capture.capture(call, plan, grad=grad) for _ in range(2)]
+    assert passes_run == [1]  # the first call ran again as the general pass; the second cloned at once
+    assert plan in capture_passes.TAIL_WRITES[net]
+    for cap in caps:
+        assert torch.equal(cap.raw[0], want_acts) and torch.equal(cap.raw[0], general.raw[0])
+        assert torch.equal(cap.output, general.output)
+        if grad:
+            assert torch.equal(engine._gradients(call, cap, False)[0], g_want)
+
+
+def test_a_tail_without_writes_gets_the_captured_tensor_and_fails_as_it_would():
+    """A tail that reads the captured tensor only: no clone, nothing remembered; a tail that
+    fails for another reason fails with its own error, nothing remembered either."""
+    import gradattr.capture.passes as capture_passes
+
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=1)
+    given: list = []
+    h = net[4].register_forward_pre_hook(lambda m, i: given.append(i[0]))
+    with call.borrowed(), torch.enable_grad():
+        plan = capture.capture(call, capture.plan_from_options(net, "3", None, None, None), grad=True).plan
+        given.clear()
+        cap = capture.capture(call, plan, grad=True)
+    h.remove()
+    assert given[0] is cap.raw[0] and net not in capture_passes.TAIL_WRITES
+
+    def fail(m, i):
+        raise RuntimeError("the tail's own failure")
+    h = net[4].register_forward_pre_hook(fail)
+    try:
+        with call.borrowed(), torch.enable_grad(), pytest.raises(RuntimeError, match="own failure"):
+            capture.capture(call, plan, grad=True)
+    finally:
+        h.remove()
+    assert net not in capture_passes.TAIL_WRITES

@@ -14,6 +14,7 @@ How a capture keeps the cost at one forward pass plus the backward of the tail:
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 
@@ -144,15 +145,29 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
     return Capture(slots, done, y, rname)
 
 
+#: Per network (weakly), the one-layer plans whose tail wrote the captured tensor in place:
+#: their passes give the network a clone of it (:func:`capture_one`).
+TAIL_WRITES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def capture_one(call: Call, plan: Plan, grad: bool, x: torch.Tensor) -> Capture:
     """:func:`_capture_planned` for the common call: one known layer whose reading is bound,
-    the network's output scored, nothing else observed or carried (the same pass and the
-    same guarantees: the hook acts in its own thread only and eagerly under ``torch.compile``,
-    the tail is recorded from a fresh leaf, the network continues from a clone; without
-    the per-pass lists, observer, output hooks and resolving that the general pass builds)."""
+    the network's output scored, nothing else observed or carried (the same pass: the hook
+    acts in its own thread only and eagerly under ``torch.compile``, the tail is recorded
+    from a fresh leaf; without the general pass's lists, observer, output hooks and resolving).
+
+    The network continues from the captured tensor itself, not a clone, until its tail is
+    seen to write it in place: autograd refuses that on a leaf that requires grad, and the
+    tensor's version counter shows it otherwise. Then this pass runs again as the general
+    one (which clones) and the plan is remembered for the network (:data:`TAIL_WRITES`):
+    the captured tensor is never what the tail wrote, and a clone is paid only where it can
+    matter.
+    """
     lp = plan.layers[0]
     r, want, mine = lp.reading, lp.call, thread_guard()
-    box: list = [None, 0]  # the captured tensor, the layer's calls so far
+    written = TAIL_WRITES.get(call.net)
+    protect = written is not None and plan in written
+    box: list = [None, 0, 0]  # the captured tensor, the layer's calls so far, its version then
 
     def hook(module, inputs, t):
         if not mine():
@@ -167,19 +182,34 @@ def capture_one(call: Call, plan: Plan, grad: bool, x: torch.Tensor) -> Capture:
         if grad and not s.requires_grad:
             s = s.detach().requires_grad_(True)
             torch.set_grad_enabled(True)  # record the tail from here on
-        box[0] = s
-        return r.network(s.clone(), t)
+        box[0], box[2] = s, s._version
+        return r.network(s.clone() if protect else s, t)
 
-    output = run_hooked(call, x, lambda: [module_named(call.net, lp.name).register_forward_hook(eager(hook))],
-                        grad=False)
+    try:
+        output = run_hooked(call, x, lambda: [module_named(call.net, lp.name).register_forward_hook(eager(hook))],
+                            grad=False)
+    except RuntimeError as e:  # (autograd's refusal of an in-place write to the leaf, or another)
+        if protect or box[0] is None or isinstance(e, GradattrError):
+            raise
+        return _written(call, plan, grad, x)
     s = box[0]
     if s is None:
         _check_called(plan, [s], [box[1]])
+    if not protect and s._version != box[2]:  # the tail wrote the captured tensor
+        return _written(call, plan, grad, x)
     if grad and s.requires_grad and not (output.requires_grad if isinstance(output, torch.Tensor) else
                                          any(t.requires_grad for t in tensors_of(output))):
         # The tail ran without grad (reentrant checkpointing turns it off again): record it all.
         return _capture_planned(call, plan, grad, False, False, x, record=True)
     return Capture([s], plan, output, "output")
+
+
+def _written(call: Call, plan: Plan, grad: bool, x: torch.Tensor) -> Capture:
+    """The general pass (the network continues from a clone) for a plan whose tail wrote the
+    captured tensor (or failed); remembered once that pass succeeds."""
+    cap = _capture_planned(call, plan, grad, False, False, x)
+    TAIL_WRITES.setdefault(call.net, set()).add(plan)
+    return cap
 
 
 def _bound(r: Reading | None) -> bool:
