@@ -9,11 +9,14 @@ How a capture keeps the cost at one forward pass plus the backward of the tail:
   :func:`gradattr.capture.layer_choice.capture_auto` in a pass recorded from the start,
   and the plan it finds is remembered (:data:`gradattr.capture.plans.PLANS`).
 * A feature hook returns a clone of what it captured, so a later in-place op
-  (``ReLU(inplace=True)``) cannot change the captured activations.
+  (``ReLU(inplace=True)``) cannot change the captured activations. The one-layer pass of
+  a known plan (:func:`capture_one`, the common call) clones only once the network's tail
+  has been seen to write the captured tensor (:data:`TAIL_WRITES`).
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 
 import torch
@@ -148,6 +151,7 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
 #: Per network (weakly), the one-layer plans whose tail wrote the captured tensor in place:
 #: their passes give the network a clone of it (:func:`capture_one`).
 TAIL_WRITES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TAIL_LOCK = threading.Lock()
 
 
 def capture_one(call: Call, plan: Plan, grad: bool, x: torch.Tensor) -> Capture:
@@ -208,7 +212,8 @@ def _written(call: Call, plan: Plan, grad: bool, x: torch.Tensor) -> Capture:
     """The general pass (the network continues from a clone) for a plan whose tail wrote the
     captured tensor (or failed); remembered once that pass succeeds."""
     cap = _capture_planned(call, plan, grad, False, False, x)
-    TAIL_WRITES.setdefault(call.net, set()).add(plan)
+    with _TAIL_LOCK:
+        TAIL_WRITES.setdefault(call.net, set()).add(plan)
     return cap
 
 
