@@ -839,3 +839,34 @@ def test_a_tail_without_writes_gets_the_captured_tensor_and_fails_as_it_would():
     finally:
         h.remove()
     assert net not in capture_passes.TAIL_WRITES
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 7), (2, 1, 5, 6)])
+def test_the_peaks_of_rectified_maps_skip_the_absolute_value(shape):
+    """Maps that passed a ReLU (NaN, +Inf, -0.0 and all-zero maps among them): ``amax`` alone
+    gives the peaks ``abs().amax`` gives, bit for bit (-0.0 is a zero either way)."""
+    torch.manual_seed(0)
+    maps = torch.randn(shape)
+    flat = maps.view(-1)
+    flat[0], flat[-1], flat[len(flat) // 2], flat[1] = float("nan"), float("inf"), -0.0, float("-inf")
+    if maps.ndim > 2:
+        maps[-1, -1] = -1.0  # all zero after the ReLU
+    maps = torch.relu(maps)
+    got, want = engine.map_peaks(maps, rectified=True), engine.map_peaks(maps)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert [v == 0 for v in got.flatten().tolist()] == [v == 0 for v in want.flatten().tolist()]
+
+
+@pytest.mark.parametrize("opts", [{"relu": False}, {"aug_smooth": True}])
+def test_maps_not_rectified_keep_the_absolute_value_in_their_peaks(opts):
+    """Signed maps (``relu=False``) or maps averaged over augmented copies: a map at -Inf is
+    refused as not finite (its peak read through ``abs``), as before the rectified shortcut."""
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=[0, 1], defer_checks=True)
+    plan = capture.plan_from_options(net, "3", None, None, None)
+    maps = torch.rand(2, 2, 4, 4) + 0.1
+    maps[1, 0, 0, 0] = float("-inf")
+    valid = registry.get("grad_cam").validate(opts)
+    acts, grads = [torch.ones(2, 3, 4, 4)], [torch.zeros(2, 2, 3, 4, 4)]
+    with pytest.raises(gradattr.GradattrError, match="sample 1, target 0 .* NaN or Inf"):
+        engine._check_maps(registry.get("grad_cam"), maps, ["3"], call, plan, valid, (acts, grads))
