@@ -183,16 +183,18 @@ def test_a_known_plan_is_returned_as_planned():
     assert torch.equal(first.acts[0], second.acts[0])
 
 
+@pytest.mark.parametrize("n", [3, 1])
 @pytest.mark.parametrize("counterfactual", [False, True])
-def test_one_targets_gradient_equals_the_gradient_of_its_sum(counterfactual):
+def test_one_targets_gradient_equals_the_gradient_of_its_sum(counterfactual, n):
     """One target's gradient is taken with ``ones`` as the output's gradient (no select and sum
-    recorded): bit-identical to differentiating the sum of its column."""
-    net, x = toy(2), toy_input(2, n=3)
+    recorded; one score: autograd's own ones): bit-identical to differentiating the sum of its
+    column."""
+    net, x = toy(2), toy_input(2, n=n)
     a = net[:4](x).detach().requires_grad_(True)
     s = net[4:](a)[:, 2:3]
     (want,) = torch.autograd.grad((-s if counterfactual else s)[:, 0].sum(), a, retain_graph=True)
     got = capture.per_target_grads(s, [a], counterfactual, ["feature layer '3'"], "output")[0]
-    assert got.shape == (3, 1, *a.shape[1:]) and torch.equal(got[:, 0], want)
+    assert got.shape == (n, 1, *a.shape[1:]) and torch.equal(got[:, 0], want)
 
 
 # -- the capture pass carrying Ablation-CAM's copies (issue 27, goal 1) ----------------------
