@@ -872,3 +872,24 @@ def test_maps_not_rectified_keep_the_absolute_value_in_their_peaks(opts):
     acts, grads = [torch.ones(2, 3, 4, 4)], [torch.zeros(2, 2, 3, 4, 4)]
     with pytest.raises(gradattr.GradattrError, match="sample 1, target 0 .* NaN or Inf"):
         engine._check_maps(registry.get("grad_cam"), maps, ["3"], call, plan, valid, (acts, grads))
+
+
+@pytest.mark.parametrize("layer", ["layer4.1.bn2", "layer3.0.bn1", "layer4"])
+def test_a_resnets_maps_through_the_one_layer_pass_equal_the_general_passs(layer):
+    """A torchvision ResNet-18, whose blocks write a batch norm's output in place (``out +=
+    identity``, ``ReLU(inplace=True)``): the maps of two calls through the one-layer pass (the
+    first seeing the write and running again with a clone) equal the general pass's (signed maps,
+    ``relu=False``: nothing hidden by the ReLU)."""
+    import torchvision
+
+    import gradattr.capture.passes as capture_passes
+
+    torch.manual_seed(0)
+    net, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(1, 3, 32, 32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(capture_passes, "capture_one",
+                   lambda c, plan, g, xx: capture_passes._capture_planned(c, plan, g, False, False, xx))
+        want = gradattr.grad_cam(net, x, 1, feature_layer=layer, relu=False)
+    got = [gradattr.grad_cam(net, x, 1, feature_layer=layer, relu=False) for _ in range(2)]
+    assert all(torch.equal(g, want) for g in got)
+    assert (net in capture_passes.TAIL_WRITES) == (layer != "layer4")
