@@ -261,7 +261,10 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
     if not maps.is_floating_point() or maps.numel() == 0:
         read_checks(call)
         return
-    peak = map_peaks(maps)
+    # one layer's maps as combine rectified them (ReLU: no negative value to take |.| of)
+    peak = map_peaks(maps, rectified=method.layered and method.combine != "map" and method.finish is None
+                     and len(names) == 1 and opts.get("relu", True) is True
+                     and not (opts.get("sess") or opts.get("aug_smooth")))
     # with the input's and the scores' deferred checks; then the (N, K) peaks as Python floats
     peaks = read_values(call, peak)
     if all(map(math.isfinite, peaks)) and not (method.layered and 0.0 in peaks):
@@ -297,11 +300,14 @@ def _check_maps(method: Method, maps: torch.Tensor, names: list[str], call: Call
              f"{cause}; try {hint}")
 
 
-def map_peaks(maps: torch.Tensor) -> torch.Tensor:
+def map_peaks(maps: torch.Tensor, rectified: bool = False) -> torch.Tensor:
     """``max |map|`` of each map of ``maps (N, K, *s)`` as ``(N, K)`` (``|maps|`` when there is no
     ``s``), NaN and Inf kept: the values of ``vector_norm(ord=inf)`` over ``s``, which costs the
-    same on a small map and ten times more on a large one (its CPU kernel is not vectorised)."""
-    peak = (maps.detach() if maps.requires_grad else maps).abs()
+    same on a small map and ten times more on a large one (its CPU kernel is not vectorised).
+    ``rectified``: the maps passed a ReLU (no value below zero), so ``max map`` is that value."""
+    peak = maps.detach() if maps.requires_grad else maps
+    if not rectified:
+        peak = peak.abs()
     return peak.amax(tuple(range(2, peak.ndim))) if peak.ndim > 2 else peak
 
 

@@ -6,7 +6,7 @@ the options bound once per network against a fresh bind; the memory observed in 
 capture pass against the scorer's own observing pass; the one read of the checks
 against its tensor form; the layer look-ups through ``_modules``, the output form and the maps'
 peaks against ``get_submodule``, the full conversion and ``vector_norm``; the hooks' guard under
-``torch.compile``. No timing here: speed is measured in benchmarks/.
+``torch.compile``; the one-layer capture pass against the general one. No timing here: speed is measured in benchmarks/.
 """
 from __future__ import annotations
 
@@ -183,16 +183,18 @@ def test_a_known_plan_is_returned_as_planned():
     assert torch.equal(first.acts[0], second.acts[0])
 
 
+@pytest.mark.parametrize("n", [3, 1])
 @pytest.mark.parametrize("counterfactual", [False, True])
-def test_one_targets_gradient_equals_the_gradient_of_its_sum(counterfactual):
+def test_one_targets_gradient_equals_the_gradient_of_its_sum(counterfactual, n):
     """One target's gradient is taken with ``ones`` as the output's gradient (no select and sum
-    recorded): bit-identical to differentiating the sum of its column."""
-    net, x = toy(2), toy_input(2, n=3)
+    recorded; one score: autograd's own ones): bit-identical to differentiating the sum of its
+    column."""
+    net, x = toy(2), toy_input(2, n=n)
     a = net[:4](x).detach().requires_grad_(True)
     s = net[4:](a)[:, 2:3]
     (want,) = torch.autograd.grad((-s if counterfactual else s)[:, 0].sum(), a, retain_graph=True)
     got = capture.per_target_grads(s, [a], counterfactual, ["feature layer '3'"], "output")[0]
-    assert got.shape == (3, 1, *a.shape[1:]) and torch.equal(got[:, 0], want)
+    assert got.shape == (n, 1, *a.shape[1:]) and torch.equal(got[:, 0], want)
 
 
 # -- the capture pass carrying Ablation-CAM's copies (issue 27, goal 1) ----------------------
@@ -676,3 +678,218 @@ def test_maps_that_are_fine_return_before_the_search_for_what_is_wrong(fill, exp
     assert (said == []) == (expect != "warn")
     if expect == "warn":
         assert "1 of 4 maps are all zero (first: sample 1, target 0)" in said[0]
+
+
+# -- the fifth pass: the one-layer capture pass -----------------------------------------------
+def _one_layer_nets():
+    """(name, network, input, feature layer, feature_call): a layer followed by an in-place
+    ReLU (the clone protects the capture), a module called twice (its first or second call),
+    a reentrant checkpoint in the tail (the pass falls back to recording it all)."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    inplace = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(inplace=True),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    relu = nn.ReLU()
+    twice = nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), relu, nn.Conv1d(4, 4, 3, padding=1), relu,
+                          nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    class Reentrant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head = toy(2)[:4], toy(2)[4:]
+
+        def forward(self, x):
+            return checkpoint(self.head, self.body(x), use_reentrant=True)
+
+    return [("in-place ReLU after the layer", inplace, torch.randn(2, 2, 6, 6), "0", None),
+            ("a module's first call", twice, torch.randn(2, 2, 9), "1", 0),
+            ("a module's second call", twice, torch.randn(2, 2, 9), "1", 1),
+            ("reentrant checkpoint in the tail", Reentrant(), toy_input(2), "body.3", None)]
+
+
+@pytest.mark.filterwarnings("ignore:None of the inputs have requires_grad")  # (the reentrant net)
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("name,net,x,layer,call_index", _one_layer_nets(), ids=[c[0] for c in _one_layer_nets()])
+def test_the_one_layer_pass_equals_the_general_pass(name, net, x, layer, call_index, grad):
+    """A known plan of one layer, the output scored: ``capture_one`` (taken: counted) captures
+    the same tensor, leaf or not, and the same output as the general pass, and the gradients
+    through it are the same, bit for bit (through a reentrant segment, the same refusal)."""
+    import gradattr.capture.passes as capture_passes
+
+    net.eval()
+    call = prep.prepare_call(net, x, target=1)
+    asked = capture.plan_from_options(net, layer, None, None, call_index)
+    taken: list = []
+    fast = capture_passes.capture_one
+
+    def counted(*a):
+        taken.append(1)
+        return fast(*a)
+
+    def general(c, plan, g, xx):
+        return capture_passes._capture_planned(c, plan, g, False, False, xx)
+
+    def run(one):
+        with call.borrowed(), torch.enable_grad(), pytest.MonkeyPatch.context() as mp:
+            mp.setattr(capture_passes, "capture_one", one)
+            cap = capture.capture(call, plan, grad=grad)
+            try:
+                g = engine._gradients(call, cap, False)[0] if grad else None
+            except gradattr.GradattrError as e:  # (autograd.grad through a reentrant segment)
+                g = str(e)
+        return cap, g
+
+    with call.borrowed(), torch.enable_grad():
+        plan = capture.capture(call, asked, grad=grad).plan  # the first pass resolves the plan
+    assert plan.known
+    (got, g_got), (want, g_want) = run(counted), run(general)
+    assert taken == [1]
+    assert got.plan is want.plan and got.reduction_name == want.reduction_name == "output"
+    assert got.raw[0].requires_grad == want.raw[0].requires_grad == grad
+    assert torch.equal(got.raw[0], want.raw[0]) and torch.equal(got.output, want.output)
+    assert (got.raw[0] < 0).any() == (want.raw[0] < 0).any()
+    if isinstance(g_want, str):
+        assert g_got == g_want and "reentrant" in g_want
+    elif grad:
+        assert torch.equal(g_got, g_want)
+
+
+def test_the_one_layer_pass_refuses_a_layer_that_did_not_run():
+    """A remembered layer that this input does not reach: the same error as the general pass."""
+    import gradattr.capture.passes as capture_passes
+
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=1)
+    with call.borrowed(), torch.enable_grad():
+        plan = capture.capture(call, capture.plan_from_options(net, "3", None, None, None), grad=True).plan
+    skip = capture.Plan((dataclasses.replace(plan.layers[0], call=1),), None)  # "3" runs once
+    with call.borrowed(), torch.enable_grad():
+        with pytest.raises(gradattr.GradattrError, match="ran 1 times"):
+            capture_passes.capture_one(call, skip, True, call.x)
+        with pytest.raises(gradattr.GradattrError, match="ran 1 times"):
+            capture_passes._capture_planned(call, skip, True, False, False, call.x)
+
+
+class _WritesUnderNoGrad(nn.Module):
+    """Doubles its input in place where autograd does not see it (the version counter does)."""
+
+    def forward(self, t):
+        with torch.no_grad():
+            t.mul_(2)
+        return t
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("writer", ["in-place ReLU", "in-place under no_grad"])
+def test_a_tail_that_writes_the_captured_tensor_gets_a_clone_from_then_on(writer, grad):
+    """The one-layer pass gives the network the captured tensor itself; a tail that writes it
+    (refused by autograd on the leaf, or seen by its version counter) makes the pass run again
+    as the general one, which clones, and the plan is remembered: the next call clones at once.
+    Captures, outputs and gradients equal the general pass's, and the captured tensor is the
+    layer's output, not what the tail wrote."""
+    import gradattr.capture.passes as capture_passes
+
+    torch.manual_seed(0)
+    tail = nn.ReLU(inplace=True) if writer == "in-place ReLU" else _WritesUnderNoGrad()
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), tail, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Linear(4, 3)).eval()
+    x = torch.randn(2, 2, 6, 6)
+    call = prep.prepare_call(net, x, target=1)
+    want_acts = net[0](x).detach()
+    with call.borrowed(), torch.enable_grad():
+        plan = capture.capture(call, capture.plan_from_options(net, "0", None, None, None), grad=grad).plan
+        general = capture_passes._capture_planned(call, plan, grad, False, False, call.x)
+        g_want = engine._gradients(call, general, False)[0] if grad else None
+        assert net not in capture_passes.TAIL_WRITES
+        passes_run: list = []
+        with pytest.MonkeyPatch.context() as mp:
+            real = capture_passes._capture_planned
+            mp.setattr(capture_passes, "_capture_planned", lambda *a, **k: passes_run.append(1) or real(*a, **k))
+            caps = [capture.capture(call, plan, grad=grad) for _ in range(2)]
+    assert passes_run == [1]  # the first call ran again as the general pass; the second cloned at once
+    assert plan in capture_passes.TAIL_WRITES[net]
+    for cap in caps:
+        assert torch.equal(cap.raw[0], want_acts) and torch.equal(cap.raw[0], general.raw[0])
+        assert torch.equal(cap.output, general.output)
+        if grad:
+            assert torch.equal(engine._gradients(call, cap, False)[0], g_want)
+
+
+def test_a_tail_without_writes_gets_the_captured_tensor_and_fails_as_it_would():
+    """A tail that reads the captured tensor only: no clone, nothing remembered; a tail that
+    fails for another reason fails with its own error, nothing remembered either."""
+    import gradattr.capture.passes as capture_passes
+
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=1)
+    given: list = []
+    h = net[4].register_forward_pre_hook(lambda m, i: given.append(i[0]))
+    with call.borrowed(), torch.enable_grad():
+        plan = capture.capture(call, capture.plan_from_options(net, "3", None, None, None), grad=True).plan
+        given.clear()
+        cap = capture.capture(call, plan, grad=True)
+    h.remove()
+    assert given[0] is cap.raw[0] and net not in capture_passes.TAIL_WRITES
+
+    def fail(m, i):
+        raise RuntimeError("the tail's own failure")
+    h = net[4].register_forward_pre_hook(fail)
+    try:
+        with call.borrowed(), torch.enable_grad(), pytest.raises(RuntimeError, match="own failure"):
+            capture.capture(call, plan, grad=True)
+    finally:
+        h.remove()
+    assert net not in capture_passes.TAIL_WRITES
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 7), (2, 1, 5, 6)])
+def test_the_peaks_of_rectified_maps_skip_the_absolute_value(shape):
+    """Maps that passed a ReLU (NaN, +Inf, -0.0 and all-zero maps among them): ``amax`` alone
+    gives the peaks ``abs().amax`` gives, bit for bit (-0.0 is a zero either way)."""
+    torch.manual_seed(0)
+    maps = torch.randn(shape)
+    flat = maps.view(-1)
+    flat[0], flat[-1], flat[len(flat) // 2], flat[1] = float("nan"), float("inf"), -0.0, float("-inf")
+    if maps.ndim > 2:
+        maps[-1, -1] = -1.0  # all zero after the ReLU
+    maps = torch.relu(maps)
+    got, want = engine.map_peaks(maps, rectified=True), engine.map_peaks(maps)
+    torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    assert [v == 0 for v in got.flatten().tolist()] == [v == 0 for v in want.flatten().tolist()]
+
+
+@pytest.mark.parametrize("opts", [{"relu": False}, {"aug_smooth": True}])
+def test_maps_not_rectified_keep_the_absolute_value_in_their_peaks(opts):
+    """Signed maps (``relu=False``) or maps averaged over augmented copies: a map at -Inf is
+    refused as not finite (its peak read through ``abs``), as before the rectified shortcut."""
+    net, x = toy(2), toy_input(2)
+    call = prep.prepare_call(net, x, target=[0, 1], defer_checks=True)
+    plan = capture.plan_from_options(net, "3", None, None, None)
+    maps = torch.rand(2, 2, 4, 4) + 0.1
+    maps[1, 0, 0, 0] = float("-inf")
+    valid = registry.get("grad_cam").validate(opts)
+    acts, grads = [torch.ones(2, 3, 4, 4)], [torch.zeros(2, 2, 3, 4, 4)]
+    with pytest.raises(gradattr.GradattrError, match="sample 1, target 0 .* NaN or Inf"):
+        engine._check_maps(registry.get("grad_cam"), maps, ["3"], call, plan, valid, (acts, grads))
+
+
+@pytest.mark.parametrize("layer", ["layer4.1.bn2", "layer3.0.bn1", "layer4"])
+def test_a_resnets_maps_through_the_one_layer_pass_equal_the_general_passs(layer):
+    """A torchvision ResNet-18, whose blocks write a batch norm's output in place (``out +=
+    identity``, ``ReLU(inplace=True)``): the maps of two calls through the one-layer pass (the
+    first seeing the write and running again with a clone) equal the general pass's (signed maps,
+    ``relu=False``: nothing hidden by the ReLU)."""
+    import torchvision
+
+    import gradattr.capture.passes as capture_passes
+
+    torch.manual_seed(0)
+    net, x = torchvision.models.resnet18(num_classes=10).eval(), torch.randn(1, 3, 32, 32)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(capture_passes, "capture_one",
+                   lambda c, plan, g, xx: capture_passes._capture_planned(c, plan, g, False, False, xx))
+        want = gradattr.grad_cam(net, x, 1, feature_layer=layer, relu=False)
+    got = [gradattr.grad_cam(net, x, 1, feature_layer=layer, relu=False) for _ in range(2)]
+    assert all(torch.equal(g, want) for g in got)
+    assert (net in capture_passes.TAIL_WRITES) == (layer != "layer4")

@@ -103,8 +103,10 @@ def per_target_grads(s: torch.Tensor, inputs: list[torch.Tensor], counterfactual
             grads = None
     if grads is None:
         try:
-            # one target: the sum's gradient given directly (ones), no select and sum recorded
-            per_k = [torch.autograd.grad(s, inputs, torch.ones_like(s), allow_unused=True)] if k_count == 1 \
+            # one target: the sum's gradient given directly (ones), no select and sum recorded;
+            # one score (N = K = 1): those ones made by autograd (no shape check of given ones)
+            per_k = [torch.autograd.grad(s, inputs, None if s.numel() == 1 else torch.ones_like(s),
+                                         allow_unused=True)] if k_count == 1 \
                 else [torch.autograd.grad(s[:, k].sum(), inputs, retain_graph=k < k_count - 1,
                                           allow_unused=True) for k in range(k_count)]
         except RuntimeError as e:

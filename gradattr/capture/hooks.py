@@ -125,6 +125,9 @@ def run_hooked(call: Call, x: torch.Tensor, handles_for, grad: bool, rows: torch
     handles = []
     try:
         handles = handles_for()
+        if call.autocast is None:  # (no precision context to enter)
+            with torch.set_grad_enabled(grad):
+                return call.forward(x, rows)
         with torch.set_grad_enabled(grad), call.precision():
             return call.forward(x, rows)
     finally:

@@ -9,17 +9,22 @@ How a capture keeps the cost at one forward pass plus the backward of the tail:
   :func:`gradattr.capture.layer_choice.capture_auto` in a pass recorded from the start,
   and the plan it finds is remembered (:data:`gradattr.capture.plans.PLANS`).
 * A feature hook returns a clone of what it captured, so a later in-place op
-  (``ReLU(inplace=True)``) cannot change the captured activations.
+  (``ReLU(inplace=True)``) cannot change the captured activations. The one-layer pass of
+  a known plan (:func:`capture_one`, the common call) clones only once the network's tail
+  has been seen to write the captured tensor (:data:`TAIL_WRITES`).
 """
 from __future__ import annotations
 
 import contextlib
+import threading
+import weakref
 
 import torch
 
 from .. import layout_inference
 from ..errors import GradattrError
 from ..geometry import Observer
+from ..layouts import Reading
 from ..prep import Call
 from ..targets import tensors_of
 from .hooks import Output, eager, module_named, run_hooked, thread_guard
@@ -66,6 +71,9 @@ def capture(call: Call, plan: Plan, grad: bool, stop: bool = False, name_output:
     elif not plan.known:
         plan = PLANS.get(call, plan) or plan
     try:
+        if plan.known and len(plan.layers) == 1 and not (stop or name_output) and watch is None \
+                and swap is None and plan.reduction is None and _bound(plan.layers[0].reading):
+            return capture_one(call, plan, grad, x)
         return _capture_planned(call, plan, grad, stop and plan.known, name_output, x, watch=watch,
                                 swap=swap)
     except _NotCalled:
@@ -138,6 +146,79 @@ def _capture_planned(call: Call, plan: Plan, grad: bool, stop: bool, name_output
         return _capture_planned(call, done, grad, stop, name_output, x, record=True)
     _check_recorded(done, slots, grad and record)
     return Capture(slots, done, y, rname)
+
+
+#: Per network (weakly), the one-layer plans whose tail wrote the captured tensor in place:
+#: their passes give the network a clone of it (:func:`capture_one`).
+TAIL_WRITES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_TAIL_LOCK = threading.Lock()
+
+
+def capture_one(call: Call, plan: Plan, grad: bool, x: torch.Tensor) -> Capture:
+    """:func:`_capture_planned` for the common call: one known layer whose reading is bound,
+    the network's output scored, nothing else observed or carried (the same pass: the hook
+    acts in its own thread only and eagerly under ``torch.compile``, the tail is recorded
+    from a fresh leaf; without the general pass's lists, observer, output hooks and resolving).
+
+    The network continues from the captured tensor itself, not a clone, until its tail is
+    seen to write it in place: autograd refuses that on a leaf that requires grad, and the
+    tensor's version counter shows it otherwise. Then this pass runs again as the general
+    one (which clones) and the plan is remembered for the network (:data:`TAIL_WRITES`):
+    the captured tensor is never what the tail wrote, and a clone is paid only where it can
+    matter.
+    """
+    lp = plan.layers[0]
+    r, want, mine = lp.reading, lp.call, thread_guard()
+    written = TAIL_WRITES.get(call.net)
+    protect = written is not None and plan in written
+    box: list = [None, 0, 0]  # the captured tensor, the layer's calls so far, its version then
+
+    def hook(module, inputs, t):
+        if not mine():
+            return None
+        k = box[1]
+        box[1] = k + 1
+        if k != want:
+            return None  # another call of a shared module: leave it alone
+        if not isinstance(t, torch.Tensor):  # (a bound reading of an item: or its error)
+            layout_inference.check_reading(t, r, lp.name, x.shape[0], tuple(x.shape[2:]), module)
+        s = r.stored(t)
+        if grad and not s.requires_grad:
+            s = s.detach().requires_grad_(True)
+            torch.set_grad_enabled(True)  # record the tail from here on
+        box[0], box[2] = s, s._version
+        return r.network(s.clone() if protect else s, t)
+
+    try:
+        output = run_hooked(call, x, lambda: [module_named(call.net, lp.name).register_forward_hook(eager(hook))],
+                            grad=False)
+    except RuntimeError as e:  # (autograd's refusal of an in-place write to the leaf, or another)
+        if protect or box[0] is None or isinstance(e, GradattrError):
+            raise
+        return _written(call, plan, grad, x)
+    s = box[0]
+    if s is None:
+        _check_called(plan, [s], [box[1]])
+    if not protect and s._version != box[2]:  # the tail wrote the captured tensor
+        return _written(call, plan, grad, x)
+    if grad and s.requires_grad and not (output.requires_grad if isinstance(output, torch.Tensor) else
+                                         any(t.requires_grad for t in tensors_of(output))):
+        # The tail ran without grad (reentrant checkpointing turns it off again): record it all.
+        return _capture_planned(call, plan, grad, False, False, x, record=True)
+    return Capture([s], plan, output, "output")
+
+
+def _written(call: Call, plan: Plan, grad: bool, x: torch.Tensor) -> Capture:
+    """The general pass (the network continues from a clone) for a plan whose tail wrote the
+    captured tensor (or failed); remembered once that pass succeeds."""
+    cap = _capture_planned(call, plan, grad, False, False, x)
+    with _TAIL_LOCK:
+        TAIL_WRITES.setdefault(call.net, set()).add(plan)
+    return cap
+
+
+def _bound(r: Reading | None) -> bool:
+    return r is not None and r.bound
 
 
 def _resolved(call: Call, plan: Plan, slots: list, counts: list[int], readings: list) -> Plan:
