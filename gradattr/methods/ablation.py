@@ -53,9 +53,11 @@ def ablation_scores(view, batch_size: int | None = None, progress: bool = False)
     When the capture pass carried the first chunk of copies (:func:`ablation_capture`), their
     scores come from its output. The other copies are scored by
     :meth:`~gradattr.scorer.Scorer.score_activations`, which runs only the layers after the
-    feature layer where the network allows it. Each chunk of copies is written into one
-    buffer, reused from chunk to chunk: row 0 is the sample's own map (the scorer's check of
-    the fast path), row ``1 + j`` the map with channel ``start + j`` zeroed. The ablated value
+    feature layer where the network allows it, and from a sample's second pass on replays the
+    layers before it (:mod:`gradattr.capture.replay`; then the copies come in small chunks on
+    a CPU: :func:`_chunk`). Each chunk of copies is written into one buffer, reused from chunk
+    to chunk (:class:`Copies`): row 0 is the sample's own map (the scorer's check of the fast
+    path and of a replayed pass), row ``1 + j`` the map with channel ``start + j`` zeroed. The ablated value
     is 0, as in the paper (pytorch-grad-cam uses 0 when the layer's minimum is 0 and
     ``min - 1e7`` otherwise).
     """
