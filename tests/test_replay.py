@@ -397,3 +397,45 @@ def test_two_threads_replaying_one_model_leave_its_forward_methods_alone():
         h.remove()
     assert len(got) == 2 and all(torch.equal(g, want) for g in got.values())
     assert all("forward" not in m.__dict__ for m in net.modules())
+
+
+class ListSkip(ListNet):
+    """ListNet whose head also reads the stem's output (a skip past the feature layer)."""
+
+    def __init__(self):
+        super().__init__()
+        self.skip = nn.Linear(6, 4)
+
+    def forward(self, x):
+        bs = x.size(0)
+        s = self.act(self.stem(x))
+        h = s
+        for j, block in enumerate(self.blocks):
+            h = block(h, scale=1.0 + j)
+        return self.fc(self.act(h).mean((2, 3)).view(bs, -1)) + self.skip(s.mean((2, 3)))
+
+
+def test_a_replayed_whole_pass_that_fails_its_check_runs_again(monkeypatch):
+    """Whole passes with the stem's recorded output corrupted behind its version counter: the
+    skip feeds the head wrong values, the unmodified copy's score differs from the captured
+    one, and the pass runs again with the modules before the feature layer."""
+    net, x = ListSkip().double().eval(), x_of()
+    opts = dict(feature_layer="act", feature_call=1, upsampling="none", relu=False, batch_size=3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(replay, "ENABLED", False)
+        want = gradattr.ablation_cam(net, x, [1, 3], **opts)
+    settle = replay.Replay.settle
+
+    def corrupt(self):
+        settle(self)
+        for calls in self.calls.values():
+            for c in calls:
+                if c.give is not None and isinstance(c.out, torch.Tensor) and c.out.shape[1] == 6:
+                    (c.kept if c.give == "copy" else c.out).data.mul_(3)
+    monkeypatch.setattr(replay.Replay, "settle", corrupt)
+    net.blocks[1].runs = 0
+    got = gradattr.ablation_cam(net, x, [1, 3], **opts)
+    assert torch.equal(got, want)
+    # the capture pass, the failed check of the tail-only path, the recording whole pass, the
+    # replayed one that fails its check and its rerun, then 2 more (no longer replayed)
+    assert net.blocks[1].runs == 6
