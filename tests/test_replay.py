@@ -439,3 +439,33 @@ def test_a_replayed_whole_pass_that_fails_its_check_runs_again(monkeypatch):
     # the capture pass, the failed check of the tail-only path, the recording whole pass, the
     # replayed one that fails its check and its rerun, then 2 more (no longer replayed)
     assert net.blocks[1].runs == 6
+
+
+def test_patches_of_two_threads_put_the_forward_back_in_either_order():
+    """Two threads' patches of one model, installed one after the other and removed in the same
+    order (the order in which a second thread's patch once saved the first one's and put it
+    back for good), and in the other order: no module keeps a patched ``forward``."""
+    for first_out in (0, 1):
+        net = Skip().double().eval()
+        reps = [replay.replay_for(net, "block", 0, lambda: True) for _ in range(2)]
+        installed, removable = [threading.Event() for _ in range(2)], [threading.Event() for _ in range(2)]
+        done = [threading.Event() for _ in range(2)]
+
+        def worker(k):
+            if k == 1:
+                assert installed[0].wait(20)
+            patch = reps[k].install()
+            installed[k].set()
+            assert removable[k].wait(20)
+            patch.remove()
+            done[k].set()
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        assert installed[1].wait(20)
+        removable[first_out].set()
+        assert done[first_out].wait(20)
+        removable[1 - first_out].set()
+        for t in threads:
+            t.join()
+        assert all("forward" not in m.__dict__ for m in net.modules())
